@@ -1,0 +1,13 @@
+"""plifnet: spiking neural networks with learnable membrane time constants (PLIF), on Lightning.
+
+Where things live: neuron equations and tau in :mod:`plifnet.neurons`, surrogate gradients in
+:mod:`plifnet.surrogates`, the paper's networks in :mod:`plifnet.models`, training in
+:mod:`plifnet.module`, data in :mod:`plifnet.data`.
+"""
+
+from plifnet.models import ARCHS, SpikingNet
+from plifnet.module import SpikingClassifier
+from plifnet.neurons import IF, LIF, PLIF, neuron_factory, reset_state
+
+__version__ = "0.1.0"
+__all__ = ["ARCHS", "IF", "LIF", "PLIF", "SpikingClassifier", "SpikingNet", "neuron_factory", "reset_state"]

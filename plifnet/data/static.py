@@ -1,0 +1,134 @@
+"""Static image data: MNIST, Fashion-MNIST and CIFAR-10 with the paper's augmentations (SPEC section 3).
+
+Two on-disk layouts are served from ``root``:
+
+* torchvision's (``root/MNIST/raw``, ``root/FashionMNIST/raw``, ``root/cifar-10-batches-py``), which
+  ``download=True`` fetches;
+* an image folder, ``root/train/<class>/*`` and ``root/test/<class>/*`` (any local copy, e.g. a JPEG
+  export of CIFAR-10), picked automatically when ``root/train`` and ``root/test`` exist. Class folders
+  are sorted by name, which is the standard class order for CIFAR-10 and for digit names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from PIL import Image
+from torchvision import datasets
+from torchvision.transforms import v2 as T
+
+from plifnet.data.common import ClassificationDataModule
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    torchvision_class: type
+    torchvision_folder: str  # where torchvision's layout lives under root
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: Callable[[], list] = list  # training-only transforms, before normalisation
+
+
+CLASSES = 10  # all three datasets
+
+DATASETS = {
+    "mnist": ImageDataset(
+        datasets.MNIST, "MNIST", 1, (0.1307,), (0.3081,),
+        augment=lambda: [T.RandomAffine(degrees=30, translate=(0.15, 0.15), scale=(0.85, 1.11))],
+    ),
+    "fashion_mnist": ImageDataset(datasets.FashionMNIST, "FashionMNIST", 1, (0.2860,), (0.3530,)),
+    "cifar10": ImageDataset(
+        datasets.CIFAR10, "cifar-10-batches-py", 3, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+        augment=lambda: [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()],
+    ),
+}
+
+
+def _open_image(path: str, mode: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert(mode)
+
+
+class StaticDataModule(ClassificationDataModule):
+    """MNIST, Fashion-MNIST or CIFAR-10 from torchvision's layout or an image folder.
+
+    Args:
+        dataset: ``mnist``, ``fashion_mnist`` or ``cifar10``.
+        root: the folder holding the data (either layout, see the module docstring).
+        download: fetch torchvision's copy into ``root`` when it is missing.
+        augment: apply the paper's training augmentation (normalisation is always applied).
+        batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory:
+            see :class:`plifnet.data.common.ClassificationDataModule`.
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["mnist", "fashion_mnist", "cifar10"] = "mnist",
+        root: str = "data",
+        download: bool = False,
+        augment: bool = True,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        val_fraction: float = 0.15,
+        eval_test_every_epoch: bool = True,
+        split_seed: int = 2020,
+        pin_memory: bool = False,
+    ):
+        super().__init__(batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory)
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+        self.dataset, self.spec = dataset, DATASETS[dataset]
+        self.root, self.download, self.augment = Path(root).expanduser(), download, augment
+
+    @property
+    def is_image_folder(self) -> bool:
+        return (self.root / "train").is_dir() and (self.root / "test").is_dir()
+
+    def transform(self, train: bool) -> T.Compose:
+        to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
+        augment = self.spec.augment() if train and self.augment else []
+        return T.Compose(augment + to_tensor + [T.Normalize(self.spec.mean, self.spec.std)])
+
+    def prepare_data(self) -> None:
+        if self.download and not self.is_image_folder:
+            self._torchvision(train=True, transform=None, download=True)
+            self._torchvision(train=False, transform=None, download=True)
+
+    def load(self, stage):
+        if self.is_image_folder:
+            make = self._image_folder
+        else:
+            make = self._torchvision
+        return make(True, self.transform(True)), make(True, self.transform(False)), make(False, self.transform(False))
+
+    def _torchvision(self, train: bool, transform, download: bool = False):
+        try:
+            return self.spec.torchvision_class(str(self.root), train=train, transform=transform, download=download)
+        except RuntimeError as error:  # torchvision: "Dataset not found. You can use download=True ..."
+            raise FileNotFoundError(self._missing_message()) from error
+        except OSError as error:  # no network, host down, disk full while downloading
+            raise FileNotFoundError(f"could not download {self.dataset} into {self.root}: {error}. " + self._missing_message()) from error
+
+    def _image_folder(self, train: bool, transform):
+        mode = "L" if self.spec.channels == 1 else "RGB"
+        folder = self.root / ("train" if train else "test")
+        dataset = datasets.ImageFolder(str(folder), transform=transform, loader=partial(_open_image, mode=mode))
+        if len(dataset.classes) != CLASSES:
+            raise ValueError(
+                f"{folder} has {len(dataset.classes)} class folders ({', '.join(dataset.classes[:12])}), "
+                f"but {self.dataset} has {CLASSES} classes"
+            )
+        return dataset
+
+    def _missing_message(self) -> str:
+        return (
+            f"{self.dataset} was not found in {self.root.resolve()}. Expected either torchvision's layout "
+            f"({self.root / self.spec.torchvision_folder}) or an image folder ({self.root}/train/<class>/* and "
+            f"{self.root}/test/<class>/*). Fix: pass --data.download true (needs network) to fetch it, or "
+            f"--data.root DIR to point at a copy you have."
+        )

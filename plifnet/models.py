@@ -1,0 +1,201 @@
+"""The six networks of Fang et al., ICCV 2021 (SPEC section 2), built from one table.
+
+Each network is a string of layer tokens read left to right:
+
+    c<n>  Conv2d(n, k3 s1 p1, bias=False) - BatchNorm2d - spiking neuron
+    p     MaxPool2d(2, 2)
+    d     Dropout(0.5) with one mask per sample for all time steps
+    f<n>  Linear(n, bias=False) - spiking neuron (the first one flattens its input)
+
+and the output ``f<10 * classes>`` is followed by the voting layer, which averages groups of 10
+output neurons into one score per class. Every tensor between layers is ``[T, N, ...]``.
+
+Static images ([N, C, H, W]) go through the first Conv+BN once; its output is the input current of
+the first neuron at every one of ``time_steps`` steps, so the image-to-spike encoder is learned.
+Event frames ([T, N, 2, H, W]) feed frame t at step t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from plifnet.neurons import BaseNode, neuron_factory
+
+
+@dataclass(frozen=True)
+class Arch:
+    in_channels: int
+    size: int  # input height = width
+    classes: int
+    time_steps: int  # the paper's T for this dataset (SPEC section 3)
+    static: bool  # True: images encoded once; False: event frames, one per step
+    layers: str  # the authors' code
+    paper_layers: str | None = None  # the paper's Table, where it differs from the code
+
+
+ARCHS = {
+    "mnist": Arch(1, 28, 10, 8, True, "c128 p c128 p d f2048 d f100"),
+    "fashion_mnist": Arch(1, 28, 10, 8, True, "c128 p c128 p d f2048 d f100"),
+    "cifar10": Arch(
+        3, 32, 10, 8, True,
+        "c256 c256 c256 p c256 c256 c256 p d f2048 f100",
+        paper_layers="c256 c256 c256 p c256 c256 c256 p d f2048 d f100",
+    ),
+    "nmnist": Arch(2, 34, 10, 10, False, "c128 p c128 p d f2048 d f100"),
+    "cifar10dvs": Arch(
+        2, 128, 10, 20, False,
+        "c128 p c128 p c128 p c128 p d f2048 d f100",
+        paper_layers="c128 p c128 p c128 p c128 p d f512 d f100",
+    ),
+    "dvs_gesture": Arch(2, 128, 11, 20, False, "c128 p c128 p c128 p c128 p c128 p d f512 d f110"),
+}
+
+VOTES_PER_CLASS = 10
+
+
+class TimeDistributed(nn.Module):
+    """Apply a stateless module to ``[T, N, ...]`` as one batch of T*N samples."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        return self.module(x_seq.flatten(0, 1)).unflatten(0, x_seq.shape[:2])
+
+
+class SharedDropout(nn.Module):
+    """Dropout on ``[T, N, ...]`` with one mask per sample, drawn once and reused at every step.
+
+    A fresh mask per step would let every neuron through at some step and blur the regularisation.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x_seq
+        mask = torch.empty_like(x_seq[0]).bernoulli_(1 - self.p) / (1 - self.p)
+        return x_seq * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Vote(nn.Module):
+    """``[T, N, classes * votes] -> [T, N, classes]``: the mean of each class's group of output neurons."""
+
+    def __init__(self, votes: int = VOTES_PER_CLASS):
+        super().__init__()
+        self.votes = votes
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        return x_seq.unflatten(-1, (-1, self.votes)).mean(-1)
+
+
+def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class SpikingNet(nn.Module):
+    """One of the paper's networks: ``SpikingNet("cifar10", neuron=neuron_factory("lif", tau=16))``.
+
+    Args:
+        arch: a key of :data:`ARCHS`.
+        neuron: ``make(channels) -> neuron``, called once per spiking layer (default: PLIF, tau0 = 2).
+        variant: ``"code"`` (the authors' released code, which produced the published numbers) or
+            ``"paper"`` (the paper's table), where the two differ (CIFAR-10, CIFAR10-DVS).
+        dropout: the dropout probability of every ``d`` layer.
+        time_steps: T for static images (default: the paper's); event data brings its own T.
+
+    Input: images ``[N, C, H, W]`` or event frames ``[T, N, C, H, W]``. Output: class scores
+    ``[T, N, classes]`` (the firing rate of each class's vote group at each step).
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        neuron: Callable[[int], BaseNode] | None = None,
+        variant: str = "code",
+        dropout: float = 0.5,
+        time_steps: int | None = None,
+    ):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown network {arch!r}; choose one of {sorted(ARCHS)}")
+        if variant not in ("code", "paper"):
+            raise ValueError(f"variant must be 'code' or 'paper', got {variant!r}")
+        self.arch_name, self.arch = arch, ARCHS[arch]
+        self.time_steps = self.arch.time_steps if time_steps is None else int(time_steps)
+        if self.time_steps < 1:
+            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        neuron = neuron or neuron_factory("plif")
+        tokens = ((variant == "paper" and self.arch.paper_layers) or self.arch.layers).split()
+
+        channels, size, features = self.arch.in_channels, self.arch.size, None
+        layers: list[nn.Module] = []
+        for token in tokens:
+            kind, width = token[0], int(token[1:] or 0)
+            if kind == "c":
+                layers += [TimeDistributed(_conv_bn(channels, width)), neuron(width)]
+                channels = width
+            elif kind == "p":
+                layers.append(TimeDistributed(nn.MaxPool2d(2, 2)))
+                size //= 2
+            elif kind in "df" and features is None:
+                layers.append(nn.Flatten(2))
+                features = channels * size * size
+            if kind == "d":
+                layers.append(SharedDropout(dropout))
+            elif kind == "f":
+                layers += [nn.Linear(features, width, bias=False), neuron(width)]
+                features = width
+        if features != self.arch.classes * VOTES_PER_CLASS:
+            raise AssertionError(f"{arch}: the last layer must have {VOTES_PER_CLASS} neurons per class")
+        layers.append(Vote())
+
+        # The first Conv+BN is the encoder: once per image for static data, per frame for events.
+        self.encoder = layers[0].module
+        self.layers = nn.Sequential(*layers[1:])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.arch.in_channels, self.arch.size, self.arch.size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expected = "[N, C, H, W] images" if self.arch.static else "[T, N, C, H, W] event frames"
+        if x.dim() != (4 if self.arch.static else 5) or tuple(x.shape[-3:]) != self.input_shape:
+            c, h, w = self.input_shape
+            raise ValueError(
+                f"the {self.arch_name} network takes {expected} with C, H, W = {c}, {h}, {w}; "
+                f"got shape {tuple(x.shape)}. Check that the data module matches the network (--model.arch)."
+            )
+        if self.arch.static:
+            current = self.encoder(x)
+            x_seq = current.unsqueeze(0).expand(self.time_steps, *current.shape)
+        else:
+            x_seq = self.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        return self.layers(x_seq)
+
+    def spiking_layers(self) -> dict[str, BaseNode]:
+        """The neurons by a readable name: ``conv1``, ``conv2``, ..., ``fc1``, ``fc2`` (the output)."""
+        names, counts = {}, {"conv": 0, "fc": 0}
+        previous = None
+        for module in [self.encoder, *self.layers]:
+            if isinstance(module, BaseNode):
+                kind = "fc" if isinstance(previous, nn.Linear) else "conv"
+                counts[kind] += 1
+                names[f"{kind}{counts[kind]}"] = module
+            previous = module
+        return names

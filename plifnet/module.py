@@ -1,0 +1,143 @@
+"""The LightningModule: trains any of the paper's networks with the paper's recipe (SPEC section 3).
+
+Loss: ``rate_mse``, the mean squared error between each class's firing rate (the time average of the
+vote output) and the one-hot label, or ``cross_entropy`` on those rates.
+
+Evaluation follows both of the paper's protocols. The data module serves the validation split and
+the test set as two validation loaders during fit, so every epoch logs ``val/acc`` and ``test/acc``:
+protocol A is ``test/acc_best`` (best test accuracy over epochs), protocol B is
+``test/acc_at_best_val`` (test accuracy at the epoch of the best validation accuracy).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from plifnet.models import SpikingNet
+from plifnet.neurons import neuron_factory
+
+
+class SpikingClassifier(L.LightningModule):
+    """A spiking classifier: one of :data:`plifnet.models.ARCHS` with PLIF, LIF or IF neurons.
+
+    Args:
+        arch: network name (``mnist``, ``fashion_mnist``, ``cifar10``, ``nmnist``, ``cifar10dvs``, ``dvs_gesture``).
+        neuron: ``plif`` (learnable tau), ``lif`` (fixed tau) or ``if`` (no leak).
+        tau: the initial tau of PLIF, the fixed tau of LIF (must be > 1).
+        v_threshold, v_reset, detach_reset, decay_input, per_channel: see :class:`plifnet.neurons.PLIF`;
+            ``v_reset: null`` selects the soft reset.
+        surrogate, surrogate_alpha: the surrogate gradient by name and its alpha (None: its default).
+        variant: ``code`` (the authors' code, default) or ``paper`` (the paper's table).
+        time_steps: T for static images (None: the paper's T for ``arch``).
+        dropout: probability of every dropout layer.
+        loss: ``rate_mse`` (the paper) or ``cross_entropy``.
+        lr, cosine_t_max: Adam's learning rate and the period (epochs) of the cosine schedule.
+    """
+
+    def __init__(
+        self,
+        arch: str = "mnist",
+        neuron: Literal["plif", "lif", "if"] = "plif",
+        tau: float = 2.0,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        detach_reset: bool = True,
+        decay_input: bool = True,
+        per_channel: bool = False,
+        surrogate: Literal["atan", "sigmoid", "piecewise_quadratic", "fast_sigmoid", "rectangle"] = "atan",
+        surrogate_alpha: float | None = None,
+        variant: Literal["code", "paper"] = "code",
+        time_steps: int | None = None,
+        dropout: float = 0.5,
+        loss: Literal["rate_mse", "cross_entropy"] = "rate_mse",
+        lr: float = 1e-3,
+        cosine_t_max: int = 64,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        make_neuron = neuron_factory(
+            neuron, tau, v_threshold, v_reset, detach_reset, decay_input, surrogate, surrogate_alpha, per_channel
+        )
+        self.net = SpikingNet(arch, make_neuron, variant, dropout, time_steps)
+        self.num_classes = self.net.arch.classes
+        if loss not in ("rate_mse", "cross_entropy"):
+            raise ValueError(f"loss must be 'rate_mse' or 'cross_entropy', got {loss!r}")
+        # ModuleDict keys may not shadow Module methods such as train(): hence the suffixes.
+        self.accuracy = torch.nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(self.num_classes, average="micro") for stage in ("train", "val", "test")}
+        )
+        self.best = torch.nn.ModuleDict({"val_acc": MaxMetric(), "test_acc": MaxMetric()})
+        for metric in self.best.values():
+            metric.persistent(True)  # resuming from a checkpoint keeps the best accuracies
+        self.register_buffer("test_acc_at_best_val", torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Firing rate of each class ``[N, classes]``: the time average of the vote output ``[T, N, classes]``."""
+        return self.net(x).mean(0)
+
+    def _loss(self, rates: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.hparams.loss == "rate_mse":
+            return F.mse_loss(rates, F.one_hot(y, self.num_classes).to(rates.dtype))
+        return F.cross_entropy(rates, y)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(
+                f"label {int(y.max() if y.max() >= self.num_classes else y.min())} is outside the "
+                f"{self.num_classes} classes of the {self.hparams.arch} network (labels must be 0..{self.num_classes - 1})"
+            )
+        rates = self(x)
+        loss = self._loss(rates, y)
+        self.accuracy[f"{stage}_acc"](rates, y)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", add_dataloader_idx=False, batch_size=len(y))
+        self.log(f"{stage}/acc", self.accuracy[f"{stage}_acc"], prog_bar=True, add_dataloader_idx=False, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._step(batch, self._val_stage(dataloader_idx))
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        """Class probabilities ``[N, classes]``: softmax of the rates for cross-entropy, else the
+        normalised rates (uniform where no output neuron fired)."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        rates = self(x)
+        if self.hparams.loss == "cross_entropy":
+            return rates.softmax(-1)
+        total = rates.sum(-1, keepdim=True)
+        return torch.where(total > 0, rates / total.clamp_min(1e-12), torch.full_like(rates, 1 / self.num_classes))
+
+    def _val_stage(self, dataloader_idx: int) -> str:
+        """The data module names its validation loaders (``val``, ``test``); a plain loader is ``val``."""
+        names = getattr(self.trainer.datamodule, "val_loader_names", None) if self._trainer else None
+        return names[dataloader_idx] if names else "val"
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            return
+        logged = self.trainer.callback_metrics
+        for stage in ("val", "test"):
+            if f"{stage}/acc" in logged:
+                self.best[f"{stage}_acc"](logged[f"{stage}/acc"])
+                self.log(f"{stage}/acc_best", self.best[f"{stage}_acc"].compute())
+        if "val/acc" in logged and "test/acc" in logged:
+            if logged["val/acc"] >= self.best["val_acc"].compute():
+                self.test_acc_at_best_val.fill_(logged["test/acc"])
+            self.log("test/acc_at_best_val", self.test_acc_at_best_val)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.hparams.cosine_t_max)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
