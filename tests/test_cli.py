@@ -1,0 +1,118 @@
+"""``python cli.py`` end to end: fit, validate, test and predict on generated data, and real MNIST."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from plifnet.data.static import StaticDataModule
+from plifnet.module import SpikingClassifier
+
+
+def cli(*args, cwd=ROOT, timeout=900):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    result = subprocess.run(
+        [sys.executable, "cli.py", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def epoch_rows(rows, key):
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+@pytest.fixture
+def quick(tmp_path):
+    """Flags that shrink the paper's MNIST recipe to seconds."""
+    return [
+        "--config", "configs/mnist.yaml",
+        "--data.num_workers", "0", "--data.batch_size", "8",
+        "--model.time_steps", "2",
+        "--trainer.logger.init_args.save_dir", tmp_path / "runs",
+        "--trainer.enable_progress_bar", "false",
+    ]
+
+
+def test_fit_test_predict_on_generated_images(tiny_digits, quick, tmp_path):
+    cli("fit", *quick, "--data.root", tiny_digits, "--trainer.max_epochs", "2")
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    rows = read_metrics(run)
+    # protocol A and B are logged every epoch, beside validation and test accuracy
+    for key in ("val/acc", "test/acc", "val/acc_best", "test/acc_best", "test/acc_at_best_val", "train/loss_epoch", "train/acc"):
+        assert key in rows[0], key
+    assert len(epoch_rows(rows, "test/acc")) == 2
+    test_acc = epoch_rows(rows, "test/acc")
+    assert epoch_rows(rows, "test/acc_best")[-1] == max(test_acc)
+    val_acc = epoch_rows(rows, "val/acc")
+    best_epoch = max(range(2), key=lambda e: (val_acc[e], e))  # ties: the later epoch
+    assert epoch_rows(rows, "test/acc_at_best_val")[-1] == pytest.approx(test_acc[best_epoch])
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and (run / "config.yaml").is_file()
+
+    # `test` from the checkpoint gives the accuracy of that model on the 40 test images
+    cli("test", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt)
+    tested = read_metrics(tmp_path / "runs" / "lightning_logs" / "version_1")
+    model = SpikingClassifier.load_from_checkpoint(ckpt).eval()
+    dm = StaticDataModule("mnist", root=str(tiny_digits), num_workers=0)
+    dm.setup("test")
+    x, y = zip(*[dm.test_set[i] for i in range(len(dm.test_set))])
+    with torch.no_grad():
+        rates = model(torch.stack(x))
+    expected = (rates.argmax(-1) == torch.tensor(y)).float().mean().item()
+    assert float(tested[-1]["test/acc"]) == pytest.approx(expected)
+
+    # `predict` writes one row of class probabilities per test image, in order
+    cli("predict", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt)
+    with open(tmp_path / "runs" / "lightning_logs" / "version_2" / "predictions.csv") as f:
+        predictions = list(csv.DictReader(f))
+    assert len(predictions) == 40
+    probabilities = torch.tensor([[float(r[f"p{c}"]) for c in range(10)] for r in predictions])
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(40), atol=1e-4, rtol=0)
+    assert [int(r["predicted"]) for r in predictions] == probabilities.argmax(-1).tolist()
+
+    cli("validate", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt)
+
+
+def test_neuron_options_from_the_command_line(tiny_digits, quick):
+    out = cli("fit", *quick, "--data.root", tiny_digits, "--model.neuron", "lif", "--model.tau", "16",
+              "--model.v_reset", "null", "--print_config").stdout
+    assert "neuron: lif" in out and "tau: 16.0" in out and "v_reset: null" in out
+
+
+def test_missing_data_folder_fails_with_the_fix(tmp_path, quick):
+    result = subprocess.run(
+        [sys.executable, "cli.py", "fit", *map(str, quick), "--data.root", str(tmp_path / "absent")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "mnist was not found in" in result.stderr and "--data.download true" in result.stderr
+
+
+@pytest.mark.real_data
+def test_short_run_on_real_mnist(shared_datasets, tmp_path):
+    """Sixty batches of the paper's recipe on real MNIST (about 50% with seed 2020), then 1,008 test images."""
+    args = [
+        "--config", "configs/mnist.yaml", "--data.root", shared_datasets,
+        "--data.num_workers", "1", "--data.val_fraction", "0",
+        "--trainer.logger.init_args.save_dir", tmp_path / "runs",
+        "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "60", "--trainer.limit_val_batches", "0",
+        "--trainer.callbacks", "[]",
+    ]
+    cli("fit", *args)
+    ckpt = next((tmp_path / "runs").rglob("*.ckpt"), None)
+    assert ckpt is not None
+    cli("test", *args, "--ckpt_path", ckpt, "--trainer.limit_test_batches", "63")
+    rows = read_metrics(tmp_path / "runs" / "lightning_logs" / "version_1")
+    assert float(rows[-1]["test/acc"]) > 0.35  # chance is 0.1

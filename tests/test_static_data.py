@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from plifnet.data.common import stratified_split
+from plifnet.data.static import StaticDataModule
+
+
+def test_stratified_split_is_per_class_disjoint_and_repeatable():
+    targets = [c for c in range(4) for _ in range(20 + 10 * c)]  # unbalanced classes: 20, 30, 40, 50
+    train, val = stratified_split(targets, 0.15, seed=3)
+    assert set(train).isdisjoint(val) and sorted(train + val) == list(range(len(targets)))
+    per_class = [sum(targets[i] == c for i in val) for c in range(4)]
+    assert per_class == [3, 4, 6, 8]  # round(0.15 * n) of each class: 3, 4.5 -> 4, 6, 7.5 -> 8
+    assert stratified_split(targets, 0.15, seed=3) == (train, val)
+    assert stratified_split(targets, 0.15, seed=4) != (train, val)
+
+
+def test_image_folder_layout_with_validation_and_test(tiny_digits):
+    dm = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (170, 30, 40)
+    assert dm.val_loader_names == ["val", "test"]
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert len(dm.train_dataloader()) == 170 // 8  # drop_last
+    names = [len(loader.dataset) for loader in dm.val_dataloader()]
+    assert names == [30, 40]
+    # normalised with MNIST's statistics: the bright bar (255) maps to (1 - 0.1307) / 0.3081
+    x_val, y_val = dm.val_set[0]
+    assert x_val.max().item() == pytest.approx((1 - 0.1307) / 0.3081, rel=1e-5)
+    assert x_val[0, 2 * y_val + 2, 10].item() == pytest.approx((1 - 0.1307) / 0.3081, rel=1e-5)
+
+
+def test_without_validation_split_the_test_set_is_the_validation_loader(tiny_digits):
+    dm = StaticDataModule("mnist", root=str(tiny_digits), num_workers=0, val_fraction=0.0)
+    dm.setup("fit")
+    assert dm.val_loader_names == ["test"] and len(dm.train_set) == 200
+    assert [len(loader.dataset) for loader in dm.val_dataloader()] == [40]
+
+
+def test_augmentation_only_on_training_data(tiny_digits):
+    dm = StaticDataModule("mnist", root=str(tiny_digits), num_workers=0, val_fraction=0.5)
+    dm.setup("fit")
+    index = dm.val_set.indices[0]
+    train_view, eval_view = dm.train_set.dataset, dm.val_set.dataset
+    assert torch.equal(eval_view[index][0], eval_view[index][0])
+    torch.manual_seed(0)
+    assert not torch.equal(train_view[index][0], eval_view[index][0])  # RandomAffine moved it
+
+
+def test_missing_data_gives_one_clear_error(tmp_path):
+    dm = StaticDataModule("cifar10", root=str(tmp_path / "nowhere"), num_workers=0)
+    with pytest.raises(FileNotFoundError) as error:
+        dm.setup("fit")
+    message = str(error.value)
+    assert "cifar10 was not found in" in message and str(tmp_path / "nowhere") in message
+    assert "cifar-10-batches-py" in message and "train/<class>" in message and "--data.download true" in message
+
+
+def test_image_folder_with_the_wrong_number_of_classes(tmp_path, tiny_digits):
+    import shutil
+
+    shutil.rmtree(tiny_digits / "train" / "9")
+    dm = StaticDataModule("mnist", root=str(tiny_digits), num_workers=0)
+    with pytest.raises(ValueError, match="has 9 class folders .* but mnist has 10 classes"):
+        dm.setup("fit")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
+        StaticDataModule("svhn")
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        StaticDataModule("mnist", val_fraction=1.0)
+
+
+@pytest.mark.real_data
+def test_real_mnist_in_torchvision_layout(shared_datasets):
+    dm = StaticDataModule("mnist", root=str(shared_datasets), num_workers=0)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (51000, 9000, 10000)
+    labels = torch.tensor([dm.val_set.dataset.targets[i] for i in dm.val_set.indices])
+    assert torch.bincount(labels, minlength=10).tolist() == [
+        round(n * 0.15) for n in torch.bincount(dm.val_set.dataset.targets).tolist()
+    ]
+
+
+@pytest.mark.real_data
+def test_real_cifar10_image_folder(shared_datasets):
+    dm = StaticDataModule("cifar10", root=str(shared_datasets / "cifar10-jpg"), num_workers=0, val_fraction=0.0)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.test_set)) == (50000, 10000)
+    assert dm.train_set.classes[:3] == ["airplane", "automobile", "bird"]
+    x, y = dm.test_set[0]
+    assert x.shape == (3, 32, 32) and y == 0
