@@ -1,13 +1,29 @@
-"""Lightning callbacks of plifnet."""
+"""Lightning callbacks: neuron state reset, tau and firing-rate monitors, prediction writer.
+
+Where tau is logged: :class:`TauMonitor` reads ``PLIF.tau`` (``plifnet/neurons.py``) of every PLIF
+layer every ``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every logger of the run.
+"""
 
 from __future__ import annotations
 
 import csv
 import os
+import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+
+from plifnet import plots
+from plifnet.neurons import PLIF, BaseNode, reset_state
+
+
+def spiking_layers(module: torch.nn.Module) -> dict[str, BaseNode]:
+    """The neurons of a model by readable name (``conv1``, ..., ``fc2`` for the paper's networks)."""
+    for m in module.modules():
+        if hasattr(m, "spiking_layers") and m is not module:
+            return m.spiking_layers()
+    return {name: m for name, m in module.named_modules() if isinstance(m, BaseNode)}
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -21,6 +37,168 @@ def _run_dir(trainer) -> Path:
     folder = Path(trainer.log_dir or trainer.default_root_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _log_figure(trainer, key: str, path: Path, step: int) -> None:
+    """Hand a PNG to each logger that can show images (TensorBoard, wandb); CSV keeps the file alone."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, plots.read_png(path), step, dataformats="HWC")
+
+
+class ResetState(Callback):
+    """Reset every neuron's single-step state before and after each batch of every stage, and after
+    an exception, so that no membrane potential or autograd graph leaks from one batch into the next
+    (also when the batch size changes between batches)."""
+
+    def _reset(self, trainer, pl_module, *args) -> None:
+        reset_state(pl_module)
+
+    on_train_batch_start = on_train_batch_end = _reset
+    on_validation_batch_start = on_validation_batch_end = _reset
+    on_test_batch_start = on_test_batch_end = _reset
+    on_predict_batch_start = on_predict_batch_end = _reset
+    on_exception = _reset
+
+
+class TauMonitor(Callback):
+    """Log the tau of every PLIF layer every ``every_n_steps`` optimiser steps (default: the trainer's
+    ``log_every_n_steps``), and plot it at the end.
+
+    Scalar tau is logged as ``tau/<layer>``; per-channel tau as ``tau/<layer>/mean|min|max`` and a
+    histogram where the logger has one (TensorBoard, wandb). The progress bar shows ``tau_mean``, the
+    mean over layers. At the end of fit, ``tau.csv`` (one column per layer, one row per logged step)
+    and ``tau.png`` (one curve per layer, x = step) are written into the run folder, and the plot
+    is handed to the loggers as an image.
+    """
+
+    def __init__(self, every_n_steps: int | None = None):
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.steps: list[int] = []
+        self.history: dict[str, list[float]] = {}
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.every_n_steps is None:  # follow --trainer.log_every_n_steps
+            self.every_n_steps = trainer.log_every_n_steps
+        self.layers = {name: m for name, m in spiking_layers(pl_module).items() if isinstance(m, PLIF)}
+        self.steps, self.history = [], {name: [] for name in self.layers}
+        self._record(trainer, pl_module)  # tau0, at step 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.layers:
+            return
+        mean_tau = torch.stack([layer.tau.mean() for layer in self.layers.values()]).mean()
+        pl_module.log("tau_mean", mean_tau, prog_bar=True, logger=False)
+        if trainer.global_step % self.every_n_steps == 0 and trainer.global_step not in self.steps:
+            self._record(trainer, pl_module)
+
+    def _record(self, trainer, pl_module) -> None:
+        if not self.layers:
+            return
+        step, metrics = trainer.global_step, {}
+        for name, layer in self.layers.items():
+            tau = layer.tau.float().cpu()
+            if tau.dim() == 0:
+                metrics[f"tau/{name}"] = tau.item()
+            else:
+                metrics.update({f"tau/{name}/mean": tau.mean().item(), f"tau/{name}/min": tau.min().item(),
+                                f"tau/{name}/max": tau.max().item()})
+                self._histogram(trainer, f"tau/{name}/hist", tau, step)
+            self.history[name].append(tau.mean().item())
+        self.steps.append(step)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    @staticmethod
+    def _histogram(trainer, key: str, values: torch.Tensor, step: int) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_histogram(key, values, step)
+            elif isinstance(logger, WandbLogger):
+                import wandb
+
+                logger.experiment.log({key: wandb.Histogram(values.numpy()), "trainer/global_step": step})
+
+    def on_fit_end(self, trainer, pl_module):
+        if not self.layers or not trainer.is_global_zero:
+            return
+        if trainer.global_step not in self.steps:
+            self._record(trainer, pl_module)
+        folder = _run_dir(trainer)
+
+        def write_csv(path):
+            with open(path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["step", *self.history])
+                for i, step in enumerate(self.steps):
+                    writer.writerow([step, *(f"{values[i]:.8g}" for values in self.history.values())])
+
+        _write_atomically(folder / "tau.csv", write_csv)
+        _write_atomically(folder / "tau.png", lambda path: plots.tau_trajectories(self.steps, self.history, path))
+        _log_figure(trainer, "tau_trajectories", folder / "tau.png", trainer.global_step)
+
+
+class FiringRateMonitor(Callback):
+    """Mean firing rate of every spiking layer on the validation set, each epoch.
+
+    Logged as ``firing_rate/<layer>`` and drawn as a bar chart (``firing_rates.png`` in the run folder,
+    and an image for loggers that show them). Warns once per layer when a layer stays silent or
+    saturated (rate below ``low`` or above ``high``) for a whole epoch. Only running sums are kept,
+    never activations.
+    """
+
+    def __init__(self, low: float = 1e-4, high: float = 0.99):
+        self.low, self.high = low, high
+        self.warned: set[str] = set()
+        self.rates: dict[str, float] = {}
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.layers = spiking_layers(pl_module)
+        self.sums = dict.fromkeys(self.layers, 0.0)  # become tensors on the spikes' device: no sync per batch
+        self.counts = dict.fromkeys(self.layers, 0)
+        self._loader_idx = 0
+        self.handles = [layer.register_forward_hook(self._hook(name)) for name, layer in self.layers.items()]
+
+    def _hook(self, name):
+        def count(module, inputs, spikes):
+            if self._loader_idx == 0:  # the first validation loader: the validation split
+                # a float32 sum of 0/1 spikes is exact below 2**24 per batch and 20x faster than float64
+                self.sums[name] = self.sums[name] + spikes.detach().sum(dtype=torch.float32).double()
+                self.counts[name] += spikes.numel()
+
+        return count
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._loader_idx = dataloader_idx
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        for handle in self.handles:
+            handle.remove()
+        if trainer.sanity_checking or not any(self.counts.values()):
+            return
+        self.rates = {name: float(self.sums[name] / self.counts[name]) for name in self.layers if self.counts[name]}
+        for name, rate in self.rates.items():
+            pl_module.log(f"firing_rate/{name}", rate, sync_dist=True)
+            if (rate < self.low or rate > self.high) and name not in self.warned:
+                self.warned.add(name)
+                state = "silent" if rate < self.low else "saturated"
+                warnings.warn(
+                    f"spiking layer {name} was {state} for a whole validation epoch (mean firing rate {rate:.2g}); "
+                    f"check the input scale, v_threshold and tau",
+                    RuntimeWarning,
+                )
+        if trainer.is_global_zero:
+            path = _run_dir(trainer) / "firing_rates.png"
+            _write_atomically(path, lambda p: plots.firing_rates(self.rates, trainer.current_epoch, p))
+            _log_figure(trainer, "firing_rates", path, trainer.global_step)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -14,10 +14,11 @@ from plifnet.data.static import StaticDataModule
 from plifnet.module import SpikingClassifier
 
 
-def cli(*args, cwd=ROOT, timeout=900):
+def cli(*args, cwd, timeout=900):
+    """Run ``python cli.py ARGS`` in ``cwd``, where its runs/ folder appears."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     result = subprocess.run(
-        [sys.executable, "cli.py", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, ROOT / "cli.py", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -36,16 +37,14 @@ def epoch_rows(rows, key):
 def quick(tmp_path):
     """Flags that shrink the paper's MNIST recipe to seconds."""
     return [
-        "--config", "configs/mnist.yaml",
+        "--config", ROOT / "configs" / "mnist.yaml",
         "--data.num_workers", "0", "--data.batch_size", "8",
         "--model.time_steps", "2",
-        "--trainer.logger.init_args.save_dir", tmp_path / "runs",
-        "--trainer.enable_progress_bar", "false",
     ]
 
 
 def test_fit_test_predict_on_generated_images(tiny_digits, quick, tmp_path):
-    cli("fit", *quick, "--data.root", tiny_digits, "--trainer.max_epochs", "2")
+    cli("fit", *quick, "--data.root", tiny_digits, "--trainer.max_epochs", "2", cwd=tmp_path)
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     rows = read_metrics(run)
     # protocol A and B are logged every epoch, beside validation and test accuracy
@@ -59,9 +58,14 @@ def test_fit_test_predict_on_generated_images(tiny_digits, quick, tmp_path):
     assert epoch_rows(rows, "test/acc_at_best_val")[-1] == pytest.approx(test_acc[best_epoch])
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and (run / "config.yaml").is_file()
+    # the default monitors and loggers: tau per PLIF layer, firing rates, plots, TensorBoard events
+    for key in ("tau/conv1", "tau/fc2", "firing_rate/conv1", "firing_rate/fc2"):
+        assert epoch_rows(rows, key), key
+    assert all((run / name).stat().st_size > 1000 for name in ("tau.csv", "tau.png", "firing_rates.png"))
+    assert list((tmp_path / "runs" / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
 
     # `test` from the checkpoint gives the accuracy of that model on the 40 test images
-    cli("test", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt)
+    cli("test", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path)
     tested = read_metrics(tmp_path / "runs" / "lightning_logs" / "version_1")
     model = SpikingClassifier.load_from_checkpoint(ckpt).eval()
     dm = StaticDataModule("mnist", root=str(tiny_digits), num_workers=0)
@@ -73,7 +77,7 @@ def test_fit_test_predict_on_generated_images(tiny_digits, quick, tmp_path):
     assert float(tested[-1]["test/acc"]) == pytest.approx(expected)
 
     # `predict` writes one row of class probabilities per test image, in order
-    cli("predict", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt)
+    cli("predict", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path)
     with open(tmp_path / "runs" / "lightning_logs" / "version_2" / "predictions.csv") as f:
         predictions = list(csv.DictReader(f))
     assert len(predictions) == 40
@@ -81,19 +85,19 @@ def test_fit_test_predict_on_generated_images(tiny_digits, quick, tmp_path):
     torch.testing.assert_close(probabilities.sum(-1), torch.ones(40), atol=1e-4, rtol=0)
     assert [int(r["predicted"]) for r in predictions] == probabilities.argmax(-1).tolist()
 
-    cli("validate", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt)
+    cli("validate", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path)
 
 
-def test_neuron_options_from_the_command_line(tiny_digits, quick):
+def test_neuron_options_from_the_command_line(tiny_digits, quick, tmp_path):
     out = cli("fit", *quick, "--data.root", tiny_digits, "--model.neuron", "lif", "--model.tau", "16",
-              "--model.v_reset", "null", "--print_config").stdout
+              "--model.v_reset", "null", "--print_config", cwd=tmp_path).stdout
     assert "neuron: lif" in out and "tau: 16.0" in out and "v_reset: null" in out
 
 
 def test_missing_data_folder_fails_with_the_fix(tmp_path, quick):
     result = subprocess.run(
-        [sys.executable, "cli.py", "fit", *map(str, quick), "--data.root", str(tmp_path / "absent")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, ROOT / "cli.py", "fit", *map(str, quick), "--data.root", str(tmp_path / "absent")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode != 0
     assert "mnist was not found in" in result.stderr and "--data.download true" in result.stderr
@@ -103,16 +107,15 @@ def test_missing_data_folder_fails_with_the_fix(tmp_path, quick):
 def test_short_run_on_real_mnist(shared_datasets, tmp_path):
     """Sixty batches of the paper's recipe on real MNIST (about 50% with seed 2020), then 1,008 test images."""
     args = [
-        "--config", "configs/mnist.yaml", "--data.root", shared_datasets,
+        "--config", ROOT / "configs" / "mnist.yaml", "--data.root", shared_datasets,
         "--data.num_workers", "1", "--data.val_fraction", "0",
-        "--trainer.logger.init_args.save_dir", tmp_path / "runs",
-        "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
+        "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "60", "--trainer.limit_val_batches", "0",
         "--trainer.callbacks", "[]",
     ]
-    cli("fit", *args)
+    cli("fit", *args, cwd=tmp_path)
     ckpt = next((tmp_path / "runs").rglob("*.ckpt"), None)
     assert ckpt is not None
-    cli("test", *args, "--ckpt_path", ckpt, "--trainer.limit_test_batches", "63")
+    cli("test", *args, "--ckpt_path", ckpt, "--trainer.limit_test_batches", "63", cwd=tmp_path)
     rows = read_metrics(tmp_path / "runs" / "lightning_logs" / "version_1")
     assert float(rows[-1]["test/acc"]) > 0.35  # chance is 0.1

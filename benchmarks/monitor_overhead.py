@@ -1,0 +1,75 @@
+"""Cost of plifnet's monitors (ResetState, TauMonitor, FiringRateMonitor) on training and validation.
+
+Trains the paper's MNIST network (batch 16, T = 8) on in-memory random images, with and without the
+monitors, alternating the two a few times in one process, and prints the median time of a training
+step and of a validation batch, and their ratios.
+
+    python benchmarks/monitor_overhead.py [--steps 30] [--repeats 3] [--tau-every 1]
+"""
+
+import argparse
+import statistics
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from plifnet.callbacks import FiringRateMonitor, ResetState, TauMonitor
+from plifnet.module import SpikingClassifier
+
+
+class Timer(L.Callback):
+    def __init__(self):
+        self.train, self.val = [], []
+
+    def on_train_batch_start(self, *args):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, *args):
+        self.train.append(time.perf_counter() - self._t)
+
+    def on_validation_batch_start(self, *args):
+        self._t = time.perf_counter()
+
+    def on_validation_batch_end(self, *args):
+        self.val.append(time.perf_counter() - self._t)
+
+
+def run(monitors: bool, steps: int, tau_every: int, data) -> Timer:
+    torch.manual_seed(0)
+    timer = Timer()
+    callbacks = [ResetState(), TauMonitor(every_n_steps=tau_every), FiringRateMonitor()] if monitors else []
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=steps // 2,
+                        num_sanity_val_steps=0, callbacks=callbacks + [timer],
+                        logger=L.pytorch.loggers.CSVLogger("/tmp/plifnet-bench"),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    loader = DataLoader(data, batch_size=16, shuffle=True, drop_last=True)
+    trainer.fit(SpikingClassifier("mnist"), loader, DataLoader(data, batch_size=16))
+    return timer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tau-every", type=int, default=1, help="TauMonitor.every_n_steps (1: the worst case)")
+    args = parser.parse_args()
+    data = TensorDataset(torch.randn(16 * args.steps, 1, 28, 28), torch.randint(0, 10, (16 * args.steps,)))
+    results = {False: Timer(), True: Timer()}
+    for _ in range(args.repeats):
+        for monitors in (False, True):
+            timer = run(monitors, args.steps, args.tau_every, data)
+            results[monitors].train += timer.train[2:]  # the first steps warm up allocators
+            results[monitors].val += timer.val[1:]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MNIST network, batch 16, T = 8, "
+          f"{args.repeats} x {args.steps} steps, TauMonitor every {args.tau_every} step(s)")
+    print(f"{'':24}{'no monitors':>14}{'monitors':>14}{'ratio':>8}")
+    for stage in ("train", "val"):
+        base = statistics.median(getattr(results[False], stage))
+        mon = statistics.median(getattr(results[True], stage))
+        print(f"{stage + ' batch, median (ms)':24}{base * 1e3:14.1f}{mon * 1e3:14.1f}{mon / base:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
