@@ -61,7 +61,9 @@ def test_fit_test_predict_on_generated_images(tiny_digits, quick, tmp_path):
     # the default monitors and loggers: tau per PLIF layer, firing rates, plots, TensorBoard events
     for key in ("tau/conv1", "tau/fc2", "firing_rate/conv1", "firing_rate/fc2"):
         assert epoch_rows(rows, key), key
-    assert all((run / name).stat().st_size > 1000 for name in ("tau.csv", "tau.png", "firing_rates.png"))
+    assert all((run / name).stat().st_size > 1000 for name in ("tau.png", "firing_rates.png"))
+    with open(run / "tau.csv") as f:
+        assert next(csv.reader(f)) == ["step", "conv1", "conv2", "fc1", "fc2"]
     assert list((tmp_path / "runs" / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
 
     # `test` from the checkpoint gives the accuracy of that model on the 40 test images
