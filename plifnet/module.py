@@ -7,6 +7,7 @@ Evaluation follows both of the paper's protocols. The data module serves the val
 the test set as two validation loaders during fit, so every epoch logs ``val/acc`` and ``test/acc``:
 protocol A is ``test/acc_best`` (best test accuracy over epochs), protocol B is
 ``test/acc_at_best_val`` (test accuracy at the epoch of the best validation accuracy).
+``monitor/acc`` (``val/acc``, or ``test/acc`` without a validation split) is what checkpoints follow.
 """
 
 from __future__ import annotations
@@ -134,6 +135,11 @@ class SpikingClassifier(L.LightningModule):
             if f"{stage}/acc" in logged:
                 self.best[f"{stage}_acc"](logged[f"{stage}/acc"])
                 self.log(f"{stage}/acc_best", self.best[f"{stage}_acc"].compute())
+        # what picks the best checkpoint: validation accuracy, or test accuracy (protocol A, as in
+        # the authors' code) when the data module has no validation split
+        selection = logged.get("val/acc", logged.get("test/acc"))
+        if selection is not None:
+            self.log("monitor/acc", selection)
         if "val/acc" in logged and "test/acc" in logged:
             if logged["val/acc"] >= self.best["val_acc"].compute():
                 self.test_acc_at_best_val.fill_(logged["test/acc"])

@@ -1,5 +1,6 @@
-"""Data modules: static images (:mod:`plifnet.data.static`)."""
+"""Data modules: static images (:mod:`plifnet.data.static`) and event-camera recordings (:mod:`plifnet.data.events`)."""
 
+from plifnet.data.events import EventDataModule
 from plifnet.data.static import StaticDataModule
 
-__all__ = ["StaticDataModule"]
+__all__ = ["EventDataModule", "StaticDataModule"]

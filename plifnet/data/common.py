@@ -35,6 +35,8 @@ class ClassificationDataModule(L.LightningDataModule):
     ``eval_train_set`` is the training data without augmentation: the validation split is cut from it.
     """
 
+    collate_fn = None  # the DataLoader's default; event data stacks time first
+
     def __init__(
         self,
         batch_size: int = 16,
@@ -88,6 +90,7 @@ class ClassificationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,285 @@
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from event_files import (aedat31_packet, hand_frames, random_events, write_aedat2, write_aedat4, write_aedat31,
+                         write_nmnist)
+from plifnet.data.events import (CorruptRecording, EventDataModule, read_aedat2_dvs128, read_aedat4,
+                                 read_aedat31_polarity, read_gesture_npy, read_nmnist, to_frames)
+
+
+def fields(events):
+    return [events[k].astype(np.int64).tolist() for k in ("x", "y", "t", "p")]
+
+
+# --- decoders -------------------------------------------------------------------------------------
+
+def test_nmnist_decoder_field_order_polarity_and_24_bit_timestamps(tmp_path):
+    x, y, t, p = [0, 33, 5], [1, 0, 33], [7, 2**23 - 1, 65_536 + 255], [1, 0, 1]
+    events = read_nmnist(write_nmnist(tmp_path / "a.bin", x, y, t, p))
+    assert fields(events) == [x, y, t, p]
+
+
+def test_aedat2_decoder_maps_addresses_as_spikingjelly(tmp_path):
+    x, y, t, p = [0, 127, 40], [5, 0, 127], [10, 2**31 + 5, 4_000_000_000], [1, 0, 1]
+    path = write_aedat2(tmp_path / "r.aedat", x, y, t, p)
+    assert fields(read_aedat2_dvs128(path)) == [x, y, t, p]
+    # the raw address of the first event, by hand: xr = 127 - 5, yr = 127 - 0, pr = 0
+    raw = path.read_bytes().split(b"\r\n")[-1]
+    assert int.from_bytes(raw[:4], "big") == (127 << 8) | (122 << 1) | 0
+
+
+def test_aedat31_decoder_reads_polarity_packets_only_with_overflow(tmp_path):
+    packets = [
+        aedat31_packet([1, 2], [3, 4], [100, 200], [0, 1]),
+        aedat31_packet([9], [9], [150], [1], kind=0),  # a special-event packet: not polarity
+        aedat31_packet([5, 6, 7], [8, 9, 10], [5, 6, 7], [1, 1, 0], overflow=1, valid=[1, 0, 1]),
+    ]
+    events = read_aedat31_polarity(write_aedat31(tmp_path / "user01_led.aedat", packets))
+    assert fields(events) == [[1, 2, 5, 7], [3, 4, 8, 10], [100, 200, 2**31 + 5, 2**31 + 7], [0, 1, 1, 0]]
+
+
+def test_aedat4_decoder(tmp_path):
+    pytest.importorskip("dv_processing", reason="dv-processing writes the AEDAT 4 fixture (pip install -e '.[test]')")
+    x, y, t, p = [3, 100, 127], [0, 64, 1], [1_000, 1_010, 2_000_000], [1, 0, 1]
+    assert fields(read_aedat4(write_aedat4(tmp_path / "r.aedat4", x, y, t, p))) == [x, y, t, p]
+
+
+def test_gesture_npy_decoder_converts_milliseconds(tmp_path):
+    np.save(tmp_path / "3.npy", np.array([[1, 2, 1, 5], [3, 4, 0, 7]]))
+    assert fields(read_gesture_npy(tmp_path / "3.npy")) == [[1, 3], [2, 4], [5000, 7000], [1, 0]]
+
+
+# --- frames ---------------------------------------------------------------------------------------
+
+def events_of(x, y, t, p):
+    from plifnet.data.events import _events
+
+    return _events(x, y, t, p)
+
+
+def test_split_by_number_with_a_remainder():
+    # N = 10, T = 3: d = 3 -> frames hold events [0, 3), [3, 6), [6, 10)
+    x = np.arange(10) % 4
+    frames = to_frames(events_of(x, np.zeros(10), np.arange(10), np.ones(10)), 3, (2, 4))
+    assert frames.dtype == np.float32 and frames.shape == (3, 2, 2, 4)
+    # x = 0 1 2 | 3 0 1 | 2 3 0 1
+    assert frames[:, 1, 0].tolist() == [[1, 1, 1, 0], [1, 1, 0, 1], [1, 1, 1, 1]]
+    assert frames[:, 0].sum() == 0 and frames.sum() == 10
+
+
+def test_split_by_number_with_fewer_events_than_frames():
+    frames = to_frames(events_of([1, 2], [0, 0], [5, 9], [0, 1]), 4, (1, 3))
+    assert frames[:3].sum() == 0 and frames[3, 0, 0].tolist() == [0, 1, 0] and frames[3, 1, 0].tolist() == [0, 0, 1]
+
+
+def test_split_by_time():
+    # t from 100 to 400: dt = 300 // 3 = 100 -> [100, 200), [200, 300), [300, 400]
+    t = np.array([100, 150, 199, 200, 299, 300, 400])
+    frames = to_frames(events_of(np.zeros(7), np.zeros(7), t, np.zeros(7)), 3, (1, 1), split_by="time")
+    assert frames[:, 0, 0, 0].tolist() == [3, 2, 2]
+
+
+def test_split_by_number_matches_a_hand_loop():
+    x, y, t, p = random_events(4001, 34, seed=1)
+    frames = to_frames(events_of(x, y, t, p), 10, (34, 34))
+    np.testing.assert_array_equal(frames, hand_frames(x, y, t, p, 10, 34))
+
+
+def test_events_outside_the_sensor_are_an_error():
+    with pytest.raises(CorruptRecording, match="outside the 34 x 34 sensor"):
+        to_frames(events_of([40], [0], [0], [0]), 2, (34, 34))
+
+
+# --- data modules ---------------------------------------------------------------------------------
+
+def make_nmnist(root: Path, per_digit=3, test_per_digit=1):
+    """A subset of N-MNIST in its original layout; returns the written events by path."""
+    written = {}
+    for split, count in (("Train", per_digit), ("Test", test_per_digit)):
+        for digit in range(10):
+            for i in range(count):
+                x, y, t, p = random_events(50 + 37 * i + digit, 34, seed=digit * 100 + i + (1000 if split == "Test" else 0))
+                path = write_nmnist(root / split / str(digit) / f"{i:05d}.bin", x, y, t, p)
+                written[path] = (x, y, t, p)
+    return written
+
+
+def test_nmnist_subset_folder_loads_with_frames_of_the_paper(tmp_path):
+    written = make_nmnist(tmp_path / "N-MNIST")
+    dm = EventDataModule("nmnist", root=str(tmp_path / "N-MNIST"), time_steps=10, num_workers=0, batch_size=4,
+                         cache_dir=str(tmp_path / "cache"), val_fraction=0.3)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (20, 10, 10)  # round(0.3 * 3) = 1 per digit
+    frames, label = dm.test_set[7]
+    path = dm.test_set.recordings[7].path
+    assert label == int(path.parent.name)
+    np.testing.assert_array_equal(frames.numpy(), hand_frames(*written[path], 10, 34))
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (10, 4, 2, 34, 34) and x.dtype == torch.float32 and y.shape == (4,)
+
+
+def test_cifar10dvs_split_by_recording_number(tmp_path):
+    root = tmp_path / "CIFAR10DVS"
+    for name in ("airplane", "truck"):
+        for i in (0, 899, 900, 999):
+            write_aedat2(root / name / f"cifar10_{name}_{i}.aedat", *random_events(30, 128, seed=i))
+    dm = EventDataModule("cifar10dvs", root=str(root), time_steps=4, num_workers=0, val_fraction=0, cache=False)
+    dm.setup("fit")
+    train = [(r.path.name, r.label) for r in dm.train_set.recordings]
+    assert train == [("cifar10_airplane_0.aedat", 0), ("cifar10_airplane_899.aedat", 0),
+                     ("cifar10_truck_0.aedat", 9), ("cifar10_truck_899.aedat", 9)]
+    assert [r.path.name for r in dm.test_set.recordings][:2] == ["cifar10_airplane_900.aedat", "cifar10_airplane_999.aedat"]
+    assert dm.test_set[0][0].shape == (4, 2, 128, 128)
+
+
+def test_cifar10dvs_tonic_aedat4_layout(tmp_path):
+    pytest.importorskip("dv_processing", reason="dv-processing writes the AEDAT 4 fixture (pip install -e '.[test]')")
+    events = random_events(40, 128, seed=3)
+    write_aedat4(tmp_path / "CIFAR10DVS" / "cat" / "cifar10_cat_950.aedat4", *events)
+    dm = EventDataModule("cifar10dvs", root=str(tmp_path), time_steps=5, num_workers=0, val_fraction=0, cache=False)
+    dm.setup("test")  # found under root/CIFAR10DVS, where tonic keeps it
+    frames, label = dm.test_set[0]
+    assert label == 3
+    np.testing.assert_array_equal(frames.numpy(), hand_frames(*events, 5, 128))
+
+
+def test_dvs_gesture_labels_cut_at_csv_boundaries(tmp_path):
+    t = np.array([999, 1000, 1500, 1999, 2000, 2500, 3000, 3999, 4000])
+    x = np.arange(9) * 10
+    write_aedat31(tmp_path / "user01_fluorescent.aedat", [aedat31_packet(x, np.zeros(9), t, np.ones(9))])
+    (tmp_path / "user01_fluorescent_labels.csv").write_text(
+        "class,startTime_usec,endTime_usec\n3,1000,2000\n11,3000,4000\n")
+    (tmp_path / "trials_to_train.txt").write_text("user01_fluorescent.aedat\nuser02_led.aedat\n")  # user02: not here
+    (tmp_path / "trials_to_test.txt").write_text("user01_fluorescent.aedat\n")
+    dm = EventDataModule("dvs_gesture", root=str(tmp_path), time_steps=1, num_workers=0, val_fraction=0, cache=False)
+    dm.setup("fit")
+    assert [r.label for r in dm.train_set.recordings] == [2, 10]
+    first, second = dm.train_set[0][0], dm.train_set[1][0]
+    assert first[0, 1].nonzero()[:, 1].tolist() == [10, 20, 30]  # t = 1000, 1500, 1999: start in, end out
+    assert second[0, 1].nonzero()[:, 1].tolist() == [60, 70]  # t = 3000, 3999
+
+
+def test_dvs_gesture_tonic_npy_layout(tmp_path):
+    folder = tmp_path / "DVSGesture" / "ibmGestureTest" / "user24_led"
+    folder.mkdir(parents=True)
+    np.save(folder / "4.npy", np.array([[1, 2, 1, 5], [3, 4, 0, 7], [5, 6, 1, 9]]))
+    dm = EventDataModule("dvs_gesture", root=str(tmp_path), time_steps=3, num_workers=0, val_fraction=0, cache=False)
+    dm.setup("test")
+    frames, label = dm.test_set[0]
+    assert label == 4 and frames[0, 1, 2, 1] == 1 and frames[1, 0, 4, 3] == 1 and frames[2, 1, 6, 5] == 1
+
+
+def test_cache_is_keyed_reused_and_never_stale(tmp_path):
+    make_nmnist(tmp_path / "d", per_digit=1, test_per_digit=1)
+    cache = tmp_path / "cache"
+
+    def build(time_steps, split_by="number"):
+        dm = EventDataModule("nmnist", root=str(tmp_path / "d"), time_steps=time_steps, split_by=split_by,
+                             num_workers=0, val_fraction=0, cache_dir=str(cache))
+        dm.setup("fit")
+        return dm
+
+    first = build(10)
+    frames_10 = first.test_set[0][0]
+    files = sorted(cache.rglob("*.npy"))
+    assert len(files) == 1
+    calls = []
+    second = build(10)
+    second.test_set.read = lambda path: calls.append(path)  # a cache hit never reads the recording
+    assert torch.equal(second.test_set[0][0], frames_10) and calls == []
+    changed = build(4)  # another T: other frames, another cache folder
+    assert changed.test_set[0][0].shape[0] == 4
+    assert changed.test_set.cache != first.test_set.cache
+    assert build(10, "time").test_set.cache not in (first.test_set.cache, changed.test_set.cache)
+    # a recording rewritten in place is decoded again, not served from the old cache entry
+    path = first.test_set.recordings[0].path
+    write_nmnist(path, [1], [1], [0], [1])
+    assert build(10).test_set[0][0].sum() == 1
+
+
+def test_cache_write_is_atomic(tmp_path, monkeypatch):
+    make_nmnist(tmp_path / "d", per_digit=1, test_per_digit=1)
+    dm = EventDataModule("nmnist", root=str(tmp_path / "d"), time_steps=10, num_workers=0, val_fraction=0,
+                         cache_dir=str(tmp_path / "cache"))
+    dm.setup("fit")
+
+    def crash(file, array):
+        Path(file).write_bytes(b"\x93NUMPY half")  # a partial write, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        dm.test_set[0]
+    monkeypatch.undo()
+    assert not [p for p in (tmp_path / "cache").rglob("*.npy") if ".tmp." not in p.name]  # nothing that is read later
+    frames = dm.test_set[0][0]  # decoded again, cached properly this time
+    assert frames.sum() > 0 and len([p for p in (tmp_path / "cache").rglob("*.npy") if ".tmp." not in p.name]) == 1
+
+
+def test_cache_can_be_disabled(tmp_path):
+    make_nmnist(tmp_path / "d", per_digit=1, test_per_digit=1)
+    dm = EventDataModule("nmnist", root=str(tmp_path / "d"), num_workers=0, val_fraction=0, cache=False)
+    dm.setup("fit")
+    dm.test_set[0]
+    assert not list((tmp_path / "d").rglob("*.npy"))
+
+
+def test_corrupt_truncated_and_empty_recordings(tmp_path):
+    make_nmnist(tmp_path / "d", per_digit=2, test_per_digit=1)
+    truncated = tmp_path / "d" / "Train" / "3" / "00001.bin"
+    truncated.write_bytes(truncated.read_bytes()[:-2])
+    (tmp_path / "d" / "Train" / "5" / "00000.bin").write_bytes(b"")
+    dm = EventDataModule("nmnist", root=str(tmp_path / "d"), num_workers=0, val_fraction=0, cache=False)
+    dm.setup("fit")
+    index = [r.path for r in dm.train_set.recordings].index(truncated)
+    with pytest.raises(CorruptRecording, match=rf"{truncated}: .* not a whole number of 5-byte N-MNIST events"):
+        dm.train_set[index]
+
+    skipping = EventDataModule("nmnist", root=str(tmp_path / "d"), num_workers=0, val_fraction=0, cache=False,
+                               on_error="skip")
+    with pytest.warns(RuntimeWarning, match="skipped 2 corrupt recording"):
+        skipping.setup("fit")
+    assert len(skipping.train_set) == 18 and len(skipping.skipped) == 2
+    assert truncated not in [r.path for r in skipping.train_set.recordings]
+
+
+def test_missing_data_names_the_folder_and_layouts(tmp_path):
+    dm = EventDataModule("dvs_gesture", root=str(tmp_path / "none"), num_workers=0)
+    with pytest.raises(FileNotFoundError) as error:
+        dm.setup("fit")
+    message = str(error.value)
+    assert str(tmp_path / "none") in message and "trials_to_train.txt" in message and "ibmGestureTrain" in message
+    assert "--data.download true" in message and "--data.root" in message
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="time_steps must be >= 1"):
+        EventDataModule("nmnist", time_steps=0)
+    with pytest.raises(ValueError, match="split_by must be"):
+        EventDataModule("nmnist", split_by="count")
+    with pytest.raises(ValueError, match="unknown dataset 'ncaltech'"):
+        EventDataModule("ncaltech")
+
+
+def test_cli_fit_on_generated_nmnist(tmp_path):
+    make_nmnist(tmp_path / "nmnist", per_digit=2, test_per_digit=1)
+    result = subprocess.run(
+        [sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / "nmnist.yaml",
+         "--data.root", tmp_path / "nmnist", "--data.num_workers", "0", "--data.batch_size", "4",
+         "--data.time_steps", "3", "--data.val_fraction", "0", "--trainer.max_epochs", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "nmnist" / "frames_cache").rglob("*.npy"))
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert "test/acc" in header and "tau/conv1" in header
