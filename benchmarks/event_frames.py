@@ -2,7 +2,7 @@
 
 1. Integration of an N-MNIST-sized sample (4,000 events, 34 x 34) into T = 10 frames: plifnet's
    ``to_frames`` (split by number, numpy bincount) beside tonic's ``ToFrame(n_event_bins=10)``
-   (which spreads the remainder differently; shown for speed only).
+   (which drops the remainder events; shown for speed only).
 2. One pass over generated N-MNIST files through ``EventDataModule``: the first, uncached epoch
    (decode + integrate + write the cache) against a cached one.
 

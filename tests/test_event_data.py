@@ -269,17 +269,49 @@ def test_bad_arguments():
         EventDataModule("ncaltech")
 
 
-def test_cli_fit_on_generated_nmnist(tmp_path):
-    make_nmnist(tmp_path / "nmnist", per_digit=2, test_per_digit=1)
+def make_cifar10dvs(root: Path):
+    for label, name in enumerate(("airplane", "automobile")):
+        for i in (0, 1, 900):
+            write_aedat2(root / name / f"cifar10_{name}_{i}.aedat", *random_events(60, 128, seed=10 * label + i))
+
+
+def make_dvs_gesture(root: Path):
+    for user in ("user01_fluorescent", "user24_led"):
+        x, y, t, p = random_events(300, 128, seed=len(user), t0=1_000_000)
+        write_aedat31(root / f"{user}.aedat", [aedat31_packet(x, y, t, p)])
+        (root / f"{user}_labels.csv").write_text(
+            "class,startTime_usec,endTime_usec\n1,1000000,1100000\n5,1100000,1200000\n11,1200000,1300000\n")
+    (root / "trials_to_train.txt").write_text("user01_fluorescent.aedat\n")
+    (root / "trials_to_test.txt").write_text("user24_led.aedat\n")
+
+
+@pytest.mark.parametrize("config,make", [("nmnist", make_nmnist), ("cifar10dvs", make_cifar10dvs),
+                                         ("dvs_gesture", make_dvs_gesture)])
+def test_cli_fit_on_generated_recordings(config, make, tmp_path):
+    """Each event config trains with one command on files written in its original format."""
+    make(tmp_path / "data")
     result = subprocess.run(
-        [sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / "nmnist.yaml",
-         "--data.root", tmp_path / "nmnist", "--data.num_workers", "0", "--data.batch_size", "4",
-         "--data.time_steps", "3", "--data.val_fraction", "0", "--trainer.max_epochs", "1"],
+        [sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / f"{config}.yaml",
+         "--data.root", tmp_path / "data", "--data.num_workers", "0", "--data.batch_size", "2",
+         "--data.time_steps", "2", "--data.val_fraction", "0", "--trainer.max_epochs", "1",
+         "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert list((tmp_path / "nmnist" / "frames_cache").rglob("*.npy"))
+    assert list((tmp_path / "data" / "frames_cache").rglob("*.npy"))
     header = (run / "metrics.csv").read_text().splitlines()[0]
-    assert "test/acc" in header and "tau/conv1" in header
+    assert "test/acc" in header and "monitor/acc" in header and "tau/conv1" in header
+
+
+def test_failed_download_gives_the_manual_route(tmp_path, monkeypatch):
+    import tonic.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(tonic.datasets, "NMNIST", offline)
+    dm = EventDataModule("nmnist", root=str(tmp_path / "nm"), download=True, num_workers=0)
+    with pytest.raises(FileNotFoundError, match=r"could not download nmnist into .*name resolution.*--data.root DIR"):
+        dm.prepare_data()

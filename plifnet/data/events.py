@@ -143,7 +143,8 @@ def to_frames(events: np.ndarray, time_steps: int, sensor_size: tuple[int, int],
 
     ``split_by="number"`` (the paper's): with N events, ``d = N // T``; frame j holds events
     ``[j*d, (j+1)*d)`` and the last frame runs to N (so with N < T every event is in the last frame).
-    tonic's ``ToFrame(n_event_bins=T)`` spreads the remainder differently, hence this function.
+    tonic's ``ToFrame(n_event_bins=T)`` differs: it drops the remainder (10 events into 3 frames
+    gives 3 + 3 + 3) and returns empty frames when N < T, hence this function.
     ``split_by="time"``: T equal spans of ``(t_last - t_first) // T`` microseconds, the last one
     running to the end.
     """
