@@ -8,10 +8,12 @@ config can be overridden on the command line (``--model.neuron lif --model.tau 1
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
+from plifnet.kernels import keep_freed_cpu_memory
 from plifnet.module import SpikingClassifier
 
 
 def main(args=None) -> LightningCLI:
+    keep_freed_cpu_memory()  # CPU training: no page faults for every step's activations
     return LightningCLI(
         SpikingClassifier,
         LightningDataModule,

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from plifnet import kernels
 from plifnet.neurons import BaseNode, neuron_factory
 
 
@@ -66,6 +67,18 @@ class TimeDistributed(nn.Module):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return self.module(x_seq.flatten(0, 1)).unflatten(0, x_seq.shape[:2])
+
+
+class MaxPool(nn.Module):
+    """``MaxPool2d(2, 2)`` over ``[T, N, C, H, W]``; on the CPU a one-pass kernel that keeps one byte
+    per output for backward (:func:`plifnet.kernels.max_pool2x2`), same values and gradients."""
+
+    def __init__(self, backend: str = "auto"):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        return kernels.max_pool2x2(x_seq, self.backend)
 
 
 class SharedDropout(nn.Module):
@@ -118,6 +131,8 @@ class SpikingNet(nn.Module):
             ``"paper"`` (the paper's table), where the two differ (CIFAR-10, CIFAR10-DVS).
         dropout: the dropout probability of every ``d`` layer.
         time_steps: T for static images (default: the paper's); event data brings its own T.
+        backend: ``auto``, ``reference`` or a fused kernel, for the max-pooling layers (the neurons
+            take theirs from ``neuron``).
 
     Input: images ``[N, C, H, W]`` or event frames ``[T, N, C, H, W]``. Output: class scores
     ``[T, N, classes]`` (the firing rate of each class's vote group at each step).
@@ -130,6 +145,7 @@ class SpikingNet(nn.Module):
         variant: str = "code",
         dropout: float = 0.5,
         time_steps: int | None = None,
+        backend: str = "auto",
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -151,7 +167,7 @@ class SpikingNet(nn.Module):
                 layers += [TimeDistributed(_conv_bn(channels, width)), neuron(width)]
                 channels = width
             elif kind == "p":
-                layers.append(TimeDistributed(nn.MaxPool2d(2, 2)))
+                layers.append(MaxPool(backend))
                 size //= 2
             elif kind in "df" and features is None:
                 layers.append(nn.Flatten(2))

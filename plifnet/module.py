@@ -39,6 +39,8 @@ class SpikingClassifier(L.LightningModule):
         dropout: probability of every dropout layer.
         loss: ``rate_mse`` (the paper) or ``cross_entropy``.
         lr, cosine_t_max: Adam's learning rate and the period (epochs) of the cosine schedule.
+        backend: ``auto`` (the fused kernels of the device where installed), ``reference`` (plain
+            per-step PyTorch), ``cpu`` or ``triton`` (:mod:`plifnet.kernels`).
     """
 
     def __init__(
@@ -59,13 +61,15 @@ class SpikingClassifier(L.LightningModule):
         loss: Literal["rate_mse", "cross_entropy"] = "rate_mse",
         lr: float = 1e-3,
         cosine_t_max: int = 64,
+        backend: Literal["auto", "reference", "cpu", "triton"] = "auto",
     ):
         super().__init__()
         self.save_hyperparameters()
         make_neuron = neuron_factory(
-            neuron, tau, v_threshold, v_reset, detach_reset, decay_input, surrogate, surrogate_alpha, per_channel
+            neuron, tau, v_threshold, v_reset, detach_reset, decay_input, surrogate, surrogate_alpha, per_channel,
+            backend,
         )
-        self.net = SpikingNet(arch, make_neuron, variant, dropout, time_steps)
+        self.net = SpikingNet(arch, make_neuron, variant, dropout, time_steps, backend)
         self.num_classes = self.net.arch.classes
         if loss not in ("rate_mse", "cross_entropy"):
             raise ValueError(f"loss must be 'rate_mse' or 'cross_entropy', got {loss!r}")

@@ -15,6 +15,10 @@ channel), so ``tau = 1 + exp(-w) > 1`` always; LIF keeps ``k`` fixed; IF has ``k
 
 Shapes: multi-step input ``[T, N, ...]`` gives spikes ``[T, N, ...]`` and starts every call from
 ``V[-1] = V_reset``; single-step input ``[N, ...]`` keeps ``V`` between calls until :func:`reset_state`.
+
+Backends (multi-step): ``reference`` is :func:`multi_step` below, one autograd node per operation per
+step; ``cpu`` and ``triton`` are fused kernels computing the same function (:mod:`plifnet.kernels`);
+``auto`` (default) takes the fused kernel of the input's device when it is installed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 import torch
 from torch import nn
 
+from plifnet import kernels
 from plifnet.surrogates import ATan, Surrogate, surrogate as make_surrogate
 
 STEP_MODES = ("multi", "single")
@@ -70,8 +75,11 @@ class BaseNode(nn.Module):
         detach_reset: bool = True,
         surrogate: Surrogate | str = "atan",
         step_mode: str = "multi",
+        backend: str = "auto",
     ):
         super().__init__()
+        if backend not in kernels.BACKENDS:
+            raise ValueError(f"backend must be one of {kernels.BACKENDS}, got {backend!r}")
         if step_mode not in STEP_MODES:
             raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
         if v_reset is not None and not v_reset < v_threshold:
@@ -81,6 +89,7 @@ class BaseNode(nn.Module):
         self.detach_reset = bool(detach_reset)
         self.surrogate = make_surrogate(surrogate) if isinstance(surrogate, str) else surrogate
         self.step_mode = step_mode
+        self.backend = backend
         self.v: torch.Tensor | None = None  # single-step state V[t-1]; None means V_reset
 
     def decay(self, x: torch.Tensor) -> torch.Tensor | float:
@@ -91,7 +100,10 @@ class BaseNode(nn.Module):
         if self.step_mode == "multi":
             if x.dim() < 2:
                 raise ValueError(f"{type(self).__name__}: multi-step input must be [T, N, ...], got shape {tuple(x.shape)}")
-            return multi_step(x, self.decay(x[0]), *self._options())
+            backend = kernels.resolve(self.backend, x, self.surrogate)
+            if backend == "reference":
+                return multi_step(x, self.decay(x[0]), *self._options())
+            return kernels.fused_multi_step(x, self.decay(x[0]), *self._options(), backend=backend)
         if self.v is None:
             self.v = torch.full_like(x, 0.0 if self.v_reset is None else self.v_reset)
         spike, self.v = neuron_step(self.v, x, self.decay(x), *self._options())
@@ -107,7 +119,7 @@ class BaseNode(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
-            f"surrogate={self.surrogate}, step_mode={self.step_mode!r}"
+            f"surrogate={self.surrogate}, step_mode={self.step_mode!r}, backend={self.backend!r}"
         )
 
 
@@ -137,8 +149,9 @@ class PLIF(BaseNode):
         per_channel: bool = False,
         channels: int | None = None,
         step_mode: str = "multi",
+        backend: str = "auto",
     ):
-        super().__init__(v_threshold, v_reset, detach_reset, surrogate, step_mode)
+        super().__init__(v_threshold, v_reset, detach_reset, surrogate, step_mode, backend)
         self.tau0 = _check_tau(tau)
         self.decay_input = bool(decay_input)
         self.per_channel = bool(per_channel)
@@ -180,8 +193,9 @@ class LIF(BaseNode):
         decay_input: bool = True,
         surrogate: Surrogate | str = ATan(alpha=2.0),
         step_mode: str = "multi",
+        backend: str = "auto",
     ):
-        super().__init__(v_threshold, v_reset, detach_reset, surrogate, step_mode)
+        super().__init__(v_threshold, v_reset, detach_reset, surrogate, step_mode, backend)
         self.tau = _check_tau(tau)
         self.decay_input = bool(decay_input)
 
@@ -221,12 +235,14 @@ def neuron_factory(
     surrogate: str = "atan",
     surrogate_alpha: float | None = None,
     per_channel: bool = False,
+    backend: str = "auto",
 ):
     """A function ``make(channels) -> neuron`` that builds one fresh neuron per spiking layer.
 
     This is how networks take their neuron from plain config values: ``kind`` is ``plif``, ``lif``
     or ``if`` (IF ignores ``tau`` and ``decay_input``); the surrogate is named as in
-    :data:`plifnet.surrogates.SURROGATES`. Bad values fail here, before any layer is built.
+    :data:`plifnet.surrogates.SURROGATES`; ``backend`` as in :class:`BaseNode`. Bad values fail here,
+    before any layer is built.
     """
     if kind not in NEURONS:
         raise ValueError(f"unknown neuron {kind!r}; choose one of {sorted(NEURONS)}")
@@ -235,7 +251,8 @@ def neuron_factory(
     if kind != "if":
         _check_tau(tau)
     spike_fn = make_surrogate(surrogate, surrogate_alpha)
-    common = dict(v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset, surrogate=spike_fn)
+    common = dict(v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset, surrogate=spike_fn,
+                  backend=backend)
 
     def make(channels: int) -> BaseNode:
         if kind == "plif":

@@ -1,0 +1,157 @@
+"""Fused neuron kernels against the per-step reference, side by side in one run.
+
+1. One PLIF layer, forward + backward, on [T, N, C, H, W] = [8, 16, 128, 28, 28] and a long sequence
+   [64, 2, 128, 28, 28]: median time, bytes saved for backward, and the bandwidth floor (the bytes a
+   fused kernel must move / this machine's measured ``copy_`` bandwidth).
+2. A training step (forward, backward, Adam) of the paper's MNIST network, batch 16, T = 8, and of
+   the CIFAR-10 network at batch 4: images/s, the peak memory of the training steps (CUDA: peak
+   allocated; CPU: peak resident size above the size after building the model, in a process that
+   runs only that configuration) and the bytes the network saves for backward.
+
+    python benchmarks/neuron_kernels.py [--repeats 7] [--device cpu|cuda]
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from plifnet.kernels import keep_freed_cpu_memory
+from plifnet.module import SpikingClassifier
+from plifnet.neurons import PLIF
+
+KEPT = keep_freed_cpu_memory()  # as cli.py does, for every backend alike
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, repeats, device):
+    fn()  # warm-up (and the kernel's JIT on its first call)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def saved_bytes(fn):
+    """Bytes of the distinct tensors autograd keeps for backward during ``fn()``."""
+    seen = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def copy_bandwidth(device):
+    src = torch.empty(64 * 2**20, device=device)  # 256 MiB
+    dst = torch.empty_like(src)
+    seconds = median_time(lambda: dst.copy_(src), 9, device)
+    return 2 * src.numel() * 4 / seconds  # read + write
+
+
+def neuron_table(repeats, device):
+    bandwidth = copy_bandwidth(device)
+    print(f"copy_ bandwidth: {bandwidth / 1e9:.1f} GB/s")
+    fused_name = "cpu" if device == "cpu" else "triton"
+    print(f"{'shape [T, N, C, H, W]':24}{'backend':>10}{'fwd+bwd ms':>12}{'saved MB':>10}{'floor ms':>10}"
+          f"{'x floor':>9}{'speed-up':>10}")
+    for shape in [(8, 16, 128, 28, 28), (64, 2, 128, 28, 28)]:
+        x = torch.randn(shape, device=device) * 1.5 + 0.5
+        grad = torch.randn(shape, device=device)
+        elements = x.numel()
+        floor = 6 * 4 * elements / bandwidth  # read x, write S and H; read dS and H, write dX
+        results = {}
+        for backend in ("reference", fused_name):
+            neuron = PLIF(2.0, backend=backend).to(device)
+            xr = x.clone().requires_grad_()
+
+            def step():
+                xr.grad = None
+                neuron(xr).backward(grad)
+
+            results[backend] = (median_time(step, repeats, device), saved_bytes(lambda: neuron(xr)))
+        for backend, (seconds, saved) in results.items():
+            speedup = results["reference"][0] / seconds
+            print(f"{str(list(shape)):24}{backend:>10}{seconds * 1e3:12.1f}{saved / 2**20:10.0f}{floor * 1e3:10.1f}"
+                  f"{seconds / floor:9.1f}{speedup:10.2f}")
+
+
+def train_step_child(arch, batch, backend, repeats, device):
+    """Runs in its own process so that its peak memory is its own."""
+    torch.manual_seed(0)
+    model = SpikingClassifier(arch, backend=backend).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    c, size = model.net.arch.in_channels, model.net.arch.size
+    x, y = torch.randn(batch, c, size, size, device=device), torch.randint(0, 10, (batch,), device=device)
+    baseline = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
+
+    def step():
+        optimizer.zero_grad()
+        model._loss(model(x), y).backward()
+        optimizer.step()
+
+    seconds = median_time(step, repeats, device)
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else (_status_kb("VmHWM") - baseline) * 1024)
+    activations = saved_bytes(lambda: model(x))
+    print(json.dumps({"images_per_s": batch / seconds, "peak_mb": peak / 2**20, "saved_mb": activations / 2**20}))
+
+
+def _status_kb(field):
+    """A memory figure of this process from /proc/self/status, in KiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def training_table(repeats, device):
+    fused_name = "cpu" if device == "cpu" else "triton"
+    print(f"{'network':24}{'backend':>10}{'images/s':>10}{'peak MB':>10}{'saved MB':>10}{'images/s x':>12}"
+          f"{'peak x':>8}")
+    for arch, batch in (("mnist", 16), ("cifar10", 4)):
+        rows = {}
+        for backend in ("reference", fused_name):
+            out = subprocess.run([sys.executable, __file__, "--child", arch, str(batch), backend, str(repeats), device],
+                                 capture_output=True, text=True, check=True).stdout
+            rows[backend] = json.loads(out.strip().splitlines()[-1])
+        for backend, row in rows.items():
+            ref = rows["reference"]
+            print(f"{f'{arch}, batch {batch}, T 8':24}{backend:>10}{row['images_per_s']:10.1f}{row['peak_mb']:10.0f}"
+                  f"{row['saved_mb']:10.0f}{row['images_per_s'] / ref['images_per_s']:12.2f}"
+                  f"{row['peak_mb'] / ref['peak_mb']:8.2f}")
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        arch, batch, backend, repeats, device = sys.argv[2:7]
+        return train_step_child(arch, int(batch), backend, int(repeats), device)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
+          f"medians of {args.repeats}, freed CPU memory kept by malloc: {KEPT}")
+    neuron_table(args.repeats, args.device)
+    training_table(args.repeats, args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Fused multi-step neurons: the same function as :func:`plifnet.neurons.multi_step`, in one kernel.
+
+``fused_multi_step(x_seq, k, ...)`` computes exactly what the per-step reference computes, as one
+``torch.autograd.Function`` whose forward and backward are single passes over ``[T, E]``:
+
+* ``cpu``: numba kernels (:mod:`plifnet.kernels.cpu`), compiled once and cached on disk;
+* ``triton``: Triton kernels for CUDA tensors (:mod:`plifnet.kernels.gpu`).
+
+Saved for backward: ``H`` in float32 (``T * E * 4`` bytes) and nothing else; the reference keeps
+several tensors per step. The tau gradient is summed per element over time by the kernel and then
+over elements by ``torch.sum``: the same bits on every run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from plifnet.surrogates import ATan, FastSigmoid, PiecewiseQuadratic, Rectangle, Sigmoid, Surrogate
+
+BACKENDS = ("auto", "reference", "cpu", "triton")
+SURROGATE_CODES = {ATan: 0, Sigmoid: 1, PiecewiseQuadratic: 2, FastSigmoid: 3, Rectangle: 4}
+
+
+def available(backend: str) -> bool:
+    if backend == "reference":
+        return True
+    if backend == "cpu":
+        return importlib.util.find_spec("numba") is not None
+    if backend == "triton":
+        return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+    return False
+
+
+def resolve(backend: str, x: torch.Tensor, surrogate: Surrogate) -> str:
+    """The backend that runs ``x``: ``auto`` picks the fused kernel of x's device when there is one."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if type(surrogate) not in SURROGATE_CODES:
+        if backend not in ("auto", "reference"):
+            raise ValueError(f"the fused kernels know the built-in surrogates only, not {type(surrogate).__name__}")
+        return "reference"
+    if x.dtype == torch.float64:  # the kernels compute in float32
+        if backend not in ("auto", "reference"):
+            raise ValueError(f"backend {backend!r} computes in float32; use 'reference' for float64 input")
+        return "reference"
+    if backend != "auto":
+        device_ok = {"reference": True, "cpu": x.device.type == "cpu", "triton": x.device.type == "cuda"}[backend]
+        if not device_ok:
+            raise ValueError(f"backend {backend!r} cannot run tensors on {x.device}")
+        if not available(backend):
+            raise RuntimeError(f"backend {backend!r} is not available here: install {'numba' if backend == 'cpu' else 'triton'}")
+        return backend
+    if x.device.type == "cpu" and available("cpu"):
+        return "cpu"
+    if x.device.type == "cuda" and available("triton"):
+        return "triton"
+    return "reference"
+
+
+class FusedMultiStep(torch.autograd.Function):
+    """x_seq [T, N, ...] and k (scalar tensor, or [C] for per-channel) -> spikes [T, N, ...]."""
+
+    @staticmethod
+    def forward(ctx, x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend):
+        kernels = _kernels(backend)
+        steps = x_seq.shape[0]
+        compute_dtype = torch.float32
+        x = x_seq.reshape(steps, -1).to(compute_dtype).contiguous()
+        k_vec = k.detach().reshape(-1).to(compute_dtype).contiguous()
+        channels = k_vec.numel()
+        inner = x_seq[0, 0].numel() // channels if channels > 1 else x.shape[1]
+        options = (v_threshold, v_reset, detach_reset, decay_input)
+        spikes, h = kernels.forward(x, k_vec, channels, inner, *options)
+        ctx.save_for_backward(h, k_vec)
+        ctx.meta = (x_seq.shape, x_seq.dtype, channels, inner, options, surrogate, backend, k.shape)
+        return spikes.view(x_seq.shape).to(x_seq.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        h, k_vec = ctx.saved_tensors
+        shape, dtype, channels, inner, options, surrogate, backend, k_shape = ctx.meta
+        code = SURROGATE_CODES[type(surrogate)]
+        grad = grad_spikes.reshape(shape[0], -1).to(torch.float32).contiguous()
+        grad_x, grad_k_elements = _kernels(backend).backward(
+            grad, h, k_vec, channels, inner, *options, code, surrogate.alpha
+        )
+        grad_k = None
+        if ctx.needs_input_grad[1]:
+            if channels > 1:
+                grad_k = grad_k_elements.view(-1, channels, inner).sum((0, 2)).view(k_shape)
+            else:
+                grad_k = grad_k_elements.sum().view(k_shape)
+        return grad_x.view(shape).to(dtype), grad_k, None, None, None, None, None, None
+
+
+def _kernels(backend: str):
+    if backend == "cpu":
+        from plifnet.kernels import cpu_ops
+
+        return cpu_ops
+    from plifnet.kernels import gpu
+
+    return gpu
+
+
+def fused_multi_step(x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend="cpu"):
+    """Fused equivalent of :func:`plifnet.neurons.multi_step`; ``k`` is a float or a tensor."""
+    if not torch.is_tensor(k):
+        k = torch.tensor(float(k), dtype=torch.float32, device=x_seq.device)
+    return FusedMultiStep.apply(x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend)
+
+
+class MaxPool2x2(torch.autograd.Function):
+    """``max_pool2d(x, 2, 2)`` on the CPU: one pass, and one byte per output kept for backward
+    (the window position of the maximum) instead of the input and an int64 index."""
+
+    @staticmethod
+    def forward(ctx, x):
+        height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # odd sizes: the last row/column drops
+        from plifnet.kernels import cpu_ops
+
+        flat = x[..., :height, :width].reshape(-1, height, width).to(torch.float32).contiguous()
+        out, index = cpu_ops.max_pool2x2_forward(flat)
+        ctx.save_for_backward(index)
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        return out.view(*x.shape[:-2], height // 2, width // 2).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from plifnet.kernels import cpu_ops
+
+        (index,) = ctx.saved_tensors
+        grad = grad_out.reshape(index.shape).to(torch.float32).contiguous()
+        grad_in = cpu_ops.max_pool2x2_backward(grad, index)
+        grad_in = grad_in.view(*ctx.shape[:-2], *grad_in.shape[-2:])
+        if grad_in.shape != ctx.shape:
+            grad_in = torch.nn.functional.pad(grad_in, (0, ctx.shape[-1] - grad_in.shape[-1], 0, ctx.shape[-2] - grad_in.shape[-2]))
+        return grad_in.to(ctx.dtype)
+
+
+def max_pool2x2(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """``F.max_pool2d(x, 2, 2)``, with the CPU kernel where ``backend`` allows it; same values and gradients."""
+    if backend in ("auto", "cpu") and x.device.type == "cpu" and available("cpu"):
+        return MaxPool2x2.apply(x)
+    pooled = torch.nn.functional.max_pool2d(x.reshape(-1, *x.shape[-3:]), 2, 2)  # it takes 3-D or 4-D input
+    return pooled.view(*x.shape[:-2], *pooled.shape[-2:])
+
+
+def keep_freed_cpu_memory(limit_bytes: int = 1 << 30) -> bool:
+    """Let glibc reuse freed blocks of up to ``limit_bytes`` instead of returning them to the OS.
+
+    By default glibc unmaps every freed block above 32 MiB, so each training step on the CPU
+    page-faults its activations in again; keeping them makes a PLIF layer's forward + backward about
+    1.4x (reference) to 2.5x (fused) faster (benchmarks/neuron_kernels.py). The cost: the process
+    keeps its peak memory. ``cli.py`` calls this; a library import never does. Returns whether it
+    took effect (glibc only).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, limit_bytes)) and bool(mallopt(m_trim_threshold, 2 * limit_bytes))

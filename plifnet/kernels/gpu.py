@@ -1,0 +1,128 @@
+"""Fused multi-step neuron kernels for CUDA tensors, in Triton.
+
+The same algorithm as :mod:`plifnet.kernels.cpu`: one program per block of elements loops over
+time, keeping V in registers; the backward loops in reverse. Inputs of any float dtype are read
+and accumulated in float32 (also the tau gradient). Nothing here synchronises with the host.
+``enable_fp_fusion=False`` keeps multiply-adds unfused, so that spikes match the reference bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+
+
+@triton.jit
+def _surrogate_grad(z, alpha, CODE: tl.constexpr):
+    if CODE == 0:  # ATan
+        u = 1.5707963267948966 * alpha * z
+        g = alpha * 0.5 / (1.0 + u * u)
+    elif CODE == 1:  # Sigmoid
+        s = 1.0 / (1.0 + tl.exp(-alpha * z))
+        g = alpha * s * (1.0 - s)
+    elif CODE == 2:  # PiecewiseQuadratic
+        g = tl.maximum(alpha - alpha * alpha * tl.abs(z), 0.0)
+    elif CODE == 3:  # FastSigmoid
+        d = 1.0 + alpha * tl.abs(z)
+        g = 1.0 / (d * d)
+    else:  # Rectangle
+        g = tl.where(tl.abs(z) < 0.5 / alpha, alpha, 0.0)
+    return g
+
+
+@triton.jit
+def _forward_kernel(x_ptr, k_ptr, spikes_ptr, h_ptr, steps, elements, channels, inner, v_th, v_reset, rest,
+                    SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < elements
+    k = tl.load(k_ptr + (offsets // inner) % channels, mask=mask, other=0.0)
+    v = tl.zeros([BLOCK], tl.float32) + rest
+    for t in range(0, steps):
+        at = t * elements + offsets
+        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        if DECAY_INPUT:
+            h = v + k * (x - (v - rest))
+        else:
+            h = v - k * (v - rest) + x
+        fired = h - v_th >= 0
+        tl.store(h_ptr + at, h, mask=mask)
+        tl.store(spikes_ptr + at, tl.where(fired, 1.0, 0.0), mask=mask)
+        if SOFT:
+            v = tl.where(fired, h - v_th, h)
+        else:
+            v = tl.where(fired, v_reset, h)
+
+
+@triton.jit
+def _backward_kernel(grad_ptr, h_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elements, channels, inner, v_th,
+                     v_reset, rest, alpha, SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr,
+                     DETACH_RESET: tl.constexpr, CODE: tl.constexpr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < elements
+    k = tl.load(k_ptr + (offsets // inner) % channels, mask=mask, other=0.0)
+    grad_v = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK], tl.float32)
+    for i in range(0, steps):
+        t = steps - 1 - i
+        at = t * elements + offsets
+        h = tl.load(h_ptr + at, mask=mask, other=0.0)
+        z = h - v_th
+        s = tl.where(z >= 0, 1.0, 0.0)
+        sg = _surrogate_grad(z, alpha, CODE)
+        if SOFT:
+            if DETACH_RESET:
+                dv_dh = tl.zeros([BLOCK], tl.float32) + 1.0
+            else:
+                dv_dh = 1.0 - v_th * sg
+        else:
+            if DETACH_RESET:
+                dv_dh = 1.0 - s
+            else:
+                dv_dh = 1.0 - s + (v_reset - h) * sg
+        grad_h = tl.load(grad_ptr + at, mask=mask, other=0.0).to(tl.float32) * sg + grad_v * dv_dh
+        h_prev = tl.load(h_ptr + at - elements, mask=mask & (t > 0), other=0.0)
+        if SOFT:
+            v_prev = tl.where(h_prev - v_th >= 0, h_prev - v_th, h_prev)
+        else:
+            v_prev = tl.where(h_prev - v_th >= 0, v_reset, h_prev)
+        v_prev = tl.where(t > 0, v_prev, rest)
+        if DECAY_INPUT:
+            tl.store(grad_x_ptr + at, grad_h * k, mask=mask)
+            acc += tl.where(k > 0, grad_h * ((h - v_prev) / tl.where(k > 0, k, 1.0)), 0.0)
+        else:
+            tl.store(grad_x_ptr + at, grad_h, mask=mask)
+            acc -= grad_h * (v_prev - rest)
+        grad_v = grad_h * (1.0 - k)
+    tl.store(grad_k_ptr + offsets, acc, mask=mask)
+
+
+def _grid(elements):
+    return (triton.cdiv(elements, BLOCK),)
+
+
+def _scalars(v_threshold, v_reset):
+    rest = 0.0 if v_reset is None else float(v_reset)
+    return float(v_threshold), rest, rest, v_reset is None
+
+
+def forward(x, k, channels, inner, v_threshold, v_reset, detach_reset, decay_input):
+    steps, elements = x.shape
+    spikes, h = torch.empty_like(x), torch.empty_like(x)
+    v_th, reset, rest, soft = _scalars(v_threshold, v_reset)
+    _forward_kernel[_grid(elements)](x, k, spikes, h, steps, elements, channels, inner, v_th, reset, rest,
+                                     SOFT=soft, DECAY_INPUT=decay_input, BLOCK=BLOCK, enable_fp_fusion=False)
+    return spikes, h
+
+
+def backward(grad_spikes, h, k, channels, inner, v_threshold, v_reset, detach_reset, decay_input, code, alpha):
+    steps, elements = grad_spikes.shape
+    grad_x = torch.empty_like(grad_spikes)
+    grad_k = torch.empty(elements, dtype=torch.float32, device=grad_spikes.device)
+    v_th, reset, rest, soft = _scalars(v_threshold, v_reset)
+    _backward_kernel[_grid(elements)](grad_spikes, h, k, grad_x, grad_k, steps, elements, channels, inner, v_th,
+                                      reset, rest, float(alpha), SOFT=soft, DECAY_INPUT=decay_input,
+                                      DETACH_RESET=detach_reset, CODE=code, BLOCK=BLOCK, enable_fp_fusion=False)
+    return grad_x, grad_k

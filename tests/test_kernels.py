@@ -1,0 +1,165 @@
+"""Fused kernels against the plain per-step reference: identical spikes, gradients to float32 rounding."""
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from plifnet import kernels
+from plifnet.neurons import IF, LIF, PLIF, multi_step
+from plifnet.surrogates import SURROGATES, ATan, surrogate
+
+requires_cpu_kernel = pytest.mark.skipif(not kernels.available("cpu"), reason="numba is not installed")
+
+
+def make(kind, backend, v_reset, detach_reset, decay_input, spike_fn, per_channel=0):
+    options = dict(v_reset=v_reset, detach_reset=detach_reset, surrogate=spike_fn, backend=backend)
+    if kind == "plif":
+        return PLIF(2.5, decay_input=decay_input, per_channel=bool(per_channel), channels=per_channel or None, **options)
+    if kind == "lif":
+        return LIF(3.0, decay_input=decay_input, **options)
+    return IF(**options)
+
+
+def inputs(shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator) * 1.5 + 0.5
+    x.view(-1)[::5] = 2.5  # PLIF/LIF at V = 0: H = k * 2.5 = 1.0 exactly (tau 2.5) -> on the threshold
+    return x
+
+
+def run(neuron, x, grad):
+    x = x.clone().requires_grad_()
+    spikes = neuron(x)
+    (spikes * grad).sum().backward()
+    w_grad = neuron.w.grad.clone() if isinstance(neuron, PLIF) else None
+    return spikes.detach(), x.grad, w_grad
+
+
+def compare(kind, v_reset, detach_reset, decay_input, spike_fn, shape, seed=0, per_channel=0):
+    x, grad = inputs(shape, seed), torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
+    ref = run(make(kind, "reference", v_reset, detach_reset, decay_input, spike_fn, per_channel), x, grad)
+    fused = run(make(kind, "cpu", v_reset, detach_reset, decay_input, spike_fn, per_channel), x, grad)
+    assert torch.equal(fused[0], ref[0]), "spikes differ"
+    assert 0 < ref[0].mean() < 1
+    torch.testing.assert_close(fused[1], ref[1], rtol=1e-5, atol=1e-6)
+    if kind == "plif":
+        torch.testing.assert_close(fused[2], ref[2], rtol=1e-4, atol=1e-5)
+
+
+@requires_cpu_kernel
+@pytest.mark.parametrize("kind,v_reset,detach_reset,decay_input",
+                         list(itertools.product(["plif", "lif", "if"], [0.0, None, -0.4], [True, False], [True, False])))
+def test_cpu_kernel_every_neuron_option(kind, v_reset, detach_reset, decay_input):
+    compare(kind, v_reset, detach_reset, decay_input, ATan(), (6, 3, 7, 5))
+
+
+@requires_cpu_kernel
+@pytest.mark.parametrize("name", sorted(SURROGATES))
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_cpu_kernel_every_surrogate(name, detach_reset):
+    compare("plif", 0.0, detach_reset, True, surrogate(name, 1.3), (5, 2, 33))
+
+
+@requires_cpu_kernel
+@pytest.mark.parametrize("shape", [(1, 4, 3), (1, 1), (2, 1, 1), (7, 3, 1025), (16, 2, 5, 3, 3), (3, 5, 513)])
+def test_cpu_kernel_odd_shapes_and_one_step(shape):
+    x, grad = inputs(shape, 3), torch.ones(shape)
+    ref = run(PLIF(2.5, backend="reference"), x, grad)
+    fused = run(PLIF(2.5, backend="cpu"), x, grad)
+    assert torch.equal(fused[0], ref[0])
+    torch.testing.assert_close(fused[1], ref[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused[2], ref[2], rtol=1e-4, atol=1e-5)
+
+
+@requires_cpu_kernel
+def test_cpu_kernel_per_channel_tau():
+    compare("plif", 0.0, True, True, ATan(), (4, 3, 6, 5, 5), per_channel=6)
+    compare("plif", None, False, False, ATan(), (4, 3, 6), per_channel=6)
+
+
+@requires_cpu_kernel
+def test_tau_gradient_is_deterministic():
+    x, grad = inputs((8, 16, 64, 9, 9), 5), torch.randn(8, 16, 64, 9, 9)
+    first, second = (run(PLIF(2.0, backend="cpu"), x, grad)[2] for _ in range(2))
+    assert torch.equal(first, second)
+
+
+def test_auto_picks_the_fused_kernel_and_rejects_bad_backends():
+    expected = "cpu" if kernels.available("cpu") else "reference"
+    assert kernels.resolve("auto", torch.zeros(2, 2), ATan()) == expected
+    with pytest.raises(ValueError, match="backend must be one of"):
+        PLIF(backend="cuda")
+    with pytest.raises(ValueError, match="cannot run tensors on cpu"):
+        kernels.resolve("triton", torch.zeros(2, 2), ATan())
+
+
+def test_reference_gradients_pass_gradcheck_in_float64():
+    """With a smooth spike function (the surrogate's primitive as forward) the reference's analytic
+    gradient must equal finite differences, for every wiring of the recurrence that is not detached."""
+
+    class Smooth(ATan):
+        def __call__(self, z):
+            return self.primitive(z)
+
+    for v_reset, decay_input in itertools.product([0.0, None], [True, False]):
+        x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+        w = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+        fn = lambda x, w: multi_step(x, torch.sigmoid(w), 1.0, v_reset, False, decay_input, Smooth())
+        assert torch.autograd.gradcheck(fn, (x, w))
+
+
+def test_triton_kernel_under_the_interpreter():
+    """The GPU kernels' numerics, run on the CPU by Triton's interpreter (TRITON_INTERPRET=1)."""
+    pytest.importorskip("triton")
+    script = ROOT / "tests" / "triton_check.py"
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "triton kernels match the reference" in result.stdout
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6, 8), (3, 2, 7, 9), (1, 1, 2, 2), (4, 5, 34, 34)])
+@pytest.mark.parametrize("binary", [True, False])
+def test_max_pool_kernel_matches_max_pool2d(shape, binary):
+    """Same values and the same gradient routing (ties go to the first position of the window)."""
+    from plifnet.kernels import max_pool2x2
+
+    x = (torch.rand(shape) > 0.7).float() if binary else torch.randn(shape).round(decimals=1)
+    out_shape = (*shape[:-2], shape[-2] // 2, shape[-1] // 2)
+    grad = torch.randn(out_shape)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fused = max_pool2x2(a, "cpu" if kernels.available("cpu") else "reference")
+    reference = torch.nn.functional.max_pool2d(b.reshape(-1, *shape[-3:]), 2, 2).view(out_shape)
+    fused.backward(grad)
+    reference.backward(grad)
+    assert torch.equal(fused, reference) and torch.equal(a.grad, b.grad)
+
+
+def test_networks_give_the_same_result_on_every_backend():
+    from plifnet.module import SpikingClassifier
+
+    x, y = torch.randn(3, 1, 28, 28) * 2, torch.tensor([1, 5, 7])
+    results = []
+    for backend in ("reference", "auto"):
+        torch.manual_seed(0)
+        model = SpikingClassifier("mnist", time_steps=3, backend=backend)
+        torch.manual_seed(1)
+        rates = model(x)
+        model._loss(rates, y).backward()
+        results.append((rates.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (rates_ref, grads_ref), (rates, grads) = results
+    assert torch.equal(rates, rates_ref)
+    for name in grads_ref:
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-6)
+
+
+def test_float64_input_runs_the_reference():
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    assert kernels.resolve("auto", x, ATan()) == "reference"
+    with pytest.raises(ValueError, match="computes in float32; use 'reference' for float64"):
+        kernels.resolve("cpu", x, ATan())

@@ -1,0 +1,50 @@
+"""Run the Triton kernels against the reference; with TRITON_INTERPRET=1 this runs on the CPU.
+
+Used by tests/test_kernels.py (in a subprocess, since the interpreter is chosen when Triton's kernels
+are defined) and runnable by hand on a GPU machine: ``python tests/triton_check.py``.
+"""
+
+import itertools
+import os
+
+import torch
+
+from plifnet.kernels import FusedMultiStep
+from plifnet.neurons import multi_step
+from plifnet.surrogates import SURROGATES, surrogate
+
+device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+
+def check(shape, k, v_reset, detach_reset, decay_input, spike_fn, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=generator) * 1.5 + 0.5).to(device)
+    x.view(-1)[::5] = 2.5
+    grad = torch.randn(shape, generator=generator).to(device)
+    k = k.to(device)
+    results = []
+    for fused in (False, True):
+        xr, kr = x.clone().requires_grad_(), k.clone().requires_grad_()
+        k_b = kr.view(-1, *([1] * (x.dim() - 3))) if kr.numel() > 1 else kr  # [C, 1, ...] over [N, C, ...]
+        if fused:
+            out = FusedMultiStep.apply(xr, k_b, 1.0, v_reset, detach_reset, decay_input, spike_fn, "triton")
+        else:
+            out = multi_step(xr, k_b, 1.0, v_reset, detach_reset, decay_input, spike_fn)
+        (out * grad).sum().backward()
+        results.append((out.detach(), xr.grad, kr.grad))
+    (s_ref, gx_ref, gk_ref), (s, gx, gk) = results
+    assert torch.equal(s, s_ref), (shape, v_reset, detach_reset, decay_input, spike_fn)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gk, gk_ref, rtol=1e-4, atol=1e-5)
+
+
+cases = 0
+for v_reset, detach_reset, decay_input in itertools.product([0.0, None, -0.4], [True, False], [True, False]):
+    check((5, 3, 7), torch.tensor(0.4), v_reset, detach_reset, decay_input, surrogate("atan"), cases)
+    cases += 1
+for name in sorted(SURROGATES):
+    check((4, 2, 33), torch.tensor(0.4), 0.0, False, True, surrogate(name, 1.3), cases)
+    cases += 1
+check((3, 2, 6, 4, 4), torch.rand(6) * 0.8 + 0.1, 0.0, True, True, surrogate("atan"), 99)  # per channel
+check((1, 1100), torch.tensor(0.4), 0.0, True, True, surrogate("atan"), 100)  # T = 1, two blocks
+print(f"triton kernels match the reference ({cases + 2} cases, device {device})")
