@@ -7,7 +7,6 @@ layer every ``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every
 from __future__ import annotations
 
 import csv
-import os
 import warnings
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from plifnet import plots
+from plifnet.files import write_atomically
 from plifnet.neurons import PLIF, BaseNode, reset_state
 
 
@@ -24,13 +24,6 @@ def spiking_layers(module: torch.nn.Module) -> dict[str, BaseNode]:
         if hasattr(m, "spiking_layers") and m is not module:
             return m.spiking_layers()
     return {name: m for name, m in module.named_modules() if isinstance(m, BaseNode)}
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file and rename it, so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _run_dir(trainer) -> Path:
@@ -141,8 +134,8 @@ class TauMonitor(Callback):
                 for i, step in enumerate(self.steps):
                     writer.writerow([step, *(f"{values[i]:.8g}" for values in self.history.values())])
 
-        _write_atomically(folder / "tau.csv", write_csv)
-        _write_atomically(folder / "tau.png", lambda path: plots.tau_trajectories(self.steps, self.history, path))
+        write_atomically(folder / "tau.csv", write_csv)
+        write_atomically(folder / "tau.png", lambda path: plots.tau_trajectories(self.steps, self.history, path))
         _log_figure(trainer, "tau_trajectories", folder / "tau.png", trainer.global_step)
 
 
@@ -197,7 +190,7 @@ class FiringRateMonitor(Callback):
                 )
         if trainer.is_global_zero:
             path = _run_dir(trainer) / "firing_rates.png"
-            _write_atomically(path, lambda p: plots.firing_rates(self.rates, trainer.current_epoch, p))
+            write_atomically(path, lambda p: plots.firing_rates(self.rates, trainer.current_epoch, p))
             _log_figure(trainer, "firing_rates", path, trainer.global_step)
 
 
@@ -226,4 +219,4 @@ class PredictionWriter(BasePredictionWriter):
                     writer.writerow([i, max(range(len(row)), key=row.__getitem__)] + [f"{p:.6g}" for p in row])
 
         self.path = folder / "predictions.csv"
-        _write_atomically(self.path, write_csv)
+        write_atomically(self.path, write_csv)

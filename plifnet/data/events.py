@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from plifnet.data.common import ClassificationDataModule
+from plifnet.files import write_atomically
 
 EVENTS = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
 CACHE_FORMAT = 1  # bump when the frame computation changes, so old caches are not served
@@ -219,9 +219,7 @@ class EventFrames(Dataset):
         except CorruptRecording as error:
             raise CorruptRecording(f"{recording.path}: {error}") from None
         if cached is not None:
-            tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, frames)
-            os.replace(tmp, cached)
+            write_atomically(cached, lambda tmp: np.save(tmp, frames))
         return frames
 
     def __getitem__(self, index: int):
