@@ -74,8 +74,9 @@ def test_bad_arguments():
 
 
 @pytest.mark.real_data
-def test_real_mnist_in_torchvision_layout(shared_datasets):
-    dm = StaticDataModule("mnist", root=str(shared_datasets), num_workers=0)
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_real_mnist_and_fashion_mnist_in_torchvision_layout(shared_datasets, dataset):
+    dm = StaticDataModule(dataset, root=str(shared_datasets), num_workers=0)
     dm.setup("fit")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (51000, 9000, 10000)
     labels = torch.tensor([dm.val_set.dataset.targets[i] for i in dm.val_set.indices])
