@@ -27,7 +27,10 @@ def spiking_layers(module: torch.nn.Module) -> dict[str, BaseNode]:
 
 
 def _run_dir(trainer) -> Path:
-    folder = Path(trainer.log_dir or trainer.default_root_dir)
+    """The first logger's folder, as ``trainer.log_dir`` gives it, without its broadcast: that is a
+    collective call under DDP, which would hang when only rank 0 asks."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    folder = Path(getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or trainer.default_root_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -101,9 +101,10 @@ class SpikingClassifier(L.LightningModule):
         rates = self(x)
         loss = self._loss(rates, y)
         self.accuracy[f"{stage}_acc"](rates, y)
-        # training loss per step (as train/loss_step) and per epoch; accuracies per epoch
+        # training loss per step (as train/loss_step) and per epoch; accuracies per epoch. Under DDP
+        # the loss is averaged over processes; the torchmetrics accuracies reduce themselves.
         log = dict(add_dataloader_idx=False, batch_size=len(y), on_epoch=True)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", **log)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", sync_dist=True, **log)
         self.log(f"{stage}/acc", self.accuracy[f"{stage}_acc"], prog_bar=True, on_step=False, **log)
         return loss
 

@@ -1,0 +1,49 @@
+"""Two-process DDP on the CPU (gloo) through cli.py: ranks agree on tau and weights at every step."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+def cli(*args, cwd, env):
+    result = subprocess.run([sys.executable, ROOT / "cli.py", *map(str, args)], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def last_test_acc(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return float([r for r in csv.DictReader(f) if r.get("test/acc")][-1]["test/acc"])
+
+
+def test_two_process_ddp_fit_then_single_process_test(tiny_digits, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"),
+               PYTHONUNBUFFERED="1")
+    common = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
+              "--data.batch_size", "4", "--model.time_steps", "2", "--model.lr", "0.01"]
+    ddp = ["--config", ROOT / "configs" / "trainer" / "ddp.yaml", "--trainer.accelerator", "cpu",
+           "--trainer.devices", "2"]
+    cli("fit", *common, *ddp, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5",
+        "--trainer.limit_val_batches", "2", "--trainer.callbacks+=ddp_probe.RankProbe", cwd=tmp_path, env=env)
+
+    ranks = [torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2 and len(ranks[0]["taus"]) == 5
+    for step0, step1 in zip(ranks[0]["taus"], ranks[1]["taus"]):  # tau equal on both ranks at every step
+        assert all(torch.equal(step0[name], step1[name]) for name in step0)
+    assert ranks[0]["taus"][-1]["fc1"].item() != pytest.approx(2.0, abs=1e-5)  # and it was trained
+    for name, value in ranks[0]["parameters"].items():
+        assert torch.equal(value, ranks[1]["parameters"][name]), name
+    assert not any(name.endswith(".v") for name in ranks[0]["buffers"])  # neuron state is no buffer
+
+    ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    cli("test", *common, *ddp, "--ckpt_path", ckpt, cwd=tmp_path, env=env)
+    cli("test", *common, "--ckpt_path", ckpt, "--trainer.devices", "1", cwd=tmp_path, env=env)
+    runs = tmp_path / "runs" / "lightning_logs"
+    assert last_test_acc(runs / "version_1") == pytest.approx(last_test_acc(runs / "version_2"))
