@@ -5,6 +5,10 @@ config can be overridden on the command line (``--model.neuron lif --model.tau 1
 ``--print_config`` shows the complete resolved configuration.
 """
 
+import sys
+import zipfile
+from pathlib import Path
+
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -12,7 +16,27 @@ from plifnet.kernels import keep_freed_cpu_memory
 from plifnet.module import SpikingClassifier
 
 
+def _ckpt_paths(args: list[str]):
+    for i, arg in enumerate(args):
+        if arg == "--ckpt_path" and i + 1 < len(args):
+            yield args[i + 1]
+        elif arg.startswith("--ckpt_path="):
+            yield arg.split("=", 1)[1]
+
+
+def check_checkpoint(args: list[str]) -> None:
+    """Refuse a truncated or foreign ``--ckpt_path`` file with its name, before Lightning's loader
+    fails on it with a bare I/O error. (Checkpoints are zip archives, ending in a directory.)"""
+    for path in _ckpt_paths(args):
+        if Path(path).is_file() and not zipfile.is_zipfile(path):
+            raise SystemExit(
+                f"error: checkpoint {path} is truncated or is not a checkpoint (no zip directory at its end); "
+                f"pass another one, e.g. an epoch*.ckpt in the same folder"
+            )
+
+
 def main(args=None) -> LightningCLI:
+    check_checkpoint(list(sys.argv[1:] if args is None else args))
     keep_freed_cpu_memory()  # CPU training: no page faults for every step's activations
     return LightningCLI(
         SpikingClassifier,

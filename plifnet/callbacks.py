@@ -61,6 +61,24 @@ class ResetState(Callback):
     on_exception = _reset
 
 
+class StopOnNonFiniteLoss(Callback):
+    """Stop the run at the first NaN or infinite training loss, before it reaches the weights.
+
+    Raises ``FloatingPointError`` naming the step, so the process exits non-zero; the checkpoints
+    written before that step stay as they are (ModelCheckpoint does not save on an exception).
+    """
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if not torch.isfinite(loss):
+            saved = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks]
+            kept = next((path for path in saved if path), None)
+            raise FloatingPointError(
+                f"the training loss is {loss.item()} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                f"stopped before updating the weights. Last good checkpoint: {kept or 'none written yet'}. "
+                f"Lower --model.lr, or check the input data."
+            )
+
+
 class TauMonitor(Callback):
     """Log the tau of every PLIF layer every ``every_n_steps`` optimiser steps (default: the trainer's
     ``log_every_n_steps``), and plot it at the end.

@@ -1,0 +1,98 @@
+"""Failures: a NaN loss stops the run and keeps the checkpoints; bad input gets a clear error."""
+
+import os
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import ROOT
+from plifnet.callbacks import StopOnNonFiniteLoss
+from plifnet.module import SpikingClassifier
+
+
+def test_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path):
+    class DivergesAtStep6(SpikingClassifier):
+        # NaN inputs only silence a spiking network (NaN >= threshold is false), so the loss is made to diverge
+        def _loss(self, rates, y):
+            loss = super()._loss(rates, y)
+            return loss * float("nan") if self.global_step == 6 else loss
+
+    x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    model = DivergesAtStep6("mnist", time_steps=2)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=0, save_last=True)
+    trainer = L.Trainer(max_epochs=1, callbacks=[StopOnNonFiniteLoss(), checkpoint], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(FloatingPointError, match=r"training loss is nan at step 6 \(epoch 0\).*last\.ckpt"):
+        trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4))
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN never reached the weights
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 6
+    assert all(torch.isfinite(v).all() for k, v in saved["state_dict"].items() if k.startswith("net."))
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, ROOT / "cli.py", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+BASE = ["--config", ROOT / "configs" / "mnist.yaml", "--data.num_workers", "0", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--model.time_steps", "1"]
+
+BAD_INPUTS = {  # what is wrong: (extra arguments, what the error must say)
+    "misspelt config key": (["--model.tua", "16"], "tua"),
+    "unknown neuron": (["--model.neuron", "alif"], "alif"),
+    "unknown surrogate": (["--model.surrogate", "tanh"], "tanh"),
+    "tau <= 1": (["--model.tau", "1.0"], "tau must be > 1"),
+    "T < 1": (["--model.time_steps", "0"], "time_steps must be >= 1"),
+    "CIFAR-10 images into the MNIST network": (["--data.dataset", "cifar10"], "the mnist network takes [N, C, H, W] images with C, H, W = 1, 28, 28; got shape"),
+    "empty data folder": (["--data.root", "{empty}"], "mnist was not found in"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_a_clear_error_and_an_exit_code(case, tmp_path, tiny_digits):
+    extra, message = BAD_INPUTS[case]
+    (tmp_path / "empty").mkdir()
+    cifar = tmp_path / "cifar"
+    if case.startswith("CIFAR"):
+        from conftest import make_image_folder
+
+        make_image_folder(cifar, per_class=2, test_per_class=1, size=32, mode="RGB")
+    root = cifar if case.startswith("CIFAR") else tiny_digits
+    extra = [str(a).replace("{empty}", str(tmp_path / "empty")) for a in extra]
+    result = run_cli("fit", *BASE, "--data.root", root, *extra, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+
+
+def test_checkpoints_of_another_network_or_truncated_are_refused(tmp_path, tiny_digits):
+    cifar = SpikingClassifier("cifar10", time_steps=1)
+    trainer = L.Trainer(logger=False, max_epochs=0)
+    trainer.strategy.connect(cifar)
+    trainer.save_checkpoint(tmp_path / "cifar.ckpt")
+    result = run_cli("test", *BASE, "--data.root", tiny_digits, "--ckpt_path", tmp_path / "cifar.ckpt", cwd=tmp_path)
+    # cli.py rebuilds the model from the checkpoint's hyperparameters, so the mismatch is named as such
+    assert result.returncode != 0 and "the cifar10 network takes [N, C, H, W] images with C, H, W = 3, 32, 32" in result.stderr
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((tmp_path / "cifar.ckpt").read_bytes()[:5000])
+    result = run_cli("test", *BASE, "--data.root", tiny_digits, "--ckpt_path", truncated, cwd=tmp_path)
+    assert result.returncode != 0 and f"checkpoint {truncated} is truncated or is not a checkpoint" in result.stderr
+
+
+def test_checkpoints_load_with_weights_only_semantics(tmp_path, tiny_digits):
+    """A checkpoint that would run code when unpickled is refused, not executed."""
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"state_dict": {}, "payload": Payload()}, tmp_path / "evil.ckpt")
+    result = run_cli("test", *BASE, "--data.root", tiny_digits, "--ckpt_path", tmp_path / "evil.ckpt", cwd=tmp_path)
+    assert result.returncode != 0 and not (tmp_path / "pwned").exists()
+    assert "weights_only" in result.stderr or "Unsupported global" in result.stderr
