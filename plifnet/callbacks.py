@@ -7,9 +7,11 @@ layer every ``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every
 from __future__ import annotations
 
 import csv
+import random
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
@@ -59,6 +61,37 @@ class ResetState(Callback):
     on_test_batch_start = on_test_batch_end = _reset
     on_predict_batch_start = on_predict_batch_end = _reset
     on_exception = _reset
+
+
+class ResumeRandomState(Callback):
+    """Save the random generators (torch, numpy, python) in every checkpoint and restore them at the
+    first training batch of a resumed run, so that dropout masks continue the interrupted run's.
+
+    Restoring at the first batch rather than at load time skips the draws a new data loader
+    iterator makes for its seed, which the interrupted run made at the start of its epoch.
+    """
+
+    def __init__(self):
+        self.pending = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        numpy_state = np.random.get_state()
+        checkpoint["random_state"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self.pending = checkpoint.get("random_state")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.pending is not None:
+            state, self.pending = self.pending, None
+            torch.set_rng_state(state["torch"])
+            name, keys, *rest = state["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+            random.setstate(state["python"])
 
 
 class StopOnNonFiniteLoss(Callback):

@@ -1,5 +1,6 @@
 """Failures: a NaN loss stops the run and keeps the checkpoints; bad input gets a clear error."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -96,3 +97,41 @@ def test_checkpoints_load_with_weights_only_semantics(tmp_path, tiny_digits):
     result = run_cli("test", *BASE, "--data.root", tiny_digits, "--ckpt_path", tmp_path / "evil.ckpt", cwd=tmp_path)
     assert result.returncode != 0 and not (tmp_path / "pwned").exists()
     assert "weights_only" in result.stderr or "Unsupported global" in result.stderr
+
+
+def test_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(tmp_path, tiny_digits):
+    """SIGKILL at step 7 (after the step-6 checkpoint), then `--ckpt_path last`: the same weights and
+    tau at the end as a run that was never interrupted (CPU, seed 2020)."""
+    args = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
+            "--data.batch_size", "4", "--model.time_steps", "2", "--model.lr", "0.01", "--data.augment", "false",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "12", "--trainer.limit_val_batches", "0",
+            "--trainer.log_every_n_steps", "1", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            "--trainer.callbacks.every_n_train_steps", "3", "--trainer.callbacks.save_top_k", "0",
+            "--trainer.callbacks.save_last", "true"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_KILL_AT="7")
+    run = lambda *extra, cwd: subprocess.run([sys.executable, ROOT / "cli.py", "fit", *map(str, args), *extra],
+                                             cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "killed").mkdir()
+    whole = run(cwd=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = run("--trainer.callbacks+=kill_probe.KillAtStep", cwd=tmp_path / "killed")
+    assert killed.returncode == -9  # SIGKILL
+    interrupted = torch.load(tmp_path / "killed" / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
+                             weights_only=True)
+    assert interrupted["global_step"] == 6
+    resumed = run("--ckpt_path", "last", cwd=tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from runs/lightning_logs/version_0/checkpoints/last.ckpt" in resumed.stderr
+
+    with open(tmp_path / "killed" / "runs" / "lightning_logs" / "version_1" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+    assert steps[0] == 6 and steps[-1] == 11  # the resumed run did steps 6..11 only, not a fresh run
+
+    final = [torch.load(folder / "runs" / "lightning_logs" / version / "checkpoints" / "last.ckpt", weights_only=True)
+             for folder, version in ((tmp_path / "whole", "version_0"), (tmp_path / "killed", "version_1"))]
+    assert final[0]["global_step"] == final[1]["global_step"] == 12
+    for name, value in final[0]["state_dict"].items():
+        torch.testing.assert_close(final[1]["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    w = final[0]["state_dict"]["net.layers.0.w"]
+    assert w.item() != pytest.approx(0.0, abs=1e-6)  # tau moved, and moved the same in both runs

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 
 def stratified_split(targets: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -82,7 +83,10 @@ class ClassificationDataModule(L.LightningDataModule):
         return ["val", "test"] if self.eval_test_every_epoch else ["val"]
 
     def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
-        return DataLoader(
+        # the training loader keeps its position and shuffling state in checkpoints (Lightning saves
+        # the state of loaders that have one), so that a run resumed mid-epoch sees the same batches
+        loader_class = StatefulDataLoader if train else DataLoader
+        return loader_class(
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
