@@ -14,6 +14,7 @@ over elements by ``torch.sum``: the same bits on every run.
 from __future__ import annotations
 
 import importlib.util
+from functools import lru_cache
 
 import torch
 
@@ -23,6 +24,7 @@ BACKENDS = ("auto", "reference", "cpu", "triton")
 SURROGATE_CODES = {ATan: 0, Sigmoid: 1, PiecewiseQuadratic: 2, FastSigmoid: 3, Rectangle: 4}
 
 
+@lru_cache(maxsize=None)  # asked at every forward of every layer
 def available(backend: str) -> bool:
     if backend == "reference":
         return True
