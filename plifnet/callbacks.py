@@ -68,7 +68,8 @@ class ResumeRandomState(Callback):
     first training batch of a resumed run, so that dropout masks continue the interrupted run's.
 
     Restoring at the first batch rather than at load time skips the draws a new data loader
-    iterator makes for its seed, which the interrupted run made at the start of its epoch.
+    iterator makes for its seed, which the interrupted run made at the start of its epoch. (The
+    training data itself draws from (seed, epoch, index) only: ``plifnet.data.common.EpochSampler``.)
     """
 
     def __init__(self):

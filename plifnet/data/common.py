@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 
@@ -28,6 +28,53 @@ def stratified_split(targets: Sequence[int], val_fraction: float, seed: int) -> 
         val += members[:n_val].tolist()
         train += members[n_val:].tolist()
     return sorted(train), sorted(val)
+
+
+def _mix(*numbers: int) -> int:
+    """A seed from several integers (deterministic across processes, unlike ``hash``)."""
+    seed = 0
+    for n in numbers:
+        seed = (seed * 1_000_003 + int(n)) % (1 << 62)
+    return seed
+
+
+class EpochSampler(Sampler):
+    """The training order, drawn from ``(seed, epoch)`` alone, as ``(epoch, index)`` pairs.
+
+    Together with :class:`SeededSamples` nothing the training data does draws from the global random
+    stream, so a run resumed in the middle of an epoch gets the very same batches, augmentations
+    included. Lightning calls :meth:`set_epoch` at the start of every epoch.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch)))
+        return iter([(self.epoch, index) for index in order.tolist()])
+
+
+class SeededSamples(Dataset):
+    """Index a dataset with ``(epoch, index)``; its random transforms draw from a generator seeded
+    by ``(seed, epoch, index)``, and the global random state is left as it was."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_mix(self.seed, epoch, index))
+            return self.dataset[index]
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -55,6 +102,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.val_fraction, self.eval_test_every_epoch, self.split_seed = val_fraction, eval_test_every_epoch, split_seed
         self.train_set: Dataset | None = None
+        self.seed = torch.initial_seed()  # the seed of the training order and augmentations; kept in checkpoints
 
     def load(self, stage: str | None) -> tuple[Dataset, Dataset, Dataset]:
         """Return ``(train_set, eval_train_set, test_set)``; ``train_set`` and ``eval_train_set``
@@ -82,14 +130,24 @@ class ClassificationDataModule(L.LightningDataModule):
             return ["test"]
         return ["val", "test"] if self.eval_test_every_epoch else ["val"]
 
+    def state_dict(self) -> dict:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.seed = state_dict["seed"]
+
     def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
-        # the training loader keeps its position and shuffling state in checkpoints (Lightning saves
-        # the state of loaders that have one), so that a run resumed mid-epoch sees the same batches
-        loader_class = StatefulDataLoader if train else DataLoader
-        return loader_class(
-            dataset,
+        # the training loader keeps its position in checkpoints (Lightning saves the state of loaders
+        # that have one) and draws order and augmentations from (seed, epoch, index) only, so that a
+        # run resumed mid-epoch sees the same batches
+        if train:
+            return StatefulDataLoader(SeededSamples(dataset, self.seed), sampler=EpochSampler(len(dataset), self.seed),
+                                      **self._loader_options(train))
+        return DataLoader(dataset, **self._loader_options(train))
+
+    def _loader_options(self, train: bool) -> dict:
+        return dict(
             batch_size=self.batch_size,
-            shuffle=train,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
