@@ -135,8 +135,15 @@ class TauMonitor(Callback):
         if self.every_n_steps is None:  # follow --trainer.log_every_n_steps
             self.every_n_steps = trainer.log_every_n_steps
         self.layers = {name: m for name, m in spiking_layers(pl_module).items() if isinstance(m, PLIF)}
-        self.steps, self.history = [], {name: [] for name in self.layers}
-        self._record(trainer, pl_module)  # tau0, at step 0
+        if not self.steps or set(self.history) != set(self.layers):  # a resumed run keeps its history
+            self.steps, self.history = [], {name: [] for name in self.layers}
+            self._record(trainer, pl_module)  # tau0, at step 0
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.steps, self.history = list(state_dict["steps"]), {k: list(v) for k, v in state_dict["history"].items()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.layers:

@@ -129,6 +129,10 @@ def test_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(tmp_path, t
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
     assert steps[0] == 6 and steps[-1] == 11  # the resumed run did steps 6..11 only, not a fresh run
 
+    with open(tmp_path / "killed" / "runs" / "lightning_logs" / "version_1" / "tau.csv") as f:
+        tau_steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert tau_steps[0] == 0 and tau_steps[-1] == 12  # the tau history runs across the interruption
+
     final = [torch.load(folder / "runs" / "lightning_logs" / version / "checkpoints" / "last.ckpt", weights_only=True)
              for folder, version in ((tmp_path / "whole", "version_0"), (tmp_path / "killed", "version_1"))]
     assert final[0]["global_step"] == final[1]["global_step"] == 12
@@ -136,3 +140,29 @@ def test_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(tmp_path, t
         torch.testing.assert_close(final[1]["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
     w = final[0]["state_dict"]["net.layers.0.w"]
     assert w.item() != pytest.approx(0.0, abs=1e-6)  # tau moved, and moved the same in both runs
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one_readable(tmp_path, monkeypatch):
+    """A write that dies half-way (disk full, kill) must not replace the last good checkpoint."""
+    from fsspec.implementations.local import LocalFileOpener
+
+    model = SpikingClassifier("mnist", time_steps=1)
+    trainer = L.Trainer(logger=False, max_epochs=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    good = (tmp_path / "last.ckpt").read_bytes()
+
+    def dies_half_way(self, data):
+        LocalFileOpener.__dict__["_write_original"](self, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LocalFileOpener, "_write_original", LocalFileOpener.write, raising=False)
+    monkeypatch.setattr(LocalFileOpener, "write", dies_half_way)
+    with torch.no_grad():
+        model.net.spiking_layers()["fc1"].w.fill_(3.0)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_checkpoint(tmp_path / "last.ckpt")
+    monkeypatch.undo()
+    assert (tmp_path / "last.ckpt").read_bytes() == good
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
+    assert [v.item() for k, v in state.items() if k.endswith(".w")] == [0.0] * 4  # tau0 = 2, not the w of 3.0
