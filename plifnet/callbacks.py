@@ -257,10 +257,12 @@ class FiringRateMonitor(Callback):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Write ``cli.py predict`` results to ``predictions.csv``: sample index, predicted class and the
-    probability of every class, one row per sample of the predict set, in order.
+    """Write ``cli.py predict`` results to ``predictions.csv``: sample index (in the predict set),
+    predicted class and the probability of every class, one row per sample.
 
-    ``output_dir`` defaults to the run's log folder; the file is written atomically.
+    Under DDP every process writes the samples it predicted to ``predictions_rank<r>.csv``, with
+    their indices in the whole set. ``output_dir`` defaults to the run's log folder; files are
+    written atomically.
     """
 
     def __init__(self, output_dir: str | None = None):
@@ -268,8 +270,14 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir = output_dir
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
-        per_loader = predictions if predictions and isinstance(predictions[0], list) else [predictions]
+        # predictions: a list of batches, or one such list per predict loader; batch_indices: always
+        # one list (of per-batch index lists) per loader
+        nested = bool(predictions) and isinstance(predictions[0], list)
+        per_loader = predictions if nested else [predictions]
         probabilities = torch.cat([batch for loader in per_loader for batch in loader]).cpu()
+        indices = [i for loader in batch_indices for batch in loader for i in batch]
+        if len(indices) != len(probabilities):  # a sampler that does not report indices
+            indices = list(range(len(probabilities)))
         folder = Path(self.output_dir) if self.output_dir else _run_dir(trainer)
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -277,8 +285,9 @@ class PredictionWriter(BasePredictionWriter):
             with open(path, "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["index", "predicted"] + [f"p{c}" for c in range(probabilities.shape[1])])
-                for i, row in enumerate(probabilities.tolist()):
-                    writer.writerow([i, max(range(len(row)), key=row.__getitem__)] + [f"{p:.6g}" for p in row])
+                for index, row in zip(indices, probabilities.tolist()):
+                    writer.writerow([index, max(range(len(row)), key=row.__getitem__)] + [f"{p:.6g}" for p in row])
 
-        self.path = folder / "predictions.csv"
+        name = "predictions.csv" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
+        self.path = folder / name
         write_atomically(self.path, write_csv)

@@ -47,3 +47,11 @@ def test_two_process_ddp_fit_then_single_process_test(tiny_digits, tmp_path):
     cli("test", *common, "--ckpt_path", ckpt, "--trainer.devices", "1", cwd=tmp_path, env=env)
     runs = tmp_path / "runs" / "lightning_logs"
     assert last_test_acc(runs / "version_1") == pytest.approx(last_test_acc(runs / "version_2"))
+
+    # predict under DDP: each rank writes the samples it saw, indexed in the whole set
+    cli("predict", *common, *ddp, "--ckpt_path", ckpt, cwd=tmp_path, env=env)
+    indices = []
+    for rank in (0, 1):
+        with open(runs / "version_3" / f"predictions_rank{rank}.csv") as f:
+            indices += [int(row["index"]) for row in csv.DictReader(f)]
+    assert sorted(indices) == list(range(40))
