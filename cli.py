@@ -36,8 +36,9 @@ def check_checkpoint(args: list[str]) -> None:
 
 
 class PlifnetCLI(LightningCLI):
-    """LightningCLI, where ``--ckpt_path last`` means the newest ``last.ckpt`` of any earlier run under
-    the loggers' folders (Lightning's own ``last`` looks only in the new run's empty folder)."""
+    """LightningCLI, where ``--ckpt_path last`` means the newest checkpoint (``last.ckpt`` at epoch
+    ends, ``step*.ckpt`` in between) of any earlier run under the loggers' folders; Lightning's own
+    ``last`` looks only in the new run's empty folder."""
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.config.get("subcommand") or "", None)
@@ -46,7 +47,7 @@ class PlifnetCLI(LightningCLI):
         loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
         folders = {Path(log.init_args.save_dir) / (log.init_args.get("name") or "")
                    for log in loggers if getattr(log, "init_args", None) and log.init_args.get("save_dir")}
-        found = [path for folder in folders for path in folder.glob("*/checkpoints/last*.ckpt")]
+        found = [path for folder in folders for path in folder.glob("*/checkpoints/*.ckpt")]
         if found:
             config.ckpt_path = str(max(found, key=lambda path: path.stat().st_mtime))
             print(f"resuming from {config.ckpt_path}", file=sys.stderr)
