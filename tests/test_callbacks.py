@@ -1,7 +1,6 @@
 """State reset, tau and firing-rate monitors, with every logger (CSV, TensorBoard, offline wandb)."""
 
 import csv
-import os
 import warnings
 from pathlib import Path
 
