@@ -68,12 +68,13 @@ class FusedMultiStep(torch.autograd.Function):
     def forward(ctx, x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend):
         kernels = _kernels(backend)
         steps = x_seq.shape[0]
-        compute_dtype = torch.float32
-        x = x_seq.reshape(steps, -1).to(compute_dtype).contiguous()
-        k_vec = k.detach().reshape(-1).to(compute_dtype).contiguous()
+        x = x_seq.reshape(steps, -1).to(torch.float32).contiguous()
+        k_vec = k.detach().reshape(-1).to(torch.float32).contiguous()
         channels = k_vec.numel()
         inner = x_seq[0, 0].numel() // channels if channels > 1 else x.shape[1]
-        options = (v_threshold, v_reset, detach_reset, decay_input)
+        # rest: where the leak pulls and the hard reset puts V (soft reset: 0); both backends take this form
+        rest = 0.0 if v_reset is None else float(v_reset)
+        options = (float(v_threshold), rest, v_reset is None, detach_reset, decay_input)
         spikes, h = kernels.forward(x, k_vec, channels, inner, *options)
         ctx.save_for_backward(h, k_vec)
         ctx.meta = (x_seq.shape, x_seq.dtype, channels, inner, options, surrogate, backend, k.shape)
@@ -121,21 +122,17 @@ class MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # odd sizes: the last row/column drops
-        from plifnet.kernels import cpu_ops
-
         flat = x[..., :height, :width].reshape(-1, height, width).to(torch.float32).contiguous()
-        out, index = cpu_ops.max_pool2x2_forward(flat)
+        out, index = _kernels("cpu").max_pool2x2_forward(flat)
         ctx.save_for_backward(index)
         ctx.shape, ctx.dtype = x.shape, x.dtype
         return out.view(*x.shape[:-2], height // 2, width // 2).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        from plifnet.kernels import cpu_ops
-
         (index,) = ctx.saved_tensors
         grad = grad_out.reshape(index.shape).to(torch.float32).contiguous()
-        grad_in = cpu_ops.max_pool2x2_backward(grad, index)
+        grad_in = _kernels("cpu").max_pool2x2_backward(grad, index)
         grad_in = grad_in.view(*ctx.shape[:-2], *grad_in.shape[-2:])
         if grad_in.shape != ctx.shape:
             grad_in = torch.nn.functional.pad(grad_in, (0, ctx.shape[-1] - grad_in.shape[-1], 0, ctx.shape[-2] - grad_in.shape[-2]))

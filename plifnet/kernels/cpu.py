@@ -6,6 +6,7 @@ over a block vectorises, and blocks are spread over the cores. Every value is fl
 arithmetic follows ``plifnet.neurons.neuron_step`` operation by operation, so spikes are identical
 to the reference. The forward saves only ``H`` (float32); the backward recomputes ``S = H >= v_th``
 and ``V[t-1]`` from ``H[t-1]``, and gets ``dH/dk = X - (V[t-1] - rest) = (H - V[t-1]) / k`` without X.
+``rest`` is V_reset for the hard reset and 0 for the soft one (where the leak then pulls to).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def surrogate_grads(z, out, code, alpha):
 
 
 @njit(parallel=True, cache=True)
-def forward(x, k, channels, inner, v_th, v_reset, rest, soft, decay_input, spikes, h_out):
+def forward(x, k, channels, inner, v_th, rest, soft, decay_input, spikes, h_out):
     """x [T, E] -> spikes [T, E], H [T, E]; ``k[c]`` applies to element e with c = (e // inner) % channels."""
     steps, elements = x.shape
     soft_f, hard = np.float32(soft), np.float32(not soft)
@@ -69,11 +70,11 @@ def forward(x, k, channels, inner, v_th, v_reset, rest, soft, decay_input, spike
                 s = np.float32(h - v_th >= 0)
                 ht[j] = h
                 st[j] = s
-                v[j] = soft_f * (h - v_th * s) + hard * (h * (ONE - s) + v_reset * s)
+                v[j] = soft_f * (h - v_th * s) + hard * (h * (ONE - s) + rest * s)
 
 
 @njit(parallel=True, cache=True)
-def backward(grad_spikes, h_saved, k, channels, inner, v_th, v_reset, rest, soft, decay_input, detach_reset,
+def backward(grad_spikes, h_saved, k, channels, inner, v_th, rest, soft, decay_input, detach_reset,
              code, alpha, grad_x, grad_k):
     """Reverse pass: grad_x [T, E] and each element's dL/dk summed over time, grad_k [E].
 
@@ -106,10 +107,10 @@ def backward(grad_spikes, h_saved, k, channels, inner, v_th, v_reset, rest, soft
             for j in range(size):
                 h = ht[j]
                 s = np.float32(z[j] >= 0)
-                dv_dh = ONE - s * hard + attached * sg[j] * (hard * (v_reset - h) - soft_f * v_th)
+                dv_dh = ONE - s * hard + attached * sg[j] * (hard * (rest - h) - soft_f * v_th)
                 grad_h = gt[j] * sg[j] + grad_v[j] * dv_dh
                 s_prev = np.float32(hp[j] - v_th >= 0)  # V[t-1] recomputed from H[t-1]
-                v_prev = hp[j] - s_prev * (hard * (hp[j] - v_reset) + soft_f * v_th)
+                v_prev = hp[j] - s_prev * (hard * (hp[j] - rest) + soft_f * v_th)
                 v_prev = later * v_prev + (ONE - later) * rest
                 gxt[j] = grad_h * k_in[j]
                 # dH/dk = X - (V[t-1] - rest) = (H - V[t-1]) / k with decay_input, else -(V[t-1] - rest)

@@ -1,4 +1,4 @@
-"""Torch-facing wrappers of the numba CPU kernels: allocate outputs, convert options to float32."""
+"""Torch-facing wrappers of the numba CPU kernels: allocate the outputs, pass float32 scalars."""
 
 from __future__ import annotations
 
@@ -8,24 +8,18 @@ import torch
 from plifnet.kernels import cpu
 
 
-def _scalars(v_threshold, v_reset):
-    rest = 0.0 if v_reset is None else v_reset
-    return np.float32(v_threshold), np.float32(rest), np.float32(rest), v_reset is None
-
-
-def forward(x, k, channels, inner, v_threshold, v_reset, detach_reset, decay_input):
+def forward(x, k, channels, inner, v_th, rest, soft, detach_reset, decay_input):
     spikes, h = torch.empty_like(x), torch.empty_like(x)
-    v_th, reset, rest, soft = _scalars(v_threshold, v_reset)
-    cpu.forward(x.detach().numpy(), k.numpy(), channels, inner, v_th, reset, rest, soft, decay_input, spikes.numpy(), h.numpy())
+    cpu.forward(x.detach().numpy(), k.numpy(), channels, inner, np.float32(v_th), np.float32(rest), soft, decay_input,
+                spikes.numpy(), h.numpy())
     return spikes, h
 
 
-def backward(grad_spikes, h, k, channels, inner, v_threshold, v_reset, detach_reset, decay_input, code, alpha):
+def backward(grad_spikes, h, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
     grad_x = torch.empty_like(grad_spikes)
     grad_k = torch.empty(grad_spikes.shape[1], dtype=torch.float32)
-    v_th, reset, rest, soft = _scalars(v_threshold, v_reset)
-    cpu.backward(grad_spikes.detach().numpy(), h.numpy(), k.numpy(), channels, inner, v_th, reset, rest, soft, decay_input,
-                 detach_reset, code, np.float32(alpha), grad_x.numpy(), grad_k.numpy())
+    cpu.backward(grad_spikes.detach().numpy(), h.numpy(), k.numpy(), channels, inner, np.float32(v_th), np.float32(rest),
+                 soft, decay_input, detach_reset, code, np.float32(alpha), grad_x.numpy(), grad_k.numpy())
     return grad_x, grad_k
 
 

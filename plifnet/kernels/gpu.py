@@ -34,7 +34,7 @@ def _surrogate_grad(z, alpha, CODE: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, k_ptr, spikes_ptr, h_ptr, steps, elements, channels, inner, v_th, v_reset, rest,
+def _forward_kernel(x_ptr, k_ptr, spikes_ptr, h_ptr, steps, elements, channels, inner, v_th, rest,
                     SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < elements
@@ -53,12 +53,12 @@ def _forward_kernel(x_ptr, k_ptr, spikes_ptr, h_ptr, steps, elements, channels, 
         if SOFT:
             v = tl.where(fired, h - v_th, h)
         else:
-            v = tl.where(fired, v_reset, h)
+            v = tl.where(fired, rest, h)
 
 
 @triton.jit
 def _backward_kernel(grad_ptr, h_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elements, channels, inner, v_th,
-                     v_reset, rest, alpha, SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr,
+                     rest, alpha, SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr,
                      DETACH_RESET: tl.constexpr, CODE: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < elements
@@ -81,13 +81,13 @@ def _backward_kernel(grad_ptr, h_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elem
             if DETACH_RESET:
                 dv_dh = 1.0 - s
             else:
-                dv_dh = 1.0 - s + (v_reset - h) * sg
+                dv_dh = 1.0 - s + (rest - h) * sg
         grad_h = tl.load(grad_ptr + at, mask=mask, other=0.0).to(tl.float32) * sg + grad_v * dv_dh
         h_prev = tl.load(h_ptr + at - elements, mask=mask & (t > 0), other=0.0)
         if SOFT:
             v_prev = tl.where(h_prev - v_th >= 0, h_prev - v_th, h_prev)
         else:
-            v_prev = tl.where(h_prev - v_th >= 0, v_reset, h_prev)
+            v_prev = tl.where(h_prev - v_th >= 0, rest, h_prev)
         v_prev = tl.where(t > 0, v_prev, rest)
         if DECAY_INPUT:
             tl.store(grad_x_ptr + at, grad_h * k, mask=mask)
@@ -103,26 +103,19 @@ def _grid(elements):
     return (triton.cdiv(elements, BLOCK),)
 
 
-def _scalars(v_threshold, v_reset):
-    rest = 0.0 if v_reset is None else float(v_reset)
-    return float(v_threshold), rest, rest, v_reset is None
-
-
-def forward(x, k, channels, inner, v_threshold, v_reset, detach_reset, decay_input):
+def forward(x, k, channels, inner, v_th, rest, soft, detach_reset, decay_input):
     steps, elements = x.shape
     spikes, h = torch.empty_like(x), torch.empty_like(x)
-    v_th, reset, rest, soft = _scalars(v_threshold, v_reset)
-    _forward_kernel[_grid(elements)](x, k, spikes, h, steps, elements, channels, inner, v_th, reset, rest,
+    _forward_kernel[_grid(elements)](x, k, spikes, h, steps, elements, channels, inner, v_th, rest,
                                      SOFT=soft, DECAY_INPUT=decay_input, BLOCK=BLOCK, enable_fp_fusion=False)
     return spikes, h
 
 
-def backward(grad_spikes, h, k, channels, inner, v_threshold, v_reset, detach_reset, decay_input, code, alpha):
+def backward(grad_spikes, h, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
     steps, elements = grad_spikes.shape
     grad_x = torch.empty_like(grad_spikes)
     grad_k = torch.empty(elements, dtype=torch.float32, device=grad_spikes.device)
-    v_th, reset, rest, soft = _scalars(v_threshold, v_reset)
     _backward_kernel[_grid(elements)](grad_spikes, h, k, grad_x, grad_k, steps, elements, channels, inner, v_th,
-                                      reset, rest, float(alpha), SOFT=soft, DECAY_INPUT=decay_input,
+                                      rest, float(alpha), SOFT=soft, DECAY_INPUT=decay_input,
                                       DETACH_RESET=detach_reset, CODE=code, BLOCK=BLOCK, enable_fp_fusion=False)
     return grad_x, grad_k
