@@ -36,17 +36,28 @@ def check_checkpoint(args: list[str]) -> None:
 
 
 class PlifnetCLI(LightningCLI):
-    """LightningCLI, where ``--ckpt_path last`` means the newest checkpoint (``last.ckpt`` at epoch
-    ends, ``step*.ckpt`` in between) of any earlier run under the loggers' folders; Lightning's own
-    ``last`` looks only in the new run's empty folder."""
+    """LightningCLI, with two conveniences:
+
+    - ``--trainer.default_root_dir DIR`` puts every logger's relative ``save_dir`` (``runs``) under DIR,
+      so that one option moves a whole run (logs, checkpoints, plots) into its own folder;
+    - ``--ckpt_path last`` means the newest checkpoint (``last.ckpt`` at epoch ends, ``step*.ckpt`` in
+      between) of any earlier run under the loggers' folders; Lightning's own ``last`` looks only in
+      the new run's empty folder.
+    """
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.config.get("subcommand") or "", None)
-        if config is None or config.get("ckpt_path") != "last":
+        if config is None:
             return
-        loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
-        folders = {Path(log.init_args.save_dir) / (log.init_args.get("name") or "")
-                   for log in loggers if getattr(log, "init_args", None) and log.init_args.get("save_dir")}
+        logger = config.trainer.logger
+        loggers = [log for log in (logger if isinstance(logger, list) else [logger])
+                   if getattr(log, "init_args", None) and log.init_args.get("save_dir")]
+        if config.trainer.get("default_root_dir"):
+            for log in loggers:
+                log.init_args.save_dir = str(Path(config.trainer.default_root_dir) / log.init_args.save_dir)
+        if config.get("ckpt_path") != "last":
+            return
+        folders = {Path(log.init_args.save_dir) / (log.init_args.get("name") or "") for log in loggers}
         found = [path for folder in folders for path in folder.glob("*/checkpoints/*.ckpt")]
         if found:
             config.ckpt_path = str(max(found, key=lambda path: path.stat().st_mtime))

@@ -1,4 +1,4 @@
-"""Lightning callbacks: neuron state reset, tau and firing-rate monitors, prediction writer.
+"""Lightning callbacks: neuron state reset, tau and firing-rate monitors, run history, prediction writer.
 
 Where tau is logged: :class:`TauMonitor` reads ``PLIF.tau`` (``plifnet/neurons.py``) of every PLIF
 layer every ``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every logger of the run.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import random
+import time
 import warnings
 from pathlib import Path
 
@@ -254,6 +255,49 @@ class FiringRateMonitor(Callback):
             path = _run_dir(trainer) / "firing_rates.png"
             write_atomically(path, lambda p: plots.firing_rates(self.rates, trainer.current_epoch, p))
             _log_figure(trainer, "firing_rates", path, trainer.global_step)
+
+
+class RunHistory(Callback):
+    """Write one row per validation epoch to ``path`` (CSV): epoch, step, seconds of fit so far and
+    every scalar the run has logged by then (``val/acc``, ``test/acc``, ``test/acc_best``, ...).
+
+    Independent of the loggers, so that a tool reading results (``ablation.py``) works with any of
+    them. Rows and seconds are kept in checkpoints: a resumed run continues the same file.
+    """
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        self.seconds_before = 0.0  # fit time of the run before it was resumed
+
+    def on_fit_start(self, trainer, pl_module):
+        self.started = time.monotonic()
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "seconds": self.seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows, self.seconds_before = list(state_dict["rows"]), state_dict["seconds"]
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        scalars = {key: value.item() for key, value in sorted(trainer.callback_metrics.items()) if value.numel() == 1}
+        self.rows.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
+                          "seconds": round(self.seconds(), 3), **scalars})
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, self._write)
+
+    def _write(self, path: Path) -> None:
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -39,3 +39,41 @@ def firing_rates(rates: dict[str, float], epoch: int, path: Path) -> None:
 def read_png(path: Path) -> np.ndarray:
     """The image as ``[H, W, 3]`` uint8, the form TensorBoard's ``add_image`` takes."""
     return (plt.imread(path)[..., :3] * 255).astype(np.uint8)
+
+
+def test_accuracy(curves: dict[str, list[float]], path: Path) -> None:
+    """Test accuracy (%) against epoch, one curve per run of an ablation."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, accuracies in curves.items():
+        ax.plot(range(1, len(accuracies) + 1), [100 * a for a in accuracies], marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def tau_per_layer(layers: list[str], trajectories: dict[str, tuple[list[int], dict[str, list[float]]]],
+                  fixed: dict[str, float], path: Path) -> None:
+    """One panel per layer: tau against step for each learnable-tau run, a dashed line for each fixed tau."""
+    columns = min(4, max(1, len(layers)))
+    rows = -(-max(1, len(layers)) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), dpi=100, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, layer in zip(axes.flat, layers):
+        for i, (label, (steps, history)) in enumerate(trajectories.items()):
+            if layer in history:
+                ax.plot(steps, history[layer], color=colors[i % len(colors)], label=label)
+        for j, (label, tau) in enumerate(fixed.items(), start=len(trajectories)):
+            ax.axhline(tau, color=colors[j % len(colors)], linestyle="--", label=label)
+        ax.set(title=layer, xlabel="step", ylabel="tau")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize="small")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, format="png")
+    plt.close(fig)
