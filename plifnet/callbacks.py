@@ -259,7 +259,8 @@ class FiringRateMonitor(Callback):
 
 class RunHistory(Callback):
     """Write one row per validation epoch to ``path`` (CSV): epoch, step, seconds of fit so far and
-    every scalar the run has logged by then (``val/acc``, ``test/acc``, ``test/acc_best``, ...).
+    every scalar the run has logged by then (``val/acc``, ``test/acc``, ``test/acc_best``, ...) except
+    ``train/*``, whose epoch values are computed only after validation.
 
     Independent of the loggers, so that a tool reading results (``ablation.py``) works with any of
     them. Rows and seconds are kept in checkpoints: a resumed run continues the same file.
@@ -285,7 +286,8 @@ class RunHistory(Callback):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        scalars = {key: value.item() for key, value in sorted(trainer.callback_metrics.items()) if value.numel() == 1}
+        scalars = {key: value.item() for key, value in sorted(trainer.callback_metrics.items())
+                   if value.numel() == 1 and not key.startswith("train/")}
         self.rows.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
                           "seconds": round(self.seconds(), 3), **scalars})
         if trainer.is_global_zero:
