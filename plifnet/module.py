@@ -91,13 +91,19 @@ class SpikingClassifier(L.LightningModule):
             return F.mse_loss(rates, F.one_hot(y, self.num_classes).to(rates.dtype))
         return F.cross_entropy(rates, y)
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # labels are checked here, still on the CPU: on the GPU the same check would wait for the device every step
+        if not (self._trainer and self._trainer.predicting):
+            y = batch[1]
+            if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
+                raise ValueError(
+                    f"label {int(y.max() if y.max() >= self.num_classes else y.min())} is outside the "
+                    f"{self.num_classes} classes of the {self.hparams.arch} network (labels must be 0..{self.num_classes - 1})"
+                )
+        return batch
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
-        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
-            raise ValueError(
-                f"label {int(y.max() if y.max() >= self.num_classes else y.min())} is outside the "
-                f"{self.num_classes} classes of the {self.hparams.arch} network (labels must be 0..{self.num_classes - 1})"
-            )
         rates = self(x)
         loss = self._loss(rates, y)
         self.accuracy[f"{stage}_acc"](rates, y)

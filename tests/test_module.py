@@ -49,10 +49,15 @@ def test_a_training_step_updates_tau():
     assert all(after[name] != before[name] for name in ("conv1", "conv2", "fc1"))
 
 
-def test_labels_outside_the_classes_are_rejected():
+def test_labels_outside_the_classes_are_rejected_before_the_step(tmp_path):
     model = SpikingClassifier("mnist", time_steps=1)
+    data = torch.utils.data.TensorDataset(torch.randn(4, 1, 28, 28), torch.tensor([1, 2, 10, 3]))
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False)
+    w = model.net.spiking_layers()["conv1"].w.clone()
     with pytest.raises(ValueError, match=r"label 10 is outside the 10 classes of the mnist network \(labels must be 0..9\)"):
-        model._step((torch.randn(2, 1, 28, 28), torch.tensor([1, 10])), "train")
+        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=2))
+    assert model.net.spiking_layers()["conv1"].w.item() != w.item()  # the first batch trained, the second stopped
 
 
 def test_checkpoint_round_trip_keeps_tau(tmp_path):
