@@ -13,7 +13,7 @@ that was interrupted resumes from its newest checkpoint. Then ``OUT`` gets:
 
 - ``results.md`` and ``results.csv``: per setting, protocol A (best test accuracy over epochs),
   protocol B (test accuracy at the best validation epoch), the final tau of every layer, epochs and
-  fit time;
+  wall time of the fit;
 - ``test_acc.png``: test accuracy against epoch, all settings on one plot;
 - ``tau.png``: tau against step, one panel per layer, one curve per setting.
 
@@ -150,7 +150,7 @@ def report(out: Path, settings: list[Setting]) -> str:
         return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
     header = ["setting", "seed", "epochs", "A: best test acc (%)", "B: test acc at best val (%)",
-              *(f"final tau {layer}" for layer in layers), "fit time"]
+              *(f"final tau {layer}" for layer in layers), "wall time"]
     rows = [[setting.label, str(setting.seed), str(result["epochs"]) + ("" if result["finished"] else " (unfinished)"),
              percent(result["protocol_a"]), percent(result["protocol_b"]),
              *(final_tau(setting, result, layer) for layer in layers), duration(result["seconds"])]
@@ -159,7 +159,8 @@ def report(out: Path, settings: list[Setting]) -> str:
 
     write_atomically(out / "results.md", lambda path: path.write_text(
         f"# Ablation results\n\nProtocol A: best test accuracy over the epochs run. Protocol B: test accuracy "
-        f"at the epoch of the best validation accuracy. tau of PLIF layers at the last step.\n\n{table}\n\n"
+        f"at the epoch of the best validation accuracy. tau of PLIF layers at the last step. Wall time: of the "
+        f"fit (training and evaluation), summed over resumed runs.\n\n{table}\n\n"
         f"![test accuracy](test_acc.png)\n\n![tau](tau.png)\n"))
 
     def write_csv(path):
