@@ -270,12 +270,16 @@ class RunHistory(Callback):
         self.path = Path(path)
         self.rows: list[dict] = []
         self.seconds_before = 0.0  # fit time of the run before it was resumed
+        self.started: float | None = None
 
     def on_fit_start(self, trainer, pl_module):
         self.started = time.monotonic()
 
+    def on_fit_end(self, trainer, pl_module):
+        self.seconds_before, self.started = self.seconds(), None  # a checkpoint saved after fit adds no idle time
+
     def seconds(self) -> float:
-        return self.seconds_before + time.monotonic() - self.started
+        return self.seconds_before + (time.monotonic() - self.started if self.started is not None else 0.0)
 
     def state_dict(self) -> dict:
         return {"rows": self.rows, "seconds": self.seconds()}
