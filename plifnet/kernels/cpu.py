@@ -7,9 +7,16 @@ arithmetic follows ``plifnet.neurons.neuron_step`` operation by operation, so sp
 to the reference. The forward saves only ``H`` (float32); the backward recomputes ``S = H >= v_th``
 and ``V[t-1]`` from ``H[t-1]``, and gets ``dH/dk = X - (V[t-1] - rest) = (H - V[t-1]) / k`` without X.
 ``rest`` is V_reset for the hard reset and 0 for the soft one (where the leak then pulls to).
+
+Each combination of the neuron's options gets its own kernel (``forward_kernel(soft, decay_input)``,
+``backward_kernel(...)``): the options are constants of the compiled code, so every branch on them
+is folded away and the loop body holds only the arithmetic of that neuron. Computing all forms and
+selecting one by 0/1 factors instead costs 1.9x (forward) and 2x (backward) here.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 from numba import njit, prange
@@ -22,102 +29,95 @@ HALF_PI = np.float32(np.pi / 2)
 
 
 @njit(inline="always", cache=True)
-def surrogate_grads(z, out, code, alpha):
-    """``out[j]`` = the derivative of surrogate ``code`` at ``z[j]`` (see ``plifnet.surrogates``).
-
-    The branch on ``code`` stands outside the loops, so that each loop vectorises.
-    """
+def surrogate_grad(z, code, alpha):
+    """The derivative of surrogate ``code`` at ``z`` (see ``plifnet.surrogates``)."""
     if code == ATAN:
-        for j in range(len(z)):
-            u = HALF_PI * alpha * z[j]
-            out[j] = alpha * HALF / (ONE + u * u)
-    elif code == SIGMOID:
-        for j in range(len(z)):
-            s = ONE / (ONE + np.exp(-alpha * z[j]))
-            out[j] = alpha * s * (ONE - s)
-    elif code == PIECEWISE_QUADRATIC:
-        for j in range(len(z)):
-            out[j] = max(alpha - alpha * alpha * abs(z[j]), ZERO)
-    elif code == FAST_SIGMOID:
-        for j in range(len(z)):
-            d = ONE + alpha * abs(z[j])
-            out[j] = ONE / (d * d)
-    else:  # RECTANGLE
-        for j in range(len(z)):
-            out[j] = alpha * np.float32(abs(z[j]) < HALF / alpha)
+        u = HALF_PI * alpha * z
+        return alpha * HALF / (ONE + u * u)
+    if code == SIGMOID:
+        s = ONE / (ONE + np.exp(-alpha * z))
+        return alpha * s * (ONE - s)
+    if code == PIECEWISE_QUADRATIC:
+        return max(alpha - alpha * alpha * abs(z), ZERO)
+    if code == FAST_SIGMOID:
+        d = ONE + alpha * abs(z)
+        return ONE / (d * d)
+    return alpha * np.float32(abs(z) < HALF / alpha)  # RECTANGLE
 
 
-@njit(parallel=True, cache=True)
-def forward(x, k, channels, inner, v_th, rest, soft, decay_input, spikes, h_out):
-    """x [T, E] -> spikes [T, E], H [T, E]; ``k[c]`` applies to element e with c = (e // inner) % channels."""
-    steps, elements = x.shape
-    soft_f, hard = np.float32(soft), np.float32(not soft)
-    decay_f, plain_f = np.float32(decay_input), np.float32(not decay_input)
-    for block in prange((elements + BLOCK - 1) // BLOCK):
-        start = block * BLOCK
-        stop = min(start + BLOCK, elements)
-        v = np.full(stop - start, rest, np.float32)
-        kb = np.empty(stop - start, np.float32)
-        for j in range(stop - start):
-            kb[j] = k[((start + j) // inner) % channels]
-        for t in range(steps):
-            xt, st, ht = x[t, start:stop], spikes[t, start:stop], h_out[t, start:stop]
-            for j in range(stop - start):
-                # both forms of the charge and of the reset, selected by exact 0/1 factors
-                # (1 * a + 0 * b == a bit for bit), so that the loop has no branch and vectorises
-                vj = v[j]
-                h = decay_f * (vj + kb[j] * (xt[j] - (vj - rest))) + plain_f * (vj - kb[j] * (vj - rest) + xt[j])
-                s = np.float32(h - v_th >= 0)
-                ht[j] = h
-                st[j] = s
-                v[j] = soft_f * (h - v_th * s) + hard * (h * (ONE - s) + rest * s)
+@lru_cache(maxsize=None)
+def forward_kernel(soft: bool, decay_input: bool):
+    """x [T, E] and the k of each element [E] -> spikes [T, E], H [T, E], for one combination of the options."""
+
+    @njit(parallel=True, cache=True)
+    def forward(x, k, v_th, rest, spikes, h_out):
+        steps, elements = x.shape
+        for block in prange((elements + BLOCK - 1) // BLOCK):
+            start = block * BLOCK
+            size = min(BLOCK, elements - start)
+            kb = k[start:start + size]
+            v = np.full(size, rest, np.float32)
+            for t in range(steps):
+                xt, st, ht = x[t, start:start + size], spikes[t, start:start + size], h_out[t, start:start + size]
+                for j in range(size):
+                    vj = v[j]
+                    if decay_input:
+                        h = vj + kb[j] * (xt[j] - (vj - rest))
+                    else:
+                        h = vj - kb[j] * (vj - rest) + xt[j]
+                    s = np.float32(h - v_th >= 0)
+                    ht[j] = h
+                    st[j] = s
+                    v[j] = h - v_th * s if soft else h * (ONE - s) + rest * s
+
+    return forward
 
 
-@njit(parallel=True, cache=True)
-def backward(grad_spikes, h_saved, k, channels, inner, v_th, rest, soft, decay_input, detach_reset,
-             code, alpha, grad_x, grad_k):
+@lru_cache(maxsize=None)
+def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int):
     """Reverse pass: grad_x [T, E] and each element's dL/dk summed over time, grad_k [E].
 
-    The options enter as 0/1 factors rather than branches, so that the inner loop vectorises:
-    ``dV[t]/dH[t] = 1 - S*hard + attached * g * (hard * (V_reset - H) - soft * v_th)``.
+    ``dV[t]/dH[t] = 1 - S + g * (V_reset - H)`` for the hard reset and ``1 - g * v_th`` for the soft
+    one, where g is the surrogate gradient; detach_reset drops the g term.
     """
-    steps, elements = grad_spikes.shape
-    soft_f, hard = np.float32(soft), np.float32(not soft)
-    attached = np.float32(not detach_reset)
-    decay_f, plain_f = np.float32(decay_input), np.float32(not decay_input)
-    for block in prange((elements + BLOCK - 1) // BLOCK):
-        start = block * BLOCK
-        stop = min(start + BLOCK, elements)
-        size = stop - start
-        grad_v = np.zeros(size, np.float32)
-        acc = np.zeros(size, np.float32)
-        kb, k_in, inv_k = np.empty(size, np.float32), np.empty(size, np.float32), np.empty(size, np.float32)
-        z, sg = np.empty(size, np.float32), np.empty(size, np.float32)
-        for j in range(size):
-            kb[j] = k[((start + j) // inner) % channels]
-            k_in[j] = kb[j] if decay_input else ONE  # dH/dX
-            inv_k[j] = ONE / kb[j] if decay_input else ZERO
-        for t in range(steps - 1, -1, -1):
-            gt, ht, gxt = grad_spikes[t, start:stop], h_saved[t, start:stop], grad_x[t, start:stop]
-            hp = h_saved[max(t - 1, 0), start:stop]
-            later = np.float32(t > 0)
+
+    @njit(parallel=True, cache=True)
+    def backward(grad_spikes, h_saved, k, v_th, rest, alpha, grad_x, grad_k):
+        steps, elements = grad_spikes.shape
+        for block in prange((elements + BLOCK - 1) // BLOCK):
+            start = block * BLOCK
+            size = min(BLOCK, elements - start)
+            kb = k[start:start + size]
+            grad_v = np.zeros(size, np.float32)
+            acc = np.zeros(size, np.float32)
+            for t in range(steps - 1, -1, -1):
+                gt, ht = grad_spikes[t, start:start + size], h_saved[t, start:start + size]
+                gxt, hp = grad_x[t, start:start + size], h_saved[max(t - 1, 0), start:start + size]
+                first = t == 0
+                for j in range(size):
+                    h = ht[j]
+                    sg = surrogate_grad(h - v_th, code, alpha)
+                    if soft:
+                        dv_dh = ONE if detach_reset else ONE - sg * v_th
+                    else:
+                        s = np.float32(h - v_th >= 0)
+                        dv_dh = ONE - s if detach_reset else ONE - s + sg * (rest - h)
+                    grad_h = gt[j] * sg + grad_v[j] * dv_dh
+                    v_prev = rest  # V[-1]; later steps recompute V[t-1] from H[t-1]
+                    if not first:
+                        s_prev = np.float32(hp[j] - v_th >= 0)
+                        v_prev = hp[j] - s_prev * (v_th if soft else hp[j] - rest)
+                    if decay_input:  # dH/dX = k, dH/dk = X - (V[t-1] - rest) = (H - V[t-1]) / k
+                        gxt[j] = grad_h * kb[j]
+                        acc[j] += grad_h * (h - v_prev)  # divided by k once, after the time loop
+                    else:  # dH/dX = 1, dH/dk = -(V[t-1] - rest)
+                        gxt[j] = grad_h
+                        acc[j] -= grad_h * (v_prev - rest)
+                    grad_v[j] = grad_h * (ONE - kb[j])
             for j in range(size):
-                z[j] = ht[j] - v_th
-            surrogate_grads(z, sg, code, alpha)
-            for j in range(size):
-                h = ht[j]
-                s = np.float32(z[j] >= 0)
-                dv_dh = ONE - s * hard + attached * sg[j] * (hard * (rest - h) - soft_f * v_th)
-                grad_h = gt[j] * sg[j] + grad_v[j] * dv_dh
-                s_prev = np.float32(hp[j] - v_th >= 0)  # V[t-1] recomputed from H[t-1]
-                v_prev = hp[j] - s_prev * (hard * (hp[j] - rest) + soft_f * v_th)
-                v_prev = later * v_prev + (ONE - later) * rest
-                gxt[j] = grad_h * k_in[j]
-                # dH/dk = X - (V[t-1] - rest) = (H - V[t-1]) / k with decay_input, else -(V[t-1] - rest)
-                acc[j] += grad_h * (decay_f * (h - v_prev) * inv_k[j] - plain_f * (v_prev - rest))
-                grad_v[j] = grad_h * (ONE - kb[j])
-        for j in range(size):
-            grad_k[start + j] = acc[j]
+                grad_k[start + j] = acc[j] / kb[j] if decay_input else acc[j]
+
+    return backward
 
 
 @njit(parallel=True, cache=True)
