@@ -197,12 +197,15 @@ class SpikingNet(nn.Module):
                 f"the {self.arch_name} network takes {expected} with C, H, W = {c}, {h}, {w}; "
                 f"got shape {tuple(x.shape)}. Check that the data module matches the network (--model.arch)."
             )
-        if self.arch.static:
-            current = self.encoder(x)
-            x_seq = current.unsqueeze(0).expand(self.time_steps, *current.shape)
+        if self.arch.static:  # the same current at every step: the first neuron takes it once
+            first_neuron, *layers = self.layers
+            x_seq = first_neuron(self.encoder(x), time_steps=self.time_steps)
         else:
+            layers = self.layers
             x_seq = self.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-        return self.layers(x_seq)
+        for layer in layers:
+            x_seq = layer(x_seq)
+        return x_seq
 
     def spiking_layers(self) -> dict[str, BaseNode]:
         """The neurons by a readable name: ``conv1``, ``conv2``, ..., ``fc1``, ``fc2`` (the output)."""

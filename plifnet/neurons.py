@@ -96,14 +96,20 @@ class BaseNode(nn.Module):
         """The leak ``k = 1/tau`` shaped to broadcast over a per-step input ``x [N, ...]``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, time_steps: int | None = None) -> torch.Tensor:
+        """Multi-step: ``x [T, N, ...]``, or with ``time_steps`` one input ``x [N, ...]`` applied at each
+        of ``time_steps`` steps; returns spikes ``[T, N, ...]``. Single-step: ``x [N, ...]``."""
+        if time_steps is not None and (self.step_mode != "multi" or time_steps < 1):
+            raise ValueError(f"time_steps (got {time_steps}) needs step_mode='multi' and must be >= 1")
         if self.step_mode == "multi":
-            if x.dim() < 2:
+            if x.dim() < (1 if time_steps else 2):
                 raise ValueError(f"{type(self).__name__}: multi-step input must be [T, N, ...], got shape {tuple(x.shape)}")
             backend = kernels.resolve(self.backend, x, self.surrogate)
+            k = self.decay(x if time_steps else x[0])
             if backend == "reference":
-                return multi_step(x, self.decay(x[0]), *self._options())
-            return kernels.fused_multi_step(x, self.decay(x[0]), *self._options(), backend=backend)
+                x_seq = x.expand(time_steps, *x.shape) if time_steps else x
+                return multi_step(x_seq, k, *self._options())
+            return kernels.fused_multi_step(x, k, *self._options(), backend=backend, time_steps=time_steps)
         if self.v is None:
             self.v = torch.full_like(x, 0.0 if self.v_reset is None else self.v_reset)
         spike, self.v = neuron_step(self.v, x, self.decay(x), *self._options())

@@ -32,18 +32,19 @@ def inputs(shape, seed):
     return x
 
 
-def run(neuron, x, grad):
+def run(neuron, x, grad, time_steps=None):
     x = x.clone().requires_grad_()
-    spikes = neuron(x)
+    spikes = neuron(x, time_steps=time_steps)
     (spikes * grad).sum().backward()
     w_grad = neuron.w.grad.clone() if isinstance(neuron, PLIF) else None
     return spikes.detach(), x.grad, w_grad
 
 
-def compare(kind, v_reset, detach_reset, decay_input, spike_fn, shape, seed=0, per_channel=0):
-    x, grad = inputs(shape, seed), torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
-    ref = run(make(kind, "reference", v_reset, detach_reset, decay_input, spike_fn, per_channel), x, grad)
-    fused = run(make(kind, "cpu", v_reset, detach_reset, decay_input, spike_fn, per_channel), x, grad)
+def compare(kind, v_reset, detach_reset, decay_input, spike_fn, shape, seed=0, per_channel=0, time_steps=None):
+    """``time_steps``: the input is one step's ``shape[1:]``, the same at each of ``time_steps`` = shape[0] steps."""
+    x, grad = inputs(shape[1:] if time_steps else shape, seed), torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
+    ref = run(make(kind, "reference", v_reset, detach_reset, decay_input, spike_fn, per_channel), x, grad, time_steps)
+    fused = run(make(kind, "cpu", v_reset, detach_reset, decay_input, spike_fn, per_channel), x, grad, time_steps)
     assert torch.equal(fused[0], ref[0]), "spikes differ"
     assert 0 < ref[0].mean() < 1
     torch.testing.assert_close(fused[1], ref[1], rtol=1e-5, atol=1e-6)
@@ -80,6 +81,27 @@ def test_cpu_kernel_odd_shapes_and_one_step(shape):
 def test_cpu_kernel_per_channel_tau():
     compare("plif", 0.0, True, True, ATan(), (4, 3, 6, 5, 5), per_channel=6)
     compare("plif", None, False, False, ATan(), (4, 3, 6), per_channel=6)
+
+
+@requires_cpu_kernel
+@pytest.mark.parametrize("kind,v_reset,detach_reset,decay_input",
+                         [("plif", *options) for options in itertools.product([0.0, None], [True, False], [True, False])]
+                         + [("if", 0.0, True, False), ("lif", -0.4, False, True)])
+def test_cpu_kernel_constant_input(kind, v_reset, detach_reset, decay_input):
+    """A static image's current, given once for all steps: same spikes, and its gradient (summed
+    over time in the kernel) equal to the reference's gradient through ``x.expand(T, ...)``."""
+    compare(kind, v_reset, detach_reset, decay_input, ATan(), (6, 3, 7, 5), time_steps=6)
+
+
+@requires_cpu_kernel
+def test_cpu_kernel_constant_input_odd_cases():
+    compare("plif", 0.0, True, True, ATan(), (4, 3, 6, 5, 5), per_channel=6, time_steps=4)
+    compare("plif", 0.0, True, True, ATan(), (1, 2, 1025), time_steps=1)  # T = 1: the plain path
+    compare("plif", 0.0, True, True, ATan(), (9, 2, 2100), time_steps=9)  # two blocks, the second partial
+    with pytest.raises(ValueError, match="time_steps"):
+        PLIF(step_mode="single")(torch.zeros(2, 3), time_steps=4)
+    with pytest.raises(ValueError, match="time_steps"):
+        PLIF()(torch.zeros(2, 3), time_steps=0)
 
 
 @requires_cpu_kernel

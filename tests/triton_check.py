@@ -16,20 +16,22 @@ from plifnet.surrogates import SURROGATES, surrogate
 device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 
-def check(shape, k, v_reset, detach_reset, decay_input, spike_fn, seed):
+def check(shape, k, v_reset, detach_reset, decay_input, spike_fn, seed, time_steps=None):
+    """``time_steps``: the input is one step's ``shape[1:]``, the same at each of shape[0] steps."""
     generator = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=generator) * 1.5 + 0.5).to(device)
+    x = (torch.randn(shape[1:] if time_steps else shape, generator=generator) * 1.5 + 0.5).to(device)
     x.view(-1)[::5] = 2.5
     grad = torch.randn(shape, generator=generator).to(device)
     k = k.to(device)
     results = []
     for fused in (False, True):
         xr, kr = x.clone().requires_grad_(), k.clone().requires_grad_()
-        k_b = kr.view(-1, *([1] * (x.dim() - 3))) if kr.numel() > 1 else kr  # [C, 1, ...] over [N, C, ...]
+        k_b = kr.view(-1, *([1] * (len(shape) - 3))) if kr.numel() > 1 else kr  # [C, 1, ...] over [N, C, ...]
         if fused:
-            out = FusedMultiStep.apply(xr, k_b, 1.0, v_reset, detach_reset, decay_input, spike_fn, "triton")
+            out = FusedMultiStep.apply(xr, k_b, time_steps, 1.0, v_reset, detach_reset, decay_input, spike_fn, "triton")
         else:
-            out = multi_step(xr, k_b, 1.0, v_reset, detach_reset, decay_input, spike_fn)
+            x_seq = xr.expand(time_steps, *xr.shape) if time_steps else xr
+            out = multi_step(x_seq, k_b, 1.0, v_reset, detach_reset, decay_input, spike_fn)
         (out * grad).sum().backward()
         results.append((out.detach(), xr.grad, kr.grad))
     (s_ref, gx_ref, gk_ref), (s, gx, gk) = results
@@ -47,4 +49,7 @@ for name in sorted(SURROGATES):
     cases += 1
 check((3, 2, 6, 4, 4), torch.rand(6) * 0.8 + 0.1, 0.0, True, True, surrogate("atan"), 99)  # per channel
 check((1, 1100), torch.tensor(0.4), 0.0, True, True, surrogate("atan"), 100)  # T = 1, two blocks
-print(f"triton kernels match the reference ({cases + 2} cases, device {device})")
+for v_reset, decay_input in itertools.product([0.0, None], [True, False]):  # a constant input over 6 steps
+    check((6, 3, 1100), torch.tensor(0.4), v_reset, False, decay_input, surrogate("atan"), 101, time_steps=6)
+check((3, 2, 6, 4, 4), torch.rand(6) * 0.8 + 0.1, 0.0, True, True, surrogate("atan"), 102, time_steps=3)
+print(f"triton kernels match the reference ({cases + 7} cases, device {device})")

@@ -62,32 +62,33 @@ def resolve(backend: str, x: torch.Tensor, surrogate: Surrogate) -> str:
 
 
 class FusedMultiStep(torch.autograd.Function):
-    """x_seq [T, N, ...] and k (scalar tensor, or [C] for per-channel) -> spikes [T, N, ...]."""
+    """x [T, N, ...] (or [N, ...], the same input at each of ``time_steps`` steps) and k (scalar
+    tensor, or [C] for per-channel) -> spikes [T, N, ...]."""
 
     @staticmethod
-    def forward(ctx, x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend):
-        kernels = _kernels(backend)
-        steps = x_seq.shape[0]
-        x = x_seq.reshape(steps, -1).to(torch.float32).contiguous()
+    def forward(ctx, x, k, time_steps, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend):
+        rows = 1 if time_steps else x.shape[0]  # time steps of the input that the kernels read
+        step_shape = x.shape if time_steps else x.shape[1:]
+        flat = x.reshape(rows, -1).to(torch.float32).contiguous()
         k_vec = k.detach().reshape(-1).to(torch.float32).contiguous()
         channels = k_vec.numel()
-        inner = x_seq[0, 0].numel() // channels if channels > 1 else x.shape[1]
+        inner = step_shape[1:].numel() // channels if channels > 1 else flat.shape[1]
         # rest: where the leak pulls and the hard reset puts V (soft reset: 0); both backends take this form
         rest = 0.0 if v_reset is None else float(v_reset)
         options = (float(v_threshold), rest, v_reset is None, detach_reset, decay_input)
-        spikes, h = kernels.forward(x, k_vec, channels, inner, *options)
+        spikes, h = _kernels(backend).forward(flat, time_steps or rows, k_vec, channels, inner, *options)
         ctx.save_for_backward(h, k_vec)
-        ctx.meta = (x_seq.shape, x_seq.dtype, channels, inner, options, surrogate, backend, k.shape)
-        return spikes.view(x_seq.shape).to(x_seq.dtype)
+        ctx.meta = (x.shape, x.dtype, rows, channels, inner, options, surrogate, backend, k.shape)
+        return spikes.view(-1, *step_shape).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_spikes):
         h, k_vec = ctx.saved_tensors
-        shape, dtype, channels, inner, options, surrogate, backend, k_shape = ctx.meta
+        shape, dtype, rows, channels, inner, options, surrogate, backend, k_shape = ctx.meta
         code = SURROGATE_CODES[type(surrogate)]
-        grad = grad_spikes.reshape(shape[0], -1).to(torch.float32).contiguous()
+        grad = grad_spikes.reshape(grad_spikes.shape[0], -1).to(torch.float32).contiguous()
         grad_x, grad_k_elements = _kernels(backend).backward(
-            grad, h, k_vec, channels, inner, *options, code, surrogate.alpha
+            grad, h, rows, k_vec, channels, inner, *options, code, surrogate.alpha
         )
         grad_k = None
         if ctx.needs_input_grad[1]:
@@ -95,7 +96,7 @@ class FusedMultiStep(torch.autograd.Function):
                 grad_k = grad_k_elements.view(-1, channels, inner).sum((0, 2)).view(k_shape)
             else:
                 grad_k = grad_k_elements.sum().view(k_shape)
-        return grad_x.view(shape).to(dtype), grad_k, None, None, None, None, None, None
+        return grad_x.view(shape).to(dtype), grad_k, None, None, None, None, None, None, None
 
 
 def _kernels(backend: str):
@@ -108,11 +109,17 @@ def _kernels(backend: str):
     return gpu
 
 
-def fused_multi_step(x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend="cpu"):
-    """Fused equivalent of :func:`plifnet.neurons.multi_step`; ``k`` is a float or a tensor."""
+def fused_multi_step(x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend="cpu",
+                     time_steps=None):
+    """Fused equivalent of :func:`plifnet.neurons.multi_step`; ``k`` is a float or a tensor.
+
+    With ``time_steps``, ``x_seq`` is one step's input ``[N, ...]``, the same at every step (a static
+    image's current): it is read once per step and its gradient summed over time inside the kernel,
+    without the ``[T, N, ...]`` copy that ``x.expand(T, ...)`` would cost.
+    """
     if not torch.is_tensor(k):
         k = torch.tensor(float(k), dtype=torch.float32, device=x_seq.device)
-    return FusedMultiStep.apply(x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend)
+    return FusedMultiStep.apply(x_seq, k, time_steps, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend)
 
 
 class MaxPool2x2(torch.autograd.Function):

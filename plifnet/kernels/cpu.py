@@ -8,7 +8,11 @@ to the reference. The forward saves only ``H`` (float32); the backward recompute
 and ``V[t-1]`` from ``H[t-1]``, and gets ``dH/dk = X - (V[t-1] - rest) = (H - V[t-1]) / k`` without X.
 ``rest`` is V_reset for the hard reset and 0 for the soft one (where the leak then pulls to).
 
-Each combination of the neuron's options gets its own kernel (``forward_kernel(soft, decay_input)``,
+A constant input (``static``: a static image's encoder current, the same at every step) is read
+as one row ``x [1, E]``, and its gradient is summed over time inside the backward into ``grad_x
+[1, E]``; the [T, E] copy of the input and of its gradient never exist.
+
+Each combination of the options gets its own kernel (``forward_kernel(soft, decay_input, static)``,
 ``backward_kernel(...)``): the options are constants of the compiled code, so every branch on them
 is folded away and the loop body holds only the arithmetic of that neuron. Computing all forms and
 selecting one by 0/1 factors instead costs 1.9x (forward) and 2x (backward) here.
@@ -46,19 +50,20 @@ def surrogate_grad(z, code, alpha):
 
 
 @lru_cache(maxsize=None)
-def forward_kernel(soft: bool, decay_input: bool):
-    """x [T, E] and the k of each element [E] -> spikes [T, E], H [T, E], for one combination of the options."""
+def forward_kernel(soft: bool, decay_input: bool, static: bool):
+    """x [T, E] (static: [1, E]) and the k of each element [E] -> spikes [T, E], H [T, E]."""
 
     @njit(parallel=True, cache=True)
     def forward(x, k, v_th, rest, spikes, h_out):
-        steps, elements = x.shape
+        steps, elements = spikes.shape
         for block in prange((elements + BLOCK - 1) // BLOCK):
             start = block * BLOCK
             size = min(BLOCK, elements - start)
             kb = k[start:start + size]
             v = np.full(size, rest, np.float32)
             for t in range(steps):
-                xt, st, ht = x[t, start:start + size], spikes[t, start:start + size], h_out[t, start:start + size]
+                xt = x[0 if static else t, start:start + size]
+                st, ht = spikes[t, start:start + size], h_out[t, start:start + size]
                 for j in range(size):
                     vj = v[j]
                     if decay_input:
@@ -74,8 +79,9 @@ def forward_kernel(soft: bool, decay_input: bool):
 
 
 @lru_cache(maxsize=None)
-def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int):
-    """Reverse pass: grad_x [T, E] and each element's dL/dk summed over time, grad_k [E].
+def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool):
+    """Reverse pass: grad_x [T, E] (static: [1, E], zeroed by the caller, summed over time) and each
+    element's dL/dk summed over time, grad_k [E].
 
     ``dV[t]/dH[t] = 1 - S + g * (V_reset - H)`` for the hard reset and ``1 - g * v_th`` for the soft
     one, where g is the surrogate gradient; detach_reset drops the g term.
@@ -92,7 +98,7 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
             acc = np.zeros(size, np.float32)
             for t in range(steps - 1, -1, -1):
                 gt, ht = grad_spikes[t, start:start + size], h_saved[t, start:start + size]
-                gxt, hp = grad_x[t, start:start + size], h_saved[max(t - 1, 0), start:start + size]
+                gxt, hp = grad_x[0 if static else t, start:start + size], h_saved[max(t - 1, 0), start:start + size]
                 first = t == 0
                 for j in range(size):
                     h = ht[j]
@@ -107,11 +113,14 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                     if not first:
                         s_prev = np.float32(hp[j] - v_th >= 0)
                         v_prev = hp[j] - s_prev * (v_th if soft else hp[j] - rest)
-                    if decay_input:  # dH/dX = k, dH/dk = X - (V[t-1] - rest) = (H - V[t-1]) / k
-                        gxt[j] = grad_h * kb[j]
+                    grad_in = grad_h * kb[j] if decay_input else grad_h  # dH/dX = k, or 1
+                    if static:
+                        gxt[j] += grad_in
+                    else:
+                        gxt[j] = grad_in
+                    if decay_input:  # dH/dk = X - (V[t-1] - rest) = (H - V[t-1]) / k
                         acc[j] += grad_h * (h - v_prev)  # divided by k once, after the time loop
-                    else:  # dH/dX = 1, dH/dk = -(V[t-1] - rest)
-                        gxt[j] = grad_h
+                    else:  # dH/dk = -(V[t-1] - rest)
                         acc[j] -= grad_h * (v_prev - rest)
                     grad_v[j] = grad_h * (ONE - kb[j])
             for j in range(size):

@@ -18,18 +18,22 @@ def per_element(k, elements, channels, inner):
     return k.view(1, channels, 1).expand(elements // (channels * inner), channels, inner).reshape(-1).contiguous().numpy()
 
 
-def forward(x, k, channels, inner, v_th, rest, soft, detach_reset, decay_input):
-    spikes, h = torch.empty_like(x), torch.empty_like(x)
-    kernel = cpu.forward_kernel(bool(soft), bool(decay_input))
+def forward(x, steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input):
+    """x [T, E], or [1, E] for a constant input repeated over ``steps``."""
+    spikes = torch.empty(steps, x.shape[1], dtype=torch.float32)
+    h = torch.empty_like(spikes)
+    kernel = cpu.forward_kernel(bool(soft), bool(decay_input), x.shape[0] < steps)
     kernel(x.detach().numpy(), per_element(k, x.shape[1], channels, inner), np.float32(v_th), np.float32(rest),
            spikes.numpy(), h.numpy())
     return spikes, h
 
 
-def backward(grad_spikes, h, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
-    grad_x = torch.empty_like(grad_spikes)
+def backward(grad_spikes, h, input_steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
+    """grad_x [T, E], or [1, E] summed over time when the input was constant (``input_steps`` = 1)."""
+    static = input_steps < grad_spikes.shape[0]
+    grad_x = torch.zeros(1, h.shape[1]) if static else torch.empty_like(grad_spikes)
     grad_k = torch.empty(grad_spikes.shape[1], dtype=torch.float32)
-    kernel = cpu.backward_kernel(bool(soft), bool(decay_input), bool(detach_reset), int(code))
+    kernel = cpu.backward_kernel(bool(soft), bool(decay_input), bool(detach_reset), int(code), static)
     kernel(grad_spikes.detach().numpy(), h.numpy(), per_element(k, h.shape[1], channels, inner), np.float32(v_th),
            np.float32(rest), np.float32(alpha), grad_x.numpy(), grad_k.numpy())
     return grad_x, grad_k

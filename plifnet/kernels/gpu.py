@@ -4,6 +4,7 @@ The same algorithm as :mod:`plifnet.kernels.cpu`: one program per block of eleme
 time, keeping V in registers; the backward loops in reverse. Inputs of any float dtype are read
 and accumulated in float32 (also the tau gradient). Nothing here synchronises with the host.
 ``enable_fp_fusion=False`` keeps multiply-adds unfused, so that spikes match the reference bit for bit.
+``STATIC``: the input is one row [1, E] repeated at every step, and its gradient is summed over time.
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ def _surrogate_grad(z, alpha, CODE: tl.constexpr):
 
 @triton.jit
 def _forward_kernel(x_ptr, k_ptr, spikes_ptr, h_ptr, steps, elements, channels, inner, v_th, rest,
-                    SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr, BLOCK: tl.constexpr):
+                    SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr, STATIC: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < elements
     k = tl.load(k_ptr + (offsets // inner) % channels, mask=mask, other=0.0)
     v = tl.zeros([BLOCK], tl.float32) + rest
     for t in range(0, steps):
         at = t * elements + offsets
-        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        if STATIC:
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        else:
+            x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
         if DECAY_INPUT:
             h = v + k * (x - (v - rest))
         else:
@@ -59,12 +63,13 @@ def _forward_kernel(x_ptr, k_ptr, spikes_ptr, h_ptr, steps, elements, channels, 
 @triton.jit
 def _backward_kernel(grad_ptr, h_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elements, channels, inner, v_th,
                      rest, alpha, SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr,
-                     DETACH_RESET: tl.constexpr, CODE: tl.constexpr, BLOCK: tl.constexpr):
+                     DETACH_RESET: tl.constexpr, CODE: tl.constexpr, STATIC: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < elements
     k = tl.load(k_ptr + (offsets // inner) % channels, mask=mask, other=0.0)
     grad_v = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK], tl.float32)
+    grad_x_sum = tl.zeros([BLOCK], tl.float32)  # STATIC only
     for i in range(0, steps):
         t = steps - 1 - i
         at = t * elements + offsets
@@ -90,12 +95,18 @@ def _backward_kernel(grad_ptr, h_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elem
             v_prev = tl.where(h_prev - v_th >= 0, rest, h_prev)
         v_prev = tl.where(t > 0, v_prev, rest)
         if DECAY_INPUT:
-            tl.store(grad_x_ptr + at, grad_h * k, mask=mask)
+            grad_in = grad_h * k
             acc += tl.where(k > 0, grad_h * ((h - v_prev) / tl.where(k > 0, k, 1.0)), 0.0)
         else:
-            tl.store(grad_x_ptr + at, grad_h, mask=mask)
+            grad_in = grad_h
             acc -= grad_h * (v_prev - rest)
+        if STATIC:
+            grad_x_sum += grad_in
+        else:
+            tl.store(grad_x_ptr + at, grad_in, mask=mask)
         grad_v = grad_h * (1.0 - k)
+    if STATIC:
+        tl.store(grad_x_ptr + offsets, grad_x_sum, mask=mask)
     tl.store(grad_k_ptr + offsets, acc, mask=mask)
 
 
@@ -103,19 +114,25 @@ def _grid(elements):
     return (triton.cdiv(elements, BLOCK),)
 
 
-def forward(x, k, channels, inner, v_th, rest, soft, detach_reset, decay_input):
-    steps, elements = x.shape
-    spikes, h = torch.empty_like(x), torch.empty_like(x)
+def forward(x, steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input):
+    """x [T, E], or [1, E] for a constant input repeated over ``steps``."""
+    elements = x.shape[1]
+    spikes = torch.empty(steps, elements, dtype=x.dtype, device=x.device)
+    h = torch.empty(steps, elements, dtype=torch.float32, device=x.device)
     _forward_kernel[_grid(elements)](x, k, spikes, h, steps, elements, channels, inner, v_th, rest,
-                                     SOFT=soft, DECAY_INPUT=decay_input, BLOCK=BLOCK, enable_fp_fusion=False)
+                                     SOFT=soft, DECAY_INPUT=decay_input, STATIC=x.shape[0] < steps, BLOCK=BLOCK,
+                                     enable_fp_fusion=False)
     return spikes, h
 
 
-def backward(grad_spikes, h, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
+def backward(grad_spikes, h, input_steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
+    """grad_x [T, E], or [1, E] summed over time when the input was constant (``input_steps`` = 1)."""
     steps, elements = grad_spikes.shape
-    grad_x = torch.empty_like(grad_spikes)
+    static = input_steps < steps
+    grad_x = torch.empty(1 if static else steps, elements, dtype=grad_spikes.dtype, device=grad_spikes.device)
     grad_k = torch.empty(elements, dtype=torch.float32, device=grad_spikes.device)
     _backward_kernel[_grid(elements)](grad_spikes, h, k, grad_x, grad_k, steps, elements, channels, inner, v_th,
                                       rest, float(alpha), SOFT=soft, DECAY_INPUT=decay_input,
-                                      DETACH_RESET=detach_reset, CODE=code, BLOCK=BLOCK, enable_fp_fusion=False)
+                                      DETACH_RESET=detach_reset, CODE=code, STATIC=static, BLOCK=BLOCK,
+                                      enable_fp_fusion=False)
     return grad_x, grad_k
