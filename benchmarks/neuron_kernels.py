@@ -3,7 +3,7 @@
 1. One PLIF layer, forward + backward, on [T, N, C, H, W] = [8, 16, 128, 28, 28] and a long sequence
    [64, 2, 128, 28, 28]: median time, bytes saved for backward, and the bandwidth floor (the bytes a
    fused kernel must move / this machine's measured ``copy_`` bandwidth).
-2. A training step (forward, backward, Adam) of the paper's MNIST network, batch 16, T = 8, and of
+2. A training step (forward, backward, the module's Adam) of the paper's MNIST network, batch 16, T = 8, and of
    the CIFAR-10 network at batch 4: images/s, the peak memory of the training steps (CUDA: peak
    allocated; CPU: peak resident size above the size after building the model and one warm-up
    sample, in a process that runs only that configuration) and the bytes the network saves for
@@ -100,7 +100,7 @@ def train_step_child(arch, batch, backend, repeats, device):
     """Runs in its own process so that its peak memory is its own."""
     torch.manual_seed(0)
     model = SpikingClassifier(arch, backend=backend).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = model.configure_optimizers()["optimizer"]  # what training uses
     c, size = model.net.arch.in_channels, model.net.arch.size
     x, y = torch.randn(batch, c, size, size, device=device), torch.randint(0, 10, (batch,), device=device)
     # Load the libraries and compile (or load) the kernels on one sample first: numba and its compiled
