@@ -11,7 +11,7 @@
    over the reference if those kernels took no time at all (the rest is convolutions, matrix
    products, BatchNorm and Adam, the same on both backends).
 
-    python benchmarks/neuron_kernels.py [--repeats 7] [--device cpu|cuda]
+    python benchmarks/neuron_kernels.py [--repeats 7] [--rounds 3] [--device cpu|cuda]
 """
 
 import argparse
@@ -36,16 +36,30 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def elapsed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def median_time(fn, repeats, device):
     fn()  # warm-up (and the kernel's JIT on its first call)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(elapsed(fn, device) for _ in range(repeats))
+
+
+def alternating_rounds(fns, repeats, device):
+    """Time every function of ``fns`` (name -> callable) once per round, in turn, for ``repeats``
+    rounds: a slow phase of this noisy machine then hits all of them alike, and ratios are taken
+    within a round. Returns one {name: seconds} per round."""
+    for fn in fns.values():
+        fn()  # warm-up
+    return [{name: elapsed(fn, device) for name, fn in fns.items()} for _ in range(repeats)]
+
+
+def median_of(rounds, key):
+    return statistics.median(key(one) for one in rounds)
 
 
 def saved_bytes(fn):
@@ -62,38 +76,35 @@ def saved_bytes(fn):
     return sum(seen.values())
 
 
-def copy_bandwidth(device):
+def neuron_table(repeats, device):
+    fused_name = "cpu" if device == "cpu" else "triton"
     src = torch.empty(64 * 2**20, device=device)  # 256 MiB
     dst = torch.empty_like(src)
-    seconds = median_time(lambda: dst.copy_(src), 9, device)
-    return 2 * src.numel() * 4 / seconds  # read + write
-
-
-def neuron_table(repeats, device):
-    bandwidth = copy_bandwidth(device)
-    print(f"copy_ bandwidth: {bandwidth / 1e9:.1f} GB/s")
-    fused_name = "cpu" if device == "cpu" else "triton"
-    print(f"{'shape [T, N, C, H, W]':24}{'backend':>10}{'fwd+bwd ms':>12}{'saved MB':>10}{'floor ms':>10}"
-          f"{'x floor':>9}{'speed-up':>10}")
+    copy_bytes = 2 * src.numel() * 4  # read + write
+    print(f"{'shape [T, N, C, H, W]':24}{'backend':>10}{'fwd+bwd ms':>12}{'saved MB':>10}{'copy GB/s':>11}"
+          f"{'floor ms':>10}{'x floor':>9}{'speed-up':>10}")
     for shape in [(8, 16, 128, 28, 28), (64, 2, 128, 28, 28)]:
         x = torch.randn(shape, device=device) * 1.5 + 0.5
         grad = torch.randn(shape, device=device)
-        elements = x.numel()
-        floor = 6 * 4 * elements / bandwidth  # read x, write S and H; read dS and H, write dX
-        results = {}
+        fns, saved = {"copy": lambda: dst.copy_(src)}, {}
         for backend in ("reference", fused_name):
             neuron = PLIF(2.0, backend=backend).to(device)
             xr = x.clone().requires_grad_()
 
-            def step():
+            def step(neuron=neuron, xr=xr):
                 xr.grad = None
                 neuron(xr).backward(grad)
 
-            results[backend] = (median_time(step, repeats, device), saved_bytes(lambda: neuron(xr)))
-        for backend, (seconds, saved) in results.items():
-            speedup = results["reference"][0] / seconds
-            print(f"{str(list(shape)):24}{backend:>10}{seconds * 1e3:12.1f}{saved / 2**20:10.0f}{floor * 1e3:10.1f}"
-                  f"{seconds / floor:9.1f}{speedup:10.2f}")
+            fns[backend] = step
+            saved[backend] = saved_bytes(lambda: neuron(xr))
+        rounds = alternating_rounds(fns, repeats, device)
+        bandwidth = median_of(rounds, lambda r: copy_bytes / r["copy"])
+        floor = 6 * 4 * x.numel() / bandwidth  # read x, write S and H; read dS and H, write dX
+        for backend in ("reference", fused_name):
+            ms = median_of(rounds, lambda r: r[backend]) * 1e3
+            speedup = median_of(rounds, lambda r: r["reference"] / r[backend])
+            print(f"{str(list(shape)):24}{backend:>10}{ms:12.1f}{saved[backend] / 2**20:10.0f}{bandwidth / 1e9:11.1f}"
+                  f"{floor * 1e3:10.1f}{ms / 1e3 / floor:9.1f}{speedup:10.2f}")
 
 
 def train_step_child(arch, batch, backend, repeats, device):
@@ -173,23 +184,32 @@ def _status_kb(field):
     raise KeyError(field)
 
 
-def training_table(repeats, device):
+def training_table(repeats, rounds, device):
+    """Each configuration in its own process; the reference and the fused process alternate for
+    ``rounds`` rounds, and every figure is the median over rounds (ratios taken within a round)."""
     fused_name = "cpu" if device == "cpu" else "triton"
     print(f"{'network':24}{'backend':>10}{'images/s':>10}{'peak MB':>10}{'saved MB':>10}{'images/s x':>12}"
           f"{'peak x':>8}{'kernels ms':>12}{'bound x':>9}")
     for arch, batch in (("mnist", 16), ("cifar10", 4)):
-        rows = {}
+        runs = []
+        for _ in range(rounds):
+            run = {}
+            for backend in ("reference", fused_name):
+                command = [sys.executable, __file__, "--child", arch, str(batch), backend, str(repeats), device]
+                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                run[backend] = json.loads(out.strip().splitlines()[-1])
+            runs.append(run)
         for backend in ("reference", fused_name):
-            out = subprocess.run([sys.executable, __file__, "--child", arch, str(batch), backend, str(repeats), device],
-                                 capture_output=True, text=True, check=True).stdout
-            rows[backend] = json.loads(out.strip().splitlines()[-1])
-        for backend, row in rows.items():
-            ref = rows["reference"]
-            line = (f"{f'{arch}, batch {batch}, T 8':24}{backend:>10}{row['images_per_s']:10.1f}{row['peak_mb']:10.0f}"
-                    f"{row['saved_mb']:10.0f}{row['images_per_s'] / ref['images_per_s']:12.2f}"
-                    f"{row['peak_mb'] / ref['peak_mb']:8.2f}")
-            if row["kernel_ms"] is not None:  # the speed-up if the kernels took no time at all
-                line += f"{row['kernel_ms']:12.1f}{ref['step_ms'] / (row['step_ms'] - row['kernel_ms']):9.2f}"
+            def median(key):
+                return median_of(runs, lambda run: key(run[backend], run["reference"]))
+
+            line = (f"{f'{arch}, batch {batch}, T 8':24}{backend:>10}{median(lambda r, ref: r['images_per_s']):10.1f}"
+                    f"{median(lambda r, ref: r['peak_mb']):10.0f}{median(lambda r, ref: r['saved_mb']):10.0f}"
+                    f"{median(lambda r, ref: r['images_per_s'] / ref['images_per_s']):12.2f}"
+                    f"{median(lambda r, ref: r['peak_mb'] / ref['peak_mb']):8.2f}")
+            if runs[0][backend]["kernel_ms"] is not None:  # the speed-up if the kernels took no time at all
+                line += (f"{median(lambda r, ref: r['kernel_ms']):12.1f}"
+                         f"{median(lambda r, ref: ref['step_ms'] / (r['step_ms'] - r['kernel_ms'])):9.2f}")
             print(line)
 
 
@@ -199,12 +219,14 @@ def main():
         return train_step_child(arch, int(batch), backend, int(repeats), device)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating processes per training configuration")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
-          f"medians of {args.repeats}, freed CPU memory kept by malloc: {KEPT}")
+          f"medians of {args.repeats} alternating rounds ({args.rounds} processes each for training), "
+          f"freed CPU memory kept by malloc: {KEPT}")
     neuron_table(args.repeats, args.device)
-    training_table(args.repeats, args.device)
+    training_table(args.repeats, args.rounds, args.device)
 
 
 if __name__ == "__main__":
