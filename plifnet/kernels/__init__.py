@@ -7,8 +7,8 @@
 * ``triton``: Triton kernels for CUDA tensors (:mod:`plifnet.kernels.gpu`).
 
 Saved for backward: ``H`` in float32 (``T * E * 4`` bytes) and nothing else; the reference keeps
-several tensors per step. The tau gradient is summed per element over time by the kernel and then
-over elements by ``torch.sum``: the same bits on every run.
+several tensors per step. The tau gradient is summed over time by the kernel, per element (or, for
+one k on the CPU, per block of elements, in order), and then by ``torch.sum``: the same bits on every run.
 """
 
 from __future__ import annotations
@@ -87,15 +87,15 @@ class FusedMultiStep(torch.autograd.Function):
         shape, dtype, rows, channels, inner, options, surrogate, backend, k_shape = ctx.meta
         code = SURROGATE_CODES[type(surrogate)]
         grad = grad_spikes.reshape(grad_spikes.shape[0], -1).to(torch.float32).contiguous()
-        grad_x, grad_k_elements = _kernels(backend).backward(
+        grad_x, grad_k_parts = _kernels(backend).backward(
             grad, h, rows, k_vec, channels, inner, *options, code, surrogate.alpha
         )
         grad_k = None
         if ctx.needs_input_grad[1]:
             if channels > 1:
-                grad_k = grad_k_elements.view(-1, channels, inner).sum((0, 2)).view(k_shape)
+                grad_k = grad_k_parts.view(-1, channels, inner).sum((0, 2)).view(k_shape)
             else:
-                grad_k = grad_k_elements.sum().view(k_shape)
+                grad_k = grad_k_parts.sum().view(k_shape)
         return grad_x.view(shape).to(dtype), grad_k, None, None, None, None, None, None, None
 
 

@@ -50,8 +50,8 @@ def surrogate_grad(z, code, alpha):
 
 
 @lru_cache(maxsize=None)
-def forward_kernel(soft: bool, decay_input: bool, static: bool):
-    """x [T, E] (static: [1, E]) and the k of each element [E] -> spikes [T, E], H [T, E]."""
+def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: bool):
+    """x [T, E] (static: [1, E]) and k (per_element: the k of each element [E], else [1]) -> spikes [T, E], H [T, E]."""
 
     @njit(parallel=True, cache=True)
     def forward(x, k, v_th, rest, spikes, h_out):
@@ -59,17 +59,17 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool):
         for block in prange((elements + BLOCK - 1) // BLOCK):
             start = block * BLOCK
             size = min(BLOCK, elements - start)
-            kb = k[start:start + size]
+            kb = k[start:start + size] if per_element else k
             v = np.full(size, rest, np.float32)
             for t in range(steps):
                 xt = x[0 if static else t, start:start + size]
                 st, ht = spikes[t, start:start + size], h_out[t, start:start + size]
                 for j in range(size):
-                    vj = v[j]
+                    vj, kj = v[j], kb[j] if per_element else kb[0]
                     if decay_input:
-                        h = vj + kb[j] * (xt[j] - (vj - rest))
+                        h = vj + kj * (xt[j] - (vj - rest))
                     else:
-                        h = vj - kb[j] * (vj - rest) + xt[j]
+                        h = vj - kj * (vj - rest) + xt[j]
                     s = np.float32(h - v_th >= 0)
                     ht[j] = h
                     st[j] = s
@@ -79,9 +79,9 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool):
 
 
 @lru_cache(maxsize=None)
-def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool):
-    """Reverse pass: grad_x [T, E] (static: [1, E], zeroed by the caller, summed over time) and each
-    element's dL/dk summed over time, grad_k [E].
+def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool, per_element: bool):
+    """Reverse pass: grad_x [T, E] (static: [1, E], zeroed by the caller, summed over time) and dL/dk
+    summed over time: per element, grad_k [E], with per_element k; else one sum per block, in order.
 
     ``dV[t]/dH[t] = 1 - S + g * (V_reset - H)`` for the hard reset and ``1 - g * v_th`` for the soft
     one, where g is the surrogate gradient; detach_reset drops the g term.
@@ -93,7 +93,7 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
         for block in prange((elements + BLOCK - 1) // BLOCK):
             start = block * BLOCK
             size = min(BLOCK, elements - start)
-            kb = k[start:start + size]
+            kb = k[start:start + size] if per_element else k
             grad_v = np.zeros(size, np.float32)
             acc = np.zeros(size, np.float32)
             for t in range(steps - 1, -1, -1):
@@ -101,7 +101,7 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                 gxt, hp = grad_x[0 if static else t, start:start + size], h_saved[max(t - 1, 0), start:start + size]
                 first = t == 0
                 for j in range(size):
-                    h = ht[j]
+                    h, kj = ht[j], kb[j] if per_element else kb[0]
                     sg = surrogate_grad(h - v_th, code, alpha)
                     if soft:
                         dv_dh = ONE if detach_reset else ONE - sg * v_th
@@ -113,7 +113,7 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                     if not first:
                         s_prev = np.float32(hp[j] - v_th >= 0)
                         v_prev = hp[j] - s_prev * (v_th if soft else hp[j] - rest)
-                    grad_in = grad_h * kb[j] if decay_input else grad_h  # dH/dX = k, or 1
+                    grad_in = grad_h * kj if decay_input else grad_h  # dH/dX = k, or 1
                     if static:
                         gxt[j] += grad_in
                     else:
@@ -122,9 +122,15 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                         acc[j] += grad_h * (h - v_prev)  # divided by k once, after the time loop
                     else:  # dH/dk = -(V[t-1] - rest)
                         acc[j] -= grad_h * (v_prev - rest)
-                    grad_v[j] = grad_h * (ONE - kb[j])
-            for j in range(size):
-                grad_k[start + j] = acc[j] / kb[j] if decay_input else acc[j]
+                    grad_v[j] = grad_h * (ONE - kj)
+            if per_element:
+                for j in range(size):
+                    grad_k[start + j] = acc[j] / kb[j] if decay_input else acc[j]
+            else:
+                total = ZERO
+                for j in range(size):
+                    total += acc[j]
+                grad_k[block] = total / kb[0] if decay_input else total
 
     return backward
 

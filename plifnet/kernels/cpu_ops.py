@@ -8,13 +8,16 @@ import torch
 from plifnet.kernels import cpu
 
 
-def per_element(k, elements, channels, inner):
-    """k [C] -> the k of each of the E elements of a step (channel of element e: (e // inner) % C).
+def k_array(k, elements, channels, inner):
+    """The kernels' k: ``[1]`` for one k, else the k of each of the E elements of a step [E]
+    (the channel of element e is (e // inner) % C).
 
-    The kernels read k from such an array: building the block's k inside the numba kernel instead
-    makes the forward and the backward 1.4-1.6x slower here (the inner loop no longer vectorises
-    as well); the array costs 0.3 ms for a [16, 128, 28, 28] step.
+    The kernels read a per-channel k from such an array: building the block's k inside the numba
+    kernel instead makes the forward and the backward 1.4-1.6x slower here (the inner loop no
+    longer vectorises as well); the array costs 0.3 ms for a [16, 128, 28, 28] step.
     """
+    if channels == 1:
+        return k.reshape(1).numpy()
     return k.view(1, channels, 1).expand(elements // (channels * inner), channels, inner).reshape(-1).contiguous().numpy()
 
 
@@ -22,19 +25,21 @@ def forward(x, steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_
     """x [T, E], or [1, E] for a constant input repeated over ``steps``."""
     spikes = torch.empty(steps, x.shape[1], dtype=torch.float32)
     h = torch.empty_like(spikes)
-    kernel = cpu.forward_kernel(bool(soft), bool(decay_input), x.shape[0] < steps)
-    kernel(x.detach().numpy(), per_element(k, x.shape[1], channels, inner), np.float32(v_th), np.float32(rest),
+    kernel = cpu.forward_kernel(bool(soft), bool(decay_input), x.shape[0] < steps, channels > 1)
+    kernel(x.detach().numpy(), k_array(k, x.shape[1], channels, inner), np.float32(v_th), np.float32(rest),
            spikes.numpy(), h.numpy())
     return spikes, h
 
 
 def backward(grad_spikes, h, input_steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
-    """grad_x [T, E], or [1, E] summed over time when the input was constant (``input_steps`` = 1)."""
-    static = input_steps < grad_spikes.shape[0]
-    grad_x = torch.zeros(1, h.shape[1]) if static else torch.empty_like(grad_spikes)
-    grad_k = torch.empty(grad_spikes.shape[1], dtype=torch.float32)
-    kernel = cpu.backward_kernel(bool(soft), bool(decay_input), bool(detach_reset), int(code), static)
-    kernel(grad_spikes.detach().numpy(), h.numpy(), per_element(k, h.shape[1], channels, inner), np.float32(v_th),
+    """grad_x [T, E] (or [1, E] summed over time when the input was constant: ``input_steps`` = 1) and
+    grad_k: dL/dk per element with per-channel k, else per block of elements (sum it either way)."""
+    steps, elements = grad_spikes.shape
+    static = input_steps < steps
+    grad_x = torch.zeros(1, elements) if static else torch.empty_like(grad_spikes)
+    grad_k = torch.empty(elements if channels > 1 else -(-elements // cpu.BLOCK), dtype=torch.float32)
+    kernel = cpu.backward_kernel(bool(soft), bool(decay_input), bool(detach_reset), int(code), static, channels > 1)
+    kernel(grad_spikes.detach().numpy(), h.numpy(), k_array(k, elements, channels, inner), np.float32(v_th),
            np.float32(rest), np.float32(alpha), grad_x.numpy(), grad_k.numpy())
     return grad_x, grad_k
 
