@@ -4,7 +4,7 @@ Both fuse the same PLIF layer (tau0 = 2, hard reset, ATan) over [T, N, C, H, W] 
 torch.compile gets the plain reference loop (``plifnet.neurons.multi_step``) and generates C++ for
 its forward and backward. Printed per technique: the first call in a fresh process with an empty
 cache (compilation), the first call of a second process that finds the cache, forward + backward
-time (median), and the bytes kept for backward.
+time (the three timed in alternating rounds; medians) and the bytes kept for backward.
 
     python benchmarks/cpu_technique.py [--repeats 9]
 
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from neuron_kernels import median_time, saved_bytes
+from neuron_kernels import alternating_rounds, median_of, saved_bytes
 from plifnet.kernels import keep_freed_cpu_memory
 from plifnet.neurons import PLIF, multi_step
 
@@ -39,44 +39,52 @@ def layer(technique):
     return torch.compile(lambda x: multi_step(x, neuron.decay(x[0]), *options))
 
 
-def child(technique, repeats):
-    keep_freed_cpu_memory()
+def child(technique):
+    """The first forward + backward of a fresh process: compilation, or loading the cache."""
     x = (torch.randn(SHAPE) * 1.5 + 0.5).requires_grad_()
-    grad = torch.randn(SHAPE)
-    run = layer(technique)
-
-    def step():
-        x.grad = None
-        run(x).backward(grad)
-
     start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    print(json.dumps({"first_s": first, "ms": median_time(step, repeats, "cpu") * 1e3,
-                      "saved_mb": saved_bytes(lambda: run(x)) / 2**20}))
+    layer(technique)(x).backward(torch.randn(SHAPE))
+    print(json.dumps({"first_s": time.perf_counter() - start}))
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        return child(sys.argv[2], int(sys.argv[3]))
+        return child(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, PLIF layer {list(SHAPE)}, "
-          f"medians of {args.repeats}")
-    print(f"{'technique':>16}{'cold first s':>14}{'cached first s':>16}{'fwd+bwd ms':>12}{'saved MB':>10}{'speed-up':>10}")
-    rows = {}
-    for technique in ("reference", "torch.compile", "numba"):
+    techniques = ("reference", "torch.compile", "numba")
+    first = {}
+    for technique in techniques:
         with tempfile.TemporaryDirectory() as cache:  # empty caches for the first process, kept for the second
             env = dict(os.environ, NUMBA_CACHE_DIR=cache, TORCHINDUCTOR_CACHE_DIR=cache)
-            command = [sys.executable, __file__, "--child", technique, str(args.repeats)]
-            runs = [json.loads(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
-                               .splitlines()[-1]) for _ in range(2)]
-        rows[technique] = runs
-        ms = min(run["ms"] for run in runs)  # the two processes' medians: the quieter one
-        speedup = min(run["ms"] for run in rows["reference"]) / ms
-        print(f"{technique:>16}{runs[0]['first_s']:14.2f}{runs[1]['first_s']:16.2f}{ms:12.1f}"
-              f"{runs[1]['saved_mb']:10.0f}{speedup:10.2f}")
+            command = [sys.executable, __file__, "--child", technique]
+            first[technique] = [json.loads(subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+                                           .stdout.splitlines()[-1])["first_s"] for _ in range(2)]
+
+    keep_freed_cpu_memory()
+    x = (torch.randn(SHAPE) * 1.5 + 0.5).requires_grad_()
+    grad = torch.randn(SHAPE)
+    steps, saved = {}, {}
+    for technique in techniques:
+        run = layer(technique)
+
+        def step(run=run):
+            x.grad = None
+            run(x).backward(grad)
+
+        steps[technique] = step
+        saved[technique] = saved_bytes(lambda: run(x))
+    rounds = alternating_rounds(steps, args.repeats, "cpu")
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, PLIF layer {list(SHAPE)}, "
+          f"medians of {args.repeats} alternating rounds")
+    print(f"{'technique':>16}{'cold first s':>14}{'cached first s':>16}{'fwd+bwd ms':>12}{'saved MB':>10}{'speed-up':>10}")
+    for technique in techniques:
+        ms = median_of(rounds, lambda r: r[technique]) * 1e3
+        speedup = median_of(rounds, lambda r: r["reference"] / r[technique])
+        cold, cached = first[technique]
+        print(f"{technique:>16}{cold:14.2f}{cached:16.2f}{ms:12.1f}{saved[technique] / 2**20:10.0f}{speedup:10.2f}")
 
 
 if __name__ == "__main__":
