@@ -105,6 +105,40 @@ def test_cpu_kernel_constant_input_odd_cases():
 
 
 @requires_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_kernel_half_precision_input_is_computed_in_float32(dtype):
+    """bf16/fp16 input (what autocast gives a neuron after a convolution): the kernel computes in
+    float32, so spikes equal the float32 reference on the same values, dX comes back in the input's
+    dtype and the tau gradient is accumulated in float32."""
+    shape = (6, 3, 7, 5)
+    x, grad = inputs(shape, 4).to(dtype), torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    ref = run(make("plif", "reference", 0.0, False, True, ATan()), x.float(), grad.float())
+    fused = run(make("plif", "cpu", 0.0, False, True, ATan()), x, grad)
+    assert fused[0].dtype == fused[1].dtype == dtype and fused[2].dtype == torch.float32
+    assert torch.equal(fused[0].float(), ref[0])
+    torch.testing.assert_close(fused[1], ref[1].to(dtype))  # the float32 gradient, rounded to dtype once
+    torch.testing.assert_close(fused[2], ref[2], rtol=1e-4, atol=1e-5)
+
+
+def test_network_trains_under_bf16_autocast():
+    """A training step of the MNIST network under CPU autocast (``--trainer.precision bf16-mixed``):
+    the neurons get bf16 currents and every parameter a finite float32 gradient."""
+    from plifnet.module import SpikingClassifier
+
+    torch.manual_seed(0)
+    model = SpikingClassifier("mnist", time_steps=3)
+    seen = []
+    model.net.layers[0].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model._loss(model(torch.randn(4, 1, 28, 28) * 2), torch.tensor([1, 5, 7, 0]))
+    loss.backward()
+    assert seen == [torch.bfloat16] and torch.isfinite(loss)
+    for name, parameter in model.named_parameters():
+        assert parameter.grad.dtype == torch.float32 and torch.isfinite(parameter.grad).all(), name
+    assert all(model.net.layers[i].w.grad != 0 for i in (0, 3))
+
+
+@requires_cpu_kernel
 def test_tau_gradient_is_deterministic():
     x, grad = inputs((8, 16, 64, 9, 9), 5), torch.randn(8, 16, 64, 9, 9)
     first, second = (run(PLIF(2.0, backend="cpu"), x, grad)[2] for _ in range(2))

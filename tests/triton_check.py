@@ -16,27 +16,34 @@ from plifnet.surrogates import SURROGATES, surrogate
 device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 
-def check(shape, k, v_reset, detach_reset, decay_input, spike_fn, seed, time_steps=None):
-    """``time_steps``: the input is one step's ``shape[1:]``, the same at each of shape[0] steps."""
+def check(shape, k, v_reset, detach_reset, decay_input, spike_fn, seed, time_steps=None, dtype=torch.float32):
+    """``time_steps``: the input is one step's ``shape[1:]``, the same at each of shape[0] steps.
+    ``dtype``: the fused kernel gets input and gradient in it (as under autocast) and must match the
+    float32 reference on the same values."""
     generator = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape[1:] if time_steps else shape, generator=generator) * 1.5 + 0.5).to(device)
     x.view(-1)[::5] = 2.5
     grad = torch.randn(shape, generator=generator).to(device)
+    x, grad = x.to(dtype), grad.to(dtype)
     k = k.to(device)
     results = []
     for fused in (False, True):
-        xr, kr = x.clone().requires_grad_(), k.clone().requires_grad_()
+        xr, kr = (x if fused else x.float()).clone().requires_grad_(), k.clone().requires_grad_()
         k_b = kr.view(-1, *([1] * (len(shape) - 3))) if kr.numel() > 1 else kr  # [C, 1, ...] over [N, C, ...]
         if fused:
             out = FusedMultiStep.apply(xr, k_b, time_steps, 1.0, v_reset, detach_reset, decay_input, spike_fn, "triton")
         else:
             x_seq = xr.expand(time_steps, *xr.shape) if time_steps else xr
             out = multi_step(x_seq, k_b, 1.0, v_reset, detach_reset, decay_input, spike_fn)
-        (out * grad).sum().backward()
+        out.backward(grad if fused else grad.float())
         results.append((out.detach(), xr.grad, kr.grad))
     (s_ref, gx_ref, gk_ref), (s, gx, gk) = results
-    assert torch.equal(s, s_ref), (shape, v_reset, detach_reset, decay_input, spike_fn)
-    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
+    assert s.dtype == gx.dtype == dtype and gk.dtype == torch.float32
+    assert torch.equal(s.float(), s_ref), (shape, v_reset, detach_reset, decay_input, spike_fn)
+    if dtype == torch.float32:
+        torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
+    else:
+        torch.testing.assert_close(gx, gx_ref.to(dtype))
     torch.testing.assert_close(gk, gk_ref, rtol=1e-4, atol=1e-5)
 
 
@@ -52,4 +59,6 @@ check((1, 1100), torch.tensor(0.4), 0.0, True, True, surrogate("atan"), 100)  # 
 for v_reset, decay_input in itertools.product([0.0, None], [True, False]):  # a constant input over 6 steps
     check((6, 3, 1100), torch.tensor(0.4), v_reset, False, decay_input, surrogate("atan"), 101, time_steps=6)
 check((3, 2, 6, 4, 4), torch.rand(6) * 0.8 + 0.1, 0.0, True, True, surrogate("atan"), 102, time_steps=3)
-print(f"triton kernels match the reference ({cases + 7} cases, device {device})")
+for dtype in (torch.bfloat16, torch.float16):  # autocast's dtypes: computed in float32 all the same
+    check((5, 3, 70), torch.tensor(0.4), 0.0, False, True, surrogate("atan"), 103, dtype=dtype)
+print(f"triton kernels match the reference ({cases + 9} cases, device {device})")
