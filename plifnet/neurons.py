@@ -103,7 +103,8 @@ class BaseNode(nn.Module):
             raise ValueError(f"time_steps (got {time_steps}) needs step_mode='multi' and must be >= 1")
         if self.step_mode == "multi":
             if x.dim() < (1 if time_steps else 2):
-                raise ValueError(f"{type(self).__name__}: multi-step input must be [T, N, ...], got shape {tuple(x.shape)}")
+                raise ValueError(f"{type(self).__name__}: multi-step input must be [T, N, ...] (or [N, ...] with "
+                                 f"time_steps), got shape {tuple(x.shape)}")
             backend = kernels.resolve(self.backend, x, self.surrogate)
             k = self.decay(x if time_steps else x[0])
             if backend == "reference":

@@ -12,10 +12,12 @@ A constant input (``static``: a static image's encoder current, the same at ever
 as one row ``x [1, E]``, and its gradient is summed over time inside the backward into ``grad_x
 [1, E]``; the [T, E] copy of the input and of its gradient never exist.
 
-Each combination of the options gets its own kernel (``forward_kernel(soft, decay_input, static)``,
-``backward_kernel(...)``): the options are constants of the compiled code, so every branch on them
-is folded away and the loop body holds only the arithmetic of that neuron. Computing all forms and
-selecting one by 0/1 factors instead costs 1.9x (forward) and 2x (backward) here.
+Each combination of the options gets its own kernel (``forward_kernel(soft, decay_input, static,
+per_element)``, ``backward_kernel(...)``): the options are constants of the compiled code, so every
+branch on them is folded away and the loop body holds only the arithmetic of that neuron. Computing
+all forms and selecting one by 0/1 factors instead costs 1.9x (forward) and 2x (backward) here.
+``per_element``: per-channel k, read from an array with one k per element; otherwise the single k
+is a constant of the loop.
 """
 
 from __future__ import annotations
