@@ -96,7 +96,7 @@ def _backward_kernel(grad_ptr, h_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elem
         v_prev = tl.where(t > 0, v_prev, rest)
         if DECAY_INPUT:
             grad_in = grad_h * k
-            acc += tl.where(k > 0, grad_h * ((h - v_prev) / tl.where(k > 0, k, 1.0)), 0.0)
+            acc += grad_h * (h - v_prev)  # dH/dk = (H - V[t-1]) / k: divided by k once, after the loop
         else:
             grad_in = grad_h
             acc -= grad_h * (v_prev - rest)
@@ -107,6 +107,8 @@ def _backward_kernel(grad_ptr, h_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elem
         grad_v = grad_h * (1.0 - k)
     if STATIC:
         tl.store(grad_x_ptr + offsets, grad_x_sum, mask=mask)
+    if DECAY_INPUT:
+        acc = tl.where(k > 0, acc / tl.where(k > 0, k, 1.0), 0.0)
     tl.store(grad_k_ptr + offsets, acc, mask=mask)
 
 
