@@ -96,9 +96,9 @@ class ClassificationDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ValueError(f"--data.batch_size must be >= 1, got {batch_size}")
         if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise ValueError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.val_fraction, self.eval_test_every_epoch, self.split_seed = val_fraction, eval_test_every_epoch, split_seed
         self.train_set: Dataset | None = None
@@ -147,6 +147,10 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def _loader_options(self, train: bool) -> dict:
         return dict(
+            # the workers' seeds come from the loader's own generator: drawn from the global stream, they
+            # would shift dropout's random numbers by when each loader first starts (a resumed run skips
+            # the sanity check, so its validation loaders start later than the uninterrupted run's)
+            generator=torch.Generator().manual_seed(self.seed),
             batch_size=self.batch_size,
             drop_last=train,
             num_workers=self.num_workers,
