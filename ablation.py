@@ -96,11 +96,10 @@ def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path) -
         )
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(recorded, lambda path: path.write_text(json.dumps(command[1:], indent=1)))
-    checkpoint = newest(folder, "*.ckpt")
-    if checkpoint:
-        command += ["--ckpt_path", str(checkpoint)]
-    print(f"{setting.name}: {'resuming from ' + str(checkpoint) if checkpoint else 'starting'} (log: {folder / 'fit.log'})",
-          flush=True)
+    resume = any(not path.name.startswith(".") for path in folder.rglob("*.ckpt"))  # hidden: a killed write's
+    if resume:  # cli.py takes the newest readable checkpoint under the setting's folder, naming broken ones
+        command += ["--ckpt_path", "last"]
+    print(f"{setting.name}: {'resuming' if resume else 'starting'} (log: {folder / 'fit.log'})", flush=True)
     with open(folder / "fit.log", "a") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
     if code != 0:

@@ -5,47 +5,35 @@ config can be overridden on the command line (``--model.neuron lif --model.tau 1
 ``--print_config`` shows the complete resolved configuration.
 """
 
+import shutil
 import sys
-import zipfile
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
+from plifnet import checkpoints
 from plifnet.kernels import keep_freed_cpu_memory
 from plifnet.module import SpikingClassifier
 
 
-def _ckpt_paths(args: list[str]):
-    for i, arg in enumerate(args):
-        if arg == "--ckpt_path" and i + 1 < len(args):
-            yield args[i + 1]
-        elif arg.startswith("--ckpt_path="):
-            yield arg.split("=", 1)[1]
-
-
-def check_checkpoint(args: list[str]) -> None:
-    """Refuse a truncated or foreign ``--ckpt_path`` file with its name, before Lightning's loader
-    fails on it with a bare I/O error. (Checkpoints are zip archives, ending in a directory.)"""
-    for path in _ckpt_paths(args):
-        if Path(path).is_file() and not zipfile.is_zipfile(path):
-            raise SystemExit(
-                f"error: checkpoint {path} is truncated or is not a checkpoint (no zip directory at its end); "
-                f"pass another one, e.g. an epoch*.ckpt in the same folder"
-            )
-
-
 class PlifnetCLI(LightningCLI):
-    """LightningCLI, with two conveniences:
+    """LightningCLI, with two conveniences and three safeguards:
 
     - ``--trainer.default_root_dir DIR`` puts every logger's relative ``save_dir`` (``runs``) under DIR,
       so that one option moves a whole run (logs, checkpoints, plots) into its own folder;
-    - ``--ckpt_path last`` means the newest checkpoint (``last.ckpt`` at epoch ends, ``step*.ckpt`` in
-      between) of any earlier run under the loggers' folders; Lightning's own ``last`` looks only in
-      the new run's empty folder.
+    - ``--ckpt_path last`` means the newest readable checkpoint (``last.ckpt`` at epoch ends,
+      ``step*.ckpt`` in between) of any earlier run under the loggers' folders; Lightning's own
+      ``last`` looks only in the new run's empty folder;
+    - every ``--ckpt_path`` (a file, ``last`` or an ``http(s)://`` URL, downloaded once) is checked
+      before anything reads it, with :func:`plifnet.checkpoints.read`: a file that is truncated, not
+      a Lightning checkpoint, or would run code is refused in one line that names it;
+    - a bad configuration value is one line, and a run that fails before training leaves no empty
+      run folder.
     """
 
-    def before_instantiate_classes(self) -> None:
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
         config = self.config.get(self.config.get("subcommand") or "", None)
         if config is None:
             return
@@ -55,17 +43,57 @@ class PlifnetCLI(LightningCLI):
         if config.trainer.get("default_root_dir"):
             for log in loggers:
                 log.init_args.save_dir = str(Path(config.trainer.default_root_dir) / log.init_args.save_dir)
-        if config.get("ckpt_path") != "last":
-            return
-        folders = {Path(log.init_args.save_dir) / (log.init_args.get("name") or "") for log in loggers}
-        found = [path for folder in folders for path in folder.glob("*/checkpoints/*.ckpt")]
-        if found:
-            config.ckpt_path = str(max(found, key=lambda path: path.stat().st_mtime))
-            print(f"resuming from {config.ckpt_path}", file=sys.stderr)
+        try:
+            config.ckpt_path = self._checked(config.get("ckpt_path"), loggers)
+        except checkpoints.CheckpointError as error:
+            raise SystemExit(f"error: {error}") from None
+
+    def instantiate_classes(self) -> None:
+        """A bad value in the config (``--data.batch_size 0``) is one line naming it, not the
+        traceback of jsonargparse's attempt at every type of a Union with the reason 60 lines up."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as error:
+            while isinstance(error.__cause__ or error.__context__, (ValueError, TypeError)):
+                error = error.__cause__ or error.__context__
+            raise SystemExit(f"error: bad configuration value: {error}") from None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; if it fails before any training step and checkpoint, remove the run folders it
+        created (``version_N`` holding only config.yaml and hparams.yaml), so that a failed start
+        leaves nothing that looks like a run."""
+        created = [Path(logger.log_dir) for logger in self.trainer.loggers
+                   if getattr(logger, "log_dir", None) and not Path(logger.log_dir).exists()]
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if self.trainer.is_global_zero and (subcommand != "fit" or self.trainer.global_step == 0):
+                for folder in created:
+                    if folder.is_dir() and not any(folder.rglob("*.ckpt")):
+                        shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _checked(ckpt_path: str | None, loggers) -> str | None:
+        if ckpt_path is None:
+            return None
+        if ckpt_path == "last":
+            folders = sorted({Path(log.init_args.save_dir) / (log.init_args.get("name") or "") for log in loggers})
+            path, skipped = checkpoints.newest(folders)
+            for reason in skipped:
+                print(f"skipping an unreadable checkpoint: {reason}", file=sys.stderr)
+            if path is None:
+                raise checkpoints.CheckpointError(
+                    f"--ckpt_path last: no readable checkpoint in {', '.join(f'{f}/*/checkpoints/' for f in folders) or 'any logger folder'}; "
+                    f"leave out --ckpt_path to start a new run, or pass a checkpoint's path")
+            print(f"resuming from {path}", file=sys.stderr)
+            return str(path)
+        path = checkpoints.fetch(ckpt_path) if checkpoints.is_url(ckpt_path) else Path(ckpt_path)
+        checkpoints.read(path, mmap=True)
+        return str(path)
 
 
 def main(args=None) -> LightningCLI:
-    check_checkpoint(list(sys.argv[1:] if args is None else args))
     keep_freed_cpu_memory()  # CPU training: no page faults for every step's activations
     return PlifnetCLI(
         SpikingClassifier,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from plifnet import checkpoints
 from plifnet.models import SpikingNet
 from plifnet.neurons import neuron_factory
 
@@ -81,6 +82,15 @@ class SpikingClassifier(L.LightningModule):
         for metric in self.best.values():
             metric.persistent(True)  # resuming from a checkpoint keeps the best accuracies
         self.register_buffer("test_acc_at_best_val", torch.tensor(0.0))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only: bool = True, **kwargs):
+        """Lightning's, with ``weights_only=True`` for every checkpoint (Lightning's default for a URL
+        unpickles code) and URLs downloaded by :func:`plifnet.checkpoints.fetch` (cached by the whole URL)."""
+        if checkpoints.is_url(checkpoint_path):
+            checkpoint_path = checkpoints.fetch(str(checkpoint_path))
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Firing rate of each class ``[N, classes]``: the time average of the vote output ``[T, N, classes]``."""

@@ -100,7 +100,8 @@ def test_killed_setting_resumes_from_its_checkpoint(tiny_digits, tmp_path):
 
     result = run_ablation(*args[1:], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "resuming from" in result.stdout
+    assert "plif_tau2_seed2020: resuming" in result.stdout
+    assert "resuming from " in (folder / "fit.log").read_text()  # cli.py's --ckpt_path last found the checkpoint
     after = folder.joinpath("history.csv").read_text().splitlines()
     assert after[: len(before)] == before  # the rows of the killed run are kept, not recomputed
     epochs, steps = zip(*((int(line.split(",")[0]), int(line.split(",")[1])) for line in after[1:]))

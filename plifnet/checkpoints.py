@@ -1,0 +1,153 @@
+"""Checkpoints: written atomically beside their final name, read without running code, found for resume.
+
+Every checkpoint plifnet trains from or tests arrives through here, whichever way it is named:
+
+* :class:`AtomicCheckpointIO`, the trainer's checkpoint plugin (``configs/trainer/default.yaml``),
+  writes each checkpoint to a hidden temporary file in the checkpoint's own folder, flushes it to
+  disk and renames it into place. Lightning's default writes the temporary file in ``$TMPDIR``;
+  where that is another filesystem (tmpfs ``/tmp``, cluster scratch) its "move" is a copy onto the
+  old checkpoint, and a kill during the copy leaves a truncated one. A failed write (disk full, no
+  permission) stops the run with the path and the reason, and leaves the old file as it was.
+* :func:`read` loads with ``weights_only=True`` (tensors and plain Python values only: a crafted
+  file cannot run code) and turns every way a file can be wrong into one line naming it.
+* :func:`fetch` downloads an ``http(s)://`` checkpoint once into a cache keyed by the whole URL, so
+  two URLs ending in the same file name are two files (torch.hub keys by the file name alone).
+* :func:`newest` finds the newest *readable* checkpoint for ``--ckpt_path last``, naming the
+  unreadable ones it passes over, and removes the temporary files of killed writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from plifnet.files import write_atomically
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: the message names the file, what is wrong and what to do."""
+
+
+def is_url(path) -> bool:
+    return urlparse(str(path)).scheme in ("http", "https")
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints are kept: ``<torch hub dir>/plifnet_checkpoints`` (``$TORCH_HOME``)."""
+    return Path(torch.hub.get_dir()) / "plifnet_checkpoints"
+
+
+def fetch(url: str) -> Path:
+    """The local copy of the checkpoint at ``url``, downloaded on first use (to a temporary name, then
+    renamed) into :func:`cache_dir` under a name that hashes the whole URL."""
+    name = Path(urlparse(url).path).name or "checkpoint.ckpt"
+    path = cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except Exception as error:  # urllib's HTTPError, URLError, timeouts: all say why in their text
+            raise CheckpointError(f"could not download checkpoint {url}: {error}. Check the URL and the network, "
+                                  f"or download it yourself and pass the file's path") from error
+    return path
+
+
+def read(path, map_location="cpu", mmap: bool = False) -> dict:
+    """Load a Lightning checkpoint with ``weights_only=True``, or raise :class:`CheckpointError`.
+
+    ``mmap=True`` maps the tensors instead of reading them: a cheap check that a file is usable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .ckpt file, or --ckpt_path last")
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is truncated or is not a checkpoint (no zip directory at its end); "
+                              f"pass another one, e.g. an epoch*.ckpt or step*.ckpt in the same folder")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} holds Python objects that would run code when loaded, and plifnet "
+                              f"reads checkpoints with weights_only=True ({reason}); use a checkpoint written by "
+                              f"cli.py fit or Trainer.save_checkpoint") from None
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} is a zip archive but not a PyTorch checkpoint "
+                              f"({str(error).strip().splitlines()[0][:200]}); pass a .ckpt written by cli.py fit") from None
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint or "state_dict" not in checkpoint:
+        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"checkpoint {path} is a PyTorch file but not a Lightning checkpoint (it holds {keys}, "
+                              f"no 'pytorch-lightning_version' and 'state_dict'); pass a .ckpt written by cli.py fit "
+                              f"or Trainer.save_checkpoint")
+    return checkpoint
+
+
+def newest(folders) -> tuple[Path | None, list[str]]:
+    """The newest readable checkpoint in ``<folder>/*/checkpoints/`` of the given run folders (by
+    modification time), and a line for each newer file that could not be read and was passed over."""
+    found = [path for folder in folders for path in Path(folder).glob("*/checkpoints/*.ckpt")
+             if not path.name.startswith(".")]  # hidden: a temporary file of a write in progress or killed
+    for folder in {path.parent for path in found}:
+        remove_orphans(folder)
+    skipped = []
+    for path in sorted(found, key=lambda path: path.stat().st_mtime, reverse=True):
+        try:
+            read(path, mmap=True)
+            return path, skipped
+        except CheckpointError as error:
+            skipped.append(str(error))
+    return None, skipped
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO``, with local checkpoints written atomically in their own folder
+    and every checkpoint (path or URL) read with ``weights_only=True`` (see the module docstring)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if get_filesystem(path).protocol not in ("file", ("file", "local")):  # object stores: Lightning's way
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, functools.partial(_save, checkpoint), durable=True)
+        except OSError as error:
+            raise OSError(error.errno, f"could not save checkpoint {path}: {error.strerror or error}. The previous "
+                          f"file there (if any) is unchanged. Fix: free disk space or make {path.parent} writable, "
+                          f"or write the run elsewhere with --trainer.default_root_dir DIR") from error
+        remove_orphans(path.parent)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        # weights_only is always True here: Lightning's default for URLs (False) would unpickle code
+        return read(fetch(str(path)) if is_url(path) else path, map_location)
+
+
+def _save(checkpoint: dict, path: Path) -> None:
+    with open(path, "wb") as f:  # opened here, a failure is an OSError (torch's own open raises RuntimeError)
+        torch.save(checkpoint, f)
+
+
+def remove_orphans(folder: Path) -> None:
+    """Remove the temporary files (:func:`plifnet.files.temporary_name`) that writers which no longer
+    run (killed mid-write) left in ``folder``."""
+    for path in Path(folder).glob(".*.tmp*"):
+        pid = path.name.rsplit(".tmp", 1)[0].rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
