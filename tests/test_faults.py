@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import ROOT
-from plifnet.callbacks import StopOnNonFiniteLoss
+from plifnet.callbacks import StopOnNonFinite
 from plifnet.module import SpikingClassifier
 
 
@@ -26,7 +26,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path
     x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
     model = DivergesAtStep6("mnist", time_steps=2)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=0, save_last=True)
-    trainer = L.Trainer(max_epochs=1, callbacks=[StopOnNonFiniteLoss(), checkpoint], logger=False,
+    trainer = L.Trainer(max_epochs=1, callbacks=[StopOnNonFinite(), checkpoint], logger=False,
                         enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(FloatingPointError, match=r"training loss is nan at step 6 \(epoch 0\).*last\.ckpt"):
         trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4))
@@ -52,6 +52,7 @@ BAD_INPUTS = {  # what is wrong: (extra arguments, what the error must say)
     "T < 1": (["--model.time_steps", "0"], "time_steps must be >= 1"),
     "CIFAR-10 images into the MNIST network": (["--data.dataset", "cifar10"], "the mnist network takes [N, C, H, W] images with C, H, W = 1, 28, 28; got shape"),
     "empty data folder": (["--data.root", "{empty}"], "mnist was not found in"),
+    "batch size 0": (["--data.batch_size", "0"], "error: bad configuration value: --data.batch_size must be >= 1, got 0"),
 }
 
 
@@ -69,6 +70,8 @@ def test_bad_input_gives_a_clear_error_and_an_exit_code(case, tmp_path, tiny_dig
     result = run_cli("fit", *BASE, "--data.root", root, *extra, cwd=tmp_path)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
+    assert message in result.stderr.strip().splitlines()[-1]  # the last line a user sees, not line 68 of 71
+    assert not list(tmp_path.glob("runs/*/version_*")), "a run that failed to start left a run folder"
 
 
 def test_checkpoints_of_another_network_or_truncated_are_refused(tmp_path, tiny_digits):
@@ -99,6 +102,23 @@ def test_checkpoints_load_with_weights_only_semantics(tmp_path, tiny_digits):
     assert "weights_only" in result.stderr or "Unsupported global" in result.stderr
 
 
+def kill_and_resume(args, kill_at: int, tmp_path):
+    """Run ``cli.py fit ARGS`` whole in tmp_path/whole; in tmp_path/killed, SIGKILL it when step
+    ``kill_at`` starts and resume it with ``--ckpt_path last``. Returns the three finished processes."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_KILL_AT=str(kill_at))
+    run = lambda *extra, cwd: subprocess.run([sys.executable, ROOT / "cli.py", "fit", *map(str, args), *extra],
+                                             cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "killed").mkdir()
+    whole = run(cwd=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = run("--trainer.callbacks+=kill_probe.KillAtStep", cwd=tmp_path / "killed")
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL
+    resumed = run("--ckpt_path", "last", cwd=tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    return whole, killed, resumed
+
+
 def test_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(tmp_path, tiny_digits):
     """SIGKILL at step 7 (after the step-6 checkpoint), then `--ckpt_path last`: the same weights and
     tau at the end as a run that was never interrupted (CPU, seed 2020, with the paper's augmentation
@@ -109,20 +129,10 @@ def test_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(tmp_path, t
             "--trainer.log_every_n_steps", "1", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
             "--trainer.callbacks.every_n_train_steps", "3", "--trainer.callbacks.save_top_k", "0",
             "--trainer.callbacks.save_last", "true"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_KILL_AT="7")
-    run = lambda *extra, cwd: subprocess.run([sys.executable, ROOT / "cli.py", "fit", *map(str, args), *extra],
-                                             cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    (tmp_path / "whole").mkdir()
-    (tmp_path / "killed").mkdir()
-    whole = run(cwd=tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    killed = run("--trainer.callbacks+=kill_probe.KillAtStep", cwd=tmp_path / "killed")
-    assert killed.returncode == -9  # SIGKILL
+    _, _, resumed = kill_and_resume(args, 7, tmp_path)
     interrupted = torch.load(tmp_path / "killed" / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
                              weights_only=True)
     assert interrupted["global_step"] == 6
-    resumed = run("--ckpt_path", "last", cwd=tmp_path / "killed")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from runs/lightning_logs/version_0/checkpoints/last.ckpt" in resumed.stderr
 
     with open(tmp_path / "killed" / "runs" / "lightning_logs" / "version_1" / "metrics.csv") as f:
@@ -166,3 +176,107 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_readable(tmp_pa
     assert (tmp_path / "last.ckpt").read_bytes() == good
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
     assert [v.item() for k, v in state.items() if k.endswith(".w")] == [0.0] * 4  # tau0 = 2, not the w of 3.0
+
+
+def test_resume_is_exact_with_loader_workers_and_validation(tmp_path, tiny_digits):
+    """The configs' defaults: 2 loader workers per loader (persistent), validation and test loaders
+    every epoch, a sanity check at the start of a fresh run but not of a resumed one. SIGKILL in
+    epoch 0, `--ckpt_path last`, and epoch 1 must end with the uninterrupted run's weights: no
+    loader may draw its workers' seeds from the global random stream that dropout uses."""
+    args = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "2",
+            "--data.batch_size", "4", "--model.time_steps", "2", "--model.lr", "0.01",
+            "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "8", "--trainer.limit_val_batches", "2",
+            "--trainer.log_every_n_steps", "1", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            "--trainer.callbacks.every_n_train_steps", "3", "--trainer.callbacks.save_top_k", "-1",
+            "--trainer.callbacks.filename", "s{step}"]
+    _, _, resumed = kill_and_resume(args, 4, tmp_path)
+    assert "sstep=3.ckpt" in resumed.stderr  # resumed mid-epoch 0, before any validation ran
+    final = [torch.load(folder / "runs" / "lightning_logs" / version / "checkpoints" / "last.ckpt", weights_only=True)
+             for folder, version in ((tmp_path / "whole", "version_0"), (tmp_path / "killed", "version_1"))]
+    assert final[0]["global_step"] == final[1]["global_step"] == 16
+    for name, value in final[0]["state_dict"].items():
+        torch.testing.assert_close(final[1]["state_dict"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_diverged_run_stops_non_zero_and_saves_no_non_finite_checkpoint(tmp_path, tiny_digits):
+    """lr 1e30: the weights overflow within a few steps, the network falls silent and the rate loss
+    stays at a finite 0.1, so only the gradients and the state show it."""
+    result = run_cli("fit", *BASE, "--data.root", tiny_digits, "--model.lr", "1e30", "--trainer.max_epochs", "2",
+                     "--trainer.limit_train_batches", "4", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "is not finite at step 1 (epoch 0): the run has diverged" in result.stderr, result.stderr[-2000:]
+    saved = list((tmp_path / "runs").rglob("*.ckpt"))
+    for path in saved:
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(value).all() for value in state.values() if value.is_floating_point()), path
+
+
+def write_idx(path, array):
+    """An IDX file as LeCun's page describes it: 0, 0, 0x08 (unsigned bytes), the number of
+    dimensions, each dimension as a big-endian uint32, then the bytes."""
+    import struct
+
+    path.write_bytes(bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def test_a_truncated_mnist_file_is_named_instead_of_not_found(tmp_path):
+    import numpy as np
+    from torchvision.datasets import MNIST
+
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 40), ("t10k", 10)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(count, dtype=np.uint8) % 10)
+    assert len(MNIST(str(tmp_path / "data"), train=True)) == 40  # torchvision reads the files as written
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-1000])
+    result = run_cli("fit", *BASE, "--data.root", tmp_path / "data", cwd=tmp_path)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{images} is {16 + 40 * 784 - 1000} bytes, but its header announces 40x28x28 items" in last, result.stderr[-2000:]
+    assert "--data.download true" in last and "was not found" not in result.stderr
+
+
+def event_cli(*args, cwd):
+    return subprocess.run([sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / "nmnist.yaml",
+                           "--data.num_workers", "0", "--data.batch_size", "2", "--data.time_steps", "2",
+                           "--data.val_fraction", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                           "--trainer.limit_val_batches", "2", *map(str, args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def test_a_damaged_frames_cache_file_is_rebuilt_and_all_corrupt_recordings_stop_the_run(tmp_path):
+    import numpy as np
+    from test_event_data import make_nmnist
+
+    make_nmnist(tmp_path / "data", per_digit=1, test_per_digit=1)
+    assert event_cli("--data.root", tmp_path / "data", cwd=tmp_path).returncode == 0
+    cached = sorted((tmp_path / "data" / "frames_cache").rglob("*.npy"))
+    good = np.load(cached[0])
+    cached[0].write_bytes(cached[0].read_bytes()[:100])
+    for on_error in ("raise", "skip"):
+        result = event_cli("--data.root", tmp_path / "data", "--data.on_error", on_error, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        if on_error == "raise":
+            assert f"damaged frames cache file {cached[0]}" in result.stderr and "rebuilt from the recording" in result.stderr
+        np.testing.assert_array_equal(np.load(cached[0]), good)
+
+    for recording in (tmp_path / "data").rglob("*.bin"):
+        recording.write_bytes(b"\0\0\0")  # not a whole 5-byte event
+    result = event_cli("--data.root", tmp_path / "data", "--data.cache", "false", "--data.on_error", "skip", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "nmnist: all 10 recordings of a split are corrupt, so there is nothing to load" in result.stderr.strip().splitlines()[-1]
+    assert sorted(p.name for p in (tmp_path / "runs" / "lightning_logs").iterdir()) == ["version_0", "version_1", "version_2"]
+
+
+def test_a_checkpoint_of_a_non_finite_state_is_never_written(tmp_path):
+    model = SpikingClassifier("mnist", time_steps=1)
+    trainer = L.Trainer(logger=False, max_epochs=0, callbacks=[StopOnNonFinite()])
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "good.ckpt")
+    model.net.encoder[1].running_var[3] = float("inf")  # BatchNorm statistics overflow in the forward pass
+    with pytest.raises(FloatingPointError, match=r"net\.encoder\.1\.running_var .*holds non-finite values"):
+        trainer.save_checkpoint(tmp_path / "bad.ckpt")
+    assert not (tmp_path / "bad.ckpt").exists()

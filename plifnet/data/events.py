@@ -207,7 +207,9 @@ class EventFrames(Dataset):
         recording = self.recordings[index]
         cached = self._cache_file(recording) if self.cache else None
         if cached is not None and cached.exists():
-            return np.load(cached)
+            frames = self._load_cached(cached, recording)
+            if frames is not None:
+                return frames
         events = self.read(recording.path)
         if recording.window is not None:
             start, end = recording.window
@@ -221,6 +223,22 @@ class EventFrames(Dataset):
         if cached is not None:
             write_atomically(cached, lambda tmp: np.save(tmp, frames))
         return frames
+
+    def _load_cached(self, cached: Path, recording: Recording) -> np.ndarray | None:
+        """The cached frames, or None (the file removed, to be rebuilt from the recording) when the
+        cache file is damaged: a cache is derived data, so damage there is repaired, not fatal."""
+        shape = (self.time_steps, 2, *self.sensor_size)
+        try:
+            frames = np.load(cached)
+            if frames.shape == shape:
+                return frames
+            problem = f"frames of shape {frames.shape} instead of {shape}"
+        except (ValueError, OSError, EOFError) as error:
+            problem = str(error) or type(error).__name__
+        warnings.warn(f"damaged frames cache file {cached} ({problem}) of {recording.path}: rebuilt from the recording",
+                      RuntimeWarning)
+        cached.unlink(missing_ok=True)
+        return None
 
     def __getitem__(self, index: int):
         return torch.from_numpy(self.frames(index)), self.targets[index]
@@ -392,6 +410,10 @@ class EventDataModule(ClassificationDataModule):
                 good.append(recording)
             except CorruptRecording as error:
                 self.skipped.append(str(error))
+        if frames.recordings and not good:
+            raise CorruptRecording(f"{self.dataset}: all {len(frames.recordings)} recordings of a split are corrupt, so "
+                                   f"there is nothing to load; e.g. {self.skipped[-1]}. Fix: "
+                                   f"check or download the files again (--data.on_error skip leaves out some, not all)")
         if len(good) < len(frames.recordings):
             warnings.warn(f"{self.dataset}: skipped {len(frames.recordings) - len(good)} corrupt recording(s) "
                           f"of {len(frames.recordings)}, e.g. {self.skipped[-1]}", RuntimeWarning)

@@ -11,6 +11,8 @@ Two on-disk layouts are served from ``root``:
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Callable, Literal
 import torch
 from PIL import Image
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2 as T
 
 from plifnet.data.common import ClassificationDataModule
@@ -47,6 +50,27 @@ DATASETS = {
         augment=lambda: [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()],
     ),
 }
+
+
+IDX_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # by the IDX type code
+
+
+def idx_size_problem(path: Path) -> str | None:
+    """Check an IDX file (LeCun's format of the MNIST files: 0, 0, type code, number of dimensions,
+    one big-endian uint32 per dimension, then the data) against the size its header announces."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_ITEM_BYTES:
+            return f"is not an IDX file ({size} bytes, header {head.hex() or 'missing'})"
+        dims = f.read(4 * head[3])
+    if len(dims) < 4 * head[3]:
+        return f"is {size} bytes, shorter than its own header"
+    shape = struct.unpack(f">{head[3]}I", dims)
+    expected = 4 + 4 * head[3] + math.prod(shape) * IDX_ITEM_BYTES[head[2]]
+    if size != expected:
+        return f"is {size} bytes, but its header announces {'x'.join(map(str, shape))} items ({expected} bytes): truncated or damaged"
+    return None
 
 
 def _open_image(path: str, mode: str) -> Image.Image:
@@ -109,10 +133,29 @@ class StaticDataModule(ClassificationDataModule):
     def _torchvision(self, train: bool, transform, download: bool = False):
         try:
             return self.spec.torchvision_class(str(self.root), train=train, transform=transform, download=download)
-        except RuntimeError as error:  # torchvision: "Dataset not found. You can use download=True ..."
+        except RuntimeError as error:  # torchvision: "Dataset not found or corrupted", or a size mismatch
+            damaged = self._damaged_file()
+            if damaged:
+                raise ValueError(f"{self.dataset}: {damaged}. Fix: delete it and pass --data.download true (needs "
+                                 f"network), or copy it again from your source") from error
             raise FileNotFoundError(self._missing_message()) from error
         except OSError as error:  # no network, host down, disk full while downloading
             raise FileNotFoundError(f"could not download {self.dataset} into {self.root}: {error}. " + self._missing_message()) from error
+
+    def _damaged_file(self) -> str | None:
+        """What is wrong with the first damaged file of torchvision's layout, if one is: CIFAR-10's
+        against the checksums that torchvision publishes, the MNIST family's (IDX files) against the
+        size that their own header announces."""
+        folder = self.root / self.spec.torchvision_folder
+        published = getattr(self.spec.torchvision_class, "train_list", []) + getattr(self.spec.torchvision_class, "test_list", [])
+        for name, md5 in published:
+            if (folder / name).is_file() and not check_integrity(str(folder / name), md5):
+                return f"{folder / name} does not match its published checksum (md5 {md5}): truncated or damaged"
+        for path in sorted((folder / "raw").glob("*-ubyte")):
+            problem = idx_size_problem(path)
+            if problem:
+                return f"{path} {problem}"
+        return None
 
     def _image_folder(self, train: bool, transform):
         mode = "L" if self.spec.channels == 1 else "RGB"
