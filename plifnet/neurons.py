@@ -23,12 +23,15 @@ step; ``cpu`` and ``triton`` are fused kernels computing the same function (:mod
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
 from plifnet import kernels
+from plifnet.registry import Registry
 from plifnet.surrogates import ATan, Surrogate, surrogate as make_surrogate
 
 STEP_MODES = ("multi", "single")
@@ -56,15 +59,25 @@ def multi_step(x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrog
     This is the plain reference: one autograd node per operation per step.
     """
     v = torch.full_like(x_seq[0], 0.0 if v_reset is None else v_reset)
+    return run_steps(x_seq, v, lambda v, x: neuron_step(v, x, k, v_threshold, v_reset, detach_reset, decay_input, surrogate))
+
+
+def run_steps(x_seq, state, step):
+    """``step(state, X[t]) -> (S[t], state)`` over ``x_seq [T, N, ...]``; returns the spikes ``[T, N, ...]``."""
     spikes = []
     for x in x_seq:
-        spike, v = neuron_step(v, x, k, v_threshold, v_reset, detach_reset, decay_input, surrogate)
+        spike, state = step(state, x)
         spikes.append(spike)
     return torch.stack(spikes)
 
 
 class BaseNode(nn.Module):
-    """State handling and step modes shared by PLIF, LIF and IF; subclasses define :meth:`decay`."""
+    """State handling and step modes shared by PLIF, LIF and IF; subclasses define :meth:`decay`.
+
+    A new neuron model subclasses this and overrides :meth:`step` (and :meth:`initial_state` when
+    its state is more than ``V``): it then runs its own equations on the reference path, since the
+    fused kernels compute the built-in step only.
+    """
 
     decay_input = True
 
@@ -96,6 +109,19 @@ class BaseNode(nn.Module):
         """The leak ``k = 1/tau`` shaped to broadcast over a per-step input ``x [N, ...]``."""
         raise NotImplementedError
 
+    def initial_state(self, x: torch.Tensor):
+        """The state before the first step, shaped like one step's input ``x [N, ...]``: ``V = V_reset``."""
+        return torch.full_like(x, 0.0 if self.v_reset is None else self.v_reset)
+
+    def step(self, state, x: torch.Tensor, k):
+        """One time step: ``(S[t], state[t])`` from ``state[t-1]`` (here ``V``), ``X[t]`` and the leak ``k``."""
+        return neuron_step(state, x, k, *self._options())
+
+    @property
+    def fusable(self) -> bool:
+        """Whether the fused kernels compute this neuron: only the built-in :meth:`step` is fused."""
+        return type(self).step is BaseNode.step and type(self).initial_state is BaseNode.initial_state
+
     def forward(self, x: torch.Tensor, time_steps: int | None = None) -> torch.Tensor:
         """Multi-step: ``x [T, N, ...]``, or with ``time_steps`` one input ``x [N, ...]`` applied at each
         of ``time_steps`` steps; returns spikes ``[T, N, ...]``. Single-step: ``x [N, ...]``."""
@@ -105,15 +131,15 @@ class BaseNode(nn.Module):
             if x.dim() < (1 if time_steps else 2):
                 raise ValueError(f"{type(self).__name__}: multi-step input must be [T, N, ...] (or [N, ...] with "
                                  f"time_steps), got shape {tuple(x.shape)}")
-            backend = kernels.resolve(self.backend, x, self.surrogate)
+            backend = kernels.resolve(self.backend, x, self.surrogate) if self.fusable else "reference"
             k = self.decay(x if time_steps else x[0])
             if backend == "reference":
                 x_seq = x.expand(time_steps, *x.shape) if time_steps else x
-                return multi_step(x_seq, k, *self._options())
+                return run_steps(x_seq, self.initial_state(x_seq[0]), lambda state, x_t: self.step(state, x_t, k))
             return kernels.fused_multi_step(x, k, *self._options(), backend=backend, time_steps=time_steps)
         if self.v is None:
-            self.v = torch.full_like(x, 0.0 if self.v_reset is None else self.v_reset)
-        spike, self.v = neuron_step(self.v, x, self.decay(x), *self._options())
+            self.v = self.initial_state(x)
+        spike, self.v = self.step(self.v, x, self.decay(x))
         return spike
 
     def _options(self):
@@ -222,51 +248,91 @@ class IF(BaseNode):
         return 0.0
 
 
-NEURONS = {"plif": PLIF, "lif": LIF, "if": IF}
+NEURONS = Registry("neuron", "plifnet.neurons")
+for _name, _cls in (("plif", PLIF), ("lif", LIF), ("if", IF)):
+    NEURONS.register(_name, _cls)
+register_neuron = NEURONS.register
+
+_plugin_neurons: set[type] = set()  # classes of neurons that neuron_factory built: the callbacks find them too
+
+
+def is_neuron(module: nn.Module) -> bool:
+    """A spiking neuron: a :class:`BaseNode`, or a module of a class that :func:`neuron_factory` built."""
+    return isinstance(module, BaseNode) or type(module) in _plugin_neurons
 
 
 def reset_state(module: nn.Module) -> None:
     """Reset the single-step state of every neuron inside ``module`` (any module tree)."""
     for m in module.modules():
-        if isinstance(m, BaseNode):
+        if is_neuron(m):
             m.reset()
 
 
 def neuron_factory(
-    kind: str = "plif",
+    kind: str | type | Callable[[], nn.Module] = "plif",
     tau: float = 2.0,
     v_threshold: float = 1.0,
     v_reset: float | None = 0.0,
     detach_reset: bool = True,
     decay_input: bool = True,
-    surrogate: str = "atan",
+    surrogate: str | Surrogate = "atan",
     surrogate_alpha: float | None = None,
     per_channel: bool = False,
     backend: str = "auto",
 ):
     """A function ``make(channels) -> neuron`` that builds one fresh neuron per spiking layer.
 
-    This is how networks take their neuron from plain config values: ``kind`` is ``plif``, ``lif``
-    or ``if`` (IF ignores ``tau`` and ``decay_input``); the surrogate is named as in
-    :data:`plifnet.surrogates.SURROGATES`; ``backend`` as in :class:`BaseNode`. Bad values fail here,
-    before any layer is built.
-    """
-    if kind not in NEURONS:
-        raise ValueError(f"unknown neuron {kind!r}; choose one of {sorted(NEURONS)}")
-    if per_channel and kind != "plif":
-        raise ValueError(f"per_channel applies to the learnable tau of 'plif' only, not to {kind!r}")
-    if kind != "if":
-        _check_tau(tau)
-    spike_fn = make_surrogate(surrogate, surrogate_alpha)
-    common = dict(v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset, surrogate=spike_fn,
-                  backend=backend)
+    ``kind`` is a name of :data:`NEURONS` (``plif``, ``lif``, ``if``, a plug-in's entry-point name or
+    a class path) or a class: it gets those of the other arguments that its ``__init__`` takes (IF
+    takes no ``tau``), plus ``channels`` (the layer's width) where it takes one. ``kind`` may also be
+    a ready factory taking no arguments (what a ``class_path`` with ``init_args`` in a config gives),
+    which is called as it is. The surrogate is named as in :data:`plifnet.surrogates.SURROGATES`, or
+    given as an instance. Bad values and bad plug-ins fail here, before any layer is built.
 
-    def make(channels: int) -> BaseNode:
-        if kind == "plif":
-            return PLIF(tau, decay_input=decay_input, per_channel=per_channel, channels=channels, **common)
-        if kind == "lif":
-            return LIF(tau, decay_input=decay_input, **common)
-        return IF(**common)
+    The protocol a neuron follows: a ``torch.nn.Module`` mapping ``[T, N, ...]`` to spikes
+    ``[T, N, ...]``, optionally ``forward(x [N, ...], time_steps=T)`` for a constant input, a
+    ``reset()`` that forgets its state, and optionally a learnable ``tau`` tensor (logged).
+    """
+    if isinstance(kind, str):
+        kind = NEURONS.get(kind)
+    if isinstance(kind, type):
+        options = dict(tau=tau, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
+                       decay_input=decay_input, surrogate=make_surrogate(surrogate, surrogate_alpha),
+                       per_channel=per_channel, backend=backend)
+        accepted = _parameters(kind)
+        if per_channel and "per_channel" not in accepted:
+            raise ValueError(f"per_channel applies to neurons with a per-channel tau (plif), not to {kind.__name__}")
+        cls = kind
+
+        def build(channels: int) -> nn.Module:
+            given = dict(options, channels=channels)
+            return cls(**(given if accepted is None else {k: v for k, v in given.items() if k in accepted}))
+    elif callable(kind):
+        factory = kind
+
+        def build(channels: int) -> nn.Module:
+            return factory()
+    else:
+        raise TypeError(f"neuron must be a name, a class or a factory, got {kind!r}")
+
+    def make(channels: int) -> nn.Module:
+        neuron = build(channels)
+        if not isinstance(neuron, nn.Module):
+            raise TypeError(f"the neuron factory built a {type(neuron).__name__}, not a torch.nn.Module")
+        if not callable(getattr(neuron, "reset", None)):
+            raise TypeError(f"neuron {type(neuron).__name__} has no reset() method: a neuron must forget its "
+                            f"state between batches (see docs/EXTENDING.md)")
+        if not isinstance(neuron, BaseNode):
+            _plugin_neurons.add(type(neuron))
+        return neuron
 
     make(1)  # validate the options once (e.g. v_reset >= v_threshold) before any network is built
     return make
+
+
+def _parameters(cls: type) -> set[str] | None:
+    """The keyword parameters of ``cls.__init__`` (None: it takes ``**kwargs``, so everything)."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

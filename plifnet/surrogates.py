@@ -6,7 +6,10 @@ the backward pass with a smooth bump ``g(x)``; the forward pass stays the exact 
 ``heaviside(0) = 1`` (SPEC section 1).
 
 Each surrogate documents ``g`` (:meth:`derivative`) and a smooth ``primitive`` whose derivative is
-``g``, so the backward can be checked against autograd of the primitive.
+``g``, so the backward can be checked against autograd of the primitive. A plug-in surrogate is a
+subclass that defines ``derivative`` (it runs on the reference path; the fused kernels know the
+surrogates of :data:`plifnet.kernels.FUSED_SURROGATES`), registered with :func:`register_surrogate`
+or an entry point in the group ``plifnet.surrogates``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from plifnet.registry import Registry
 
 
 class _Heaviside(torch.autograd.Function):
@@ -135,18 +140,20 @@ class Rectangle(Surrogate):
         return (self.alpha * x + 0.5).clamp(0, 1)
 
 
-SURROGATES = {
-    "atan": ATan,
-    "sigmoid": Sigmoid,
-    "piecewise_quadratic": PiecewiseQuadratic,
-    "fast_sigmoid": FastSigmoid,
-    "rectangle": Rectangle,
-}
+SURROGATES = Registry("surrogate", "plifnet.surrogates")
+for _name, _cls in (("atan", ATan), ("sigmoid", Sigmoid), ("piecewise_quadratic", PiecewiseQuadratic),
+                    ("fast_sigmoid", FastSigmoid), ("rectangle", Rectangle)):
+    SURROGATES.register(_name, _cls)
+register_surrogate = SURROGATES.register
 
 
-def surrogate(name: str, alpha: float | None = None) -> Surrogate:
-    """Build a surrogate by name (``atan``, ``sigmoid``, ...) with its default or the given alpha."""
-    if name not in SURROGATES:
-        raise ValueError(f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}")
-    cls = SURROGATES[name]
+def surrogate(name: "str | Surrogate", alpha: float | None = None) -> Surrogate:
+    """A surrogate by name (``atan``, ``sigmoid``, ..., a plug-in's entry-point name or a class path)
+    with its default or the given alpha; a :class:`Surrogate` instance is returned as it is."""
+    if isinstance(name, Surrogate):
+        return name
+    cls = SURROGATES.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Surrogate)):
+        raise TypeError(f"surrogate {name!r} is {cls!r}, not a subclass of plifnet.surrogates.Surrogate "
+                        f"(which gives derivative(x); see docs/EXTENDING.md)")
     return cls() if alpha is None else cls(alpha)

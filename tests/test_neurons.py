@@ -190,9 +190,9 @@ def test_multi_step_calls_are_independent():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="unknown neuron 'alif'"):
-        neuron_factory("alif")
-    with pytest.raises(ValueError, match="per_channel applies to the learnable tau of 'plif' only"):
+    with pytest.raises(ValueError, match="unknown neuron 'alfi'; choose one of .*'plif'.*entry-point group 'plifnet.neurons'"):
+        neuron_factory("alfi")
+    with pytest.raises(ValueError, match="per_channel applies to neurons with a per-channel tau"):
         neuron_factory("lif", per_channel=True)
     with pytest.raises(ValueError, match="step_mode"):
         PLIF(step_mode="both")

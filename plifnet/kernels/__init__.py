@@ -21,7 +21,10 @@ import torch
 from plifnet.surrogates import ATan, FastSigmoid, PiecewiseQuadratic, Rectangle, Sigmoid, Surrogate
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
-SURROGATE_CODES = {ATan: 0, Sigmoid: 1, PiecewiseQuadratic: 2, FastSigmoid: 3, Rectangle: 4}
+# The surrogates with a fused form, and the code that each backend's kernel switches on
+# (cpu.surrogate_grad, gpu._surrogate_grad). Any other surrogate (a plug-in, or a subclass of one of
+# these) runs on the reference path, with its own derivative.
+FUSED_SURROGATES = {ATan: 0, Sigmoid: 1, PiecewiseQuadratic: 2, FastSigmoid: 3, Rectangle: 4}
 
 
 @lru_cache(maxsize=None)  # asked at every forward of every layer
@@ -39,7 +42,7 @@ def resolve(backend: str, x: torch.Tensor, surrogate: Surrogate) -> str:
     """The backend that runs ``x``: ``auto`` picks the fused kernel of x's device when there is one."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if type(surrogate) not in SURROGATE_CODES:
+    if type(surrogate) not in FUSED_SURROGATES:
         if backend not in ("auto", "reference"):
             raise ValueError(f"the fused kernels know the built-in surrogates only, not {type(surrogate).__name__}")
         return "reference"
@@ -85,7 +88,7 @@ class FusedMultiStep(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         h, k_vec = ctx.saved_tensors
         shape, dtype, rows, channels, inner, options, surrogate, backend, k_shape = ctx.meta
-        code = SURROGATE_CODES[type(surrogate)]
+        code = FUSED_SURROGATES[type(surrogate)]
         grad = grad_spikes.reshape(grad_spikes.shape[0], -1).to(torch.float32).contiguous()
         grad_x, grad_k_parts = _kernels(backend).backward(
             grad, h, rows, k_vec, channels, inner, *options, code, surrogate.alpha
