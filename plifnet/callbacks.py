@@ -1,7 +1,7 @@
 """Lightning callbacks: neuron state reset, divergence stop, tau and firing-rate monitors, run history, prediction writer.
 
 Where tau is logged: :class:`TauMonitor` reads ``PLIF.tau`` (``plifnet/neurons.py``) of every PLIF
-layer every ``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every logger of the run.
+layer (and the ``tau`` tensor of any plug-in neuron) every ``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every logger of the run.
 """
 
 from __future__ import annotations
@@ -18,15 +18,21 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from plifnet import plots
 from plifnet.files import write_atomically
-from plifnet.neurons import PLIF, BaseNode, reset_state
+from plifnet.neurons import is_neuron, reset_state
 
 
-def spiking_layers(module: torch.nn.Module) -> dict[str, BaseNode]:
-    """The neurons of a model by readable name (``conv1``, ..., ``fc2`` for the paper's networks)."""
+def spiking_layers(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The neurons of a model by readable name: ``conv1``, ..., ``fc2`` for networks of layer tokens,
+    the module path (``lif1``, ``block.neuron``) in any other network."""
     for m in module.modules():
         if hasattr(m, "spiking_layers") and m is not module:
             return m.spiking_layers()
-    return {name: m for name, m in module.named_modules() if isinstance(m, BaseNode)}
+    return {name.removeprefix("net."): m for name, m in module.named_modules() if is_neuron(m)}
+
+
+def learnable_tau(neuron: torch.nn.Module) -> bool:
+    """Whether a neuron has a ``tau`` tensor worth following (PLIF's; LIF's fixed tau is a number)."""
+    return torch.is_tensor(getattr(neuron, "tau", None))
 
 
 def _run_dir(trainer) -> Path:
@@ -168,7 +174,7 @@ class TauMonitor(Callback):
     def on_fit_start(self, trainer, pl_module):
         if self.every_n_steps is None:  # follow --trainer.log_every_n_steps
             self.every_n_steps = trainer.log_every_n_steps
-        self.layers = {name: m for name, m in spiking_layers(pl_module).items() if isinstance(m, PLIF)}
+        self.layers = {name: m for name, m in spiking_layers(pl_module).items() if learnable_tau(m)}
         if not self.steps or set(self.history) != set(self.layers):  # a resumed run keeps its history
             self.steps, self.history = [], {name: [] for name in self.layers}
             self._record(trainer, pl_module)  # tau0, at step 0
@@ -182,7 +188,7 @@ class TauMonitor(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.layers:
             return
-        mean_tau = torch.stack([layer.tau.mean() for layer in self.layers.values()]).mean()
+        mean_tau = torch.stack([layer.tau.detach().mean() for layer in self.layers.values()]).mean()
         pl_module.log("tau_mean", mean_tau, prog_bar=True, logger=False)
         if trainer.global_step % self.every_n_steps == 0 and trainer.global_step not in self.steps:
             self._record(trainer, pl_module)
@@ -192,7 +198,7 @@ class TauMonitor(Callback):
             return
         step, metrics = trainer.global_step, {}
         for name, layer in self.layers.items():
-            tau = layer.tau.float().cpu()
+            tau = layer.tau.detach().float().cpu()
             if tau.dim() == 0:
                 metrics[f"tau/{name}"] = tau.item()
             else:

@@ -1,4 +1,5 @@
-"""The six networks of Fang et al., ICCV 2021 (SPEC section 2), built from one table.
+"""The six networks of Fang et al., ICCV 2021 (SPEC section 2), built from one table, and your own
+networks from the same layer tokens.
 
 Each network is a string of layer tokens read left to right:
 
@@ -17,6 +18,7 @@ Event frames ([T, N, 2, H, W]) feed frame t at step t.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 from plifnet import kernels
-from plifnet.neurons import BaseNode, neuron_factory
+from plifnet.neurons import is_neuron, neuron_factory
 
 
 @dataclass(frozen=True)
@@ -122,17 +124,22 @@ def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class SpikingNet(nn.Module):
-    """One of the paper's networks: ``SpikingNet("cifar10", neuron=neuron_factory("lif", tau=16))``.
+    """A network of layer tokens: one of the paper's, ``SpikingNet("cifar10", neuron=neuron_factory("lif", tau=16))``,
+    or your own, ``SpikingNet(layers="c64 p c64 p d f100", in_channels=2, size=34, classes=10)``.
 
     Args:
-        arch: a key of :data:`ARCHS`.
-        neuron: ``make(channels) -> neuron``, called once per spiking layer (default: PLIF, tau0 = 2).
+        arch: a key of :data:`ARCHS` (its layers, input shape, classes and T); or None with ``layers``.
+        neuron: ``make(channels) -> neuron``, called once per spiking layer, or a neuron name for
+            :func:`plifnet.neurons.neuron_factory` (default: PLIF, tau0 = 2).
         variant: ``"code"`` (the authors' released code, which produced the published numbers) or
             ``"paper"`` (the paper's table), where the two differ (CIFAR-10, CIFAR10-DVS).
         dropout: the dropout probability of every ``d`` layer.
-        time_steps: T for static images (default: the paper's); event data brings its own T.
+        time_steps: T for static images (default: the paper's, or 8); event data brings its own T.
         backend: ``auto``, ``reference`` or a fused kernel, for the max-pooling layers (the neurons
             take theirs from ``neuron``).
+        layers, in_channels, size, classes, static: a network of your own (with ``arch=None``): the
+            tokens above, the input's channels and height = width, the classes (the last ``f`` layer
+            must have 10 per class), and whether the input is images (True) or event frames.
 
     Input: images ``[N, C, H, W]`` or event frames ``[T, N, C, H, W]``. Output: class scores
     ``[T, N, classes]`` (the firing rate of each class's vote group at each step).
@@ -140,36 +147,54 @@ class SpikingNet(nn.Module):
 
     def __init__(
         self,
-        arch: str,
-        neuron: Callable[[int], BaseNode] | None = None,
+        arch: str | None = None,
+        neuron: Callable[[int], nn.Module] | str | None = None,
         variant: str = "code",
         dropout: float = 0.5,
         time_steps: int | None = None,
         backend: str = "auto",
+        layers: str | None = None,
+        in_channels: int | None = None,
+        size: int | None = None,
+        classes: int | None = None,
+        static: bool = False,
     ):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"unknown network {arch!r}; choose one of {sorted(ARCHS)}")
+        if (arch is None) == (layers is None):
+            raise ValueError("give either arch (one of the paper's networks) or layers (your own), not both")
+        if arch is None:
+            if None in (in_channels, size, classes):
+                raise ValueError("a network given by layers needs in_channels, size and classes")
+            arch = "custom"
+            spec = Arch(in_channels, size, classes, 8, static, layers)
+        elif arch not in ARCHS:
+            raise ValueError(f"unknown network {arch!r}; choose one of {sorted(ARCHS)}, or give layers")
+        else:
+            spec = ARCHS[arch]
         if variant not in ("code", "paper"):
             raise ValueError(f"variant must be 'code' or 'paper', got {variant!r}")
-        self.arch_name, self.arch = arch, ARCHS[arch]
-        self.time_steps = self.arch.time_steps if time_steps is None else int(time_steps)
+        self.arch_name, self.arch = arch, spec
+        self.classes = spec.classes
+        self.time_steps = spec.time_steps if time_steps is None else int(time_steps)
         if self.time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
-        neuron = neuron or neuron_factory("plif")
-        tokens = ((variant == "paper" and self.arch.paper_layers) or self.arch.layers).split()
+        neuron = neuron_factory(neuron or "plif") if neuron is None or isinstance(neuron, str) else neuron
+        tokens = ((variant == "paper" and spec.paper_layers) or spec.layers).split()
 
-        channels, size, features = self.arch.in_channels, self.arch.size, None
+        channels, size, features = spec.in_channels, spec.size, None
         layers: list[nn.Module] = []
         for token in tokens:
-            kind, width = token[0], int(token[1:] or 0)
+            kind, width = token[0], token[1:]
+            if kind not in "cpdf" or (kind in "cf") != width.isdigit():
+                raise ValueError(f"bad layer token {token!r} in {' '.join(tokens)!r}: use c<n>, p, d or f<n>")
+            width = int(width or 0)
             if kind == "c":
                 layers += [TimeDistributed(_conv_bn(channels, width)), neuron(width)]
                 channels = width
             elif kind == "p":
                 layers.append(MaxPool(backend))
                 size //= 2
-            elif kind in "df" and features is None:
+            elif features is None:
                 layers.append(nn.Flatten(2))
                 features = channels * size * size
             if kind == "d":
@@ -177,13 +202,18 @@ class SpikingNet(nn.Module):
             elif kind == "f":
                 layers += [nn.Linear(features, width, bias=False), neuron(width)]
                 features = width
-        if features != self.arch.classes * VOTES_PER_CLASS:
-            raise AssertionError(f"{arch}: the last layer must have {VOTES_PER_CLASS} neurons per class")
+        if not isinstance(layers[0], TimeDistributed):
+            raise ValueError(f"{arch}: the first layer must be a convolution (c<n>), the learned encoder")
+        if features != spec.classes * VOTES_PER_CLASS:
+            raise ValueError(f"{arch}: the last layer must have {VOTES_PER_CLASS} neurons per class "
+                             f"(f{spec.classes * VOTES_PER_CLASS}), got {features}")
         layers.append(Vote())
 
         # The first Conv+BN is the encoder: once per image for static data, per frame for events.
         self.encoder = layers[0].module
         self.layers = nn.Sequential(*layers[1:])
+        # a neuron that takes a constant input once (time_steps=T) is spared the [T, N, ...] copy
+        self._constant_input = "time_steps" in inspect.signature(self.layers[0].forward).parameters
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -199,7 +229,11 @@ class SpikingNet(nn.Module):
             )
         if self.arch.static:  # the same current at every step: the first neuron takes it once
             first_neuron, *layers = self.layers
-            x_seq = first_neuron(self.encoder(x), time_steps=self.time_steps)
+            current = self.encoder(x)
+            if self._constant_input:
+                x_seq = first_neuron(current, time_steps=self.time_steps)
+            else:
+                x_seq = first_neuron(current.expand(self.time_steps, *current.shape))
         else:
             layers = self.layers
             x_seq = self.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])
@@ -207,12 +241,12 @@ class SpikingNet(nn.Module):
             x_seq = layer(x_seq)
         return x_seq
 
-    def spiking_layers(self) -> dict[str, BaseNode]:
+    def spiking_layers(self) -> dict[str, nn.Module]:
         """The neurons by a readable name: ``conv1``, ``conv2``, ..., ``fc1``, ``fc2`` (the output)."""
         names, counts = {}, {"conv": 0, "fc": 0}
         previous = None
         for module in [self.encoder, *self.layers]:
-            if isinstance(module, BaseNode):
+            if is_neuron(module):
                 kind = "fc" if isinstance(previous, nn.Linear) else "conv"
                 counts[kind] += 1
                 names[f"{kind}{counts[kind]}"] = module

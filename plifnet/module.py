@@ -12,29 +12,40 @@ protocol A is ``test/acc_best`` (best test accuracy over epochs), protocol B is
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import lightning as L
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from plifnet import checkpoints
 from plifnet.models import SpikingNet
 from plifnet.neurons import neuron_factory
+from plifnet.surrogates import Surrogate
 
 
 class SpikingClassifier(L.LightningModule):
-    """A spiking classifier: one of :data:`plifnet.models.ARCHS` with PLIF, LIF or IF neurons.
+    """A spiking classifier: one of the paper's networks (:data:`plifnet.models.ARCHS`), or any network.
 
     Args:
-        arch: network name (``mnist``, ``fashion_mnist``, ``cifar10``, ``nmnist``, ``cifar10dvs``, ``dvs_gesture``).
-        neuron: ``plif`` (learnable tau), ``lif`` (fixed tau) or ``if`` (no leak).
+        arch: the paper's network by name (``mnist``, ``fashion_mnist``, ``cifar10``, ``nmnist``,
+            ``cifar10dvs``, ``dvs_gesture``); ignored when ``net`` is given.
+        net: any ``torch.nn.Module`` mapping a batch's input to class scores ``[T, N, classes]`` (or
+            rates ``[N, classes]``), e.g. ``SpikingNet(layers=...)`` or your own class, by
+            ``class_path`` in a config. Its neurons are found by the callbacks (state reset, tau,
+            firing rates) wherever they sit.
+        classes: the number of classes, for ``net`` (default: ``net.classes``).
+        neuron: ``plif`` (learnable tau), ``lif`` (fixed tau), ``if`` (no leak), a plug-in's name or
+            class path, or a ``class_path`` with ``init_args`` (see :func:`plifnet.neurons.neuron_factory`).
         tau: the initial tau of PLIF, the fixed tau of LIF (must be > 1).
         v_threshold, v_reset, detach_reset, decay_input, per_channel: see :class:`plifnet.neurons.PLIF`;
             ``v_reset: null`` selects the soft reset.
-        surrogate, surrogate_alpha: the surrogate gradient by name and its alpha (None: its default).
+        surrogate, surrogate_alpha: the surrogate gradient by name (or ``class_path``) and its alpha
+            (None: its default).
         variant: ``code`` (the authors' code, default) or ``paper`` (the paper's table).
         time_steps: T for static images (None: the paper's T for ``arch``).
         dropout: probability of every dropout layer.
@@ -47,14 +58,14 @@ class SpikingClassifier(L.LightningModule):
     def __init__(
         self,
         arch: str = "mnist",
-        neuron: Literal["plif", "lif", "if"] = "plif",
+        neuron: str | Callable[[], nn.Module] = "plif",
         tau: float = 2.0,
         v_threshold: float = 1.0,
         v_reset: float | None = 0.0,
         detach_reset: bool = True,
         decay_input: bool = True,
         per_channel: bool = False,
-        surrogate: Literal["atan", "sigmoid", "piecewise_quadratic", "fast_sigmoid", "rectangle"] = "atan",
+        surrogate: str | Surrogate = "atan",
         surrogate_alpha: float | None = None,
         variant: Literal["code", "paper"] = "code",
         time_steps: int | None = None,
@@ -63,15 +74,27 @@ class SpikingClassifier(L.LightningModule):
         lr: float = 1e-3,
         cosine_t_max: int = 64,
         backend: Literal["auto", "reference", "cpu", "triton"] = "auto",
+        net: nn.Module | None = None,
+        classes: int | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        make_neuron = neuron_factory(
-            neuron, tau, v_threshold, v_reset, detach_reset, decay_input, surrogate, surrogate_alpha, per_channel,
-            backend,
-        )
-        self.net = SpikingNet(arch, make_neuron, variant, dropout, time_steps, backend)
-        self.num_classes = self.net.arch.classes
+        # Objects (a network, a neuron factory, a surrogate instance) would need pickled code in a
+        # checkpoint. Under cli.py, Lightning records their class_path config instead (its "given"
+        # hyperparameters), which rebuilds them; built in a script, they are left out and passed
+        # again to load_from_checkpoint.
+        objects = [name for name, value in (("net", net), ("neuron", neuron), ("surrogate", surrogate))
+                   if value is not None and not isinstance(value, str)]
+        self.save_hyperparameters(ignore=objects if _given_hyperparameters.get() is None else [])
+        if net is None:
+            make_neuron = neuron_factory(
+                neuron, tau, v_threshold, v_reset, detach_reset, decay_input, surrogate, surrogate_alpha, per_channel,
+                backend,
+            )
+            net = SpikingNet(arch, make_neuron, variant, dropout, time_steps, backend)
+        self.net = net
+        self.num_classes = classes or getattr(net, "classes", None)
+        if not self.num_classes:
+            raise ValueError(f"{type(net).__name__} has no 'classes' attribute: pass --model.classes N")
         if loss not in ("rate_mse", "cross_entropy"):
             raise ValueError(f"loss must be 'rate_mse' or 'cross_entropy', got {loss!r}")
         # ModuleDict keys may not shadow Module methods such as train(): hence the suffixes.
@@ -93,8 +116,15 @@ class SpikingClassifier(L.LightningModule):
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Firing rate of each class ``[N, classes]``: the time average of the vote output ``[T, N, classes]``."""
-        return self.net(x).mean(0)
+        """Firing rate of each class ``[N, classes]``: the time average of the network's scores
+        ``[T, N, classes]`` (a network that gives ``[N, classes]`` has averaged them itself)."""
+        scores = self.net(x)
+        rates = scores.mean(0) if scores.dim() == 3 else scores
+        if rates.dim() != 2 or rates.shape[1] != self.num_classes:
+            raise ValueError(f"{type(self.net).__name__} returned scores of shape {tuple(scores.shape)} for input "
+                             f"{tuple(x.shape)}; expected [T, N, {self.num_classes}] or [N, {self.num_classes}] "
+                             f"({self.num_classes} classes)")
+        return rates
 
     def _loss(self, rates: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.hparams.loss == "rate_mse":
@@ -108,7 +138,7 @@ class SpikingClassifier(L.LightningModule):
             if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
                 raise ValueError(
                     f"label {int(y.max() if y.max() >= self.num_classes else y.min())} is outside the "
-                    f"{self.num_classes} classes of the {self.hparams.arch} network (labels must be 0..{self.num_classes - 1})"
+                    f"{self.num_classes} classes of the {getattr(self.net, 'arch_name', type(self.net).__name__)} network (labels must be 0..{self.num_classes - 1})"
                 )
         return batch
 
