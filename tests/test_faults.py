@@ -46,7 +46,7 @@ BASE = ["--config", ROOT / "configs" / "mnist.yaml", "--data.num_workers", "0", 
 
 BAD_INPUTS = {  # what is wrong: (extra arguments, what the error must say)
     "misspelt config key": (["--model.tua", "16"], "tua"),
-    "unknown neuron": (["--model.neuron", "alif"], "alif"),
+    "unknown neuron": (["--model.neuron", "alfi"], "unknown neuron 'alfi'"),
     "unknown surrogate": (["--model.surrogate", "tanh"], "tanh"),
     "tau <= 1": (["--model.tau", "1.0"], "tau must be > 1"),
     "T < 1": (["--model.time_steps", "0"], "time_steps must be >= 1"),

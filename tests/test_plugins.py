@@ -1,0 +1,168 @@
+"""Plug-ins through the same door as the built-ins: neurons, surrogates and networks from an installed
+package (entry points, ``examples/plugin``), from ``class_path`` and from YAML, trained by ``cli.py fit``."""
+
+import csv
+import importlib.metadata
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from plifnet import kernels
+from plifnet.models import SpikingNet
+from plifnet.neurons import NEURONS, PLIF, neuron_factory
+from plifnet.surrogates import SURROGATES, surrogate
+
+
+@pytest.fixture(scope="session")
+def example_plugin():
+    """The example plug-in package, installed into this environment (as .ci/run does) if it is not yet."""
+    try:
+        importlib.metadata.distribution("plifnet-example-plugin")
+    except importlib.metadata.PackageNotFoundError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e",
+                        ROOT / "examples" / "plugin"], check=True)
+        importlib.invalidate_caches()
+    import plifnet_example
+
+    return plifnet_example
+
+
+QUICK = ["--data.num_workers", "0", "--data.batch_size", "4", "--model.time_steps", "2", "--trainer.max_epochs", "1",
+         "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1"]
+
+
+def fit(*args, cwd, config=ROOT / "configs" / "mnist.yaml"):
+    """``cli.py fit`` of a config (None: ARGS bring theirs), shrunk to seconds by QUICK."""
+    command = [sys.executable, ROOT / "cli.py", "fit", *(["--config", config] if config else []), *map(str, args), *QUICK]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def logged(cwd) -> set[str]:
+    with open(cwd / "runs" / "lightning_logs" / "version_0" / "metrics.csv") as f:
+        return set(next(csv.reader(f)))
+
+
+@pytest.mark.parametrize("how", ["entry point", "class_path"])
+def test_a_plugin_neuron_trains_through_the_cli(how, example_plugin, tiny_digits, tmp_path):
+    if how == "entry point":
+        args = ["--model.neuron", "alif", "--model.surrogate", "gaussian"]
+    else:
+        args = ["--model.neuron", '{"class_path": "plifnet_example.ALIF", "init_args": {"beta": 0.5, "tau": 3.0}}',
+                "--model.surrogate", '{"class_path": "plifnet_example.Gaussian", "init_args": {"alpha": 3.0}}']
+    result = fit("--data.root", tiny_digits, *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = logged(tmp_path)
+    assert {"tau/conv1", "tau/fc2", "firing_rate/conv1", "firing_rate/fc2"} <= keys
+    checkpoint = torch.load(tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
+                            weights_only=True)
+    neuron = checkpoint["hyper_parameters"]["neuron"]  # what `cli.py test --ckpt_path` rebuilds the network from
+    if how == "entry point":
+        assert neuron == "alif"
+    else:
+        assert neuron["class_path"] == "plifnet_example.ALIF"
+        assert (neuron["init_args"]["beta"], neuron["init_args"]["tau"]) == (0.5, 3.0)
+        # init_args reached the neurons: tau0 = 3 is w0 = -ln 2, which 3 steps at lr 1e-3 barely move
+        assert checkpoint["state_dict"]["net.layers.0.w"].item() == pytest.approx(-0.6931, abs=0.01)
+    tested = subprocess.run([sys.executable, ROOT / "cli.py", "test", "--config", ROOT / "configs" / "mnist.yaml",
+                             "--data.root", tiny_digits, "--data.num_workers", "0", "--ckpt_path",
+                             tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    config = (tmp_path / "runs" / "lightning_logs" / "version_1" / "config.yaml").read_text()
+    assert ("neuron: alif" if how == "entry point" else "class_path: plifnet_example.ALIF") in config
+
+
+def test_networks_from_yaml_and_from_a_users_package_train_with_their_neurons_monitored(example_plugin, tiny_digits, tmp_path):
+    (tmp_path / "yaml").mkdir()
+    (tmp_path / "yaml" / "net.yaml").write_text(
+        "model:\n  net:\n    class_path: plifnet.models.SpikingNet\n    init_args:\n"
+        "      layers: c16 p c16 p d f100\n      in_channels: 1\n      size: 28\n      classes: 10\n"
+        "      static: true\n      time_steps: 2\n      neuron: lif\n")
+    result = fit("--data.root", tiny_digits, "--config", tmp_path / "yaml" / "net.yaml", cwd=tmp_path / "yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"firing_rate/conv1", "firing_rate/conv2", "firing_rate/fc1"} <= logged(tmp_path / "yaml")
+    assert not any(key.startswith("tau/") for key in logged(tmp_path / "yaml"))  # LIF: tau is fixed
+
+    (tmp_path / "own").mkdir()
+    result = fit("--data.root", tiny_digits, "--model.net", "plifnet_example.net.TinySNN", "--model.net.time_steps", "3",
+                 cwd=tmp_path / "own")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"tau/lif1", "tau/lif2", "firing_rate/lif1", "firing_rate/lif2"} <= logged(tmp_path / "own")
+
+
+def test_a_neuron_that_overrides_the_step_runs_its_own_equations(example_plugin, monkeypatch):
+    """ALIF against a loop written here from its docstring's equations; the fused PLIF kernel is never called."""
+    monkeypatch.setattr(kernels, "fused_multi_step", lambda *a, **k: pytest.fail("the fused kernel ran an ALIF"))
+    neuron = example_plugin.ALIF(tau=2.0, beta=0.3, tau_adapt=5.0)
+    x = torch.rand(12, 3, 5) * 3
+    spikes = neuron(x)
+    v, a, expected = torch.zeros(3, 5), torch.zeros(3, 5), []
+    for x_t in x:
+        h = v + 0.5 * (x_t - v)
+        s = (h >= 1.0 + 0.3 * a).float()
+        v, a = h * (1 - s), a * torch.exp(torch.tensor(-1 / 5.0)) + s
+        expected.append(s)
+    assert torch.equal(spikes, torch.stack(expected))
+    assert not torch.equal(spikes, PLIF(tau=2.0, backend="reference")(x))  # the adaptation changed something
+
+
+def test_paper_networks_still_use_the_fused_kernels(monkeypatch):
+    calls = []
+    original = kernels.fused_multi_step
+    monkeypatch.setattr(kernels, "fused_multi_step", lambda *a, **k: calls.append(1) or original(*a, **k))
+    net = SpikingNet("mnist", time_steps=2)
+    net(torch.rand(2, 1, 28, 28))
+    assert len(calls) == 4  # every PLIF layer of the MNIST network
+
+
+def test_bad_plugins_get_clear_errors(example_plugin, tmp_path, monkeypatch):
+    with pytest.raises(TypeError, match=r"neuron Identity has no reset\(\) method"):
+        neuron_factory(torch.nn.Identity)  # a module without state handling, given where a neuron goes
+    with pytest.raises(TypeError, match="the neuron factory built a int, not a torch.nn.Module"):
+        neuron_factory(lambda: 3)
+    with pytest.raises(TypeError, match="not a subclass of plifnet.surrogates.Surrogate"):
+        surrogate("torch.nn.Linear")
+    with pytest.raises(ValueError, match="neuron class 'nowhere.Neuron' cannot be imported"):
+        neuron_factory("nowhere.Neuron")
+
+    # an installed plug-in whose module fails to import: named with its package and error, not skipped
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('missing CUDA toolkit')\n")
+    dist = tmp_path / "broken_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[plifnet.neurons]\nbroken = broken_plugin:Neuron\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match=r"the neuron plug-in 'broken' of broken-plugin \(broken_plugin:Neuron\) "
+                                          r"failed to import: RuntimeError: missing CUDA toolkit"):
+        NEURONS.get("broken")
+    assert "broken" in NEURONS.names() and "gaussian" in SURROGATES.names()
+
+
+def test_a_network_whose_output_does_not_match_the_classes_is_named(tiny_digits, tmp_path):
+    result = fit("--data.root", tiny_digits, "--model.net", "torch.nn.Linear", "--model.net.in_features", "28",
+                 "--model.net.out_features", "5", "--model.classes", "10", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Linear returned scores of shape (4, 1, 28, 5) for input (4, 1, 28, 28); expected [T, N, 10] or [N, 10]" in result.stderr
+    assert not (tmp_path / "runs" / "lightning_logs" / "version_0").exists()
+
+
+def recipes() -> list[str]:
+    """The `python cli.py fit` lines of docs/EXTENDING.md."""
+    lines = (ROOT / "docs" / "EXTENDING.md").read_text().splitlines()
+    return [line for line in lines if line.startswith("python cli.py fit")]
+
+
+@pytest.mark.parametrize("command", recipes())
+def test_the_recipes_of_extending_md_run(command, example_plugin, tiny_digits, tmp_path):
+    args = [str(ROOT / arg) if arg.startswith("configs/") else arg for arg in shlex.split(command)[3:]]
+    if "--data" not in args:
+        args += ["--data.root", str(tiny_digits)]
+    result = fit(*args, cwd=tmp_path, config=None)
+    assert result.returncode == 0, command + "\n" + result.stderr[-3000:]
+    assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
