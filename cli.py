@@ -9,8 +9,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
 from plifnet import checkpoints
 from plifnet.kernels import keep_freed_cpu_memory
@@ -57,6 +59,17 @@ class PlifnetCLI(LightningCLI):
             while isinstance(error.__cause__ or error.__context__, (ValueError, TypeError)):
                 error = error.__cause__ or error.__context__
             raise SystemExit(f"error: bad configuration value: {error}") from None
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The trainer, with :class:`plifnet.checkpoints.AtomicCheckpointIO` as its checkpoint writer
+        (also inside ``AsyncCheckpointIO``) wherever a config's ``plugins`` list left Lightning's default."""
+        trainer = super().instantiate_trainer(**kwargs)
+        io = trainer.strategy.checkpoint_io
+        if isinstance(io, _WrappingCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
+            io.checkpoint_io = checkpoints.AtomicCheckpointIO()
+        elif type(io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = checkpoints.AtomicCheckpointIO()
+        return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run it; if it fails before any training step and checkpoint, remove the run folders it

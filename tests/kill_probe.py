@@ -24,3 +24,13 @@ class ReadOnlyCheckpoints(L.Callback):
             folder = Path(trainer.checkpoint_callback.dirpath)
             for path in [*folder.iterdir(), folder]:
                 path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+class RequeueAtStep(L.Callback):
+    """When step $PLIFNET_KILL_AT is reached (at the end of the batch before it), send this process
+    SLURM's requeue signal (SIGUSR1), then, as SLURM ends a requeued job, SIGKILL it."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == int(os.environ["PLIFNET_KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGUSR1)  # Python runs the handler here, before the next line
+            os.kill(os.getpid(), signal.SIGKILL)

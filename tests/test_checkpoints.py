@@ -191,3 +191,57 @@ def test_files_that_are_not_checkpoints_get_one_line_naming_them(kind, tmp_path,
     assert result.returncode != 0
     assert expected in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_slurm_requeue_saves_atomically_and_the_requeued_job_ends_like_an_uninterrupted_one(tmp_path, tiny_digits):
+    """configs/trainer/slurm.yaml under a SLURM-like environment: SIGUSR1 at step 5 makes Lightning save
+    hpc_ckpt_1.ckpt (through plifnet's writer) and call `scontrol requeue <job>` (a stand-in here);
+    the job is killed, run again as SLURM would, resumes from it by itself and ends with the weights of
+    a run that was never interrupted."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "plifnet",
+           "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+           "SLURM_NODEID": "0", "PLIFNET_KILL_AT": "5"}
+    args = [*QUICK, "--data.root", tiny_digits, "--config", ROOT / "configs" / "trainer" / "slurm.yaml",
+            "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "6", "--model.lr", "0.01"]
+    for name in ("whole", "requeued"):
+        (tmp_path / name).mkdir()
+    whole = cli("fit", *args, cwd=tmp_path / "whole", env=env)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = cli("fit", *args, "--trainer.callbacks+=kill_probe.RequeueAtStep", cwd=tmp_path / "requeued", env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    hpc = tmp_path / "requeued" / "hpc_ckpt_1.ckpt"
+    assert torch.load(hpc, weights_only=True)["global_step"] == 5
+    assert not [p for p in (tmp_path / "requeued").iterdir() if p.name.startswith(".hpc")]  # no temporary left
+    again = cli("fit", *args, cwd=tmp_path / "requeued", env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    final = [torch.load(tmp_path / name / "runs" / "lightning_logs" / version / "checkpoints" / "last.ckpt", weights_only=True)
+             for name, version in (("whole", "version_0"), ("requeued", "version_1"))]
+    assert final[0]["global_step"] == final[1]["global_step"] == 12
+    for key, value in final[0]["state_dict"].items():
+        torch.testing.assert_close(final[1]["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_async_checkpoints_go_through_the_atomic_writer_and_resume(tmp_path, tiny_digits):
+    import cli as plifnet_cli
+
+    from plifnet.checkpoints import AtomicCheckpointIO
+
+    config = ROOT / "configs" / "trainer" / "async_checkpoint.yaml"
+    done = plifnet_cli.main(["fit", "--config", str(ROOT / "configs" / "mnist.yaml"), "--config", str(config),
+                             "--data.root", str(tiny_digits), "--trainer.max_epochs", "0", "--data.num_workers", "0",
+                             "--trainer.default_root_dir", str(tmp_path / "in_process")])
+    assert type(done.trainer.strategy.checkpoint_io.checkpoint_io) is AtomicCheckpointIO
+
+    first = cli("fit", *QUICK, "--data.root", tiny_digits, "--config", config, "--trainer.max_epochs", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = cli("fit", *QUICK, "--data.root", tiny_digits, "--config", config, "--trainer.max_epochs", "2",
+                  "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from runs/lightning_logs/version_0/checkpoints/last.ckpt" in resumed.stderr
+    last = tmp_path / "runs" / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 4
