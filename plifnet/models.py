@@ -18,6 +18,7 @@ Event frames ([T, N, 2, H, W]) feed frame t at step t.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Callable
@@ -138,8 +139,9 @@ class SpikingNet(nn.Module):
         backend: ``auto``, ``reference`` or a fused kernel, for the max-pooling layers (the neurons
             take theirs from ``neuron``).
         layers, in_channels, size, classes, static: a network of your own (with ``arch=None``): the
-            tokens above, the input's channels and height = width, the classes (the last ``f`` layer
-            must have 10 per class), and whether the input is images (True) or event frames.
+            tokens above; the input's channels and height = width (None: the data module's
+            ``input_shape``, when trained by :class:`plifnet.module.SpikingClassifier`); the classes
+            (default: the output layer's width / 10); whether the input is images (True) or event frames.
 
     Input: images ``[N, C, H, W]`` or event frames ``[T, N, C, H, W]``. Output: class scores
     ``[T, N, classes]`` (the firing rate of each class's vote group at each step).
@@ -162,26 +164,37 @@ class SpikingNet(nn.Module):
         super().__init__()
         if (arch is None) == (layers is None):
             raise ValueError("give either arch (one of the paper's networks) or layers (your own), not both")
-        if arch is None:
-            if None in (in_channels, size, classes):
-                raise ValueError("a network given by layers needs in_channels, size and classes")
-            arch = "custom"
-            spec = Arch(in_channels, size, classes, 8, static, layers)
-        elif arch not in ARCHS:
+        if arch is not None and arch not in ARCHS:
             raise ValueError(f"unknown network {arch!r}; choose one of {sorted(ARCHS)}, or give layers")
-        else:
-            spec = ARCHS[arch]
         if variant not in ("code", "paper"):
             raise ValueError(f"variant must be 'code' or 'paper', got {variant!r}")
-        self.arch_name, self.arch = arch, spec
+        if arch is None:  # classes: from the output layer (10 neurons per class) unless given
+            last = layers.split()[-1] if layers.split() else ""
+            classes = classes or (int(last[1:]) // VOTES_PER_CLASS if last[:1] == "f" and last[1:].isdigit() else None)
+            spec = Arch(in_channels or 0, size or 0, classes or 0, 8, static, layers)
+        else:
+            spec = ARCHS[arch]
+        self.arch_name, self.arch = arch or "custom", spec
         self.classes = spec.classes
         self.time_steps = spec.time_steps if time_steps is None else int(time_steps)
         if self.time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
         neuron = neuron_factory(neuron or "plif") if neuron is None or isinstance(neuron, str) else neuron
-        tokens = ((variant == "paper" and spec.paper_layers) or spec.layers).split()
+        self._options = (neuron, ((variant == "paper" and spec.paper_layers) or spec.layers).split(), dropout, backend)
+        if spec.in_channels and spec.size:
+            self.build(spec.in_channels, spec.size)
 
-        channels, size, features = spec.in_channels, spec.size, None
+    @property
+    def built(self) -> bool:
+        return hasattr(self, "encoder")
+
+    def build(self, in_channels: int, size: int) -> None:
+        """Build the layers for inputs of ``in_channels`` x ``size`` x ``size``. A network given by
+        ``layers`` without ``in_channels`` and ``size`` is built this way by
+        :class:`plifnet.module.SpikingClassifier` from its data module's ``input_shape``."""
+        neuron, tokens, dropout, backend = self._options
+        self.arch = dataclasses.replace(self.arch, in_channels=in_channels, size=size)
+        channels, features = in_channels, None
         layers: list[nn.Module] = []
         for token in tokens:
             kind, width = token[0], token[1:]
@@ -203,10 +216,10 @@ class SpikingNet(nn.Module):
                 layers += [nn.Linear(features, width, bias=False), neuron(width)]
                 features = width
         if not isinstance(layers[0], TimeDistributed):
-            raise ValueError(f"{arch}: the first layer must be a convolution (c<n>), the learned encoder")
-        if features != spec.classes * VOTES_PER_CLASS:
-            raise ValueError(f"{arch}: the last layer must have {VOTES_PER_CLASS} neurons per class "
-                             f"(f{spec.classes * VOTES_PER_CLASS}), got {features}")
+            raise ValueError(f"{self.arch_name}: the first layer must be a convolution (c<n>), the learned encoder")
+        if not self.classes or features != self.classes * VOTES_PER_CLASS:
+            raise ValueError(f"{self.arch_name}: the last layer must be f<10 x classes> (10 neurons per class), "
+                             f"got {features} neurons for {self.classes} classes")
         layers.append(Vote())
 
         # The first Conv+BN is the encoder: once per image for static data, per frame for events.

@@ -106,6 +106,23 @@ class SpikingClassifier(L.LightningModule):
             metric.persistent(True)  # resuming from a checkpoint keeps the best accuracies
         self.register_buffer("test_acc_at_best_val", torch.tensor(0.0))
 
+    def configure_model(self) -> None:
+        """Build a network that waits for its input shape (``SpikingNet(layers=...)`` without
+        ``in_channels``/``size``) from the data module's ``input_shape``, before the optimiser and
+        any checkpoint see its parameters."""
+        if getattr(self.net, "built", True):
+            return
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        shape = getattr(datamodule, "input_shape", None)
+        if shape is None:
+            raise ValueError(f"{type(self.net).__name__}(layers=...) has no in_channels and size, and there is no data "
+                             f"module with an input_shape to take them from; give them (--model.net.in_channels C "
+                             f"--model.net.size H)")
+        channels, height, width = shape
+        if height != width:
+            raise ValueError(f"{type(self.net).__name__} takes square inputs; the data module gives {shape}")
+        self.net.build(channels, height)
+
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
                              weights_only: bool = True, **kwargs):

@@ -82,8 +82,8 @@ def test_networks_from_yaml_and_from_a_users_package_train_with_their_neurons_mo
     (tmp_path / "yaml").mkdir()
     (tmp_path / "yaml" / "net.yaml").write_text(
         "model:\n  net:\n    class_path: plifnet.models.SpikingNet\n    init_args:\n"
-        "      layers: c16 p c16 p d f100\n      in_channels: 1\n      size: 28\n      classes: 10\n"
-        "      static: true\n      time_steps: 2\n      neuron: lif\n")
+        "      layers: c16 p c16 p d f100\n      static: true\n      time_steps: 2\n      neuron: lif\n")
+    # no in_channels, size or classes: the data module's input_shape (1, 28, 28) and the output layer give them
     result = fit("--data.root", tiny_digits, "--config", tmp_path / "yaml" / "net.yaml", cwd=tmp_path / "yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"firing_rate/conv1", "firing_rate/conv2", "firing_rate/fc1"} <= logged(tmp_path / "yaml")
@@ -166,3 +166,22 @@ def test_the_recipes_of_extending_md_run(command, example_plugin, tiny_digits, t
     result = fit(*args, cwd=tmp_path, config=None)
     assert result.returncode == 0, command + "\n" + result.stderr[-3000:]
     assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_network_without_an_input_shape_takes_it_from_the_data_module():
+    from plifnet.data.common import ClassificationDataModule
+    from plifnet.module import SpikingClassifier
+
+    net = SpikingNet(layers="c8 p d f100", static=True, time_steps=2)
+    assert not net.built and net.classes == 10
+    model = SpikingClassifier(net=net)
+    with pytest.raises(ValueError, match=r"has no in_channels and size, and there is no data module with an input_shape"):
+        model.configure_model()
+
+    class Frames(ClassificationDataModule):
+        input_shape = (2, 34, 34)
+
+    model._trainer = type("Trainer", (), {"datamodule": Frames()})()
+    model.configure_model()
+    assert model.net.encoder[0].in_channels == 2 and model.net.layers[-3].in_features == 8 * 17 * 17
+    assert model(torch.rand(3, 2, 34, 34)).shape == (3, 10)

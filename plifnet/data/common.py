@@ -78,12 +78,14 @@ class SeededSamples(Dataset):
 
 
 class ClassificationDataModule(L.LightningDataModule):
-    """Splits and loaders; subclasses build ``train_set``, ``eval_train_set`` and ``test_set`` in :meth:`load`.
+    """Splits and loaders; subclasses build ``train_set``, ``eval_train_set`` and ``test_set`` in :meth:`load`,
+    the one method a new dataset implements (and set ``input_shape`` where they know it).
 
     ``eval_train_set`` is the training data without augmentation: the validation split is cut from it.
     """
 
     collate_fn = None  # the DataLoader's default; event data stacks time first
+    input_shape: tuple[int, int, int] | None = None  # (C, H, W) of an image or frame: networks built for the data read it
 
     def __init__(
         self,

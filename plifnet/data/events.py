@@ -365,6 +365,7 @@ class EventDataModule(ClassificationDataModule):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.dataset, self.spec = dataset, EVENT_DATASETS[dataset]
+        self.input_shape = (2, *self.spec.sensor_size)  # one frame: a channel per polarity
         self.root, self.time_steps, self.split_by = Path(root).expanduser(), time_steps, split_by
         self.download, self.on_error = download, on_error
         self.cache_dir = (Path(cache_dir).expanduser() if cache_dir else self.root / "frames_cache") if cache else None

@@ -32,6 +32,7 @@ class ImageDataset:
     torchvision_class: type
     torchvision_folder: str  # where torchvision's layout lives under root
     channels: int
+    size: int  # height = width
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: Callable[[], list] = list  # training-only transforms, before normalisation
@@ -41,12 +42,12 @@ CLASSES = 10  # all three datasets
 
 DATASETS = {
     "mnist": ImageDataset(
-        datasets.MNIST, "MNIST", 1, (0.1307,), (0.3081,),
+        datasets.MNIST, "MNIST", 1, 28, (0.1307,), (0.3081,),
         augment=lambda: [T.RandomAffine(degrees=30, translate=(0.15, 0.15), scale=(0.85, 1.11))],
     ),
-    "fashion_mnist": ImageDataset(datasets.FashionMNIST, "FashionMNIST", 1, (0.2860,), (0.3530,)),
+    "fashion_mnist": ImageDataset(datasets.FashionMNIST, "FashionMNIST", 1, 28, (0.2860,), (0.3530,)),
     "cifar10": ImageDataset(
-        datasets.CIFAR10, "cifar-10-batches-py", 3, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+        datasets.CIFAR10, "cifar-10-batches-py", 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
         augment=lambda: [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()],
     ),
 }
@@ -107,6 +108,7 @@ class StaticDataModule(ClassificationDataModule):
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
         self.dataset, self.spec = dataset, DATASETS[dataset]
+        self.input_shape = (self.spec.channels, self.spec.size, self.spec.size)
         self.root, self.download, self.augment = Path(root).expanduser(), download, augment
 
     @property

@@ -16,6 +16,8 @@ class Bars(ClassificationDataModule):
         the rest: see :class:`plifnet.data.common.ClassificationDataModule`.
     """
 
+    input_shape = (1, 28, 28)
+
     def __init__(self, per_class: int = 20, **kwargs):
         super().__init__(**kwargs)
         self.per_class = per_class
