@@ -88,8 +88,8 @@ class PlifnetCLI(LightningCLI):
 
     @staticmethod
     def _checked(ckpt_path: str | None, loggers) -> str | None:
-        if ckpt_path is None:
-            return None
+        if ckpt_path in (None, "best", "hpc"):  # Lightning's own names of a checkpoint it tracks
+            return ckpt_path
         if ckpt_path == "last":
             folders = sorted({Path(log.init_args.save_dir) / (log.init_args.get("name") or "") for log in loggers})
             path, skipped = checkpoints.newest(folders)

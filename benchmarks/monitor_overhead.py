@@ -1,8 +1,9 @@
-"""Cost of plifnet's monitors (ResetState, TauMonitor, FiringRateMonitor) on training and validation.
+"""Cost of plifnet's monitors (ResetState, TauMonitor, FiringRateMonitor) and of the divergence
+check (StopOnNonFinite: a sum over every gradient per step) on training and validation.
 
-Trains the paper's MNIST network (batch 16, T = 8) on in-memory random images, with and without the
-monitors, alternating the two a few times in one process, and prints the median time of a training
-step and of a validation batch, and their ratios.
+Trains the paper's MNIST network (batch 16, T = 8) on in-memory random images with no callbacks,
+with StopOnNonFinite alone, and with all of them, alternating the three a few times in one process,
+and prints the median time of a training step and of a validation batch, and their ratios to none.
 
     python benchmarks/monitor_overhead.py [--steps 30] [--repeats 3] [--tau-every 1]
 """
@@ -15,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from plifnet.callbacks import FiringRateMonitor, ResetState, TauMonitor
+from plifnet.callbacks import FiringRateMonitor, ResetState, StopOnNonFinite, TauMonitor
 from plifnet.module import SpikingClassifier
 
 
@@ -36,10 +37,17 @@ class Timer(L.Callback):
         self.val.append(time.perf_counter() - self._t)
 
 
-def run(monitors: bool, steps: int, tau_every: int, data) -> Timer:
+SETS = {
+    "none": lambda tau_every: [],
+    "StopOnNonFinite": lambda tau_every: [StopOnNonFinite()],
+    "all": lambda tau_every: [ResetState(), TauMonitor(every_n_steps=tau_every), FiringRateMonitor(), StopOnNonFinite()],
+}
+
+
+def run(callback_set: str, steps: int, tau_every: int, data) -> Timer:
     torch.manual_seed(0)
     timer = Timer()
-    callbacks = [ResetState(), TauMonitor(every_n_steps=tau_every), FiringRateMonitor()] if monitors else []
+    callbacks = SETS[callback_set](tau_every)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=steps // 2,
                         num_sanity_val_steps=0, callbacks=callbacks + [timer],
                         logger=L.pytorch.loggers.CSVLogger("/tmp/plifnet-bench"),
@@ -56,19 +64,19 @@ def main():
     parser.add_argument("--tau-every", type=int, default=1, help="TauMonitor.every_n_steps (1: the worst case)")
     args = parser.parse_args()
     data = TensorDataset(torch.randn(16 * args.steps, 1, 28, 28), torch.randint(0, 10, (16 * args.steps,)))
-    results = {False: Timer(), True: Timer()}
+    results = {name: Timer() for name in SETS}
     for _ in range(args.repeats):
-        for monitors in (False, True):
-            timer = run(monitors, args.steps, args.tau_every, data)
-            results[monitors].train += timer.train[2:]  # the first steps warm up allocators
-            results[monitors].val += timer.val[1:]
+        for name in SETS:
+            timer = run(name, args.steps, args.tau_every, data)
+            results[name].train += timer.train[2:]  # the first steps warm up allocators
+            results[name].val += timer.val[1:]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MNIST network, batch 16, T = 8, "
           f"{args.repeats} x {args.steps} steps, TauMonitor every {args.tau_every} step(s)")
-    print(f"{'':24}{'no monitors':>14}{'monitors':>14}{'ratio':>8}")
+    print(f"{'median (ms)':14}" + "".join(f"{name:>17}" for name in SETS) + "".join(f"{name + '/none':>22}" for name in list(SETS)[1:]))
     for stage in ("train", "val"):
-        base = statistics.median(getattr(results[False], stage))
-        mon = statistics.median(getattr(results[True], stage))
-        print(f"{stage + ' batch, median (ms)':24}{base * 1e3:14.1f}{mon * 1e3:14.1f}{mon / base:8.3f}")
+        times = {name: statistics.median(getattr(results[name], stage)) for name in SETS}
+        print(f"{stage + ' batch':14}" + "".join(f"{t * 1e3:17.1f}" for t in times.values())
+              + "".join(f"{times[name] / times['none']:22.3f}" for name in list(SETS)[1:]))
 
 
 if __name__ == "__main__":

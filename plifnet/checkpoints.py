@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import pickle
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from plifnet.files import write_atomically
+from plifnet.files import remove_orphans, write_atomically
 
 
 class CheckpointError(ValueError):
@@ -112,7 +112,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     and every checkpoint (path or URL) read with ``weights_only=True`` (see the module docstring)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if get_filesystem(path).protocol not in ("file", ("file", "local")):  # object stores: Lightning's way
+        if not isinstance(get_filesystem(path), LocalFileSystem):  # object stores: Lightning's way
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         try:
@@ -132,22 +132,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def _save(checkpoint: dict, path: Path) -> None:
     with open(path, "wb") as f:  # opened here, a failure is an OSError (torch's own open raises RuntimeError)
         torch.save(checkpoint, f)
-
-
-def remove_orphans(folder: Path) -> None:
-    """Remove the temporary files (:func:`plifnet.files.temporary_name`) that writers which no longer
-    run (killed mid-write) left in ``folder``."""
-    for path in Path(folder).glob(".*.tmp*"):
-        pid = path.name.rsplit(".tmp", 1)[0].rsplit(".", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Callable
 
 
-def temporary_name(path: Path, pid: int | None = None) -> Path:
+def temporary_name(path: Path) -> Path:
     """``.<stem>.<pid>.tmp<suffix>`` beside ``path``: hidden, unique per process (data loader workers
     do not collide), and keeping the suffix that writers such as ``savefig`` or ``np.save`` go by."""
-    return path.with_name(f".{path.stem}.{os.getpid() if pid is None else pid}.tmp{path.suffix}")
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
 def write_atomically(path: Path, write: Callable[[Path], None], durable: bool = False) -> None:
@@ -41,3 +41,22 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_orphans(folder: Path) -> None:
+    """Remove the temporary files (:func:`temporary_name`) that writers which no longer run (killed
+    mid-write) left in ``folder``."""
+    for path in Path(folder).glob(".*.tmp*"):
+        pid = path.name.rsplit(".tmp", 1)[0].rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

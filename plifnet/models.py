@@ -180,7 +180,7 @@ class SpikingNet(nn.Module):
         if self.time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
         neuron = neuron_factory(neuron or "plif") if neuron is None or isinstance(neuron, str) else neuron
-        self._options = (neuron, ((variant == "paper" and spec.paper_layers) or spec.layers).split(), dropout, backend)
+        self._build_options = (neuron, ((variant == "paper" and spec.paper_layers) or spec.layers).split(), dropout, backend)
         if spec.in_channels and spec.size:
             self.build(spec.in_channels, spec.size)
 
@@ -192,7 +192,7 @@ class SpikingNet(nn.Module):
         """Build the layers for inputs of ``in_channels`` x ``size`` x ``size``. A network given by
         ``layers`` without ``in_channels`` and ``size`` is built this way by
         :class:`plifnet.module.SpikingClassifier` from its data module's ``input_shape``."""
-        neuron, tokens, dropout, backend = self._options
+        neuron, tokens, dropout, backend = self._build_options
         self.arch = dataclasses.replace(self.arch, in_channels=in_channels, size=size)
         channels, features = in_channels, None
         layers: list[nn.Module] = []
