@@ -1,7 +1,9 @@
 """Fused kernels against the plain per-step reference: identical spikes, gradients to float32 rounding."""
 
+import importlib.util
 import itertools
 import os
+import platform
 import subprocess
 import sys
 
@@ -13,7 +15,6 @@ from plifnet import kernels
 from plifnet.neurons import IF, LIF, PLIF, multi_step
 from plifnet.surrogates import SURROGATES, ATan, surrogate
 
-requires_cpu_kernel = pytest.mark.skipif(not kernels.available("cpu"), reason="numba is not installed")
 
 
 def make(kind, backend, v_reset, detach_reset, decay_input, spike_fn, per_channel=0):
@@ -52,21 +53,18 @@ def compare(kind, v_reset, detach_reset, decay_input, spike_fn, shape, seed=0, p
         torch.testing.assert_close(fused[2], ref[2], rtol=1e-4, atol=1e-5)
 
 
-@requires_cpu_kernel
 @pytest.mark.parametrize("kind,v_reset,detach_reset,decay_input",
                          list(itertools.product(["plif", "lif", "if"], [0.0, None, -0.4], [True, False], [True, False])))
 def test_cpu_kernel_every_neuron_option(kind, v_reset, detach_reset, decay_input):
     compare(kind, v_reset, detach_reset, decay_input, ATan(), (6, 3, 7, 5))
 
 
-@requires_cpu_kernel
 @pytest.mark.parametrize("name", sorted(SURROGATES))
 @pytest.mark.parametrize("detach_reset", [True, False])
 def test_cpu_kernel_every_surrogate(name, detach_reset):
     compare("plif", 0.0, detach_reset, True, surrogate(name, 1.3), (5, 2, 33))
 
 
-@requires_cpu_kernel
 @pytest.mark.parametrize("shape", [(1, 4, 3), (1, 1), (2, 1, 1), (7, 3, 1025), (16, 2, 5, 3, 3), (3, 5, 513)])
 def test_cpu_kernel_odd_shapes_and_one_step(shape):
     x, grad = inputs(shape, 3), torch.ones(shape)
@@ -77,13 +75,11 @@ def test_cpu_kernel_odd_shapes_and_one_step(shape):
     torch.testing.assert_close(fused[2], ref[2], rtol=1e-4, atol=1e-5)
 
 
-@requires_cpu_kernel
 def test_cpu_kernel_per_channel_tau():
     compare("plif", 0.0, True, True, ATan(), (4, 3, 6, 5, 5), per_channel=6)
     compare("plif", None, False, False, ATan(), (4, 3, 6), per_channel=6)
 
 
-@requires_cpu_kernel
 @pytest.mark.parametrize("kind,v_reset,detach_reset,decay_input",
                          [("plif", *options) for options in itertools.product([0.0, None], [True, False], [True, False])]
                          + [("if", 0.0, True, False), ("lif", -0.4, False, True)])
@@ -93,7 +89,6 @@ def test_cpu_kernel_constant_input(kind, v_reset, detach_reset, decay_input):
     compare(kind, v_reset, detach_reset, decay_input, ATan(), (6, 3, 7, 5), time_steps=6)
 
 
-@requires_cpu_kernel
 def test_cpu_kernel_constant_input_odd_cases():
     compare("plif", 0.0, True, True, ATan(), (4, 3, 6, 5, 5), per_channel=6, time_steps=4)
     compare("plif", 0.0, True, True, ATan(), (1, 2, 1025), time_steps=1)  # T = 1: the plain path
@@ -104,7 +99,6 @@ def test_cpu_kernel_constant_input_odd_cases():
         PLIF()(torch.zeros(2, 3), time_steps=0)
 
 
-@requires_cpu_kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cpu_kernel_half_precision_input_is_computed_in_float32(dtype):
     """bf16/fp16 input (what autocast gives a neuron after a convolution): the kernel computes in
@@ -138,7 +132,6 @@ def test_network_trains_under_bf16_autocast():
     assert all(model.net.layers[i].w.grad != 0 for i in (0, 3))
 
 
-@requires_cpu_kernel
 def test_tau_gradient_is_deterministic():
     x, grad = inputs((8, 16, 64, 9, 9), 5), torch.randn(8, 16, 64, 9, 9)
     first, second = (run(PLIF(2.0, backend="cpu"), x, grad)[2] for _ in range(2))
@@ -169,9 +162,19 @@ def test_reference_gradients_pass_gradcheck_in_float64():
         assert torch.autograd.gradcheck(fn, (x, w))
 
 
+def test_the_fused_kernels_of_this_platform_are_installed():
+    """numba is a dependency and triton a test dependency (Linux x86-64, where its wheels are): a
+    missing one fails here, instead of every kernel test running the reference against itself."""
+    assert kernels.available("cpu"), "numba is missing: pip install -e '.[test]'"
+    if sys.platform == "linux" and platform.machine() == "x86_64":
+        assert importlib.util.find_spec("triton"), "triton is missing: pip install -e '.[test]'"
+    if torch.cuda.is_available():
+        assert kernels.available("triton")
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="no triton wheel here")
 def test_triton_kernel_under_the_interpreter():
     """The GPU kernels' numerics, run on the CPU by Triton's interpreter (TRITON_INTERPRET=1)."""
-    pytest.importorskip("triton")
     script = ROOT / "tests" / "triton_check.py"
     result = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=900,
                             env=dict(os.environ, TRITON_INTERPRET="1"))
@@ -219,3 +222,42 @@ def test_float64_input_runs_the_reference():
     assert kernels.resolve("auto", x, ATan()) == "reference"
     with pytest.raises(ValueError, match="computes in float32; use 'reference' for float64"):
         kernels.resolve("cpu", x, ATan())
+
+
+@pytest.mark.parametrize("k,time_steps", [(0.0, None), (0.0, 8), (1e-4, None), (1e-4, 8), (1 / 64 + 1e-3, None)])
+def test_cpu_kernel_tau_gradient_at_vanishing_leak(k, time_steps):
+    """k = 0 (sigmoid(w) underflows to 0 for w < -104) and tau = 1e4 (k = 1e-4): the tau gradient
+    must match the reference, finite, where (H - V[t-1]) / k would be 0/0 or lose digits."""
+    shape = (8, 4, 300)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(shape[1:] if time_steps else shape, generator=generator) * 2 + 1.5
+    grad = torch.randn(shape, generator=generator)
+    results = []
+    for backend in ("reference", "cpu"):
+        xr, kr = x.clone().requires_grad_(), torch.tensor(k).requires_grad_()
+        if backend == "reference":
+            x_seq = xr.expand(time_steps, *xr.shape) if time_steps else xr
+            out = multi_step(x_seq, kr, 0.3, 0.0, True, True, ATan())
+        else:
+            out = kernels.fused_multi_step(xr, kr, 0.3, 0.0, True, True, ATan(), backend, time_steps=time_steps)
+        out.backward(grad)
+        results.append((out.detach(), xr.grad, kr.grad))
+    (s_ref, gx_ref, gk_ref), (s, gx, gk) = results
+    assert torch.equal(s, s_ref)
+    assert torch.isfinite(gk) and gk_ref.abs() > 1
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gk, gk_ref, rtol=2e-5, atol=1e-5)
+
+
+def test_plif_at_an_underflowed_leak_gives_the_reference_gradients():
+    """PLIF with w = -200 (k = sigmoid(w) = 0 in float32): finite, equal gradients on both paths."""
+    x, grad = inputs((6, 3, 40), 3), torch.randn(6, 3, 40)
+    results = []
+    for backend in ("reference", "cpu"):
+        neuron = PLIF(backend=backend, v_threshold=0.5)
+        with torch.no_grad():
+            neuron.w.fill_(-200.0)
+        results.append(run(neuron, x, grad))
+    assert all(torch.isfinite(g).all() for g in results[1][1:])
+    for ref, fused in zip(results[0], results[1]):
+        torch.testing.assert_close(fused, ref)

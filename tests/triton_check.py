@@ -61,4 +61,6 @@ for v_reset, decay_input in itertools.product([0.0, None], [True, False]):  # a 
 check((3, 2, 6, 4, 4), torch.rand(6) * 0.8 + 0.1, 0.0, True, True, surrogate("atan"), 102, time_steps=3)
 for dtype in (torch.bfloat16, torch.float16):  # autocast's dtypes: computed in float32 all the same
     check((5, 3, 70), torch.tensor(0.4), 0.0, False, True, surrogate("atan"), 103, dtype=dtype)
-print(f"triton kernels match the reference ({cases + 9} cases, device {device})")
+for k, time_steps in ((0.0, None), (0.0, 5), (1e-4, None)):  # a vanishing leak: dL/dk finite and exact
+    check((5, 3, 70), torch.tensor(k), 0.0, True, True, surrogate("atan"), 104, time_steps=time_steps)
+print(f"triton kernels match the reference ({cases + 12} cases, device {device})")

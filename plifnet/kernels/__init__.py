@@ -6,14 +6,15 @@
 * ``cpu``: numba kernels (:mod:`plifnet.kernels.cpu`), compiled once and cached on disk;
 * ``triton``: Triton kernels for CUDA tensors (:mod:`plifnet.kernels.gpu`).
 
-Saved for backward: ``H`` in float32 (``T * E * 4`` bytes) and nothing else; the reference keeps
-several tensors per step. The tau gradient is summed over time by the kernel, per element (or, for
+Saved for backward: ``H`` in float32 (``T * E * 4`` bytes), and the input where the tau gradient
+needs it (see :func:`_keeps_input`); the reference keeps several tensors per step. The tau gradient is summed over time by the kernel, per element (or, for
 one k on the CPU, per block of elements, in order), and then by ``torch.sum``: the same bits on every run.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from functools import lru_cache
 
 import torch
@@ -80,18 +81,18 @@ class FusedMultiStep(torch.autograd.Function):
         rest = 0.0 if v_reset is None else float(v_reset)
         options = (float(v_threshold), rest, v_reset is None, detach_reset, decay_input)
         spikes, h = _kernels(backend).forward(flat, time_steps or rows, k_vec, channels, inner, *options)
-        ctx.save_for_backward(h, k_vec)
+        ctx.save_for_backward(h, k_vec, flat if _keeps_input(backend, decay_input, time_steps, k_vec) else None)
         ctx.meta = (x.shape, x.dtype, rows, channels, inner, options, surrogate, backend, k.shape)
         return spikes.view(-1, *step_shape).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        h, k_vec = ctx.saved_tensors
+        h, k_vec, x = ctx.saved_tensors
         shape, dtype, rows, channels, inner, options, surrogate, backend, k_shape = ctx.meta
         code = FUSED_SURROGATES[type(surrogate)]
         grad = grad_spikes.reshape(grad_spikes.shape[0], -1).to(torch.float32).contiguous()
         grad_x, grad_k_parts = _kernels(backend).backward(
-            grad, h, rows, k_vec, channels, inner, *options, code, surrogate.alpha
+            grad, h, x, rows, k_vec, channels, inner, *options, code, surrogate.alpha
         )
         grad_k = None
         if ctx.needs_input_grad[1]:
@@ -102,10 +103,26 @@ class FusedMultiStep(torch.autograd.Function):
         return grad_x.view(shape).to(dtype), grad_k, None, None, None, None, None, None, None
 
 
+SMALL_K = 1 / 64  # below it (tau > 64) the CPU backward takes dL/dk from the saved input, not from H
+
+
+def _keeps_input(backend: str, decay_input: bool, time_steps: int | None, k: torch.Tensor) -> bool:
+    """Whether the backward gets the input X for ``dH/dk = X - (V[t-1] - rest)`` (decay_input only).
+
+    From H alone, ``(H - V[t-1]) / k`` loses precision as 1/k grows and is 0/0 at k = 0 (sigmoid(w)
+    underflows at w < -104). X costs nothing for a constant input (one step) and on CUDA is kept
+    always (asking k's size would wait for the device); on the CPU a ``[T, E]`` input is kept only
+    for k < SMALL_K, so the usual PLIF (tau near 2) saves H alone."""
+    if not decay_input:
+        return False
+    return bool(time_steps) or backend != "cpu" or float(k.min()) < SMALL_K
+
+
 def _kernels(backend: str):
     if backend == "cpu":
         from plifnet.kernels import cpu_ops
 
+        _keep_freed_memory_once()
         return cpu_ops
     from plifnet.kernels import gpu
 
@@ -157,14 +174,24 @@ def max_pool2x2(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     return pooled.view(*x.shape[:-2], *pooled.shape[-2:])
 
 
+@lru_cache(maxsize=None)
+def _keep_freed_memory_once() -> bool:
+    """The first run of a CPU kernel in a process calls :func:`keep_freed_cpu_memory`, so that a
+    plain script gets the kernels' speed as ``cli.py`` does; ``PLIFNET_KEEP_FREED_MEMORY=0`` opts out."""
+    if os.environ.get("PLIFNET_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    return keep_freed_cpu_memory()
+
+
 def keep_freed_cpu_memory(limit_bytes: int = 1 << 30) -> bool:
     """Let glibc reuse freed blocks of up to ``limit_bytes`` instead of returning them to the OS.
 
     By default glibc unmaps every freed block above 32 MiB, so each training step on the CPU
     page-faults its activations in again; keeping them makes a PLIF layer's forward + backward about
-    1.4x (reference) to 2.5x (fused) faster (benchmarks/neuron_kernels.py). The cost: the process
-    keeps its peak memory. ``cli.py`` calls this; a library import never does. Returns whether it
-    took effect (glibc only).
+    1.4x (reference) to 4.6x (fused) faster (``benchmarks/neuron_kernels.py``). The cost: the process
+    keeps its peak memory. ``cli.py`` calls it at start, and the CPU kernels at their first run
+    (opt out with the environment variable ``PLIFNET_KEEP_FREED_MEMORY=0``). Returns whether it took
+    effect (glibc only).
     """
     import ctypes
     import ctypes.util

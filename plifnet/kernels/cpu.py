@@ -81,16 +81,22 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
 
 
 @lru_cache(maxsize=None)
-def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool, per_element: bool):
+def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool, per_element: bool,
+                    with_x: bool):
     """Reverse pass: grad_x [T, E] (static: [1, E], zeroed by the caller, summed over time) and dL/dk
     summed over time: per element, grad_k [E], with per_element k; else one sum per block, in order.
 
     ``dV[t]/dH[t] = 1 - S + g * (V_reset - H)`` for the hard reset and ``1 - g * v_th`` for the soft
     one, where g is the surrogate gradient; detach_reset drops the g term.
+
+    ``with_x``: the input ``x_saved`` (as ``x`` in the forward) was kept, and ``dH/dk = X - (V[t-1] -
+    rest)`` is computed from it, as the reference does. Without it, ``(H - V[t-1]) / k`` stands in
+    for it: the same value for a moderate k, but a rounding error of H grows by 1/k (tau 1e4: about
+    1e-3 relative), and at k = 0 (sigmoid underflow) it is 0/0.
     """
 
     @njit(parallel=True, cache=True)
-    def backward(grad_spikes, h_saved, k, v_th, rest, alpha, grad_x, grad_k):
+    def backward(grad_spikes, h_saved, x_saved, k, v_th, rest, alpha, grad_x, grad_k):
         steps, elements = grad_spikes.shape
         for block in prange((elements + BLOCK - 1) // BLOCK):
             start = block * BLOCK
@@ -120,19 +126,22 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                         gxt[j] += grad_in
                     else:
                         gxt[j] = grad_in
-                    if decay_input:  # dH/dk = X - (V[t-1] - rest) = (H - V[t-1]) / k
+                    if decay_input and with_x:  # dH/dk = X - (V[t-1] - rest)
+                        acc[j] += grad_h * (x_saved[0 if static else t, start + j] - (v_prev - rest))
+                    elif decay_input:  # ... = (H - V[t-1]) / k
                         acc[j] += grad_h * (h - v_prev)  # divided by k once, after the time loop
                     else:  # dH/dk = -(V[t-1] - rest)
                         acc[j] -= grad_h * (v_prev - rest)
                     grad_v[j] = grad_h * (ONE - kj)
+            divide = decay_input and not with_x
             if per_element:
                 for j in range(size):
-                    grad_k[start + j] = acc[j] / kb[j] if decay_input else acc[j]
+                    grad_k[start + j] = acc[j] / kb[j] if divide else acc[j]
             else:
                 total = ZERO
                 for j in range(size):
                     total += acc[j]
-                grad_k[block] = total / kb[0] if decay_input else total
+                grad_k[block] = total / kb[0] if divide else total
 
     return backward
 

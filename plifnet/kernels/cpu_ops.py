@@ -31,15 +31,18 @@ def forward(x, steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_
     return spikes, h
 
 
-def backward(grad_spikes, h, input_steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
+def backward(grad_spikes, h, x, input_steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
     """grad_x [T, E] (or [1, E] summed over time when the input was constant: ``input_steps`` = 1) and
-    grad_k: dL/dk per element with per-channel k, else per block of elements (sum it either way)."""
+    grad_k: dL/dk per element with per-channel k, else per block of elements (sum it either way).
+    ``x``: the forward's input [T or 1, E] float32, or None where dL/dk is to come from H alone."""
     steps, elements = grad_spikes.shape
     static = input_steps < steps
     grad_x = torch.zeros(1, elements) if static else torch.empty_like(grad_spikes)
     grad_k = torch.empty(elements if channels > 1 else -(-elements // cpu.BLOCK), dtype=torch.float32)
-    kernel = cpu.backward_kernel(bool(soft), bool(decay_input), bool(detach_reset), int(code), static, channels > 1)
-    kernel(grad_spikes.detach().numpy(), h.numpy(), k_array(k, elements, channels, inner), np.float32(v_th),
+    kernel = cpu.backward_kernel(bool(soft), bool(decay_input), bool(detach_reset), int(code), static, channels > 1,
+                                 x is not None)
+    x_saved = (x if x is not None else torch.empty(1, 1)).detach().numpy()
+    kernel(grad_spikes.detach().numpy(), h.numpy(), x_saved, k_array(k, elements, channels, inner), np.float32(v_th),
            np.float32(rest), np.float32(alpha), grad_x.numpy(), grad_k.numpy())
     return grad_x, grad_k
 

@@ -61,7 +61,7 @@ def _forward_kernel(x_ptr, k_ptr, spikes_ptr, h_ptr, steps, elements, channels, 
 
 
 @triton.jit
-def _backward_kernel(grad_ptr, h_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elements, channels, inner, v_th,
+def _backward_kernel(grad_ptr, h_ptr, x_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elements, channels, inner, v_th,
                      rest, alpha, SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr,
                      DETACH_RESET: tl.constexpr, CODE: tl.constexpr, STATIC: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -96,7 +96,11 @@ def _backward_kernel(grad_ptr, h_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elem
         v_prev = tl.where(t > 0, v_prev, rest)
         if DECAY_INPUT:
             grad_in = grad_h * k
-            acc += grad_h * (h - v_prev)  # dH/dk = (H - V[t-1]) / k: divided by k once, after the loop
+            if STATIC:
+                x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            else:
+                x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+            acc += grad_h * (x - (v_prev - rest))  # dH/dk, from X as in the reference (exact at k = 0)
         else:
             grad_in = grad_h
             acc -= grad_h * (v_prev - rest)
@@ -107,8 +111,6 @@ def _backward_kernel(grad_ptr, h_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elem
         grad_v = grad_h * (1.0 - k)
     if STATIC:
         tl.store(grad_x_ptr + offsets, grad_x_sum, mask=mask)
-    if DECAY_INPUT:
-        acc = tl.where(k > 0, acc / tl.where(k > 0, k, 1.0), 0.0)
     tl.store(grad_k_ptr + offsets, acc, mask=mask)
 
 
@@ -127,13 +129,15 @@ def forward(x, steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_
     return spikes, h
 
 
-def backward(grad_spikes, h, input_steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
-    """grad_x [T, E], or [1, E] summed over time when the input was constant (``input_steps`` = 1)."""
+def backward(grad_spikes, h, x, input_steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
+    """grad_x [T, E], or [1, E] summed over time when the input was constant (``input_steps`` = 1).
+    ``x``: the forward's input [T or 1, E], read for dL/dk with decay_input (None otherwise)."""
     steps, elements = grad_spikes.shape
     static = input_steps < steps
     grad_x = torch.empty(1 if static else steps, elements, dtype=grad_spikes.dtype, device=grad_spikes.device)
     grad_k = torch.empty(elements, dtype=torch.float32, device=grad_spikes.device)
-    _backward_kernel[_grid(elements)](grad_spikes, h, k, grad_x, grad_k, steps, elements, channels, inner, v_th,
+    x = h if x is None else x  # not read without decay_input
+    _backward_kernel[_grid(elements)](grad_spikes, h, x, k, grad_x, grad_k, steps, elements, channels, inner, v_th,
                                       rest, float(alpha), SOFT=soft, DECAY_INPUT=decay_input,
                                       DETACH_RESET=detach_reset, CODE=code, STATIC=static, BLOCK=BLOCK,
                                       enable_fp_fusion=False)
