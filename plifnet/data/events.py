@@ -139,7 +139,7 @@ def read_gesture_npy(path: Path) -> np.ndarray:
 
 def to_frames(events: np.ndarray, time_steps: int, sensor_size: tuple[int, int],
               split_by: Literal["number", "time"] = "number") -> np.ndarray:
-    """Integrate events into ``[T, 2, H, W]`` float32 counts (channel = polarity).
+    """Integrate events into ``[T, 2, H, W]`` float32 counts (channel 0: OFF, p <= 0; channel 1: ON, p > 0).
 
     ``split_by="number"`` (the paper's): with N events, ``d = N // T``; frame j holds events
     ``[j*d, (j+1)*d)`` and the last frame runs to N (so with N < T every event is in the last frame).
@@ -162,7 +162,8 @@ def to_frames(events: np.ndarray, time_steps: int, sensor_size: tuple[int, int],
         frame = np.minimum(t // dt, time_steps - 1) if dt else np.full(n, time_steps - 1)
     else:
         raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
-    x, y, p = events["x"].astype(np.int64), events["y"].astype(np.int64), events["p"].astype(np.int64)
+    x, y = events["x"].astype(np.int64), events["y"].astype(np.int64)
+    p = (events["p"] > 0).astype(np.int64)  # ON (p > 0) is channel 1, OFF channel 0, however a reader codes them
     if x.min() < 0 or y.min() < 0 or x.max() >= width or y.max() >= height:
         raise CorruptRecording(f"events outside the {width} x {height} sensor (x up to {x.max()}, y up to {y.max()})")
     flat = ((frame * 2 + p) * height + y) * width + x
@@ -372,6 +373,10 @@ class EventDataModule(ClassificationDataModule):
         self.skipped: list[str] = []
 
     collate_fn = staticmethod(_collate)
+
+    def example_input(self) -> torch.Tensor:
+        """One sample as a batch of one, time first: ``[T, 1, 2, H, W]``."""
+        return torch.zeros(self.time_steps, 1, *self.input_shape)
 
     def _find(self) -> Path | None:
         """The folder holding a known layout: ``root``, or ``root/<tonic class>`` where tonic keeps it."""
