@@ -5,16 +5,21 @@ config can be overridden on the command line (``--model.neuron lif --model.tau 1
 ``--print_config`` shows the complete resolved configuration.
 """
 
+import logging
+import shlex
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
 from plifnet import checkpoints
+from plifnet.callbacks import Interrupted
 from plifnet.kernels import keep_freed_cpu_memory
 from plifnet.module import SpikingClassifier
 
@@ -55,8 +60,8 @@ class PlifnetCLI(LightningCLI):
         traceback of jsonargparse's attempt at every type of a Union with the reason 60 lines up."""
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError) as error:
-            while isinstance(error.__cause__ or error.__context__, (ValueError, TypeError)):
+        except (ValueError, TypeError, MisconfigurationException) as error:
+            while isinstance(error.__cause__ or error.__context__, (ValueError, TypeError, MisconfigurationException)):
                 error = error.__cause__ or error.__context__
             raise SystemExit(f"error: bad configuration value: {error}") from None
 
@@ -106,14 +111,42 @@ class PlifnetCLI(LightningCLI):
         return str(path)
 
 
+def quiet_console() -> None:
+    """Silence what a user can do nothing about: deprecation notices raised inside Lightning and
+    torchdata by their own calls, and Lightning's advertisement for its cloud logger."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip"))
+
+
+def resume_command(argv: list[str], path: Path) -> str:
+    """The command line that continues an interrupted run: the same arguments, ``--ckpt_path path``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        skip = arg == "--ckpt_path"
+        if not skip:
+            kept.append(arg)
+    return shlex.join(["python", sys.argv[0], *kept, "--ckpt_path", str(path)])
+
+
 def main(args=None) -> LightningCLI:
     keep_freed_cpu_memory()  # CPU training: no page faults for every step's activations
-    return PlifnetCLI(
-        SpikingClassifier,
-        LightningDataModule,
-        subclass_mode_data=True,
-        args=args,
-    )
+    quiet_console()
+    try:
+        return PlifnetCLI(
+            SpikingClassifier,
+            LightningDataModule,
+            subclass_mode_data=True,
+            args=args,
+        )
+    except Interrupted as stop:
+        argv = [str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:]
+        print(f"{stop}; resume with: {resume_command(argv, stop.path)}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
 
 
 if __name__ == "__main__":

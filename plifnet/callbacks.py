@@ -1,4 +1,4 @@
-"""Lightning callbacks: neuron state reset, divergence stop, tau and firing-rate monitors, run history, prediction writer.
+"""Lightning callbacks: neuron state reset, divergence stop, saving on interruption, tau and firing-rate monitors, run history, prediction writer.
 
 Where tau is logged: :class:`TauMonitor` reads ``PLIF.tau`` (``plifnet/neurons.py``) of every PLIF
 layer (and the ``tau`` tensor of any plug-in neuron) every ``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every logger of the run.
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import random
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -151,6 +154,68 @@ class StopOnNonFinite(Callback):
             f"is stopped before this reaches the weights or a checkpoint. Last good checkpoint: {kept or 'none written yet'}. "
             f"Lower --model.lr, or check the input data."
         )
+
+
+class Interrupted(Exception):
+    """A fit stopped by SIGINT or SIGTERM after :class:`SaveOnInterrupt` saved its state."""
+
+    def __init__(self, signal_name: str, step: int, epoch: int, path: Path):
+        super().__init__(f"interrupted by {signal_name} at step {step} (epoch {epoch}); state saved to {path}")
+        self.signal_name, self.step, self.epoch, self.path = signal_name, step, epoch, path
+        self.exit_code = 128 + signal.Signals[signal_name].value  # what a shell reports for a process killed by it
+
+
+class SaveOnInterrupt(Callback):
+    """Stop a fit on SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption or time limit) at the end of
+    the current training batch, with the state saved atomically as ``<checkpoint folder>/interrupted.ckpt``,
+    and raise :class:`Interrupted` (``cli.py`` prints where it is and the command that resumes it).
+
+    Saved at the end of a batch, where Lightning's step checkpoints are saved, so that resuming from it
+    continues the very same run (``--ckpt_path last`` takes it: it is the newest). A signal during
+    validation takes effect after the next training batch. A second Ctrl-C stops at once, unsaved.
+    Under SLURM auto-requeue SIGTERM stays Lightning's (it follows the requeue signal there).
+    """
+
+    def __init__(self, filename: str = "interrupted"):
+        self.filename = filename
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def on_train_start(self, trainer, pl_module):
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        self.received = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can be set in the main thread only
+        environment = trainer._accelerator_connector.cluster_environment
+        requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+        for number in (signal.SIGINT,) if requeue else (signal.SIGINT, signal.SIGTERM):
+            self._previous[number] = signal.signal(number, self._note)
+
+    def _note(self, number, frame) -> None:
+        if self.received is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = number
+        print(f"\n{signal.Signals(number).name}: stopping after this training batch, with its state saved"
+              f"{' (Ctrl-C again: stop now, unsaved)' if number == signal.SIGINT else ''}", file=sys.stderr, flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        stop = self.received is not None
+        if trainer.world_size > 1:  # every process stops at the same batch (a signal may reach one only)
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        callback = trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else _run_dir(trainer) / "checkpoints"
+        path = folder / f"{self.filename}.ckpt"
+        trainer.save_checkpoint(path, weights_only=False)  # the whole state: optimiser, loops, callbacks
+        name = signal.Signals(self.received).name if self.received is not None else "SIGTERM"
+        raise Interrupted(name, trainer.global_step, trainer.current_epoch, path)
+
+    def teardown(self, trainer, pl_module, stage):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
 
 
 class TauMonitor(Callback):

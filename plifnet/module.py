@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 import torch
 import torch.nn.functional as F
@@ -110,9 +111,12 @@ class SpikingClassifier(L.LightningModule):
         """Build a network that waits for its input shape (``SpikingNet(layers=...)`` without
         ``in_channels``/``size``) from the data module's ``input_shape``, before the optimiser and
         any checkpoint see its parameters."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if self.example_input_array is None and callable(getattr(datamodule, "example_input", None)):
+            # one sample through the network: the model summary counts its FLOPs per sample
+            self.example_input_array = datamodule.example_input()
         if getattr(self.net, "built", True):
             return
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         shape = getattr(datamodule, "input_shape", None)
         if shape is None:
             raise ValueError(f"{type(self.net).__name__}(layers=...) has no in_channels and size, and there is no data "
@@ -148,19 +152,20 @@ class SpikingClassifier(L.LightningModule):
             return F.mse_loss(rates, F.one_hot(y, self.num_classes).to(rates.dtype))
         return F.cross_entropy(rates, y)
 
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        # labels are checked here, still on the CPU: on the GPU the same check would wait for the device every step
-        if not (self._trainer and self._trainer.predicting):
-            y = batch[1]
-            if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
-                raise ValueError(
-                    f"label {int(y.max() if y.max() >= self.num_classes else y.min())} is outside the "
-                    f"{self.num_classes} classes of the {getattr(self.net, 'arch_name', type(self.net).__name__)} network (labels must be 0..{self.num_classes - 1})"
-                )
-        return batch
+    def check_labels(self, y: torch.Tensor) -> None:
+        """Refuse labels outside ``0..classes-1`` with a message naming the network. Called on the CPU:
+        by :meth:`_step` when training there, and by plifnet's data modules before each batch moves to
+        an accelerator, where the same check would wait for the device at every step."""
+        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
+            bad = int(y.max() if y.max() >= self.num_classes else y.min())
+            name = getattr(self.net, "arch_name", type(self.net).__name__)
+            raise ValueError(f"label {bad} is outside the {self.num_classes} classes of the {name} network "
+                             f"(labels must be 0..{self.num_classes - 1})")
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
+        if y.device.type == "cpu":
+            self.check_labels(y)
         rates = self(x)
         loss = self._loss(rates, y)
         self.accuracy[f"{stage}_acc"](rates, y)
@@ -196,9 +201,15 @@ class SpikingClassifier(L.LightningModule):
         return names[dataloader_idx] if names else "val"
 
     def on_validation_epoch_end(self):
-        if self.trainer.sanity_checking:
+        # the records of training (best accuracies, protocol B) change during fit only: `cli.py validate`
+        # or `test` of a checkpoint must leave them as training left them
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
             return
         logged = self.trainer.callback_metrics
+        # protocol B takes the test accuracy of the *earliest* epoch with the best validation accuracy,
+        # the epoch whose checkpoint ModelCheckpoint keeps (it replaces its best only on a strict gain)
+        if "val/acc" in logged and "test/acc" in logged and logged["val/acc"] > self.best["val_acc"].max_value:
+            self.test_acc_at_best_val.fill_(logged["test/acc"])
         for stage in ("val", "test"):
             if f"{stage}/acc" in logged:
                 self.best[f"{stage}_acc"](logged[f"{stage}/acc"])
@@ -209,8 +220,6 @@ class SpikingClassifier(L.LightningModule):
         if selection is not None:
             self.log("monitor/acc", selection)
         if "val/acc" in logged and "test/acc" in logged:
-            if logged["val/acc"] >= self.best["val_acc"].compute():
-                self.test_acc_at_best_val.fill_(logged["test/acc"])
             self.log("test/acc_at_best_val", self.test_acc_at_best_val)
 
     def configure_optimizers(self):

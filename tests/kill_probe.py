@@ -5,10 +5,10 @@ import signal
 import stat
 from pathlib import Path
 
-import lightning as L
+from lightning.pytorch import Callback
 
 
-class KillAtStep(L.Callback):
+class KillAtStep(Callback):
     """SIGKILL this very process when training step $PLIFNET_KILL_AT starts."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -16,7 +16,7 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class ReadOnlyCheckpoints(L.Callback):
+class ReadOnlyCheckpoints(Callback):
     """Make the checkpoint folder and its files read-only when epoch $PLIFNET_READ_ONLY_AT starts."""
 
     def on_train_epoch_start(self, trainer, pl_module):
@@ -26,7 +26,7 @@ class ReadOnlyCheckpoints(L.Callback):
                 path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-class RequeueAtStep(L.Callback):
+class RequeueAtStep(Callback):
     """When step $PLIFNET_KILL_AT is reached (at the end of the batch before it), send this process
     SLURM's requeue signal (SIGUSR1), then, as SLURM ends a requeued job, SIGKILL it."""
 
@@ -34,3 +34,26 @@ class RequeueAtStep(L.Callback):
         if trainer.global_step == int(os.environ["PLIFNET_KILL_AT"]):
             os.kill(os.getpid(), signal.SIGUSR1)  # Python runs the handler here, before the next line
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAt(Callback):
+    """Send signal $PLIFNET_SIGNAL (SIGINT, SIGTERM) to this process's whole group, as a terminal's
+    Ctrl-C or a cluster's preemption does: when training step N starts ($PLIFNET_SIGNAL_AT = ``train:N``),
+    or when the first validation batch of epoch N starts (``val:N``)."""
+
+    def __init__(self):
+        stage, number = os.environ["PLIFNET_SIGNAL_AT"].split(":")
+        self.stage, self.number, self.sent = stage, int(number), False
+
+    def _send(self):
+        if not self.sent:
+            self.sent = True
+            os.killpg(os.getpgid(0), signal.Signals[os.environ["PLIFNET_SIGNAL"]])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.stage == "train" and trainer.global_step == self.number:
+            self._send()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if self.stage == "val" and not trainer.sanity_checking and trainer.current_epoch == self.number:
+            self._send()

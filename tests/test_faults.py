@@ -2,8 +2,12 @@
 
 import csv
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -11,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import ROOT
+from conftest import ROOT, make_image_folder
 from plifnet.callbacks import StopOnNonFinite
 from plifnet.module import SpikingClassifier
 
@@ -280,3 +284,86 @@ def test_a_checkpoint_of_a_non_finite_state_is_never_written(tmp_path):
     with pytest.raises(FloatingPointError, match=r"net\.encoder\.1\.running_var .*holds non-finite values"):
         trainer.save_checkpoint(tmp_path / "bad.ckpt")
     assert not (tmp_path / "bad.ckpt").exists()
+
+
+def final_metrics(folder: Path) -> dict[str, float]:
+    """The last logged value of each metric in a CSV logger's metrics.csv."""
+    with open(folder / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {key: float(row[key]) for row in rows for key in row if row[key] not in ("", None)}
+
+
+def test_resume_keeps_protocols_a_and_b(tmp_path, tiny_digits):
+    """SIGKILL after epoch 1 of 3 (validation and test loaders every epoch), `--ckpt_path last`: the
+    best-accuracy records (protocol A: test/acc_best, protocol B: test/acc_at_best_val) and
+    val/acc_best at the end equal the uninterrupted run's, which are re-derived here from its own
+    per-epoch accuracies."""
+    args = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
+            "--data.batch_size", "17", "--model.time_steps", "2", "--model.lr", "0.01", "--trainer.max_epochs", "3",
+            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs"]
+    kill_and_resume(args, 20, tmp_path)  # step 20: the first of epoch 2 (170 training images, 10 batches of 17)
+    whole = final_metrics(tmp_path / "whole" / "runs" / "lightning_logs" / "version_0")
+    resumed = final_metrics(tmp_path / "killed" / "runs" / "lightning_logs" / "version_1")
+    with open(tmp_path / "whole" / "runs" / "lightning_logs" / "version_0" / "metrics.csv") as f:
+        epochs = [r for r in csv.DictReader(f) if r.get("val/acc")]
+    val, test = [float(r["val/acc"]) for r in epochs], [float(r["test/acc"]) for r in epochs]
+    assert len(val) == 3
+    first_best = min(e for e in range(3) if val[e] == max(val))
+    assert whole["test/acc_at_best_val"] == test[first_best] and whole["test/acc_best"] == max(test)
+    for key in ("val/acc_best", "test/acc_best", "test/acc_at_best_val", "val/acc", "test/acc"):
+        assert resumed[key] == whole[key], key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run that the interrupted ones must end like (2 loader workers, validation, 2 epochs)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    digits = make_image_folder(folder / "digits", per_class=20, test_per_class=4)
+    args = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", digits, "--data.num_workers", "2",
+            "--data.batch_size", "4", "--model.time_steps", "2", "--model.lr", "0.01", "--trainer.max_epochs", "2",
+            "--trainer.limit_train_batches", "8", "--trainer.limit_val_batches", "2"]
+    whole = run_cli("fit", *args, cwd=folder)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    return args, whole, torch.load(folder / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
+                                   weights_only=True)
+
+
+@pytest.mark.parametrize("name,at,saved_step", [("SIGTERM", "train:5", 6), ("SIGINT", "val:0", 9)])
+def test_an_interrupted_fit_saves_its_state_says_how_to_resume_and_resumes_exactly(name, at, saved_step, tmp_path, uninterrupted):
+    """The signal goes to the whole process group (loader workers too), as Ctrl-C in a terminal and a
+    cluster's preemption do: mid-epoch (SIGTERM at step 5), or during validation (SIGINT: the run stops
+    after the next training batch). The state is saved, the last line is the command that resumes,
+    and that command ends with the uninterrupted run's weights, bit for bit."""
+    args, whole, whole_state = uninterrupted
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_SIGNAL=name, PLIFNET_SIGNAL_AT=at, PYTHONUNBUFFERED="1")
+    interrupted = subprocess.run([sys.executable, ROOT / "cli.py", "fit", *map(str, args), "--trainer.callbacks+=kill_probe.SignalAt"],
+                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert interrupted.returncode == 128 + signal.Signals[name].value, interrupted.stderr[-3000:]
+    saved = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "interrupted.ckpt"
+    assert torch.load(saved, weights_only=True)["global_step"] == saved_step
+    last_line = interrupted.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"interrupted by {name} at step {saved_step}") and "Traceback" not in interrupted.stderr
+    command = shlex.split(last_line.split("resume with: ")[1])
+    assert command[-2:] == ["--ckpt_path", "runs/lightning_logs/version_0/checkpoints/interrupted.ckpt"]
+
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = torch.load(tmp_path / "runs" / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == whole_state["global_step"] == 16
+    for key, value in whole_state["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_the_first_screen_counts_flops_and_shows_no_warnings(uninterrupted):
+    """The model summary of the README's train command: the network's FLOPs per sample (a forward of
+    T = 2 steps of the MNIST network, counted here from the layer sizes: the static image's encoder
+    convolution runs once, conv2, fc1 and fc2 at each step; 2 FLOPs per multiply-add), and no warning
+    raised inside Lightning or torchdata, nor Lightning's advert."""
+    _, whole, _ = uninterrupted
+    encoder, per_step = 28 * 28 * 128 * 9, 14 * 14 * 128 * 128 * 9 + 7 * 7 * 128 * 2048 + 2048 * 100
+    printed = re.search(r"Total FLOPs: ([\d.]+) M", whole.stdout)
+    assert printed, whole.stdout[-2000:]
+    assert abs(float(printed.group(1)) - 2 * (encoder + 2 * per_step) / 1e6) < 1
+    console = whole.stdout + whole.stderr
+    for noise in ("Warning", "deprecated", "💡 Tip", "warn("):
+        assert noise not in console, console[-3000:]

@@ -8,6 +8,7 @@ that the best test accuracy over epochs (protocol A) can be read off the same ru
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 
 import lightning as L
@@ -30,6 +31,14 @@ def stratified_split(targets: Sequence[int], val_fraction: float, seed: int) -> 
     return sorted(train), sorted(val)
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave SIGINT and SIGTERM to the main process: Ctrl-C and a cluster's SIGTERM
+    reach the whole process group, and a worker that died of them would end the run before it could
+    save its state (see ``plifnet.callbacks.SaveOnInterrupt``). A worker still exits with its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _mix(*numbers: int) -> int:
     """A seed from several integers (deterministic across processes, unlike ``hash``)."""
     seed = 0
@@ -46,8 +55,8 @@ class EpochSampler(Sampler):
     included. Lightning calls :meth:`set_epoch` at the start of every epoch.
     """
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
+    def __init__(self, size: int, seed: int, epoch: int = 0):
+        self.size, self.seed, self.epoch = size, seed, epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -132,6 +141,17 @@ class ClassificationDataModule(L.LightningDataModule):
             return ["test"]
         return ["val", "test"] if self.eval_test_every_epoch else ["val"]
 
+    def example_input(self) -> torch.Tensor | None:
+        """One sample shaped as a batch of one, as the network takes it (``[1, C, H, W]``)."""
+        return None if self.input_shape is None else torch.zeros(1, *self.input_shape)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # labels checked here, still on the CPU (on an accelerator the check would wait for the device)
+        check = getattr(self.trainer.lightning_module, "check_labels", None) if self.trainer else None
+        if check is not None and isinstance(batch, (list, tuple)) and not self.trainer.predicting:
+            check(batch[1])
+        return batch
+
     def state_dict(self) -> dict:
         return {"seed": self.seed}
 
@@ -143,9 +163,15 @@ class ClassificationDataModule(L.LightningDataModule):
         # that have one) and draws order and augmentations from (seed, epoch, index) only, so that a
         # run resumed mid-epoch sees the same batches
         if train:
-            return StatefulDataLoader(SeededSamples(dataset, self.seed), sampler=EpochSampler(len(dataset), self.seed),
-                                      **self._loader_options(train))
+            sampler = EpochSampler(len(dataset), self.seed, self._epoch())
+            return StatefulDataLoader(SeededSamples(dataset, self.seed), sampler=sampler, **self._loader_options(train))
         return DataLoader(dataset, **self._loader_options(train))
+
+    def _epoch(self) -> int:
+        """The epoch that training starts in: Lightning sets it on the sampler only after it has made
+        the loader's first iterator, so a resumed run would otherwise take its first epoch's batches
+        in epoch 0's order. (The value that Lightning then passes to ``set_epoch``.)"""
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
 
     def _loader_options(self, train: bool) -> dict:
         return dict(
@@ -159,6 +185,7 @@ class ClassificationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate_fn,
+            worker_init_fn=_ignore_interrupts,
         )
 
     def train_dataloader(self) -> DataLoader:
