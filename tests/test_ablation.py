@@ -160,7 +160,7 @@ def test_wandb_only_logger(tiny_digits, tmp_path):
     wandb itself recorded (read from its offline run file, not from plifnet's history.csv)."""
     out = tmp_path / "results"
     result = run_ablation(
-        "--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--grid", "lif:2", *quick(tiny_digits, 3),
+        "--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--grid", "lif:2", *quick(tiny_digits, 3), "--model.lr", "0.05",
         "--trainer.limit_train_batches", "3", "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
         "--trainer.logger.save_dir", "runs", "--trainer.logger.offline", "true", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
