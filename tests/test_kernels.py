@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,19 +100,39 @@ def test_cpu_kernel_constant_input_odd_cases():
         PLIF()(torch.zeros(2, 3), time_steps=0)
 
 
+@pytest.mark.parametrize("shape,time_steps", [((6, 3, 7, 5), None), ((8, 4, 700), None), ((5, 2, 3, 700), 5)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_cpu_kernel_half_precision_input_is_computed_in_float32(dtype):
+def test_cpu_kernel_half_precision_input_is_computed_in_float32(dtype, shape, time_steps):
     """bf16/fp16 input (what autocast gives a neuron after a convolution): the kernel computes in
     float32, so spikes equal the float32 reference on the same values, dX comes back in the input's
-    dtype and the tau gradient is accumulated in float32."""
-    shape = (6, 3, 7, 5)
-    x, grad = inputs(shape, 4).to(dtype), torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(dtype)
-    ref = run(make("plif", "reference", 0.0, False, True, ATan()), x.float(), grad.float())
-    fused = run(make("plif", "cpu", 0.0, False, True, ATan()), x, grad)
+    dtype (bf16: read and written by the kernel itself, rounded to nearest even as torch rounds) and
+    the tau gradient is accumulated in float32."""
+    x = inputs(shape[1:] if time_steps else shape, 4).to(dtype)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    ref = run(make("plif", "reference", 0.0, False, True, ATan()), x.float(), grad.float(), time_steps)
+    fused = run(make("plif", "cpu", 0.0, False, True, ATan()), x, grad, time_steps)
     assert fused[0].dtype == fused[1].dtype == dtype and fused[2].dtype == torch.float32
-    assert torch.equal(fused[0].float(), ref[0])
+    assert torch.equal(fused[0].float(), ref[0]) and 0 < ref[0].mean() < 1
     torch.testing.assert_close(fused[1], ref[1].to(dtype))  # the float32 gradient, rounded to dtype once
     torch.testing.assert_close(fused[2], ref[2], rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_bits_convert_as_torch_converts():
+    """The kernels' own bfloat16 <-> float32 conversions (``cpu.widen``, ``cpu.narrow``) against torch's:
+    exact both ways, rounding to nearest even on exact ties, over random values and tiny ones."""
+    from plifnet.kernels import cpu
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.randn(100_000, generator=generator) * 10, torch.randn(1000, generator=generator) * 1e-38])
+    bits = values.view(torch.int32)
+    ties = (bits[:2000] & ~0xFFFF) | 0x8000  # exactly halfway between two bfloat16 numbers, even and odd below
+    values = torch.cat([values, ties.view(torch.float32), torch.tensor([0.0, -0.0, 1.0, -1.0, 3.0e38])])
+    narrowed = np.empty(len(values), np.int16)
+    cpu.narrow(values.numpy().view(np.uint32), narrowed)
+    np.testing.assert_array_equal(narrowed, values.to(torch.bfloat16).view(torch.int16).numpy())
+    widened = np.empty(len(values), np.uint32)
+    cpu.widen(narrowed, widened)
+    np.testing.assert_array_equal(widened.view(np.float32), values.to(torch.bfloat16).float().numpy())
 
 
 def test_network_trains_under_bf16_autocast():
@@ -183,14 +204,16 @@ def test_triton_kernel_under_the_interpreter():
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 6, 8), (3, 2, 7, 9), (1, 1, 2, 2), (4, 5, 34, 34)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("binary", [True, False])
-def test_max_pool_kernel_matches_max_pool2d(shape, binary):
-    """Same values and the same gradient routing (ties go to the first position of the window)."""
+def test_max_pool_kernel_matches_max_pool2d(shape, binary, dtype):
+    """Same values and the same gradient routing (ties go to the first position of the window), in
+    float32 and in bfloat16 (autocast's spikes: the kernel reads and writes bf16 itself)."""
     from plifnet.kernels import max_pool2x2
 
-    x = (torch.rand(shape) > 0.7).float() if binary else torch.randn(shape).round(decimals=1)
+    x = ((torch.rand(shape) > 0.7).float() if binary else torch.randn(shape).round(decimals=1)).to(dtype)
     out_shape = (*shape[:-2], shape[-2] // 2, shape[-1] // 2)
-    grad = torch.randn(out_shape)
+    grad = torch.randn(out_shape).to(dtype)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     fused = max_pool2x2(a, "cpu" if kernels.available("cpu") else "reference")
     reference = torch.nn.functional.max_pool2d(b.reshape(-1, *shape[-3:]), 2, 2).view(out_shape)

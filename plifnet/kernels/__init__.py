@@ -73,24 +73,29 @@ class FusedMultiStep(torch.autograd.Function):
     def forward(ctx, x, k, time_steps, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend):
         rows = 1 if time_steps else x.shape[0]  # time steps of the input that the kernels read
         step_shape = x.shape if time_steps else x.shape[1:]
-        flat = x.reshape(rows, -1).to(torch.float32).contiguous()
+        # the CPU kernels read and write bfloat16 (autocast's dtype) themselves: no float32 copies of
+        # the input, the spikes and their gradients; a constant input (one step) is read in float32
+        native = torch.bfloat16 if backend == "cpu" and x.dtype == torch.bfloat16 else torch.float32
+        flat = x.reshape(rows, -1).to(torch.float32 if time_steps else native).contiguous()
         k_vec = k.detach().reshape(-1).to(torch.float32).contiguous()
         channels = k_vec.numel()
         inner = step_shape[1:].numel() // channels if channels > 1 else flat.shape[1]
         # rest: where the leak pulls and the hard reset puts V (soft reset: 0); both backends take this form
         rest = 0.0 if v_reset is None else float(v_reset)
         options = (float(v_threshold), rest, v_reset is None, detach_reset, decay_input)
-        spikes, h = _kernels(backend).forward(flat, time_steps or rows, k_vec, channels, inner, *options)
-        ctx.save_for_backward(h, k_vec, flat if _keeps_input(backend, decay_input, time_steps, k_vec) else None)
-        ctx.meta = (x.shape, x.dtype, rows, channels, inner, options, surrogate, backend, k.shape)
+        io = {"dtype": native} if backend == "cpu" else {}
+        spikes, h = _kernels(backend).forward(flat, time_steps or rows, k_vec, channels, inner, *options, **io)
+        kept = flat.float() if _keeps_input(backend, decay_input, time_steps, k_vec) else None
+        ctx.save_for_backward(h, k_vec, kept)
+        ctx.meta = (x.shape, x.dtype, native, rows, channels, inner, options, surrogate, backend, k.shape)
         return spikes.view(-1, *step_shape).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_spikes):
         h, k_vec, x = ctx.saved_tensors
-        shape, dtype, rows, channels, inner, options, surrogate, backend, k_shape = ctx.meta
+        shape, dtype, native, rows, channels, inner, options, surrogate, backend, k_shape = ctx.meta
         code = FUSED_SURROGATES[type(surrogate)]
-        grad = grad_spikes.reshape(grad_spikes.shape[0], -1).to(torch.float32).contiguous()
+        grad = grad_spikes.reshape(grad_spikes.shape[0], -1).to(native).contiguous()
         grad_x, grad_k_parts = _kernels(backend).backward(
             grad, h, x, rows, k_vec, channels, inner, *options, code, surrogate.alpha
         )
@@ -149,7 +154,8 @@ class MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # odd sizes: the last row/column drops
-        flat = x[..., :height, :width].reshape(-1, height, width).to(torch.float32).contiguous()
+        native = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32  # the kernel's dtypes
+        flat = x[..., :height, :width].reshape(-1, height, width).to(native).contiguous()
         out, index = _kernels("cpu").max_pool2x2_forward(flat)
         ctx.save_for_backward(index)
         ctx.shape, ctx.dtype = x.shape, x.dtype
@@ -158,7 +164,7 @@ class MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (index,) = ctx.saved_tensors
-        grad = grad_out.reshape(index.shape).to(torch.float32).contiguous()
+        grad = grad_out.reshape(index.shape).to(torch.bfloat16 if ctx.dtype == torch.bfloat16 else torch.float32).contiguous()
         grad_in = _kernels("cpu").max_pool2x2_backward(grad, index)
         grad_in = grad_in.view(*ctx.shape[:-2], *grad_in.shape[-2:])
         if grad_in.shape != ctx.shape:

@@ -2,10 +2,13 @@
 
 One pass over ``[T, E]`` (E = all elements of a step) does the whole forward; one reverse pass does
 the backward. Elements are processed in blocks of ``BLOCK`` contiguous values so that the inner loop
-over a block vectorises, and blocks are spread over the cores. Every value is float32 and the
-arithmetic follows ``plifnet.neurons.neuron_step`` operation by operation, so spikes are identical
-to the reference. The forward saves only ``H`` (float32); the backward recomputes ``S = H >= v_th``
-and ``V[t-1]`` from ``H[t-1]``, and gets ``dH/dk = X - (V[t-1] - rest) = (H - V[t-1]) / k`` without X.
+over a block vectorises, and blocks are spread over the cores. Every value is computed in float32
+and the arithmetic follows ``plifnet.neurons.neuron_step`` operation by operation, so spikes are
+identical to the reference. Under bfloat16 autocast the kernels read and write bfloat16 as its bits
+(int16 arrays, widened and rounded to nearest even here), so no float32 copies of the input, the
+spikes or their gradients are made around them. The forward saves only ``H`` (float32); the backward
+recomputes ``S = H >= v_th`` and ``V[t-1]`` from ``H[t-1]``, and gets ``dH/dk = X - (V[t-1] - rest)
+= (H - V[t-1]) / k`` without X (or from X where it is kept, see ``backward_kernel``).
 ``rest`` is V_reset for the hard reset and 0 for the soft one (where the leak then pulls to).
 
 A constant input (``static``: a static image's encoder current, the same at every step) is read
@@ -51,9 +54,31 @@ def surrogate_grad(z, code, alpha):
     return alpha * np.float32(abs(z) < HALF / alpha)  # RECTANGLE
 
 
+BF16_ONE = np.int16(0x3F80)  # the bits of 1.0 in bfloat16
+
+
+@njit(inline="always", cache=True)
+def widen(bits, out):
+    """bfloat16 bits (int16) -> float32 bits (uint32): the same value, exactly."""
+    for j in range(bits.shape[0]):
+        out[j] = np.uint32(np.uint16(bits[j])) << np.uint32(16)
+
+
+@njit(inline="always", cache=True)
+def narrow(wide, bits):
+    """float32 bits (uint32) -> bfloat16 bits (int16), rounded to nearest even, as torch rounds."""
+    for j in range(wide.shape[0]):
+        u = wide[j]
+        bits[j] = np.int16(np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
+
+
 @lru_cache(maxsize=None)
-def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: bool):
-    """x [T, E] (static: [1, E]) and k (per_element: the k of each element [E], else [1]) -> spikes [T, E], H [T, E]."""
+def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: bool, bf16: bool = False):
+    """x [T, E] (static: [1, E]) and k (per_element: the k of each element [E], else [1]) -> spikes [T, E], H [T, E].
+
+    ``bf16``: the spikes, and x unless static, are bfloat16 given as their bits (int16 arrays): read
+    and written here, so that autocast's bfloat16 tensors need no float32 copies around the kernel.
+    """
 
     @njit(parallel=True, cache=True)
     def forward(x, k, v_th, rest, spikes, h_out):
@@ -63,8 +88,13 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
             size = min(BLOCK, elements - start)
             kb = k[start:start + size] if per_element else k
             v = np.full(size, rest, np.float32)
+            wide = np.empty(size if bf16 and not static else 0, np.uint32)  # the step's input as float32 bits
             for t in range(steps):
-                xt = x[0 if static else t, start:start + size]
+                if bf16 and not static:
+                    widen(x[t, start:start + size], wide)
+                    xt = wide.view(np.float32)
+                else:
+                    xt = x[0 if static else t, start:start + size]
                 st, ht = spikes[t, start:start + size], h_out[t, start:start + size]
                 for j in range(size):
                     vj, kj = v[j], kb[j] if per_element else kb[0]
@@ -72,9 +102,13 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
                         h = vj + kj * (xt[j] - (vj - rest))
                     else:
                         h = vj - kj * (vj - rest) + xt[j]
-                    s = np.float32(h - v_th >= 0)
+                    fired = h - v_th >= 0
+                    s = np.float32(fired)
                     ht[j] = h
-                    st[j] = s
+                    if bf16:
+                        st[j] = BF16_ONE if fired else np.int16(0)
+                    else:
+                        st[j] = s
                     v[j] = h - v_th * s if soft else h * (ONE - s) + rest * s
 
     return forward
@@ -82,7 +116,7 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
 
 @lru_cache(maxsize=None)
 def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool, per_element: bool,
-                    with_x: bool):
+                    with_x: bool, bf16: bool = False):
     """Reverse pass: grad_x [T, E] (static: [1, E], zeroed by the caller, summed over time) and dL/dk
     summed over time: per element, grad_k [E], with per_element k; else one sum per block, in order.
 
@@ -93,6 +127,8 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
     rest)`` is computed from it, as the reference does. Without it, ``(H - V[t-1]) / k`` stands in
     for it: the same value for a moderate k, but a rounding error of H grows by 1/k (tau 1e4: about
     1e-3 relative), and at k = 0 (sigmoid underflow) it is 0/0.
+
+    ``bf16``: grad_spikes, and grad_x unless static, are bfloat16 bits (int16), as in the forward.
     """
 
     @njit(parallel=True, cache=True)
@@ -104,9 +140,19 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
             kb = k[start:start + size] if per_element else k
             grad_v = np.zeros(size, np.float32)
             acc = np.zeros(size, np.float32)
+            wide_in = np.empty(size if bf16 else 0, np.uint32)  # the step's grad_spikes as float32 bits
+            wide_out = np.empty(size if bf16 and not static else 0, np.uint32)  # the step's grad_x, before rounding
             for t in range(steps - 1, -1, -1):
-                gt, ht = grad_spikes[t, start:start + size], h_saved[t, start:start + size]
-                gxt, hp = grad_x[0 if static else t, start:start + size], h_saved[max(t - 1, 0), start:start + size]
+                if bf16:
+                    widen(grad_spikes[t, start:start + size], wide_in)
+                    gt = wide_in.view(np.float32)
+                else:
+                    gt = grad_spikes[t, start:start + size]
+                ht, hp = h_saved[t, start:start + size], h_saved[max(t - 1, 0), start:start + size]
+                if bf16 and not static:
+                    gxt = wide_out.view(np.float32)
+                else:
+                    gxt = grad_x[0 if static else t, start:start + size]
                 first = t == 0
                 for j in range(size):
                     h, kj = ht[j], kb[j] if per_element else kb[0]
@@ -133,6 +179,8 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                     else:  # dH/dk = -(V[t-1] - rest)
                         acc[j] -= grad_h * (v_prev - rest)
                     grad_v[j] = grad_h * (ONE - kj)
+                if bf16 and not static:
+                    narrow(wide_out, grad_x[t, start:start + size])
             divide = decay_input and not with_x
             if per_element:
                 for j in range(size):
@@ -146,38 +194,54 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
     return backward
 
 
-@njit(parallel=True, cache=True)
-def max_pool2x2_forward(x, out, index):
+@lru_cache(maxsize=None)
+def max_pool2x2_forward_kernel(bf16: bool):
     """2x2, stride-2 max pooling of x [B, H, W] (H, W even) into out [B, H/2, W/2] and the window
     position of the maximum (0..3, row-major) as one byte; ties go to the first position, as in
-    ``torch.nn.functional.max_pool2d``."""
-    batch, height, width = out.shape
-    for b in prange(batch):
-        for i in range(height):
-            top, bottom = x[b, 2 * i], x[b, 2 * i + 1]
-            for j in range(width):
-                best, where = top[2 * j], 0
-                if top[2 * j + 1] > best:
-                    best, where = top[2 * j + 1], 1
-                if bottom[2 * j] > best:
-                    best, where = bottom[2 * j], 2
-                if bottom[2 * j + 1] > best:
-                    best, where = bottom[2 * j + 1], 3
-                out[b, i, j] = best
-                index[b, i, j] = where
+    ``torch.nn.functional.max_pool2d``. ``bf16``: x and out are bfloat16 bits (int16); values are
+    compared in float32 and the maximum's bits are copied."""
+
+    @njit(parallel=True, cache=True)
+    def max_pool2x2_forward(x, out, index):
+        batch, height, width = out.shape
+        for b in prange(batch):
+            wide = np.empty((2, 2 * width) if bf16 else (0, 0), np.uint32)  # two input rows as float32 bits
+            for i in range(height):
+                if bf16:
+                    widen(x[b, 2 * i], wide[0])
+                    widen(x[b, 2 * i + 1], wide[1])
+                    values = wide.view(np.float32)
+                    top, bottom = values[0], values[1]
+                else:
+                    top, bottom = x[b, 2 * i], x[b, 2 * i + 1]
+                for j in range(width):
+                    best, where = top[2 * j], 0
+                    if top[2 * j + 1] > best:
+                        best, where = top[2 * j + 1], 1
+                    if bottom[2 * j] > best:
+                        best, where = bottom[2 * j], 2
+                    if bottom[2 * j + 1] > best:
+                        best, where = bottom[2 * j + 1], 3
+                    if bf16:
+                        out[b, i, j] = x[b, 2 * i + where // 2, 2 * j + where % 2]
+                    else:
+                        out[b, i, j] = best
+                    index[b, i, j] = where
+
+    return max_pool2x2_forward
 
 
 @njit(parallel=True, cache=True)
-def max_pool2x2_backward(grad_out, index, grad_in):
+def max_pool2x2_backward(grad_out, index, grad_in, zero):
     """Route each output gradient to the position of its window's maximum; grad_in [B, H, W] is
-    written whole (zeros elsewhere)."""
+    written whole (``zero`` elsewhere: float32, or the int16 bits of a bfloat16 zero)."""
     batch, height, width = grad_out.shape
     for b in prange(batch):
         for i in range(height):
             top, bottom = grad_in[b, 2 * i], grad_in[b, 2 * i + 1]
             for j in range(width):
                 g, where = grad_out[b, i, j], index[b, i, j]
-                top[2 * j] = g if where == 0 else ZERO
-                top[2 * j + 1] = g if where == 1 else ZERO
-                bottom[2 * j] = g if where == 2 else ZERO
-                bottom[2 * j + 1] = g if where == 3 else ZERO
+                top[2 * j] = g if where == 0 else zero
+                top[2 * j + 1] = g if where == 1 else zero
+                bottom[2 * j] = g if where == 2 else zero
+                bottom[2 * j + 1] = g if where == 3 else zero

@@ -21,13 +21,20 @@ def k_array(k, elements, channels, inner):
     return k.view(1, channels, 1).expand(elements // (channels * inner), channels, inner).reshape(-1).contiguous().numpy()
 
 
-def forward(x, steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input):
-    """x [T, E], or [1, E] for a constant input repeated over ``steps``."""
-    spikes = torch.empty(steps, x.shape[1], dtype=torch.float32)
-    h = torch.empty_like(spikes)
-    kernel = cpu.forward_kernel(bool(soft), bool(decay_input), x.shape[0] < steps, channels > 1)
-    kernel(x.detach().numpy(), k_array(k, x.shape[1], channels, inner), np.float32(v_th), np.float32(rest),
-           spikes.numpy(), h.numpy())
+def _array(tensor):
+    """The numpy array the kernels take: float32 as it is, bfloat16 as its bits (int16)."""
+    tensor = tensor.detach()
+    return (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+def forward(x, steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, dtype=torch.float32):
+    """x [T, E] float32, or bfloat16 with ``dtype=torch.bfloat16`` (a constant input [1, E] repeated
+    over ``steps`` is float32 always); spikes in ``dtype``, H in float32."""
+    spikes = torch.empty(steps, x.shape[1], dtype=dtype)
+    h = torch.empty(steps, x.shape[1], dtype=torch.float32)
+    kernel = cpu.forward_kernel(bool(soft), bool(decay_input), x.shape[0] < steps, channels > 1, dtype == torch.bfloat16)
+    kernel(_array(x), k_array(k, x.shape[1], channels, inner), np.float32(v_th), np.float32(rest),
+           _array(spikes), h.numpy())
     return spikes, h
 
 
@@ -37,27 +44,29 @@ def backward(grad_spikes, h, x, input_steps, k, channels, inner, v_th, rest, sof
     ``x``: the forward's input [T or 1, E] float32, or None where dL/dk is to come from H alone."""
     steps, elements = grad_spikes.shape
     static = input_steps < steps
+    bf16 = grad_spikes.dtype == torch.bfloat16  # then grad_x (unless static) is bfloat16 too
     grad_x = torch.zeros(1, elements) if static else torch.empty_like(grad_spikes)
     grad_k = torch.empty(elements if channels > 1 else -(-elements // cpu.BLOCK), dtype=torch.float32)
     kernel = cpu.backward_kernel(bool(soft), bool(decay_input), bool(detach_reset), int(code), static, channels > 1,
-                                 x is not None)
+                                 x is not None, bf16)
     x_saved = (x if x is not None else torch.empty(1, 1)).detach().numpy()
-    kernel(grad_spikes.detach().numpy(), h.numpy(), x_saved, k_array(k, elements, channels, inner), np.float32(v_th),
-           np.float32(rest), np.float32(alpha), grad_x.numpy(), grad_k.numpy())
+    kernel(_array(grad_spikes), h.numpy(), x_saved, k_array(k, elements, channels, inner), np.float32(v_th),
+           np.float32(rest), np.float32(alpha), _array(grad_x), grad_k.numpy())
     return grad_x, grad_k
 
 
 def max_pool2x2_forward(x):
-    """x [B, H, W] float32 contiguous (H, W even) -> (out [B, H/2, W/2], index uint8)."""
+    """x [B, H, W] float32 or bfloat16, contiguous (H, W even) -> (out [B, H/2, W/2] in x's dtype, index uint8)."""
     batch, height, width = x.shape
     out = torch.empty(batch, height // 2, width // 2, dtype=x.dtype)
     index = torch.empty(out.shape, dtype=torch.uint8)
-    cpu.max_pool2x2_forward(x.detach().numpy(), out.numpy(), index.numpy())
+    cpu.max_pool2x2_forward_kernel(x.dtype == torch.bfloat16)(_array(x), _array(out), index.numpy())
     return out, index
 
 
 def max_pool2x2_backward(grad_out, index):
     batch, height, width = grad_out.shape
     grad_in = torch.empty(batch, 2 * height, 2 * width, dtype=grad_out.dtype)
-    cpu.max_pool2x2_backward(grad_out.detach().numpy(), index.numpy(), grad_in.numpy())
+    zero = np.int16(0) if grad_out.dtype == torch.bfloat16 else np.float32(0)
+    cpu.max_pool2x2_backward(_array(grad_out), index.numpy(), _array(grad_in), zero)
     return grad_in
