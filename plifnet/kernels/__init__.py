@@ -7,8 +7,9 @@
 * ``triton``: Triton kernels for CUDA tensors (:mod:`plifnet.kernels.gpu`).
 
 Saved for backward: ``H`` in float32 (``T * E * 4`` bytes), and the input where the tau gradient
-needs it (see :func:`_keeps_input`); the reference keeps several tensors per step. The tau gradient is summed over time by the kernel, per element (or, for
-one k on the CPU, per block of elements, in order), and then by ``torch.sum``: the same bits on every run.
+needs it (see :func:`_keeps_input`); the reference keeps several tensors per step. The tau gradient
+is summed over time by the kernel, per element (or, for one k on the CPU, per block of elements, in
+order), and then by ``torch.sum``: the same bits on every run.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class FusedMultiStep(torch.autograd.Function):
         options = (float(v_threshold), rest, v_reset is None, detach_reset, decay_input)
         io = {"dtype": native} if backend == "cpu" else {}
         spikes, h = _kernels(backend).forward(flat, time_steps or rows, k_vec, channels, inner, *options, **io)
-        kept = flat.float() if _keeps_input(backend, decay_input, time_steps, k_vec) else None
+        kept = flat.float() if _keeps_input(backend, decay_input, k_vec) else None
         ctx.save_for_backward(h, k_vec, kept)
         ctx.meta = (x.shape, x.dtype, native, rows, channels, inner, options, surrogate, backend, k.shape)
         return spikes.view(-1, *step_shape).to(x.dtype)
@@ -111,16 +112,13 @@ class FusedMultiStep(torch.autograd.Function):
 SMALL_K = 1 / 64  # below it (tau > 64) the CPU backward takes dL/dk from the saved input, not from H
 
 
-def _keeps_input(backend: str, decay_input: bool, time_steps: int | None, k: torch.Tensor) -> bool:
+def _keeps_input(backend: str, decay_input: bool, k: torch.Tensor) -> bool:
     """Whether the backward gets the input X for ``dH/dk = X - (V[t-1] - rest)`` (decay_input only).
 
     From H alone, ``(H - V[t-1]) / k`` loses precision as 1/k grows and is 0/0 at k = 0 (sigmoid(w)
-    underflows at w < -104). X costs nothing for a constant input (one step) and on CUDA is kept
-    always (asking k's size would wait for the device); on the CPU a ``[T, E]`` input is kept only
-    for k < SMALL_K, so the usual PLIF (tau near 2) saves H alone."""
-    if not decay_input:
-        return False
-    return bool(time_steps) or backend != "cpu" or float(k.min()) < SMALL_K
+    underflows at w < -104). On CUDA X is kept always (asking k's size would wait for the device);
+    on the CPU only for k < SMALL_K, so the usual PLIF (tau near 2) saves H alone."""
+    return decay_input and (backend != "cpu" or float(k.min()) < SMALL_K)
 
 
 def _kernels(backend: str):

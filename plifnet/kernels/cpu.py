@@ -194,38 +194,38 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
     return backward
 
 
+@njit(inline="always", cache=True)
+def bf16_order(bits):
+    """An integer that orders bfloat16 bits (int16) as their values: the magnitude, negated for a
+    negative sign (so -0 ties with +0, as the values do)."""
+    magnitude = np.int32(bits) & np.int32(0x7FFF)
+    return magnitude if bits >= 0 else -magnitude
+
+
 @lru_cache(maxsize=None)
 def max_pool2x2_forward_kernel(bf16: bool):
     """2x2, stride-2 max pooling of x [B, H, W] (H, W even) into out [B, H/2, W/2] and the window
     position of the maximum (0..3, row-major) as one byte; ties go to the first position, as in
-    ``torch.nn.functional.max_pool2d``. ``bf16``: x and out are bfloat16 bits (int16); values are
-    compared in float32 and the maximum's bits are copied."""
+    ``torch.nn.functional.max_pool2d``. ``bf16``: x and out are bfloat16 bits (int16), compared
+    through :func:`bf16_order`; the maximum's bits are copied."""
 
     @njit(parallel=True, cache=True)
     def max_pool2x2_forward(x, out, index):
         batch, height, width = out.shape
         for b in prange(batch):
-            wide = np.empty((2, 2 * width) if bf16 else (0, 0), np.uint32)  # two input rows as float32 bits
             for i in range(height):
-                if bf16:
-                    widen(x[b, 2 * i], wide[0])
-                    widen(x[b, 2 * i + 1], wide[1])
-                    values = wide.view(np.float32)
-                    top, bottom = values[0], values[1]
-                else:
-                    top, bottom = x[b, 2 * i], x[b, 2 * i + 1]
+                top, bottom = x[b, 2 * i], x[b, 2 * i + 1]
                 for j in range(width):
-                    best, where = top[2 * j], 0
-                    if top[2 * j + 1] > best:
-                        best, where = top[2 * j + 1], 1
-                    if bottom[2 * j] > best:
-                        best, where = bottom[2 * j], 2
-                    if bottom[2 * j + 1] > best:
-                        best, where = bottom[2 * j + 1], 3
-                    if bf16:
-                        out[b, i, j] = x[b, 2 * i + where // 2, 2 * j + where % 2]
-                    else:
-                        out[b, i, j] = best
+                    a, c = (bf16_order(top[2 * j]), bf16_order(top[2 * j + 1])) if bf16 else (top[2 * j], top[2 * j + 1])
+                    d, e = (bf16_order(bottom[2 * j]), bf16_order(bottom[2 * j + 1])) if bf16 else (bottom[2 * j], bottom[2 * j + 1])
+                    best, where, value = a, 0, top[2 * j]
+                    if c > best:
+                        best, where, value = c, 1, top[2 * j + 1]
+                    if d > best:
+                        best, where, value = d, 2, bottom[2 * j]
+                    if e > best:
+                        best, where, value = e, 3, bottom[2 * j + 1]
+                    out[b, i, j] = value
                     index[b, i, j] = where
 
     return max_pool2x2_forward
