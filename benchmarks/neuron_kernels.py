@@ -1,15 +1,19 @@
-"""Fused neuron kernels against the per-step reference, side by side in one run.
+"""plifnet's speed as a plain script gets it, against SpikingJelly and this machine's peak, in one run.
 
-1. One PLIF layer, forward + backward, on [T, N, C, H, W] = [8, 16, 128, 28, 28] and a long sequence
-   [64, 2, 128, 28, 28]: median time, bytes saved for backward, and the bandwidth floor (the bytes a
-   fused kernel must move / this machine's measured ``copy_`` bandwidth).
-2. A training step (forward, backward, the module's Adam) of the paper's MNIST network, batch 16, T = 8, and of
-   the CIFAR-10 network at batch 4: images/s, the peak memory of the training steps (CUDA: peak
-   allocated; CPU: peak resident size above the size after building the model and one warm-up
-   sample, in a process that runs only that configuration) and the bytes the network saves for
-   backward. On the CPU also the time per step inside plifnet's kernels, and ``bound``: the speed-up
-   over the reference if those kernels took no time at all (the rest is convolutions, matrix
-   products, BatchNorm and Adam, the same on both backends).
+Every figure comes from a child process that imports plifnet (or SpikingJelly) and does nothing else
+first: no ``cli.py``, no allocator setting of ours (plifnet's CPU kernels make theirs on first use,
+as in any user's script). Children of the compared implementations alternate for ``--rounds``
+rounds; figures are medians over rounds, ratios are taken within a round.
+
+1. One PLIF layer, forward + backward, on [T, N, C, H, W] = [8, 16, 128, 28, 28]: ms, and the
+   bandwidth floor (the bytes a fused kernel must move / the machine's ``copy_`` bandwidth measured
+   by the same child).
+2. A training step (forward, backward, Adam) of the paper's MNIST network (batch 16, T 8) and CIFAR-10
+   network (batch 4), in float32 and under bfloat16 autocast (what ``configs/trainer/bf16.yaml``
+   gives): images/s, achieved GFLOP/s (convolutions and matrix products of the step, counted by
+   ``torch.utils.flop_counter``) against the dense matmul peak of the same precision measured in this
+   run, and the step's peak memory (CPU: peak resident size above the size after one warm-up sample).
+   SpikingJelly's torch backend builds the same network where it is installed (not a dependency).
 
     python benchmarks/neuron_kernels.py [--repeats 7] [--rounds 3] [--device cpu|cuda]
 """
@@ -20,15 +24,12 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from plifnet.kernels import keep_freed_cpu_memory
-from plifnet.module import SpikingClassifier
-from plifnet.neurons import PLIF
-
-KEPT = keep_freed_cpu_memory()  # as cli.py does, for every backend alike
+LAYER_SHAPE = (8, 16, 128, 28, 28)
 
 
 def sync(device):
@@ -36,132 +37,141 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def elapsed(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
 def median_time(fn, repeats, device):
-    fn()  # warm-up (and the kernel's JIT on its first call)
-    return statistics.median(elapsed(fn, device) for _ in range(repeats))
-
-
-def alternating_rounds(fns, repeats, device):
-    """Time every function of ``fns`` (name -> callable) once per round, in turn, for ``repeats``
-    rounds: a slow phase of this noisy machine then hits all of them alike, and ratios are taken
-    within a round. Returns one {name: seconds} per round."""
-    for fn in fns.values():
-        fn()  # warm-up
-    return [{name: elapsed(fn, device) for name, fn in fns.items()} for _ in range(repeats)]
-
-
-def median_of(rounds, key):
-    return statistics.median(key(one) for one in rounds)
-
-
-def saved_bytes(fn):
-    """Bytes of the distinct tensors autograd keeps for backward during ``fn()``."""
-    seen = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    fn()  # warm-up (and the kernels' JIT on their first call)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
         fn()
-    return sum(seen.values())
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def neuron_table(repeats, device):
-    fused_name = "cpu" if device == "cpu" else "triton"
-    src = torch.empty(64 * 2**20, device=device)  # 256 MiB
-    dst = torch.empty_like(src)
-    copy_bytes = 2 * src.numel() * 4  # read + write
-    print(f"{'shape [T, N, C, H, W]':24}{'backend':>10}{'fwd+bwd ms':>12}{'saved MB':>10}{'copy GB/s':>11}"
-          f"{'floor ms':>10}{'x floor':>9}{'speed-up':>10}")
-    for shape in [(8, 16, 128, 28, 28), (64, 2, 128, 28, 28)]:
-        x = torch.randn(shape, device=device) * 1.5 + 0.5
-        grad = torch.randn(shape, device=device)
-        fns, saved = {"copy": lambda: dst.copy_(src)}, {}
-        for backend in ("reference", fused_name):
-            neuron = PLIF(2.0, backend=backend).to(device)
-            xr = x.clone().requires_grad_()
-
-            def step(neuron=neuron, xr=xr):
-                xr.grad = None
-                neuron(xr).backward(grad)
-
-            fns[backend] = step
-            saved[backend] = saved_bytes(lambda: neuron(xr))
-        rounds = alternating_rounds(fns, repeats, device)
-        bandwidth = median_of(rounds, lambda r: copy_bytes / r["copy"])
-        floor = 6 * 4 * x.numel() / bandwidth  # read x, write S and H; read dS and H, write dX
-        for backend in ("reference", fused_name):
-            ms = median_of(rounds, lambda r: r[backend]) * 1e3
-            speedup = median_of(rounds, lambda r: r["reference"] / r[backend])
-            print(f"{str(list(shape)):24}{backend:>10}{ms:12.1f}{saved[backend] / 2**20:10.0f}{bandwidth / 1e9:11.1f}"
-                  f"{floor * 1e3:10.1f}{ms / 1e3 / floor:9.1f}{speedup:10.2f}")
+def has_spikingjelly() -> bool:
+    try:
+        import spikingjelly.activation_based  # noqa: F401
+    except Exception:  # absent, or present without its own dependencies
+        return False
+    return True
 
 
-def train_step_child(arch, batch, backend, repeats, device):
-    """Runs in its own process so that its peak memory is its own."""
+# --- what a child process measures ---------------------------------------------------------------
+
+def spikingjelly_plif():
+    from spikingjelly.activation_based import neuron, surrogate
+
+    return neuron.ParametricLIFNode(init_tau=2.0, surrogate_function=surrogate.ATan(alpha=2.0), detach_reset=True,
+                                    step_mode="m")
+
+
+def layer_child(implementation, repeats, device):
+    from plifnet.neurons import PLIF
+
     torch.manual_seed(0)
-    model = SpikingClassifier(arch, backend=backend).to(device)
-    optimizer = model.configure_optimizers()["optimizer"]  # what training uses
+    x = (torch.randn(LAYER_SHAPE, device=device) * 1.5 + 0.5).requires_grad_()
+    grad = torch.randn(LAYER_SHAPE, device=device)
+    if implementation == "spikingjelly":
+        layer = spikingjelly_plif().to(device)
+    else:
+        layer = PLIF(2.0, backend=implementation if implementation == "reference" else "auto").to(device)
+
+    def step():
+        x.grad = None
+        if hasattr(layer, "reset") and implementation == "spikingjelly":
+            layer.reset()
+        layer(x).backward(grad)
+
+    seconds = median_time(step, repeats, device)
+    src = torch.empty(64 * 2**20, device=device)
+    dst = torch.empty_like(src)
+    copy = median_time(lambda: dst.copy_(src), repeats, device)
+    bandwidth = 2 * src.numel() * 4 / copy  # read + write
+    return {"ms": seconds * 1e3, "floor_ms": 6 * 4 * x.numel() / bandwidth * 1e3, "copy_gbs": bandwidth / 1e9}
+
+
+def spikingjelly_network(arch, dropout=0.5):
+    """The paper's MNIST or CIFAR-10 network (SPEC section 2) in SpikingJelly's layers, multi-step."""
+    from spikingjelly.activation_based import functional, layer
+
+    from plifnet.models import ARCHS
+
+    spec = ARCHS[arch]
+    channels, modules, size = spec.in_channels, [], spec.size
+    for token in spec.layers.split():
+        if token.startswith("c"):
+            modules += [layer.Conv2d(channels, int(token[1:]), 3, padding=1, bias=False),
+                        layer.BatchNorm2d(int(token[1:])), spikingjelly_plif()]
+            channels = int(token[1:])
+        elif token == "p":
+            modules.append(layer.MaxPool2d(2, 2))
+            size //= 2
+        elif token == "d":
+            modules.append(layer.Dropout(dropout))
+        elif token.startswith("f"):
+            if not any(isinstance(m, layer.Flatten) for m in modules):
+                modules.append(layer.Flatten())
+                channels *= size * size
+            modules += [layer.Linear(channels, int(token[1:]), bias=False), spikingjelly_plif()]
+            channels = int(token[1:])
+    net = torch.nn.Sequential(*modules)
+    functional.set_step_mode(net, "m")
+
+    class Static(torch.nn.Module):
+        """The first Conv+BN once per image, its output repeated at every step, as plifnet does."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            functional.reset_net(self.net)
+            encoder = self.net[1](self.net[0](x.unsqueeze(0))).repeat(spec.time_steps, 1, 1, 1, 1)
+            votes = self.net[2:](encoder)  # [T, N, classes * 10]
+            return votes.unflatten(-1, (-1, 10)).mean(-1).mean(0)
+
+    return Static()
+
+
+def train_child(implementation, arch, batch, precision, repeats, device):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from plifnet.module import SpikingClassifier
+
+    torch.manual_seed(0)
+    model = SpikingClassifier(arch, backend=implementation if implementation == "reference" else "auto")
+    net = (spikingjelly_network(arch) if implementation == "spikingjelly" else model.net).to(device)
+    params = net.parameters() if implementation == "spikingjelly" else model.parameters()
+    optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)
     c, size = model.net.arch.in_channels, model.net.arch.size
     x, y = torch.randn(batch, c, size, size, device=device), torch.randint(0, 10, (batch,), device=device)
-    # Load the libraries and compile (or load) the kernels on one sample first: numba and its compiled
-    # kernels take ~110 MB once per process, which is not the training step's memory.
-    model._loss(model(x[:1]), y[:1]).backward()
-    model.zero_grad(set_to_none=True)
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+    def loss_of(x, y):
+        with autocast:
+            scores = net(x)
+        rates = scores.mean(0) if scores.dim() == 3 else scores
+        return model._loss(rates.float(), y)
+
+    loss_of(x[:1], y[:1]).backward()  # libraries and kernels loaded outside the measured memory
+    optimizer.zero_grad(set_to_none=True)
     _release_freed_memory()
-    baseline = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
+    baseline = _status_kb("VmRSS") if device == "cpu" else 0
+    if device == "cpu":
+        Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
 
     def step():
         optimizer.zero_grad()
-        model._loss(model(x), y).backward()
+        loss_of(x, y).backward()
         optimizer.step()
 
     seconds = median_time(step, repeats, device)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else (_status_kb("VmHWM") - baseline) * 1024)
-    activations = saved_bytes(lambda: model(x))
-    kernel_seconds = kernel_time_per_step(step, repeats) if backend == "cpu" else None
-    print(json.dumps({"images_per_s": batch / seconds, "peak_mb": peak / 2**20, "saved_mb": activations / 2**20,
-                      "step_ms": seconds * 1e3, "kernel_ms": kernel_seconds and kernel_seconds * 1e3}))
-
-
-def kernel_time_per_step(step, repeats):
-    """Median time per training step spent inside plifnet's CPU kernels (neurons and pooling)."""
-    from plifnet.kernels import cpu_ops
-
-    spent = []
-
-    def timed(fn):
-        def call(*args):
-            start = time.perf_counter()
-            result = fn(*args)
-            spent[-1] += time.perf_counter() - start
-            return result
-
-        return call
-
-    names = ("forward", "backward", "max_pool2x2_forward", "max_pool2x2_backward")
-    originals = {name: getattr(cpu_ops, name) for name in names}
-    for name, fn in originals.items():
-        setattr(cpu_ops, name, timed(fn))
-    try:
-        for _ in range(repeats):
-            spent.append(0.0)
-            step()
-    finally:
-        for name, fn in originals.items():
-            setattr(cpu_ops, name, fn)
-    return statistics.median(spent)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else (_status_kb("VmHWM") - baseline) * 1024
+    with FlopCounterMode(display=False) as counter:
+        loss_of(x, y).backward()
+    return {"images_per_s": batch / seconds, "gflops": counter.get_total_flops() / seconds / 1e9,
+            "peak_mb": peak / 2**20}
 
 
 def _release_freed_memory():
@@ -184,49 +194,85 @@ def _status_kb(field):
     raise KeyError(field)
 
 
-def training_table(repeats, rounds, device):
-    """Each configuration in its own process; the reference and the fused process alternate for
-    ``rounds`` rounds, and every figure is the median over rounds (ratios taken within a round)."""
-    fused_name = "cpu" if device == "cpu" else "triton"
-    print(f"{'network':24}{'backend':>10}{'images/s':>10}{'peak MB':>10}{'saved MB':>10}{'images/s x':>12}"
-          f"{'peak x':>8}{'kernels ms':>12}{'bound x':>9}")
-    for arch, batch in (("mnist", 16), ("cifar10", 4)):
-        runs = []
-        for _ in range(rounds):
-            run = {}
-            for backend in ("reference", fused_name):
-                command = [sys.executable, __file__, "--child", arch, str(batch), backend, str(repeats), device]
-                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-                run[backend] = json.loads(out.strip().splitlines()[-1])
-            runs.append(run)
-        for backend in ("reference", fused_name):
-            def median(key):
-                return median_of(runs, lambda run: key(run[backend], run["reference"]))
+# --- the parent: rounds of children, tables -------------------------------------------------------
 
-            line = (f"{f'{arch}, batch {batch}, T 8':24}{backend:>10}{median(lambda r, ref: r['images_per_s']):10.1f}"
-                    f"{median(lambda r, ref: r['peak_mb']):10.0f}{median(lambda r, ref: r['saved_mb']):10.0f}"
-                    f"{median(lambda r, ref: r['images_per_s'] / ref['images_per_s']):12.2f}"
-                    f"{median(lambda r, ref: r['peak_mb'] / ref['peak_mb']):8.2f}")
-            if runs[0][backend]["kernel_ms"] is not None:  # the speed-up if the kernels took no time at all
-                line += (f"{median(lambda r, ref: r['kernel_ms']):12.1f}"
-                         f"{median(lambda r, ref: ref['step_ms'] / (r['step_ms'] - r['kernel_ms'])):9.2f}")
-            print(line)
+def child(*args):
+    command = [sys.executable, __file__, "--child", *map(str, args)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def rounds_of(configurations, rounds):
+    """{name: args} -> one {name: result} per round, the children of a round run one after another."""
+    return [{name: child(*args) for name, args in configurations.items()} for _ in range(rounds)]
+
+
+def median(runs, key):
+    return statistics.median(key(run) for run in runs)
+
+
+def matmul_peak(dtype, repeats, device, n=2048):
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / median_time(lambda: a @ b, repeats, device) / 1e9
+
+
+def layer_table(implementations, repeats, rounds, device):
+    runs = rounds_of({name: ("layer", name, repeats, device) for name in implementations}, rounds)
+    print(f"\nPLIF layer {list(LAYER_SHAPE)}, forward + backward, plain script")
+    print(f"{'implementation':16}{'ms':>9}{'floor ms':>10}{'x floor':>9}{'vs reference':>14}{'vs SpikingJelly':>17}")
+    for name in implementations:
+        ratio = lambda other: (f"{median(runs, lambda r: r[other]['ms'] / r[name]['ms']):.2f}x" if other in implementations else "-")
+        ms = median(runs, lambda r: r[name]["ms"])
+        floor = median(runs, lambda r: r[name]["floor_ms"])
+        print(f"{name:16}{ms:9.1f}{floor:10.1f}{ms / floor:9.1f}{ratio('reference'):>14}{ratio('spikingjelly'):>17}")
+
+
+def training_table(implementations, repeats, rounds, device, peaks):
+    print("\nTraining step (forward, backward, Adam), plain script; GFLOP/s against the matmul peak of the precision")
+    print(f"{'network':22}{'implementation':16}{'precision':>10}{'images/s':>10}{'GFLOP/s':>9}{'of peak':>9}"
+          f"{'peak MB':>9}{'vs fp32':>9}{'vs SJ fp32':>12}")
+    for arch, batch in (("mnist", 16), ("cifar10", 4)):
+        configurations = {(name, precision): ("train", name, arch, batch, precision, repeats, device)
+                          for name in implementations for precision in ("fp32", "bf16")
+                          if name == "fused" or precision == "fp32"}
+        runs = rounds_of(configurations, rounds)
+        for (name, precision) in configurations:
+            key = (name, precision)
+            speed = lambda other: (f"{median(runs, lambda r: r[key]['images_per_s'] / r[other]['images_per_s']):.2f}x"
+                                   if other in configurations else "-")
+            gflops = median(runs, lambda r: r[key]["gflops"])
+            print(f"{f'{arch}, batch {batch}, T 8':22}{name:16}{precision:>10}"
+                  f"{median(runs, lambda r: r[key]['images_per_s']):10.1f}{gflops:9.0f}"
+                  f"{gflops / peaks[precision]:9.0%}{median(runs, lambda r: r[key]['peak_mb']):9.0f}"
+                  f"{speed((name, 'fp32')):>9}{speed(('spikingjelly', 'fp32')):>12}")
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        arch, batch, backend, repeats, device = sys.argv[2:7]
-        return train_step_child(arch, int(batch), backend, int(repeats), device)
+        kind, *args = sys.argv[2:]
+        if kind == "layer":
+            result = layer_child(args[0], int(args[1]), args[2])
+        else:
+            result = train_child(args[0], args[1], int(args[2]), args[3], int(args[4]), args[5])
+        print(json.dumps(result))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating processes per training configuration")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating child processes per configuration")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", choices=("layer", "training"), help="one table")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
-          f"medians of {args.repeats} alternating rounds ({args.rounds} processes each for training), "
-          f"freed CPU memory kept by malloc: {KEPT}")
-    neuron_table(args.repeats, args.device)
-    training_table(args.repeats, args.rounds, args.device)
+    implementations = ["reference", "fused"] + (["spikingjelly"] if has_spikingjelly() else [])
+    peaks = {"fp32": matmul_peak(torch.float32, args.repeats, args.device),
+             "bf16": matmul_peak(torch.bfloat16, args.repeats, args.device)}
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads; medians of "
+          f"{args.rounds} rounds of child processes, {args.repeats} repeats each; SpikingJelly: "
+          f"{'installed' if 'spikingjelly' in implementations else 'not installed'}")
+    print(f"dense matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    if args.only != "training":
+        layer_table(implementations, args.repeats, args.rounds, args.device)
+    if args.only != "layer":
+        training_table(implementations, args.repeats, args.rounds, args.device, peaks)
 
 
 if __name__ == "__main__":
