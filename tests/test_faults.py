@@ -204,11 +204,14 @@ def test_resume_is_exact_with_loader_workers_and_validation(tmp_path, tiny_digit
 
 def test_a_diverged_run_stops_non_zero_and_saves_no_non_finite_checkpoint(tmp_path, tiny_digits):
     """lr 1e30: the weights overflow within a few steps, the network falls silent and the rate loss
-    stays at a finite 0.1, so only the gradients and the state show it."""
+    stays at a finite 0.1, so only the gradients or the state (BatchNorm's running variance) show it.
+    (Which comes first depends on the kernels: since the tau gradient is exact at k = 0, no NaN comes
+    from it at step 1, and the overflowing BatchNorm statistics stop the run at the checkpoint.)"""
     result = run_cli("fit", *BASE, "--data.root", tiny_digits, "--model.lr", "1e30", "--trainer.max_epochs", "2",
                      "--trainer.limit_train_batches", "4", cwd=tmp_path)
     assert result.returncode != 0
-    assert "is not finite at step 1 (epoch 0): the run has diverged" in result.stderr, result.stderr[-2000:]
+    assert re.search(r"(is not finite|holds non-finite values, so the checkpoint was not written) at step \d+ "
+                     r"\(epoch \d\): the run has diverged", result.stderr), result.stderr[-2000:]
     saved = list((tmp_path / "runs").rglob("*.ckpt"))
     for path in saved:
         state = torch.load(path, weights_only=True)["state_dict"]
