@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
 from plifnet import checkpoints
 from plifnet.callbacks import Interrupted
-from plifnet.kernels import keep_freed_cpu_memory
+from plifnet.kernels import keep_freed_memory_unless_opted_out
 from plifnet.module import SpikingClassifier
 
 
@@ -134,7 +134,7 @@ def resume_command(argv: list[str], path: Path) -> str:
 
 
 def main(args=None) -> LightningCLI:
-    keep_freed_cpu_memory()  # CPU training: no page faults for every step's activations
+    keep_freed_memory_unless_opted_out()  # CPU training: no page faults for every step's activations
     quiet_console()
     try:
         return PlifnetCLI(

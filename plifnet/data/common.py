@@ -146,9 +146,11 @@ class ClassificationDataModule(L.LightningDataModule):
         return None if self.input_shape is None else torch.zeros(1, *self.input_shape)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        # labels checked here, still on the CPU (on an accelerator the check would wait for the device)
-        check = getattr(self.trainer.lightning_module, "check_labels", None) if self.trainer else None
-        if check is not None and isinstance(batch, (list, tuple)) and not self.trainer.predicting:
+        # labels bound for an accelerator are checked here, still on the CPU (there the check would
+        # wait for the device); on the CPU the module's step checks them
+        module = self.trainer.lightning_module if self.trainer else None
+        check = getattr(module, "check_labels", None)
+        if check is not None and module.device.type != "cpu" and isinstance(batch, (list, tuple)) and not self.trainer.predicting:
             check(batch[1])
         return batch
 

@@ -125,7 +125,7 @@ def _kernels(backend: str):
     if backend == "cpu":
         from plifnet.kernels import cpu_ops
 
-        _keep_freed_memory_once()
+        keep_freed_memory_unless_opted_out()
         return cpu_ops
     from plifnet.kernels import gpu
 
@@ -179,9 +179,9 @@ def max_pool2x2(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
 
 
 @lru_cache(maxsize=None)
-def _keep_freed_memory_once() -> bool:
-    """The first run of a CPU kernel in a process calls :func:`keep_freed_cpu_memory`, so that a
-    plain script gets the kernels' speed as ``cli.py`` does; ``PLIFNET_KEEP_FREED_MEMORY=0`` opts out."""
+def keep_freed_memory_unless_opted_out() -> bool:
+    """:func:`keep_freed_cpu_memory`, once per process, unless ``PLIFNET_KEEP_FREED_MEMORY=0``: called by
+    the first run of a CPU kernel (so a plain script gets the kernels' speed) and by ``cli.py``."""
     if os.environ.get("PLIFNET_KEEP_FREED_MEMORY", "1") == "0":
         return False
     return keep_freed_cpu_memory()
