@@ -221,9 +221,22 @@ class SpikingNet(nn.Module):
             raise ValueError(f"{self.arch_name}: the last layer must be f<10 x classes> (10 neurons per class), "
                              f"got {features} neurons for {self.classes} classes")
         layers.append(Vote())
+        self._set_layers(layers)
 
+    @classmethod
+    def assemble(cls, layers: list[nn.Module], in_channels: int, size: int, classes: int, time_steps: int,
+                 static: bool) -> "SpikingNet":
+        """A network of ready modules, in the order the tokens would build them: the encoder (any module
+        mapping ``[N, C, H, W]``), then modules on ``[T, N, ...]``. :func:`plifnet.export.from_nir` builds
+        networks this way."""
+        net = cls(layers="", classes=classes, time_steps=time_steps, static=static)
+        net.arch = dataclasses.replace(net.arch, in_channels=in_channels, size=size)
+        net._set_layers(layers)
+        return net
+
+    def _set_layers(self, layers: list[nn.Module]) -> None:
         # The first Conv+BN is the encoder: once per image for static data, per frame for events.
-        self.encoder = layers[0].module
+        self.encoder = layers[0].module if isinstance(layers[0], TimeDistributed) else layers[0]
         self.layers = nn.Sequential(*layers[1:])
         # a neuron that takes a constant input once (time_steps=T) is spared the [T, N, ...] copy
         self._constant_input = "time_steps" in inspect.signature(self.layers[0].forward).parameters

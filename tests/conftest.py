@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+from plifnet.neurons import PLIF
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
@@ -44,3 +47,23 @@ def make_image_folder(root: Path, per_class: int, test_per_class: int, size: int
 def tiny_digits(tmp_path) -> Path:
     """A 10-class, 28x28 grayscale image folder: 20 training and 4 test images per class."""
     return make_image_folder(tmp_path / "digits", per_class=20, test_per_class=4)
+
+
+def active_network(net, x):
+    """A random network that fires in every layer: BatchNorm statistics of ``x`` with random affine
+    parameters (so that folding them matters), random tau, and linear weights scaled up."""
+    generator = torch.Generator().manual_seed(1)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 1.0  # running statistics := this batch's
+        if isinstance(module, nn.Linear):
+            module.weight.data *= 8
+        if isinstance(module, PLIF) and not isinstance(module.w, nn.UninitializedParameter):
+            module.w.data.uniform_(-2.0, 1.0, generator=generator)
+    with torch.no_grad():
+        net.train()(x)
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.data.uniform_(0.8, 2.0, generator=generator)
+                module.bias.data.uniform_(-0.3, 0.6, generator=generator)
+    return net.eval()

@@ -1,0 +1,404 @@
+"""NIR export and import: a trained network leaves for neuromorphic hardware and simulators.
+
+NIR (the Neuromorphic Intermediate Representation, https://neuroir.org, package ``nir``) describes a
+network as a graph of continuous-time nodes that Loihi/Lava, SpiNNaker, Xylo, Speck, Norse, snnTorch
+and SpikingJelly read. At ``dt = 1`` (one NIR time unit per step) NIR's Euler step of its neurons is
+exactly the step of :mod:`plifnet.neurons`::
+
+    NIR LIF   tau dv/dt = (v_leak - v) + r I   ->   v <- v + (1/tau) (v_leak - v + r I)
+    plifnet   H = V + k (X - (V - V_reset))         decay_input=True:  tau = 1/k, r = 1,   v_leak = V_reset
+              H = V - k (V - V_reset) + X           decay_input=False: tau = 1/k, r = tau, v_leak = V_reset
+    NIR IF    dv/dt = r I                      ->   v <- v + r I        IF: r = 1
+    both      spike when v crosses v_threshold, then v = v_reset (hard reset)
+
+NIR fires at ``v > v_threshold``, plifnet at ``H >= v_threshold`` (heaviside(0) = 1): the two differ
+only when the membrane equals the threshold exactly, a float tie. The soft reset (``v_reset=None``,
+``V = H - v_threshold``) has no NIR form and is refused rather than exported wrongly.
+
+The layers of a :class:`plifnet.models.SpikingNet` map to NIR nodes as follows:
+
+- Conv2d + BatchNorm2d (eval) -> one ``nir.Conv2d``, BatchNorm folded into weight and bias (in float64);
+- MaxPool2d of spikes -> ``nir.SumPool2d`` then ``nir.Threshold(0.5)``: the maximum of 0/1 values over
+  a window is 1 exactly when their sum exceeds 0.5, so the paper's networks export exactly;
+- Flatten -> ``nir.Flatten`` (NIR's dims exclude the batch), Linear -> ``nir.Linear`` (``nir.Affine``
+  with a bias), the vote -> ``nir.Linear`` with weights 1/10 over each class's group; dropout is dropped.
+
+The graph's metadata holds ``time_steps``, ``input`` (``static``: the image is presented at every step;
+``events``: frame t at step t) and ``dt = 1``.
+
+Command line: ``python -m plifnet.export --ckpt_path CKPT --out FILE.nir`` (``--config`` as for cli.py
+when the checkpoint alone cannot rebuild the network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nir
+import numpy as np
+import torch
+from torch import nn
+
+import plifnet
+from plifnet.models import MaxPool, SharedDropout, SpikingNet, TimeDistributed, Vote
+from plifnet.neurons import IF, LIF, PLIF, is_neuron
+
+POOL_THRESHOLD = 0.5  # any value in (0, 1): a sum of 0/1 spikes exceeds it exactly when one of them is 1
+
+
+def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32) -> nir.NIRGraph:
+    """The NIR graph of a :class:`plifnet.module.SpikingClassifier` or :class:`plifnet.models.SpikingNet`.
+
+    ``time_steps`` goes into the metadata (default: the network's T). Arrays are written as ``dtype``;
+    ``np.float64`` keeps the folded BatchNorm exact to the last bit, for checks that compare spikes.
+    Raises ``ValueError`` naming the layer for what has no NIR form (a plug-in neuron, the soft reset).
+    """
+    net = getattr(model, "net", model)
+    if not isinstance(net, SpikingNet) or not net.built:
+        raise ValueError(f"to_nir exports SpikingNet networks (the paper's, or layers=...), built; got {type(net).__name__}")
+    if net.training:
+        raise ValueError("to_nir exports a network in eval mode (BatchNorm's running statistics, no dropout): call .eval()")
+    graph = _GraphBuilder(dtype, net.input_shape)
+    counts = {"conv": 0, "fc": 0, "pool": 0}
+    last = "input"  # the name of the node that produced the current tensor
+    for module in [net.encoder, *net.layers]:
+        module = module.module if isinstance(module, TimeDistributed) else module
+        convolution = _conv_and_norm(module)
+        if convolution is not None:
+            counts["conv"] += 1
+            last = graph.add(f"conv{counts['conv']}", _folded_conv(*convolution, graph.shape, dtype))
+        elif is_neuron(module):
+            last = graph.add(f"{last}_{'if' if isinstance(module, IF) else 'lif'}", _neuron(module, last, graph.shape, dtype))
+        elif isinstance(module, (MaxPool, nn.MaxPool2d)):
+            if not graph.spikes:
+                raise ValueError(f"layer {type(module).__name__} after {last}: max-pooling exports as SumPool2d + "
+                                 f"Threshold only where its input is spikes")
+            kernel, stride = _pool_window(module)
+            counts["pool"] += 1
+            graph.add(f"pool{counts['pool']}", nir.SumPool2d(kernel_size=np.array(kernel), stride=np.array(stride),
+                                                             padding=np.array([0, 0])))
+            last = graph.add(f"pool{counts['pool']}_threshold",
+                             nir.Threshold(threshold=np.full(graph.shape, POOL_THRESHOLD, dtype=dtype)))
+        elif isinstance(module, (SharedDropout, nn.Dropout)):
+            continue  # the identity in eval mode
+        elif isinstance(module, nn.Flatten):
+            if module.start_dim != 2 or module.end_dim != -1:
+                raise ValueError(f"nn.Flatten({module.start_dim}, {module.end_dim}) after {last}: only Flatten(2) of "
+                                 f"[T, N, ...] (all features of a sample) has a NIR form")
+            last = graph.add("flatten", nir.Flatten(input_type={"input": np.array(graph.shape)}, start_dim=0, end_dim=-1))
+        elif isinstance(module, nn.Linear):
+            counts["fc"] += 1
+            weight = module.weight.detach().double().numpy().astype(dtype)
+            node = (nir.Linear(weight=weight) if module.bias is None else
+                    nir.Affine(weight=weight, bias=module.bias.detach().double().numpy().astype(dtype)))
+            last = graph.add(f"fc{counts['fc']}", node)
+        elif isinstance(module, Vote):
+            classes = graph.shape[0] // module.votes
+            votes = np.kron(np.eye(classes), np.full((1, module.votes), 1 / module.votes)).astype(dtype)
+            last = graph.add("vote", nir.Linear(weight=votes))
+        else:
+            raise ValueError(f"layer {type(module).__name__} after {last} has no NIR form; to_nir exports Conv2d(+BatchNorm2d), "
+                             f"PLIF/LIF/IF neurons, max-pooling of spikes, dropout, Flatten, Linear and the vote")
+    graph.add("output", nir.Output(output_type=np.array(graph.shape)))
+    metadata = {"time_steps": int(time_steps or net.time_steps), "input": "static" if net.arch.static else "events",
+                "dt": 1.0, "producer": f"plifnet {plifnet.__version__}"}
+    return nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata=metadata)
+
+
+class _GraphBuilder:
+    """A chain of NIR nodes, tracking the shape of one sample ``[C, H, W]`` or ``[F]`` and whether it is spikes."""
+
+    def __init__(self, dtype, input_shape):
+        self.dtype, self.shape, self.spikes = dtype, tuple(input_shape), False
+        self.nodes = {"input": nir.Input(input_type={"input": np.array(input_shape)})}
+        self.edges: list[tuple[str, str]] = []
+
+    def add(self, name: str, node) -> str:
+        self.edges.append((list(self.nodes)[-1], name))
+        self.nodes[name] = node
+        output = node.output_type.get("output") if node.output_type else None
+        if isinstance(node, (nir.SumPool2d,)):  # NIR leaves its output type to the graph's inference
+            c, h, w = self.shape
+            kernel, stride = node.kernel_size, node.stride
+            output = (c, (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1)
+        self.shape = tuple(int(n) for n in output) if output is not None else self.shape
+        self.spikes = isinstance(node, (nir.LIF, nir.IF, nir.Threshold)) or (self.spikes and isinstance(node, nir.Flatten))
+        return name
+
+
+def _conv_and_norm(module: nn.Module):
+    """``(conv, batch_norm or None)`` for a Conv2d, or a Sequential of Conv2d then BatchNorm2d; else None."""
+    if isinstance(module, nn.Conv2d):
+        return module, None
+    if isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[0], nn.Conv2d) \
+            and isinstance(module[1], nn.BatchNorm2d):
+        return module[0], module[1]
+    return None
+
+
+def _folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, shape, dtype) -> nir.Conv2d:
+    """BatchNorm (eval) folded into the convolution: ``w' = w g / sqrt(var + eps)``,
+    ``b' = (b - mean) g / sqrt(var + eps) + beta``, computed in float64."""
+    weight = conv.weight.detach().double()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+    if norm is not None:
+        if norm.running_var is None:
+            raise ValueError("BatchNorm2d without running statistics (track_running_stats=False) cannot be folded into NIR")
+        gain = norm.weight.detach().double() if norm.weight is not None else torch.ones_like(bias)
+        shift = norm.bias.detach().double() if norm.bias is not None else torch.zeros_like(bias)
+        scale = gain / torch.sqrt(norm.running_var.double() + norm.eps)
+        weight = weight * scale.view(-1, 1, 1, 1)
+        bias = (bias - norm.running_mean.double()) * scale + shift
+    return nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight.numpy().astype(dtype), stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=bias.numpy().astype(dtype))
+
+
+def _neuron(neuron: nn.Module, name: str, shape, dtype):
+    """The NIR node of a PLIF, LIF or IF layer over one sample's ``shape`` (see the module docstring)."""
+    if type(neuron) not in (PLIF, LIF, IF):
+        raise ValueError(f"layer {name}: neuron {type(neuron).__name__} has no NIR form; to_nir exports plifnet's "
+                         f"PLIF, LIF and IF (a plug-in neuron needs its own mapping to a NIR node)")
+    if neuron.v_reset is None:
+        raise ValueError(f"layer {name}: the soft reset (v_reset=None, V = H - v_threshold) has no NIR form (NIR's "
+                         f"neurons reset to v_reset); train with a hard reset (v_reset = 0) to export")
+
+    def full(value):
+        return np.broadcast_to(np.asarray(value, dtype=np.float64), shape).astype(dtype)
+
+    threshold, reset = full(neuron.v_threshold), full(neuron.v_reset)
+    if isinstance(neuron, IF):
+        return nir.IF(r=full(1.0), v_threshold=threshold, v_reset=reset)
+    if isinstance(neuron, PLIF):
+        k = torch.sigmoid(neuron.w.detach().double()).numpy()
+        if neuron.per_channel:  # one tau per channel: dim 0 of a sample's [C, H, W] or [F]
+            k = k.reshape(-1, *([1] * (len(shape) - 1)))
+    else:
+        k = 1 / neuron.tau
+    tau = 1 / np.asarray(k, dtype=np.float64)
+    return nir.LIF(tau=full(tau), r=full(1.0 if neuron.decay_input else tau), v_leak=reset,
+                   v_threshold=threshold, v_reset=reset.copy())
+
+
+def _pool_window(module: nn.Module) -> tuple[list[int], list[int]]:
+    if isinstance(module, MaxPool):
+        return [2, 2], [2, 2]
+    pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
+    if pair(module.padding) != [0, 0] or pair(module.dilation) != [1, 1] or module.ceil_mode:
+        raise ValueError(f"{module}: only max-pooling without padding, dilation or ceil_mode has a NIR form")
+    return pair(module.kernel_size), pair(module.stride if module.stride is not None else module.kernel_size)
+
+
+def from_nir(graph: nir.NIRGraph | str | Path) -> SpikingNet:
+    """A :class:`plifnet.models.SpikingNet` from a NIR graph (or file) of the form :func:`to_nir` writes.
+
+    Conv2d and Linear/Affine keep their weights and the file's precision; ``LIF`` nodes become
+    :class:`plifnet.neurons.PLIF` (tau learnable again, one per layer or per channel), ``IF`` nodes
+    :class:`plifnet.neurons.IF`; ``SumPool2d`` + ``Threshold`` in (0, 1] on spikes becomes max-pooling,
+    and a final ``Linear`` that averages groups of output neurons becomes the vote. ``time_steps`` and
+    the kind of input come from the metadata. Anything else is refused with the node's name.
+    """
+    if not isinstance(graph, nir.NIRGraph):
+        graph = nir.read(graph)
+    chain = _chain(graph)
+    metadata = graph.metadata or {}
+    time_steps = int(metadata.get("time_steps", 8))
+    static = _text(metadata.get("input", "static")) == "static"
+    input_shape = [int(n) for n in graph.nodes[chain[0]].input_type["input"]]
+    if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+        raise ValueError(f"from_nir builds networks of square images or frames [C, H, H]; the input is {input_shape}")
+    layers: list[nn.Module] = []
+    leaks: list[tuple[PLIF, np.ndarray]] = []  # PLIF's w, set once the network has the file's precision
+    names, position, spikes = chain[1:-1], 0, False
+    while position < len(names):
+        name, node = names[position], graph.nodes[names[position]]
+        following = graph.nodes[names[position + 1]] if position + 1 < len(names) else None
+        position += 1
+        if isinstance(node, nir.Conv2d):
+            conv = _conv_from_nir(node)
+            layers.append(conv if not layers else TimeDistributed(conv))
+        elif isinstance(node, (nir.LIF, nir.IF)):
+            neuron, w = _neuron_from_nir(node, name)
+            layers.append(neuron)
+            if w is not None:
+                leaks.append((neuron, w))
+        elif isinstance(node, nir.SumPool2d) and spikes and isinstance(following, nir.Threshold):
+            layers.append(_max_pool(node, following, name))
+            position += 1  # the Threshold is part of the max-pooling: spikes stay spikes
+            continue
+        elif isinstance(node, nir.Flatten) and node.start_dim == 0 and node.end_dim == -1:
+            layers.append(nn.Flatten(2))
+            continue  # a flattened spike map is still spikes
+        elif isinstance(node, (nir.Linear, nir.Affine)):
+            votes = _votes(node.weight) if following is None else None
+            layers.append(Vote(votes) if votes else _linear_from_nir(node))
+        else:
+            raise ValueError(f"node {name} ({type(node).__name__}) has no plifnet form here; from_nir reads chains of "
+                             f"Conv2d, LIF/IF, SumPool2d+Threshold on spikes, Flatten and Linear/Affine, as to_nir "
+                             f"writes them")
+        spikes = isinstance(layers[-1], (PLIF, IF))
+    if not layers or not isinstance(layers[0], nn.Conv2d):
+        raise ValueError("from_nir: the graph must start with a Conv2d (the encoder) after its input")
+    classes = int(np.prod(graph.nodes[chain[-1]].output_type["output"]))
+    dtype = layers[0].weight.dtype
+    net = SpikingNet.assemble(layers, input_shape[0], input_shape[1], classes, time_steps, static).to(dtype)
+    for neuron, w in leaks:  # exactly -ln(tau - 1) in the file's precision, not rounded through float32
+        neuron.w.data = torch.as_tensor(w, dtype=dtype).reshape(neuron.w.shape)
+    return net
+
+
+def _max_pool(pool: nir.SumPool2d, threshold: nir.Threshold, name: str) -> nn.Module:
+    """Max-pooling from SumPool2d + Threshold in (0, 1] on spikes (the form to_nir writes)."""
+    value = np.unique(threshold.threshold)
+    if value.size != 1 or not 0 < value[0] <= 1:
+        raise ValueError(f"node {name}: SumPool2d of spikes is max-pooling only with one Threshold in (0, 1]")
+    if np.any(np.asarray(pool.padding) != 0):
+        raise ValueError(f"node {name}: SumPool2d with padding has no max-pooling form here")
+    kernel, stride = (tuple(int(n) for n in np.broadcast_to(v, (2,))) for v in (pool.kernel_size, pool.stride))
+    return MaxPool() if kernel == stride == (2, 2) else TimeDistributed(nn.MaxPool2d(kernel, stride))
+
+
+def _chain(graph: nir.NIRGraph) -> list[str]:
+    """The node names from the Input to the Output, for a graph whose nodes form one chain."""
+    following: dict[str, list[str]] = {}
+    for source, target in graph.edges:
+        following.setdefault(source, []).append(target)
+    start = [name for name, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if len(start) != 1:
+        raise ValueError(f"from_nir reads graphs with one Input node; this one has {len(start)}")
+    chain = start
+    while following.get(chain[-1]):
+        if len(following[chain[-1]]) > 1 or following[chain[-1]][0] in chain:
+            raise ValueError(f"node {chain[-1]} branches or loops back; from_nir reads chains (one path, input to output)")
+        chain.append(following[chain[-1]][0])
+    if not isinstance(graph.nodes[chain[-1]], nir.Output) or len(chain) != len(graph.nodes):
+        raise ValueError("from_nir reads chains from the Input to the Output that visit every node")
+    return chain
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _conv_from_nir(node: nir.Conv2d) -> nn.Conv2d:
+    weight = torch.from_numpy(np.array(node.weight))
+    pair = lambda v: tuple(int(n) for n in np.broadcast_to(v, (2,)))  # noqa: E731
+    padding = _text(node.padding) if isinstance(node.padding, (str, bytes)) else pair(node.padding)
+    conv = nn.Conv2d(weight.shape[1] * int(node.groups), weight.shape[0], tuple(weight.shape[2:]), pair(node.stride),
+                     padding, pair(node.dilation), int(node.groups), bias=True, dtype=weight.dtype)
+    conv.weight.data.copy_(weight)
+    conv.bias.data.copy_(torch.from_numpy(np.array(node.bias)))
+    return conv
+
+
+def _linear_from_nir(node) -> nn.Linear:
+    weight = torch.from_numpy(np.array(node.weight))
+    bias = getattr(node, "bias", None)
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+    linear.weight.data.copy_(weight)
+    if bias is not None:
+        linear.bias.data.copy_(torch.from_numpy(np.array(bias)))
+    return linear
+
+
+def _votes(weight: np.ndarray) -> int | None:
+    """The group size when ``weight [classes, classes * votes]`` averages consecutive groups, else None."""
+    classes, inputs = weight.shape
+    if inputs % classes or inputs == classes:
+        return None
+    votes = inputs // classes
+    average = np.kron(np.eye(classes), np.full((1, votes), 1 / votes))
+    return votes if np.allclose(weight, average, rtol=1e-6, atol=0) else None
+
+
+def _uniform(values: np.ndarray, what: str, name: str) -> float:
+    unique = np.unique(values)
+    if unique.size != 1:
+        raise ValueError(f"node {name}: {what} differs between neurons; plifnet's neurons share one {what} per layer")
+    return float(unique[0])
+
+
+def _neuron_from_nir(node, name: str) -> tuple[nn.Module, np.ndarray | None]:
+    """The neuron of a LIF or IF node, and for PLIF the values of its ``w`` (None for IF)."""
+    threshold = _uniform(node.v_threshold, "v_threshold", name)
+    reset = _uniform(node.v_reset, "v_reset", name)
+    if isinstance(node, nir.IF):
+        if not np.allclose(node.r, 1.0):
+            raise ValueError(f"node {name}: IF with r != 1 has no plifnet form (plifnet's IF charges H = V + X)")
+        return IF(v_threshold=threshold, v_reset=reset), None
+    tau = np.asarray(node.tau, dtype=np.float64)
+    if not np.allclose(node.v_leak, node.v_reset):
+        raise ValueError(f"node {name}: LIF with v_leak != v_reset has no plifnet form (plifnet leaks towards V_reset)")
+    if np.allclose(node.r, 1.0):
+        decay_input = True
+    elif np.allclose(node.r, tau):
+        decay_input = False
+    else:
+        raise ValueError(f"node {name}: LIF with r neither 1 (decay_input=True) nor tau (decay_input=False)")
+    per_channel = np.unique(tau).size > 1
+    if per_channel:  # one tau per channel (dim 0) is PLIF(per_channel); any other pattern is not a plifnet layer
+        channel_tau = tau.reshape(tau.shape[0], -1)
+        if not np.all(channel_tau == channel_tau[:, :1]):
+            raise ValueError(f"node {name}: tau varies within a channel; plifnet's PLIF has one tau per layer or channel")
+        tau_values = channel_tau[:, 0]
+    else:
+        tau_values = tau.reshape(-1)[:1]
+    if not np.all(tau_values > 1):
+        raise ValueError(f"node {name}: tau must be > 1 at dt = 1 (the leak 1/tau in (0, 1)), got {tau_values.min()}")
+    neuron = PLIF(tau=float(tau_values[0]), v_threshold=threshold, v_reset=reset, decay_input=decay_input,
+                  per_channel=per_channel, channels=len(tau_values) if per_channel else None)
+    return neuron, -np.log(tau_values - 1)
+
+
+def load_model(ckpt_path: str, configs: list[str] | None = None) -> nn.Module:
+    """The trained network of a checkpoint, in eval mode. With ``configs`` (cli.py's ``--config`` files,
+    with the data module) the model is built from them first: for networks that take their input shape
+    from the data module."""
+    from plifnet import checkpoints
+    from plifnet.module import SpikingClassifier
+
+    checkpoint = checkpoints.read(ckpt_path, mmap=True)  # a clear error for a file that is no checkpoint
+    if not configs:
+        model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+        return model.eval()
+    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch.cli import LightningCLI
+
+    args = [arg for config in configs for arg in ("--config", config)]
+    cli = LightningCLI(SpikingClassifier, LightningDataModule, subclass_mode_data=True, run=False, args=args,
+                       save_config_callback=None)
+    model, data = cli.model, cli.datamodule
+    if not getattr(model.net, "built", True):
+        channels, height, _ = data.input_shape
+        model.net.build(channels, height)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m plifnet.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by cli.py fit")
+    parser.add_argument("--out", required=True, type=Path, help="the NIR file to write (HDF5), e.g. mnist.nir")
+    parser.add_argument("--config", action="append", help="cli.py's config(s), where the checkpoint alone cannot "
+                                                          "rebuild the network (repeatable)")
+    parser.add_argument("--time_steps", type=int, help="T in the metadata (default: the network's)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    args = parser.parse_args(argv)
+    from plifnet.checkpoints import CheckpointError
+    from plifnet.files import write_atomically
+
+    try:
+        graph = to_nir(load_model(args.ckpt_path, args.config), args.time_steps, np.dtype(args.dtype).type)
+    except (CheckpointError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(args.out, lambda path: nir.write(path, graph))
+    neurons = sum(isinstance(node, (nir.LIF, nir.IF)) for node in graph.nodes.values())
+    print(f"wrote {args.out}: {len(graph.nodes)} NIR nodes ({neurons} spiking layers), "
+          f"T = {graph.metadata['time_steps']}, {graph.metadata['input']} input", file=sys.stderr)
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
