@@ -1,4 +1,5 @@
-"""Lightning callbacks: neuron state reset, divergence stop, saving on interruption, tau and firing-rate monitors, run history, prediction writer.
+"""Lightning callbacks: neuron state reset, divergence stop, saving on interruption, tau and firing-rate monitors,
+synaptic operations and energy, run history, prediction writer.
 
 Where tau is logged: :class:`TauMonitor` reads ``PLIF.tau`` (``plifnet/neurons.py``) of every PLIF
 layer (and the ``tau`` tensor of any plug-in neuron) every ``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every logger of the run.
@@ -20,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from plifnet import plots
+from plifnet.energy import EnergyReport, SynapticCounter, energy_costs
 from plifnet.files import write_atomically
 from plifnet.neurons import is_neuron, reset_state
 
@@ -359,6 +361,73 @@ class FiringRateMonitor(Callback):
             path = _run_dir(trainer) / "firing_rates.png"
             write_atomically(path, lambda p: plots.firing_rates(self.rates, trainer.current_epoch, p))
             _log_figure(trainer, "firing_rates", path, trainer.global_step)
+
+
+class SynapticOps(Callback):
+    """Synaptic operations and energy per image (:mod:`plifnet.energy`) on the first validation loader
+    every epoch and on the test set.
+
+    Logged to every logger as ``<stage>/sops_per_image``, ``<stage>/energy_uj_per_image``,
+    ``<stage>/ann_energy_uj_per_image``, ``<stage>/ann_to_snn`` and ``<stage>/sops/<layer>``; written to
+    ``energy.csv`` and ``energy.png`` (SNN against ANN energy per layer) in the run folder; the test
+    prints its totals. ``technology``: a name of :data:`plifnet.energy.TECHNOLOGIES`.
+    """
+
+    def __init__(self, technology: str = "45nm_fp32"):
+        energy_costs(technology)  # an unknown name fails when the trainer is built
+        self.technology = technology
+        self.report: EnergyReport | None = None
+
+    def _start(self, pl_module):
+        self.counter = SynapticCounter(pl_module).__enter__()
+        self.images = 0
+
+    def _batch(self, batch, counted: bool):
+        self.counter.active = counted
+        if counted:
+            self.images += len(batch[-1]) if isinstance(batch, (list, tuple)) else len(batch)
+
+    def _end(self, trainer, pl_module, stage: str):
+        self.counter.__exit__()
+        if trainer.sanity_checking or not self.images:
+            return
+        totals = self.counter.totals()
+        counts = torch.stack([value.to(pl_module.device) for value in totals.values()]
+                             + [torch.full_like(next(iter(totals.values())), self.images, device=pl_module.device)])
+        counts = trainer.strategy.reduce(counts, reduce_op="sum")  # every process's share of the images
+        totals = dict(zip(totals, counts[:-1]))
+        self.report = report = self.counter.report(int(counts[-1, 0]), self.technology, totals)
+        figures = report.totals()
+        for key, value in (("sops_per_image", figures["sops"]), ("energy_uj_per_image", figures["energy_uj"]),
+                           ("ann_energy_uj_per_image", figures["ann_energy_uj"]), ("ann_to_snn", figures["ann_to_snn"])):
+            pl_module.log(f"{stage}/{key}", value, sync_dist=True)
+        for layer in report.layers:
+            pl_module.log(f"{stage}/sops/{layer.name}", layer.sops, sync_dist=True)
+        if trainer.is_global_zero:
+            folder = _run_dir(trainer)
+            write_atomically(folder / "energy.csv", report.to_csv)
+            write_atomically(folder / "energy.png", lambda path: plots.energy_per_layer(report, f"{stage}, epoch {trainer.current_epoch}", path))
+            _log_figure(trainer, "energy", folder / "energy.png", trainer.global_step)
+            if stage == "test":
+                print(f"energy {report.summary()}", flush=True)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._start(pl_module)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._batch(batch, counted=dataloader_idx == 0)  # the first loader: the validation split
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._end(trainer, pl_module, "val")
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._start(pl_module)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._batch(batch, counted=True)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._end(trainer, pl_module, "test")
 
 
 class RunHistory(Callback):

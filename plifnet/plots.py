@@ -77,3 +77,18 @@ def tau_per_layer(layers: list[str], trajectories: dict[str, tuple[list[int], di
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def energy_per_layer(report, title: str, path: Path) -> None:
+    """Two bars per Conv2d/Linear layer: the SNN's energy per image and the same layer's in an ANN (uJ)."""
+    names = [layer.name for layer in report.layers]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 2), 3.2), dpi=100)
+    ax.bar(x - 0.2, [layer.energy_pj / 1e6 for layer in report.layers], 0.4, label="SNN")
+    ax.bar(x + 0.2, [layer.ann_energy_pj / 1e6 for layer in report.layers], 0.4, label="ANN", color="tab:gray")
+    ax.set(xticks=x, xticklabels=names, ylabel="energy per image (uJ)",
+           title=f"energy per layer ({report.technology}), {title}")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)

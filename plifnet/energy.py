@@ -1,0 +1,232 @@
+"""Synaptic operations and an energy estimate per image, for any network of Conv2d and Linear layers.
+
+A layer fed by spikes works only where a spike arrives: each input spike adds one weight to every
+neuron it reaches, one accumulate (AC) per synapse. Its synaptic operations (SOPs) are therefore
+
+    SOPs = sum over input spikes of the spike's fan-out        (summed over all T steps)
+
+where a convolution's fan-out is ``out_channels / groups`` times the number of output positions whose
+window holds the input position: fewer at the borders, which ``rate x T x MACs`` would overcount. A
+layer fed by real values (the encoder of images or event counts) multiplies densely: its operations
+are MACs, ``T_layer x`` the dense MACs of one pass. Energy per image, as in SNN papers (Horowitz,
+ISSCC 2014, 45 nm)::
+
+    E_SNN = E_MAC x MACs(value-fed layers) + E_AC x SOPs(spike-fed layers)
+    E_ANN = E_MAC x dense MACs of every layer, one pass per image
+
+A layer counts as spike-fed for a batch whose input holds only 0s and 1s. Pooling, BatchNorm (folded
+into the convolution on hardware) and the vote cost nothing here.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plifnet.neurons import reset_state
+
+# (pJ per MAC, pJ per AC), Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm
+TECHNOLOGIES = {
+    "45nm_fp32": (4.6, 0.9),
+    "45nm_fp16": (1.5, 0.4),
+    "45nm_int8": (0.23, 0.03),
+}
+
+
+@dataclass
+class LayerEnergy:
+    """One Conv2d or Linear layer, per image."""
+
+    name: str  # conv1, conv2, ..., fc1, ...: the i-th Conv2d / Linear of the network
+    input: str  # "spikes", "values", or "mixed" (spikes in some batches only)
+    macs: float  # dense MACs of one pass (the same layer in an ANN)
+    sops: float  # operations performed over all steps: ACs for spike input, MACs for real-valued input
+    input_rate: float  # fraction of the input's elements that are spikes (nan for real-valued input)
+    energy_pj: float  # E_AC x ACs + E_MAC x MACs
+    ann_energy_pj: float  # E_MAC x dense MACs
+
+
+@dataclass
+class EnergyReport:
+    """Per-layer rows and totals per image; ``str(report)`` is a table, :meth:`to_csv` writes it."""
+
+    layers: list[LayerEnergy]
+    technology: str
+    images: int
+
+    @property
+    def macs(self) -> float:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def sops(self) -> float:
+        return sum(layer.sops for layer in self.layers)
+
+    @property
+    def energy_pj(self) -> float:
+        return sum(layer.energy_pj for layer in self.layers)
+
+    @property
+    def ann_energy_pj(self) -> float:
+        return sum(layer.ann_energy_pj for layer in self.layers)
+
+    def totals(self) -> dict[str, float]:
+        return {"macs": self.macs, "sops": self.sops, "energy_uj": self.energy_pj / 1e6,
+                "ann_energy_uj": self.ann_energy_pj / 1e6, "ann_to_snn": self.ann_energy_pj / max(self.energy_pj, 1e-30)}
+
+    def summary(self) -> str:
+        t = self.totals()
+        return (f"per image ({self.technology}, {self.images} images): SNN {t['energy_uj']:.4g} uJ "
+                f"({t['sops'] / 1e6:.4g} M ops), ANN {t['ann_energy_uj']:.4g} uJ ({t['macs'] / 1e6:.4g} M MACs): "
+                f"{t['ann_to_snn']:.3g}x less energy")
+
+    def to_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, list(asdict(self.layers[0])) if self.layers else ["name"])
+            writer.writeheader()
+            for layer in self.layers:
+                writer.writerow({key: (f"{value:.8g}" if isinstance(value, float) else value)
+                                 for key, value in asdict(layer).items()})
+            writer.writerow({"name": "total", "macs": f"{self.macs:.8g}", "sops": f"{self.sops:.8g}",
+                             "energy_pj": f"{self.energy_pj:.8g}", "ann_energy_pj": f"{self.ann_energy_pj:.8g}"})
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<8} {'input':<7} {'MACs':>12} {'ops':>12} {'rate':>7} {'SNN uJ':>9} {'ANN uJ':>9}"]
+        for layer in self.layers:
+            rate = "-" if math.isnan(layer.input_rate) else f"{layer.input_rate:.4f}"
+            lines.append(f"{layer.name:<8} {layer.input:<7} {layer.macs:>12.0f} {layer.sops:>12.0f} {rate:>7} "
+                         f"{layer.energy_pj / 1e6:>9.4f} {layer.ann_energy_pj / 1e6:>9.4f}")
+        return "\n".join(lines + [self.summary()])
+
+
+def energy_costs(technology: str | tuple[float, float]) -> tuple[str, float, float]:
+    """``(name, pJ per MAC, pJ per AC)`` from a name of :data:`TECHNOLOGIES` or a pair of numbers."""
+    if isinstance(technology, str):
+        if technology not in TECHNOLOGIES:
+            raise ValueError(f"unknown technology {technology!r}; choose one of {sorted(TECHNOLOGIES)} or give "
+                             f"(pJ per MAC, pJ per AC)")
+        return (technology, *TECHNOLOGIES[technology])
+    mac, ac = (float(v) for v in technology)
+    return f"{mac:g} pJ/MAC, {ac:g} pJ/AC", mac, ac
+
+
+class SynapticCounter:
+    """Counts, with forward hooks, the operations of every Conv2d and Linear of ``model`` over the
+    batches it sees while attached (``with SynapticCounter(model) as counter: ...``). Counts stay on the
+    model's device (no synchronisation per batch) and are exact below 2**24 spikes per input element."""
+
+    FIELDS = ("acs", "value_macs", "spikes", "elements", "steps", "spike_batches", "value_batches")
+
+    def __init__(self, model: nn.Module):
+        layers, counts = {}, {"conv": 0, "fc": 0}
+        for module in model.modules():
+            kind = "conv" if isinstance(module, nn.Conv2d) else "fc" if isinstance(module, nn.Linear) else None
+            if kind:
+                counts[kind] += 1
+                layers[f"{kind}{counts[kind]}"] = module
+        self.layers = layers
+        self.counts: dict[str, torch.Tensor | float] = dict.fromkeys(layers, 0.0)
+        self.dense: dict[str, int] = {}  # dense MACs of one sample at one step
+        self._fan_out: dict[tuple, torch.Tensor] = {}
+        self.handles: list = []
+        self.active = True  # False: batches pass uncounted (e.g. a second validation loader)
+
+    def __enter__(self) -> "SynapticCounter":
+        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in self.layers.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _hook(self, name: str):
+        def count(module, inputs, output):
+            if self.active:
+                self.counts[name] = self.counts[name] + self._count(module, inputs[0].detach(), output.shape, name)
+        return count
+
+    def _count(self, module: nn.Module, x: torch.Tensor, output_shape, name: str) -> torch.Tensor:
+        """``FIELDS`` of one call, as a float64 tensor."""
+        if isinstance(module, nn.Conv2d):
+            per_step = module.in_channels * x.shape[-2] * x.shape[-1]
+            out_h, out_w = output_shape[-2:]
+            self.dense[name] = module.out_channels * out_h * out_w * (module.in_channels // module.groups) \
+                * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            per_step = module.in_features
+            self.dense[name] = module.in_features * module.out_features
+        steps = x.numel() // per_step  # samples x time steps in this call
+        spikes = bool(((x == 0) | (x == 1)).all())
+        zero = x.new_zeros((), dtype=torch.float64)
+        if not spikes:
+            return torch.stack([zero, zero + steps * self.dense[name], zero, zero, zero + steps, zero, zero + 1])
+        # per input element: its number of spikes over the batch (exact in float32 below 2**24 calls)
+        counts = x.reshape(steps, -1).sum(0, dtype=torch.float32).double()
+        if isinstance(module, nn.Conv2d):
+            per_position = counts.view(module.in_channels, *x.shape[-2:]).sum(0)
+            acs = (per_position * self._conv_fan_out(module, tuple(x.shape[-2:]), x.device)).sum() \
+                * (module.out_channels // module.groups)
+        else:
+            acs = counts.sum() * module.out_features
+        return torch.stack([acs, zero, counts.sum(), zero + x.numel(), zero + steps, zero + 1, zero])
+
+    def _conv_fan_out(self, conv: nn.Conv2d, size: tuple[int, int], device) -> torch.Tensor:
+        """``[H, W]``: how many output positions read each input position (the adjoint of the
+        convolution with an all-ones kernel, applied to all-ones outputs), once per layer and size."""
+        key = (id(conv), size)
+        if key not in self._fan_out:
+            with torch.inference_mode(False), torch.enable_grad():  # validation and test run in inference mode
+                position = torch.ones(1, 1, *size, dtype=torch.float64, device=device, requires_grad=True)
+                ones = torch.ones(1, 1, *conv.kernel_size, dtype=torch.float64, device=device)
+                F.conv2d(position, ones, None, conv.stride, conv.padding, conv.dilation).sum().backward()
+                self._fan_out[key] = position.grad[0, 0]
+        return self._fan_out[key]
+
+    def totals(self) -> dict[str, torch.Tensor]:
+        """Per layer, the ``FIELDS`` counted so far (zeros for a layer that saw no batch)."""
+        return {name: value if torch.is_tensor(value) else torch.zeros(len(self.FIELDS), dtype=torch.float64)
+                for name, value in self.counts.items()}
+
+    def report(self, images: int, technology: str | tuple[float, float] = "45nm_fp32",
+               totals: dict[str, torch.Tensor] | None = None) -> EnergyReport:
+        """The per-image report of ``images`` images (``totals``: counts summed over processes, if any)."""
+        technology, mac_pj, ac_pj = energy_costs(technology)
+        rows = []
+        for name, fields in (totals or self.totals()).items():
+            acs, value_macs, spikes, elements, steps, spike_batches, value_batches = (float(v) for v in fields.cpu())
+            if not steps:
+                continue
+            kind = "mixed" if spike_batches and value_batches else "spikes" if spike_batches else "values"
+            macs = self.dense.get(name, 0)
+            rows.append(LayerEnergy(
+                name=name, input=kind, macs=float(macs), sops=(acs + value_macs) / images,
+                input_rate=spikes / elements if elements and not value_batches else float("nan"),
+                energy_pj=(acs * ac_pj + value_macs * mac_pj) / images, ann_energy_pj=macs * mac_pj))
+        return EnergyReport(rows, technology, images)
+
+
+@torch.no_grad()
+def estimate(model: nn.Module, x: torch.Tensor, technology: str | tuple[float, float] = "45nm_fp32") -> EnergyReport:
+    """MACs, SOPs, input firing rate and energy per image of every Conv2d/Linear of ``model`` on the
+    batch ``x``: images ``[N, C, H, W]`` or event frames ``[T, N, C, H, W]``, in eval mode.
+
+    ``technology``: a name of :data:`TECHNOLOGIES` or ``(pJ per MAC, pJ per AC)``.
+    """
+    images = x.shape[1] if x.dim() == 5 else x.shape[0]
+    was_training = model.training
+    model.eval()
+    reset_state(model)
+    try:
+        with SynapticCounter(model) as counter:
+            model(x)
+    finally:
+        reset_state(model)
+        model.train(was_training)
+    return counter.report(images, technology)
