@@ -60,21 +60,10 @@ class EnergyReport:
     technology: str
     images: int
 
-    @property
-    def macs(self) -> float:
-        return sum(layer.macs for layer in self.layers)
-
-    @property
-    def sops(self) -> float:
-        return sum(layer.sops for layer in self.layers)
-
-    @property
-    def energy_pj(self) -> float:
-        return sum(layer.energy_pj for layer in self.layers)
-
-    @property
-    def ann_energy_pj(self) -> float:
-        return sum(layer.ann_energy_pj for layer in self.layers)
+    macs = property(lambda self: sum(layer.macs for layer in self.layers))
+    sops = property(lambda self: sum(layer.sops for layer in self.layers))
+    energy_pj = property(lambda self: sum(layer.energy_pj for layer in self.layers))
+    ann_energy_pj = property(lambda self: sum(layer.ann_energy_pj for layer in self.layers))
 
     def totals(self) -> dict[str, float]:
         return {"macs": self.macs, "sops": self.sops, "energy_uj": self.energy_pj / 1e6,
