@@ -1,34 +1,53 @@
-"""Ablation runner: train a grid of neuron settings on one dataset config, then write a results folder.
+"""Studies: train any grid of settings on one dataset config, on this machine one setting after another
+or as one SLURM array task per setting, then gather the results into one folder.
 
     python ablation.py --config configs/mnist.yaml --out results/mnist -- --data.root ../shared/datasets \\
         --trainer.max_epochs 3 --trainer.limit_train_batches 200
+    python ablation.py ... --slurm-array [--submit] [--sbatch gres=gpu:1 --sbatch time=24:00:00]
+    python ablation.py --out results/mnist --report-only      # with the same settings options
 
-Every setting (default: PLIF tau0 in {2, 16}, LIF tau in {2, 16}; ``--grid plif:2 lif:16 ...``) and
-seed is one ``cli.py fit`` process with ``--model.neuron``, ``--model.tau`` and ``--seed_everything``
-set, everything after ``--`` passed on unchanged (budget, data root, logger, a DDP trainer config via a
-second ``--config``). Each writes into its own folder ``OUT/<neuron>_tau<tau>_seed<seed>/``: the
-loggers' folders (``--trainer.default_root_dir``), ``fit.log`` and ``history.csv``
-(:class:`plifnet.callbacks.RunHistory`). A setting that finished (``done.json``) is not run again; one
-that was interrupted resumes from its newest checkpoint. Then ``OUT`` gets:
+A setting is a name and a set of cli.py overrides. ``--grid plif:2 lif:16`` is the shorthand for the
+paper's neuron x tau settings (default: PLIF tau0 in {2, 16}, LIF tau in {2, 16});
+``--setting NAME "OVERRIDES"`` adds any other (``--setting alif "--model.neuron alif --model.tau 2"``);
+``--settings study.yaml`` reads named settings and/or a product of axes (``study.yaml`` in the README).
+Every setting and seed (``--seeds``) is one task: one ``cli.py fit`` process with its overrides and
+``--seed_everything``, everything after ``--`` passed on unchanged (budget, data root, logger, a DDP or
+SLURM trainer config via a second ``--config``), writing only into its own folder
+``OUT/<name>_seed<seed>/``: the loggers' folders (``--trainer.default_root_dir``), ``fit.log``,
+``history.csv`` (:class:`plifnet.callbacks.RunHistory`), and ``done.json`` or ``failed.json``. A task that
+finished is not run again; one that was interrupted resumes from its newest checkpoint.
+
+``--only INDEX`` (or ``SLURM_ARRAY_TASK_ID`` in an array job) runs task INDEX alone; ``--slurm-array``
+writes ``OUT/study.sbatch``, an array job of one task per setting and seed that runs exactly that, with
+SIGUSR1 before the time limit for Lightning's checkpoint-and-requeue (``configs/trainer/slurm.yaml``).
+With wandb as a logger, every run of the study gets ``group`` = the study (``--study``, default: the
+name of OUT), ``name`` = the setting, ``job_type`` = its neuron and tags neuron, tau and seed.
+
+The report (after a sequential run, or ``--report-only``) writes to OUT:
 
 - ``results.md`` and ``results.csv``: per setting, protocol A (best test accuracy over epochs),
   protocol B (test accuracy at the best validation epoch), the final tau of every layer, epochs and
-  wall time of the fit;
+  wall time of the fit, and whether a task is unfinished (running or stopped), failed or not started;
 - ``test_acc.png``: test accuracy against epoch, all settings on one plot;
 - ``tau.png``: tau against step, one panel per layer, one curve per setting.
-
-``python ablation.py --out OUT --report-only`` rewrites these from the folders already there.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
+import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from plifnet import plots
 from plifnet.files import write_atomically
@@ -39,29 +58,81 @@ GRID = ("plif:2", "plif:16", "lif:2", "lif:16")
 
 @dataclass(frozen=True)
 class Setting:
-    neuron: str
-    tau: float
+    """One task of a study: a named set of cli.py overrides, run with one seed."""
+
+    name: str  # folder name (with the seed), wandb run name
+    overrides: tuple[str, ...]
     seed: int
+    label: str = ""  # the row of the results table and the curve of the plots (default: the name)
 
     @property
-    def name(self) -> str:
-        return f"{self.neuron}_tau{self.tau:g}_seed{self.seed}"
+    def folder(self) -> str:
+        return f"{self.name}_seed{self.seed}"
 
     @property
-    def label(self) -> str:
-        return f"{self.neuron.upper()} tau{'0' if self.neuron == 'plif' else ''}={self.tau:g}"
+    def title(self) -> str:
+        return self.label or self.name
+
+    def option(self, key: str) -> str | None:
+        """The value the overrides give ``--model.<key>`` (the last one), or None."""
+        value = None
+        for i, arg in enumerate(self.overrides):
+            if arg == f"--model.{key}" and i + 1 < len(self.overrides):
+                value = self.overrides[i + 1]
+            elif arg.startswith(f"--model.{key}="):
+                value = arg.partition("=")[2]
+        return value
+
+
+def checked_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        raise SystemExit(f"error: setting name {name!r} must be a folder name: letters, digits and _ . + - only")
+    return name
 
 
 def parse_grid(grid: list[str], seeds: list[int]) -> list[Setting]:
+    """The shorthand ``NEURON:TAU`` (``plif:2``): ``--model.neuron NEURON --model.tau TAU``."""
     settings = []
     for item in grid:
         neuron, _, tau = item.partition(":")
         if neuron not in ("plif", "lif") or not tau:
             raise SystemExit(f"error: grid entry {item!r} is not NEURON:TAU with NEURON plif or lif, e.g. plif:2")
         try:
-            settings += [Setting(neuron, float(tau), seed) for seed in seeds]
+            value = float(tau)
         except ValueError:
             raise SystemExit(f"error: grid entry {item!r}: tau {tau!r} is not a number") from None
+        label = f"{neuron.upper()} tau{'0' if neuron == 'plif' else ''}={value:g}"
+        settings += [Setting(f"{neuron}_tau{value:g}", ("--model.neuron", neuron, "--model.tau", f"{value:g}"), seed, label)
+                     for seed in seeds]
+    return settings
+
+
+def parse_settings(pairs: list[list[str]], seeds: list[int]) -> list[Setting]:
+    """``--setting NAME "OVERRIDES"`` pairs."""
+    return [Setting(checked_name(name), tuple(shlex.split(overrides)), seed) for name, overrides in pairs for seed in seeds]
+
+
+def read_settings_file(path: Path, seeds: list[int]) -> list[Setting]:
+    """A YAML file of ``settings`` (name: overrides), ``axes`` (a product: ``model.tau: [2, 16]``, every
+    combination one setting named after its values, ``plif_tau2``) and ``seeds`` (replacing ``--seeds``)."""
+    try:
+        spec = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise SystemExit(f"error: cannot read the settings file {path}: {error}") from None
+    if not isinstance(spec, dict) or not set(spec) <= {"settings", "axes", "seeds"} \
+            or not all(isinstance(spec.get(key) or {}, dict) for key in ("settings", "axes")):
+        raise SystemExit(f"error: {path} must be a mapping of settings (name: overrides), axes (option: [values]) "
+                         f"and seeds (see README, 'Studies')")
+    seeds = [int(seed) for seed in spec.get("seeds", seeds)]
+    named = spec.get("settings") or {}
+    pairs = [[name, " ".join(overrides) if isinstance(overrides, list) else str(overrides)] for name, overrides in named.items()]
+    settings = parse_settings(pairs, seeds)
+    axes = spec.get("axes") or {}
+    for values in itertools.product(*(axes[key] if isinstance(axes[key], list) else [axes[key]] for key in axes)):
+        parts = [str(value) if key.split(".")[-1] == "neuron" else f"{key.split('.')[-1]}{value}"
+                 for key, value in zip(axes, values)]
+        overrides = tuple(arg for key, value in zip(axes, values) for arg in (f"--{key}", str(value)))
+        settings += [Setting(checked_name("_".join(parts)), overrides, seed) for seed in seeds]
     return settings
 
 
@@ -69,11 +140,19 @@ def fit_command(setting: Setting, configs: list[str], passed_on: list[str], fold
     command = [sys.executable, str(CLI), "fit"]
     for config in configs:
         command += ["--config", str(Path(config).resolve())]
-    return command + passed_on + [
-        "--model.neuron", setting.neuron, "--model.tau", str(setting.tau), "--seed_everything", str(setting.seed),
-        "--trainer.default_root_dir", str(folder),
+    return command + passed_on + list(setting.overrides) + [
+        "--seed_everything", str(setting.seed), "--trainer.default_root_dir", str(folder),
         "--trainer.callbacks+=plifnet.callbacks.RunHistory", "--trainer.callbacks.path", str(folder / "history.csv"),
     ]
+
+
+def wandb_environment(setting: Setting, study: str) -> dict[str, str]:
+    """What wandb reads when the logger leaves them unset: the study as the group, the setting as the
+    run's name, its neuron as the job type, and tags for neuron, tau and seed."""
+    neuron, tau = setting.option("neuron"), setting.option("tau")
+    tags = [tag for tag in (neuron and f"neuron={neuron}", tau and f"tau={tau}", f"seed={setting.seed}") if tag]
+    return {"WANDB_RUN_GROUP": study, "WANDB_NAME": setting.name, "WANDB_JOB_TYPE": neuron or setting.name,
+            "WANDB_TAGS": ",".join(tags)}
 
 
 def newest(folder: Path, pattern: str) -> Path | None:
@@ -81,11 +160,11 @@ def newest(folder: Path, pattern: str) -> Path | None:
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
-def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path) -> None:
-    """Run one setting to the end, resuming it if an earlier run was interrupted."""
-    folder = out / setting.name
+def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, study: str) -> None:
+    """Run one task to the end, resuming it if an earlier run was interrupted."""
+    folder = out / setting.folder
     if (folder / "done.json").exists():
-        print(f"{setting.name}: finished earlier, not run again", flush=True)
+        print(f"{setting.folder}: finished earlier, not run again", flush=True)
         return
     command = fit_command(setting, configs, passed_on, folder)
     recorded = folder / "command.json"
@@ -99,14 +178,29 @@ def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path) -
     resume = any(not path.name.startswith(".") for path in folder.rglob("*.ckpt"))  # hidden: a killed write's
     if resume:  # cli.py takes the newest readable checkpoint under the setting's folder, naming broken ones
         command += ["--ckpt_path", "last"]
-    print(f"{setting.name}: {'resuming' if resume else 'starting'} (log: {folder / 'fit.log'})", flush=True)
+    print(f"{setting.folder}: {'resuming' if resume else 'starting'} (log: {folder / 'fit.log'})", flush=True)
+    (folder / "failed.json").unlink(missing_ok=True)
     with open(folder / "fit.log", "a") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        code = call_forwarding_signals(command, log, dict(os.environ, **wandb_environment(setting, study)))
     if code != 0:
+        write_atomically(folder / "failed.json", lambda path: path.write_text(json.dumps({"exit_code": code})))
         tail = (folder / "fit.log").read_text(errors="replace").splitlines()[-15:]
-        raise SystemExit("\n".join(tail) + f"\nerror: {setting.name} failed (exit code {code}); "
+        raise SystemExit("\n".join(tail) + f"\nerror: {setting.folder} failed (exit code {code}); "
                          f"its log is {folder / 'fit.log'}. Run the same command again to resume it.")
     write_atomically(folder / "done.json", lambda path: path.write_text(json.dumps({"exit_code": code})))
+
+
+def call_forwarding_signals(command: list[str], log, env: dict[str, str]) -> int:
+    """Run ``command``, passing on SIGUSR1 (SLURM's requeue warning, for Lightning's checkpoint and
+    requeue) and SIGTERM (preemption: plifnet saves ``interrupted.ckpt``): SLURM signals this process."""
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    forwarded = (signal.SIGUSR1, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda number, frame: child.send_signal(number)) for number in forwarded}
+    try:
+        return child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
@@ -129,28 +223,29 @@ def collect(folder: Path) -> dict:
         "seconds": last.get("seconds"),
         "tau_steps": [int(row["step"]) for row in tau_rows],
         "tau": {name: [row[name] for row in tau_rows] for name in (tau_rows[0] if tau_rows else {}) if name != "step"},
-        "finished": (folder / "done.json").exists(),
+        "status": ("finished" if (folder / "done.json").exists() else "failed" if (folder / "failed.json").exists()
+                   else "unfinished" if folder.is_dir() else "not started"),
     }
 
 
 def report(out: Path, settings: list[Setting]) -> str:
-    results = {setting: collect(out / setting.name) for setting in settings}
+    results = {setting: collect(out / setting.folder) for setting in settings}
     layers = list(dict.fromkeys(name for result in results.values() for name in result["tau"]))
 
     def percent(value):
         return "-" if value is None else f"{100 * value:.2f}"
 
     def final_tau(setting, result, layer):
-        if setting.neuron == "lif":
-            return f"{setting.tau:g} (fixed)"
-        return f"{result['tau'][layer][-1]:.3f}" if layer in result["tau"] else "-"
+        if layer in result["tau"]:
+            return f"{result['tau'][layer][-1]:.3f}"
+        return f"{setting.option('tau')} (fixed)" if setting.option("neuron") == "lif" and setting.option("tau") else "-"
 
     def duration(seconds):
         return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
     header = ["setting", "seed", "epochs", "A: best test acc (%)", "B: test acc at best val (%)",
               *(f"final tau {layer}" for layer in layers), "wall time"]
-    rows = [[setting.label, str(setting.seed), str(result["epochs"]) + ("" if result["finished"] else " (unfinished)"),
+    rows = [[setting.title, str(setting.seed), str(result["epochs"]) + ("" if result["status"] == "finished" else f" ({result['status']})"),
              percent(result["protocol_a"]), percent(result["protocol_b"]),
              *(final_tau(setting, result, layer) for layer in layers), duration(result["seconds"])]
             for setting, result in results.items()]
@@ -167,12 +262,36 @@ def report(out: Path, settings: list[Setting]) -> str:
             csv.writer(f).writerows([header, *rows])
 
     write_atomically(out / "results.csv", write_csv)
-    curves = {f"{s.label}, seed {s.seed}": r["test_acc"] for s, r in results.items()}
+    curves = {f"{s.title}, seed {s.seed}": r["test_acc"] for s, r in results.items()}
     write_atomically(out / "test_acc.png", lambda path: plots.test_accuracy(curves, path))
-    trajectories = {f"{s.label}, seed {s.seed}": (r["tau_steps"], r["tau"]) for s, r in results.items() if s.neuron == "plif"}
-    fixed = {f"{s.label}, seed {s.seed}": s.tau for s in results if s.neuron == "lif"}
+    trajectories = {f"{s.title}, seed {s.seed}": (r["tau_steps"], r["tau"]) for s, r in results.items() if r["tau"]}
+    fixed = {f"{s.title}, seed {s.seed}": float(s.option("tau")) for s, r in results.items()
+             if not r["tau"] and s.option("neuron") == "lif" and s.option("tau")}
     write_atomically(out / "tau.png", lambda path: plots.tau_per_layer(layers, trajectories, fixed, path))
     return table
+
+
+def sbatch_script(argv: list[str], tasks: int, out: Path, study: str, sbatch: list[str]) -> str:
+    """An array job of ``tasks`` tasks, task i running ``ablation.py ARGV --only i`` (``argv``: this
+    command's arguments without ``--slurm-array``/``--submit``/``--sbatch``)."""
+    ours, passed_on = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
+    me = [sys.executable, str(Path(__file__).resolve())]
+    task = shlex.join(me + ours) + ' --only "$SLURM_ARRAY_TASK_ID"' + (" " + shlex.join(passed_on) if passed_on else "")
+    return "\n".join([
+        "#!/bin/bash",
+        f"# plifnet study {study}: {tasks} tasks (settings x seeds), one array task each; each writes only its own folder.",
+        f"# When all have run: {shlex.join(me + ours + ['--report-only'])}",
+        f"#SBATCH --job-name={study}",
+        f"#SBATCH --array=0-{tasks - 1}",
+        f"#SBATCH --output={out.resolve()}/slurm/%x_%A_%a.log",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=SIGUSR1@120  # before the time limit: Lightning checkpoints and requeues (configs/trainer/slurm.yaml)",
+        *(f"#SBATCH {option if option.startswith('-') else '--' + option}" for option in sbatch),
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(Path.cwd()))}",
+        f"srun {task}",
+    ]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,16 +300,58 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append", default=[], help="a cli.py config; repeat to add e.g. configs/trainer/ddp.yaml")
     parser.add_argument("--out", required=True, type=Path, help="the results folder")
-    parser.add_argument("--grid", nargs="+", default=list(GRID), help="NEURON:TAU settings (default: %(default)s)")
+    parser.add_argument("--grid", nargs="+", default=[], help=f"NEURON:TAU settings (default, with no other settings: {' '.join(GRID)})")
+    parser.add_argument("--setting", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
+                        help='a named set of cli.py overrides, e.g. --setting alif "--model.neuron alif" (repeatable)')
+    parser.add_argument("--settings", type=Path, help="a YAML file of settings and/or axes (and seeds)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[2020], help="one run per seed per setting")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the results from finished folders")
+    parser.add_argument("--study", help="the study's name: wandb group, SLURM job name (default: the name of --out)")
+    parser.add_argument("--only", type=int, help="run task INDEX alone (default in a SLURM array job: SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--slurm-array", action="store_true", help="write OUT/study.sbatch: one array task per setting and seed")
+    parser.add_argument("--submit", action="store_true", help="with --slurm-array: submit it with sbatch")
+    parser.add_argument("--sbatch", action="append", default=[], help="an #SBATCH option for --slurm-array, e.g. gres=gpu:1 or time=24:00:00 (repeatable)")
+    parser.add_argument("--report-only", action="store_true", help="gather the results from the folders already there")
     args = parser.parse_args(ours)
-    settings = parse_grid(args.grid, args.seeds)
-    if not args.report_only:
-        if not args.config:
-            parser.error("--config is required (a dataset config such as configs/mnist.yaml)")
-        for setting in settings:
-            run(setting, args.config, passed_on, args.out)
+    settings = parse_grid(args.grid or ([] if args.setting or args.settings else list(GRID)), args.seeds)
+    settings += parse_settings(args.setting, args.seeds)
+    settings += read_settings_file(args.settings, args.seeds) if args.settings else []
+    duplicates = {s.folder for s in settings if sum(t.folder == s.folder for t in settings) > 1}
+    if duplicates:
+        raise SystemExit(f"error: settings named twice: {sorted(duplicates)}; every setting needs its own name")
+    study = args.study or args.out.resolve().name
+    if args.report_only:
+        print(report(args.out, settings))
+        print(f"results: {args.out / 'results.md'}")
+        return
+    if not args.config:
+        parser.error("--config is required (a dataset config such as configs/mnist.yaml)")
+    if args.slurm_array:
+        path = args.out / "study.sbatch"
+        args.out.mkdir(parents=True, exist_ok=True)
+        kept, skip = [], False  # the arguments of each task: ours without --slurm-array, --submit and --sbatch
+        for arg in ours:
+            if not skip and arg not in ("--slurm-array", "--submit", "--sbatch") and not arg.startswith("--sbatch="):
+                kept.append(arg)
+            skip = arg == "--sbatch"
+        slurm = str(CLI.parent / "configs" / "trainer" / "slurm.yaml")  # requeue with a checkpoint, resume from it
+        kept += [] if any(Path(c).resolve() == Path(slurm) for c in args.config) else ["--config", slurm]
+        kept += ["--", *passed_on] if passed_on else []
+        (args.out / "slurm").mkdir(exist_ok=True)
+        write_atomically(path, lambda p: p.write_text(sbatch_script(kept, len(settings), args.out, study, args.sbatch)))
+        print(f"wrote {path}: {len(settings)} array tasks" + ("" if args.submit else f"; submit with: sbatch {path}"))
+        if args.submit:
+            subprocess.run(["sbatch", str(path)], check=True)
+        return
+    only = args.only if args.only is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if only is not None:
+        if not 0 <= int(only) < len(settings):
+            raise SystemExit(f"error: task {only} does not exist: the study has tasks 0..{len(settings) - 1}")
+        run(settings[int(only)], args.config, passed_on, args.out, study)
+        print(f"task {only} ({settings[int(only)].folder}) done; when all are: ablation.py --out {args.out} --report-only "
+              f"(with the same settings options)")
+        return
+    for setting in settings:
+        run(setting, args.config, passed_on, args.out, study)
     print(report(args.out, settings))
     print(f"results: {args.out / 'results.md'}")
 

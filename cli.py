@@ -12,9 +12,12 @@ import sys
 import warnings
 from pathlib import Path
 
+import yaml
+
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
@@ -24,14 +27,26 @@ from plifnet.kernels import keep_freed_memory_unless_opted_out
 from plifnet.module import SpikingClassifier
 
 
+class SaveConfig(SaveConfigCallback):
+    """Lightning's ``config.yaml`` in the run folder, and the same resolved configuration in the config
+    of a wandb run (under ``cli``), so that runs of a study can be filtered and compared by any value."""
+
+    def save_config(self, trainer, pl_module, stage) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+                logger.experiment.config.update({"cli": config}, allow_val_change=True)
+
+
 class PlifnetCLI(LightningCLI):
     """LightningCLI, with two conveniences and three safeguards:
 
     - ``--trainer.default_root_dir DIR`` puts every logger's relative ``save_dir`` (``runs``) under DIR,
       so that one option moves a whole run (logs, checkpoints, plots) into its own folder;
     - ``--ckpt_path last`` means the newest readable checkpoint (``last.ckpt`` at epoch ends,
-      ``step*.ckpt`` in between) of any earlier run under the loggers' folders; Lightning's own
-      ``last`` looks only in the new run's empty folder;
+      ``step*.ckpt`` in between, ``interrupted.ckpt``, a SLURM requeue's ``hpc_ckpt_<n>.ckpt`` in the
+      root folder) of any earlier run under the loggers' folders; Lightning's own ``last`` looks only
+      in the new run's empty folder;
     - every ``--ckpt_path`` (a file, ``last`` or an ``http(s)://`` URL, downloaded once) is checked
       before anything reads it, with :func:`plifnet.checkpoints.read`: a file that is truncated, not
       a Lightning checkpoint, or would run code is refused in one line that names it;
@@ -51,7 +66,7 @@ class PlifnetCLI(LightningCLI):
             for log in loggers:
                 log.init_args.save_dir = str(Path(config.trainer.default_root_dir) / log.init_args.save_dir)
         try:
-            config.ckpt_path = self._checked(config.get("ckpt_path"), loggers)
+            config.ckpt_path = self._checked(config.get("ckpt_path"), loggers, config.trainer.get("default_root_dir") or ".")
         except checkpoints.CheckpointError as error:
             raise SystemExit(f"error: {error}") from None
 
@@ -92,12 +107,12 @@ class PlifnetCLI(LightningCLI):
             raise
 
     @staticmethod
-    def _checked(ckpt_path: str | None, loggers) -> str | None:
+    def _checked(ckpt_path: str | None, loggers, root: str) -> str | None:
         if ckpt_path in (None, "best", "hpc"):  # Lightning's own names of a checkpoint it tracks
             return ckpt_path
         if ckpt_path == "last":
             folders = sorted({Path(log.init_args.save_dir) / (log.init_args.get("name") or "") for log in loggers})
-            path, skipped = checkpoints.newest(folders)
+            path, skipped = checkpoints.newest(folders, root)
             for reason in skipped:
                 print(f"skipping an unreadable checkpoint: {reason}", file=sys.stderr)
             if path is None:
@@ -141,6 +156,7 @@ def main(args=None) -> LightningCLI:
             SpikingClassifier,
             LightningDataModule,
             subclass_mode_data=True,
+            save_config_callback=SaveConfig,
             args=args,
         )
     except Interrupted as stop:

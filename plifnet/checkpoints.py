@@ -90,11 +90,13 @@ def read(path, map_location="cpu", mmap: bool = False) -> dict:
     return checkpoint
 
 
-def newest(folders) -> tuple[Path | None, list[str]]:
-    """The newest readable checkpoint in ``<folder>/*/checkpoints/`` of the given run folders (by
-    modification time), and a line for each newer file that could not be read and was passed over."""
+def newest(folders, root=None) -> tuple[Path | None, list[str]]:
+    """The newest readable checkpoint in ``<folder>/*/checkpoints/`` of the given run folders, or among
+    the ``hpc_ckpt_<n>.ckpt`` that Lightning's SLURM requeue saves in ``root`` (by modification time),
+    and a line for each newer file that could not be read and was passed over."""
     found = [path for folder in folders for path in Path(folder).glob("*/checkpoints/*.ckpt")
              if not path.name.startswith(".")]  # hidden: a temporary file of a write in progress or killed
+    found += list(Path(root).glob("hpc_ckpt_*.ckpt")) if root is not None else []
     for folder in {path.parent for path in found}:
         remove_orphans(folder)
     skipped = []

@@ -3,6 +3,7 @@
 import os
 import signal
 import stat
+import time
 from pathlib import Path
 
 from lightning.pytorch import Callback
@@ -57,3 +58,27 @@ class SignalAt(Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if self.stage == "val" and not trainer.sanity_checking and trainer.current_epoch == self.number:
             self._send()
+
+
+class RequeueFromParentAtStep(Callback):
+    """When step $PLIFNET_REQUEUE_AT is reached, send SIGUSR1 to the parent process (``ablation.py``, the
+    task that SLURM signals before a time limit), wait until it comes back forwarded and Lightning's
+    requeue handler has run, then SIGKILL the whole process group, as SLURM ends a requeued job.
+    Does nothing where $PLIFNET_REQUEUE_AT is unset or names another task ($PLIFNET_REQUEUE_TASK)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if os.environ.get("PLIFNET_REQUEUE_TASK") != os.environ.get("SLURM_ARRAY_TASK_ID") \
+                or trainer.global_step != int(os.environ.get("PLIFNET_REQUEUE_AT", -1)):
+            return
+        received, handler = [], signal.getsignal(signal.SIGUSR1)
+
+        def note(number, frame):
+            handler(number, frame)  # Lightning's: hpc checkpoint, then scontrol requeue
+            received.append(number)
+
+        signal.signal(signal.SIGUSR1, note)
+        os.kill(os.getppid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 60
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(os.getpgid(0), signal.SIGKILL)

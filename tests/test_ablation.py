@@ -18,7 +18,7 @@ from conftest import ROOT
 
 
 def run_ablation(*args, cwd):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true", PYTHONPATH=str(ROOT / "tests"))  # kill_probe
     result = subprocess.run([sys.executable, ROOT / "ablation.py", *map(str, args)], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=900)
     return result
@@ -128,51 +128,37 @@ def test_grid_under_ddp_with_tensorboard_only(tiny_digits, tmp_path):
     assert row["final tau conv1"] not in ("-", "2.000")  # tau.csv in TensorBoard's run folder
 
 
-def wandb_history(run_file: Path) -> list[dict]:
-    """The history rows of an offline wandb run, read from its ``.wandb`` file: wandb's 7-byte file
-    header (":W&B", magic, version), then a LevelDB log (github.com/google/leveldb, doc/log_format.md:
-    32 KiB blocks of chunks, each with a 7-byte header: crc32, uint16 length, uint8 type, FULL = 1,
-    FIRST = 2, MIDDLE = 3, LAST = 4) whose records are wandb's own ``wandb_internal_pb2.Record``."""
+def wandb_records(run_file: Path, kind: str = "history") -> list:
+    """The records of one kind (``history``, ``run``, ``config``) of an offline wandb run, read from its
+    ``.wandb`` file: wandb's 7-byte file header (":W&B", magic, version), then a LevelDB log
+    (github.com/google/leveldb, doc/log_format.md: 32 KiB blocks of chunks, each with a 7-byte header:
+    crc32, uint16 length, uint8 type, FULL = 1, FIRST = 2, MIDDLE = 3, LAST = 4) whose records are
+    wandb's own ``wandb_internal_pb2.Record``."""
     from wandb.proto import wandb_internal_pb2
 
     data = run_file.read_bytes()
     assert data[:4] == b":W&B"
-    position, pending, rows = 7, b"", []
+    position, pending, records = 7, b"", []
     while position + 7 <= len(data):
         left = 32768 - position % 32768
         if left < 7:  # a block's tail too short for a chunk header is padding
             position += left
             continue
-        length, kind = struct.unpack("<HB", data[position + 4:position + 7])
+        length, chunk = struct.unpack("<HB", data[position + 4:position + 7])
         pending += data[position + 7:position + 7 + length]
         position += 7 + length
-        if kind in (1, 4):
+        if chunk in (1, 4):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
-    return rows
+            if record.WhichOneof("record_type") == kind:
+                records.append(getattr(record, kind))
+    return records
 
 
-def test_wandb_only_logger(tiny_digits, tmp_path):
-    """With wandb as the only logger, the table's protocols A and B are those of the accuracies that
-    wandb itself recorded (read from its offline run file, not from plifnet's history.csv)."""
-    out = tmp_path / "results"
-    result = run_ablation(
-        "--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--grid", "lif:2", *quick(tiny_digits, 3), "--model.lr", "0.05",
-        "--trainer.limit_train_batches", "3", "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
-        "--trainer.logger.save_dir", "runs", "--trainer.logger.offline", "true", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    runs = list((out / "lif_tau2_seed2020" / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))  # under the setting's folder
-    assert len(runs) == 1
-    epochs = [row for row in wandb_history(runs[0]) if "val/acc" in row]
-    assert len(epochs) == 3
-    test, val = [row["test/acc"] for row in epochs], [row["val/acc"] for row in epochs]
-    row = table_rows(out)["LIF tau=2"]
-    assert float(row["A: best test acc (%)"]) == pytest.approx(100 * max(test), abs=0.005)
-    best = min(e for e in range(3) if val[e] == max(val))  # the earliest best epoch, as ModelCheckpoint keeps
-    assert float(row["B: test acc at best val (%)"]) == pytest.approx(100 * test[best], abs=0.005)
+def wandb_history(run_file: Path) -> list[dict]:
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.item}
+            for record in wandb_records(run_file, "history")]
 
 
 def test_bad_grid_entries_are_refused_with_the_form_expected():
@@ -191,3 +177,88 @@ def test_report_only_reads_existing_folders(tmp_path):
     table = ablation.report(tmp_path, ablation.parse_grid(["plif:2"], [1]))
     assert "| PLIF tau0=2 | 1 | 2 (unfinished) | 70.00 | 50.00 | 1.800 | 3.250 | 2.0 min |" in table
     assert json.loads(json.dumps(table_rows(tmp_path)))["PLIF tau0=2"]["final tau fc1"] == "3.250"
+
+
+def test_settings_file_names_a_product_of_axes_and_named_settings(tmp_path):
+    (tmp_path / "study.yaml").write_text(
+        "settings:\n  alif: --model.neuron plifnet_example.ALIF --model.tau 2\n"
+        "axes:\n  model.neuron: [plif, lif]\n  model.tau: [2, 16]\nseeds: [1, 2]\n")
+    settings = ablation.read_settings_file(tmp_path / "study.yaml", [2020])
+    assert [s.folder for s in settings] == [
+        "alif_seed1", "alif_seed2", "plif_tau2_seed1", "plif_tau2_seed2", "plif_tau16_seed1", "plif_tau16_seed2",
+        "lif_tau2_seed1", "lif_tau2_seed2", "lif_tau16_seed1", "lif_tau16_seed2"]
+    assert settings[-1].overrides == ("--model.neuron", "lif", "--model.tau", "16")
+    assert settings[0].option("neuron") == "plifnet_example.ALIF" and settings[0].option("tau") == "2"
+    for bad, message in (("axes: [1, 2]\n", "must be a mapping"), ("settings:\n  a/b: --model.tau 2\n", "must be a folder name")):
+        (tmp_path / "bad.yaml").write_text(bad)
+        with pytest.raises(SystemExit, match=message):
+            ablation.read_settings_file(tmp_path / "bad.yaml", [1])
+    with pytest.raises(SystemExit, match="task 5 does not exist: the study has tasks 0..1"):
+        ablation.main(["--config", "c.yaml", "--out", str(tmp_path / "o"), "--grid", "plif:2", "lif:2", "--only", "5"])
+    with pytest.raises(SystemExit, match="settings named twice"):
+        ablation.main(["--out", str(tmp_path / "o"), "--grid", "plif:2", "plif:2", "--report-only"])
+
+
+def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(tiny_digits, tmp_path):
+    """Three settings (one a plug-in neuron by class path), wandb offline as the logger: run one after
+    another, and as the SLURM array that --slurm-array writes, each task's command run as SLURM would
+    (SLURM_ARRAY_TASK_ID set; task 1 signalled for requeue mid-epoch, killed, run again). The reports are
+    equal bit for bit but for wall time, and wandb holds one group with a run per setting."""
+    settings = ["--grid", "plif:2", "lif:16", "--setting", "alif", "--model.neuron plifnet_example.ALIF"]
+    fit = [*quick(tiny_digits, 1), "--trainer.limit_train_batches", "6", "--trainer.callbacks+=kill_probe.RequeueFromParentAtStep"]
+    sequential = run_ablation("--config", ROOT / "configs" / "mnist.yaml", "--out", tmp_path / "study", *settings, *fit, cwd=tmp_path)
+    assert sequential.returncode == 0, sequential.stdout[-3000:] + sequential.stderr[-3000:]
+
+    array = tmp_path / "array" / "study"  # the same study as a SLURM array, with wandb (offline) as logger too
+    fit += ["--trainer.logger", ROOT / "configs" / "logger" / "wandb.yaml"]
+    written = run_ablation("--config", ROOT / "configs" / "mnist.yaml", "--out", array, *settings, "--slurm-array",
+                           "--sbatch", "time=00:30:00", *fit, cwd=tmp_path)
+    assert written.returncode == 0, written.stderr[-3000:]
+    script = (array / "study.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", array / "study.sbatch"]).returncode == 0
+    for line in ("#SBATCH --array=0-2", "#SBATCH --requeue", "#SBATCH --signal=SIGUSR1@120", "#SBATCH --time=00:30:00",
+                 "#SBATCH --job-name=study"):
+        assert line in script.splitlines() or any(l.startswith(line + " ") for l in script.splitlines()), line
+    task = next(line for line in script.splitlines() if line.startswith("srun ")).removeprefix("srun ")
+    assert '--only "$SLURM_ARRAY_TASK_ID"' in task and "slurm.yaml" in task and "--slurm-array" not in task
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT / "tests"), "SLURM_NTASKS": "1",
+             "SLURM_JOB_NAME": "study", "SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_NODELIST": "localhost",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "WANDB_SILENT": "true",
+             "PLIFNET_REQUEUE_TASK": "1", "PLIFNET_REQUEUE_AT": "3"}
+    cwd = script.split("\ncd ")[1].split("\n")[0]
+    for index in (0, 1, 1, 2):  # task 1 twice: requeued (and killed) at step 3 of 6, then run again
+        env = dict(os.environ, **slurm, SLURM_ARRAY_TASK_ID=str(index))
+        done = subprocess.run(["bash", "-c", task], cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+                              start_new_session=True)  # its own process group: the requeue kills the whole group
+        folder = array / ["plif_tau2_seed2020", "lif_tau16_seed2020", "alif_seed2020"][index]
+        if index == 1 and not (folder / "done.json").exists():
+            assert done.returncode == -9 and "requeue" in (tmp_path / "scontrol.log").read_text()
+            assert list(folder.glob("hpc_ckpt_*.ckpt")), "the requeue saved no checkpoint"
+            assert sorted(p.name for p in array.iterdir()) == ["lif_tau16_seed2020", "plif_tau2_seed2020", "slurm", "study.sbatch"]
+        else:
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            assert (folder / "done.json").exists()
+    assert not (array / "results.csv").exists()  # tasks write their own folders only
+    report = run_ablation("--out", array, *settings, "--report-only", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    ours, theirs = table_rows(tmp_path / "study"), table_rows(array)
+    assert set(ours) == {"PLIF tau0=2", "LIF tau=16", "alif"}
+    for label, row in ours.items():
+        assert {k: v for k, v in row.items() if k != "wall time"} == {k: v for k, v in theirs[label].items() if k != "wall time"}
+    assert ours["alif"]["final tau conv1"] not in ("-", "2.000")  # the plug-in's learnable tau, followed
+
+    for folder, neuron, tags in (("plif_tau2_seed2020", "plif", ["neuron=plif", "tau=2", "seed=2020"]),
+                                 ("alif_seed2020", "plifnet_example.ALIF", ["neuron=plifnet_example.ALIF", "seed=2020"])):
+        run_file, = (array / folder / "runs" / "wandb").glob("offline-run-*/run-*.wandb")
+        run, = wandb_records(run_file, "run")
+        assert (run.run_group, run.display_name, run.job_type, list(run.tags)) == ("study", folder.removesuffix("_seed2020"), neuron, tags)
+        config = {item.key: json.loads(item.value_json) for record in wandb_records(run_file, "config") for item in record.update}
+        config.update({item.key: json.loads(item.value_json) for item in run.config.update})
+        assert config["cli"]["model"]["neuron"] == neuron and config["cli"]["seed_everything"] == 2020
+        keys = set().union(*wandb_history(run_file))
+        assert {"tau/conv1", "tau/fc2", "firing_rate/conv1", "val/acc", "test/acc"} <= keys
