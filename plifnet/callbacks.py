@@ -389,9 +389,9 @@ class SynapticOps(Callback):
 
     def _end(self, trainer, pl_module, stage: str):
         self.counter.__exit__()
-        if trainer.sanity_checking or not self.images:
-            return
         totals = self.counter.totals()
+        if trainer.sanity_checking or not self.images or not totals:  # no batch, or no Conv2d/Linear to count
+            return
         counts = torch.stack([value.to(pl_module.device) for value in totals.values()]
                              + [torch.full_like(next(iter(totals.values())), self.images, device=pl_module.device)])
         counts = trainer.strategy.reduce(counts, reduce_op="sum")  # every process's share of the images
