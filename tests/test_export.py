@@ -222,6 +222,12 @@ def test_export_command_writes_a_file_and_refuses_a_bad_checkpoint(tmp_path, cap
     assert graph.metadata["time_steps"] == 8 and graph.metadata["input"] == "static"
     state = model.net.encoder[0].weight
     assert graph.nodes["conv1"].weight.shape == tuple(state.shape)
+    # the model built from cli.py's config first (for networks that take their shape from the data module)
+    from conftest import ROOT
+    configured = export_main(["--ckpt_path", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "c.nir"),
+                              "--config", str(ROOT / "configs" / "mnist.yaml")])
+    fc1 = [m for m in model.net.layers if isinstance(m, nn.Linear)][0].weight.detach().numpy()
+    assert np.array_equal(nir.read(configured).nodes["fc1"].weight, fc1)
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="truncated or is not a checkpoint"):
         export_main(["--ckpt_path", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "bad.nir")])
