@@ -152,19 +152,19 @@ class SynapticCounter:
             per_step = module.in_features
             self.dense[name] = module.in_features * module.out_features
         steps = x.numel() // per_step  # samples x time steps in this call
-        spikes = bool(((x == 0) | (x == 1)).all())
-        zero = x.new_zeros((), dtype=torch.float64)
-        if not spikes:
-            return torch.stack([zero, zero + steps * self.dense[name], zero, zero, zero + steps, zero, zero + 1])
+        # 1 where the input is only 0s and 1s: kept as a tensor, so that counting never waits for the device
+        spike_fed = ((x == 0) | (x == 1)).all().double()
         # per input element: its number of spikes over the batch (exact in float32 below 2**24 calls)
-        counts = x.reshape(steps, -1).sum(0, dtype=torch.float32).double()
+        counts = x.reshape(steps, -1).sum(0, dtype=torch.float32).double() * spike_fed
         if isinstance(module, nn.Conv2d):
             per_position = counts.view(module.in_channels, *x.shape[-2:]).sum(0)
             acs = (per_position * self._conv_fan_out(module, tuple(x.shape[-2:]), x.device)).sum() \
                 * (module.out_channels // module.groups)
         else:
             acs = counts.sum() * module.out_features
-        return torch.stack([acs, zero, counts.sum(), zero + x.numel(), zero + steps, zero + 1, zero])
+        value_fed = 1 - spike_fed
+        return torch.stack([acs, value_fed * steps * self.dense[name], counts.sum(), spike_fed * x.numel(),
+                            spike_fed.new_tensor(steps), spike_fed, value_fed])
 
     def _conv_fan_out(self, conv: nn.Conv2d, size: tuple[int, int], device) -> torch.Tensor:
         """``[H, W]``: how many output positions read each input position (the adjoint of the
