@@ -272,6 +272,19 @@ def test_cpu_kernel_tau_gradient_at_vanishing_leak(k, time_steps):
     torch.testing.assert_close(gk, gk_ref, rtol=2e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype,time_steps", [(torch.float32, None), (torch.bfloat16, None), (torch.float32, 8)])
+def test_cpu_backward_keeps_the_input_and_nothing_of_its_own(dtype, time_steps):
+    """The CPU backward replays the forward from the input: it keeps the input tensor itself (no copy),
+    and no [T, E] float32 H (2x a bfloat16 input, T x a constant one); its gradients still match the reference."""
+    shape = (8, 4, 300)
+    x = inputs(shape[1:] if time_steps else shape, 2).to(dtype).requires_grad_()
+    out = PLIF(backend="cpu")(x, time_steps=time_steps)
+    saved = [t for t in out.grad_fn.saved_tensors if t is not None]
+    assert [t.numel() for t in saved] == [x.numel(), 1]  # the input and k
+    assert saved[0].data_ptr() == x.data_ptr()
+    compare("plif", 0.0, True, True, ATan(), shape, seed=2, time_steps=time_steps)
+
+
 def test_plif_at_an_underflowed_leak_gives_the_reference_gradients():
     """PLIF with w = -200 (k = sigmoid(w) = 0 in float32): finite, equal gradients on both paths."""
     x, grad = inputs((6, 3, 40), 3), torch.randn(6, 3, 40)

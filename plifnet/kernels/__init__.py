@@ -6,10 +6,11 @@
 * ``cpu``: numba kernels (:mod:`plifnet.kernels.cpu`), compiled once and cached on disk;
 * ``triton``: Triton kernels for CUDA tensors (:mod:`plifnet.kernels.gpu`).
 
-Saved for backward: ``H`` in float32 (``T * E * 4`` bytes), and the input where the tau gradient
-needs it (see :func:`_keeps_input`); the reference keeps several tensors per step. The tau gradient
-is summed over time by the kernel, per element (or, for one k on the CPU, per block of elements, in
-order), and then by ``torch.sum``: the same bits on every run.
+Saved for backward: on the CPU the input alone (the backward replays the forward from it); on CUDA
+``H`` in float32 (``T * E * 4`` bytes), and the input where the tau gradient needs it. The reference
+keeps several tensors per step. The tau gradient is summed over time by the kernel, per element (or,
+for one k on the CPU, per block of elements, in order), and then by ``torch.sum``: the same bits on
+every run.
 """
 
 from __future__ import annotations
@@ -84,22 +85,28 @@ class FusedMultiStep(torch.autograd.Function):
         # rest: where the leak pulls and the hard reset puts V (soft reset: 0); both backends take this form
         rest = 0.0 if v_reset is None else float(v_reset)
         options = (float(v_threshold), rest, v_reset is None, detach_reset, decay_input)
-        io = {"dtype": native} if backend == "cpu" else {}
-        spikes, h = _kernels(backend).forward(flat, time_steps or rows, k_vec, channels, inner, *options, **io)
-        kept = flat.float() if _keeps_input(backend, decay_input, k_vec) else None
-        ctx.save_for_backward(h, k_vec, kept)
+        if backend == "cpu":  # nothing but the input is kept: the backward replays the forward from it
+            spikes = _kernels(backend).forward(flat, time_steps or rows, k_vec, channels, inner, *options, dtype=native)
+            ctx.save_for_backward(flat, k_vec)
+        else:  # H, and the input for dH/dk = X - (V[t-1] - rest): from H alone, (H - V[t-1]) / k loses
+            # precision as 1/k grows and is 0/0 at k = 0 (sigmoid(w) underflows at w < -104)
+            spikes, h = _kernels(backend).forward(flat, time_steps or rows, k_vec, channels, inner, *options)
+            ctx.save_for_backward(flat.float() if decay_input else None, k_vec, h)
         ctx.meta = (x.shape, x.dtype, native, rows, channels, inner, options, surrogate, backend, k.shape)
         return spikes.view(-1, *step_shape).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        h, k_vec, x = ctx.saved_tensors
+        x, k_vec, *h = ctx.saved_tensors
         shape, dtype, native, rows, channels, inner, options, surrogate, backend, k_shape = ctx.meta
         code = FUSED_SURROGATES[type(surrogate)]
         grad = grad_spikes.reshape(grad_spikes.shape[0], -1).to(native).contiguous()
-        grad_x, grad_k_parts = _kernels(backend).backward(
-            grad, h, x, rows, k_vec, channels, inner, *options, code, surrogate.alpha
-        )
+        if backend == "cpu":
+            grad_x, grad_k_parts = _kernels(backend).backward(grad, x, k_vec, channels, inner, *options, code,
+                                                              surrogate.alpha)
+        else:
+            grad_x, grad_k_parts = _kernels(backend).backward(grad, h[0], x, rows, k_vec, channels, inner, *options,
+                                                              code, surrogate.alpha)
         grad_k = None
         if ctx.needs_input_grad[1]:
             if channels > 1:
@@ -107,18 +114,6 @@ class FusedMultiStep(torch.autograd.Function):
             else:
                 grad_k = grad_k_parts.sum().view(k_shape)
         return grad_x.view(shape).to(dtype), grad_k, None, None, None, None, None, None, None
-
-
-SMALL_K = 1 / 64  # below it (tau > 64) the CPU backward takes dL/dk from the saved input, not from H
-
-
-def _keeps_input(backend: str, decay_input: bool, k: torch.Tensor) -> bool:
-    """Whether the backward gets the input X for ``dH/dk = X - (V[t-1] - rest)`` (decay_input only).
-
-    From H alone, ``(H - V[t-1]) / k`` loses precision as 1/k grows and is 0/0 at k = 0 (sigmoid(w)
-    underflows at w < -104). On CUDA X is kept always (asking k's size would wait for the device);
-    on the CPU only for k < SMALL_K, so the usual PLIF (tau near 2) saves H alone."""
-    return decay_input and (backend != "cpu" or float(k.min()) < SMALL_K)
 
 
 def _kernels(backend: str):

@@ -6,9 +6,9 @@ over a block vectorises, and blocks are spread over the cores. Every value is co
 and the arithmetic follows ``plifnet.neurons.neuron_step`` operation by operation, so spikes are
 identical to the reference. Under bfloat16 autocast the kernels read and write bfloat16 as its bits
 (int16 arrays, widened and rounded to nearest even here), so no float32 copies of the input, the
-spikes or their gradients are made around them. The forward saves only ``H`` (float32); the backward
-recomputes ``S = H >= v_th`` and ``V[t-1]`` from ``H[t-1]``, and gets ``dH/dk = X - (V[t-1] - rest)
-= (H - V[t-1]) / k`` without X (or from X where it is kept, see ``backward_kernel``).
+spikes or their gradients are made around them. The forward saves nothing but its input: the
+backward replays the forward from it block by block, in the cache, and so never reads a stored ``H``
+([T, E] float32: 2x the bfloat16 input, T x a constant input) that the forward would have had to write.
 ``rest`` is V_reset for the hard reset and 0 for the soft one (where the leak then pulls to).
 
 A constant input (``static``: a static image's encoder current, the same at every step) is read
@@ -72,16 +72,30 @@ def narrow(wide, bits):
         bits[j] = np.int16(np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
 
 
+@njit(inline="always", cache=True)
+def neuron_step(v, k, x, v_th, rest, soft, decay_input):
+    """One step of ``plifnet.neurons.neuron_step`` for one element, in float32: charge, fire, reset.
+    Returns H[t], whether it fired, V[t]. The forward and the backward's replay both call it, so the
+    replayed H is the forward's H to the bit."""
+    if decay_input:
+        h = v + k * (x - (v - rest))
+    else:
+        h = v - k * (v - rest) + x
+    fired = h - v_th >= 0
+    s = np.float32(fired)
+    return h, fired, (h - v_th * s if soft else h * (ONE - s) + rest * s)
+
+
 @lru_cache(maxsize=None)
 def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: bool, bf16: bool = False):
-    """x [T, E] (static: [1, E]) and k (per_element: the k of each element [E], else [1]) -> spikes [T, E], H [T, E].
+    """x [T, E] (static: [1, E]) and k (per_element: the k of each element [E], else [1]) -> spikes [T, E].
 
     ``bf16``: the spikes, and x unless static, are bfloat16 given as their bits (int16 arrays): read
     and written here, so that autocast's bfloat16 tensors need no float32 copies around the kernel.
     """
 
     @njit(parallel=True, cache=True)
-    def forward(x, k, v_th, rest, spikes, h_out):
+    def forward(x, k, v_th, rest, spikes):
         steps, elements = spikes.shape
         for block in prange((elements + BLOCK - 1) // BLOCK):
             start = block * BLOCK
@@ -95,49 +109,56 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
                     xt = wide.view(np.float32)
                 else:
                     xt = x[0 if static else t, start:start + size]
-                st, ht = spikes[t, start:start + size], h_out[t, start:start + size]
+                st = spikes[t, start:start + size]
                 for j in range(size):
-                    vj, kj = v[j], kb[j] if per_element else kb[0]
-                    if decay_input:
-                        h = vj + kj * (xt[j] - (vj - rest))
-                    else:
-                        h = vj - kj * (vj - rest) + xt[j]
-                    fired = h - v_th >= 0
-                    s = np.float32(fired)
-                    ht[j] = h
+                    h, fired, v[j] = neuron_step(v[j], kb[j] if per_element else kb[0], xt[j], v_th, rest, soft,
+                                                 decay_input)
                     if bf16:
                         st[j] = BF16_ONE if fired else np.int16(0)
                     else:
-                        st[j] = s
-                    v[j] = h - v_th * s if soft else h * (ONE - s) + rest * s
+                        st[j] = np.float32(fired)
 
     return forward
 
 
 @lru_cache(maxsize=None)
 def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool, per_element: bool,
-                    with_x: bool, bf16: bool = False):
+                    bf16: bool = False):
     """Reverse pass: grad_x [T, E] (static: [1, E], zeroed by the caller, summed over time) and dL/dk
     summed over time: per element, grad_k [E], with per_element k; else one sum per block, in order.
+
+    Each block first replays the forward from the input x (as the forward read it) into two
+    [T, BLOCK] buffers that stay in the cache: H[t], and ``dH/dk = X - (V[t-1] - rest)`` (decay_input)
+    or ``-(V[t-1] - rest)``, the reference's expression; then runs backward through time over them.
 
     ``dV[t]/dH[t] = 1 - S + g * (V_reset - H)`` for the hard reset and ``1 - g * v_th`` for the soft
     one, where g is the surrogate gradient; detach_reset drops the g term.
 
-    ``with_x``: the input ``x_saved`` (as ``x`` in the forward) was kept, and ``dH/dk = X - (V[t-1] -
-    rest)`` is computed from it, as the reference does. Without it, ``(H - V[t-1]) / k`` stands in
-    for it: the same value for a moderate k, but a rounding error of H grows by 1/k (tau 1e4: about
-    1e-3 relative), and at k = 0 (sigmoid underflow) it is 0/0.
-
-    ``bf16``: grad_spikes, and grad_x unless static, are bfloat16 bits (int16), as in the forward.
+    ``bf16``: grad_spikes, and x and grad_x unless static, are bfloat16 bits (int16), as in the forward.
     """
 
     @njit(parallel=True, cache=True)
-    def backward(grad_spikes, h_saved, x_saved, k, v_th, rest, alpha, grad_x, grad_k):
+    def backward(grad_spikes, x, k, v_th, rest, alpha, grad_x, grad_k):
         steps, elements = grad_spikes.shape
         for block in prange((elements + BLOCK - 1) // BLOCK):
             start = block * BLOCK
             size = min(BLOCK, elements - start)
             kb = k[start:start + size] if per_element else k
+            h_replay = np.empty((steps, size), np.float32)
+            dh_dk = np.empty((steps, size), np.float32)
+            v = np.full(size, rest, np.float32)
+            wide_x = np.empty(size if bf16 and not static else 0, np.uint32)
+            for t in range(steps):
+                if bf16 and not static:
+                    widen(x[t, start:start + size], wide_x)
+                    xt = wide_x.view(np.float32)
+                else:
+                    xt = x[0 if static else t, start:start + size]
+                for j in range(size):
+                    v_prev = v[j]
+                    h_replay[t, j], _, v[j] = neuron_step(v_prev, kb[j] if per_element else kb[0], xt[j], v_th, rest,
+                                                          soft, decay_input)
+                    dh_dk[t, j] = xt[j] - (v_prev - rest) if decay_input else -(v_prev - rest)
             grad_v = np.zeros(size, np.float32)
             acc = np.zeros(size, np.float32)
             wide_in = np.empty(size if bf16 else 0, np.uint32)  # the step's grad_spikes as float32 bits
@@ -148,14 +169,12 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                     gt = wide_in.view(np.float32)
                 else:
                     gt = grad_spikes[t, start:start + size]
-                ht, hp = h_saved[t, start:start + size], h_saved[max(t - 1, 0), start:start + size]
                 if bf16 and not static:
                     gxt = wide_out.view(np.float32)
                 else:
                     gxt = grad_x[0 if static else t, start:start + size]
-                first = t == 0
                 for j in range(size):
-                    h, kj = ht[j], kb[j] if per_element else kb[0]
+                    h, kj = h_replay[t, j], kb[j] if per_element else kb[0]
                     sg = surrogate_grad(h - v_th, code, alpha)
                     if soft:
                         dv_dh = ONE if detach_reset else ONE - sg * v_th
@@ -163,33 +182,23 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                         s = np.float32(h - v_th >= 0)
                         dv_dh = ONE - s if detach_reset else ONE - s + sg * (rest - h)
                     grad_h = gt[j] * sg + grad_v[j] * dv_dh
-                    v_prev = rest  # V[-1]; later steps recompute V[t-1] from H[t-1]
-                    if not first:
-                        s_prev = np.float32(hp[j] - v_th >= 0)
-                        v_prev = hp[j] - s_prev * (v_th if soft else hp[j] - rest)
                     grad_in = grad_h * kj if decay_input else grad_h  # dH/dX = k, or 1
                     if static:
                         gxt[j] += grad_in
                     else:
                         gxt[j] = grad_in
-                    if decay_input and with_x:  # dH/dk = X - (V[t-1] - rest)
-                        acc[j] += grad_h * (x_saved[0 if static else t, start + j] - (v_prev - rest))
-                    elif decay_input:  # ... = (H - V[t-1]) / k
-                        acc[j] += grad_h * (h - v_prev)  # divided by k once, after the time loop
-                    else:  # dH/dk = -(V[t-1] - rest)
-                        acc[j] -= grad_h * (v_prev - rest)
+                    acc[j] += grad_h * dh_dk[t, j]
                     grad_v[j] = grad_h * (ONE - kj)
                 if bf16 and not static:
                     narrow(wide_out, grad_x[t, start:start + size])
-            divide = decay_input and not with_x
             if per_element:
                 for j in range(size):
-                    grad_k[start + j] = acc[j] / kb[j] if divide else acc[j]
+                    grad_k[start + j] = acc[j]
             else:
                 total = ZERO
                 for j in range(size):
                     total += acc[j]
-                grad_k[block] = total / kb[0] if divide else total
+                grad_k[block] = total
 
     return backward
 

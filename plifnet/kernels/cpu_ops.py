@@ -29,29 +29,26 @@ def _array(tensor):
 
 def forward(x, steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, dtype=torch.float32):
     """x [T, E] float32, or bfloat16 with ``dtype=torch.bfloat16`` (a constant input [1, E] repeated
-    over ``steps`` is float32 always); spikes in ``dtype``, H in float32."""
+    over ``steps`` is float32 always) -> spikes [T, E] in ``dtype``. Nothing else is kept: the
+    backward replays the forward from x."""
     spikes = torch.empty(steps, x.shape[1], dtype=dtype)
-    h = torch.empty(steps, x.shape[1], dtype=torch.float32)
     kernel = cpu.forward_kernel(bool(soft), bool(decay_input), x.shape[0] < steps, channels > 1, dtype == torch.bfloat16)
-    kernel(_array(x), k_array(k, x.shape[1], channels, inner), np.float32(v_th), np.float32(rest),
-           _array(spikes), h.numpy())
-    return spikes, h
+    kernel(_array(x), k_array(k, x.shape[1], channels, inner), np.float32(v_th), np.float32(rest), _array(spikes))
+    return spikes
 
 
-def backward(grad_spikes, h, x, input_steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
-    """grad_x [T, E] (or [1, E] summed over time when the input was constant: ``input_steps`` = 1) and
-    grad_k: dL/dk per element with per-channel k, else per block of elements (sum it either way).
-    ``x``: the forward's input [T or 1, E] float32, or None where dL/dk is to come from H alone."""
+def backward(grad_spikes, x, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
+    """grad_x [T, E] (or [1, E] summed over time when the input was constant, x [1, E]) and grad_k:
+    dL/dk per element with per-channel k, else per block of elements (sum it either way).
+    ``x``: the forward's input as the forward read it."""
     steps, elements = grad_spikes.shape
-    static = input_steps < steps
-    bf16 = grad_spikes.dtype == torch.bfloat16  # then grad_x (unless static) is bfloat16 too
+    static = x.shape[0] < steps
+    bf16 = grad_spikes.dtype == torch.bfloat16  # then x and grad_x (unless static) are bfloat16 too
     grad_x = torch.zeros(1, elements) if static else torch.empty_like(grad_spikes)
     grad_k = torch.empty(elements if channels > 1 else -(-elements // cpu.BLOCK), dtype=torch.float32)
-    kernel = cpu.backward_kernel(bool(soft), bool(decay_input), bool(detach_reset), int(code), static, channels > 1,
-                                 x is not None, bf16)
-    x_saved = (x if x is not None else torch.empty(1, 1)).detach().numpy()
-    kernel(_array(grad_spikes), h.numpy(), x_saved, k_array(k, elements, channels, inner), np.float32(v_th),
-           np.float32(rest), np.float32(alpha), _array(grad_x), grad_k.numpy())
+    kernel = cpu.backward_kernel(bool(soft), bool(decay_input), bool(detach_reset), int(code), static, channels > 1, bf16)
+    kernel(_array(grad_spikes), _array(x), k_array(k, elements, channels, inner), np.float32(v_th), np.float32(rest),
+           np.float32(alpha), _array(grad_x), grad_k.numpy())
     return grad_x, grad_k
 
 
