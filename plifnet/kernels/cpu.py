@@ -86,6 +86,16 @@ def neuron_step(v, k, x, v_th, rest, soft, decay_input):
     return h, fired, (h - v_th * s if soft else h * (ONE - s) + rest * s)
 
 
+@njit(inline="always", cache=True)
+def step_input(x, t, start, size, wide, bf16, static):
+    """Step t's input to the block of elements ``[start, start + size)`` as float32: x's own row (a
+    constant input has one), or its bfloat16 bits widened into ``wide``."""
+    if bf16 and not static:
+        widen(x[t, start:start + size], wide)
+        return wide.view(np.float32)
+    return x[0 if static else t, start:start + size]
+
+
 @lru_cache(maxsize=None)
 def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: bool, bf16: bool = False):
     """x [T, E] (static: [1, E]) and k (per_element: the k of each element [E], else [1]) -> spikes [T, E].
@@ -104,11 +114,7 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
             v = np.full(size, rest, np.float32)
             wide = np.empty(size if bf16 and not static else 0, np.uint32)  # the step's input as float32 bits
             for t in range(steps):
-                if bf16 and not static:
-                    widen(x[t, start:start + size], wide)
-                    xt = wide.view(np.float32)
-                else:
-                    xt = x[0 if static else t, start:start + size]
+                xt = step_input(x, t, start, size, wide, bf16, static)
                 st = spikes[t, start:start + size]
                 for j in range(size):
                     h, fired, v[j] = neuron_step(v[j], kb[j] if per_element else kb[0], xt[j], v_th, rest, soft,
@@ -149,11 +155,7 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
             v = np.full(size, rest, np.float32)
             wide_x = np.empty(size if bf16 and not static else 0, np.uint32)
             for t in range(steps):
-                if bf16 and not static:
-                    widen(x[t, start:start + size], wide_x)
-                    xt = wide_x.view(np.float32)
-                else:
-                    xt = x[0 if static else t, start:start + size]
+                xt = step_input(x, t, start, size, wide_x, bf16, static)
                 for j in range(size):
                     v_prev = v[j]
                     h_replay[t, j], _, v[j] = neuron_step(v_prev, kb[j] if per_element else kb[0], xt[j], v_th, rest,
