@@ -12,7 +12,8 @@ rounds; figures are medians over rounds, ratios are taken within a round.
    network (batch 4), in float32 and under bfloat16 autocast (what ``configs/trainer/bf16.yaml``
    gives): images/s, achieved GFLOP/s (convolutions and matrix products of the step, counted by
    ``torch.utils.flop_counter``) against the dense matmul peak of the same precision measured in this
-   run, and the step's peak memory (CPU: peak resident size above the size after one warm-up sample).
+   run, the step's time and the part of it spent in those products (``GEMM ms``, torch.profiler, CPU),
+   and the step's peak memory (CPU: peak resident size above the size after one warm-up sample).
    SpikingJelly's torch backend builds the same network where it is installed (not a dependency).
 
     python benchmarks/neuron_kernels.py [--repeats 7] [--rounds 3] [--device cpu|cuda]
@@ -88,7 +89,8 @@ def layer_child(implementation, repeats, device):
     dst = torch.empty_like(src)
     copy = median_time(lambda: dst.copy_(src), repeats, device)
     bandwidth = 2 * src.numel() * 4 / copy  # read + write
-    return {"ms": seconds * 1e3, "floor_ms": 6 * 4 * x.numel() / bandwidth * 1e3, "copy_gbs": bandwidth / 1e9}
+    # the floor: read X and write S forward; read dS and X (to replay the forward) and write dX backward
+    return {"ms": seconds * 1e3, "floor_ms": 5 * 4 * x.numel() / bandwidth * 1e3, "copy_gbs": bandwidth / 1e9}
 
 
 def spikingjelly_network(arch, dropout=0.5):
@@ -171,7 +173,21 @@ def train_child(implementation, arch, batch, precision, repeats, device):
     with FlopCounterMode(display=False) as counter:
         loss_of(x, y).backward()
     return {"images_per_s": batch / seconds, "gflops": counter.get_total_flops() / seconds / 1e9,
-            "peak_mb": peak / 2**20}
+            "peak_mb": peak / 2**20, "gemm_ms": gemm_ms(step) if device == "cpu" else float("nan")}
+
+
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::mkldnn_convolution", "aten::convolution_backward"}
+
+
+def gemm_ms(step, steps=3):
+    """Milliseconds per step spent in the convolutions and matrix products (torch.profiler, CPU): the
+    part of the step that runs near the matmul peak; the rest of the step is what keeps it from it."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in GEMM_OPS) / 1e3 / steps
 
 
 def _release_freed_memory():
@@ -230,7 +246,7 @@ def layer_table(implementations, repeats, rounds, device):
 def training_table(implementations, repeats, rounds, device, peaks):
     print("\nTraining step (forward, backward, Adam), plain script; GFLOP/s against the matmul peak of the precision")
     print(f"{'network':22}{'implementation':16}{'precision':>10}{'images/s':>10}{'GFLOP/s':>9}{'of peak':>9}"
-          f"{'peak MB':>9}{'vs fp32':>9}{'vs SJ fp32':>12}")
+          f"{'step ms':>9}{'GEMM ms':>9}{'peak MB':>9}{'vs fp32':>9}{'vs SJ fp32':>12}")
     for arch, batch in (("mnist", 16), ("cifar10", 4)):
         configurations = {(name, precision): ("train", name, arch, batch, precision, repeats, device)
                           for name in implementations for precision in ("fp32", "bf16")
@@ -241,9 +257,10 @@ def training_table(implementations, repeats, rounds, device, peaks):
             speed = lambda other: (f"{median(runs, lambda r: r[key]['images_per_s'] / r[other]['images_per_s']):.2f}x"
                                    if other in configurations else "-")
             gflops = median(runs, lambda r: r[key]["gflops"])
-            print(f"{f'{arch}, batch {batch}, T 8':22}{name:16}{precision:>10}"
-                  f"{median(runs, lambda r: r[key]['images_per_s']):10.1f}{gflops:9.0f}"
-                  f"{gflops / peaks[precision]:9.0%}{median(runs, lambda r: r[key]['peak_mb']):9.0f}"
+            images_per_s = median(runs, lambda r: r[key]["images_per_s"])
+            print(f"{f'{arch}, batch {batch}, T 8':22}{name:16}{precision:>10}{images_per_s:10.1f}{gflops:9.0f}"
+                  f"{gflops / peaks[precision]:9.0%}{batch / images_per_s * 1e3:9.1f}"
+                  f"{median(runs, lambda r: r[key]['gemm_ms']):9.1f}{median(runs, lambda r: r[key]['peak_mb']):9.0f}"
                   f"{speed((name, 'fp32')):>9}{speed(('spikingjelly', 'fp32')):>12}")
 
 
