@@ -247,10 +247,11 @@ def test_float64_input_runs_the_reference():
         kernels.resolve("cpu", x, ATan())
 
 
-@pytest.mark.parametrize("k,time_steps", [(0.0, None), (0.0, 8), (1e-4, None), (1e-4, 8), (1 / 64 + 1e-3, None)])
+@pytest.mark.parametrize("k,time_steps", [(0.0, None), (0.0, 8), (1e-4, None), (1e-4, 8), (0.5, None)])
 def test_cpu_kernel_tau_gradient_at_vanishing_leak(k, time_steps):
     """k = 0 (sigmoid(w) underflows to 0 for w < -104) and tau = 1e4 (k = 1e-4): the tau gradient
-    must match the reference, finite, where (H - V[t-1]) / k would be 0/0 or lose digits."""
+    must match the reference, finite, where (H - V[t-1]) / k would be 0/0 or lose digits; and the usual
+    tau 2 (k = 0.5) beside them."""
     shape = (8, 4, 300)
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(shape[1:] if time_steps else shape, generator=generator) * 2 + 1.5

@@ -117,7 +117,7 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
                 xt = step_input(x, t, start, size, wide, bf16, static)
                 st = spikes[t, start:start + size]
                 for j in range(size):
-                    h, fired, v[j] = neuron_step(v[j], kb[j] if per_element else kb[0], xt[j], v_th, rest, soft,
+                    _, fired, v[j] = neuron_step(v[j], kb[j] if per_element else kb[0], xt[j], v_th, rest, soft,
                                                  decay_input)
                     if bf16:
                         st[j] = BF16_ONE if fired else np.int16(0)
