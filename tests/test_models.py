@@ -89,6 +89,15 @@ def test_dropout_uses_one_mask_for_all_steps():
     assert torch.equal(drop.eval()(torch.ones(6, 4, 50)), torch.ones(6, 4, 50))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_drops_a_fraction_p_and_scales_the_rest(dtype):
+    torch.manual_seed(0)
+    y = SharedDropout(0.2).train()(torch.ones(2, 400, 250, dtype=dtype))
+    dropped = (y[0] == 0).float().mean().item()
+    assert abs(dropped - 0.2) < 0.005  # 100k draws: the standard error is 0.0013
+    assert torch.all((y == 0) | (y == torch.tensor(1 / 0.8, dtype=dtype)))
+
+
 def test_vote_averages_groups_of_ten():
     x = torch.zeros(2, 1, 30)
     x[:, :, 10:13] = 1.0  # three neurons of class 1

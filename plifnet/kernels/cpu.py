@@ -242,19 +242,28 @@ def max_pool2x2_forward_kernel(bf16: bool):
     return max_pool2x2_forward
 
 
-@njit(parallel=True, cache=True)
-def max_pool2x2_backward(grad_out, index, grad_in, zero):
-    """Route each output gradient to the position of its window's maximum; grad_in [B, H, W] is
-    written whole (``zero`` elsewhere: float32, or the int16 bits of a bfloat16 zero).
+@lru_cache(maxsize=None)
+def max_pool2x2_backward_kernel(bf16: bool):
+    """Route each output gradient to the position of its window's maximum, zero elsewhere.
 
-    The loop runs along the input rows, so that the stores are contiguous and vectorise: 4.7x faster
-    here than a loop over the windows, which stores with a stride of 2."""
-    batch, height, width = grad_out.shape
-    for b in prange(batch):
-        for i in range(height):
-            grad_row, where_row = grad_out[b, i], index[b, i]
-            top, bottom = grad_in[b, 2 * i], grad_in[b, 2 * i + 1]
-            for column in range(2 * width):
-                g, where, right = grad_row[column >> 1], where_row[column >> 1], np.uint8(column & 1)
-                top[column] = g if where == right else zero
-                bottom[column] = g if where == right + 2 else zero
+    grad_out [B, H, W] holds the gradients' bits (int16 for bfloat16, int32 for float32); grad_in
+    [B, 2H, W] is the input gradient [B, 2H, 2W] viewed as pairs of neighbouring values, one integer
+    each (int32, int64), written whole. One contiguous load and one contiguous store per window row:
+    the loop vectorises, where value by value it stored with a stride of 2 (1.6-1.9x slower here)."""
+    half = np.int32(16) if bf16 else np.int64(32)  # the bits of one value in a pair
+
+    @njit(parallel=True, cache=True)
+    def max_pool2x2_backward(grad_out, index, grad_in):
+        batch, height, width = grad_out.shape
+        for b in prange(batch):
+            for i in range(height):
+                grad_row, where_row = grad_out[b, i], index[b, i]
+                top, bottom = grad_in[b, 2 * i], grad_in[b, 2 * i + 1]
+                for j in range(width):
+                    g = top.dtype.type(grad_row[j]) & ((top.dtype.type(1) << half) - 1)  # its bits, unsigned
+                    where = where_row[j]
+                    pair = g << half if where & 1 else g  # the right-hand value sits in the high bits
+                    top[j] = pair if where < 2 else 0
+                    bottom[j] = 0 if where < 2 else pair
+
+    return max_pool2x2_backward

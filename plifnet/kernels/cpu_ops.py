@@ -62,8 +62,10 @@ def max_pool2x2_forward(x):
 
 
 def max_pool2x2_backward(grad_out, index):
+    """grad_out [B, H, W] float32 or bfloat16 and the forward's index -> grad_in [B, 2H, 2W] in its dtype."""
     batch, height, width = grad_out.shape
     grad_in = torch.empty(batch, 2 * height, 2 * width, dtype=grad_out.dtype)
-    zero = np.int16(0) if grad_out.dtype == torch.bfloat16 else np.float32(0)
-    cpu.max_pool2x2_backward(_array(grad_out), index.numpy(), _array(grad_in), zero)
+    bf16 = grad_out.dtype == torch.bfloat16
+    bits, pairs = (torch.int16, torch.int32) if bf16 else (torch.int32, torch.int64)
+    cpu.max_pool2x2_backward_kernel(bf16)(grad_out.view(bits).numpy(), index.numpy(), grad_in.view(pairs).numpy())
     return grad_in
