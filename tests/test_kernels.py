@@ -127,12 +127,24 @@ def test_bfloat16_bits_convert_as_torch_converts():
     bits = values.view(torch.int32)
     ties = (bits[:2000] & ~0xFFFF) | 0x8000  # exactly halfway between two bfloat16 numbers, even and odd below
     values = torch.cat([values, ties.view(torch.float32), torch.tensor([0.0, -0.0, 1.0, -1.0, 3.0e38])])
-    narrowed = np.empty(len(values), np.int16)
-    cpu.narrow(values.numpy().view(np.uint32), narrowed)
+    narrowed = convert_each(cpu.narrow, values.numpy(), np.int16)
     np.testing.assert_array_equal(narrowed, values.to(torch.bfloat16).view(torch.int16).numpy())
-    widened = np.empty(len(values), np.uint32)
-    cpu.widen(narrowed, widened)
-    np.testing.assert_array_equal(widened.view(np.float32), values.to(torch.bfloat16).float().numpy())
+    widened = convert_each(cpu.widen, narrowed, np.float32)
+    np.testing.assert_array_equal(widened, values.to(torch.bfloat16).float().numpy())
+
+
+def convert_each(convert, values, dtype):
+    """``convert`` (a numba function of one value) applied to each of ``values`` inside numba, as the kernels call it."""
+    from numba import njit
+
+    @njit
+    def loop(values, out):
+        for i in range(values.shape[0]):
+            out[i] = convert(values[i])
+
+    out = np.empty(len(values), dtype)
+    loop(values, out)
+    return out
 
 
 def test_network_trains_under_bf16_autocast():

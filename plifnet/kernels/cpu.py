@@ -28,7 +28,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 BLOCK = 2048  # per-block temporaries stay in the L1 cache
 ATAN, SIGMOID, PIECEWISE_QUADRATIC, FAST_SIGMOID, RECTANGLE = range(5)
@@ -57,19 +59,48 @@ def surrogate_grad(z, code, alpha):
 BF16_ONE = np.int16(0x3F80)  # the bits of 1.0 in bfloat16
 
 
-@njit(inline="always", cache=True)
-def widen(bits, out):
-    """bfloat16 bits (int16) -> float32 bits (uint32): the same value, exactly."""
-    for j in range(bits.shape[0]):
-        out[j] = np.uint32(np.uint16(bits[j])) << np.uint32(16)
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bits are the low 32 of the integer ``bits``: an LLVM bitcast, which numba has
+    no spelling for (numba widens integer arithmetic to 64 bits; the truncation is free)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        low = builder.trunc(args[0], ir.IntType(32)) if bits.bitwidth > 32 else args[0]
+        return builder.bitcast(low, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _bits_from_float32(typingctx, value):
+    """The bits (uint32) of the float32 ``value``."""
+    if value != types.float32:
+        return None
+    return types.uint32(types.float32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.IntType(32))
 
 
 @njit(inline="always", cache=True)
-def narrow(wide, bits):
-    """float32 bits (uint32) -> bfloat16 bits (int16), rounded to nearest even, as torch rounds."""
-    for j in range(wide.shape[0]):
-        u = wide[j]
-        bits[j] = np.int16(np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
+def widen(bits):
+    """bfloat16 bits (int16) -> float32: the same value, exactly. Converted inside the kernels' loops
+    (not into a buffer first): a bfloat16 element costs a zero-extension and a shift more than a float32 one."""
+    return _float32_from_bits(np.uint32(np.uint16(bits)) << np.uint32(16))
+
+
+@njit(inline="always", cache=True)
+def narrow(value):
+    """float32 -> bfloat16 bits (int16), rounded to nearest even, as torch rounds."""
+    u = _bits_from_float32(value)
+    return np.int16(np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
+
+
+@njit(inline="always", cache=True)
+def as_float32(value, bf16):
+    """An element of a kernel's input as float32: bfloat16 bits (``bf16``) widened, or float32 as it is."""
+    if bf16:
+        return widen(value)
+    return value
 
 
 @njit(inline="always", cache=True)
@@ -86,16 +117,6 @@ def neuron_step(v, k, x, v_th, rest, soft, decay_input):
     return h, fired, (h - v_th * s if soft else h * (ONE - s) + rest * s)
 
 
-@njit(inline="always", cache=True)
-def step_input(x, t, start, size, wide, bf16, static):
-    """Step t's input to the block of elements ``[start, start + size)`` as float32: x's own row (a
-    constant input has one), or its bfloat16 bits widened into ``wide``."""
-    if bf16 and not static:
-        widen(x[t, start:start + size], wide)
-        return wide.view(np.float32)
-    return x[0 if static else t, start:start + size]
-
-
 @lru_cache(maxsize=None)
 def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: bool, bf16: bool = False):
     """x [T, E] (static: [1, E]) and k (per_element: the k of each element [E], else [1]) -> spikes [T, E].
@@ -103,6 +124,8 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
     ``bf16``: the spikes, and x unless static, are bfloat16 given as their bits (int16 arrays): read
     and written here, so that autocast's bfloat16 tensors need no float32 copies around the kernel.
     """
+
+    bf16_input = bf16 and not static  # a constant input is float32
 
     @njit(parallel=True, cache=True)
     def forward(x, k, v_th, rest, spikes):
@@ -112,13 +135,11 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
             size = min(BLOCK, elements - start)
             kb = k[start:start + size] if per_element else k
             v = np.full(size, rest, np.float32)
-            wide = np.empty(size if bf16 and not static else 0, np.uint32)  # the step's input as float32 bits
             for t in range(steps):
-                xt = step_input(x, t, start, size, wide, bf16, static)
-                st = spikes[t, start:start + size]
+                xt, st = x[0 if static else t, start:start + size], spikes[t, start:start + size]
                 for j in range(size):
-                    _, fired, v[j] = neuron_step(v[j], kb[j] if per_element else kb[0], xt[j], v_th, rest, soft,
-                                                 decay_input)
+                    _, fired, v[j] = neuron_step(v[j], kb[j] if per_element else kb[0], as_float32(xt[j], bf16_input),
+                                                 v_th, rest, soft, decay_input)
                     if bf16:
                         st[j] = BF16_ONE if fired else np.int16(0)
                     else:
@@ -143,6 +164,8 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
     ``bf16``: grad_spikes, and x and grad_x unless static, are bfloat16 bits (int16), as in the forward.
     """
 
+    bf16_input = bf16 and not static  # x, and grad_x: a constant input and its gradient are float32
+
     @njit(parallel=True, cache=True)
     def backward(grad_spikes, x, k, v_th, rest, alpha, grad_x, grad_k):
         steps, elements = grad_spikes.shape
@@ -153,28 +176,17 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
             h_replay = np.empty((steps, size), np.float32)
             dh_dk = np.empty((steps, size), np.float32)
             v = np.full(size, rest, np.float32)
-            wide_x = np.empty(size if bf16 and not static else 0, np.uint32)
             for t in range(steps):
-                xt = step_input(x, t, start, size, wide_x, bf16, static)
+                xt = x[0 if static else t, start:start + size]
                 for j in range(size):
-                    v_prev = v[j]
-                    h_replay[t, j], _, v[j] = neuron_step(v_prev, kb[j] if per_element else kb[0], xt[j], v_th, rest,
+                    v_prev, xj = v[j], as_float32(xt[j], bf16_input)
+                    h_replay[t, j], _, v[j] = neuron_step(v_prev, kb[j] if per_element else kb[0], xj, v_th, rest,
                                                           soft, decay_input)
-                    dh_dk[t, j] = xt[j] - (v_prev - rest) if decay_input else -(v_prev - rest)
+                    dh_dk[t, j] = xj - (v_prev - rest) if decay_input else -(v_prev - rest)
             grad_v = np.zeros(size, np.float32)
             acc = np.zeros(size, np.float32)
-            wide_in = np.empty(size if bf16 else 0, np.uint32)  # the step's grad_spikes as float32 bits
-            wide_out = np.empty(size if bf16 and not static else 0, np.uint32)  # the step's grad_x, before rounding
             for t in range(steps - 1, -1, -1):
-                if bf16:
-                    widen(grad_spikes[t, start:start + size], wide_in)
-                    gt = wide_in.view(np.float32)
-                else:
-                    gt = grad_spikes[t, start:start + size]
-                if bf16 and not static:
-                    gxt = wide_out.view(np.float32)
-                else:
-                    gxt = grad_x[0 if static else t, start:start + size]
+                gt, gxt = grad_spikes[t, start:start + size], grad_x[0 if static else t, start:start + size]
                 for j in range(size):
                     h, kj = h_replay[t, j], kb[j] if per_element else kb[0]
                     sg = surrogate_grad(h - v_th, code, alpha)
@@ -183,16 +195,16 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                     else:
                         s = np.float32(h - v_th >= 0)
                         dv_dh = ONE - s if detach_reset else ONE - s + sg * (rest - h)
-                    grad_h = gt[j] * sg + grad_v[j] * dv_dh
+                    grad_h = as_float32(gt[j], bf16) * sg + grad_v[j] * dv_dh
                     grad_in = grad_h * kj if decay_input else grad_h  # dH/dX = k, or 1
                     if static:
                         gxt[j] += grad_in
+                    elif bf16:
+                        gxt[j] = narrow(grad_in)
                     else:
                         gxt[j] = grad_in
                     acc[j] += grad_h * dh_dk[t, j]
                     grad_v[j] = grad_h * (ONE - kj)
-                if bf16 and not static:
-                    narrow(wide_out, grad_x[t, start:start + size])
             if per_element:
                 for j in range(size):
                     grad_k[start + j] = acc[j]
