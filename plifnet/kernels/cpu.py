@@ -3,8 +3,8 @@
 One pass over ``[T, E]`` (E = all elements of a step) does the whole forward; one reverse pass does
 the backward. Elements are processed in blocks of ``BLOCK`` contiguous values so that the inner loop
 over a block vectorises, and blocks are spread over the cores. Every value is computed in float32
-and the arithmetic follows ``plifnet.neurons.neuron_step`` operation by operation, so spikes are
-identical to the reference. Under bfloat16 autocast the kernels read and write bfloat16 as its bits
+and the arithmetic follows ``plifnet.neurons.neuron_step`` operation by operation (the reset as a
+selection, the same values), so spikes are identical to the reference. Under bfloat16 autocast the kernels read and write bfloat16 as its bits
 (int16 arrays, widened and rounded to nearest even here), so no float32 copies of the input, the
 spikes or their gradients are made around them. The forward saves nothing but its input: the
 backward replays the forward from it block by block, in the cache, and so never reads a stored ``H``
@@ -107,14 +107,20 @@ def as_float32(value, bf16):
 def neuron_step(v, k, x, v_th, rest, soft, decay_input):
     """One step of ``plifnet.neurons.neuron_step`` for one element, in float32: charge, fire, reset.
     Returns H[t], whether it fired, V[t]. The forward and the backward's replay both call it, so the
-    replayed H is the forward's H to the bit."""
+    replayed H is the forward's H to the bit.
+
+    The reset selects where the reference multiplies by S: ``H - v_th`` or H (soft), V_reset or H
+    (hard), the same values as ``H - v_th * S`` and ``H * (1 - S) + V_reset * S`` (the hard reset's
+    product can differ in the sign of a zero V, which no later spike or gradient sees) in one
+    instruction instead of eight."""
     if decay_input:
         h = v + k * (x - (v - rest))
     else:
         h = v - k * (v - rest) + x
     fired = h - v_th >= 0
-    s = np.float32(fired)
-    return h, fired, (h - v_th * s if soft else h * (ONE - s) + rest * s)
+    if soft:
+        return h, fired, (h - v_th if fired else h)
+    return h, fired, (rest if fired else h)
 
 
 @lru_cache(maxsize=None)
@@ -193,8 +199,8 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                     if soft:
                         dv_dh = ONE if detach_reset else ONE - sg * v_th
                     else:
-                        s = np.float32(h - v_th >= 0)
-                        dv_dh = ONE - s if detach_reset else ONE - s + sg * (rest - h)
+                        not_fired = ZERO if h - v_th >= 0 else ONE  # 1 - S
+                        dv_dh = not_fired if detach_reset else not_fired + sg * (rest - h)
                     grad_h = as_float32(gt[j], bf16) * sg + grad_v[j] * dv_dh
                     grad_in = grad_h * kj if decay_input else grad_h  # dH/dX = k, or 1
                     if static:
