@@ -245,7 +245,7 @@ def layer_table(implementations, repeats, rounds, device):
 
 def training_table(implementations, repeats, rounds, device, peaks):
     print("\nTraining step (forward, backward, Adam), plain script; GFLOP/s against the matmul peak of the precision")
-    print(f"{'network':22}{'implementation':16}{'precision':>10}{'images/s':>10}{'GFLOP/s':>9}{'of peak':>9}"
+    print(f"{'network':24}{'implementation':16}{'precision':>10}{'images/s':>10}{'GFLOP/s':>9}{'of peak':>9}"
           f"{'step ms':>9}{'GEMM ms':>9}{'peak MB':>9}{'vs fp32':>9}{'vs SJ fp32':>12}")
     # CIFAR-10 at batch 4 for every implementation (the first measurement), and at the paper's
     # batch 16 (what configs/cifar10.yaml trains with) for plifnet's two precisions only, to keep the run short
@@ -261,7 +261,7 @@ def training_table(implementations, repeats, rounds, device, peaks):
                                    if other in configurations else "-")
             gflops = median(runs, lambda r: r[key]["gflops"])
             images_per_s = median(runs, lambda r: r[key]["images_per_s"])
-            print(f"{f'{arch}, batch {batch}, T 8':22}{name:16}{precision:>10}{images_per_s:10.1f}{gflops:9.0f}"
+            print(f"{f'{arch}, batch {batch}, T 8':24}{name:16}{precision:>10}{images_per_s:10.1f}{gflops:9.0f}"
                   f"{gflops / peaks[precision]:9.0%}{batch / images_per_s * 1e3:9.1f}"
                   f"{median(runs, lambda r: r[key]['gemm_ms']):9.1f}{median(runs, lambda r: r[key]['peak_mb']):9.0f}"
                   f"{speed((name, 'fp32')):>9}{speed(('spikingjelly', 'fp32')):>12}")
