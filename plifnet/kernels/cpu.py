@@ -32,7 +32,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-BLOCK = 2048  # per-block temporaries stay in the L1 cache
+BLOCK = 2048  # the backward's [T, BLOCK] replay buffers stay in the L2 cache (512 to 4096 measured alike)
 ATAN, SIGMOID, PIECEWISE_QUADRATIC, FAST_SIGMOID, RECTANGLE = range(5)
 
 ZERO, ONE, HALF = np.float32(0.0), np.float32(1.0), np.float32(0.5)
