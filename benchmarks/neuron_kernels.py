@@ -12,9 +12,10 @@ rounds; figures are medians over rounds, ratios are taken within a round.
    network (batch 4, and the paper's batch 16), in float32 and under bfloat16 autocast (what
    ``configs/trainer/bf16.yaml`` gives): images/s, achieved GFLOP/s (convolutions and matrix products
    of the step, counted by ``torch.utils.flop_counter``) against the dense matmul peak of the same
-   precision measured in this run, the step's time and the part of it spent in those products (``GEMM ms``, torch.profiler, CPU),
-   and the step's peak memory (CPU: peak resident size above the size after one warm-up sample).
-   SpikingJelly's torch backend builds the same network where it is installed (not a dependency).
+   precision measured in this run, the step's time and the part of it spent in those products
+   (``GEMM ms``, torch.profiler, CPU), and the step's peak memory (CPU: peak resident size above the
+   size after one warm-up sample). SpikingJelly's torch backend builds the same network where it is
+   installed (not a dependency).
 
     python benchmarks/neuron_kernels.py [--repeats 7] [--rounds 3] [--device cpu|cuda]
 """

@@ -1,15 +1,16 @@
 """Fused multi-step neuron kernels for the CPU, compiled by numba (cached on disk after the first run).
 
-One pass over ``[T, E]`` (E = all elements of a step) does the whole forward; one reverse pass does
-the backward. Elements are processed in blocks of ``BLOCK`` contiguous values so that the inner loop
-over a block vectorises, and blocks are spread over the cores. Every value is computed in float32
-and the arithmetic follows ``plifnet.neurons.neuron_step`` operation by operation (the reset as a
-selection, the same values), so spikes are identical to the reference. Under bfloat16 autocast the kernels read and write bfloat16 as its bits
-(int16 arrays, widened and rounded to nearest even here), so no float32 copies of the input, the
-spikes or their gradients are made around them. The forward saves nothing but its input: the
-backward replays the forward from it block by block, in the cache, and so never reads a stored ``H``
-([T, E] float32: 2x the bfloat16 input, T x a constant input) that the forward would have had to write.
-``rest`` is V_reset for the hard reset and 0 for the soft one (where the leak then pulls to).
+One pass over ``[T, E]`` (E = all elements of a step) does the whole forward; one reverse pass does the
+backward. Elements are processed in blocks of ``BLOCK`` contiguous values so that the inner loop over a
+block vectorises, and blocks are spread over the cores. Every value is computed in float32 and the
+arithmetic follows ``plifnet.neurons.neuron_step`` operation by operation (the reset as a selection,
+the same values), so spikes are identical to the reference. Under bfloat16 autocast the kernels read
+and write bfloat16 as its bits (int16 arrays, widened and rounded to nearest even inside their loops),
+so no float32 copies of the input, the spikes or their gradients are made. The forward saves nothing
+but its input: the backward replays the forward from it block by block, in the cache, and so never
+reads a stored ``H`` ([T, E] float32: 2x the bfloat16 input, T x a constant input) that the forward
+would have had to write. ``rest`` is V_reset for the hard reset and 0 for the soft one (where the leak
+then pulls to).
 
 A constant input (``static``: a static image's encoder current, the same at every step) is read
 as one row ``x [1, E]``, and its gradient is summed over time inside the backward into ``grad_x
@@ -83,8 +84,8 @@ def _bits_from_float32(typingctx, value):
 
 @njit(inline="always", cache=True)
 def widen(bits):
-    """bfloat16 bits (int16) -> float32: the same value, exactly. Converted inside the kernels' loops
-    (not into a buffer first): a bfloat16 element costs a zero-extension and a shift more than a float32 one."""
+    """bfloat16 bits (int16) -> float32: the same value, exactly. Called inside the kernels' loops (not
+    into a buffer first), a bfloat16 element costs a zero-extension and a shift more than a float32 one."""
     return _float32_from_bits(np.uint32(np.uint16(bits)) << np.uint32(16))
 
 
