@@ -171,7 +171,7 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
     ``bf16``: grad_spikes, and x and grad_x unless static, are bfloat16 bits (int16), as in the forward.
     """
 
-    bf16_input = bf16 and not static  # x, and grad_x: a constant input and its gradient are float32
+    bf16_input = bf16 and not static  # x's dtype: a constant input (and its gradient) is float32
 
     @njit(parallel=True, cache=True)
     def backward(grad_spikes, x, k, v_th, rest, alpha, grad_x, grad_k):
@@ -270,6 +270,7 @@ def max_pool2x2_backward_kernel(bf16: bool):
     each (int32, int64), written whole. One contiguous load and one contiguous store per window row:
     the loop vectorises, where value by value it stored with a stride of 2 (1.6-1.9x slower here)."""
     half = np.int32(16) if bf16 else np.int64(32)  # the bits of one value in a pair
+    low_bits = np.int32(0xFFFF) if bf16 else np.int64(0xFFFFFFFF)  # one value's bits, sign not extended
 
     @njit(parallel=True, cache=True)
     def max_pool2x2_backward(grad_out, index, grad_in):
@@ -279,7 +280,7 @@ def max_pool2x2_backward_kernel(bf16: bool):
                 grad_row, where_row = grad_out[b, i], index[b, i]
                 top, bottom = grad_in[b, 2 * i], grad_in[b, 2 * i + 1]
                 for j in range(width):
-                    g = top.dtype.type(grad_row[j]) & ((top.dtype.type(1) << half) - 1)  # its bits, unsigned
+                    g = top.dtype.type(grad_row[j]) & low_bits
                     where = where_row[j]
                     pair = g << half if where & 1 else g  # the right-hand value sits in the high bits
                     top[j] = pair if where < 2 else 0
