@@ -16,8 +16,11 @@ rounds; figures are medians over rounds, ratios are taken within a round.
    (``GEMM ms``, torch.profiler, CPU), and the step's peak memory (CPU: peak resident size above the
    size after one warm-up sample). SpikingJelly's torch backend builds the same network where it is
    installed (not a dependency).
+3. The MNIST network's own neuron and pooling layers alone (CPU), in float32 and bfloat16, forward
+   and forward + backward, against the reference (per-step neuron, ``F.max_pool2d``): where the part
+   of the step outside the GEMMs goes.
 
-    python benchmarks/neuron_kernels.py [--repeats 7] [--rounds 3] [--device cpu|cuda]
+    python benchmarks/neuron_kernels.py [--repeats 7] [--rounds 3] [--device cpu|cuda] [--only layer|training|kernels]
 """
 
 import argparse
@@ -92,6 +95,44 @@ def layer_child(implementation, repeats, device):
     bandwidth = 2 * src.numel() * 4 / copy  # read + write
     # the floor: read X and write S forward; read dS and X (to replay the forward) and write dX backward
     return {"ms": seconds * 1e3, "floor_ms": 5 * 4 * x.numel() / bandwidth * 1e3, "copy_gbs": bandwidth / 1e9}
+
+
+# The MNIST network's spiking and pooling layers at batch 16, T 8: (name, what it runs on, input shape)
+MNIST_KERNELS = (("neuron 1", "neuron", (16, 128, 28, 28)), ("pool 1", "pool", (8, 16, 128, 28, 28)),
+                 ("neuron 2", "neuron", (8, 16, 128, 14, 14)), ("pool 2", "pool", (8, 16, 128, 14, 14)))
+
+
+def kernels_child(implementation, precision, repeats):
+    """ms of each of MNIST_KERNELS, forward and forward + backward; neuron 1 takes the encoder's
+    current once for its 8 steps (``time_steps``), as in the network."""
+    from plifnet.kernels import max_pool2x2
+    from plifnet.neurons import PLIF
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    backend = "reference" if implementation == "reference" else "auto"
+    torch.manual_seed(0)
+    result = {}
+    for name, kind, shape in MNIST_KERNELS:
+        x = (torch.randn(shape) * 1.5 + 0.5).to(dtype).requires_grad_()
+        if kind == "neuron":
+            neuron = PLIF(2.0, backend=backend)
+            run = (lambda x, neuron=neuron: neuron(x, time_steps=8)) if len(shape) == 4 else neuron
+        else:
+            x = (x.detach() > 1).to(dtype).requires_grad_()  # spikes
+            run = max_pool2x2 if backend == "auto" else (
+                lambda x: torch.nn.functional.max_pool2d(x.flatten(0, 1), 2, 2).unflatten(0, x.shape[:2]))
+        grad = torch.randn(run(x).shape).to(dtype)
+
+        def both(run=run, x=x, grad=grad):
+            x.grad = None
+            run(x).backward(grad)
+
+        for _ in range(5):  # glibc settles on reusing the freed outputs only after a few calls
+            both()
+        with torch.no_grad():
+            forward = median_time(lambda run=run, x=x: run(x), repeats, "cpu")
+        result[name] = {"fwd": forward * 1e3, "both": median_time(both, repeats, "cpu") * 1e3}
+    return result
 
 
 def spikingjelly_network(arch, dropout=0.5):
@@ -268,11 +309,29 @@ def training_table(implementations, repeats, rounds, device, peaks):
                   f"{speed((name, 'fp32')):>9}{speed(('spikingjelly', 'fp32')):>12}")
 
 
+def kernels_table(repeats, rounds):
+    configurations = {(name, precision): ("kernels", name, precision, repeats)
+                      for precision in ("fp32", "bf16") for name in ("reference", "fused")}
+    runs = rounds_of(configurations, rounds)
+    print("\nThe MNIST network's neuron and pooling layers alone (batch 16, T 8), CPU; ms")
+    print(f"{'layer':12}{'precision':>10}{'fused fwd':>11}{'fused both':>12}{'ref fwd':>9}{'ref both':>10}"
+          f"{'both vs ref':>13}")
+    for precision in ("fp32", "bf16"):
+        fused, ref = ("fused", precision), ("reference", precision)
+        for name, _, _ in MNIST_KERNELS:
+            figure = lambda key, part: median(runs, lambda r: r[key][name][part])
+            ratio = median(runs, lambda r: r[ref][name]["both"] / r[fused][name]["both"])
+            print(f"{name:12}{precision:>10}{figure(fused, 'fwd'):11.2f}{figure(fused, 'both'):12.2f}"
+                  f"{figure(ref, 'fwd'):9.2f}{figure(ref, 'both'):10.2f}{ratio:12.1f}x")
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, *args = sys.argv[2:]
         if kind == "layer":
             result = layer_child(args[0], int(args[1]), args[2])
+        elif kind == "kernels":
+            result = kernels_child(args[0], args[1], int(args[2]))
         else:
             result = train_child(args[0], args[1], int(args[2]), args[3], int(args[4]), args[5])
         print(json.dumps(result))
@@ -281,7 +340,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3, help="alternating child processes per configuration")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--only", choices=("layer", "training"), help="one table")
+    parser.add_argument("--only", choices=("layer", "training", "kernels"), help="one table")
     args = parser.parse_args()
     implementations = ["reference", "fused"] + (["spikingjelly"] if has_spikingjelly() else [])
     peaks = {"fp32": matmul_peak(torch.float32, args.repeats, args.device),
@@ -290,10 +349,12 @@ def main():
           f"{args.rounds} rounds of child processes, {args.repeats} repeats each; SpikingJelly: "
           f"{'installed' if 'spikingjelly' in implementations else 'not installed'}")
     print(f"dense matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    if args.only != "training":
+    if args.only in (None, "layer"):
         layer_table(implementations, args.repeats, args.rounds, args.device)
-    if args.only != "layer":
+    if args.only in (None, "training"):
         training_table(implementations, args.repeats, args.rounds, args.device, peaks)
+    if args.only in (None, "kernels") and args.device == "cpu":
+        kernels_table(args.repeats, args.rounds)
 
 
 if __name__ == "__main__":
