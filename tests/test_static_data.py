@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from plifnet.data.common import stratified_split
+from plifnet.data.common import SeededSamples, _mix, stratified_split
 from plifnet.data.static import StaticDataModule
 
 
@@ -60,6 +60,23 @@ def test_augmentation_only_on_training_data(tiny_digits):
     torch.manual_seed(0)
     moved = train_view[index][0]
     assert moved.shape == (1, 28, 28) and not torch.equal(moved, eval_view[index][0])  # RandomAffine moved it
+
+
+def test_seeded_samples_repeat_their_augmentation_and_leave_the_global_stream_alone(tiny_digits):
+    dm = StaticDataModule("mnist", root=str(tiny_digits), num_workers=0)
+    dm.setup("fit")
+    samples = SeededSamples(dm.train_set, seed=7)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = samples[(0, 5)][0]
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's stream went on as if untouched
+    assert torch.equal(samples[(0, 5)][0], first)  # the same sample of the same epoch: the same image
+    assert not torch.equal(samples[(1, 5)][0], first)  # another epoch: another affine transform
+    # the transform drew from the CPU generator seeded as torch.manual_seed would seed it
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_mix(7, 0, 5))
+        assert torch.equal(dm.train_set[5][0], first)
 
 
 def test_missing_data_gives_one_clear_error(tmp_path):

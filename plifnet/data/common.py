@@ -70,8 +70,10 @@ class EpochSampler(Sampler):
 
 
 class SeededSamples(Dataset):
-    """Index a dataset with ``(epoch, index)``; its random transforms draw from a generator seeded
-    by ``(seed, epoch, index)``, and the global random state is left as it was."""
+    """Index a dataset with ``(epoch, index)``; its random transforms draw from torch's CPU generator
+    (as torchvision's do) seeded by ``(seed, epoch, index)``, and the global random state is left as it
+    was. Only the CPU generator: ``torch.manual_seed`` would also queue a seed for every accelerator
+    with a formatted stack trace (a batch of 16 augmented MNIST images: 4.9 ms with it, 1.9 without)."""
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset, self.seed = dataset, seed
@@ -82,7 +84,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, key):
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(self.seed, epoch, index))
+            torch.default_generator.manual_seed(_mix(self.seed, epoch, index))
             return self.dataset[index]
 
 
