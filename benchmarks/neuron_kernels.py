@@ -42,7 +42,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def median_time(fn, repeats, device, warmup=1):
+def timings(fn, repeats, device, warmup=1):
     for _ in range(warmup):  # the kernels' JIT on their first call, the allocator's first requests
         fn()
     times = []
@@ -52,7 +52,11 @@ def median_time(fn, repeats, device, warmup=1):
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn, repeats, device, warmup=1):
+    return statistics.median(timings(fn, repeats, device, warmup))
 
 
 def has_spikingjelly() -> bool:
@@ -273,8 +277,11 @@ def median(runs, key):
 
 
 def matmul_peak(dtype, repeats, device, n=2048):
+    """The limit of a precision: the fastest of 3 x ``repeats`` products of two n x n matrices. A limit
+    is a best case; a median moved with the slow phases of this shared machine (826 to 931 GFLOP/s in
+    bf16 between runs), and with it every step's share of the peak."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / median_time(lambda: a @ b, repeats, device) / 1e9
+    return 2 * n**3 / min(timings(lambda: a @ b, 3 * repeats, device)) / 1e9
 
 
 def layer_table(implementations, repeats, rounds, device):
@@ -351,7 +358,7 @@ def main():
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads; medians of "
           f"{args.rounds} rounds of child processes, {args.repeats} repeats each; SpikingJelly: "
           f"{'installed' if 'spikingjelly' in implementations else 'not installed'}")
-    print(f"dense matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    print(f"dense matmul peak (2048^3, fastest of {3 * args.repeats}): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     if args.only in (None, "layer"):
         layer_table(implementations, args.repeats, args.rounds, args.device)
     if args.only in (None, "training"):
