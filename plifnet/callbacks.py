@@ -35,6 +35,15 @@ def spiking_layers(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {name.removeprefix("net."): m for name, m in module.named_modules() if is_neuron(m)}
 
 
+def exact_sum(x: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+    """The sum of ``x`` as a float64 tensor on x's device, exact for 0/1 spikes of any count: float32
+    sums of chunks of ``chunk`` values (exact below 2**24, and 20x faster than float64), added in float64.
+    Chunks also spare a bfloat16 tensor its whole float32 copy, which ``x.sum(dtype=torch.float32)``
+    makes first (the spikes of MNIST's first layer under bf16 autocast: 1.1 ms instead of 2.1 alone,
+    and 9 in a validation step under the profiler)."""
+    return torch.stack([part.sum(dtype=torch.float32) for part in x.reshape(-1).split(chunk)]).double().sum()
+
+
 def learnable_tau(neuron: torch.nn.Module) -> bool:
     """Whether a neuron has a ``tau`` tensor worth following (PLIF's; LIF's fixed tau is a number)."""
     return torch.is_tensor(getattr(neuron, "tau", None))
@@ -332,8 +341,7 @@ class FiringRateMonitor(Callback):
     def _hook(self, name):
         def count(module, inputs, spikes):
             if self._loader_idx == 0:  # the first validation loader: the validation split
-                # a float32 sum of 0/1 spikes is exact below 2**24 per batch and 20x faster than float64
-                self.sums[name] = self.sums[name] + spikes.detach().sum(dtype=torch.float32).double()
+                self.sums[name] = self.sums[name] + exact_sum(spikes.detach())
                 self.counts[name] += spikes.numel()
 
         return count

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from plifnet.callbacks import FiringRateMonitor, ResetState, TauMonitor
+from plifnet.callbacks import FiringRateMonitor, ResetState, TauMonitor, exact_sum
 from plifnet.data.static import StaticDataModule
 from plifnet.module import SpikingClassifier
 from plifnet.neurons import IF, PLIF
@@ -227,6 +227,17 @@ class ThreeIF(L.LightningModule):
         self.every2(x * 0.5)
         self.every4(x * 0.25)
         self.silent(x * 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_spike_sums_are_exact_across_chunks_and_past_float32s_integers(dtype):
+    generator = torch.Generator().manual_seed(0)
+    spikes = (torch.rand(8, 3, 1001, generator=generator) < 0.3).to(dtype)  # 24024 values: 25 chunks of 1000
+    assert exact_sum(spikes, chunk=1000).dtype == torch.float64
+    assert exact_sum(spikes, chunk=1000).item() == int((spikes == 1).sum())
+    many = torch.ones(2**24 + 3, dtype=dtype)  # one float32 sum of these rounds to an even count
+    assert many.sum(dtype=torch.float32).item() != 2**24 + 3
+    assert exact_sum(many).item() == 2**24 + 3
 
 
 def test_firing_rates_match_a_direct_count(tmp_path):

@@ -100,6 +100,20 @@ def test_sops_of_every_layer_equal_a_brute_force_count(case):
         assert row.sops < row.input_rate * 5 * row.macs
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("odd", [None, 0.5, 2.0, -1.0, 1 - 2**-8, 1e-30, float("nan"), -0.0])
+def test_a_layer_counts_as_spike_fed_exactly_when_every_input_is_0_or_1(dtype, odd):
+    """The counter's test for spikes, against the plain definition, in float32 and in bfloat16 (autocast's
+    activations), with one value that is not a spike (or -0.0, which is 0) among spikes."""
+    x = (torch.rand(4, 2, 50, generator=torch.Generator().manual_seed(1)) < 0.4).to(dtype)  # [T, N, features]
+    if odd is not None:
+        x[2, 1, 7] = odd
+    report = estimate(nn.Linear(50, 3).to(dtype), x)
+    binary = bool(((x == 0) | (x == 1)).all())
+    assert binary == (odd in (None, -0.0))
+    assert report.layers[0].input == ("spikes" if binary else "values")
+
+
 def test_dense_macs_are_those_of_the_paper_network():
     report = estimate(SpikingNet("mnist"), torch.randn(2, 1, 28, 28))
     assert [row.macs for row in report.layers] == [
