@@ -1,11 +1,11 @@
-"""Cost of plifnet's monitors (ResetState, TauMonitor, FiringRateMonitor) and of the divergence
-check (StopOnNonFinite: a sum over every gradient per step) on training and validation.
+"""Cost of plifnet's monitors (ResetState, TauMonitor, FiringRateMonitor, SynapticOps) and of the
+divergence check (StopOnNonFinite: a sum over every gradient per step) on training and validation.
 
 Trains the paper's MNIST network (batch 16, T = 8) on in-memory random images with no callbacks,
 with StopOnNonFinite alone, and with all of them, alternating the three a few times in one process,
 and prints the median time of a training step and of a validation batch, and their ratios to none.
 
-    python benchmarks/monitor_overhead.py [--steps 30] [--repeats 3] [--tau-every 1]
+    python benchmarks/monitor_overhead.py [--steps 30] [--repeats 3] [--tau-every 1] [--precision bf16-mixed]
 """
 
 import argparse
@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from plifnet.callbacks import FiringRateMonitor, ResetState, StopOnNonFinite, TauMonitor
+from plifnet.callbacks import FiringRateMonitor, ResetState, StopOnNonFinite, SynapticOps, TauMonitor
 from plifnet.module import SpikingClassifier
 
 
@@ -40,16 +40,17 @@ class Timer(L.Callback):
 SETS = {
     "none": lambda tau_every: [],
     "StopOnNonFinite": lambda tau_every: [StopOnNonFinite()],
-    "all": lambda tau_every: [ResetState(), TauMonitor(every_n_steps=tau_every), FiringRateMonitor(), StopOnNonFinite()],
+    "all": lambda tau_every: [ResetState(), TauMonitor(every_n_steps=tau_every), FiringRateMonitor(), SynapticOps(),
+                              StopOnNonFinite()],
 }
 
 
-def run(callback_set: str, steps: int, tau_every: int, data) -> Timer:
+def run(callback_set: str, steps: int, tau_every: int, precision: str, data) -> Timer:
     torch.manual_seed(0)
     timer = Timer()
     callbacks = SETS[callback_set](tau_every)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=steps // 2,
-                        num_sanity_val_steps=0, callbacks=callbacks + [timer],
+                        num_sanity_val_steps=0, callbacks=callbacks + [timer], precision=precision,
                         logger=L.pytorch.loggers.CSVLogger("/tmp/plifnet-bench"),
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     loader = DataLoader(data, batch_size=16, shuffle=True, drop_last=True)
@@ -62,16 +63,17 @@ def main():
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tau-every", type=int, default=1, help="TauMonitor.every_n_steps (1: the worst case)")
+    parser.add_argument("--precision", default="32-true", help="Lightning's precision: 32-true or bf16-mixed")
     args = parser.parse_args()
     data = TensorDataset(torch.randn(16 * args.steps, 1, 28, 28), torch.randint(0, 10, (16 * args.steps,)))
     results = {name: Timer() for name in SETS}
     for _ in range(args.repeats):
         for name in SETS:
-            timer = run(name, args.steps, args.tau_every, data)
+            timer = run(name, args.steps, args.tau_every, args.precision, data)
             results[name].train += timer.train[2:]  # the first steps warm up allocators
             results[name].val += timer.val[1:]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MNIST network, batch 16, T = 8, "
-          f"{args.repeats} x {args.steps} steps, TauMonitor every {args.tau_every} step(s)")
+          f"{args.repeats} x {args.steps} steps, TauMonitor every {args.tau_every} step(s), {args.precision}")
     print(f"{'median (ms)':14}" + "".join(f"{name:>17}" for name in SETS) + "".join(f"{name + '/none':>22}" for name in list(SETS)[1:]))
     for stage in ("train", "val"):
         times = {name: statistics.median(getattr(results[name], stage)) for name in SETS}
