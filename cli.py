@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
 from plifnet import checkpoints
 from plifnet.callbacks import Interrupted
+from plifnet.contract import StateLeak
 from plifnet.kernels import keep_freed_memory_unless_opted_out
 from plifnet.module import SpikingClassifier
 
@@ -159,6 +160,8 @@ def main(args=None) -> LightningCLI:
             save_config_callback=SaveConfig,
             args=args,
         )
+    except StateLeak as error:
+        raise SystemExit(f"error: {error}") from None
     except Interrupted as stop:
         argv = [str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:]
         print(f"{stop}; resume with: {resume_command(argv, stop.path)}", file=sys.stderr)

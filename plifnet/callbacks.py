@@ -1,8 +1,9 @@
 """Lightning callbacks: neuron state reset, divergence stop, saving on interruption, tau and firing-rate monitors,
 synaptic operations and energy, run history, prediction writer.
 
-Where tau is logged: :class:`TauMonitor` reads ``PLIF.tau`` (``plifnet/neurons.py``) of every PLIF
-layer (and the ``tau`` tensor of any plug-in neuron) every ``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every logger of the run.
+Where tau is logged: :class:`TauMonitor` reads the tau of every neuron that learns it (``PLIF.tau`` in
+``plifnet/neurons.py``; a peer library's through its adapter, :mod:`plifnet.contract`) every
+``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every logger of the run.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from plifnet import plots
 from plifnet.energy import EnergyReport, SynapticCounter, energy_costs
 from plifnet.files import write_atomically
-from plifnet.neurons import is_neuron, reset_state
+from plifnet import contract
 
 
 def spiking_layers(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -32,7 +34,7 @@ def spiking_layers(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
     for m in module.modules():
         if hasattr(m, "spiking_layers") and m is not module:
             return m.spiking_layers()
-    return {name.removeprefix("net."): m for name, m in module.named_modules() if is_neuron(m)}
+    return {name.removeprefix("net."): m for name, m in contract.neurons(module).items()}
 
 
 def exact_sum(x: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
@@ -42,11 +44,6 @@ def exact_sum(x: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
     makes first (the spikes of MNIST's first layer under bf16 autocast: 1.1 ms instead of 2.1 alone,
     and 9 in a validation step under the profiler)."""
     return torch.stack([part.sum(dtype=torch.float32) for part in x.reshape(-1).split(chunk)]).double().sum()
-
-
-def learnable_tau(neuron: torch.nn.Module) -> bool:
-    """Whether a neuron has a ``tau`` tensor worth following (PLIF's; LIF's fixed tau is a number)."""
-    return torch.is_tensor(getattr(neuron, "tau", None))
 
 
 def _run_dir(trainer) -> Path:
@@ -70,17 +67,41 @@ def _log_figure(trainer, key: str, path: Path, step: int) -> None:
 
 
 class ResetState(Callback):
-    """Reset every neuron's single-step state before and after each batch of every stage, and after
-    an exception, so that no membrane potential or autograd graph leaks from one batch into the next
-    (also when the batch size changes between batches)."""
+    """Reset the state of every module that keeps state (plifnet's neurons, a peer library's through its
+    adapter: :mod:`plifnet.contract`) before and after each batch of every stage, and after an
+    exception, so that no membrane potential or autograd graph leaks from one batch into the next
+    (also when the batch size changes between batches).
+
+    And check that this is enough: before the first batch of every fit, validate, test and predict,
+    the batch's input goes through the model twice in eval mode, reset before each, and the outputs
+    must be equal bit for bit (:func:`plifnet.contract.check_forgets`); otherwise the run stops with
+    :class:`plifnet.contract.StateLeak`, naming the modules that keep state, before any batch counts.
+    A network that resets itself at the start of ``forward`` passes; one where no spiking neuron is
+    found gets a warning. ``check=False`` skips the check; so does a LightningModule without ``forward``
+    (the check runs ``pl_module(x)`` on the batch's input ``x``, as :class:`plifnet.module.SpikingClassifier` does).
+    """
+
+    def __init__(self, check: bool = True):
+        self.check = check
+        self.checked = False
+
+    def setup(self, trainer, pl_module, stage):
+        self.checked = False
+
+    def _start(self, trainer, pl_module, batch, *args) -> None:
+        if self.check and not self.checked:
+            self.checked = True
+            if type(pl_module).forward is LightningModule.forward:
+                return  # nothing to run the batch's input through: the training_step alone knows how
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            contract.check_forgets(pl_module, x, where=getattr(pl_module, "net", pl_module))
+        contract.reset_state(pl_module)
 
     def _reset(self, trainer, pl_module, *args) -> None:
-        reset_state(pl_module)
+        contract.reset_state(pl_module)
 
-    on_train_batch_start = on_train_batch_end = _reset
-    on_validation_batch_start = on_validation_batch_end = _reset
-    on_test_batch_start = on_test_batch_end = _reset
-    on_predict_batch_start = on_predict_batch_end = _reset
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _start
+    on_train_batch_end = on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _reset
     on_exception = _reset
 
 
@@ -250,7 +271,7 @@ class TauMonitor(Callback):
     def on_fit_start(self, trainer, pl_module):
         if self.every_n_steps is None:  # follow --trainer.log_every_n_steps
             self.every_n_steps = trainer.log_every_n_steps
-        self.layers = {name: m for name, m in spiking_layers(pl_module).items() if learnable_tau(m)}
+        self.layers = {name: m for name, m in spiking_layers(pl_module).items() if contract.learns_tau(m)}
         if not self.steps or set(self.history) != set(self.layers):  # a resumed run keeps its history
             self.steps, self.history = [], {name: [] for name in self.layers}
             self._record(trainer, pl_module)  # tau0, at step 0
@@ -264,7 +285,7 @@ class TauMonitor(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.layers:
             return
-        mean_tau = torch.stack([layer.tau.detach().mean() for layer in self.layers.values()]).mean()
+        mean_tau = torch.stack([contract.tau(layer).float().mean() for layer in self.layers.values()]).mean()
         pl_module.log("tau_mean", mean_tau, prog_bar=True, logger=False)
         if trainer.global_step % self.every_n_steps == 0 and trainer.global_step not in self.steps:
             self._record(trainer, pl_module)
@@ -274,7 +295,7 @@ class TauMonitor(Callback):
             return
         step, metrics = trainer.global_step, {}
         for name, layer in self.layers.items():
-            tau = layer.tau.detach().float().cpu()
+            tau = contract.tau(layer).float().cpu()
             if tau.dim() == 0:
                 metrics[f"tau/{name}"] = tau.item()
             else:
@@ -339,9 +360,10 @@ class FiringRateMonitor(Callback):
         self.handles = [layer.register_forward_hook(self._hook(name)) for name, layer in self.layers.items()]
 
     def _hook(self, name):
-        def count(module, inputs, spikes):
+        def count(module, inputs, output):
             if self._loader_idx == 0:  # the first validation loader: the validation split
-                self.sums[name] = self.sums[name] + exact_sum(spikes.detach())
+                spikes = contract.spikes(module, output).detach()
+                self.sums[name] = self.sums[name] + exact_sum(spikes)
                 self.counts[name] += spikes.numel()
 
         return count

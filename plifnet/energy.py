@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plifnet.neurons import reset_state
+from plifnet.contract import reset_state
 
 # (pJ per MAC, pJ per AC), Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm
 TECHNOLOGIES = {

@@ -43,7 +43,8 @@ from torch import nn
 
 import plifnet
 from plifnet.models import MaxPool, SharedDropout, SpikingNet, TimeDistributed, Vote
-from plifnet.neurons import IF, LIF, PLIF, is_neuron
+from plifnet.contract import is_neuron
+from plifnet.neurons import IF, LIF, PLIF
 
 POOL_THRESHOLD = 0.5  # any value in (0, 1): a sum of 0/1 spikes exceeds it exactly when one of them is 1
 

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from plifnet import kernels
-from plifnet.neurons import is_neuron, neuron_factory
+from plifnet.contract import is_neuron
+from plifnet.neurons import neuron_factory
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,15 @@ class SpikingClassifier(L.LightningModule):
         if "val/acc" in logged and "test/acc" in logged:
             self.log("test/acc_at_best_val", self.test_acc_at_best_val)
 
+    def configure_callbacks(self):
+        """:class:`plifnet.callbacks.ResetState`, where the trainer has none: a spiking network's state
+        must never leak from batch to batch, whoever builds the trainer."""
+        from plifnet.callbacks import ResetState
+
+        if any(isinstance(callback, ResetState) for callback in self.trainer.callbacks):
+            return []
+        return [ResetState()]
+
     def configure_optimizers(self):
         # fused: one pass over each parameter instead of one kernel per operation and temporaries
         # (MNIST network on the CPU: 8 ms instead of 34 per step)

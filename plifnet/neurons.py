@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from plifnet import kernels
+from plifnet.contract import is_neuron, reset_state  # noqa: F401  (reset_state: plifnet's public name)
 from plifnet.registry import Registry
 from plifnet.surrogates import ATan, Surrogate, surrogate as make_surrogate
 
@@ -253,21 +254,6 @@ for _name, _cls in (("plif", PLIF), ("lif", LIF), ("if", IF)):
     NEURONS.register(_name, _cls)
 register_neuron = NEURONS.register
 
-_plugin_neurons: set[type] = set()  # classes of neurons that neuron_factory built: the callbacks find them too
-
-
-def is_neuron(module: nn.Module) -> bool:
-    """A spiking neuron: a :class:`BaseNode`, or a module of a class that :func:`neuron_factory` built."""
-    return isinstance(module, BaseNode) or type(module) in _plugin_neurons
-
-
-def reset_state(module: nn.Module) -> None:
-    """Reset the single-step state of every neuron inside ``module`` (any module tree)."""
-    for m in module.modules():
-        if is_neuron(m):
-            m.reset()
-
-
 def neuron_factory(
     kind: str | type | Callable[[], nn.Module] = "plif",
     tau: float = 2.0,
@@ -289,9 +275,10 @@ def neuron_factory(
     which is called as it is. The surrogate is named as in :data:`plifnet.surrogates.SURROGATES`, or
     given as an instance. Bad values and bad plug-ins fail here, before any layer is built.
 
-    The protocol a neuron follows: a ``torch.nn.Module`` mapping ``[T, N, ...]`` to spikes
-    ``[T, N, ...]``, optionally ``forward(x [N, ...], time_steps=T)`` for a constant input, a
-    ``reset()`` that forgets its state, and optionally a learnable ``tau`` tensor (logged).
+    The protocol a neuron follows (:mod:`plifnet.contract`): a ``torch.nn.Module`` mapping
+    ``[T, N, ...]`` to spikes ``[T, N, ...]``, optionally ``forward(x [N, ...], time_steps=T)`` for a
+    constant input, a ``reset()`` that forgets its state, and a ``v_threshold`` or ``tau`` attribute
+    (a learnable ``tau`` tensor, in time steps, is logged).
     """
     if isinstance(kind, str):
         kind = NEURONS.get(kind)
@@ -322,8 +309,9 @@ def neuron_factory(
         if not callable(getattr(neuron, "reset", None)):
             raise TypeError(f"neuron {type(neuron).__name__} has no reset() method: a neuron must forget its "
                             f"state between batches (see docs/EXTENDING.md)")
-        if not isinstance(neuron, BaseNode):
-            _plugin_neurons.add(type(neuron))
+        if not is_neuron(neuron):
+            raise TypeError(f"neuron {type(neuron).__name__} has a reset() but neither v_threshold nor tau: give it "
+                            f"one, so that plifnet finds it as a neuron (see docs/EXTENDING.md)")
         return neuron
 
     make(1)  # validate the options once (e.g. v_reset >= v_threshold) before any network is built

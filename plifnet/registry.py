@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 
 class Registry:
-    """Names -> classes for one kind of part (``neuron``, ``surrogate``), with plug-in discovery
+    """Names -> classes for one kind of part (``neuron``, ``surrogate``, ``adapter``), with plug-in discovery
     through the entry-point group ``group``."""
 
     def __init__(self, kind: str, group: str):
@@ -36,6 +36,12 @@ class Registry:
     def names(self) -> list[str]:
         """Registered and installed names (installed plug-ins are listed, not imported)."""
         return sorted(set(self.entries) | {ep.name for ep in entry_points(group=self.group)})
+
+    def load_all(self) -> list[type]:
+        """Every registered class and every installed plug-in's, importing the plug-ins."""
+        for ep in entry_points(group=self.group):
+            self.get(ep.name)
+        return list(self.entries.values())
 
     def get(self, name: str) -> type:
         if name in self.entries:

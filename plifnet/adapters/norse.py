@@ -1,0 +1,44 @@
+"""Norse 1.1 on the neuron contract.
+
+- Neurons are Norse's cells and layers (``SNNCell``, ``SNN``, ``SNNRecurrentCell``, ``SNNRecurrent``:
+  ``LIFCell``, ``LIF``, ``LIFBoxCell``, ``IAFCell``, ...), except the leaky integrators (``LICell``,
+  ``LI``), whose output is a voltage. They return ``(spikes, state)``.
+- State: none. Norse passes the state explicitly (``state=None`` starts at rest), so there is nothing
+  to reset; a network that keeps a returned state on ``self`` is caught by the leak check.
+- tau in steps: the membrane ``dv = dt tau_mem_inv (v_leak - v + i)`` leaks ``dt tau_mem_inv`` a step,
+  so tau = 1/(dt tau_mem_inv); learned when ``p.tau_mem_inv`` is a tensor that requires grad (an
+  ``nn.Parameter`` the network registers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from plifnet.contract import Adapter
+
+
+class Norse(Adapter):
+    def claims(self, module):
+        from plifnet.adapters import from_package
+
+        if not from_package(module, "norse"):
+            return False
+        from norse.torch.module.snn import SNN, SNNCell, SNNRecurrent, SNNRecurrentCell
+
+        return isinstance(module, (SNNCell, SNN, SNNRecurrentCell, SNNRecurrent))
+
+    def is_neuron(self, module):
+        return "leaky_integrator" not in type(module).__module__
+
+    def keeps_state(self, module):
+        return False
+
+    def tau(self, module):
+        inverse = getattr(getattr(module, "p", None), "tau_mem_inv", None)
+        if inverse is None:
+            return None
+        return 1 / (module.dt * torch.as_tensor(inverse).detach())
+
+    def learns_tau(self, module):
+        inverse = getattr(getattr(module, "p", None), "tau_mem_inv", None)
+        return torch.is_tensor(inverse) and inverse.requires_grad

@@ -1,0 +1,50 @@
+"""snnTorch 1.0 on the neuron contract.
+
+- Neurons are the ``snntorch.SpikingNeuron`` subclasses (Leaky, Synaptic, Alpha, Lapicque, RLeaky,
+  RSynaptic, ...). Their output is ``spk``, or ``(spk, mem, ...)``: the spikes are its first element.
+- State: with ``init_hidden=True`` a neuron keeps its hidden state (``mem``, ``syn``, ``spk``: its
+  non-persistent buffers) between calls; reset empties them, as a new neuron has them, so the next
+  call starts from zeros of the input's shape. Nothing else is touched: ``snntorch.utils.reset``
+  resets every neuron of the neuron's class in the process (a class-wide list of instances),
+  other networks' too. With ``init_hidden=False`` the state is the caller's, passed to every call.
+- tau in steps: ``mem[t] = beta mem[t-1] + input[t]`` is the leak ``1 - 1/tau``, so tau = 1/(1 - beta)
+  (beta clamped to [0, 1] as snnTorch does; per neuron when beta is a vector), learned with
+  ``learn_beta=True``. Alpha's beta decays a synaptic current, not the membrane: it has no tau here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from plifnet.contract import Adapter
+
+
+class SnnTorch(Adapter):
+    def claims(self, module):
+        from plifnet.adapters import from_package
+
+        if not from_package(module, "snntorch"):
+            return False
+        import snntorch
+
+        return isinstance(module, snntorch.SpikingNeuron)
+
+    def keeps_state(self, module):
+        return bool(module.init_hidden)
+
+    def reset(self, module):
+        for name in module._non_persistent_buffers_set:
+            state = getattr(module, name)
+            if torch.is_tensor(state):
+                setattr(module, name, torch.zeros(0, dtype=state.dtype, device=state.device))
+
+    def tau(self, module):
+        import snntorch
+
+        beta = getattr(module, "beta", None)
+        if not torch.is_tensor(beta) or isinstance(module, snntorch.Alpha):
+            return None
+        return 1 / (1 - beta.detach().clamp(0, 1))
+
+    def learns_tau(self, module):
+        return self.tau(module) is not None and isinstance(module.beta, torch.nn.Parameter)

@@ -1,0 +1,39 @@
+"""SpikingJelly 2.0 (``spikingjelly.activation_based``) on the neuron contract.
+
+- Every ``base.MemoryModule`` keeps state (neurons, and also ``layer.Dropout``'s mask) and forgets it
+  with its own ``reset()``, what ``functional.reset_net`` calls; single- and multi-step mode alike.
+- Neurons are the modules of ``activation_based.neuron``; their output is the spikes.
+- tau in steps: ``ParametricLIFNode`` learns ``w`` with ``1/tau = sigmoid(w)``, so tau = 1/sigmoid(w);
+  ``LIFNode`` has a fixed ``tau``; ``IFNode`` has none.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from plifnet.contract import Adapter
+
+
+class SpikingJelly(Adapter):
+    def claims(self, module):
+        from plifnet.adapters import from_package
+
+        if not from_package(module, "spikingjelly"):
+            return False
+        from spikingjelly.activation_based import base
+
+        return isinstance(module, base.MemoryModule)
+
+    def is_neuron(self, module):
+        return type(module).__module__.startswith("spikingjelly.activation_based.neuron")
+
+    def tau(self, module):
+        if self.learns_tau(module):
+            return 1 / torch.sigmoid(module.w.detach())
+        tau = getattr(module, "tau", None)
+        return tau.detach() if torch.is_tensor(tau) else tau
+
+    def learns_tau(self, module):
+        from spikingjelly.activation_based.neuron import ParametricLIFNode
+
+        return isinstance(module, ParametricLIFNode)

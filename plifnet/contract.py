@@ -1,0 +1,222 @@
+"""What a spiking neuron is to plifnet: the one contract that every part of plifnet asks.
+
+ResetState, TauMonitor, FiringRateMonitor, SynapticOps, the leak check, predict and NIR export
+never look at a neuron's class themselves. For any module of any network they ask this module,
+which asks the first :class:`Adapter` that claims the module:
+
+- ``is_neuron``: is it a spiking neuron (its output spikes and tau are followed)?
+- ``keeps_state`` / ``reset``: does it keep state between calls, and how it forgets it;
+- ``spikes``: where the spikes are in what its ``forward`` returned (snnTorch returns ``(spk, mem)``);
+- ``tau``: its membrane time constant **in time steps**, if it has one, and ``learns_tau``.
+
+Adapters are found the way plug-ins are: the built-in ones (:mod:`plifnet.adapters`: SpikingJelly,
+snnTorch, Norse) and any installed package's entry points in the group ``plifnet.adapters``, then
+the documented protocol (:class:`Protocol`), which plifnet's own neurons follow too. An adapter
+claims a module by its class; a peer library is imported only when a network holds its modules.
+
+The protocol, in full: a ``torch.nn.Module`` whose class defines a ``reset()`` method (it forgets
+the state) and that has a ``v_threshold`` or a ``tau`` attribute. Its output is the spikes (or a
+tuple whose first element is); ``tau`` in time steps, a tensor when it is learned (then it is
+logged as ``tau/<module path>``).
+
+Importing this module imports neither Lightning nor any peer library.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from plifnet.registry import Registry
+
+
+class Adapter:
+    """How plifnet reads one family of neurons. Subclasses define :meth:`claims` and override what differs."""
+
+    def claims(self, module: nn.Module) -> bool:
+        """Whether this adapter speaks for ``module`` (decided by its class)."""
+        raise NotImplementedError(f"{type(self).__name__} must define claims(module) -> bool")
+
+    def is_neuron(self, module: nn.Module) -> bool:
+        """A spiking neuron, whose output spikes (and tau) are followed; a stateful non-neuron says False."""
+        return True
+
+    def keeps_state(self, module: nn.Module) -> bool:
+        return True
+
+    def reset(self, module: nn.Module) -> None:
+        """Forget the state, as a fresh module has it."""
+        module.reset()
+
+    def spikes(self, module: nn.Module, output) -> torch.Tensor:
+        """The spikes in what ``module.forward`` returned: the output, or the first element of a tuple."""
+        return output[0] if isinstance(output, (tuple, list)) else output
+
+    def tau(self, module: nn.Module) -> torch.Tensor | float | None:
+        """The membrane time constant in time steps (a tensor: per neuron or per layer), or None."""
+        return None
+
+    def learns_tau(self, module: nn.Module) -> bool:
+        """Whether tau is learned (then TauMonitor logs it)."""
+        return False
+
+
+class Protocol(Adapter):
+    """Any module with a ``reset()`` method and a ``v_threshold`` or ``tau``: plifnet's own neurons
+    (:mod:`plifnet.neurons`) and a hand-written neuron that follows docs/EXTENDING.md."""
+
+    def claims(self, module):
+        return callable(getattr(type(module), "reset", None)) and (
+            _has(module, "v_threshold") or _has(module, "tau"))
+
+    def tau(self, module):
+        tau = getattr(module, "tau", None)
+        return tau.detach() if torch.is_tensor(tau) else tau
+
+    def learns_tau(self, module):
+        return torch.is_tensor(getattr(module, "tau", None))
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    try:
+        getattr(module, name)
+    except AttributeError:
+        return False
+    return True
+
+
+ADAPTERS = Registry("adapter", "plifnet.adapters")
+register_adapter = ADAPTERS.register
+_adapters: list[Adapter] | None = None
+
+
+def adapters() -> list[Adapter]:
+    """The adapters in the order they are asked: registered and installed ones, then the protocol."""
+    global _adapters
+    if _adapters is None:
+        import plifnet.adapters  # noqa: F401  (registers the built-in adapters)
+
+        _adapters = [cls() for cls in ADAPTERS.load_all()] + [Protocol()]
+    return _adapters
+
+
+def adapter_of(module: nn.Module) -> Adapter | None:
+    """The adapter that speaks for ``module``, or None: to plifnet it is then no neuron and keeps no state."""
+    return next((adapter for adapter in adapters() if adapter.claims(module)), None)
+
+
+def is_neuron(module: nn.Module) -> bool:
+    adapter = adapter_of(module)
+    return adapter is not None and adapter.is_neuron(module)
+
+
+def neurons(net: nn.Module) -> dict[str, nn.Module]:
+    """The spiking neurons of ``net`` by module path."""
+    return {name: m for name, m in net.named_modules() if is_neuron(m)}
+
+
+def reset_state(net: nn.Module) -> None:
+    """Forget the state of every module inside ``net`` that keeps state (any module tree)."""
+    for m in net.modules():
+        adapter = adapter_of(m)
+        if adapter is not None and adapter.keeps_state(m):
+            adapter.reset(m)
+
+
+def spikes(module: nn.Module, output) -> torch.Tensor:
+    """The spikes of a neuron in what its ``forward`` returned."""
+    return adapter_of(module).spikes(module, output)
+
+
+def tau(module: nn.Module) -> torch.Tensor | float | None:
+    """A neuron's membrane time constant in time steps (detached), or None."""
+    adapter = adapter_of(module)
+    return None if adapter is None else adapter.tau(module)
+
+
+def learns_tau(module: nn.Module) -> bool:
+    adapter = adapter_of(module)
+    return adapter is not None and adapter.learns_tau(module)
+
+
+class StateLeak(RuntimeError):
+    """The network does not forget: the same input gives another output after :func:`reset_state`."""
+
+
+@torch.no_grad()
+def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
+    """Run ``x`` through ``model`` twice in eval mode, :func:`reset_state` before each, and raise
+    :class:`StateLeak` unless the outputs are equal bit for bit; warn once when ``where`` (default:
+    ``model``) holds no spiking neuron. The message names the classes of the modules whose tensors
+    changed during the second run: the state that nothing resets."""
+    where = model if where is None else where
+    if not neurons(where) and not getattr(where, "_plifnet_warned_no_neuron", False):
+        where._plifnet_warned_no_neuron = True
+        warnings.warn(
+            f"no spiking neuron found in {type(where).__name__}: plifnet cannot reset its state, follow tau or "
+            f"firing rates, or count it. Make its neurons visible: follow the protocol (a reset() and a "
+            f"v_threshold or tau attribute), or install or write an adapter (docs/EXTENDING.md)", RuntimeWarning)
+    was_training = model.training
+    model.eval()
+    hooks = _unhook(model)  # the check's runs are not the run's: monitors and counters must not see them
+    try:
+        reset_state(model)
+        first = model(x)
+        reset_state(model)
+        before = _tensors(model)
+        second = model(x)
+        changed = [(name, m) for (name, m, key), (tensor, version) in before.items() if _changed(m, key, tensor, version)]
+        changed += [(name, m) for name, m, key in _tensors(model).keys() - before.keys()]
+    finally:
+        reset_state(model)
+        model.train(was_training)
+        for m, (forward, pre) in hooks.items():
+            m._forward_hooks.update(forward)
+            m._forward_pre_hooks.update(pre)
+    if _equal(first, second):
+        return
+    classes = sorted({type(m).__name__ for _, m in changed}) or ["a module plifnet could not tell"]
+    paths = sorted({name for name, _ in changed})
+    raise StateLeak(
+        f"the network keeps state between batches in {', '.join(classes)}"
+        f"{' (' + ', '.join(paths[:6]) + ')' if paths else ''}: the same input gave another output after plifnet "
+        f"reset it, so every batch would depend on the one before. Give the class a reset() that forgets its "
+        f"state (and a v_threshold or tau attribute, so that plifnet finds it), install or write an adapter "
+        f"(entry-point group 'plifnet.adapters', docs/EXTENDING.md), or reset the state at the start of forward")
+
+
+def _unhook(model: nn.Module) -> dict:
+    """Take the forward hooks off every module of ``model``; returns them to put back."""
+    hooks = {}
+    for m in model.modules():
+        hooks[m] = (dict(m._forward_hooks), dict(m._forward_pre_hooks))
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    return hooks
+
+
+def _tensors(model: nn.Module) -> dict:
+    """Every tensor a module holds outside its parameters (plain attributes and buffers), with its
+    version counter, which in-place writes advance (None for tensors made in inference mode, which
+    have none: those are compared by identity alone)."""
+    held = {}
+    for name, m in model.named_modules():
+        for key, value in list(vars(m).items()) + list(m._buffers.items()):
+            if torch.is_tensor(value):
+                held[(name, m, key)] = (value, None if value.is_inference() else value._version)
+    return held
+
+
+def _changed(module, key, tensor, version) -> bool:
+    now = module._buffers.get(key, vars(module).get(key))
+    return now is not tensor or (version is not None and now._version != version)
+
+
+def _equal(a, b) -> bool:
+    if torch.is_tensor(a) and torch.is_tensor(b):
+        return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b

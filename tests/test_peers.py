@@ -1,0 +1,288 @@
+"""Networks written with SpikingJelly 2.0, snnTorch 1.0 and Norse 1.1 (the real libraries, installed by the
+test extra), and by hand, wrapped by plifnet: found, reset, their tau read, and trained with the same
+gradients as their own libraries' loops; a network that keeps state plifnet cannot reset is refused."""
+
+import copy
+import csv
+import os
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import ROOT
+from plifnet import contract
+from plifnet.callbacks import ResetState, spiking_layers
+from plifnet.energy import estimate
+from plifnet.module import SpikingClassifier
+from plifnet.neurons import LIF, PLIF
+
+snn = pytest.importorskip("snntorch")  # the test extra installs all three; a missing one is a skip with its name
+sj = pytest.importorskip("spikingjelly.activation_based")
+norse = pytest.importorskip("norse.torch")
+from snntorch import utils as snn_utils  # noqa: E402
+from spikingjelly.activation_based import functional as sj_functional, neuron as sj_neuron  # noqa: E402
+
+from plifnet_example import handwritten_net, norse_net, snntorch_net, spikingjelly_net  # noqa: E402
+
+FAMILIES = {"spikingjelly": spikingjelly_net, "snntorch": snntorch_net, "norse": norse_net, "handwritten": handwritten_net}
+NEURON_CLASSES = {"spikingjelly": "ParametricLIFNode", "snntorch": "Leaky", "norse": "LIFCell", "handwritten": "LIF"}
+
+
+def driven(net: nn.Module) -> nn.Module:
+    """The network with its weights scaled up, so that every layer fires on uniform images."""
+    torch.manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.weight.data *= 3 if isinstance(m, nn.Conv2d) else 12
+    return net
+
+
+def images(n=6):
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(5)) * 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_neurons_of_each_family_are_found_with_their_tau(family):
+    net = FAMILIES[family].Net()
+    model = SpikingClassifier(net=net)
+    layers = spiking_layers(model)
+    assert len(layers) == 3 and {type(m).__name__ for m in layers.values()} == {NEURON_CLASSES[family]}
+    assert all(contract.learns_tau(m) for m in layers.values())
+    # PLIF tau0 2; snnTorch beta 0.5; Norse dt 1e-3 x tau_mem_inv 500; the hand-written tau 2
+    assert all(float(contract.tau(m)) == pytest.approx(2.0) for m in layers.values())
+    # what is not a neuron is not claimed: metrics, convolutions, BatchNorm, pooling
+    assert not any(contract.is_neuron(m) for m in model.accuracy.modules())
+
+
+def run_twice_unreset(net, x):
+    with torch.no_grad():
+        return net(x), net(x)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reset_makes_a_used_network_answer_as_a_fresh_one(family):
+    net = driven(FAMILIES[family].Net()).eval()
+    fresh = copy.deepcopy(net)
+    x = images()
+    first, second = run_twice_unreset(net, x)
+    assert first.sum() > 0
+    if family != "norse":  # Norse passes its state explicitly: nothing leaks, nothing to reset
+        assert not torch.equal(first, second), "the network should carry state from one call to the next"
+    contract.reset_state(net)
+    with torch.no_grad():
+        assert torch.equal(net(x), fresh(x))
+    contract.check_forgets(net, x)  # and the leak check passes
+
+
+def test_snntorch_reset_touches_this_network_only():
+    """snnTorch's utils.reset resets every instance of a neuron class in the process; plifnet resets the
+    neurons of the network it wraps and nothing else."""
+    ours, other = driven(snntorch_net.Net()), driven(snntorch_net.Net())
+    with torch.no_grad():
+        ours(images()), other(images())
+    kept = other.lif1.mem.clone()
+    contract.reset_state(ours)
+    assert ours.lif1.mem.numel() == 0 and torch.equal(other.lif1.mem, kept)
+
+
+def test_spikingjelly_plif_tau_gives_plifnets_spikes():
+    """tau = 1/sigmoid(w) read from SpikingJelly's own ParametricLIFNode: plifnet's PLIF with that tau fires
+    the same spikes (both: decay_input, hard reset to 0), in multi- and single-step mode."""
+    x = torch.rand(12, 4, 7, generator=torch.Generator().manual_seed(1)) * 2
+    for step_mode in ("m", "s"):
+        node = sj_neuron.ParametricLIFNode(init_tau=3.0, detach_reset=True, step_mode=step_mode)
+        node.w.data.fill_(0.37)
+        spikes = node(x) if step_mode == "m" else torch.stack([node(x_t) for x_t in x])
+        ours = PLIF(tau=float(contract.tau(node)), backend="reference")(x)
+        assert torch.equal(spikes, ours) and 0 < spikes.mean() < 1
+    lif = sj_neuron.LIFNode(tau=4.0, step_mode="m")
+    assert contract.tau(lif) == 4.0 and not contract.learns_tau(lif)
+    assert contract.tau(sj_neuron.IFNode()) is None
+
+
+def test_snntorch_beta_gives_plifnets_spikes():
+    """tau = 1/(1 - beta) read from snnTorch's Leaky (reset to zero): plifnet's LIF with that tau, input not
+    decayed, fires the same spikes; a vector beta gives one tau per neuron."""
+    x = torch.rand(12, 4, 7, generator=torch.Generator().manual_seed(2)) * 1.5
+    leaky = snn.Leaky(beta=0.8, reset_mechanism="zero", init_hidden=True)
+    spikes = torch.stack([leaky(x_t) for x_t in x])
+    ours = LIF(tau=float(contract.tau(leaky)), decay_input=False, backend="reference")(x)
+    assert torch.equal(spikes, ours) and 0 < spikes.mean() < 1
+    vector = snn.Leaky(beta=torch.tensor([0.5, 0.75, 0.9]), learn_beta=True)
+    torch.testing.assert_close(contract.tau(vector), torch.tensor([2.0, 4.0, 10.0]))
+    assert contract.learns_tau(vector) and not contract.learns_tau(snn.Leaky(beta=0.5))
+    assert contract.tau(snn.Synaptic(alpha=0.9, beta=0.75)) == pytest.approx(4.0)  # the membrane's beta
+    assert contract.tau(snn.Alpha(alpha=0.9, beta=0.8)) is None  # its betas decay synaptic currents
+
+
+def test_norse_tau_gives_plifnets_spikes():
+    """tau = 1/(dt tau_mem_inv) read from Norse's LIFCell: with the synaptic current gone each step
+    (dt tau_syn_inv = 1) Norse's membrane is plifnet's LIF with that tau."""
+    x = torch.rand(12, 4, 7, generator=torch.Generator().manual_seed(3)) * 3
+    cell = norse.LIFCell(norse.LIFParameters(tau_mem_inv=torch.tensor(250.0), tau_syn_inv=torch.tensor(1000.0)), dt=1e-3)
+    state, spikes = None, []
+    for x_t in x:
+        z, state = cell(x_t, state)
+        spikes.append(z)
+    spikes = torch.stack(spikes)
+    assert float(contract.tau(cell)) == pytest.approx(4.0)
+    ours = LIF(tau=float(contract.tau(cell)), backend="reference")(x)
+    assert torch.equal(spikes, ours) and 0 < spikes.mean() < 1
+    assert not contract.is_neuron(norse.LICell())  # a leaky integrator gives voltages, not spikes
+
+
+class Grads(L.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.seen.append({name: p.grad.clone() for name, p in pl_module.net.named_parameters() if p.grad is not None})
+
+
+def batches(n=3, size=4):
+    generator = torch.Generator().manual_seed(7)
+    return TensorDataset(torch.rand(n * size, 1, 28, 28, generator=generator) * 2,
+                         torch.randint(0, 10, (n * size,), generator=generator))
+
+
+@pytest.mark.parametrize("family", ["spikingjelly", "snntorch"])
+def test_training_through_plifnet_equals_the_libraries_own_loop(family):
+    """Three Adam steps through a plain Lightning Trainer with ResetState against the library's own
+    loop (reset after every batch by functional.reset_net / utils.reset): equal gradients every step
+    and equal weights after; without the reset the loop's second step differs (or fails)."""
+    net = driven(FAMILIES[family].Net())
+    theirs = FAMILIES[family].Net()  # not a deepcopy: snnTorch's reset finds only neurons whose __init__ ran
+    theirs.load_state_dict(net.state_dict())
+    data = batches()
+    grads = Grads()
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[ResetState(), grads]).fit(
+        SpikingClassifier(net=net), DataLoader(data, batch_size=4))
+
+    optimizer = torch.optim.Adam(theirs.parameters(), lr=1e-3, fused=True)
+    reset = (lambda: sj_functional.reset_net(theirs)) if family == "spikingjelly" else (lambda: snn_utils.reset(theirs))
+    for step, (x, y) in enumerate(DataLoader(data, batch_size=4)):
+        loss = F.mse_loss(theirs(x).mean(0), F.one_hot(y, 10).float())
+        optimizer.zero_grad()
+        loss.backward()
+        for name, p in theirs.named_parameters():
+            torch.testing.assert_close(grads.seen[step][name], p.grad, rtol=1e-6, atol=1e-8, msg=f"step {step}, {name}")
+        optimizer.step()
+        reset()
+    assert len(grads.seen) == 3 and any(g.abs().sum() > 0 for g in grads.seen[1].values())
+    for (name, p), q in zip(net.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-8, msg=name)
+
+
+class Outputs(L.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.handle = pl_module.net.register_forward_hook(lambda m, i, out: self.seen.append(out.clone()))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_validating_the_same_batch_twice_gives_a_fresh_networks_answer(family):
+    net = driven(FAMILIES[family].Net())
+    fresh = copy.deepcopy(net).eval()
+    x = images(4)
+    data = TensorDataset(torch.cat([x, x]), torch.zeros(8, dtype=torch.long))
+    outputs = Outputs()
+    L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[ResetState(), outputs]).validate(SpikingClassifier(net=net), DataLoader(data, batch_size=4))
+    with torch.no_grad():
+        expected = fresh(x)
+    assert len(outputs.seen) == 2 and expected.sum() > 0
+    assert torch.equal(outputs.seen[0], expected) and torch.equal(outputs.seen[1], expected)
+
+
+class Remembers(nn.Module):
+    """A neuron that keeps its membrane on self and has no reset(): plifnet cannot find or reset it."""
+
+    def __init__(self):
+        super().__init__()
+        self.v = None
+
+    def forward(self, x):
+        v = torch.zeros_like(x[0]) if self.v is None else self.v
+        spikes = []
+        for x_t in x:
+            v = v + x_t
+            spikes.append((v >= 1).float())
+            v = v * (1 - spikes[-1])
+        self.v = v
+        return torch.stack(spikes)
+
+
+class RemembersNet(nn.Module):
+    classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, 10)
+        self.neuron = Remembers()
+
+    def forward(self, x):
+        return self.neuron(self.fc(x.flatten(1)).expand(4, -1, -1) * 3)
+
+
+def test_a_network_that_keeps_state_without_reset_is_refused_before_the_first_batch():
+    model = SpikingClassifier(net=RemembersNet())
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    data = DataLoader(TensorDataset(images(4), torch.zeros(4, dtype=torch.long)), batch_size=4)
+    with pytest.warns(RuntimeWarning, match="no spiking neuron found in RemembersNet"), \
+            pytest.raises(contract.StateLeak) as error:
+        trainer.validate(model, data)  # no ResetState given: the model brings its own
+    assert str(error.value).startswith("the network keeps state between batches in Remembers (net.neuron): the same "
+                                       "input gave another output after plifnet reset it")
+    assert "Give the class a reset()" in str(error.value) and len(str(error.value).splitlines()) == 1
+    assert model.accuracy["val_acc"]._update_count == 0  # stopped before any batch counted
+
+
+def test_a_network_that_resets_itself_in_forward_passes_the_check():
+    class ResetsItself(RemembersNet):
+        def forward(self, x):
+            self.neuron.v = None
+            return super().forward(x)
+
+    contract.check_forgets(ResetsItself(), images(2))
+
+
+def test_the_refusal_through_cli_is_one_line(tiny_digits, tmp_path):
+    (tmp_path / "bad_net.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Remembers(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(784, 10)\n        self.v = None\n\n"
+        "    def forward(self, x):\n"
+        "        v = self.fc(x.flatten(1)) * 3 + (0 if self.v is None else self.v)\n"
+        "        self.v = v.detach() / 2\n"
+        "        return (v >= 1).float().expand(2, -1, -1)\n")
+    command = [sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / "mnist.yaml", "--data.root",
+               tiny_digits, "--data.num_workers", "0", "--model.net", "bad_net.Remembers", "--model.classes", "10",
+               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, PYTHONPATH=str(tmp_path), PYTHONWARNINGS="ignore"))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the network keeps state between batches in Remembers (net): the same input gave "
+                           "another output after plifnet reset it"), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs" / "lightning_logs" / "version_0").exists()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_energy_counts_each_familys_layers(family):
+    report = estimate(driven(FAMILIES[family].Net()), images(2))
+    assert [layer.name for layer in report.layers] == ["conv1", "conv2", "fc1"]
+    assert report.layers[0].input == "values" and report.layers[2].input == "spikes"
+    assert 0 < report.layers[2].input_rate < 1 and report.layers[2].sops > 0
