@@ -7,7 +7,8 @@ which asks the first :class:`Adapter` that claims the module:
 - ``is_neuron``: is it a spiking neuron (its output spikes and tau are followed)?
 - ``keeps_state`` / ``reset``: does it keep state between calls, and how it forgets it;
 - ``spikes``: where the spikes are in what its ``forward`` returned (snnTorch returns ``(spk, mem)``);
-- ``tau``: its membrane time constant **in time steps**, if it has one, and ``learns_tau``.
+- ``tau``: its membrane time constant **in time steps**, if it has one, and ``learns_tau``;
+- ``dynamics``: for NIR export, the neuron as plifnet's LIF step (:class:`Dynamics`), where it is one.
 
 Adapters are found the way plug-ins are: the built-in ones (:mod:`plifnet.adapters`: SpikingJelly,
 snnTorch, Norse) and any installed package's entry points in the group ``plifnet.adapters``, then
@@ -17,7 +18,7 @@ claims a module by its class; a peer library is imported only when a network hol
 The protocol, in full: a ``torch.nn.Module`` whose class defines a ``reset()`` method (it forgets
 the state) and that has a ``v_threshold`` or a ``tau`` attribute. Its output is the spikes (or a
 tuple whose first element is); ``tau`` in time steps, a tensor when it is learned (then it is
-logged as ``tau/<module path>``).
+logged as ``tau/<module path>``); optionally ``dynamics()`` (a :class:`Dynamics`) for NIR export.
 
 Importing this module imports neither Lightning nor any peer library.
 """
@@ -25,11 +26,30 @@ Importing this module imports neither Lightning nor any peer library.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from plifnet.registry import Registry
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """A neuron whose step is plifnet's (``plifnet/neurons.py``), what NIR's LIF and IF are at dt = 1::
+
+        H[t] = V[t-1] + k (X[t] - (V[t-1] - v_reset))      decay_input
+        H[t] = V[t-1] - k (V[t-1] - v_reset) + X[t]        not decay_input  (k = 0: IF)
+        S[t] = H[t] >= v_threshold;  V[t] = v_reset where S[t], else H[t]
+
+    ``k = 1/tau``: a number, or a tensor that broadcasts against one sample's ``[C, H, W]`` or ``[F]``
+    as numpy does, or with ``per_channel`` one value per channel (dim 0 of a sample)."""
+
+    k: torch.Tensor | float
+    decay_input: bool
+    v_threshold: float
+    v_reset: float
+    per_channel: bool = False
 
 
 class Adapter:
@@ -62,6 +82,11 @@ class Adapter:
         """Whether tau is learned (then TauMonitor logs it)."""
         return False
 
+    def dynamics(self, module: nn.Module) -> Dynamics:
+        """The neuron as plifnet's step, for NIR export; ``ValueError`` saying why where it is not one."""
+        raise ValueError(f"neuron {type(module).__name__} has no mapping onto plifnet's LIF/IF equations here, so no "
+                         f"NIR form")
+
 
 class Protocol(Adapter):
     """Any module with a ``reset()`` method and a ``v_threshold`` or ``tau``: plifnet's own neurons
@@ -77,6 +102,12 @@ class Protocol(Adapter):
 
     def learns_tau(self, module):
         return torch.is_tensor(getattr(module, "tau", None))
+
+    def dynamics(self, module):
+        """A neuron that defines ``dynamics()`` returning a :class:`Dynamics` (plifnet's PLIF, LIF, IF do)."""
+        if not callable(getattr(module, "dynamics", None)):
+            return super().dynamics(module)
+        return module.dynamics()
 
 
 def _has(module: nn.Module, name: str) -> bool:
@@ -139,6 +170,14 @@ def tau(module: nn.Module) -> torch.Tensor | float | None:
 def learns_tau(module: nn.Module) -> bool:
     adapter = adapter_of(module)
     return adapter is not None and adapter.learns_tau(module)
+
+
+def dynamics(module: nn.Module) -> Dynamics:
+    """A neuron as plifnet's LIF step (for NIR export); ``ValueError`` naming why where it is not one."""
+    adapter = adapter_of(module)
+    if adapter is None or not adapter.is_neuron(module):
+        raise ValueError(f"{type(module).__name__} is not a spiking neuron")
+    return adapter.dynamics(module)
 
 
 class StateLeak(RuntimeError):

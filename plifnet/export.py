@@ -33,6 +33,7 @@ when the checkpoint alone cannot rebuild the network).
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -43,35 +44,108 @@ from torch import nn
 
 import plifnet
 from plifnet.models import MaxPool, SharedDropout, SpikingNet, TimeDistributed, Vote
+from plifnet import contract
 from plifnet.contract import is_neuron
-from plifnet.neurons import IF, LIF, PLIF
+from plifnet.neurons import IF, PLIF
 
 POOL_THRESHOLD = 0.5  # any value in (0, 1): a sum of 0/1 spikes exceeds it exactly when one of them is 1
 
 
-def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32) -> nir.NIRGraph:
-    """The NIR graph of a :class:`plifnet.module.SpikingClassifier` or :class:`plifnet.models.SpikingNet`.
+def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32,
+           input_shape: tuple[int, int, int] | None = None) -> nir.NIRGraph:
+    """The NIR graph of a :class:`plifnet.module.SpikingClassifier` or :class:`plifnet.models.SpikingNet`,
+    or of any network whose layers form one ``nn.Sequential`` (itself, or its only child, run on the
+    image at every step: how SpikingJelly and snnTorch networks are often written), of parts with a NIR
+    form: Conv2d (+ BatchNorm2d), neurons that are plifnet's step (:func:`plifnet.contract.dynamics`:
+    plifnet's, SpikingJelly's PLIF/LIF/IF, snnTorch's Leaky with the reset to zero), max-pooling of
+    spikes, Flatten, Linear. Such a network needs ``input_shape`` ``(C, H, W)``, and the exported graph
+    is run against it (float64, random images) before it is returned: a forward that does more than
+    its chain is refused, not exported wrongly.
 
     ``time_steps`` goes into the metadata (default: the network's T). Arrays are written as ``dtype``;
     ``np.float64`` keeps the folded BatchNorm exact to the last bit, for checks that compare spikes.
     Raises ``ValueError`` naming the layer for what has no NIR form (a plug-in neuron, the soft reset).
     """
     net = getattr(model, "net", model)
-    if not isinstance(net, SpikingNet) or not net.built:
-        raise ValueError(f"to_nir exports SpikingNet networks (the paper's, or layers=...), built; got {type(net).__name__}")
     if net.training:
         raise ValueError("to_nir exports a network in eval mode (BatchNorm's running statistics, no dropout): call .eval()")
-    graph = _GraphBuilder(dtype, net.input_shape)
+    if isinstance(net, SpikingNet):
+        if not net.built:
+            raise ValueError(f"to_nir exports SpikingNet networks (the paper's, or layers=...), built; got an unbuilt one")
+        modules = [m.module if isinstance(m, TimeDistributed) else m for m in [net.encoder, *net.layers]]
+        return _graph(modules, net.input_shape, int(time_steps or net.time_steps), net.arch.static, dtype, per_step=False)
+    modules = _sequential_layers(net)
+    time_steps = time_steps or getattr(net, "time_steps", None)
+    if input_shape is None or time_steps is None:
+        raise ValueError(f"to_nir({type(net).__name__}): give input_shape (C, H, W) and time_steps (the network has no "
+                         f"'time_steps' attribute); python -m plifnet.export takes them from --config")
+    graph = _graph(modules, tuple(input_shape), int(time_steps), True, dtype, per_step=True)
+    _check_reproduces(net, _graph(modules, tuple(input_shape), int(time_steps), True, np.float64, per_step=True))
+    return graph
+
+
+def _sequential_layers(net: nn.Module) -> list[nn.Module]:
+    """The layers of a network that is one ``nn.Sequential``, or whose only child is one, flattened."""
+    chain = net
+    if not isinstance(net, nn.Sequential):
+        children = list(net.named_children())
+        if len(children) != 1 or not isinstance(children[0][1], nn.Sequential) or list(net.parameters(recurse=False)):
+            raise ValueError(f"to_nir exports SpikingNet networks and networks whose layers form one nn.Sequential; "
+                             f"{type(net).__name__} runs {len(children)} modules "
+                             f"({', '.join(name for name, _ in children[:6])}) in a forward of its own, whose order "
+                             f"NIR export cannot see: write its layers as one nn.Sequential to export it")
+        chain = children[0][1]
+
+    def flat(sequential):
+        return [m for child in sequential for m in (flat(child) if isinstance(child, nn.Sequential) else [child])]
+
+    return flat(chain)
+
+
+def _check_reproduces(net: nn.Module, graph: nir.NIRGraph) -> None:
+    """Refuse a graph whose plifnet rebuild (:func:`from_nir`) does not fire as ``net`` does on random images:
+    in float64, spike for spike; where the network cannot run in float64 (snnTorch's spikes are float32
+    whatever the input), in float32, where BatchNorm folded into the convolution may round a spike
+    the other way at a tie (below 1 in 1000 here)."""
+    shape = [int(n) for n in graph.nodes["input"].input_type["input"]]
+    x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for dtype, tolerance in ((torch.float64, 0), (torch.float32, 1e-3)):
+        reference = copy.deepcopy(net).to(dtype).eval()
+        contract.reset_state(reference)
+        try:
+            with torch.no_grad():
+                expected = reference(x.to(dtype))
+                expected = expected[0] if isinstance(expected, (tuple, list)) else expected
+                got = from_nir(graph).to(dtype).eval()(x.to(dtype))
+                differ = (expected != got).double().mean().item() if expected.shape == got.shape else 1.0
+            break
+        except RuntimeError:  # a dtype the network does not run in
+            continue
+    if differ > tolerance:
+        raise ValueError(f"the NIR graph of {type(net).__name__}'s layers does not fire as {type(net).__name__} does "
+                         f"on test images (its forward does more than run its nn.Sequential on the image at every "
+                         f"step), so it is not exported")
+
+
+def _graph(modules: list[nn.Module], input_shape, time_steps: int, static: bool, dtype, per_step: bool) -> nir.NIRGraph:
+    """The chain of NIR nodes of ``modules``; ``per_step``: the modules run on one step ``[N, ...]``
+    (a peer's chain), else on ``[T, N, ...]`` after the encoder (a SpikingNet)."""
+    graph = _GraphBuilder(dtype, input_shape)
     counts = {"conv": 0, "fc": 0, "pool": 0}
     last = "input"  # the name of the node that produced the current tensor
-    for module in [net.encoder, *net.layers]:
-        module = module.module if isinstance(module, TimeDistributed) else module
+    position = 0
+    while position < len(modules):
+        module = modules[position]
+        position += 1
         convolution = _conv_and_norm(module)
+        if isinstance(module, nn.Conv2d) and position < len(modules) and isinstance(modules[position], nn.BatchNorm2d):
+            convolution, position = (module, modules[position]), position + 1
         if convolution is not None:
             counts["conv"] += 1
             last = graph.add(f"conv{counts['conv']}", _folded_conv(*convolution, graph.shape, dtype))
         elif is_neuron(module):
-            last = graph.add(f"{last}_{'if' if isinstance(module, IF) else 'lif'}", _neuron(module, last, graph.shape, dtype))
+            node = _neuron(module, last, graph.shape, dtype)
+            last = graph.add(f"{last}_{'if' if isinstance(node, nir.IF) else 'lif'}", node)
         elif isinstance(module, (MaxPool, nn.MaxPool2d)):
             if not graph.spikes:
                 raise ValueError(f"layer {type(module).__name__} after {last}: max-pooling exports as SumPool2d + "
@@ -85,9 +159,10 @@ def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32) ->
         elif isinstance(module, (SharedDropout, nn.Dropout)):
             continue  # the identity in eval mode
         elif isinstance(module, nn.Flatten):
-            if module.start_dim != 2 or module.end_dim != -1:
-                raise ValueError(f"nn.Flatten({module.start_dim}, {module.end_dim}) after {last}: only Flatten(2) of "
-                                 f"[T, N, ...] (all features of a sample) has a NIR form")
+            if module.start_dim != (1 if per_step else 2) or module.end_dim != -1:
+                form = "Flatten(1) of a step's [N, ...]" if per_step else "Flatten(2) of [T, N, ...]"
+                raise ValueError(f"nn.Flatten({module.start_dim}, {module.end_dim}) after {last}: only {form} (all "
+                                 f"features of a sample) has a NIR form")
             last = graph.add("flatten", nir.Flatten(input_type={"input": np.array(graph.shape)}, start_dim=0, end_dim=-1))
         elif isinstance(module, nn.Linear):
             counts["fc"] += 1
@@ -103,7 +178,7 @@ def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32) ->
             raise ValueError(f"layer {type(module).__name__} after {last} has no NIR form; to_nir exports Conv2d(+BatchNorm2d), "
                              f"PLIF/LIF/IF neurons, max-pooling of spikes, dropout, Flatten, Linear and the vote")
     graph.add("output", nir.Output(output_type=np.array(graph.shape)))
-    metadata = {"time_steps": int(time_steps or net.time_steps), "input": "static" if net.arch.static else "events",
+    metadata = {"time_steps": time_steps, "input": "static" if static else "events",
                 "dt": 1.0, "producer": f"plifnet {plifnet.__version__}"}
     return nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata=metadata)
 
@@ -157,28 +232,24 @@ def _folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, shape, dtype) -> 
 
 
 def _neuron(neuron: nn.Module, name: str, shape, dtype):
-    """The NIR node of a PLIF, LIF or IF layer over one sample's ``shape`` (see the module docstring)."""
-    if type(neuron) not in (PLIF, LIF, IF):
-        raise ValueError(f"layer {name}: neuron {type(neuron).__name__} has no NIR form; to_nir exports plifnet's "
-                         f"PLIF, LIF and IF (a plug-in neuron needs its own mapping to a NIR node)")
-    if neuron.v_reset is None:
-        raise ValueError(f"layer {name}: the soft reset (v_reset=None, V = H - v_threshold) has no NIR form (NIR's "
-                         f"neurons reset to v_reset); train with a hard reset (v_reset = 0) to export")
+    """The NIR node of a neuron over one sample's ``shape``, from its step as the neuron contract gives it
+    (plifnet's PLIF, LIF, IF; a peer library's through its adapter; see the module docstring)."""
+    try:
+        step = contract.dynamics(neuron)
+    except ValueError as error:
+        raise ValueError(f"layer {name}: {error}") from None
 
     def full(value):
         return np.broadcast_to(np.asarray(value, dtype=np.float64), shape).astype(dtype)
 
-    threshold, reset = full(neuron.v_threshold), full(neuron.v_reset)
-    if isinstance(neuron, IF):
+    threshold, reset = full(step.v_threshold), full(step.v_reset)
+    k = step.k.detach().double().cpu().numpy() if torch.is_tensor(step.k) else np.float64(step.k)
+    if not np.any(k) and not step.decay_input:
         return nir.IF(r=full(1.0), v_threshold=threshold, v_reset=reset)
-    if isinstance(neuron, PLIF):
-        k = torch.sigmoid(neuron.w.detach().double()).numpy()
-        if neuron.per_channel:  # one tau per channel: dim 0 of a sample's [C, H, W] or [F]
-            k = k.reshape(-1, *([1] * (len(shape) - 1)))
-    else:
-        k = 1 / neuron.tau
+    if step.per_channel:  # one tau per channel: dim 0 of a sample's [C, H, W] or [F]
+        k = k.reshape(-1, *([1] * (len(shape) - 1)))
     tau = 1 / np.asarray(k, dtype=np.float64)
-    return nir.LIF(tau=full(tau), r=full(1.0 if neuron.decay_input else tau), v_leak=reset,
+    return nir.LIF(tau=full(tau), r=full(1.0 if step.decay_input else tau), v_leak=reset,
                    v_threshold=threshold, v_reset=reset.copy())
 
 
@@ -352,17 +423,17 @@ def _neuron_from_nir(node, name: str) -> tuple[nn.Module, np.ndarray | None]:
     return neuron, -np.log(tau_values - 1)
 
 
-def load_model(ckpt_path: str, configs: list[str] | None = None) -> nn.Module:
-    """The trained network of a checkpoint, in eval mode. With ``configs`` (cli.py's ``--config`` files,
-    with the data module) the model is built from them first: for networks that take their input shape
-    from the data module."""
+def load_model(ckpt_path: str, configs: list[str] | None = None) -> tuple[nn.Module, tuple | None]:
+    """The trained network of a checkpoint, in eval mode, and its data module's ``input_shape`` (None
+    without ``configs``). With ``configs`` (cli.py's ``--config`` files, with the data module) the model
+    is built from them first: for networks that take their input shape from the data module."""
     from plifnet import checkpoints
     from plifnet.module import SpikingClassifier
 
     checkpoint = checkpoints.read(ckpt_path, mmap=True)  # a clear error for a file that is no checkpoint
     if not configs:
         model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
-        return model.eval()
+        return model.eval(), None
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
 
@@ -374,7 +445,7 @@ def load_model(ckpt_path: str, configs: list[str] | None = None) -> nn.Module:
         channels, height, _ = data.input_shape
         model.net.build(channels, height)
     model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
+    return model.eval(), getattr(data, "input_shape", None)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -390,7 +461,8 @@ def main(argv: list[str] | None = None) -> Path:
     from plifnet.files import write_atomically
 
     try:
-        graph = to_nir(load_model(args.ckpt_path, args.config), args.time_steps, np.dtype(args.dtype).type)
+        model, input_shape = load_model(args.ckpt_path, args.config)
+        graph = to_nir(model, args.time_steps, np.dtype(args.dtype).type, input_shape)
     except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     args.out.parent.mkdir(parents=True, exist_ok=True)

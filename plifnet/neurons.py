@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from plifnet import kernels
-from plifnet.contract import is_neuron, reset_state  # noqa: F401  (reset_state: plifnet's public name)
+from plifnet.contract import Dynamics, is_neuron, reset_state  # noqa: F401  (reset_state: plifnet's public name)
 from plifnet.registry import Registry
 from plifnet.surrogates import ATan, Surrogate, surrogate as make_surrogate
 
@@ -150,6 +150,22 @@ class BaseNode(nn.Module):
         """Forget the single-step state (and the graph hanging on it)."""
         self.v = None
 
+    def leak(self) -> torch.Tensor | float:
+        """``k = 1/tau`` as a number or a detached tensor (per channel: ``[C]``), for export."""
+        raise NotImplementedError(f"{type(self).__name__} must define leak() (k = 1/tau) to be exported")
+
+    def dynamics(self) -> Dynamics:
+        """This neuron's step as :class:`plifnet.contract.Dynamics`, for NIR export: the built-in step
+        with the hard reset only (an overridden step has equations of its own)."""
+        if not self.fusable:
+            raise ValueError(f"neuron {type(self).__name__} overrides the step: its own equations have no NIR form "
+                             f"here (NIR has nodes for PLIF, LIF and IF)")
+        if self.v_reset is None:
+            raise ValueError("the soft reset (v_reset=None, V = H - v_threshold) has no NIR form (NIR's neurons reset "
+                             "to v_reset); train with a hard reset (v_reset = 0) to export")
+        return Dynamics(self.leak(), self.decay_input, self.v_threshold, self.v_reset,
+                        per_channel=getattr(self, "per_channel", False))
+
     def extra_repr(self) -> str:
         return (
             f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
@@ -200,6 +216,9 @@ class PLIF(BaseNode):
         """Current tau = 1 + exp(-w), detached: a scalar, or ``[C]`` with ``per_channel``."""
         return 1 / torch.sigmoid(self.w.detach())
 
+    def leak(self):
+        return torch.sigmoid(self.w.detach().double())  # in float64: an exported tau exact to w's last bit
+
     def decay(self, x):
         if not self.per_channel:
             return torch.sigmoid(self.w)
@@ -233,8 +252,11 @@ class LIF(BaseNode):
         self.tau = _check_tau(tau)
         self.decay_input = bool(decay_input)
 
-    def decay(self, x):
+    def leak(self):
         return 1 / self.tau
+
+    def decay(self, x):
+        return self.leak()
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, decay_input={self.decay_input}, " + super().extra_repr()
@@ -244,6 +266,9 @@ class IF(BaseNode):
     """Integrate-and-fire without leak: ``H[t] = V[t-1] + X[t]`` (``k = 0``)."""
 
     decay_input = False
+
+    def leak(self):
+        return 0.0
 
     def decay(self, x):
         return 0.0

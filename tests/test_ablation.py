@@ -262,3 +262,25 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(tiny_dig
         assert config["cli"]["model"]["neuron"] == neuron and config["cli"]["seed_everything"] == 2020
         keys = set().union(*wandb_history(run_file))
         assert {"tau/conv1", "tau/fc2", "firing_rate/conv1", "val/acc", "test/acc"} <= keys
+
+
+def test_a_study_of_peer_networks_reads_their_tau(tiny_digits, tmp_path):
+    """SpikingJelly and snnTorch networks as two settings: each trains, and the results page gives the tau
+    of each of their layers as the trained weights define it (1/sigmoid(w), 1/(1 - beta))."""
+    pytest.importorskip("spikingjelly")
+    pytest.importorskip("snntorch")
+    out = tmp_path / "results"
+    result = run_ablation("--config", ROOT / "configs" / "mnist.yaml", "--out", out,
+                          "--setting", "sj", "--model.net plifnet_example.spikingjelly_net.Net",
+                          "--setting", "snn", "--model.net plifnet_example.snntorch_net.Net",
+                          *quick(tiny_digits, 1), "--trainer.limit_train_batches", "4", "--model.lr", "0.01", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = table_rows(out)
+    sj, snn = checkpoint(out / "sj_seed2020")["state_dict"], checkpoint(out / "snn_seed2020")["state_dict"]
+    for index in (2, 6, 10):
+        tau = 1 / torch.sigmoid(sj[f"net.features.{index}.w"]).item()
+        assert float(rows["sj"][f"final tau features.{index}"]) == pytest.approx(tau, abs=1e-3)
+    for index in (1, 2, 3):
+        tau = 1 / (1 - snn[f"net.lif{index}.beta"].clamp(0, 1).item())
+        assert float(rows["snn"][f"final tau lif{index}"]) == pytest.approx(tau, abs=1e-3)
+    assert float(rows["snn"]["final tau lif1"]) != pytest.approx(2.0, abs=1e-4)  # learnt

@@ -55,3 +55,30 @@ def test_two_process_ddp_fit_then_single_process_test(tiny_digits, tmp_path):
         with open(runs / "version_3" / f"predictions_rank{rank}.csv") as f:
             indices += [int(row["index"]) for row in csv.DictReader(f)]
     assert sorted(indices) == list(range(40))
+
+
+@pytest.mark.parametrize("family", ["snntorch", "spikingjelly"])
+def test_two_process_ddp_fit_of_a_peer_network(family, tiny_digits, tmp_path):
+    """snnTorch keeps its hidden state in buffers, which DDP broadcasts; SpikingJelly in plain memories:
+    either way, tau, the neurons' buffers (snnTorch's state, reset: empty on both ranks) and the weights agree
+    at every step."""
+    pytest.importorskip(family)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"),
+               PYTHONUNBUFFERED="1")
+    cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--config", ROOT / "examples" / "plugin" / "configs" / f"{family}.yaml",
+        "--data.root", tiny_digits, "--data.num_workers", "0", "--data.batch_size", "4", "--model.lr", "0.01",
+        "--config", ROOT / "configs" / "trainer" / "ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
+        "--trainer.callbacks+=ddp_probe.RankProbe", cwd=tmp_path, env=env)
+    ranks = [torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2 and len(ranks[0]["taus"]) == 4 and len(ranks[0]["taus"][0]) == 3
+    for step0, step1 in zip(ranks[0]["taus"], ranks[1]["taus"]):
+        assert all(torch.equal(step0[name], step1[name]) for name in step0)
+    for step0, step1 in zip(ranks[0]["step_buffers"], ranks[1]["step_buffers"]):
+        assert step0.keys() == step1.keys() and all(torch.equal(step0[name], step1[name]) for name in step0)
+    if family == "snntorch":
+        assert all(ranks[0]["step_buffers"][-1][f"lif{i}.mem"].numel() == 0 for i in (1, 2, 3))  # reset after the step
+    first = next(iter(ranks[0]["taus"][-1]))
+    assert ranks[0]["taus"][-1][first].float().mean().item() != pytest.approx(2.0, abs=1e-5)  # trained
+    for name, value in ranks[0]["parameters"].items():
+        assert torch.equal(value, ranks[1]["parameters"][name]), name

@@ -55,7 +55,15 @@ class NIRThreshold(nn.Module):
         return (x > self.threshold).to(x.dtype)
 
 
+def affine(node):
+    """NIR's Affine, y = W x + b (nirtorch 2.6's default map leaves the bias at its random initial value)."""
+    linear = nn.Linear(*node.weight.shape[::-1])
+    linear.weight.data, linear.bias.data = torch.from_numpy(np.array(node.weight)), torch.from_numpy(np.array(node.bias))
+    return linear
+
+
 NODE_MAP = {
+    nir.Affine: affine,
     nir.LIF: NIRLIF,
     nir.IF: NIRIF,
     nir.Threshold: NIRThreshold,
@@ -181,12 +189,12 @@ def test_what_has_no_nir_form_is_refused_by_name():
             return super().step(state, x, k)
 
     plugin = SpikingNet("mnist", neuron=lambda channels: Adaptive()).eval()
-    with pytest.raises(ValueError, match="conv1: neuron Adaptive has no NIR form"):
+    with pytest.raises(ValueError, match="conv1: neuron Adaptive overrides the step: its own equations have no NIR form"):
         to_nir(plugin)
     with pytest.raises(ValueError, match="eval mode"):
         to_nir(SpikingNet("mnist"))
-    with pytest.raises(ValueError, match="SpikingNet"):
-        to_nir(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="SpikingNet networks and networks whose layers form one nn.Sequential"):
+        to_nir(nn.Linear(2, 2).eval())
     graph = to_nir(SpikingNet("mnist").eval())
     graph.nodes["conv1_lif"] = nir.CubaLIF(tau_syn=np.ones(1), tau_mem=np.full(1, 2.0), r=np.ones(1), v_leak=np.zeros(1),
                                            v_threshold=np.ones(1))

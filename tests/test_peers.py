@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -286,3 +287,157 @@ def test_energy_counts_each_familys_layers(family):
     assert [layer.name for layer in report.layers] == ["conv1", "conv2", "fc1"]
     assert report.layers[0].input == "values" and report.layers[2].input == "spikes"
     assert 0 < report.layers[2].input_rate < 1 and report.layers[2].sops > 0
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, ROOT / "cli.py", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+@pytest.fixture
+def digits(tiny_digits):
+    """Real MNIST where ../shared is beside the checkout, else the test's small image folder; and the options
+    that make 100 training batches of it."""
+    from conftest import SHARED_DATASETS
+
+    if (SHARED_DATASETS / "MNIST" / "raw").is_dir():
+        return ["--data.root", SHARED_DATASETS, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "100"]
+    return ["--data.root", tiny_digits, "--trainer.max_steps", "100",
+            "--trainer.max_epochs", "-1"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_trains_through_cli_and_is_followed_and_tested_from_its_checkpoint(family, digits, tmp_path):
+    """By class path, as written by its users, the paper's MNIST recipe for 100 batches of 16: the loss falls,
+    the validation accuracy is above chance, tau and firing rates of its 3 neuron layers are logged, tau.csv,
+    tau.png and energy.csv are written; then `cli.py test` rebuilds it from the checkpoint."""
+    config = ROOT / "examples" / "plugin" / "configs" / f"{family}.yaml"
+    result = cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--config", config, *digits,
+                 "--data.num_workers", "0", "--trainer.limit_val_batches", "20", "--trainer.log_every_n_steps", "5",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    assert len(losses) == 20 and sum(losses[-5:]) < sum(losses[:5]), losses
+    assert float([r for r in rows if r.get("val/acc")][-1]["val/acc"]) > 0.15  # chance: 0.1
+    layers = list(spiking_layers(SpikingClassifier(net=FAMILIES[family].Net())))
+    assert len(layers) == 3 and {f"tau/{name}" for name in layers} | {f"firing_rate/{name}" for name in layers} <= set(rows[0])
+    taus = [float(r[f"tau/{layers[0]}"]) for r in rows if r.get(f"tau/{layers[0]}")]
+    assert taus[0] == pytest.approx(2.0, abs=1e-6) and taus[-1] != taus[0]  # learnt
+    with open(run / "tau.csv") as f:
+        assert next(csv.reader(f)) == ["step", *layers]
+    assert (run / "tau.png").read_bytes()[:4] == b"\x89PNG" and (run / "energy.csv").is_file()
+
+    tested = cli("test", "--config", ROOT / "configs" / "mnist.yaml", "--config", config, *digits[:2],
+                 "--data.num_workers", "0", "--trainer.limit_test_batches", "10", "--ckpt_path",
+                 run / "checkpoints" / "last.ckpt", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "energy per image" in tested.stdout
+
+    # NIR export: the Sequential SpikingJelly network leaves whole; the others, written as loops over time, are
+    # refused in one line that names the network and its modules
+    exported = subprocess.run([sys.executable, "-m", "plifnet.export", "--ckpt_path", run / "checkpoints" / "last.ckpt",
+                               "--config", ROOT / "configs" / "mnist.yaml", "--config", config, "--out", tmp_path / "net.nir"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if family == "spikingjelly":
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        assert "3 spiking layers" in exported.stderr and (tmp_path / "net.nir").is_file()
+    else:
+        assert exported.returncode == 1 and "Traceback" not in exported.stderr
+        modules = {"snntorch": 6, "norse": 7, "handwritten": 8}[family]  # Norse's: its ParameterList too
+        assert exported.stderr.strip().splitlines()[-1].startswith(
+            f"error: to_nir exports SpikingNet networks and networks whose layers form one nn.Sequential; Net runs "
+            f"{modules} modules")
+
+
+class SequentialLeaky(nn.Module):
+    """snnTorch written as nn.Sequential (its other common style), stepped T times on the image."""
+
+    time_steps = 4
+
+    def __init__(self, reset_mechanism="zero", spike_grad=None):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4),
+            snn.Leaky(beta=0.7, reset_mechanism=reset_mechanism, init_hidden=True, spike_grad=spike_grad),
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 14 * 14, 10),
+            snn.Leaky(beta=torch.linspace(0.3, 0.9, 10), learn_beta=True, reset_mechanism="zero", init_hidden=True,
+                      spike_grad=spike_grad))
+
+    def forward(self, x):
+        return torch.stack([self.layers(x) for _ in range(self.time_steps)])
+
+
+def with_statistics(net):
+    """Random BatchNorm statistics and affine parameters, so that folding them into the convolution matters."""
+    generator = torch.Generator().manual_seed(4)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3, generator=generator)
+            m.running_var.uniform_(0.5, 2.0, generator=generator)
+            m.weight.data.uniform_(0.8, 2.0, generator=generator)
+            m.bias.data.uniform_(-0.2, 0.4, generator=generator)
+    return net.eval()
+
+
+def spike_keeping_dtype(x):
+    """snnTorch's spike function without a surrogate, in the input's dtype (snnTorch's own gives float32)."""
+    return (x > 0).to(x.dtype)
+
+
+@pytest.mark.parametrize("family", ["spikingjelly", "snntorch"])
+def test_a_sequential_peer_network_exports_to_nir_with_its_own_spikes(family, tmp_path):
+    """The graph read back from its file and run by NIR's equations wired by nirtorch (test_export's runner,
+    no plifnet code) fires as the library's own network, in float64 spike for spike."""
+    import nir
+    from test_export import run_nir
+
+    from plifnet.export import to_nir
+
+    net = spikingjelly_net.Net() if family == "spikingjelly" else SequentialLeaky(spike_grad=spike_keeping_dtype)
+    net = with_statistics(driven(net))
+    graph = to_nir(net, dtype=np.float64, input_shape=(1, 28, 28))
+    nir.write(tmp_path / "net.nir", graph)
+    x = images(4).double()
+    with torch.no_grad():
+        contract.reset_state(net)
+        expected = net.double()(x)
+    scores, _ = run_nir(nir.read(tmp_path / "net.nir"), x)
+    assert 0 < expected.mean() < 1 and torch.equal(scores, expected)
+    assert sum(isinstance(node, nir.LIF) for node in graph.nodes.values()) == (3 if family == "spikingjelly" else 2)
+
+
+def test_snntorchs_float32_spikes_are_checked_in_float32():
+    """With snnTorch's own spike function the network runs in float32 only: the export's check runs there."""
+    import nir
+
+    from plifnet.export import to_nir
+
+    net = with_statistics(driven(SequentialLeaky()))
+    graph = to_nir(net, input_shape=(1, 28, 28))
+    assert graph.nodes["conv1_lif"].tau.dtype == np.float32 and isinstance(graph.nodes["fc1_lif"], nir.LIF)
+    torch.testing.assert_close(torch.from_numpy(graph.nodes["fc1_lif"].tau[:3].astype(np.float64)),
+                               1 / (1 - torch.linspace(0.3, 0.9, 10)[:3].double()), rtol=1e-6, atol=0)
+
+
+def test_peer_networks_without_a_nir_form_are_refused_by_name():
+    from plifnet.export import to_nir
+
+    with pytest.raises(ValueError, match=r"Net runs 6 modules \(conv1, lif1, conv2, lif2, fc, lif3\) in a forward of "
+                                         r"its own, whose order NIR export cannot see"):
+        to_nir(snntorch_net.Net().eval(), input_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match=r"layer conv1: Leaky with reset_mechanism='subtract' has no NIR form"):
+        to_nir(SequentialLeaky("subtract").eval(), input_shape=(1, 28, 28))
+    soft = spikingjelly_net.Net()
+    soft.features[2] = sj_neuron.ParametricLIFNode(v_reset=None, step_mode="m")
+    with pytest.raises(ValueError, match=r"ParametricLIFNode with the soft reset \(v_reset=None\) has no NIR form"):
+        to_nir(soft.eval(), input_shape=(1, 28, 28))
+
+    class Doubled(SequentialLeaky):  # a forward that does more than its chain
+        def forward(self, x):
+            return super().forward(2 * x)
+
+    with pytest.raises(ValueError, match="the NIR graph of Doubled's layers does not fire as Doubled does"):
+        to_nir(driven(Doubled()).eval(), input_shape=(1, 28, 28))

@@ -163,7 +163,7 @@ def recipes() -> list[str]:
 
 @pytest.mark.parametrize("command", recipes())
 def test_the_recipes_of_extending_md_run(command, example_plugin, tiny_digits, tmp_path):
-    args = [str(ROOT / arg) if arg.startswith("configs/") else arg for arg in shlex.split(command)[3:]]
+    args = [str(ROOT / arg) if arg.startswith(("configs/", "examples/")) else arg for arg in shlex.split(command)[3:]]
     if "--data" not in args:
         args += ["--data.root", str(tiny_digits)]
     result = fit(*args, cwd=tmp_path, config=None)

@@ -10,13 +10,16 @@
 - tau in steps: ``mem[t] = beta mem[t-1] + input[t]`` is the leak ``1 - 1/tau``, so tau = 1/(1 - beta)
   (beta clamped to [0, 1] as snnTorch does; per neuron when beta is a vector), learned with
   ``learn_beta=True``. Alpha's beta decays a synaptic current, not the membrane: it has no tau here.
+- NIR: ``Leaky(reset_mechanism="zero")`` is plifnet's step with the input not decayed, k = 1 - beta,
+  v_reset = 0 (``mem[t] = beta (1 - S[t-1]) mem[t-1] + x[t]``, spike where ``mem > threshold``); the
+  default "subtract" reset leaves ``beta mem - threshold``, which no NIR neuron computes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from plifnet.contract import Adapter
+from plifnet.contract import Adapter, Dynamics
 
 
 class SnnTorch(Adapter):
@@ -48,3 +51,18 @@ class SnnTorch(Adapter):
 
     def learns_tau(self, module):
         return self.tau(module) is not None and isinstance(module.beta, torch.nn.Parameter)
+
+    def dynamics(self, module):
+        import snntorch
+
+        name = type(module).__name__
+        if type(module) is not snntorch.Leaky:
+            return super().dynamics(module)
+        if module.reset_mechanism != "zero" or not module.reset_delay:
+            raise ValueError(f"{name} with reset_mechanism={module.reset_mechanism!r} has no NIR form: only the reset to "
+                             f"zero (reset_mechanism='zero', reset_delay=True) is a NIR LIF")
+        if module.inhibition or module.state_quant or float(module.graded_spikes_factor) != 1 \
+                or module.threshold.numel() != 1:
+            raise ValueError(f"{name} with inhibition, state quantisation, graded spikes or a threshold per neuron has "
+                             f"no NIR form")
+        return Dynamics(1 - module.beta.detach().clamp(0, 1), False, float(module.threshold), 0.0)

@@ -5,13 +5,15 @@
 - Neurons are the modules of ``activation_based.neuron``; their output is the spikes.
 - tau in steps: ``ParametricLIFNode`` learns ``w`` with ``1/tau = sigmoid(w)``, so tau = 1/sigmoid(w);
   ``LIFNode`` has a fixed ``tau``; ``IFNode`` has none.
+- NIR: these three with a hard reset compute plifnet's step (both fire at ``H >= v_threshold``), with
+  k = sigmoid(w), 1/tau and 0 (IF charges ``H = V + X``); the soft reset (``v_reset=None``) has no NIR form.
 """
 
 from __future__ import annotations
 
 import torch
 
-from plifnet.contract import Adapter
+from plifnet.contract import Adapter, Dynamics
 
 
 class SpikingJelly(Adapter):
@@ -37,3 +39,17 @@ class SpikingJelly(Adapter):
         from spikingjelly.activation_based.neuron import ParametricLIFNode
 
         return isinstance(module, ParametricLIFNode)
+
+    def dynamics(self, module):
+        from spikingjelly.activation_based.neuron import IFNode, LIFNode, ParametricLIFNode
+
+        name = type(module).__name__
+        if type(module) not in (ParametricLIFNode, LIFNode, IFNode):
+            return super().dynamics(module)
+        if module.v_reset is None:
+            raise ValueError(f"{name} with the soft reset (v_reset=None) has no NIR form (NIR's neurons reset to "
+                             f"v_reset); train with v_reset=0.0 to export")
+        if isinstance(module, IFNode):
+            return Dynamics(0.0, False, float(module.v_threshold), float(module.v_reset))
+        k = torch.sigmoid(module.w.detach()) if isinstance(module, ParametricLIFNode) else 1 / module.tau
+        return Dynamics(k, bool(module.decay_input), float(module.v_threshold), float(module.v_reset))
