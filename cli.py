@@ -68,8 +68,31 @@ class PlifnetCLI(LightningCLI):
                 log.init_args.save_dir = str(Path(config.trainer.default_root_dir) / log.init_args.save_dir)
         try:
             config.ckpt_path = self._checked(config.get("ckpt_path"), loggers, config.trainer.get("default_root_dir") or ".")
+            if config.ckpt_path not in (None, "best", "hpc"):
+                self._check_hyperparameters(config, args if args is not None else sys.argv[1:])
         except checkpoints.CheckpointError as error:
             raise SystemExit(f"error: {error}") from None
+
+    @staticmethod
+    def _check_hyperparameters(config, argv) -> None:
+        """Before Lightning merges the checkpoint's model hyperparameters into the configuration: refuse
+        names of code that neither plifnet nor this run's command line and config files give
+        (:func:`plifnet.checkpoints.check_names`), and a ``--model.*`` value on the command line that
+        differs from the checkpoint's, which the merge would silently replace: the checkpoint's
+        hyperparameters rebuild the model it holds, so they win, and saying otherwise is refused."""
+        hyper_parameters = checkpoints.read(config.ckpt_path, mmap=True).get("hyper_parameters") or {}
+        checkpoints.check_names(hyper_parameters, checkpoints.strings(config), source=f"checkpoint {config.ckpt_path}",
+                                how_to_allow="name it in this run's command line or config (e.g. --model.neuron "
+                                             "VALUE) to allow it")
+        given = {arg.split("=")[0][len("--model."):].split(".")[0] for arg in map(str, argv) if arg.startswith("--model.")}
+        for key in sorted(given & set(hyper_parameters)):
+            value = config.model.get(key)
+            value = value.as_dict() if hasattr(value, "as_dict") else value
+            if value != hyper_parameters[key]:
+                raise checkpoints.CheckpointError(
+                    f"--model.{key} {value!r} differs from the checkpoint's {hyper_parameters[key]!r}: with --ckpt_path "
+                    f"the checkpoint's hyperparameters rebuild its model, so --model.{key} would be ignored; leave it "
+                    f"out, or start a new run from the weights without --ckpt_path")
 
     def instantiate_classes(self) -> None:
         """A bad value in the config (``--data.batch_size 0``) is one line naming it, not the

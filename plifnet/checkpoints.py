@@ -14,6 +14,10 @@ Every checkpoint plifnet trains from or tests arrives through here, whichever wa
   two URLs ending in the same file name are two files (torch.hub keys by the file name alone).
 * :func:`newest` finds the newest *readable* checkpoint for ``--ckpt_path last``, naming the
   unreadable ones it passes over, and removes the temporary files of killed writes.
+* :func:`check_names` refuses a checkpoint whose hyperparameters name code (a neuron, a surrogate, a
+  network's or any ``class_path``) that is not built in, not a registered or installed plug-in and not
+  given by the user in this run: a file of plain tensors and strings must not make plifnet import a
+  module or call a function it names (``neuron: tempfile.mkdtemp``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from plifnet.files import remove_orphans, write_atomically
+
+NAMING_KEYS = ("neuron", "surrogate", "class_path", "_class_path")  # hyperparameters whose strings name code
+PLUGIN_GROUPS = ("plifnet.neurons", "plifnet.surrogates", "plifnet.adapters")
 
 
 class CheckpointError(ValueError):
@@ -88,6 +95,60 @@ def read(path, map_location="cpu", mmap: bool = False) -> dict:
                               f"no 'pytorch-lightning_version' and 'state_dict'); pass a .ckpt written by cli.py fit "
                               f"or Trainer.save_checkpoint")
     return checkpoint
+
+
+def named_code(tree, prefix: str = "") -> list[tuple[str, str]]:
+    """``(hyperparameter, value)`` for every string of a hyperparameter tree that names code: under a key of
+    :data:`NAMING_KEYS`, at any depth (``net.init_args.neuron``, ``neuron.class_path``)."""
+    found = []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, str) and key in NAMING_KEYS:
+            found.append((name, value))
+        elif isinstance(value, (dict, list, tuple)):
+            found += named_code(value, f"{name}.")
+    return found
+
+
+def known_names() -> set[str]:
+    """Names a checkpoint may use without the user naming them: the registered neurons and surrogates,
+    the entry points of installed plug-ins (their names and their ``module.Class`` paths; listed, not
+    imported), and every class path inside plifnet (importing plifnet's modules runs nothing)."""
+    from importlib.metadata import entry_points
+
+    from plifnet.neurons import NEURONS
+    from plifnet.surrogates import SURROGATES
+
+    names = set(NEURONS) | set(SURROGATES)
+    for group in PLUGIN_GROUPS:
+        for ep in entry_points(group=group):
+            names |= {ep.name, ep.value.replace(":", ".")}
+    return names
+
+
+def check_names(hyper_parameters: dict, allowed, how_to_allow: str, source="the checkpoint") -> None:
+    """Raise :class:`CheckpointError` for the first string of ``hyper_parameters`` that names code which is
+    neither :func:`known_names`, a ``plifnet.`` class path, nor in ``allowed`` (the strings this run's user
+    gave); before anything imports it. ``how_to_allow`` completes the message."""
+    known = known_names()
+    for key, value in named_code(hyper_parameters):
+        if value in known or value in allowed or value.startswith("plifnet."):
+            continue
+        raise CheckpointError(f"{source} names code this run did not: hyperparameter {key} = {value!r} is neither "
+                              f"built in, a registered plug-in, an installed package's entry point, nor given in "
+                              f"this run, so plifnet does not import it; {how_to_allow}")
+
+
+def strings(tree) -> set[str]:
+    """Every string in a tree of mappings, namespaces and sequences (what a user gave: a parsed config)."""
+    if isinstance(tree, str):
+        return {tree}
+    if hasattr(tree, "items"):
+        return set().union(*(strings(value) for _, value in tree.items())) if tree else set()
+    if isinstance(tree, (list, tuple, set)):
+        return set().union(*(strings(value) for value in tree)) if tree else set()
+    return set()
 
 
 def newest(folders, root=None) -> tuple[Path | None, list[str]]:

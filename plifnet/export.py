@@ -423,7 +423,7 @@ def _neuron_from_nir(node, name: str) -> tuple[nn.Module, np.ndarray | None]:
     return neuron, -np.log(tau_values - 1)
 
 
-def load_model(ckpt_path: str, configs: list[str] | None = None) -> tuple[nn.Module, tuple | None]:
+def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_paths=()) -> tuple[nn.Module, tuple | None]:
     """The trained network of a checkpoint, in eval mode, and its data module's ``input_shape`` (None
     without ``configs``). With ``configs`` (cli.py's ``--config`` files, with the data module) the model
     is built from them first: for networks that take their input shape from the data module."""
@@ -432,7 +432,7 @@ def load_model(ckpt_path: str, configs: list[str] | None = None) -> tuple[nn.Mod
 
     checkpoint = checkpoints.read(ckpt_path, mmap=True)  # a clear error for a file that is no checkpoint
     if not configs:
-        model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+        model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", allow_class_paths=allow_class_paths)
         return model.eval(), None
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
@@ -455,13 +455,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--config", action="append", help="cli.py's config(s), where the checkpoint alone cannot "
                                                           "rebuild the network (repeatable)")
     parser.add_argument("--time_steps", type=int, help="T in the metadata (default: the network's)")
+    parser.add_argument("--allow_class_path", action="append", default=[],
+                        help="a class path the checkpoint names that is not plifnet's or an installed plug-in's, "
+                             "to be imported all the same (repeatable)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     args = parser.parse_args(argv)
     from plifnet.checkpoints import CheckpointError
     from plifnet.files import write_atomically
 
     try:
-        model, input_shape = load_model(args.ckpt_path, args.config)
+        model, input_shape = load_model(args.ckpt_path, args.config, args.allow_class_path)
         graph = to_nir(model, args.time_steps, np.dtype(args.dtype).type, input_shape)
     except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None

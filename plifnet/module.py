@@ -129,11 +129,19 @@ class SpikingClassifier(L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
-                             weights_only: bool = True, **kwargs):
+                             weights_only: bool = True, allow_class_paths=(), **kwargs):
         """Lightning's, with ``weights_only=True`` for every checkpoint (Lightning's default for a URL
-        unpickles code) and URLs downloaded by :func:`plifnet.checkpoints.fetch` (cached by the whole URL)."""
+        unpickles code), URLs downloaded by :func:`plifnet.checkpoints.fetch` (cached by the whole URL),
+        and the checkpoint's names of code checked before anything imports them
+        (:func:`plifnet.checkpoints.check_names`): a class path that is not plifnet's, a registered or an
+        installed plug-in must be given in ``kwargs`` (``neuron="my_pkg.Neuron"``) or ``allow_class_paths``."""
         if checkpoints.is_url(checkpoint_path):
             checkpoint_path = checkpoints.fetch(str(checkpoint_path))
+        hyper_parameters = checkpoints.read(checkpoint_path, mmap=True).get("hyper_parameters") or {}
+        checkpoints.check_names({k: v for k, v in hyper_parameters.items() if k not in kwargs},
+                                checkpoints.strings(kwargs) | set(allow_class_paths), source=f"checkpoint {checkpoint_path}",
+                                how_to_allow="pass allow_class_paths=[VALUE] (python -m plifnet.export: "
+                                             "--allow_class_path VALUE) to allow it")
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

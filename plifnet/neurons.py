@@ -306,7 +306,10 @@ def neuron_factory(
     (a learnable ``tau`` tensor, in time steps, is logged).
     """
     if isinstance(kind, str):
-        kind = NEURONS.get(kind)
+        name, kind = kind, NEURONS.get(kind)
+        if not (isinstance(kind, type) and issubclass(kind, nn.Module)):
+            raise TypeError(f"neuron {name!r} is {kind!r}, not a torch.nn.Module class (a name or class path must "
+                            f"name a neuron class; see docs/EXTENDING.md)")
     if isinstance(kind, type):
         options = dict(tau=tau, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
                        decay_input=decay_input, surrogate=make_surrogate(surrogate, surrogate_alpha),

@@ -370,3 +370,103 @@ def test_the_first_screen_counts_flops_and_shows_no_warnings(uninterrupted):
     console = whole.stdout + whole.stderr
     for noise in ("Warning", "deprecated", "💡 Tip", "warn("):
         assert noise not in console, console[-3000:]
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    """A real checkpoint of cli.py fit (paper MNIST network, T = 2, 2 steps on a small image folder)."""
+    root = tmp_path_factory.mktemp("named_code")
+    digits = make_image_folder(root / "digits", per_class=4, test_per_class=2)
+    result = subprocess.run([sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / "mnist.yaml",
+                             "--data.root", digits, "--data.num_workers", "0", "--data.batch_size", "4",
+                             "--model.time_steps", "2", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                             "--trainer.limit_val_batches", "1"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, digits, root / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+CRAFTED = {  # hyperparameter -> the value a crafted checkpoint gives it: each would call tempfile.mkdtemp
+    "neuron": "tempfile.mkdtemp",
+    "surrogate": "tempfile.mkdtemp",
+    "net": {"class_path": "tempfile.TemporaryDirectory", "init_args": {}},
+}
+
+
+def crafted(checkpoint: Path, folder: Path, key: str, value) -> Path:
+    """The checkpoint with one hyperparameter replaced: still tensors, strings and numbers only."""
+    state = torch.load(checkpoint, weights_only=True)
+    if key == "data":  # what a data module would be rebuilt from
+        state["datamodule_hyper_parameters"] = {"class_path": "tempfile.TemporaryDirectory"}
+    else:
+        state["hyper_parameters"][key] = value
+    path = folder / f"crafted_{key}.ckpt"
+    torch.save(state, path)
+    torch.load(path, weights_only=True)  # weights_only-clean
+    return path
+
+
+@pytest.mark.parametrize("key", [*CRAFTED, "data"])
+def test_a_checkpoint_that_names_code_runs_nothing(key, trained_checkpoint, tmp_path, monkeypatch):
+    """cli.py test and fit --ckpt_path, python -m plifnet.export and load_from_checkpoint: refused in one line
+    naming the hyperparameter and how to allow it, or (the data module's) never read; no directory appears."""
+    root, digits, checkpoint = trained_checkpoint
+    path = crafted(checkpoint, tmp_path, key, CRAFTED.get(key))
+    spy = tmp_path / "tmp"
+    spy.mkdir()
+    env = dict(os.environ, TMPDIR=str(spy), PYTHONWARNINGS="ignore")
+    data = ["--data.root", digits, "--data.num_workers", "0", "--data.batch_size", "4", "--model.time_steps", "2"]
+    runs = {
+        "test": [sys.executable, ROOT / "cli.py", "test", "--config", ROOT / "configs" / "mnist.yaml", *data,
+                 "--trainer.limit_test_batches", "1", "--ckpt_path", path],
+        "fit": [sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / "mnist.yaml", *data,
+                "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+                "--ckpt_path", path],
+        "export": [sys.executable, "-m", "plifnet.export", "--ckpt_path", path, "--out", tmp_path / "net.nir"],
+    }
+    for name, command in runs.items():
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+        lines = result.stderr.strip().splitlines()
+        if key == "data":  # nothing reads a data module's hyperparameters from a checkpoint
+            assert result.returncode == 0, result.stderr[-3000:]
+        else:
+            assert result.returncode == 1, (name, result.stderr[-3000:])
+            assert "Traceback" not in result.stderr, result.stderr[-3000:]
+            fix = "--allow_class_path VALUE" if name == "export" else "--model.neuron VALUE"
+            shown = CRAFTED[key] if isinstance(CRAFTED[key], str) else CRAFTED[key]["class_path"]
+            where = key if isinstance(CRAFTED[key], str) else f"{key}.class_path"
+            assert re.fullmatch(rf"error: checkpoint .*crafted_{key}\.ckpt names code this run did not: hyperparameter "
+                                rf"{re.escape(where)} = '{re.escape(shown)}' is neither built in, a registered plug-in, an "
+                                rf"installed package's entry point, nor given in this run, so plifnet does not import "
+                                rf"it; .*{re.escape(fix)}.* to allow it", lines[-1]), (name, lines[-1])
+        assert not list(spy.iterdir()), f"{name}: something ran tempfile.mkdtemp"
+    monkeypatch.setenv("TMPDIR", str(spy))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
+    if key == "data":
+        SpikingClassifier.load_from_checkpoint(path)
+    else:
+        with pytest.raises(ValueError, match=rf"hyperparameter {key}.* so plifnet does not import it; pass allow_class_paths"):
+            SpikingClassifier.load_from_checkpoint(path)
+    assert not list(spy.iterdir())
+
+
+def test_a_named_class_must_be_of_the_right_kind_even_when_allowed(trained_checkpoint, tmp_path):
+    _, _, checkpoint = trained_checkpoint
+    path = crafted(checkpoint, tmp_path, "neuron", "tempfile.mkdtemp")
+    with pytest.raises(TypeError, match=r"neuron 'tempfile.mkdtemp' is <function mkdtemp .*>, not a torch.nn.Module class"):
+        SpikingClassifier.load_from_checkpoint(path, allow_class_paths=["tempfile.mkdtemp"])
+
+
+def test_model_options_given_with_ckpt_path_are_refused_where_the_checkpoint_decides(trained_checkpoint, tmp_path):
+    root, digits, checkpoint = trained_checkpoint
+    common = [sys.executable, ROOT / "cli.py", "test", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", digits,
+              "--data.num_workers", "0", "--trainer.limit_test_batches", "1", "--ckpt_path", checkpoint]
+    refused = subprocess.run([*common, "--model.lr", "0.5"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: --model.lr 0.5 differs from the checkpoint's 0.001: with --ckpt_path the checkpoint's hyperparameters "
+        "rebuild its model, so --model.lr would be ignored; leave it out, or start a new run from the weights without "
+        "--ckpt_path")
+    same = subprocess.run([*common, "--model.time_steps", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert same.returncode == 0, same.stderr[-3000:]  # the checkpoint's own value: nothing is dropped

@@ -441,3 +441,65 @@ def test_peer_networks_without_a_nir_form_are_refused_by_name():
 
     with pytest.raises(ValueError, match="the NIR graph of Doubled's layers does not fire as Doubled does"):
         to_nir(driven(Doubled()).eval(), input_shape=(1, 28, 28))
+
+
+def test_a_peer_networks_tau_and_firing_rates_reach_wandb(tiny_digits, tmp_path, monkeypatch):
+    """snnTorch's learnt beta, as tau = 1/(1 - beta), and its layers' firing rates in an offline wandb run."""
+    from lightning.pytorch.loggers import WandbLogger
+    from test_callbacks import read_wandb_history
+
+    from plifnet.callbacks import FiringRateMonitor, TauMonitor
+    from plifnet.data import StaticDataModule
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    model = SpikingClassifier(net=snntorch_net.Net(), lr=0.05)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=2, log_every_n_steps=2,
+                        logger=WandbLogger(save_dir=str(tmp_path), offline=True, project="plifnet-test"),
+                        callbacks=[TauMonitor(), FiringRateMonitor()], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0))
+    import wandb
+
+    wandb.finish()  # the run must be closed to be read
+    rows = read_wandb_history(tmp_path / "wandb")
+    last = [row for row in rows if "tau/lif1" in row][-1]
+    for name in ("lif1", "lif2", "lif3"):
+        beta = getattr(model.net, name).beta.item()
+        assert last[f"tau/{name}"] == pytest.approx(1 / (1 - beta), rel=1e-6) and last[f"tau/{name}"] != pytest.approx(2.0)
+        assert any(f"firing_rate/{name}" in row for row in rows)
+
+
+def test_a_registered_adapter_is_asked_before_the_protocol():
+    """A library of one's own: its neuron has a reset() and v_threshold, but its tau is stored as a decay."""
+
+    class Decaying(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.v_threshold, self.decay = 1.0, nn.Parameter(torch.tensor(0.75))
+
+        def reset(self):
+            pass
+
+        def forward(self, x):
+            return x
+
+    class DecayingAdapter(contract.Adapter):
+        def claims(self, module):
+            return isinstance(module, Decaying)
+
+        def tau(self, module):
+            return 1 / (1 - module.decay.detach())
+
+        def learns_tau(self, module):
+            return True
+
+    neuron = Decaying()
+    assert contract.tau(neuron) is None  # the protocol: no tau attribute
+    try:
+        contract.register_adapter("decaying", DecayingAdapter)
+        assert float(contract.tau(neuron)) == pytest.approx(4.0) and contract.learns_tau(neuron)
+    finally:
+        contract.ADAPTERS.entries.pop("decaying")
+        contract._adapters, contract._by_class = None, {}  # as before the registration
+    assert contract.tau(neuron) is None
