@@ -27,7 +27,7 @@ The report (after a sequential run, or ``--report-only``) writes to OUT:
 
 - ``results.md`` and ``results.csv``: per setting, protocol A (best test accuracy over epochs),
   protocol B (test accuracy at the best validation epoch), the final tau of every layer, epochs and
-  wall time of the fit, and whether a task is unfinished (running or stopped), failed or not started;
+  wall time of the fit, and whether a task is running (in another process), stopped, failed or not started;
 - ``test_acc.png``: test accuracy against epoch, all settings on one plot;
 - ``tau.png``: tau against step, one panel per layer, one curve per setting.
 """
@@ -35,7 +35,9 @@ The report (after a sequential run, or ``--report-only``) writes to OUT:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import itertools
 import json
 import os
@@ -50,7 +52,7 @@ from pathlib import Path
 import yaml
 
 from plifnet import plots
-from plifnet.files import write_atomically
+from plifnet.files import WriteFailed, write_atomically, write_failure
 
 CLI = Path(__file__).resolve().parent / "cli.py"
 GRID = ("plif:2", "plif:16", "lif:2", "lif:16")
@@ -112,11 +114,31 @@ def parse_settings(pairs: list[list[str]], seeds: list[int]) -> list[Setting]:
     return [Setting(checked_name(name), tuple(shlex.split(overrides)), seed) for name, overrides in pairs for seed in seeds]
 
 
+class NamedTwice(ValueError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one, so a
+    setting written twice would silently be one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise NamedTwice(f"{key!r} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_settings_file(path: Path, seeds: list[int]) -> list[Setting]:
     """A YAML file of ``settings`` (name: overrides), ``axes`` (a product: ``model.tau: [2, 16]``, every
     combination one setting named after its values, ``plif_tau2``) and ``seeds`` (replacing ``--seeds``)."""
     try:
-        spec = yaml.safe_load(Path(path).read_text()) or {}
+        spec = yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader) or {}
+    except NamedTwice as error:
+        raise SystemExit(f"error: {path}: {error}; every setting and option needs its own name") from None
     except (OSError, yaml.YAMLError) as error:
         raise SystemExit(f"error: cannot read the settings file {path}: {error}") from None
     if not isinstance(spec, dict) or not set(spec) <= {"settings", "axes", "seeds"} \
@@ -128,7 +150,8 @@ def read_settings_file(path: Path, seeds: list[int]) -> list[Setting]:
     pairs = [[name, " ".join(overrides) if isinstance(overrides, list) else str(overrides)] for name, overrides in named.items()]
     settings = parse_settings(pairs, seeds)
     axes = spec.get("axes") or {}
-    for values in itertools.product(*(axes[key] if isinstance(axes[key], list) else [axes[key]] for key in axes)):
+    combinations = itertools.product(*(axes[key] if isinstance(axes[key], list) else [axes[key]] for key in axes))
+    for values in combinations if axes else ():  # the product of no axes is one empty setting, not none
         parts = [str(value) if key.split(".")[-1] == "neuron" else f"{key.split('.')[-1]}{value}"
                  for key, value in zip(axes, values)]
         overrides = tuple(arg for key, value in zip(axes, values) for arg in (f"--{key}", str(value)))
@@ -160,34 +183,80 @@ def newest(folder: Path, pattern: str) -> Path | None:
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
-def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, study: str) -> None:
-    """Run one task to the end, resuming it if an earlier run was interrupted."""
+@contextlib.contextmanager
+def claim(folder: Path):
+    """Yield whether this process holds the task's claim: an exclusive lock on ``folder/.claim``, kept while
+    the task runs and released by the kernel when this process ends, however it ends. A second runner on the
+    same ``--out`` (another shell, a requeued array task) skips a claimed task instead of training it too."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".claim", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+
+
+def claimed_elsewhere(folder: Path) -> bool:
+    if not (folder / ".claim").exists():
+        return False
+    with claim(folder) as mine:
+        return not mine
+
+
+def last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
+    return lines[-1].strip() if lines else "(empty log)"
+
+
+def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, study: str) -> str:
+    """Run one task to the end, resuming it if an earlier run was interrupted. Returns ``done``, ``skipped``
+    (finished earlier, or running in another process) or ``failed`` (recorded in its ``failed.json``)."""
     folder = out / setting.folder
     if (folder / "done.json").exists():
         print(f"{setting.folder}: finished earlier, not run again", flush=True)
-        return
+        return "skipped"
     command = fit_command(setting, configs, passed_on, folder)
     recorded = folder / "command.json"
-    if recorded.exists() and json.loads(recorded.read_text()) != command[1:]:
+    checkpointed = any(not path.name.startswith(".") for path in folder.rglob("*.ckpt"))  # hidden: a killed write's
+    if checkpointed and recorded.exists() and json.loads(recorded.read_text()) != command[1:]:
         raise SystemExit(
             f"error: {folder} holds an unfinished run of a different command (see {recorded}); "
             f"rerun with the same options, or use another --out folder"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomically(recorded, lambda path: path.write_text(json.dumps(command[1:], indent=1)))
-    resume = any(not path.name.startswith(".") for path in folder.rglob("*.ckpt"))  # hidden: a killed write's
-    if resume:  # cli.py takes the newest readable checkpoint under the setting's folder, naming broken ones
-        command += ["--ckpt_path", "last"]
-    print(f"{setting.folder}: {'resuming' if resume else 'starting'} (log: {folder / 'fit.log'})", flush=True)
-    (folder / "failed.json").unlink(missing_ok=True)
-    with open(folder / "fit.log", "a") as log:
-        code = call_forwarding_signals(command, log, dict(os.environ, **wandb_environment(setting, study)))
-    if code != 0:
-        write_atomically(folder / "failed.json", lambda path: path.write_text(json.dumps({"exit_code": code})))
-        tail = (folder / "fit.log").read_text(errors="replace").splitlines()[-15:]
-        raise SystemExit("\n".join(tail) + f"\nerror: {setting.folder} failed (exit code {code}); "
-                         f"its log is {folder / 'fit.log'}. Run the same command again to resume it.")
-    write_atomically(folder / "done.json", lambda path: path.write_text(json.dumps({"exit_code": code})))
+    with claim(folder) as mine:
+        if not mine:
+            print(f"{setting.folder}: running in another process, not run here", flush=True)
+            return "skipped"
+        if (folder / "done.json").exists():  # finished by the other process between the two checks
+            return "skipped"
+        write_atomically(recorded, lambda path: path.write_text(json.dumps(command[1:], indent=1)))
+        if checkpointed:  # cli.py takes the newest readable checkpoint under the setting's folder, naming broken ones
+            command += ["--ckpt_path", "last"]
+        print(f"{setting.folder}: {'resuming' if checkpointed else 'starting'} (log: {folder / 'fit.log'})", flush=True)
+        (folder / "failed.json").unlink(missing_ok=True)
+        with open(folder / "fit.log", "a") as log:
+            code = call_forwarding_signals(command, log, dict(os.environ, **wandb_environment(setting, study)))
+        if code != 0:
+            failure = {"exit_code": code, "last_line": last_line(folder / "fit.log")}
+            write_atomically(folder / "failed.json", lambda path: path.write_text(json.dumps(failure)))
+            print(f"{setting.folder}: failed (exit code {code}): {failure['last_line']}", flush=True)
+            return "failed"
+        write_atomically(folder / "done.json", lambda path: path.write_text(json.dumps({"exit_code": code})))
+        return "done"
+
+
+def failures_message(out: Path, failed: list[Setting]) -> str:
+    """One line per failed task (its log's last line and the log), then what to do."""
+    lines = []
+    for setting in failed:
+        folder = out / setting.folder
+        record = json.loads((folder / "failed.json").read_text())
+        lines.append(f"error: {setting.folder} failed (exit code {record['exit_code']}): {record['last_line']} "
+                     f"(log: {folder / 'fit.log'})")
+    return "\n".join(lines) + ("\nfix what the log says and run the same command again: finished settings are not run "
+                               "again, the others run again (from their newest checkpoint where they have one)")
 
 
 def call_forwarding_signals(command: list[str], log, env: dict[str, str]) -> int:
@@ -215,7 +284,9 @@ def collect(folder: Path) -> dict:
     tau_rows = read_csv(tau_csv) if tau_csv else []
     test = [row["test/acc"] for row in history if "test/acc" in row]
     last = history[-1] if history else {}
+    failed = json.loads((folder / "failed.json").read_text()) if (folder / "failed.json").exists() else None
     return {
+        "failure": failed and f"exit code {failed['exit_code']}: {failed.get('last_line', '')}",
         "epochs": len(history),
         "test_acc": test,
         "protocol_a": max(test) if test else None,
@@ -224,7 +295,7 @@ def collect(folder: Path) -> dict:
         "tau_steps": [int(row["step"]) for row in tau_rows],
         "tau": {name: [row[name] for row in tau_rows] for name in (tau_rows[0] if tau_rows else {}) if name != "step"},
         "status": ("finished" if (folder / "done.json").exists() else "failed" if (folder / "failed.json").exists()
-                   else "unfinished" if folder.is_dir() else "not started"),
+                   else "running" if claimed_elsewhere(folder) else "stopped" if folder.is_dir() else "not started"),
     }
 
 
@@ -251,11 +322,13 @@ def report(out: Path, settings: list[Setting]) -> str:
             for setting, result in results.items()]
     table = "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows])
 
+    failures = "".join(f"- {setting.folder} failed: {result['failure']}\n" for setting, result in results.items()
+                       if result["failure"])
     write_atomically(out / "results.md", lambda path: path.write_text(
         f"# Ablation results\n\nProtocol A: best test accuracy over the epochs run. Protocol B: test accuracy "
         f"at the epoch of the best validation accuracy. tau of PLIF layers at the last step. Wall time: of the "
         f"fit (training and evaluation), summed over resumed runs.\n\n{table}\n\n"
-        f"![test accuracy](test_acc.png)\n\n![tau](tau.png)\n"))
+        + (f"{failures}\n" if failures else "") + "![test accuracy](test_acc.png)\n\n![tau](tau.png)\n"))
 
     def write_csv(path):
         with open(path, "w", newline="") as f:
@@ -295,7 +368,13 @@ def sbatch_script(argv: list[str], tasks: int, out: Path, study: str, sbatch: li
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run_study(sys.argv[1:] if argv is None else argv)
+    except WriteFailed as error:  # a full disk or a read-only folder under --out: the results so far stay
+        raise SystemExit(write_failure(error, elsewhere="--out DIR")) from None
+
+
+def run_study(argv: list[str]) -> None:
     ours, passed_on = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append", default=[], help="a cli.py config; repeat to add e.g. configs/trainer/ddp.yaml")
@@ -320,6 +399,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: settings named twice: {sorted(duplicates)}; every setting needs its own name")
     study = args.study or args.out.resolve().name
     if args.report_only:
+        if not args.out.is_dir():
+            raise SystemExit(f"error: --out {args.out} does not exist: run the study first (the same command without "
+                             f"--report-only), or name the folder it wrote")
         print(report(args.out, settings))
         print(f"results: {args.out / 'results.md'}")
         return
@@ -346,14 +428,22 @@ def main(argv: list[str] | None = None) -> None:
     if only is not None:
         if not 0 <= int(only) < len(settings):
             raise SystemExit(f"error: task {only} does not exist: the study has tasks 0..{len(settings) - 1}")
-        run(settings[int(only)], args.config, passed_on, args.out, study)
-        print(f"task {only} ({settings[int(only)].folder}) done; when all are: ablation.py --out {args.out} --report-only "
+        setting = settings[int(only)]
+        if run(setting, args.config, passed_on, args.out, study) == "failed":
+            raise SystemExit(failures_message(args.out, [setting]))
+        print(f"task {only} ({setting.folder}) done; when all are: ablation.py --out {args.out} --report-only "
               f"(with the same settings options)")
         return
-    for setting in settings:
-        run(setting, args.config, passed_on, args.out, study)
+    outcomes = {setting: run(setting, args.config, passed_on, args.out, study) for setting in settings}
     print(report(args.out, settings))
     print(f"results: {args.out / 'results.md'}")
+    running = [s.folder for s in settings if claimed_elsewhere(args.out / s.folder)]
+    if running:
+        print(f"still running in another process: {', '.join(running)}; when they end: ablation.py --out {args.out} "
+              f"--report-only (with the same settings options)")
+    failed = [setting for setting, outcome in outcomes.items() if outcome == "failed"]
+    if failed:
+        raise SystemExit(failures_message(args.out, failed))
 
 
 if __name__ == "__main__":

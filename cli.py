@@ -5,11 +5,15 @@ config can be overridden on the command line (``--model.neuron lif --model.tau 1
 ``--print_config`` shows the complete resolved configuration.
 """
 
+import errno
 import logging
+import re
 import shlex
 import shutil
 import sys
+import traceback
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 
 import yaml
@@ -21,7 +25,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
-from plifnet import checkpoints
+import plifnet
+from plifnet import checkpoints, files
 from plifnet.callbacks import Interrupted
 from plifnet.contract import StateLeak
 from plifnet.kernels import keep_freed_memory_unless_opted_out
@@ -169,7 +174,31 @@ def resume_command(argv: list[str], path: Path) -> str:
         skip = arg == "--ckpt_path"
         if not skip:
             kept.append(arg)
-    return shlex.join(["python", sys.argv[0], *kept, "--ckpt_path", str(path)])
+    return shlex.join([sys.executable, sys.argv[0], *kept, "--ckpt_path", str(path)])  # the interpreter that ran
+
+
+def raised_by_plifnet(error: BaseException) -> bool:
+    """Whether plifnet's own code raised ``error``: its messages are written for the user (the input and
+    the fix), so the traceback would only bury them; an error from deeper down keeps its traceback."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(Path(plifnet.__file__).resolve().parent)
+
+
+def argument_error(error: ArgumentError, subcommand: str) -> str:
+    """jsonargparse's refusal of an option (after a usage screen, every type of a Union it tried, nested)
+    as one line: the option, the innermost reason, and where the accepted options are listed."""
+    message = str(error).strip()
+    key = re.search(r'Parser key "([^"]+)"', message)
+    problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", message)
+    if problem and re.search(r"No module named|has no attribute|[Ii]mport", problem[2]):
+        reason = f"cannot import {problem[1]} ({problem[2].strip()}); give the class path of an importable class"
+    elif problem:
+        reason = f"{problem[1]}: {problem[2].strip()}"
+    else:
+        details = [line.strip(" -") for line in message.splitlines()[1:] if line.strip(" -")]
+        reason = details[0] if key and details else message.splitlines()[0]
+    where = f"--{key[1]}: " if key else ""
+    return f"error: {where}{reason.rstrip('.')}. Accepted options: python cli.py {subcommand or 'fit'} --help"
 
 
 def main(args=None) -> LightningCLI:
@@ -182,9 +211,19 @@ def main(args=None) -> LightningCLI:
             subclass_mode_data=True,
             save_config_callback=SaveConfig,
             args=args,
+            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in LightningCLI.subcommands()}},
         )
-    except StateLeak as error:
+    except ArgumentError as error:
+        argv = [str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:]
+        raise SystemExit(argument_error(error, next((a for a in argv if a in LightningCLI.subcommands()), ""))) from None
+    except (StateLeak, FloatingPointError) as error:  # a network that remembers; a run that diverged
         raise SystemExit(f"error: {error}") from None
+    except (ValueError, TypeError, OSError) as error:
+        if isinstance(error, files.WriteFailed) or getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise SystemExit(files.write_failure(error)) from None  # a full disk, a read-only folder
+        if raised_by_plifnet(error):  # plifnet's own refusal of an input names it and the fix
+            raise SystemExit(f"error: {error}") from None
+        raise
     except Interrupted as stop:
         argv = [str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:]
         print(f"{stop}; resume with: {resume_command(argv, stop.path)}", file=sys.stderr)

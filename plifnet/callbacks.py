@@ -179,8 +179,11 @@ class StopOnNonFinite(Callback):
 
     @staticmethod
     def _stop(trainer, what: str):
-        saved = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks]
-        kept = next((path for path in saved if path), None)
+        # ModelCheckpoint names a file before it is written, so the refused one may be among its paths:
+        # the newest of them that is on disk is the last good one
+        named = {path for c in trainer.checkpoint_callbacks for path in (c.last_model_path, c.best_model_path, *c.best_k_models)}
+        saved = [Path(path) for path in named if path and Path(path).is_file()]
+        kept = max(saved, key=lambda path: path.stat().st_mtime, default=None)
         raise FloatingPointError(
             f"{what} at step {trainer.global_step} (epoch {trainer.current_epoch}): the run has diverged and "
             f"is stopped before this reaches the weights or a checkpoint. Last good checkpoint: {kept or 'none written yet'}. "

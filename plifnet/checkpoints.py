@@ -34,7 +34,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from plifnet.files import remove_orphans, write_atomically
+from plifnet.files import WriteFailed, remove_orphans, write_atomically
 
 NAMING_KEYS = ("neuron", "surrogate", "class_path", "_class_path")  # hyperparameters whose strings name code
 PLUGIN_GROUPS = ("plifnet.neurons", "plifnet.surrogates", "plifnet.adapters")
@@ -154,12 +154,14 @@ def strings(tree) -> set[str]:
 def newest(folders, root=None) -> tuple[Path | None, list[str]]:
     """The newest readable checkpoint in ``<folder>/*/checkpoints/`` of the given run folders, or among
     the ``hpc_ckpt_<n>.ckpt`` that Lightning's SLURM requeue saves in ``root`` (by modification time),
-    and a line for each newer file that could not be read and was passed over."""
+    and a line for each newer file that could not be read and was passed over. The temporary files that
+    killed writes left in those run folders and their checkpoint folders are removed on the way."""
+    for run in (run for folder in folders for run in Path(folder).glob("*/")):
+        for folder in (run, run / "checkpoints"):  # checkpoints, and tau.csv, plots and the like beside them
+            remove_orphans(folder)
     found = [path for folder in folders for path in Path(folder).glob("*/checkpoints/*.ckpt")
              if not path.name.startswith(".")]  # hidden: a temporary file of a write in progress or killed
     found += list(Path(root).glob("hpc_ckpt_*.ckpt")) if root is not None else []
-    for folder in {path.parent for path in found}:
-        remove_orphans(folder)
     skipped = []
     for path in sorted(found, key=lambda path: path.stat().st_mtime, reverse=True):
         try:
@@ -182,9 +184,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(path, functools.partial(_save, checkpoint), durable=True)
         except OSError as error:
-            raise OSError(error.errno, f"could not save checkpoint {path}: {error.strerror or error}. The previous "
-                          f"file there (if any) is unchanged. Fix: free disk space or make {path.parent} writable, "
-                          f"or write the run elsewhere with --trainer.default_root_dir DIR") from error
+            raise WriteFailed(error.errno, f"could not save checkpoint {path}: {error.strerror or error}. The previous "
+                              f"file there (if any) is unchanged. Fix: free disk space or make {path.parent} writable, "
+                              f"or write the run elsewhere with --trainer.default_root_dir DIR") from error
         remove_orphans(path.parent)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
@@ -194,4 +196,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def _save(checkpoint: dict, path: Path) -> None:
     with open(path, "wb") as f:  # opened here, a failure is an OSError (torch's own open raises RuntimeError)
-        torch.save(checkpoint, f)
+        torch.save(checkpoint, f)  # a full disk: a RuntimeError, which write_atomically turns back into its OSError

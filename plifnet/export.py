@@ -427,19 +427,36 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
     """The trained network of a checkpoint, in eval mode, and its data module's ``input_shape`` (None
     without ``configs``). With ``configs`` (cli.py's ``--config`` files, with the data module) the model
     is built from them first: for networks that take their input shape from the data module."""
-    from plifnet import checkpoints
-    from plifnet.module import SpikingClassifier
+    from argparse import ArgumentError
 
-    checkpoint = checkpoints.read(ckpt_path, mmap=True)  # a clear error for a file that is no checkpoint
-    if not configs:
-        model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", allow_class_paths=allow_class_paths)
-        return model.eval(), None
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
 
+    from plifnet import checkpoints
+    from plifnet.module import NoInputShape, SpikingClassifier
+
+    ckpt_path = str(checkpoints.fetch(ckpt_path)) if checkpoints.is_url(ckpt_path) else ckpt_path
+    checkpoint = checkpoints.read(ckpt_path, mmap=True)  # a clear error for a file that is no checkpoint
+    if not configs:
+        try:
+            model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", allow_class_paths=allow_class_paths)
+        except NoInputShape:
+            raise ValueError("the checkpoint's network takes its input shape from the data module, which a checkpoint "
+                             "does not hold: pass the run's config too, --config <run folder>/config.yaml (or the "
+                             "configs it was trained with)") from None
+        return model.eval(), None
+
+    class ConfigReader(LightningCLI):
+        def add_arguments_to_parser(self, parser):  # a run's config.yaml holds the options of `fit` itself too
+            parser.add_argument("--ckpt_path", default=None)
+            parser.add_argument("--weights_only", default=None)
+
     args = [arg for config in configs for arg in ("--config", config)]
-    cli = LightningCLI(SpikingClassifier, LightningDataModule, subclass_mode_data=True, run=False, args=args,
-                       save_config_callback=None)
+    try:
+        cli = ConfigReader(SpikingClassifier, LightningDataModule, subclass_mode_data=True, run=False, args=args,
+                           save_config_callback=None, parser_kwargs={"exit_on_error": False})
+    except ArgumentError as error:
+        raise ValueError(f"--config {' '.join(map(str, configs))}: {str(error).strip().splitlines()[0]}") from None
     model, data = cli.model, cli.datamodule
     if not getattr(model.net, "built", True):
         channels, height, _ = data.input_shape
@@ -461,15 +478,18 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     args = parser.parse_args(argv)
     from plifnet.checkpoints import CheckpointError
-    from plifnet.files import write_atomically
+    from plifnet.files import WriteFailed, write_atomically, write_failure
 
     try:
         model, input_shape = load_model(args.ckpt_path, args.config, args.allow_class_path)
         graph = to_nir(model, args.time_steps, np.dtype(args.dtype).type, input_shape)
     except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(args.out, lambda path: nir.write(path, graph))
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.out, lambda path: nir.write(path, graph))
+    except WriteFailed as error:
+        raise SystemExit(write_failure(error, elsewhere="--out PATH")) from None
     neurons = sum(isinstance(node, (nir.LIF, nir.IF)) for node in graph.nodes.values())
     print(f"wrote {args.out}: {len(graph.nodes)} NIR nodes ({neurons} spiking layers), "
           f"T = {graph.metadata['time_steps']}, {graph.metadata['input']} input", file=sys.stderr)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
+
+
+class WriteFailed(OSError):
+    """A file of the run (checkpoint, log, plot, cache, results) could not be written."""
 
 
 def temporary_name(path: Path) -> Path:
@@ -19,7 +24,9 @@ def write_atomically(path: Path, write: Callable[[Path], None], durable: bool = 
     The rename is one step within a filesystem, so ``path`` holds either the old or the new file,
     whatever kills the process. ``durable`` also flushes the file and the folder to disk (fsync)
     before and after the rename, so that a power loss cannot leave the new name with no data.
-    A failure of the write leaves ``path`` as it was and is raised as it is.
+    A failure of the write leaves ``path`` as it was; an ``OSError`` of it (a full disk, a read-only
+    folder) is raised as :class:`WriteFailed` with the same errno, naming ``path`` (the temporary name
+    would mean nothing to a user), also where torch.save turned it into a ``RuntimeError``.
     """
     path = Path(path)
     tmp = temporary_name(path)
@@ -30,6 +37,11 @@ def write_atomically(path: Path, write: Callable[[Path], None], durable: bool = 
         os.replace(tmp, path)
         if durable:
             _fsync(path.parent)
+    except (OSError, RuntimeError) as error:
+        cause = error if isinstance(error, OSError) else error.__context__
+        if not isinstance(cause, OSError) or cause.errno is None:
+            raise
+        raise WriteFailed(cause.errno, cause.strerror, str(path)) from error
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -60,3 +72,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def write_failure(error: OSError, elsewhere: str = "--trainer.default_root_dir DIR") -> str:
+    """The line a user gets for a file that could not be written: which file, why, that the files
+    written before are intact, and the fix (``elsewhere``: the option that moves the output)."""
+    if error.errno is None and error.filename is None:  # re-raised by a data loader from a worker, as text
+        found = re.search(r"\[Errno (\d+)\] (.+?)(?:: '(.+)')?$", str(error).strip().splitlines()[-1])
+        error = OSError(int(found[1]), found[2], *[found[3]] * bool(found[3])) if found else error
+    what = f"could not write {error.filename}: {error.strerror}" if error.filename else error.strerror or str(error)
+    if "Fix:" in what:  # a message of its own (a checkpoint's names the file and the fix)
+        return f"error: {what}"
+    return (f"error: {what}. The files written before are intact; free disk space or make the folder writable, "
+            f"or write elsewhere with {elsewhere}")

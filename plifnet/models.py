@@ -127,6 +127,13 @@ def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def nonempty_layers(tokens: list[str]) -> list[str]:
+    if not tokens:
+        raise ValueError("layers is empty: give the network as tokens, e.g. layers='c128 p c128 p d f2048 d f100' "
+                         "(c<n> convolution, p max-pooling, d dropout, f<n> linear; 10 output neurons per class)")
+    return tokens
+
+
 class SpikingNet(nn.Module):
     """A network of layer tokens: one of the paper's, ``SpikingNet("cifar10", neuron=neuron_factory("lif", tau=16))``,
     or your own, ``SpikingNet(layers="c64 p c64 p d f100", in_channels=2, size=34, classes=10)``.
@@ -171,9 +178,10 @@ class SpikingNet(nn.Module):
             raise ValueError(f"unknown network {arch!r}; choose one of {sorted(ARCHS)}, or give layers")
         if variant not in ("code", "paper"):
             raise ValueError(f"variant must be 'code' or 'paper', got {variant!r}")
-        if arch is None:  # classes: from the output layer (10 neurons per class) unless given
-            last = layers.split()[-1] if layers.split() else ""
-            classes = classes or (int(last[1:]) // VOTES_PER_CLASS if last[:1] == "f" and last[1:].isdigit() else None)
+        if arch is None and classes is None:  # from the output layer: 10 neurons per class
+            last = nonempty_layers(layers.split())[-1]
+            classes = int(last[1:]) // VOTES_PER_CLASS if last[:1] == "f" and last[1:].isdigit() else None
+        if arch is None:
             spec = Arch(in_channels or 0, size or 0, classes or 0, 8, static, layers)
         else:
             spec = ARCHS[arch]
@@ -196,6 +204,7 @@ class SpikingNet(nn.Module):
         ``layers`` without ``in_channels`` and ``size`` is built this way by
         :class:`plifnet.module.SpikingClassifier` from its data module's ``input_shape``."""
         neuron, tokens, dropout, backend = self._build_options
+        nonempty_layers(tokens)
         self.arch = dataclasses.replace(self.arch, in_channels=in_channels, size=size)
         channels, features = in_channels, None
         layers: list[nn.Module] = []

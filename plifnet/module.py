@@ -29,6 +29,10 @@ from plifnet.neurons import neuron_factory
 from plifnet.surrogates import Surrogate
 
 
+class NoInputShape(ValueError):
+    """A network that takes its input shape from the data module, built without one."""
+
+
 class SpikingClassifier(L.LightningModule):
     """A spiking classifier: one of the paper's networks (:data:`plifnet.models.ARCHS`), or any network.
 
@@ -119,9 +123,9 @@ class SpikingClassifier(L.LightningModule):
             return
         shape = getattr(datamodule, "input_shape", None)
         if shape is None:
-            raise ValueError(f"{type(self.net).__name__}(layers=...) has no in_channels and size, and there is no data "
-                             f"module with an input_shape to take them from; give them (--model.net.in_channels C "
-                             f"--model.net.size H)")
+            raise NoInputShape(f"{type(self.net).__name__}(layers=...) has no in_channels and size, and there is no data "
+                               f"module with an input_shape to take them from; give them (--model.net.in_channels C "
+                               f"--model.net.size H)")
         channels, height, width = shape
         if height != width:
             raise ValueError(f"{type(self.net).__name__} takes square inputs; the data module gives {shape}")

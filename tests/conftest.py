@@ -1,4 +1,8 @@
+import os
+import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,50 @@ def shared_datasets() -> Path:
     if not (SHARED_DATASETS / "MNIST" / "raw").is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture
+def run_cli(capfd, monkeypatch):
+    """``run_cli(*args, cwd=..., env=..., main=...)``: ``python cli.py ARGS`` (or another entry point's
+    ``main(argv)``, such as ``plifnet.export.main``) run in ``cwd`` in this process, returning
+    what the subprocess would (``returncode``, ``stdout``, ``stderr``, read from file descriptors 1 and 2, so
+    Lightning's, wandb's and the interpreter's own output is there too). A spawn costs about 8 s of imports
+    on this machine; tests spawn one only where a separate process is the point (signals, kills, DDP)."""
+    import cli
+
+    def run(*args, cwd, env=None, main=None):
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", [str(ROOT / "cli.py")])  # not pytest's: LightningCLI reads them too
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        environ = dict(os.environ)  # LightningCLI's seed_everything sets PL_GLOBAL_SEED: keep it to this run
+        capfd.readouterr()
+        code = 0
+        try:
+            with warnings.catch_warnings():  # printed to stderr, as in a process of its own, not kept by pytest
+                warnings.simplefilter("default")  # and Python's default filters:
+                for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                    warnings.filterwarnings("ignore", category=category)
+                warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+                    warnings.formatwarning(message, category, filename, lineno, line))
+                (main or cli.main)([str(arg) for arg in args])
+        except SystemExit as stop:  # what the interpreter does with it
+            code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+            if stop.code is not None and not isinstance(stop.code, int):
+                print(stop.code, file=sys.stderr)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        finally:
+            wandb = sys.modules.get("wandb")
+            if wandb is not None and wandb.run is not None:
+                wandb.finish()  # a process's exit does this
+            os.environ.clear()
+            os.environ.update(environ)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["cli.py", *map(str, args)], code, out, err)
+
+    return run
 
 
 @pytest.fixture(autouse=True)

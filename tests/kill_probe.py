@@ -27,6 +27,20 @@ class ReadOnlyCheckpoints(Callback):
                 path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
+class FullDiskAt(Callback):
+    """From epoch $PLIFNET_FULL_AT on, the next write of the run file $PLIFNET_FULL_FILE (relative to the run
+    folder: ``checkpoints/last.ckpt``, ``tau.csv``) goes to /dev/full, where every write fails with the
+    kernel's own ENOSPC, as on a full disk: its temporary name is made a link to /dev/full."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        from plifnet.files import temporary_name
+
+        if trainer.current_epoch == int(os.environ["PLIFNET_FULL_AT"]):
+            path = Path(trainer.log_dir) / os.environ["PLIFNET_FULL_FILE"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary_name(path).symlink_to("/dev/full")
+
+
 class RequeueAtStep(Callback):
     """When step $PLIFNET_KILL_AT is reached (at the end of the batch before it), send this process
     SLURM's requeue signal (SIGUSR1), then, as SLURM ends a requeued job, SIGKILL it."""

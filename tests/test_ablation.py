@@ -25,8 +25,10 @@ def run_ablation(*args, cwd):
 
 
 def quick(data_root, epochs):
+    """cli.py options that make a setting's epoch 8 training batches of 8 small images (a test may add its own)."""
     return ["--", "--data.root", data_root, "--data.num_workers", "0", "--data.batch_size", "8",
-            "--model.time_steps", "2", "--trainer.max_epochs", epochs, "--trainer.log_every_n_steps", "5"]
+            "--model.time_steps", "2", "--trainer.max_epochs", epochs, "--trainer.log_every_n_steps", "5",
+            "--trainer.limit_train_batches", "8"]
 
 
 def table_rows(out: Path) -> dict[str, dict[str, str]]:
@@ -76,10 +78,10 @@ def test_default_logger_grid_results_match_the_runs_and_are_not_rerun(tiny_digit
     assert again.returncode == 0 and again.stdout.count("finished earlier, not run again") == 2
     assert logs == {path: path.stat().st_mtime_ns for path in out.rglob("fit.log")}
 
-    changed = run_ablation(*args[:-1], "2", cwd=tmp_path)  # a finished folder is kept whatever the budget
+    changed = run_ablation(*args, "--trainer.max_epochs", "2", cwd=tmp_path)  # a finished folder is kept whatever the budget
     assert changed.returncode == 0
     (out / "plif_tau16_seed2020" / "done.json").unlink()  # an unfinished run of another command: refused
-    refused = run_ablation(*args[:-1], "2", cwd=tmp_path)
+    refused = run_ablation(*args, "--trainer.max_epochs", "2", cwd=tmp_path)
     assert refused.returncode != 0 and "unfinished run of a different command" in refused.stderr
 
 
@@ -175,8 +177,26 @@ def test_report_only_reads_existing_folders(tmp_path):
     (folder / "runs").mkdir()
     (folder / "runs" / "tau.csv").write_text("step,conv1,fc1\n0,2,2\n10,1.9,2.5\n20,1.8,3.25\n")
     table = ablation.report(tmp_path, ablation.parse_grid(["plif:2"], [1]))
-    assert "| PLIF tau0=2 | 1 | 2 (unfinished) | 70.00 | 50.00 | 1.800 | 3.250 | 2.0 min |" in table
+    assert "| PLIF tau0=2 | 1 | 2 (stopped) | 70.00 | 50.00 | 1.800 | 3.250 | 2.0 min |" in table
     assert json.loads(json.dumps(table_rows(tmp_path)))["PLIF tau0=2"]["final tau fc1"] == "3.250"
+
+
+def test_a_full_disk_under_out_is_one_line_and_the_last_results_stay(tmp_path):
+    """results.md's next write goes to /dev/full (its temporary name links there): the kernel's own ENOSPC."""
+    from plifnet.files import temporary_name
+
+    folder = tmp_path / "plif_tau2_seed1"
+    folder.mkdir()
+    (folder / "history.csv").write_text("epoch,step,seconds,test/acc\n0,10,60,0.5\n")
+    (tmp_path / "results.md").write_text("the last results\n")
+    temporary_name(tmp_path / "results.md").symlink_to("/dev/full")
+    with pytest.raises(SystemExit) as stopped:
+        ablation.main(["--out", str(tmp_path), "--grid", "plif:2", "--seeds", "1", "--report-only"])
+    assert str(stopped.value) == (f"error: could not write {tmp_path / 'results.md'}: No space left on device. The files "
+                                  f"written before are intact; free disk space or make the folder writable, or write "
+                                  f"elsewhere with --out DIR")
+    assert (tmp_path / "results.md").read_text() == "the last results\n"
+    assert not temporary_name(tmp_path / "results.md").is_symlink()  # the temporary name is cleaned up
 
 
 def test_settings_file_names_a_product_of_axes_and_named_settings(tmp_path):
@@ -197,6 +217,68 @@ def test_settings_file_names_a_product_of_axes_and_named_settings(tmp_path):
         ablation.main(["--config", "c.yaml", "--out", str(tmp_path / "o"), "--grid", "plif:2", "lif:2", "--only", "5"])
     with pytest.raises(SystemExit, match="settings named twice"):
         ablation.main(["--out", str(tmp_path / "o"), "--grid", "plif:2", "plif:2", "--report-only"])
+
+
+def test_settings_files_of_settings_alone_or_axes_alone_and_names_given_twice(tmp_path):
+    (tmp_path / "named.yaml").write_text("settings:\n  plif2: --model.tau 2\n  lif16: --model.neuron lif --model.tau 16\n")
+    assert [s.folder for s in ablation.read_settings_file(tmp_path / "named.yaml", [7])] == ["plif2_seed7", "lif16_seed7"]
+    (tmp_path / "axes.yaml").write_text("axes:\n  model.tau: [2, 16]\n")
+    assert [s.folder for s in ablation.read_settings_file(tmp_path / "axes.yaml", [7])] == ["tau2_seed7", "tau16_seed7"]
+    (tmp_path / "twice.yaml").write_text("settings:\n  a: --model.tau 2\n  b: --model.tau 4\n  a: --model.tau 16\n")
+    with pytest.raises(SystemExit) as refused:
+        ablation.read_settings_file(tmp_path / "twice.yaml", [7])
+    assert str(refused.value) == f"error: {tmp_path / 'twice.yaml'}: 'a' is given twice (line 4); every setting and " \
+                                 f"option needs its own name"
+
+
+def test_report_only_on_a_missing_folder_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as refused:
+        ablation.main(["--out", str(tmp_path / "absent"), "--grid", "plif:2", "--report-only"])
+    assert str(refused.value) == (f"error: --out {tmp_path / 'absent'} does not exist: run the study first (the same "
+                                  f"command without --report-only), or name the folder it wrote")
+
+
+def test_a_failing_setting_is_recorded_and_the_study_goes_on(tiny_digits, tmp_path):
+    """The first setting's option is misspelt: it fails in one line, the second trains, the results page names
+    the failure; after the fix, the same command runs the failed setting alone."""
+    out = tmp_path / "study"
+    common = ["--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--setting", "good", "--model.tau 4",
+              *quick(tiny_digits, 1), "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    result = run_ablation("--setting", "bad", "--model.tua 3", *common, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    reason = json.loads((out / "bad_seed2020" / "failed.json").read_text())
+    assert reason == {"exit_code": 1, "last_line": "error: unrecognized arguments: --model.tua 3. Accepted options: "
+                                                   "python cli.py fit --help"}
+    assert (out / "good_seed2020" / "done.json").is_file()
+    assert result.stderr.strip().splitlines() == [
+        f"error: bad_seed2020 failed (exit code 1): {reason['last_line']} (log: {out / 'bad_seed2020' / 'fit.log'})",
+        "fix what the log says and run the same command again: finished settings are not run again, the others run "
+        "again (from their newest checkpoint where they have one)"]
+    assert f"- bad_seed2020 failed: exit code 1: {reason['last_line']}" in (out / "results.md").read_text()
+    assert table_rows(out)["bad"]["epochs"] == "0 (failed)" and table_rows(out)["good"]["epochs"] == "1"
+
+    fixed = run_ablation("--setting", "bad", "--model.tau 3", *common, cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
+    assert "good_seed2020: finished earlier, not run again" in fixed.stdout
+    assert (out / "bad_seed2020" / "done.json").is_file() and not (out / "bad_seed2020" / "failed.json").exists()
+
+
+def test_a_second_runner_on_the_same_out_leaves_a_claimed_setting_alone(tiny_digits, tmp_path):
+    """This test holds the claim of the first setting, as a runner training it would; ablation.py trains the
+    other one only, reports the first as running and says so."""
+    out = tmp_path / "study"
+    with ablation.claim(out / "plif_tau2_seed2020") as mine:
+        assert mine
+        result = run_ablation("--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--grid", "plif:2", "lif:2",
+                              *quick(tiny_digits, 1), "--trainer.limit_train_batches", "2",
+                              "--trainer.limit_val_batches", "1", cwd=tmp_path)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "plif_tau2_seed2020: running in another process, not run here" in result.stdout
+        assert f"still running in another process: plif_tau2_seed2020; when they end: ablation.py --out {out} " \
+               f"--report-only" in result.stdout
+        assert not (out / "plif_tau2_seed2020" / "fit.log").exists() and (out / "lif_tau2_seed2020" / "done.json").is_file()
+        assert table_rows(out)["PLIF tau0=2"]["epochs"] == "0 (running)"
+    assert ablation.collect(out / "plif_tau2_seed2020")["status"] == "stopped"  # the claim ends with its holder
 
 
 def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(tiny_digits, tmp_path):

@@ -75,9 +75,9 @@ def test_a_checkpoint_write_killed_half_way_leaves_the_previous_one(tmp_path, ti
     assert torch.load(final, weights_only=True)["global_step"] == 16
 
 
-def test_ckpt_path_last_skips_unreadable_checkpoints_and_refuses_when_there_is_none(tmp_path, tiny_digits):
-    empty = cli("fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--ckpt_path", "last",
-                cwd=tmp_path)
+def test_ckpt_path_last_skips_unreadable_checkpoints_and_refuses_when_there_is_none(run_cli, tmp_path, tiny_digits):
+    empty = run_cli("fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--ckpt_path", "last",
+                    cwd=tmp_path)
     assert empty.returncode != 0
     assert "--ckpt_path last: no readable checkpoint in runs/lightning_logs/*/checkpoints/" in empty.stderr
     assert not (tmp_path / "runs" / "lightning_logs" / "version_0").exists()  # nothing was trained
@@ -89,12 +89,19 @@ def test_ckpt_path_last_skips_unreadable_checkpoints_and_refuses_when_there_is_n
     (folder / "epoch005.ckpt").write_bytes(b"")  # newest, and empty
     os.utime(folder / "last.ckpt", (time.time() + 5,) * 2)
     os.utime(folder / "epoch005.ckpt", (time.time() + 10,) * 2)
-    resumed = cli("fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--ckpt_path", "last",
-                  cwd=tmp_path)
+    ended = subprocess.Popen(["true"])  # a process id that no longer runs: the writer of the files it left
+    ended.wait()
+    left = [folder.parent / f".tau.{ended.pid}.tmp.csv", folder / f".last.{ended.pid}.tmp.ckpt"]
+    writing = folder / f".step0000009.{os.getpid()}.tmp.ckpt"  # a write in progress (this process)
+    for path in [*left, writing]:
+        path.write_bytes(b"partial")
+    resumed = run_cli("fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--ckpt_path", "last",
+                      cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"skipping an unreadable checkpoint: checkpoint {Path('runs/lightning_logs/version_0/checkpoints/epoch005.ckpt')} is truncated" in resumed.stderr
     assert "checkpoints/last.ckpt is truncated" in resumed.stderr
     assert "resuming from runs/lightning_logs/version_0/checkpoints/step0000004.ckpt" in resumed.stderr
+    assert not any(path.exists() for path in left) and writing.exists()
 
 
 def without_file_permission_override():
@@ -114,8 +121,35 @@ def test_a_save_that_fails_stops_the_run_with_the_path_and_the_reason(tmp_path, 
     folder = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints"
     folder.chmod(0o755)
     assert result.returncode != 0, result.stderr[-2000:]
-    assert f"could not save checkpoint {Path('runs/lightning_logs/version_0/checkpoints/last.ckpt')}: Permission denied" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: could not save checkpoint {Path('runs/lightning_logs/version_0/checkpoints/last.ckpt')}: Permission "
+        f"denied. The previous file there (if any) is unchanged. Fix: free disk space or make "
+        f"{Path('runs/lightning_logs/version_0/checkpoints')} writable, or write the run elsewhere with "
+        f"--trainer.default_root_dir DIR") and "Traceback" not in result.stderr
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2  # epoch 0's, unchanged
+
+
+@pytest.mark.parametrize("file", ["checkpoints/last.ckpt", "tau.csv"])
+def test_a_full_disk_is_one_line_naming_the_file_and_the_earlier_files_stay(file, run_cli, tmp_path, tiny_digits):
+    """From epoch 1 on, a write of the file fails with the kernel's ENOSPC (kill_probe.FullDiskAt): the
+    checkpoint due at epoch 1's end, or tau.csv at the end of the fit."""
+    result = run_cli("fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "2",
+                     "--trainer.callbacks+=kill_probe.FullDiskAt", cwd=tmp_path,
+                     env={"PLIFNET_FULL_AT": "1", "PLIFNET_FULL_FILE": file})
+    run = Path("runs") / "lightning_logs" / "version_0"
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    if file == "tau.csv":
+        expected = (f"error: could not write {run / file}: No space left on device. The files written before are "
+                    f"intact; free disk space or make the folder writable, or write elsewhere with "
+                    f"--trainer.default_root_dir DIR")
+    else:
+        expected = (f"error: could not save checkpoint {run / file}: No space left on device. The previous file there "
+                    f"(if any) is unchanged. Fix: free disk space or make {run / 'checkpoints'} writable, or write the "
+                    f"run elsewhere with --trainer.default_root_dir DIR")
+    assert result.stderr.strip().splitlines()[-1] == expected
+    saved = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)  # the one before: whole
+    assert saved["global_step"] == (2 if file.endswith(".ckpt") else 4)
+    assert not [path.name for path in (tmp_path / run).rglob(".*.tmp*")]  # no temporary file is left behind
 
 
 class Server:
@@ -133,7 +167,7 @@ class Server:
         self.httpd.server_close()
 
 
-def test_checkpoint_urls_run_no_code_and_are_cached_by_the_whole_url(tmp_path, tiny_digits):
+def test_checkpoint_urls_run_no_code_and_are_cached_by_the_whole_url(run_cli, tmp_path, tiny_digits):
     served = tmp_path / "served"
     for name in ("evil", "a", "b"):
         (served / name).mkdir(parents=True)
@@ -149,16 +183,16 @@ def test_checkpoint_urls_run_no_code_and_are_cached_by_the_whole_url(tmp_path, t
     server = Server(served)
     env = {"TORCH_HOME": str(tmp_path / "torch_home")}
     try:
-        evil = cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", f"{server.url}/evil/model.ckpt",
-                   cwd=tmp_path, env=env)
+        evil = run_cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", f"{server.url}/evil/model.ckpt",
+                       cwd=tmp_path, env=env)
         assert evil.returncode != 0 and not (tmp_path / "pwned").exists()
         assert "would run code when loaded" in evil.stderr and "weights_only=True" in evil.stderr
 
-        first = cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", f"{server.url}/a/model.ckpt",
-                    cwd=tmp_path, env=env)
+        first = run_cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", f"{server.url}/a/model.ckpt",
+                        cwd=tmp_path, env=env)
         assert first.returncode == 0, first.stderr[-2000:]
-        second = cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", f"{server.url}/b/model.ckpt",
-                     cwd=tmp_path, env=env)
+        second = run_cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", f"{server.url}/b/model.ckpt",
+                         cwd=tmp_path, env=env)
         # the second URL's own file (a CIFAR-10 network), not the first one's cached under the same name
         assert second.returncode != 0
         assert "the cifar10 network takes [N, C, H, W] images with C, H, W = 3, 32, 32" in second.stderr
@@ -175,7 +209,7 @@ def test_checkpoint_urls_run_no_code_and_are_cached_by_the_whole_url(tmp_path, t
 
 
 @pytest.mark.parametrize("kind", ["zip, not a checkpoint", "torch.save dict, not Lightning's", "code"])
-def test_files_that_are_not_checkpoints_get_one_line_naming_them(kind, tmp_path, tiny_digits):
+def test_files_that_are_not_checkpoints_get_one_line_naming_them(kind, run_cli, tmp_path, tiny_digits):
     path = tmp_path / "model.ckpt"
     if kind.startswith("zip"):
         with zipfile.ZipFile(path, "w") as archive:
@@ -187,7 +221,7 @@ def test_files_that_are_not_checkpoints_get_one_line_naming_them(kind, tmp_path,
     else:
         torch.save({"state_dict": {}, "pytorch-lightning_version": "2", "x": Path("/")}, path)
         expected = f"error: checkpoint {path} holds Python objects that would run code when loaded"
-    result = cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", path, cwd=tmp_path)
+    result = run_cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", path, cwd=tmp_path)
     assert result.returncode != 0
     assert expected in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -226,7 +260,7 @@ def test_slurm_requeue_saves_atomically_and_the_requeued_job_ends_like_an_uninte
         torch.testing.assert_close(final[1]["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
 
-def test_async_checkpoints_go_through_the_atomic_writer_and_resume(tmp_path, tiny_digits):
+def test_async_checkpoints_go_through_the_atomic_writer_and_resume(run_cli, tmp_path, tiny_digits):
     import cli as plifnet_cli
 
     from plifnet.checkpoints import AtomicCheckpointIO
@@ -237,10 +271,10 @@ def test_async_checkpoints_go_through_the_atomic_writer_and_resume(tmp_path, tin
                              "--trainer.default_root_dir", str(tmp_path / "in_process")])
     assert type(done.trainer.strategy.checkpoint_io.checkpoint_io) is AtomicCheckpointIO
 
-    first = cli("fit", *QUICK, "--data.root", tiny_digits, "--config", config, "--trainer.max_epochs", "1", cwd=tmp_path)
+    first = run_cli("fit", *QUICK, "--data.root", tiny_digits, "--config", config, "--trainer.max_epochs", "1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    resumed = cli("fit", *QUICK, "--data.root", tiny_digits, "--config", config, "--trainer.max_epochs", "2",
-                  "--ckpt_path", "last", cwd=tmp_path)
+    resumed = run_cli("fit", *QUICK, "--data.root", tiny_digits, "--config", config, "--trainer.max_epochs", "2",
+                      "--ckpt_path", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from runs/lightning_logs/version_0/checkpoints/last.ckpt" in resumed.stderr
     last = tmp_path / "runs" / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"

@@ -13,6 +13,7 @@ from event_files import (aedat31_packet, hand_frames, random_events, write_aedat
                          write_nmnist)
 from plifnet.data.events import (CorruptRecording, EventDataModule, read_aedat2_dvs128, read_aedat4,
                                  read_aedat31_polarity, read_gesture_npy, read_nmnist, to_frames)
+from plifnet.files import temporary_name
 
 
 def fields(events):
@@ -270,6 +271,32 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
     assert frames.sum() > 0 and len([p for p in (tmp_path / "cache").rglob("*.npy") if ".tmp." not in p.name]) == 1
 
 
+def test_a_full_disk_under_the_frame_cache_is_one_line_and_the_cached_files_stay(run_cli, tmp_path):
+    """Every cache write of this process goes to /dev/full (the kernel's own ENOSPC) except the one made
+    before: cli.py fit ends in one line naming the cache file and the data options that fix it."""
+    make_nmnist(tmp_path / "data", per_digit=1, test_per_digit=1)
+    dm = EventDataModule("nmnist", root=str(tmp_path / "data"), time_steps=2, num_workers=0, val_fraction=0)
+    dm.setup("fit")
+    cached_before = dm.test_set._cache_file(dm.test_set.recordings[0])
+    dm.test_set.frames(0)
+    kept = cached_before.read_bytes()
+    full = [dm.train_set._cache_file(r) for r in dm.train_set.recordings] + [
+        dm.test_set._cache_file(r) for r in dm.test_set.recordings[1:]]
+    for path in full:
+        temporary_name(path).symlink_to("/dev/full")  # in-process, so this pid's temporary names
+    result = run_cli("fit", "--config", ROOT / "configs" / "nmnist.yaml", "--data.root", tmp_path / "data",
+                     "--data.num_workers", "0", "--data.batch_size", "2", "--data.time_steps", "2",
+                     "--data.val_fraction", "0", "--trainer.max_epochs", "1", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    failed = next(path for path in full if not temporary_name(path).is_symlink())  # the write that was tried
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: could not write the frame cache file {failed}: No space left on device. The files cached before "
+        f"are intact. Fix: free disk space or make {dm.test_set.cache} writable, cache elsewhere with "
+        f"--data.cache_dir DIR, or not at all with --data.cache false")
+    assert cached_before.read_bytes() == kept and not failed.exists()
+    assert sorted(p.name for p in dm.test_set.cache.glob("*.npy") if not p.is_symlink()) == [cached_before.name]
+
+
 def test_cache_can_be_disabled(tmp_path):
     make_nmnist(tmp_path / "d", per_digit=1, test_per_digit=1)
     dm = EventDataModule("nmnist", root=str(tmp_path / "d"), num_workers=0, val_fraction=0, cache=False)
@@ -333,16 +360,13 @@ def make_dvs_gesture(root: Path):
 
 @pytest.mark.parametrize("config,make", [("nmnist", make_nmnist), ("cifar10dvs", make_cifar10dvs),
                                          ("dvs_gesture", make_dvs_gesture)])
-def test_cli_fit_on_generated_recordings(config, make, tmp_path):
+def test_cli_fit_on_generated_recordings(config, make, run_cli, tmp_path):
     """Each event config trains with one command on files written in its original format."""
     make(tmp_path / "data")
-    result = subprocess.run(
-        [sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / f"{config}.yaml",
-         "--data.root", tmp_path / "data", "--data.num_workers", "0", "--data.batch_size", "2",
-         "--data.time_steps", "2", "--data.val_fraction", "0", "--trainer.max_epochs", "1",
-         "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    result = run_cli("fit", "--config", ROOT / "configs" / f"{config}.yaml", "--data.root", tmp_path / "data",
+                     "--data.num_workers", "0", "--data.batch_size", "2", "--data.time_steps", "2",
+                     "--data.val_fraction", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                     "--trainer.limit_val_batches", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     assert (run / "checkpoints" / "last.ckpt").is_file()

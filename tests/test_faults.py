@@ -40,7 +40,8 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path
     assert all(torch.isfinite(v).all() for k, v in saved["state_dict"].items() if k.startswith("net."))
 
 
-def run_cli(*args, cwd):
+def spawn_cli(*args, cwd):
+    """``python cli.py ARGS`` in a process of its own, for fixtures wider than one test (``run_cli`` is per test)."""
     return subprocess.run([sys.executable, ROOT / "cli.py", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
@@ -57,11 +58,22 @@ BAD_INPUTS = {  # what is wrong: (extra arguments, what the error must say)
     "CIFAR-10 images into the MNIST network": (["--data.dataset", "cifar10"], "the mnist network takes [N, C, H, W] images with C, H, W = 1, 28, 28; got shape"),
     "empty data folder": (["--data.root", "{empty}"], "mnist was not found in"),
     "batch size 0": (["--data.batch_size", "0"], "error: bad configuration value: --data.batch_size must be >= 1, got 0"),
+    "a network class that cannot be imported": (["--model.net", "nowhere.Net"],
+                                                "error: --model.net: cannot import nowhere.Net (No module named 'nowhere')"),
+    "empty layers": (["--model.net", "plifnet.models.SpikingNet", "--model.net.layers="], "layers is empty: give the network"),
+    "bad layer token": (["--model.net", "plifnet.models.SpikingNet", "--model.net.layers", "c8x", "--model.net.classes", "10"],
+                        "error: bad layer token 'c8x' in 'c8x': use c<n>, p, d or f<n>"),
 }
+LIGHTNING_INFO = ("Seed set to ", "GPU available: ", "TPU available: ", "HPU available: ", "`Trainer(limit_")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """What a failed command printed, less the lines Lightning prints at every start."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(LIGHTNING_INFO)]
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_gives_a_clear_error_and_an_exit_code(case, tmp_path, tiny_digits):
+def test_bad_input_gives_a_clear_error_and_an_exit_code(case, run_cli, tmp_path, tiny_digits):
     extra, message = BAD_INPUTS[case]
     (tmp_path / "empty").mkdir()
     cifar = tmp_path / "cifar"
@@ -72,13 +84,38 @@ def test_bad_input_gives_a_clear_error_and_an_exit_code(case, tmp_path, tiny_dig
     root = cifar if case.startswith("CIFAR") else tiny_digits
     extra = [str(a).replace("{empty}", str(tmp_path / "empty")) for a in extra]
     result = run_cli("fit", *BASE, "--data.root", root, *extra, cwd=tmp_path)
-    assert result.returncode != 0
-    assert message in result.stderr, result.stderr[-2000:]
-    assert message in result.stderr.strip().splitlines()[-1]  # the last line a user sees, not line 68 of 71
+    assert result.returncode == 1
+    printed = error_lines(result.stderr)  # one line, no traceback, no usage screen
+    assert len(printed) == 1 and printed[0].startswith("error: ") and message in printed[0], result.stderr[-3000:]
     assert not list(tmp_path.glob("runs/*/version_*")), "a run that failed to start left a run folder"
 
 
-def test_checkpoints_of_another_network_or_truncated_are_refused(tmp_path, tiny_digits):
+def test_the_exporter_names_what_it_needs_reads_a_runs_own_config_and_keeps_a_url_whole(run_cli, tiny_digits, tmp_path):
+    import socket
+
+    from plifnet import export
+
+    fit = run_cli("fit", *BASE, "--data.root", tiny_digits, "--model.net", "plifnet.models.SpikingNet", "--model.net.layers",
+                  "c8 p f100", "--model.net.classes", "10", "--model.net.static", "true", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    alone = run_cli("--ckpt_path", run / "checkpoints" / "last.ckpt", "--out", tmp_path / "a.nir", cwd=tmp_path, main=export.main)
+    assert alone.returncode == 1 and error_lines(alone.stderr) == [
+        "error: the checkpoint's network takes its input shape from the data module, which a checkpoint does not hold: "
+        "pass the run's config too, --config <run folder>/config.yaml (or the configs it was trained with)"]
+    configured = run_cli("--ckpt_path", run / "checkpoints" / "last.ckpt", "--config", run / "config.yaml", "--out",
+                         tmp_path / "b.nir", cwd=tmp_path, main=export.main)  # config.yaml holds fit's ckpt_path too
+    assert configured.returncode == 0 and (tmp_path / "b.nir").is_file(), configured.stderr[-3000:]
+    with socket.socket() as closed:  # a port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/run/last.ckpt"
+    fetched = run_cli("--ckpt_path", url, "--out", tmp_path / "c.nir", cwd=tmp_path, main=export.main)
+    assert fetched.returncode == 1 and error_lines(fetched.stderr) == [
+        f"error: could not download checkpoint {url}: <urlopen error [Errno 111] Connection refused>. Check the URL and "
+        f"the network, or download it yourself and pass the file's path"]
+
+
+def test_checkpoints_of_another_network_or_truncated_are_refused(run_cli, tmp_path, tiny_digits):
     cifar = SpikingClassifier("cifar10", time_steps=1)
     trainer = L.Trainer(logger=False, max_epochs=0)
     trainer.strategy.connect(cifar)
@@ -93,7 +130,7 @@ def test_checkpoints_of_another_network_or_truncated_are_refused(tmp_path, tiny_
     assert result.returncode != 0 and f"checkpoint {truncated} is truncated or is not a checkpoint" in result.stderr
 
 
-def test_checkpoints_load_with_weights_only_semantics(tmp_path, tiny_digits):
+def test_checkpoints_load_with_weights_only_semantics(run_cli, tmp_path, tiny_digits):
     """A checkpoint that would run code when unpickled is refused, not executed."""
 
     class Payload:
@@ -202,17 +239,22 @@ def test_resume_is_exact_with_loader_workers_and_validation(tmp_path, tiny_digit
         torch.testing.assert_close(final[1]["state_dict"][name], value, rtol=0, atol=0, msg=name)
 
 
-def test_a_diverged_run_stops_non_zero_and_saves_no_non_finite_checkpoint(tmp_path, tiny_digits):
+def test_a_diverged_run_stops_non_zero_and_saves_no_non_finite_checkpoint(run_cli, tmp_path, tiny_digits):
     """lr 1e30: the weights overflow within a few steps, the network falls silent and the rate loss
     stays at a finite 0.1, so only the gradients or the state (BatchNorm's running variance) show it.
     (Which comes first depends on the kernels: since the tau gradient is exact at k = 0, no NaN comes
     from it at step 1, and the overflowing BatchNorm statistics stop the run at the checkpoint.)"""
     result = run_cli("fit", *BASE, "--data.root", tiny_digits, "--model.lr", "1e30", "--trainer.max_epochs", "2",
                      "--trainer.limit_train_batches", "4", cwd=tmp_path)
-    assert result.returncode != 0
-    assert re.search(r"(is not finite|holds non-finite values, so the checkpoint was not written) at step \d+ "
-                     r"\(epoch \d\): the run has diverged", result.stderr), result.stderr[-2000:]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    stopped = re.fullmatch(r"error: .*(is not finite|holds non-finite values, so the checkpoint was not written) at step "
+                           r"\d+ \(epoch \d\): the run has diverged and is stopped before this reaches the weights or a "
+                           r"checkpoint\. Last good checkpoint: (.*)\. Lower --model\.lr, or check the input data\.", last)
+    assert stopped, last
     saved = list((tmp_path / "runs").rglob("*.ckpt"))
+    # the checkpoint it names is one that exists, not the one it refused to write
+    assert stopped.group(2) == "none written yet" if not saved else (tmp_path / stopped.group(2)).is_file(), last
     for path in saved:
         state = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(value).all() for value in state.values() if value.is_floating_point()), path
@@ -226,7 +268,7 @@ def write_idx(path, array):
     path.write_bytes(bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
 
 
-def test_a_truncated_mnist_file_is_named_instead_of_not_found(tmp_path):
+def test_a_truncated_mnist_file_is_named_instead_of_not_found(run_cli, tmp_path):
     import numpy as np
     from torchvision.datasets import MNIST
 
@@ -240,31 +282,30 @@ def test_a_truncated_mnist_file_is_named_instead_of_not_found(tmp_path):
     images = raw / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-1000])
     result = run_cli("fit", *BASE, "--data.root", tmp_path / "data", cwd=tmp_path)
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1
+    printed = error_lines(result.stderr)
+    assert len(printed) == 1, result.stderr[-3000:]
+    last = printed[0]
     assert f"{images} is {16 + 40 * 784 - 1000} bytes, but its header announces 40x28x28 items" in last, result.stderr[-2000:]
     assert "--data.download true" in last and "was not found" not in result.stderr
 
 
-def event_cli(*args, cwd):
-    return subprocess.run([sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / "nmnist.yaml",
-                           "--data.num_workers", "0", "--data.batch_size", "2", "--data.time_steps", "2",
-                           "--data.val_fraction", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-                           "--trainer.limit_val_batches", "2", *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+EVENT_FIT = ["fit", "--config", ROOT / "configs" / "nmnist.yaml", "--data.num_workers", "0", "--data.batch_size", "2",
+             "--data.time_steps", "2", "--data.val_fraction", "0", "--trainer.max_epochs", "1",
+             "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
 
 
-def test_a_damaged_frames_cache_file_is_rebuilt_and_all_corrupt_recordings_stop_the_run(tmp_path):
+def test_a_damaged_frames_cache_file_is_rebuilt_and_all_corrupt_recordings_stop_the_run(run_cli, tmp_path):
     import numpy as np
     from test_event_data import make_nmnist
 
     make_nmnist(tmp_path / "data", per_digit=1, test_per_digit=1)
-    assert event_cli("--data.root", tmp_path / "data", cwd=tmp_path).returncode == 0
+    assert run_cli(*EVENT_FIT, "--data.root", tmp_path / "data", cwd=tmp_path).returncode == 0
     cached = sorted((tmp_path / "data" / "frames_cache").rglob("*.npy"))
     good = np.load(cached[0])
     cached[0].write_bytes(cached[0].read_bytes()[:100])
     for on_error in ("raise", "skip"):
-        result = event_cli("--data.root", tmp_path / "data", "--data.on_error", on_error, cwd=tmp_path)
+        result = run_cli(*EVENT_FIT, "--data.root", tmp_path / "data", "--data.on_error", on_error, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
         if on_error == "raise":
             assert f"damaged frames cache file {cached[0]}" in result.stderr and "rebuilt from the recording" in result.stderr
@@ -272,9 +313,11 @@ def test_a_damaged_frames_cache_file_is_rebuilt_and_all_corrupt_recordings_stop_
 
     for recording in (tmp_path / "data").rglob("*.bin"):
         recording.write_bytes(b"\0\0\0")  # not a whole 5-byte event
-    result = event_cli("--data.root", tmp_path / "data", "--data.cache", "false", "--data.on_error", "skip", cwd=tmp_path)
+    result = run_cli(*EVENT_FIT, "--data.root", tmp_path / "data", "--data.cache", "false", "--data.on_error", "skip", cwd=tmp_path)
     assert result.returncode != 0
-    assert "nmnist: all 10 recordings of a split are corrupt, so there is nothing to load" in result.stderr.strip().splitlines()[-1]
+    printed = error_lines(result.stderr)
+    assert len(printed) == 1 and printed[0].startswith("error: nmnist: all 10 recordings of a split are corrupt, so "
+                                                       "there is nothing to load"), result.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "runs" / "lightning_logs").iterdir()) == ["version_0", "version_1", "version_2"]
 
 
@@ -325,7 +368,7 @@ def uninterrupted(tmp_path_factory):
     args = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", digits, "--data.num_workers", "2",
             "--data.batch_size", "4", "--model.time_steps", "2", "--model.lr", "0.01", "--trainer.max_epochs", "2",
             "--trainer.limit_train_batches", "8", "--trainer.limit_val_batches", "2"]
-    whole = run_cli("fit", *args, cwd=folder)
+    whole = spawn_cli("fit", *args, cwd=folder)
     assert whole.returncode == 0, whole.stderr[-2000:]
     return args, whole, torch.load(folder / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
                                    weights_only=True)
@@ -348,8 +391,9 @@ def test_an_interrupted_fit_saves_its_state_says_how_to_resume_and_resumes_exact
     assert last_line.startswith(f"interrupted by {name} at step {saved_step}") and "Traceback" not in interrupted.stderr
     command = shlex.split(last_line.split("resume with: ")[1])
     assert command[-2:] == ["--ckpt_path", "runs/lightning_logs/version_0/checkpoints/interrupted.ckpt"]
+    assert command[:2] == [sys.executable, str(ROOT / "cli.py")]  # the interpreter that ran, not whichever `python` is first
 
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(tmp_path / "runs" / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["global_step"] == whole_state["global_step"] == 16
@@ -377,10 +421,9 @@ def trained_checkpoint(tmp_path_factory):
     """A real checkpoint of cli.py fit (paper MNIST network, T = 2, 2 steps on a small image folder)."""
     root = tmp_path_factory.mktemp("named_code")
     digits = make_image_folder(root / "digits", per_class=4, test_per_class=2)
-    result = subprocess.run([sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / "mnist.yaml",
-                             "--data.root", digits, "--data.num_workers", "0", "--data.batch_size", "4",
-                             "--model.time_steps", "2", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-                             "--trainer.limit_val_batches", "1"], cwd=root, capture_output=True, text=True, timeout=600)
+    result = spawn_cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", digits, "--data.num_workers", "0",
+                       "--data.batch_size", "4", "--model.time_steps", "2", "--trainer.max_epochs", "1",
+                       "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, digits, root / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
@@ -406,25 +449,29 @@ def crafted(checkpoint: Path, folder: Path, key: str, value) -> Path:
 
 
 @pytest.mark.parametrize("key", [*CRAFTED, "data"])
-def test_a_checkpoint_that_names_code_runs_nothing(key, trained_checkpoint, tmp_path, monkeypatch):
+def test_a_checkpoint_that_names_code_runs_nothing(key, run_cli, trained_checkpoint, tmp_path, monkeypatch):
     """cli.py test and fit --ckpt_path, python -m plifnet.export and load_from_checkpoint: refused in one line
     naming the hyperparameter and how to allow it, or (the data module's) never read; no directory appears."""
+    import tempfile
+
+    from plifnet import export
+
     root, digits, checkpoint = trained_checkpoint
     path = crafted(checkpoint, tmp_path, key, CRAFTED.get(key))
     spy = tmp_path / "tmp"
     spy.mkdir()
-    env = dict(os.environ, TMPDIR=str(spy), PYTHONWARNINGS="ignore")
+    monkeypatch.setenv("TMPDIR", str(spy))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
     data = ["--data.root", digits, "--data.num_workers", "0", "--data.batch_size", "4", "--model.time_steps", "2"]
     runs = {
-        "test": [sys.executable, ROOT / "cli.py", "test", "--config", ROOT / "configs" / "mnist.yaml", *data,
-                 "--trainer.limit_test_batches", "1", "--ckpt_path", path],
-        "fit": [sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / "mnist.yaml", *data,
-                "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
-                "--ckpt_path", path],
-        "export": [sys.executable, "-m", "plifnet.export", "--ckpt_path", path, "--out", tmp_path / "net.nir"],
+        "test": (None, ["test", "--config", ROOT / "configs" / "mnist.yaml", *data, "--trainer.limit_test_batches", "1",
+                        "--ckpt_path", path]),
+        "fit": (None, ["fit", "--config", ROOT / "configs" / "mnist.yaml", *data, "--trainer.max_epochs", "2",
+                       "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--ckpt_path", path]),
+        "export": (export.main, ["--ckpt_path", path, "--out", tmp_path / "net.nir"]),
     }
-    for name, command in runs.items():
-        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    for name, (main, args) in runs.items():
+        result = run_cli(*args, cwd=tmp_path, main=main)
         lines = result.stderr.strip().splitlines()
         if key == "data":  # nothing reads a data module's hyperparameters from a checkpoint
             assert result.returncode == 0, result.stderr[-3000:]
@@ -439,10 +486,6 @@ def test_a_checkpoint_that_names_code_runs_nothing(key, trained_checkpoint, tmp_
                                 rf"installed package's entry point, nor given in this run, so plifnet does not import "
                                 rf"it; .*{re.escape(fix)}.* to allow it", lines[-1]), (name, lines[-1])
         assert not list(spy.iterdir()), f"{name}: something ran tempfile.mkdtemp"
-    monkeypatch.setenv("TMPDIR", str(spy))
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
     if key == "data":
         SpikingClassifier.load_from_checkpoint(path)
     else:
@@ -458,15 +501,15 @@ def test_a_named_class_must_be_of_the_right_kind_even_when_allowed(trained_check
         SpikingClassifier.load_from_checkpoint(path, allow_class_paths=["tempfile.mkdtemp"])
 
 
-def test_model_options_given_with_ckpt_path_are_refused_where_the_checkpoint_decides(trained_checkpoint, tmp_path):
+def test_model_options_given_with_ckpt_path_are_refused_where_the_checkpoint_decides(run_cli, trained_checkpoint, tmp_path):
     root, digits, checkpoint = trained_checkpoint
-    common = [sys.executable, ROOT / "cli.py", "test", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", digits,
-              "--data.num_workers", "0", "--trainer.limit_test_batches", "1", "--ckpt_path", checkpoint]
-    refused = subprocess.run([*common, "--model.lr", "0.5"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    common = ["test", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", digits, "--data.num_workers", "0",
+              "--trainer.limit_test_batches", "1", "--ckpt_path", checkpoint]
+    refused = run_cli(*common, "--model.lr", "0.5", cwd=tmp_path)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
         "error: --model.lr 0.5 differs from the checkpoint's 0.001: with --ckpt_path the checkpoint's hyperparameters "
         "rebuild its model, so --model.lr would be ignored; leave it out, or start a new run from the weights without "
         "--ckpt_path")
-    same = subprocess.run([*common, "--model.time_steps", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    same = run_cli(*common, "--model.time_steps", "2", cwd=tmp_path)
     assert same.returncode == 0, same.stderr[-3000:]  # the checkpoint's own value: nothing is dropped

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from plifnet.data.common import ClassificationDataModule
-from plifnet.files import write_atomically
+from plifnet.files import WriteFailed, write_atomically
 
 EVENTS = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
 CACHE_FORMAT = 1  # bump when the frame computation changes, so old caches are not served
@@ -222,7 +222,13 @@ class EventFrames(Dataset):
         except CorruptRecording as error:
             raise CorruptRecording(f"{recording.path}: {error}") from None
         if cached is not None:
-            write_atomically(cached, lambda tmp: np.save(tmp, frames))
+            try:
+                write_atomically(cached, lambda tmp: np.save(tmp, frames))
+            except WriteFailed as error:  # the fix is a data option, not the run folder's
+                raise WriteFailed(error.errno, f"could not write the frame cache file {cached}: {error.strerror}. The "
+                                  f"files cached before are intact. Fix: free disk space or make {self.cache} writable, "
+                                  f"cache elsewhere with --data.cache_dir DIR, or not at all with --data.cache false"
+                                  ) from None
         return frames
 
     def _load_cached(self, cached: Path, recording: Recording) -> np.ndarray | None:
