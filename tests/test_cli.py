@@ -1,9 +1,6 @@
 """``python cli.py`` end to end: fit, validate, test and predict on generated data, and real MNIST."""
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +11,16 @@ from plifnet.data.static import StaticDataModule
 from plifnet.module import SpikingClassifier
 
 
-def cli(*args, cwd, timeout=900):
-    """Run ``python cli.py ARGS`` in ``cwd``, where its runs/ folder appears."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    result = subprocess.run(
-        [sys.executable, ROOT / "cli.py", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+@pytest.fixture
+def cli(run_cli):
+    """``cli(*ARGS, cwd=...)``: ``python cli.py ARGS`` in ``cwd`` (where its runs/ folder appears), which must succeed."""
+
+    def run(*args, cwd):
+        result = run_cli(*args, cwd=cwd)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    return run
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -43,7 +42,7 @@ def quick(tmp_path):
     ]
 
 
-def test_fit_test_predict_on_generated_images(tiny_digits, quick, tmp_path):
+def test_fit_test_predict_on_generated_images(cli, tiny_digits, quick, tmp_path):
     cli("fit", *quick, "--data.root", tiny_digits, "--trainer.max_epochs", "2", cwd=tmp_path)
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     rows = read_metrics(run)
@@ -90,23 +89,20 @@ def test_fit_test_predict_on_generated_images(tiny_digits, quick, tmp_path):
     cli("validate", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path)
 
 
-def test_neuron_options_from_the_command_line(tiny_digits, quick, tmp_path):
+def test_neuron_options_from_the_command_line(cli, tiny_digits, quick, tmp_path):
     out = cli("fit", *quick, "--data.root", tiny_digits, "--model.neuron", "lif", "--model.tau", "16",
               "--model.v_reset", "null", "--print_config", cwd=tmp_path).stdout
     assert "neuron: lif" in out and "tau: 16.0" in out and "v_reset: null" in out
 
 
-def test_missing_data_folder_fails_with_the_fix(tmp_path, quick):
-    result = subprocess.run(
-        [sys.executable, ROOT / "cli.py", "fit", *map(str, quick), "--data.root", str(tmp_path / "absent")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
+def test_missing_data_folder_fails_with_the_fix(run_cli, tmp_path, quick):
+    result = run_cli("fit", *quick, "--data.root", tmp_path / "absent", cwd=tmp_path)
     assert result.returncode != 0
     assert "mnist was not found in" in result.stderr and "--data.download true" in result.stderr
 
 
 @pytest.mark.real_data
-def test_short_run_on_real_mnist(shared_datasets, tmp_path):
+def test_short_run_on_real_mnist(cli, shared_datasets, tmp_path):
     """Sixty batches of the paper's recipe on real MNIST, then 1,008 test images. Sixty batches leave the
     accuracy between 0.34 and 0.50 (seeds 2020-2023), and rounding-level changes move it within that
     range, so the bound only says that the real-data pipeline learns (chance is 0.1)."""

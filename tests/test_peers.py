@@ -4,9 +4,6 @@ gradients as their own libraries' loops; a network that keeps state plifnet cann
 
 import copy
 import csv
-import os
-import subprocess
-import sys
 
 import lightning as L
 import numpy as np
@@ -17,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import ROOT
-from plifnet import contract
+from plifnet import contract, export
 from plifnet.callbacks import ResetState, spiking_layers
 from plifnet.energy import estimate
 from plifnet.module import SpikingClassifier
@@ -259,7 +256,7 @@ def test_a_network_that_resets_itself_in_forward_passes_the_check():
     contract.check_forgets(ResetsItself(), images(2))
 
 
-def test_the_refusal_through_cli_is_one_line(tiny_digits, tmp_path):
+def test_the_refusal_through_cli_is_one_line(run_cli, tiny_digits, tmp_path, monkeypatch):
     (tmp_path / "bad_net.py").write_text(
         "import torch\nfrom torch import nn\n\n"
         "class Remembers(nn.Module):\n"
@@ -268,11 +265,10 @@ def test_the_refusal_through_cli_is_one_line(tiny_digits, tmp_path):
         "        v = self.fc(x.flatten(1)) * 3 + (0 if self.v is None else self.v)\n"
         "        self.v = v.detach() / 2\n"
         "        return (v >= 1).float().expand(2, -1, -1)\n")
-    command = [sys.executable, ROOT / "cli.py", "fit", "--config", ROOT / "configs" / "mnist.yaml", "--data.root",
-               tiny_digits, "--data.num_workers", "0", "--model.net", "bad_net.Remembers", "--model.classes", "10",
-               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, PYTHONPATH=str(tmp_path), PYTHONWARNINGS="ignore"))
+    monkeypatch.syspath_prepend(tmp_path)
+    result = run_cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers",
+                     "0", "--model.net", "bad_net.Remembers", "--model.classes", "10", "--trainer.max_epochs", "1",
+                     "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", cwd=tmp_path)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the network keeps state between batches in Remembers (net): the same input gave "
@@ -289,11 +285,6 @@ def test_energy_counts_each_familys_layers(family):
     assert 0 < report.layers[2].input_rate < 1 and report.layers[2].sops > 0
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, ROOT / "cli.py", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=900, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
 @pytest.fixture
 def digits(tiny_digits):
     """Real MNIST where ../shared is beside the checkout, else the test's small image folder; and the options
@@ -307,12 +298,12 @@ def digits(tiny_digits):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_each_family_trains_through_cli_and_is_followed_and_tested_from_its_checkpoint(family, digits, tmp_path):
+def test_each_family_trains_through_cli_and_is_followed_and_tested_from_its_checkpoint(family, run_cli, digits, tmp_path):
     """By class path, as written by its users, the paper's MNIST recipe for 100 batches of 16: the loss falls,
     the validation accuracy is above chance, tau and firing rates of its 3 neuron layers are logged, tau.csv,
     tau.png and energy.csv are written; then `cli.py test` rebuilds it from the checkpoint."""
     config = ROOT / "examples" / "plugin" / "configs" / f"{family}.yaml"
-    result = cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--config", config, *digits,
+    result = run_cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--config", config, *digits,
                  "--data.num_workers", "0", "--trainer.limit_val_batches", "20", "--trainer.log_every_n_steps", "5",
                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -330,7 +321,7 @@ def test_each_family_trains_through_cli_and_is_followed_and_tested_from_its_chec
         assert next(csv.reader(f)) == ["step", *layers]
     assert (run / "tau.png").read_bytes()[:4] == b"\x89PNG" and (run / "energy.csv").is_file()
 
-    tested = cli("test", "--config", ROOT / "configs" / "mnist.yaml", "--config", config, *digits[:2],
+    tested = run_cli("test", "--config", ROOT / "configs" / "mnist.yaml", "--config", config, *digits[:2],
                  "--data.num_workers", "0", "--trainer.limit_test_batches", "10", "--ckpt_path",
                  run / "checkpoints" / "last.ckpt", cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr[-3000:]
@@ -338,9 +329,8 @@ def test_each_family_trains_through_cli_and_is_followed_and_tested_from_its_chec
 
     # NIR export: the Sequential SpikingJelly network leaves whole; the others, written as loops over time, are
     # refused in one line that names the network and its modules
-    exported = subprocess.run([sys.executable, "-m", "plifnet.export", "--ckpt_path", run / "checkpoints" / "last.ckpt",
-                               "--config", ROOT / "configs" / "mnist.yaml", "--config", config, "--out", tmp_path / "net.nir"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+    exported = run_cli("--ckpt_path", run / "checkpoints" / "last.ckpt", "--config", ROOT / "configs" / "mnist.yaml",
+                       "--config", config, "--out", tmp_path / "net.nir", cwd=ROOT, main=export.main)
     if family == "spikingjelly":
         assert exported.returncode == 0, exported.stderr[-3000:]
         assert "3 spiking layers" in exported.stderr and (tmp_path / "net.nir").is_file()
