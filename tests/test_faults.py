@@ -49,18 +49,38 @@ def spawn_cli(*args, cwd):
 BASE = ["--config", ROOT / "configs" / "mnist.yaml", "--data.num_workers", "0", "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--model.time_steps", "1"]
 
-BAD_INPUTS = {  # what is wrong: (extra arguments, what the error must say)
-    "misspelt config key": (["--model.tua", "16"], "tua"),
-    "unknown neuron": (["--model.neuron", "alfi"], "unknown neuron 'alfi'"),
-    "unknown surrogate": (["--model.surrogate", "tanh"], "tanh"),
-    "tau <= 1": (["--model.tau", "1.0"], "tau must be > 1"),
-    "T < 1": (["--model.time_steps", "0"], "time_steps must be >= 1"),
-    "CIFAR-10 images into the MNIST network": (["--data.dataset", "cifar10"], "the mnist network takes [N, C, H, W] images with C, H, W = 1, 28, 28; got shape"),
-    "empty data folder": (["--data.root", "{empty}"], "mnist was not found in"),
+CHOOSE = "give a class path (package.module.Class), or install a package that declares it in the entry-point group"
+BAD_INPUTS = {  # what is wrong: (extra arguments, the one line it must print; {empty}: an empty folder)
+    "misspelt config key": (["--model.tua", "16"],
+                            "error: unrecognized arguments: --model.tua 16. Accepted options: python cli.py fit --help"),
+    "unknown neuron": (["--model.neuron", "alfi"],
+                       f"error: bad configuration value: unknown neuron 'alfi'; choose one of ['alif', 'if', 'lif', "
+                       f"'plif'], {CHOOSE} 'plifnet.neurons'"),
+    "unknown surrogate": (["--model.surrogate", "tanh"],
+                          f"error: bad configuration value: unknown surrogate 'tanh'; choose one of ['atan', "
+                          f"'fast_sigmoid', 'gaussian', 'piecewise_quadratic', 'rectangle', 'sigmoid'], {CHOOSE} "
+                          f"'plifnet.surrogates'"),
+    "tau <= 1": (["--model.tau", "1.0"], "error: bad configuration value: tau must be > 1 (the leak k = 1/tau must lie "
+                                         "in (0, 1)), got tau=1.0"),
+    "T < 1": (["--model.time_steps", "0"], "error: bad configuration value: time_steps must be >= 1, got 0"),
+    "CIFAR-10 images into the MNIST network": (["--data.dataset", "cifar10"],
+                                               "error: the mnist network takes [N, C, H, W] images with C, H, W = 1, "
+                                               "28, 28; got shape (1, 3, 32, 32). Check that the data module matches "
+                                               "the network (--model.arch)."),
+    "empty data folder": (["--data.root", "{empty}"],
+                          "error: mnist was not found in {empty}. Expected either torchvision's layout ({empty}/MNIST) "
+                          "or an image folder ({empty}/train/<class>/* and {empty}/test/<class>/*). Fix: pass "
+                          "--data.download true (needs network) to fetch it, or --data.root DIR to point at a copy you "
+                          "have."),
     "batch size 0": (["--data.batch_size", "0"], "error: bad configuration value: --data.batch_size must be >= 1, got 0"),
     "a network class that cannot be imported": (["--model.net", "nowhere.Net"],
-                                                "error: --model.net: cannot import nowhere.Net (No module named 'nowhere')"),
-    "empty layers": (["--model.net", "plifnet.models.SpikingNet", "--model.net.layers="], "layers is empty: give the network"),
+                                                "error: --model.net: cannot import nowhere.Net (No module named "
+                                                "'nowhere'); give the class path of an importable class. Accepted "
+                                                "options: python cli.py fit --help"),
+    "empty layers": (["--model.net", "plifnet.models.SpikingNet", "--model.net.layers="],
+                     "error: bad configuration value: layers is empty: give the network as tokens, e.g. layers='c128 p "
+                     "c128 p d f2048 d f100' (c<n> convolution, p max-pooling, d dropout, f<n> linear; 10 output "
+                     "neurons per class)"),
     "bad layer token": (["--model.net", "plifnet.models.SpikingNet", "--model.net.layers", "c8x", "--model.net.classes", "10"],
                         "error: bad layer token 'c8x' in 'c8x': use c<n>, p, d or f<n>"),
 }
@@ -86,7 +106,7 @@ def test_bad_input_gives_a_clear_error_and_an_exit_code(case, run_cli, tmp_path,
     result = run_cli("fit", *BASE, "--data.root", root, *extra, cwd=tmp_path)
     assert result.returncode == 1
     printed = error_lines(result.stderr)  # one line, no traceback, no usage screen
-    assert len(printed) == 1 and printed[0].startswith("error: ") and message in printed[0], result.stderr[-3000:]
+    assert printed == [message.replace("{empty}", str(tmp_path / "empty"))], result.stderr[-3000:]
     assert not list(tmp_path.glob("runs/*/version_*")), "a run that failed to start left a run folder"
 
 
