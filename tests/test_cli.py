@@ -95,6 +95,17 @@ def test_neuron_options_from_the_command_line(cli, tiny_digits, quick, tmp_path)
     assert "neuron: lif" in out and "tau: 16.0" in out and "v_reset: null" in out
 
 
+@pytest.mark.parametrize("surrogate,built", [("sigmoid", "Sigmoid(alpha=4.0)"), ("atan", "ATan(alpha=2.0)")])
+def test_a_surrogate_chosen_on_the_command_line_keeps_its_own_alpha(surrogate, built, cli, tiny_digits, quick, tmp_path):
+    """The configs leave surrogate_alpha unset: a sigmoid chosen by name trains at its own 4.0, not at the
+    arc-tangent's 2.0 (which stays the paper's)."""
+    cli("fit", *quick, "--data.root", tiny_digits, "--model.surrogate", surrogate, "--trainer.max_steps", "1",
+        "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    model = SpikingClassifier.load_from_checkpoint(tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" /
+                                                   "last.ckpt")
+    assert {repr(m.surrogate) for m in model.net.spiking_layers().values()} == {built}
+
+
 def test_missing_data_folder_fails_with_the_fix(run_cli, tmp_path, quick):
     result = run_cli("fit", *quick, "--data.root", tmp_path / "absent", cwd=tmp_path)
     assert result.returncode != 0
