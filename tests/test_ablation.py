@@ -282,11 +282,11 @@ def test_a_second_runner_on_the_same_out_leaves_a_claimed_setting_alone(tiny_dig
 
 
 def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(tiny_digits, tmp_path):
-    """Three settings (one a plug-in neuron by class path), wandb offline as the logger: run one after
-    another, and as the SLURM array that --slurm-array writes, each task's command run as SLURM would
+    """Two settings (a grid point and a plug-in neuron by class path), wandb offline as the logger: run one
+    after another, and as the SLURM array that --slurm-array writes, each task's command run as SLURM would
     (SLURM_ARRAY_TASK_ID set; task 1 signalled for requeue mid-epoch, killed, run again). The reports are
     equal bit for bit but for wall time, and wandb holds one group with a run per setting."""
-    settings = ["--grid", "plif:2", "lif:16", "--setting", "alif", "--model.neuron plifnet_example.ALIF"]
+    settings = ["--grid", "plif:2", "--setting", "alif", "--model.neuron plifnet_example.ALIF"]
     fit = [*quick(tiny_digits, 1), "--trainer.limit_train_batches", "6", "--trainer.callbacks+=kill_probe.RequeueFromParentAtStep"]
     sequential = run_ablation("--config", ROOT / "configs" / "mnist.yaml", "--out", tmp_path / "study", *settings, *fit, cwd=tmp_path)
     assert sequential.returncode == 0, sequential.stdout[-3000:] + sequential.stderr[-3000:]
@@ -298,7 +298,7 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(tiny_dig
     assert written.returncode == 0, written.stderr[-3000:]
     script = (array / "study.sbatch").read_text()
     assert subprocess.run(["bash", "-n", array / "study.sbatch"]).returncode == 0
-    for line in ("#SBATCH --array=0-2", "#SBATCH --requeue", "#SBATCH --signal=SIGUSR1@120", "#SBATCH --time=00:30:00",
+    for line in ("#SBATCH --array=0-1", "#SBATCH --requeue", "#SBATCH --signal=SIGUSR1@120", "#SBATCH --time=00:30:00",
                  "#SBATCH --job-name=study"):
         assert line in script.splitlines() or any(l.startswith(line + " ") for l in script.splitlines()), line
     task = next(line for line in script.splitlines() if line.startswith("srun ")).removeprefix("srun ")
@@ -313,15 +313,15 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(tiny_dig
              "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "WANDB_SILENT": "true",
              "PLIFNET_REQUEUE_TASK": "1", "PLIFNET_REQUEUE_AT": "3"}
     cwd = script.split("\ncd ")[1].split("\n")[0]
-    for index in (0, 1, 1, 2):  # task 1 twice: requeued (and killed) at step 3 of 6, then run again
+    for index in (0, 1, 1):  # task 1 twice: requeued (and killed) at step 3 of 6, then run again
         env = dict(os.environ, **slurm, SLURM_ARRAY_TASK_ID=str(index))
         done = subprocess.run(["bash", "-c", task], cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
                               start_new_session=True)  # its own process group: the requeue kills the whole group
-        folder = array / ["plif_tau2_seed2020", "lif_tau16_seed2020", "alif_seed2020"][index]
+        folder = array / ["plif_tau2_seed2020", "alif_seed2020"][index]
         if index == 1 and not (folder / "done.json").exists():
             assert done.returncode == -9 and "requeue" in (tmp_path / "scontrol.log").read_text()
             assert list(folder.glob("hpc_ckpt_*.ckpt")), "the requeue saved no checkpoint"
-            assert sorted(p.name for p in array.iterdir()) == ["lif_tau16_seed2020", "plif_tau2_seed2020", "slurm", "study.sbatch"]
+            assert sorted(p.name for p in array.iterdir()) == ["alif_seed2020", "plif_tau2_seed2020", "slurm", "study.sbatch"]
         else:
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             assert (folder / "done.json").exists()
@@ -329,14 +329,17 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(tiny_dig
     report = run_ablation("--out", array, *settings, "--report-only", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     ours, theirs = table_rows(tmp_path / "study"), table_rows(array)
-    assert set(ours) == {"PLIF tau0=2", "LIF tau=16", "alif"}
+    assert set(ours) == {"PLIF tau0=2", "alif"}
     for label, row in ours.items():
         assert {k: v for k, v in row.items() if k != "wall time"} == {k: v for k, v in theirs[label].items() if k != "wall time"}
     assert ours["alif"]["final tau conv1"] not in ("-", "2.000")  # the plug-in's learnable tau, followed
 
     for folder, neuron, tags in (("plif_tau2_seed2020", "plif", ["neuron=plif", "tau=2", "seed=2020"]),
                                  ("alif_seed2020", "plifnet_example.ALIF", ["neuron=plifnet_example.ALIF", "seed=2020"])):
-        run_file, = (array / folder / "runs" / "wandb").glob("offline-run-*/run-*.wandb")
+        # the requeued task's first process and the one that finished it: two runs of one name in the group
+        run_files = sorted((array / folder / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(run_files) == (2 if folder == "alif_seed2020" else 1), run_files
+        run_file = run_files[-1]  # the killed one may hold nothing: wandb writes its file asynchronously
         run, = wandb_records(run_file, "run")
         assert (run.run_group, run.display_name, run.job_type, list(run.tags)) == ("study", folder.removesuffix("_seed2020"), neuron, tags)
         config = {item.key: json.loads(item.value_json) for record in wandb_records(run_file, "config") for item in record.update}

@@ -23,7 +23,7 @@ def last_test_acc(run_dir):
         return float([r for r in csv.DictReader(f) if r.get("test/acc")][-1]["test/acc"])
 
 
-def test_two_process_ddp_fit_then_single_process_test(tiny_digits, tmp_path):
+def test_two_process_ddp_fit_then_single_process_test(run_cli, tiny_digits, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"),
                PYTHONUNBUFFERED="1")
     common = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
@@ -44,7 +44,8 @@ def test_two_process_ddp_fit_then_single_process_test(tiny_digits, tmp_path):
 
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     cli("test", *common, *ddp, "--ckpt_path", ckpt, cwd=tmp_path, env=env)
-    cli("test", *common, "--ckpt_path", ckpt, "--trainer.devices", "1", cwd=tmp_path, env=env)
+    single = run_cli("test", *common, "--ckpt_path", ckpt, "--trainer.devices", "1", cwd=tmp_path)  # in this process
+    assert single.returncode == 0, single.stderr[-3000:]
     runs = tmp_path / "runs" / "lightning_logs"
     assert last_test_acc(runs / "version_1") == pytest.approx(last_test_acc(runs / "version_2"))
 

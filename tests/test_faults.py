@@ -165,17 +165,23 @@ def test_checkpoints_load_with_weights_only_semantics(run_cli, tmp_path, tiny_di
 
 def kill_and_resume(args, kill_at: int, tmp_path):
     """Run ``cli.py fit ARGS`` whole in tmp_path/whole; in tmp_path/killed, SIGKILL it when step
-    ``kill_at`` starts and resume it with ``--ckpt_path last``. Returns the three finished processes."""
+    ``kill_at`` starts and resume it with ``--ckpt_path last``. Returns the three finished processes.
+    The whole run goes on beside the other two (each process is mostly imports, on one core)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_KILL_AT=str(kill_at))
-    run = lambda *extra, cwd: subprocess.run([sys.executable, ROOT / "cli.py", "fit", *map(str, args), *extra],
-                                             cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, ROOT / "cli.py", "fit", *map(str, args)]
+    run = lambda *extra, cwd: subprocess.run([*command, *extra], cwd=cwd, env=env, capture_output=True, text=True,
+                                             timeout=600)
     (tmp_path / "whole").mkdir()
     (tmp_path / "killed").mkdir()
-    whole = run(cwd=tmp_path / "whole")
+    out, err = tmp_path / "whole.out", tmp_path / "whole.err"  # files, not pipes: nobody reads them meanwhile
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        beside = subprocess.Popen(command, cwd=tmp_path / "whole", env=env, stdout=stdout, stderr=stderr)
+        killed = run("--trainer.callbacks+=kill_probe.KillAtStep", cwd=tmp_path / "killed")
+        resumed = run("--ckpt_path", "last", cwd=tmp_path / "killed")
+        beside.wait(timeout=600)
+    whole = subprocess.CompletedProcess(beside.args, beside.returncode, out.read_text(), err.read_text())
     assert whole.returncode == 0, whole.stderr[-2000:]
-    killed = run("--trainer.callbacks+=kill_probe.KillAtStep", cwd=tmp_path / "killed")
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL
-    resumed = run("--ckpt_path", "last", cwd=tmp_path / "killed")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     return whole, killed, resumed
 
