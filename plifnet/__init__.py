@@ -6,8 +6,17 @@ Where things live: neuron equations and tau in :mod:`plifnet.neurons`, surrogate
 """
 
 from plifnet.models import ARCHS, SpikingNet
-from plifnet.module import SpikingClassifier
 from plifnet.neurons import IF, LIF, PLIF, neuron_factory, reset_state
 
 __version__ = "0.1.0"
 __all__ = ["ARCHS", "IF", "LIF", "PLIF", "SpikingClassifier", "SpikingNet", "neuron_factory", "reset_state"]
+
+
+def __getattr__(name: str):
+    # The LightningModule on first use: the neurons and networks alone need torch, not Lightning
+    # (its import takes seconds), so `import plifnet.neurons` stays quick.
+    if name == "SpikingClassifier":
+        from plifnet.module import SpikingClassifier
+
+        return SpikingClassifier
+    raise AttributeError(f"module 'plifnet' has no attribute {name!r}")

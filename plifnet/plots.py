@@ -1,19 +1,22 @@
-"""The figures plifnet writes into a run folder (matplotlib, no display needed)."""
+"""The figures plifnet writes into a run folder (matplotlib, no display needed).
+
+Figures are made with matplotlib's object API (``Figure``), not pyplot: no backend is chosen for the
+whole process (a user's notebook keeps its own) and no figure is kept open between calls."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.image
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def tau_trajectories(steps: list[int], history: dict[str, list[float]], path: Path) -> None:
     """One curve per PLIF layer: tau (per-channel layers: the mean) against the optimiser step."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     for name, values in history.items():
         ax.plot(steps, values, label=name, marker="." if len(steps) < 30 else None)
     ax.set(xlabel="step", ylabel="tau", title="membrane time constant per layer")
@@ -21,29 +24,29 @@ def tau_trajectories(steps: list[int], history: dict[str, list[float]], path: Pa
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, format="png")
-    plt.close(fig)
 
 
 def firing_rates(rates: dict[str, float], epoch: int, path: Path) -> None:
     """A bar per spiking layer: its mean firing rate on the validation set."""
-    fig, ax = plt.subplots(figsize=(max(3, 0.6 * len(rates) + 1), 3), dpi=100)
+    fig = Figure(figsize=(max(3, 0.6 * len(rates) + 1), 3), dpi=100)
+    ax = fig.subplots()
     ax.bar(list(rates), list(rates.values()), color="tab:orange")
     ax.set(ylabel="firing rate", ylim=(0, max(0.05, 1.1 * max(rates.values(), default=0))),
            title=f"firing rates, epoch {epoch}")
     ax.tick_params(axis="x", labelrotation=45)
     fig.tight_layout()
     fig.savefig(path, format="png")
-    plt.close(fig)
 
 
 def read_png(path: Path) -> np.ndarray:
     """The image as ``[H, W, 3]`` uint8, the form TensorBoard's ``add_image`` takes."""
-    return (plt.imread(path)[..., :3] * 255).astype(np.uint8)
+    return (matplotlib.image.imread(path)[..., :3] * 255).astype(np.uint8)
 
 
 def test_accuracy(curves: dict[str, list[float]], path: Path) -> None:
     """Test accuracy (%) against epoch, one curve per run of an ablation."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     for label, accuracies in curves.items():
         ax.plot(range(1, len(accuracies) + 1), [100 * a for a in accuracies], marker="o", label=label)
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
@@ -52,7 +55,6 @@ def test_accuracy(curves: dict[str, list[float]], path: Path) -> None:
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, format="png")
-    plt.close(fig)
 
 
 def tau_per_layer(layers: list[str], trajectories: dict[str, tuple[list[int], dict[str, list[float]]]],
@@ -60,8 +62,9 @@ def tau_per_layer(layers: list[str], trajectories: dict[str, tuple[list[int], di
     """One panel per layer: tau against step for each learnable-tau run, a dashed line for each fixed tau."""
     columns = min(4, max(1, len(layers)))
     rows = -(-max(1, len(layers)) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), dpi=100, squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(3.2 * columns, 2.8 * rows), dpi=100)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, layer in zip(axes.flat, layers):
         for i, (label, (steps, history)) in enumerate(trajectories.items()):
             if layer in history:
@@ -76,14 +79,14 @@ def tau_per_layer(layers: list[str], trajectories: dict[str, tuple[list[int], di
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize="small")
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, format="png")
-    plt.close(fig)
 
 
 def energy_per_layer(report, title: str, path: Path) -> None:
     """Two bars per Conv2d/Linear layer: the SNN's energy per image and the same layer's in an ANN (uJ)."""
     names = [layer.name for layer in report.layers]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 2), 3.2), dpi=100)
+    fig = Figure(figsize=(max(4, 0.9 * len(names) + 2), 3.2), dpi=100)
+    ax = fig.subplots()
     ax.bar(x - 0.2, [layer.energy_pj / 1e6 for layer in report.layers], 0.4, label="SNN")
     ax.bar(x + 0.2, [layer.ann_energy_pj / 1e6 for layer in report.layers], 0.4, label="ANN", color="tab:gray")
     ax.set(xticks=x, xticklabels=names, ylabel="energy per image (uJ)",
@@ -91,4 +94,3 @@ def energy_per_layer(report, title: str, path: Path) -> None:
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, format="png")
-    plt.close(fig)

@@ -200,3 +200,21 @@ def test_bad_arguments():
         neuron_factory("plif", v_reset=1.5)
     with pytest.raises(ValueError, match=r"multi-step input must be \[T, N, ...\]"):
         PLIF()(torch.rand(5))
+
+
+def test_the_neurons_import_without_lightning_and_figures_leave_the_backend_alone(tmp_path):
+    """A fresh interpreter, as a user's script or notebook: `import plifnet.neurons` brings no Lightning (its
+    import takes seconds), and writing a figure keeps the backend the user chose."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys, matplotlib; matplotlib.use('pdf'); import plifnet.neurons; "
+            "print('lightning' in sys.modules); from plifnet import plots; "
+            "plots.tau_trajectories([0, 1], {'conv1': [2.0, 2.1]}, sys.argv[1]); print(matplotlib.get_backend())")
+    result = subprocess.run([sys.executable, "-c", code, tmp_path / "tau.png"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "pdf"]
+    assert (tmp_path / "tau.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
