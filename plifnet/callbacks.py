@@ -344,16 +344,24 @@ class TauMonitor(Callback):
 class FiringRateMonitor(Callback):
     """Mean firing rate of every spiking layer on the validation set, each epoch.
 
-    Logged as ``firing_rate/<layer>`` and drawn as a bar chart (``firing_rates.png`` in the run folder,
-    and an image for loggers that show them). Warns once per layer when a layer stays silent or
-    saturated (rate below ``low`` or above ``high``) for a whole epoch. Only running sums are kept,
-    never activations.
+    Logged as ``firing_rate/<layer>``, kept per epoch (the last validation of each) in
+    ``firing_rates.csv`` and drawn against the epoch in ``firing_rates.png`` in the run folder (and an
+    image for loggers that show them); a resumed run keeps the earlier epochs (the checkpoint holds
+    them). Warns once per layer when a layer stays silent or saturated (rate below ``low`` or above
+    ``high``) for a whole epoch. Only running sums are kept, never activations.
     """
 
     def __init__(self, low: float = 1e-4, high: float = 0.99):
         self.low, self.high = low, high
         self.warned: set[str] = set()
         self.rates: dict[str, float] = {}
+        self.history: dict[int, dict[str, float]] = {}  # epoch: its rates
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = {int(epoch): dict(rates) for epoch, rates in state_dict["history"].items()}
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self.layers = spiking_layers(pl_module)
@@ -390,10 +398,21 @@ class FiringRateMonitor(Callback):
                     f"check the input scale, v_threshold and tau",
                     RuntimeWarning,
                 )
+        self.history[trainer.current_epoch] = self.rates
         if trainer.is_global_zero:
-            path = _run_dir(trainer) / "firing_rates.png"
-            write_atomically(path, lambda p: plots.firing_rates(self.rates, trainer.current_epoch, p))
-            _log_figure(trainer, "firing_rates", path, trainer.global_step)
+            folder = _run_dir(trainer)
+            layers = list(self.rates)
+
+            def write_csv(path):
+                with open(path, "w", newline="") as f:
+                    writer = csv.writer(f)
+                    writer.writerow(["epoch", *layers])
+                    for epoch, rates in sorted(self.history.items()):
+                        writer.writerow([epoch, *(f"{rates[name]:.8g}" if name in rates else "" for name in layers)])
+
+            write_atomically(folder / "firing_rates.csv", write_csv)
+            write_atomically(folder / "firing_rates.png", lambda path: plots.firing_rates(self.history, path))
+            _log_figure(trainer, "firing_rates", folder / "firing_rates.png", trainer.global_step)
 
 
 class SynapticOps(Callback):

@@ -26,14 +26,18 @@ def tau_trajectories(steps: list[int], history: dict[str, list[float]], path: Pa
     fig.savefig(path, format="png")
 
 
-def firing_rates(rates: dict[str, float], epoch: int, path: Path) -> None:
-    """A bar per spiking layer: its mean firing rate on the validation set."""
-    fig = Figure(figsize=(max(3, 0.6 * len(rates) + 1), 3), dpi=100)
+def firing_rates(history: dict[int, dict[str, float]], path: Path) -> None:
+    """One curve per spiking layer: its mean firing rate on the validation set against the epoch."""
+    fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.subplots()
-    ax.bar(list(rates), list(rates.values()), color="tab:orange")
-    ax.set(ylabel="firing rate", ylim=(0, max(0.05, 1.1 * max(rates.values(), default=0))),
-           title=f"firing rates, epoch {epoch}")
-    ax.tick_params(axis="x", labelrotation=45)
+    epochs = sorted(history)
+    layers = list(dict.fromkeys(name for rates in history.values() for name in rates))
+    for name in layers:
+        ax.plot(epochs, [history[e].get(name, np.nan) for e in epochs], label=name, marker="o" if len(epochs) < 30 else None)
+    ax.set(xlabel="epoch", ylabel="firing rate", title="firing rate per layer (validation)",
+           ylim=(0, max(0.05, 1.1 * max((r for rates in history.values() for r in rates.values()), default=0))))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, format="png")
 

@@ -177,6 +177,13 @@ def test_tau_monitor_logs_every_plif_layer(kind, tiny_digits, tmp_path, monkeypa
     assert list(tau_rows[0]) == ["step", *layers] and len(tau_rows) == 4
     assert float(tau_rows[-1]["fc1"]) == pytest.approx(model.net.spiking_layers()["fc1"].tau.item(), rel=1e-6)
     assert is_png(run / "tau.png") and is_png(run / "firing_rates.png")
+    with open(run / "metrics.csv") as f:  # every epoch's rates kept beside each other, as logged
+        logged = [r for r in csv.DictReader(f) if r.get("firing_rate/fc1")]
+    with open(run / "firing_rates.csv") as f:
+        kept = list(csv.DictReader(f))
+    assert [r["epoch"] for r in kept] == ["0", "1"] and list(kept[0]) == ["epoch", *layers]
+    for row, log in zip(kept, logged, strict=True):
+        assert all(float(row[name]) == pytest.approx(float(log[f"firing_rate/{name}"]), rel=1e-6) for name in layers)
 
     if kind == "tensorboard":
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

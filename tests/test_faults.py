@@ -384,6 +384,9 @@ def test_resume_keeps_protocols_a_and_b(tmp_path, tiny_digits):
     assert whole["test/acc_at_best_val"] == test[first_best] and whole["test/acc_best"] == max(test)
     for key in ("val/acc_best", "test/acc_best", "test/acc_at_best_val", "val/acc", "test/acc"):
         assert resumed[key] == whole[key], key
+    rates = [(tmp_path / run / "runs" / "lightning_logs" / version / "firing_rates.csv").read_text()
+             for run, version in (("whole", "version_0"), ("killed", "version_1"))]
+    assert len(rates[0].splitlines()) == 4 and rates[1] == rates[0]  # the epochs before the kill are kept
 
 
 @pytest.fixture(scope="module")
