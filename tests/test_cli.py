@@ -130,3 +130,18 @@ def test_short_run_on_real_mnist(cli, shared_datasets, tmp_path):
     cli("test", *args, "--ckpt_path", ckpt, "--trainer.limit_test_batches", "63", cwd=tmp_path)
     rows = read_metrics(tmp_path / "runs" / "lightning_logs" / "version_1")
     assert float(rows[-1]["test/acc"]) > 0.25
+
+
+@pytest.mark.real_data
+def test_the_smoke_preset_is_a_run_of_seconds_with_everything_a_full_run_writes(cli, shared_datasets, tmp_path):
+    """README's quick first run: configs/trainer/smoke.yaml after the dataset config trains 20 batches of one
+    epoch and validates and tests on 5 batches each, with the run folder of a full run."""
+    cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--config", ROOT / "configs" / "trainer" / "smoke.yaml",
+        "--data.root", shared_datasets, cwd=tmp_path)
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (0, 20)
+    rows = read_metrics(run)
+    assert epoch_rows(rows, "val/acc") and epoch_rows(rows, "test/acc") and epoch_rows(rows, "tau/conv1")
+    assert all((run / name).is_file() for name in ("tau.csv", "tau.png", "firing_rates.csv", "energy.csv", "config.yaml"))
+
