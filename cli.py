@@ -71,10 +71,16 @@ class PlifnetCLI(LightningCLI):
         if config.trainer.get("default_root_dir"):
             for log in loggers:
                 log.init_args.save_dir = str(Path(config.trainer.default_root_dir) / log.init_args.save_dir)
+        argv = args if args is not None else sys.argv[1:]
+        ignored = sorted(given_model_options(argv) & set(NETWORK_OPTIONS)) if config.model.get("net") is not None else []
+        if ignored:  # SpikingClassifier builds its own network from these, and only without --model.net
+            raise SystemExit(
+                f"error: --model.{ignored[0]} does nothing when --model.net gives the network; set it on the network "
+                f"(--model.net.init_args.{ignored[0]}, where its class takes it) or leave it out")
         try:
             config.ckpt_path = self._checked(config.get("ckpt_path"), loggers, config.trainer.get("default_root_dir") or ".")
             if config.ckpt_path not in (None, "best", "hpc"):
-                self._check_hyperparameters(config, args if args is not None else sys.argv[1:])
+                self._check_hyperparameters(config, argv)
         except checkpoints.CheckpointError as error:
             raise SystemExit(f"error: {error}") from None
 
@@ -89,8 +95,7 @@ class PlifnetCLI(LightningCLI):
         checkpoints.check_names(hyper_parameters, checkpoints.strings(config), source=f"checkpoint {config.ckpt_path}",
                                 how_to_allow="name it in this run's command line or config (e.g. --model.neuron "
                                              "VALUE) to allow it")
-        given = {arg.split("=")[0][len("--model."):].split(".")[0] for arg in map(str, argv) if arg.startswith("--model.")}
-        for key in sorted(given & set(hyper_parameters)):
+        for key in sorted(given_model_options(argv) & set(hyper_parameters)):
             value = config.model.get(key)
             value = value.as_dict() if hasattr(value, "as_dict") else value
             if value != hyper_parameters[key]:
@@ -153,6 +158,16 @@ class PlifnetCLI(LightningCLI):
         path = checkpoints.fetch(ckpt_path) if checkpoints.is_url(ckpt_path) else Path(ckpt_path)
         checkpoints.read(path, mmap=True)
         return str(path)
+
+
+# SpikingClassifier's options that build its own network (plifnet.models.SpikingNet)
+NETWORK_OPTIONS = ("arch", "neuron", "tau", "v_threshold", "v_reset", "detach_reset", "decay_input", "per_channel",
+                   "surrogate", "surrogate_alpha", "variant", "time_steps", "dropout", "backend")
+
+
+def given_model_options(argv) -> set[str]:
+    """The ``--model.NAME`` options on the command line (``--model.net.layers`` is ``net``)."""
+    return {arg.split("=")[0][len("--model."):].split(".")[0] for arg in map(str, argv) if arg.startswith("--model.")}
 
 
 def quiet_console() -> None:

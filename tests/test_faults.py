@@ -46,8 +46,9 @@ def spawn_cli(*args, cwd):
                           text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-BASE = ["--config", ROOT / "configs" / "mnist.yaml", "--data.num_workers", "0", "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--model.time_steps", "1"]
+OWN_NET = ["--config", ROOT / "configs" / "mnist.yaml", "--data.num_workers", "0", "--trainer.max_epochs", "1",
+           "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]  # for a --model.net of one's own
+BASE = [*OWN_NET, "--model.time_steps", "1"]  # the paper's network at T = 1
 
 CHOOSE = "give a class path (package.module.Class), or install a package that declares it in the entry-point group"
 BAD_INPUTS = {  # what is wrong: (extra arguments, the one line it must print; {empty}: an empty folder)
@@ -83,6 +84,10 @@ BAD_INPUTS = {  # what is wrong: (extra arguments, the one line it must print; {
                      "neurons per class)"),
     "bad layer token": (["--model.net", "plifnet.models.SpikingNet", "--model.net.layers", "c8x", "--model.net.classes", "10"],
                         "error: bad layer token 'c8x' in 'c8x': use c<n>, p, d or f<n>"),
+    "a model option that a network of one's own ignores": (
+        ["--model.net", "plifnet.models.SpikingNet", "--model.net.layers", "c8 p f100", "--model.neuron", "lif"],
+        "error: --model.neuron does nothing when --model.net gives the network; set it on the network "
+        "(--model.net.init_args.neuron, where its class takes it) or leave it out"),
 }
 LIGHTNING_INFO = ("Seed set to ", "GPU available: ", "TPU available: ", "HPU available: ", "`Trainer(limit_")
 
@@ -103,7 +108,7 @@ def test_bad_input_gives_a_clear_error_and_an_exit_code(case, run_cli, tmp_path,
         make_image_folder(cifar, per_class=2, test_per_class=1, size=32, mode="RGB")
     root = cifar if case.startswith("CIFAR") else tiny_digits
     extra = [str(a).replace("{empty}", str(tmp_path / "empty")) for a in extra]
-    result = run_cli("fit", *BASE, "--data.root", root, *extra, cwd=tmp_path)
+    result = run_cli("fit", *(OWN_NET if "--model.net" in extra else BASE), "--data.root", root, *extra, cwd=tmp_path)
     assert result.returncode == 1
     printed = error_lines(result.stderr)  # one line, no traceback, no usage screen
     assert printed == [message.replace("{empty}", str(tmp_path / "empty"))], result.stderr[-3000:]
@@ -115,7 +120,7 @@ def test_the_exporter_names_what_it_needs_reads_a_runs_own_config_and_keeps_a_ur
 
     from plifnet import export
 
-    fit = run_cli("fit", *BASE, "--data.root", tiny_digits, "--model.net", "plifnet.models.SpikingNet", "--model.net.layers",
+    fit = run_cli("fit", *OWN_NET, "--data.root", tiny_digits, "--model.net", "plifnet.models.SpikingNet", "--model.net.layers",
                   "c8 p f100", "--model.net.classes", "10", "--model.net.static", "true", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
     run = tmp_path / "runs" / "lightning_logs" / "version_0"

@@ -29,17 +29,19 @@ def example_plugin():
     return plifnet_example
 
 
-QUICK = ["--data.num_workers", "0", "--data.batch_size", "4", "--model.time_steps", "2", "--trainer.max_epochs", "1",
+QUICK = ["--data.num_workers", "0", "--data.batch_size", "4", "--trainer.max_epochs", "1",
          "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1"]
 
 
 @pytest.fixture
 def fit(run_cli):
-    """``fit(*ARGS, cwd=..., config=...)``: ``cli.py fit`` of a config (None: ARGS bring theirs), shrunk to
-    seconds by QUICK."""
+    """``fit(*ARGS, cwd=..., config=..., own_network=...)``: ``cli.py fit`` of a config (None: ARGS bring theirs),
+    shrunk to seconds by QUICK, and the paper's network to T = 2 (not with a network of one's own, which
+    takes its own options: cli.py refuses --model.time_steps there)."""
 
-    def run(*args, cwd, config=ROOT / "configs" / "mnist.yaml"):
-        return run_cli("fit", *(["--config", config] if config else []), *args, *QUICK, cwd=cwd)
+    def run(*args, cwd, config=ROOT / "configs" / "mnist.yaml", own_network=False):
+        shorter = [] if own_network else ["--model.time_steps", "2"]
+        return run_cli("fit", *(["--config", config] if config else []), *args, *QUICK, *shorter, cwd=cwd)
 
     return run
 
@@ -84,14 +86,15 @@ def test_networks_from_yaml_and_from_a_users_package_train_with_their_neurons_mo
         "model:\n  net:\n    class_path: plifnet.models.SpikingNet\n    init_args:\n"
         "      layers: c16 p c16 p d f100\n      static: true\n      time_steps: 2\n      neuron: lif\n")
     # no in_channels, size or classes: the data module's input_shape (1, 28, 28) and the output layer give them
-    result = fit("--data.root", tiny_digits, "--config", tmp_path / "yaml" / "net.yaml", cwd=tmp_path / "yaml")
+    result = fit("--data.root", tiny_digits, "--config", tmp_path / "yaml" / "net.yaml", cwd=tmp_path / "yaml",
+                 own_network=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"firing_rate/conv1", "firing_rate/conv2", "firing_rate/fc1"} <= logged(tmp_path / "yaml")
     assert not any(key.startswith("tau/") for key in logged(tmp_path / "yaml"))  # LIF: tau is fixed
 
     (tmp_path / "own").mkdir()
     result = fit("--data.root", tiny_digits, "--model.net", "plifnet_example.net.TinySNN", "--model.net.time_steps", "3",
-                 cwd=tmp_path / "own")
+                 cwd=tmp_path / "own", own_network=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"tau/lif1", "tau/lif2", "firing_rate/lif1", "firing_rate/lif2"} <= logged(tmp_path / "own")
 
@@ -146,7 +149,7 @@ def test_bad_plugins_get_clear_errors(example_plugin, tmp_path, monkeypatch):
 
 def test_a_network_whose_output_does_not_match_the_classes_is_named(fit, tiny_digits, tmp_path):
     result = fit("--data.root", tiny_digits, "--model.net", "torch.nn.Linear", "--model.net.in_features", "28",
-                 "--model.net.out_features", "5", "--model.classes", "10", cwd=tmp_path)
+                 "--model.net.out_features", "5", "--model.classes", "10", cwd=tmp_path, own_network=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     # found by the model summary's one-sample forward, before any training step; one line
     assert re.fullmatch(r"error: Linear returned scores of shape \((\d+), 1, 28, 5\) for input \(\1, 1, 28, 28\); "
@@ -165,7 +168,7 @@ def test_the_recipes_of_extending_md_run(command, fit, example_plugin, tiny_digi
     args = [str(ROOT / arg) if arg.startswith(("configs/", "examples/")) else arg for arg in shlex.split(command)[3:]]
     if "--data" not in args:
         args += ["--data.root", str(tiny_digits)]
-    result = fit(*args, cwd=tmp_path, config=None)
+    result = fit(*args, cwd=tmp_path, config=None, own_network="--model.net" in command or "examples/" in command)
     assert result.returncode == 0, command + "\n" + result.stderr[-3000:]
     assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
