@@ -219,18 +219,19 @@ def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, s
         return "skipped"
     command = fit_command(setting, configs, passed_on, folder)
     recorded = folder / "command.json"
-    checkpointed = any(not path.name.startswith(".") for path in folder.rglob("*.ckpt"))  # hidden: a killed write's
-    if checkpointed and recorded.exists() and json.loads(recorded.read_text()) != command[1:]:
-        raise SystemExit(
-            f"error: {folder} holds an unfinished run of a different command (see {recorded}); "
-            f"rerun with the same options, or use another --out folder"
-        )
     with claim(folder) as mine:
         if not mine:
             print(f"{setting.folder}: running in another process, not run here", flush=True)
             return "skipped"
         if (folder / "done.json").exists():  # finished by the other process between the two checks
             return "skipped"
+        # read under the claim: another runner may have checkpointed the task until a moment ago
+        checkpointed = any(not path.name.startswith(".") for path in folder.rglob("*.ckpt"))  # hidden: a killed write's
+        if checkpointed and recorded.exists() and json.loads(recorded.read_text()) != command[1:]:
+            raise SystemExit(
+                f"error: {folder} holds an unfinished run of a different command (see {recorded}); "
+                f"rerun with the same options, or use another --out folder"
+            )
         write_atomically(recorded, lambda path: path.write_text(json.dumps(command[1:], indent=1)))
         if checkpointed:  # cli.py takes the newest readable checkpoint under the setting's folder, naming broken ones
             command += ["--ckpt_path", "last"]
