@@ -1,8 +1,8 @@
 """How the CPU kernels are built: numba against torch.compile (Inductor), side by side in one run.
 
 Both fuse the same PLIF layer (tau0 = 2, hard reset, ATan) over [T, N, C, H, W] = [8, 16, 128, 28, 28];
-torch.compile gets the plain reference loop (``plifnet.neurons.multi_step``) and generates C++ for
-its forward and backward. Printed per technique: the first call in a fresh process with an empty
+torch.compile gets PLIF's hooks as plifnet's compiled path runs a neuron of your own
+(``backend="compile"``, :mod:`plifnet.kernels.compiled`) and generates C++ for its forward and backward. Printed per technique: the first call in a fresh process with an empty
 cache (compilation), the first call of a second process that finds the cache, forward + backward
 time (the three timed in alternating rounds; medians) and the bytes kept for backward.
 
@@ -23,7 +23,7 @@ import torch
 
 from neuron_kernels import alternating_rounds, median_of, saved_bytes
 from plifnet.kernels import keep_freed_cpu_memory
-from plifnet.neurons import PLIF, multi_step
+from plifnet.neurons import PLIF
 
 SHAPE = (8, 16, 128, 28, 28)
 
@@ -31,12 +31,10 @@ SHAPE = (8, 16, 128, 28, 28)
 def layer(technique):
     """``layer(x) -> spikes`` for one technique; the learnable ``w`` lives inside, as in PLIF."""
     if technique == "reference":
-        return PLIF(2.0, backend="reference")
+        return PLIF(tau=2.0, backend="reference")
     if technique == "numba":
-        return PLIF(2.0, backend="cpu")
-    neuron = PLIF(2.0, backend="reference")
-    options = neuron._options()
-    return torch.compile(lambda x: multi_step(x, neuron.decay(x[0]), *options))
+        return PLIF(tau=2.0, backend="cpu")
+    return PLIF(tau=2.0, backend="compile")  # the path of a neuron with its own hooks (plifnet.kernels.compiled)
 
 
 def child(technique):

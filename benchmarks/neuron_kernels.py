@@ -85,7 +85,7 @@ def layer_child(implementation, repeats, device):
     if implementation == "spikingjelly":
         layer = spikingjelly_plif().to(device)
     else:
-        layer = PLIF(2.0, backend=implementation if implementation == "reference" else "auto").to(device)
+        layer = PLIF(tau=2.0, backend=implementation if implementation == "reference" else "auto").to(device)
 
     def step():
         x.grad = None
@@ -120,7 +120,7 @@ def kernels_child(implementation, precision, repeats):
     for name, kind, shape in MNIST_KERNELS:
         x = (torch.randn(shape) * 1.5 + 0.5).to(dtype).requires_grad_()
         if kind == "neuron":
-            neuron = PLIF(2.0, backend=backend)
+            neuron = PLIF(tau=2.0, backend=backend)
             run = (lambda x, neuron=neuron: neuron(x, time_steps=8)) if len(shape) == 4 else neuron
         else:
             x = (x.detach() > 1).to(dtype).requires_grad_()  # spikes

@@ -82,7 +82,7 @@ class MaxPool(nn.Module):
         self.backend = backend
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return kernels.max_pool2x2(x_seq, self.backend)
+        return kernels.max_pool2x2(x_seq, backend=self.backend)
 
 
 class SharedDropout(nn.Module):

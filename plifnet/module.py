@@ -26,7 +26,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from plifnet import checkpoints
 from plifnet.models import SpikingNet
 from plifnet.neurons import neuron_factory
-from plifnet.surrogates import Surrogate
+from plifnet.options import NeuronOptions
+from plifnet.surrogates import Surrogate, surrogate as make_surrogate
 
 
 class NoInputShape(ValueError):
@@ -56,8 +57,9 @@ class SpikingClassifier(L.LightningModule):
         dropout: probability of every dropout layer.
         loss: ``rate_mse`` (the paper) or ``cross_entropy``.
         lr, cosine_t_max: Adam's learning rate and the period (epochs) of the cosine schedule.
-        backend: ``auto`` (the fused kernels of the device where installed), ``reference`` (plain
-            per-step PyTorch), ``cpu`` or ``triton`` (:mod:`plifnet.kernels`).
+        backend: ``auto`` (the fused kernels of the device where installed; a neuron with hooks of its
+            own, compiled), ``reference`` (plain per-step PyTorch), ``compile``, ``cpu`` or ``triton``
+            (:data:`plifnet.options.BACKENDS`).
     """
 
     def __init__(
@@ -78,7 +80,7 @@ class SpikingClassifier(L.LightningModule):
         loss: Literal["rate_mse", "cross_entropy"] = "rate_mse",
         lr: float = 1e-3,
         cosine_t_max: int = 64,
-        backend: Literal["auto", "reference", "cpu", "triton"] = "auto",
+        backend: Literal["auto", "reference", "compile", "cpu", "triton"] = "auto",
         net: nn.Module | None = None,
         classes: int | None = None,
     ):
@@ -91,11 +93,11 @@ class SpikingClassifier(L.LightningModule):
                    if value is not None and not isinstance(value, str)]
         self.save_hyperparameters(ignore=objects if _given_hyperparameters.get() is None else [])
         if net is None:
-            make_neuron = neuron_factory(
-                neuron, tau, v_threshold, v_reset, detach_reset, decay_input, surrogate, surrogate_alpha, per_channel,
-                backend,
-            )
-            net = SpikingNet(arch, make_neuron, variant, dropout, time_steps, backend)
+            options = NeuronOptions(tau=tau, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
+                                    decay_input=decay_input, surrogate=make_surrogate(surrogate, surrogate_alpha),
+                                    per_channel=per_channel, backend=backend)
+            net = SpikingNet(arch, neuron=neuron_factory(neuron, options=options), variant=variant, dropout=dropout,
+                             time_steps=time_steps, backend=backend)
         self.net = net
         self.num_classes = classes or getattr(net, "classes", None)
         if not self.num_classes:

@@ -1,6 +1,6 @@
-"""Spiking neurons: PLIF (learnable tau), LIF (fixed tau) and IF (no leak).
+"""Spiking neurons: PLIF (learnable tau), LIF (fixed tau) and IF (no leak), and the hooks to write your own.
 
-One step of every neuron here (Fang et al., ICCV 2021, eqs. 3-6; SPEC section 1)::
+One step of every neuron here (Fang et al., ICCV 2021, eqs. 3-6; SPEC section 1), one hook each::
 
     charge  H[t] = V[t-1] + k * (X[t] - (V[t-1] - V_reset))      decay_input=True  (default)
             H[t] = V[t-1] - k * (V[t-1] - V_reset) + X[t]        decay_input=False
@@ -11,14 +11,21 @@ One step of every neuron here (Fang et al., ICCV 2021, eqs. 3-6; SPEC section 1)
 with ``k = 1 / tau``. PLIF learns ``k = sigmoid(w)`` through one scalar ``w`` per layer (or one per
 channel), so ``tau = 1 + exp(-w) > 1`` always; LIF keeps ``k`` fixed; IF has ``k = 0`` and charges
 ``H = V + X``. With soft reset the leak pulls towards 0. ``detach_reset`` stops the gradient through
-``S`` in the reset, as in every published run, so that ``dV[t]/dH[t] = 1 - S[t]``.
+``S`` in the reset, as in every published run, so that ``dV[t]/dH[t] = 1 - S[t]``. The options
+travel as one :class:`~plifnet.options.NeuronOptions`.
 
 Shapes: multi-step input ``[T, N, ...]`` gives spikes ``[T, N, ...]`` and starts every call from
-``V[-1] = V_reset``; single-step input ``[N, ...]`` keeps ``V`` between calls until :func:`reset_state`.
+the initial state; single-step input ``[N, ...]`` keeps the state between calls until :meth:`reset`.
 
-Backends (multi-step): ``reference`` is :func:`multi_step` below, one autograd node per operation per
-step; ``cpu`` and ``triton`` are fused kernels computing the same function (:mod:`plifnet.kernels`);
-``auto`` (default) takes the fused kernel of the input's device when it is installed.
+A neuron of your own subclasses :class:`BaseNode` and overrides the hooks that differ
+(:meth:`~BaseNode.initial_state`, :meth:`~BaseNode.charge`, :meth:`~BaseNode.threshold`,
+:meth:`~BaseNode.fire`, :meth:`~BaseNode.reset_membrane`; or :meth:`~BaseNode.step`, all three at once).
+
+Backends (multi-step, :data:`plifnet.options.BACKENDS`): ``reference`` runs :meth:`BaseNode.step` once
+per time step in PyTorch; ``cpu`` and ``triton`` are fused kernels of the built-in step
+(:mod:`plifnet.kernels`); ``compile`` runs the neuron's own hooks as one compiled multi-step graph
+(:mod:`plifnet.kernels.compiled`). ``auto`` (default) takes the fused kernel of the input's device
+for the built-in step, and the compiled graph for a neuron with hooks of its own.
 """
 
 from __future__ import annotations
@@ -32,35 +39,43 @@ from torch import nn
 
 from plifnet import kernels
 from plifnet.contract import Dynamics, is_neuron, reset_state  # noqa: F401  (reset_state: plifnet's public name)
+from plifnet.kernels import compiled
+from plifnet.options import NeuronOptions
 from plifnet.registry import Registry
-from plifnet.surrogates import ATan, Surrogate, surrogate as make_surrogate
+from plifnet.surrogates import Surrogate
 
 STEP_MODES = ("multi", "single")
 
 
-def neuron_step(v, x, k, v_threshold, v_reset, detach_reset, decay_input, surrogate):
-    """One time step of the equations above: returns ``(S[t], V[t])`` from ``V[t-1]`` and ``X[t]``."""
-    rest = 0.0 if v_reset is None else v_reset
-    if decay_input:
-        h = v + k * (x - (v - rest))
-    else:
-        h = v - k * (v - rest) + x
-    spike = surrogate(h - v_threshold)
-    s = spike.detach() if detach_reset else spike
-    if v_reset is None:
-        v = h - v_threshold * s
-    else:
-        v = h * (1 - s) + v_reset * s
-    return spike, v
+def leaky_charge(v, x, k, *, options: NeuronOptions):
+    """Charge: ``H[t]`` from ``V[t-1]`` and ``X[t]`` (the leak ``k`` pulls towards ``options.rest``)."""
+    if options.decay_input:
+        return v + k * (x - (v - options.rest))
+    return v - k * (v - options.rest) + x
 
 
-def multi_step(x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrogate):
-    """Run ``neuron_step`` over ``x_seq [T, N, ...]`` from ``V[-1] = V_reset``; returns spikes ``[T, N, ...]``.
+def reset_potential(h, s, *, options: NeuronOptions):
+    """Reset: ``V[t]`` from ``H[t]`` and the spike ``s`` as the reset sees it (detached with detach_reset)."""
+    if options.soft_reset:
+        return h - options.v_threshold * s
+    return h * (1 - s) + options.v_reset * s
+
+
+def neuron_step(v, x, k, *, options: NeuronOptions):
+    """One time step of the built-in equations above: ``(S[t], V[t])`` from ``V[t-1]`` and ``X[t]``.
+    What the fused kernels compute, operation by operation."""
+    h = leaky_charge(v, x, k, options=options)
+    spike = options.surrogate(h - options.v_threshold)
+    return spike, reset_potential(h, spike.detach() if options.detach_reset else spike, options=options)
+
+
+def multi_step(x_seq, k, *, options: NeuronOptions):
+    """Run :func:`neuron_step` over ``x_seq [T, N, ...]`` from ``V[-1] = V_reset``; returns spikes ``[T, N, ...]``.
 
     This is the plain reference: one autograd node per operation per step.
     """
-    v = torch.full_like(x_seq[0], 0.0 if v_reset is None else v_reset)
-    return run_steps(x_seq, v, lambda v, x: neuron_step(v, x, k, v_threshold, v_reset, detach_reset, decay_input, surrogate))
+    v = torch.full_like(x_seq[0], options.rest)
+    return run_steps(x_seq, v, lambda v, x: neuron_step(v, x, k, options=options))
 
 
 def run_steps(x_seq, state, step):
@@ -73,110 +88,169 @@ def run_steps(x_seq, state, step):
 
 
 class BaseNode(nn.Module):
-    """State handling and step modes shared by PLIF, LIF and IF; subclasses define :meth:`decay`.
+    """A spiking neuron layer built from hooks; PLIF, LIF and IF are its subclasses.
 
-    A new neuron model subclasses this and overrides :meth:`step` (and :meth:`initial_state` when
-    its state is more than ``V``): it then runs its own equations on the reference path, since the
-    fused kernels compute the built-in step only.
+    Options come as one :class:`~plifnet.options.NeuronOptions` (``options=``, what
+    :func:`neuron_factory` passes) or as its fields by keyword (``PLIF(tau=3.0, v_threshold=0.5)``);
+    they are ``self.options`` (and ``self.v_threshold``, ...).
+    ``channels``: the layer's width (dim 1 of a step's input), for a per-channel tau or state.
+    ``step_mode``: ``multi`` (``[T, N, ...]`` per call) or ``single`` (``[N, ...]``, state kept).
+
+    The state is a dict of tensors shaped like one step's input ``[N, ...]``; ``"v"`` is the membrane
+    potential (``V`` before the charge, ``H`` after it). One step is
+    ``charge`` -> ``fire`` -> ``reset_membrane``; a new neuron overrides only the hooks that differ.
+    By default its leak is ``k = 1/tau`` (:meth:`decay`), as LIF's.
+
+    Neurons whose hooks are all BaseNode's run on the fused kernels; a neuron with hooks of its own
+    runs them compiled (``backend="compile"``, chosen by ``auto``), and where they cannot be compiled,
+    on the reference path with one warning that says why.
     """
 
-    decay_input = True
+    per_channel_tau = False  # whether options.per_channel applies (PLIF)
 
-    def __init__(
-        self,
-        v_threshold: float = 1.0,
-        v_reset: float | None = 0.0,
-        detach_reset: bool = True,
-        surrogate: Surrogate | str = "atan",
-        step_mode: str = "multi",
-        backend: str = "auto",
-    ):
+    def __init__(self, *, tau: float = 2.0, v_threshold: float = 1.0, v_reset: float | None = 0.0,
+                 detach_reset: bool = True, decay_input: bool = True, surrogate: Surrogate | str = "atan",
+                 per_channel: bool = False, backend: str = "auto", options: NeuronOptions | None = None,
+                 channels: int | None = None, step_mode: str = "multi"):
+        # The fields are spelled out (not **changes) so that a config's init_args, and a reader, see them.
         super().__init__()
-        if backend not in kernels.BACKENDS:
-            raise ValueError(f"backend must be one of {kernels.BACKENDS}, got {backend!r}")
         if step_mode not in STEP_MODES:
             raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
-        if v_reset is not None and not v_reset < v_threshold:
-            raise ValueError(f"v_reset ({v_reset}) must be below v_threshold ({v_threshold})")
-        self.v_threshold = float(v_threshold)
-        self.v_reset = None if v_reset is None else float(v_reset)
-        self.detach_reset = bool(detach_reset)
-        self.surrogate = make_surrogate(surrogate) if isinstance(surrogate, str) else surrogate
+        given = NeuronOptions(tau=tau, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
+                              decay_input=decay_input, surrogate=surrogate, per_channel=per_channel, backend=backend)
+        if options is not None and given != NeuronOptions():
+            raise ValueError(f"{type(self).__name__}: give the options as options=NeuronOptions(...) or field by field "
+                             f"(tau=..., v_threshold=...), not both")
+        self.options = given if options is None else options
+        if self.options.per_channel and not self.per_channel_tau:
+            raise ValueError(f"per_channel applies to neurons with a per-channel tau (plif), not to {type(self).__name__}")
+        self.channels = channels
         self.step_mode = step_mode
-        self.backend = backend
-        self.v: torch.Tensor | None = None  # single-step state V[t-1]; None means V_reset
+        self.state: dict | None = None  # single-step state after the last step; None: initial_state
 
-    def decay(self, x: torch.Tensor) -> torch.Tensor | float:
-        """The leak ``k = 1/tau`` shaped to broadcast over a per-step input ``x [N, ...]``."""
-        raise NotImplementedError
-
-    def initial_state(self, x: torch.Tensor):
-        """The state before the first step, shaped like one step's input ``x [N, ...]``: ``V = V_reset``."""
-        return torch.full_like(x, 0.0 if self.v_reset is None else self.v_reset)
-
-    def step(self, state, x: torch.Tensor, k):
-        """One time step: ``(S[t], state[t])`` from ``state[t-1]`` (here ``V``), ``X[t]`` and the leak ``k``."""
-        return neuron_step(state, x, k, *self._options())
+    # The options as attributes: what the neuron contract (v_threshold) and a reader look for.
+    v_threshold = property(lambda self: self.options.v_threshold)
+    v_reset = property(lambda self: self.options.v_reset)
+    detach_reset = property(lambda self: self.options.detach_reset)
+    decay_input = property(lambda self: self.options.decay_input)
+    surrogate = property(lambda self: self.options.surrogate)
+    backend = property(lambda self: self.options.backend)
 
     @property
-    def fusable(self) -> bool:
-        """Whether the fused kernels compute this neuron: only the built-in :meth:`step` is fused."""
-        return type(self).step is BaseNode.step and type(self).initial_state is BaseNode.initial_state
+    def v(self) -> torch.Tensor | None:
+        """Single-step mode: the membrane potential ``V[t-1]`` kept for the next call (None after a reset)."""
+        return None if self.state is None else self.state["v"]
+
+    # --- the hooks: one step is charge -> fire -> reset_membrane --------------------------------------
+
+    def decay(self, x: torch.Tensor) -> torch.Tensor | float:
+        """The leak ``k = 1/tau``, shaped to broadcast over a step's input ``x [N, ...]`` (a number, a
+        scalar tensor, or ``[C, 1, ...]`` per channel). Computed once per multi-step call."""
+        return 1 / self.options.tau
+
+    def initial_state(self, x: torch.Tensor) -> dict:
+        """The state before the first step, each entry shaped like one step's input ``x [N, ...]``:
+        ``{"v": V_reset}`` (0 for the soft reset). Add entries for more state variables."""
+        return {"v": torch.full_like(x, self.options.rest)}
+
+    def charge(self, state: dict, x: torch.Tensor, k) -> dict:
+        """``H[t] = V[t-1] + k (X[t] - (V[t-1] - V_reset))`` (or the ``decay_input=False`` form) into
+        ``state["v"]``; ``x [N, ...]`` is the step's input, ``k`` the leak of :meth:`decay`."""
+        return dict(state, v=leaky_charge(state["v"], x, k, options=self.options))
+
+    def threshold(self, state: dict) -> torch.Tensor | float:
+        """The threshold that ``H[t]`` is compared with: ``v_threshold`` (a number or a tensor ``[N, ...]``)."""
+        return self.options.v_threshold
+
+    def fire(self, state: dict) -> torch.Tensor:
+        """``S[t] = heaviside(H[t] - threshold)``, with the surrogate's gradient; returns ``[N, ...]``."""
+        return self.options.surrogate(state["v"] - self.threshold(state))
+
+    def reset_membrane(self, state: dict, spike: torch.Tensor) -> dict:
+        """``V[t] = H[t] (1 - S[t]) + V_reset S[t]`` (hard) or ``H[t] - v_threshold S[t]`` (soft) into
+        ``state["v"]``; ``spike`` is ``S[t]`` as the reset sees it (detached with ``detach_reset``).
+        (Not ``reset()``: that forgets the state between batches.)"""
+        return dict(state, v=reset_potential(state["v"], spike, options=self.options))
+
+    def step(self, state: dict, x: torch.Tensor, k) -> tuple[torch.Tensor, dict]:
+        """One time step, ``(S[t], state[t])`` from ``state[t-1]`` and ``X[t] [N, ...]``: the three hooks."""
+        state = self.charge(state, x, k)
+        spike = self.fire(state)
+        return spike, self.reset_membrane(state, spike.detach() if self.options.detach_reset else spike)
+
+    @property
+    def own_hooks(self) -> list[str]:
+        """The step hooks this neuron's class overrides (none: the built-in step, which the fused kernels compute)."""
+        return [name for name in HOOKS if getattr(type(self), name) is not getattr(BaseNode, name)]
+
+    # --- running ------------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, time_steps: int | None = None) -> torch.Tensor:
         """Multi-step: ``x [T, N, ...]``, or with ``time_steps`` one input ``x [N, ...]`` applied at each
         of ``time_steps`` steps; returns spikes ``[T, N, ...]``. Single-step: ``x [N, ...]``."""
         if time_steps is not None and (self.step_mode != "multi" or time_steps < 1):
             raise ValueError(f"time_steps (got {time_steps}) needs step_mode='multi' and must be >= 1")
-        if self.step_mode == "multi":
-            if x.dim() < (1 if time_steps else 2):
-                raise ValueError(f"{type(self).__name__}: multi-step input must be [T, N, ...] (or [N, ...] with "
-                                 f"time_steps), got shape {tuple(x.shape)}")
-            backend = kernels.resolve(self.backend, x, self.surrogate) if self.fusable else "reference"
-            k = self.decay(x if time_steps else x[0])
-            if backend == "reference":
-                x_seq = x.expand(time_steps, *x.shape) if time_steps else x
-                return run_steps(x_seq, self.initial_state(x_seq[0]), lambda state, x_t: self.step(state, x_t, k))
-            return kernels.fused_multi_step(x, k, *self._options(), backend=backend, time_steps=time_steps)
-        if self.v is None:
-            self.v = self.initial_state(x)
-        spike, self.v = self.step(self.v, x, self.decay(x))
-        return spike
+        if self.step_mode == "single":
+            if self.state is None:
+                self.state = self.initial_state(x)
+            spike, self.state = self.step(self.state, x, self.decay(x))
+            return spike
+        if x.dim() < (1 if time_steps else 2):
+            raise ValueError(f"{type(self).__name__}: multi-step input must be [T, N, ...] (or [N, ...] with "
+                             f"time_steps), got shape {tuple(x.shape)}")
+        k = self.decay(x if time_steps else x[0])
+        backend = self._backend(x)
+        if backend in ("cpu", "triton"):
+            return kernels.fused_multi_step(x, k, options=self.options, backend=backend, time_steps=time_steps)
+        if backend == "compile":
+            spikes = compiled.multi_step(self, x, k, time_steps=time_steps)
+            if spikes is not None:
+                return spikes
+        # half precision is computed in float32 here too, as the kernels and the compiled step do
+        x_seq = (x.expand(time_steps, *x.shape) if time_steps else x)
+        x_seq = x_seq.float() if x.dtype in (torch.float16, torch.bfloat16) else x_seq
+        spikes = run_steps(x_seq, self.initial_state(x_seq[0]), lambda state, x_t: self.step(state, x_t, k))
+        return spikes.to(x.dtype)
 
-    def _options(self):
-        return self.v_threshold, self.v_reset, self.detach_reset, self.decay_input, self.surrogate
+    def _backend(self, x: torch.Tensor) -> str:
+        """What runs a multi-step call on ``x``: a fused kernel, ``compile`` or ``reference``."""
+        requested, own = self.options.backend, self.own_hooks
+        if not own:
+            fused = kernels.resolve(x, options=self.options)
+            if fused != "reference" or requested == "reference":
+                return fused  # the built-in step has no fused form here (a plug-in surrogate, float64, ...): compile it
+        elif requested in ("cpu", "triton"):
+            raise ValueError(f"backend {requested!r} fuses the built-in step only, and {type(self).__name__} overrides "
+                             f"{', '.join(own)}: use backend 'auto' (compiled) or 'reference'")
+        if requested == "reference" or x.dtype == torch.float64:  # float64: a check, exact per step
+            return "reference"
+        return "compile"
 
     def reset(self) -> None:
         """Forget the single-step state (and the graph hanging on it)."""
-        self.v = None
+        self.state = None
 
     def leak(self) -> torch.Tensor | float:
         """``k = 1/tau`` as a number or a detached tensor (per channel: ``[C]``), for export."""
-        raise NotImplementedError(f"{type(self).__name__} must define leak() (k = 1/tau) to be exported")
+        return 1 / self.options.tau
 
     def dynamics(self) -> Dynamics:
         """This neuron's step as :class:`plifnet.contract.Dynamics`, for NIR export: the built-in step
-        with the hard reset only (an overridden step has equations of its own)."""
-        if not self.fusable:
-            raise ValueError(f"neuron {type(self).__name__} overrides the step: its own equations have no NIR form "
-                             f"here (NIR has nodes for PLIF, LIF and IF)")
+        with the hard reset only (hooks of its own are equations of its own)."""
+        if self.own_hooks:
+            raise ValueError(f"neuron {type(self).__name__} overrides the step ({', '.join(self.own_hooks)}): its own "
+                             f"equations have no NIR form here (NIR has nodes for PLIF, LIF and IF)")
         if self.v_reset is None:
             raise ValueError("the soft reset (v_reset=None, V = H - v_threshold) has no NIR form (NIR's neurons reset "
                              "to v_reset); train with a hard reset (v_reset = 0) to export")
-        return Dynamics(self.leak(), self.decay_input, self.v_threshold, self.v_reset,
-                        per_channel=getattr(self, "per_channel", False))
+        return Dynamics(self.leak(), self.decay_input, self.v_threshold, self.v_reset, per_channel=self.options.per_channel)
 
     def extra_repr(self) -> str:
-        return (
-            f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
-            f"surrogate={self.surrogate}, step_mode={self.step_mode!r}, backend={self.backend!r}"
-        )
+        options = ", ".join(f"{name}={value!r}" for name, value in self.options.as_dict().items())
+        return f"{options}, step_mode={self.step_mode!r}"
 
 
-def _check_tau(tau: float) -> float:
-    if not tau > 1:
-        raise ValueError(f"tau must be > 1 (the leak k = 1/tau must lie in (0, 1)), got tau={tau}")
-    return float(tau)
+HOOKS = ("initial_state", "charge", "threshold", "fire", "reset_membrane", "step")
 
 
 class PLIF(BaseNode):
@@ -186,30 +260,23 @@ class PLIF(BaseNode):
     neuron and time step of the layer, or one per channel (dim 1 of the per-step input) with
     ``per_channel=True``. Pass ``channels`` with ``per_channel``; without it ``w`` takes its size
     from the first input (run one batch before building the optimizer, as with ``nn.LazyLinear``).
+    ``PLIF(tau=...)`` or ``PLIF(options=NeuronOptions(tau=...))``.
     """
 
-    def __init__(
-        self,
-        tau: float = 2.0,
-        v_threshold: float = 1.0,
-        v_reset: float | None = 0.0,
-        detach_reset: bool = True,
-        decay_input: bool = True,
-        surrogate: Surrogate | str = ATan(alpha=2.0),
-        per_channel: bool = False,
-        channels: int | None = None,
-        step_mode: str = "multi",
-        backend: str = "auto",
-    ):
-        super().__init__(v_threshold, v_reset, detach_reset, surrogate, step_mode, backend)
-        self.tau0 = _check_tau(tau)
-        self.decay_input = bool(decay_input)
-        self.per_channel = bool(per_channel)
-        w0 = -math.log(self.tau0 - 1)
-        if per_channel and channels is None:
+    per_channel_tau = True
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        w0 = -math.log(self.options.tau - 1)
+        if self.options.per_channel and self.channels is None:
             self.w = nn.parameter.UninitializedParameter()
         else:
-            self.w = nn.Parameter(torch.full((channels,) if per_channel else (), w0))
+            self.w = nn.Parameter(torch.full((self.channels,) if self.options.per_channel else (), w0))
+
+    @property
+    def tau0(self) -> float:
+        """The initial tau."""
+        return self.options.tau
 
     @property
     def tau(self) -> torch.Tensor:
@@ -220,7 +287,7 @@ class PLIF(BaseNode):
         return torch.sigmoid(self.w.detach().double())  # in float64: an exported tau exact to w's last bit
 
     def decay(self, x):
-        if not self.per_channel:
+        if not self.options.per_channel:
             return torch.sigmoid(self.w)
         if isinstance(self.w, nn.parameter.UninitializedParameter):
             with torch.no_grad():
@@ -230,42 +297,22 @@ class PLIF(BaseNode):
             raise ValueError(f"PLIF has {self.w.numel()} channel taus but the input has {x.shape[1]} channels (dim 1)")
         return torch.sigmoid(self.w).view(-1, *([1] * (x.dim() - 2)))
 
-    def extra_repr(self) -> str:
-        return f"tau0={self.tau0}, per_channel={self.per_channel}, decay_input={self.decay_input}, " + super().extra_repr()
-
 
 class LIF(BaseNode):
     """Leaky integrate-and-fire with a fixed time constant: the paper's baseline (``k = 1/tau``)."""
 
-    def __init__(
-        self,
-        tau: float = 2.0,
-        v_threshold: float = 1.0,
-        v_reset: float | None = 0.0,
-        detach_reset: bool = True,
-        decay_input: bool = True,
-        surrogate: Surrogate | str = ATan(alpha=2.0),
-        step_mode: str = "multi",
-        backend: str = "auto",
-    ):
-        super().__init__(v_threshold, v_reset, detach_reset, surrogate, step_mode, backend)
-        self.tau = _check_tau(tau)
-        self.decay_input = bool(decay_input)
-
-    def leak(self):
-        return 1 / self.tau
-
-    def decay(self, x):
-        return self.leak()
-
-    def extra_repr(self) -> str:
-        return f"tau={self.tau}, decay_input={self.decay_input}, " + super().extra_repr()
+    @property
+    def tau(self) -> float:
+        return self.options.tau
 
 
 class IF(BaseNode):
-    """Integrate-and-fire without leak: ``H[t] = V[t-1] + X[t]`` (``k = 0``)."""
+    """Integrate-and-fire without leak: ``H[t] = V[t-1] + X[t]`` (``k = 0``; ``tau`` and
+    ``decay_input`` do not apply: with ``k = 0`` a decayed input would be 0)."""
 
-    decay_input = False
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.options = self.options.replace(decay_input=False)
 
     def leak(self):
         return 0.0
@@ -279,48 +326,45 @@ for _name, _cls in (("plif", PLIF), ("lif", LIF), ("if", IF)):
     NEURONS.register(_name, _cls)
 register_neuron = NEURONS.register
 
-def neuron_factory(
-    kind: str | type | Callable[[], nn.Module] = "plif",
-    tau: float = 2.0,
-    v_threshold: float = 1.0,
-    v_reset: float | None = 0.0,
-    detach_reset: bool = True,
-    decay_input: bool = True,
-    surrogate: str | Surrogate = "atan",
-    surrogate_alpha: float | None = None,
-    per_channel: bool = False,
-    backend: str = "auto",
-):
+def neuron_factory(kind: str | type | Callable[[], nn.Module] = "plif", *, options: NeuronOptions | None = None,
+                   **changes):
     """A function ``make(channels) -> neuron`` that builds one fresh neuron per spiking layer.
 
-    ``kind`` is a name of :data:`NEURONS` (``plif``, ``lif``, ``if``, a plug-in's entry-point name or
-    a class path) or a class: it gets those of the other arguments that its ``__init__`` takes (IF
-    takes no ``tau``), plus ``channels`` (the layer's width) where it takes one. ``kind`` may also be
-    a ready factory taking no arguments (what a ``class_path`` with ``init_args`` in a config gives),
-    which is called as it is. The surrogate is named as in :data:`plifnet.surrogates.SURROGATES`, or
-    given as an instance. Bad values and bad plug-ins fail here, before any layer is built.
+    ``options`` (default :class:`~plifnet.options.NeuronOptions`), with ``changes`` to its fields by
+    keyword (``neuron_factory("lif", tau=16.0)``), are the layer's options. ``kind`` is a name of
+    :data:`NEURONS` (``plif``, ``lif``, ``if``, a plug-in's entry-point name or a class path) or a class:
+
+    * a :class:`BaseNode` subclass gets ``options=`` (the whole object) and ``channels=`` (the layer's
+      width), whatever its ``__init__`` declares (with ``**kwargs``, pass them on to ``super().__init__``);
+    * any other ``nn.Module`` class gets those fields of the options (and ``channels``) that its
+      ``__init__`` names, or all of them where it takes ``**kwargs``.
+
+    ``kind`` may also be a ready factory taking no arguments (what a ``class_path`` with ``init_args``
+    in a config gives), called as it is. Bad values and bad plug-ins fail here, before any layer is built.
 
     The protocol a neuron follows (:mod:`plifnet.contract`): a ``torch.nn.Module`` mapping
     ``[T, N, ...]`` to spikes ``[T, N, ...]``, optionally ``forward(x [N, ...], time_steps=T)`` for a
     constant input, a ``reset()`` that forgets its state, and a ``v_threshold`` or ``tau`` attribute
     (a learnable ``tau`` tensor, in time steps, is logged).
     """
+    options = (options or NeuronOptions()).replace(**changes)
     if isinstance(kind, str):
         name, kind = kind, NEURONS.get(kind)
         if not (isinstance(kind, type) and issubclass(kind, nn.Module)):
             raise TypeError(f"neuron {name!r} is {kind!r}, not a torch.nn.Module class (a name or class path must "
                             f"name a neuron class; see docs/EXTENDING.md)")
-    if isinstance(kind, type):
-        options = dict(tau=tau, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
-                       decay_input=decay_input, surrogate=make_surrogate(surrogate, surrogate_alpha),
-                       per_channel=per_channel, backend=backend)
-        accepted = _parameters(kind)
-        if per_channel and "per_channel" not in accepted:
-            raise ValueError(f"per_channel applies to neurons with a per-channel tau (plif), not to {kind.__name__}")
+    if isinstance(kind, type) and issubclass(kind, BaseNode):
         cls = kind
 
         def build(channels: int) -> nn.Module:
-            given = dict(options, channels=channels)
+            return cls(options=options, channels=channels)
+    elif isinstance(kind, type):
+        cls, accepted = kind, _parameters(kind)
+        if options.per_channel and accepted is not None and "per_channel" not in accepted:
+            raise ValueError(f"per_channel applies to neurons with a per-channel tau (plif), not to {kind.__name__}")
+
+        def build(channels: int) -> nn.Module:
+            given = dict(options.as_dict(), channels=channels)
             return cls(**(given if accepted is None else {k: v for k, v in given.items() if k in accepted}))
     elif callable(kind):
         factory = kind

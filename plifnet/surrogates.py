@@ -7,9 +7,10 @@ the backward pass with a smooth bump ``g(x)``; the forward pass stays the exact 
 
 Each surrogate documents ``g`` (:meth:`derivative`) and a smooth ``primitive`` whose derivative is
 ``g``, so the backward can be checked against autograd of the primitive. A plug-in surrogate is a
-subclass that defines ``derivative`` (it runs on the reference path; the fused kernels know the
-surrogates of :data:`plifnet.kernels.FUSED_SURROGATES`), registered with :func:`register_surrogate`
-or an entry point in the group ``plifnet.surrogates``.
+subclass that defines ``derivative``, registered with :func:`register_surrogate` or an entry point
+in the group ``plifnet.surrogates``; the fused kernels know the surrogates of
+:data:`plifnet.kernels.FUSED_SURROGATES`, and with any other the step runs compiled
+(:mod:`plifnet.kernels.compiled`).
 """
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -115,3 +116,16 @@ def active_network(net, x):
                 module.weight.data.uniform_(0.8, 2.0, generator=generator)
                 module.bias.data.uniform_(-0.3, 0.6, generator=generator)
     return net.eval()
+
+
+@pytest.fixture(scope="session")
+def example_plugin():
+    """The example plug-in package, installed beside plifnet as README's test command and .ci/run do (a test
+    never installs into the environment it runs in)."""
+    try:
+        importlib.metadata.distribution("plifnet-example-plugin")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail("the example plug-in package is not installed: pip install -e examples/plugin (README, 'Tests')")
+    import plifnet_example
+
+    return plifnet_example

@@ -14,6 +14,7 @@ import torch
 from conftest import ROOT
 from plifnet import kernels
 from plifnet.neurons import IF, LIF, PLIF, multi_step
+from plifnet.options import NeuronOptions
 from plifnet.surrogates import SURROGATES, ATan, surrogate
 
 
@@ -21,9 +22,9 @@ from plifnet.surrogates import SURROGATES, ATan, surrogate
 def make(kind, backend, v_reset, detach_reset, decay_input, spike_fn, per_channel=0):
     options = dict(v_reset=v_reset, detach_reset=detach_reset, surrogate=spike_fn, backend=backend)
     if kind == "plif":
-        return PLIF(2.5, decay_input=decay_input, per_channel=bool(per_channel), channels=per_channel or None, **options)
+        return PLIF(tau=2.5, decay_input=decay_input, per_channel=bool(per_channel), channels=per_channel or None, **options)
     if kind == "lif":
-        return LIF(3.0, decay_input=decay_input, **options)
+        return LIF(tau=3.0, decay_input=decay_input, **options)
     return IF(**options)
 
 
@@ -69,8 +70,8 @@ def test_cpu_kernel_every_surrogate(name, detach_reset):
 @pytest.mark.parametrize("shape", [(1, 4, 3), (1, 1), (2, 1, 1), (7, 3, 1025), (16, 2, 5, 3, 3), (3, 5, 513)])
 def test_cpu_kernel_odd_shapes_and_one_step(shape):
     x, grad = inputs(shape, 3), torch.ones(shape)
-    ref = run(PLIF(2.5, backend="reference"), x, grad)
-    fused = run(PLIF(2.5, backend="cpu"), x, grad)
+    ref = run(PLIF(tau=2.5, backend="reference"), x, grad)
+    fused = run(PLIF(tau=2.5, backend="cpu"), x, grad)
     assert torch.equal(fused[0], ref[0])
     torch.testing.assert_close(fused[1], ref[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused[2], ref[2], rtol=1e-4, atol=1e-5)
@@ -167,17 +168,17 @@ def test_network_trains_under_bf16_autocast():
 
 def test_tau_gradient_is_deterministic():
     x, grad = inputs((8, 16, 64, 9, 9), 5), torch.randn(8, 16, 64, 9, 9)
-    first, second = (run(PLIF(2.0, backend="cpu"), x, grad)[2] for _ in range(2))
+    first, second = (run(PLIF(tau=2.0, backend="cpu"), x, grad)[2] for _ in range(2))
     assert torch.equal(first, second)
 
 
 def test_auto_picks_the_fused_kernel_and_rejects_bad_backends():
     expected = "cpu" if kernels.available("cpu") else "reference"
-    assert kernels.resolve("auto", torch.zeros(2, 2), ATan()) == expected
+    assert kernels.resolve(torch.zeros(2, 2), options=NeuronOptions()) == expected
     with pytest.raises(ValueError, match="backend must be one of"):
         PLIF(backend="cuda")
     with pytest.raises(ValueError, match="cannot run tensors on cpu"):
-        kernels.resolve("triton", torch.zeros(2, 2), ATan())
+        kernels.resolve(torch.zeros(2, 2), options=NeuronOptions(backend="triton"))
 
 
 def test_reference_gradients_pass_gradcheck_in_float64():
@@ -191,7 +192,8 @@ def test_reference_gradients_pass_gradcheck_in_float64():
     for v_reset, decay_input in itertools.product([0.0, None], [True, False]):
         x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
         w = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-        fn = lambda x, w: multi_step(x, torch.sigmoid(w), 1.0, v_reset, False, decay_input, Smooth())
+        options = NeuronOptions(v_reset=v_reset, detach_reset=False, decay_input=decay_input, surrogate=Smooth())
+        fn = lambda x, w: multi_step(x, torch.sigmoid(w), options=options)
         assert torch.autograd.gradcheck(fn, (x, w))
 
 
@@ -227,7 +229,7 @@ def test_max_pool_kernel_matches_max_pool2d(shape, binary, dtype):
     out_shape = (*shape[:-2], shape[-2] // 2, shape[-1] // 2)
     grad = torch.randn(out_shape).to(dtype)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    fused = max_pool2x2(a, "cpu" if kernels.available("cpu") else "reference")
+    fused = max_pool2x2(a, backend="cpu" if kernels.available("cpu") else "reference")
     reference = torch.nn.functional.max_pool2d(b.reshape(-1, *shape[-3:]), 2, 2).view(out_shape)
     fused.backward(grad)
     reference.backward(grad)
@@ -254,9 +256,9 @@ def test_networks_give_the_same_result_on_every_backend():
 
 def test_float64_input_runs_the_reference():
     x = torch.zeros(2, 3, dtype=torch.float64)
-    assert kernels.resolve("auto", x, ATan()) == "reference"
+    assert kernels.resolve(x, options=NeuronOptions()) == "reference"
     with pytest.raises(ValueError, match="computes in float32; use 'reference' for float64"):
-        kernels.resolve("cpu", x, ATan())
+        kernels.resolve(x, options=NeuronOptions(backend="cpu"))
 
 
 @pytest.mark.parametrize("k,time_steps", [(0.0, None), (0.0, 8), (1e-4, None), (1e-4, 8), (0.5, None)])
@@ -273,9 +275,10 @@ def test_cpu_kernel_tau_gradient_at_vanishing_leak(k, time_steps):
         xr, kr = x.clone().requires_grad_(), torch.tensor(k).requires_grad_()
         if backend == "reference":
             x_seq = xr.expand(time_steps, *xr.shape) if time_steps else xr
-            out = multi_step(x_seq, kr, 0.3, 0.0, True, True, ATan())
+            out = multi_step(x_seq, kr, options=NeuronOptions(v_threshold=0.3))
         else:
-            out = kernels.fused_multi_step(xr, kr, 0.3, 0.0, True, True, ATan(), backend, time_steps=time_steps)
+            out = kernels.fused_multi_step(xr, kr, options=NeuronOptions(v_threshold=0.3), backend=backend,
+                                           time_steps=time_steps)
         out.backward(grad)
         results.append((out.detach(), xr.grad, kr.grad))
     (s_ref, gx_ref, gk_ref), (s, gx, gk) = results

@@ -33,9 +33,9 @@ def reference(x_seq, k, v_th, v_reset, detach_reset, decay_input, spike_fn):
 def make(kind, tau, v_reset, detach_reset, decay_input, spike_fn):
     options = dict(v_reset=v_reset, detach_reset=detach_reset, surrogate=spike_fn)
     if kind == "plif":
-        return PLIF(tau, decay_input=decay_input, **options)
+        return PLIF(tau=tau, decay_input=decay_input, **options)
     if kind == "lif":
-        return LIF(tau, decay_input=decay_input, **options)
+        return LIF(tau=tau, decay_input=decay_input, **options)
     return IF(**options)
 
 
@@ -94,14 +94,14 @@ def test_hand_computed_forward():
     # t1: H = 0 + (0.5 - 0)/2 = 0.25 -> V = 0.25
     # t2: H = 0.25 + (1 - 0.25)/2 = 0.625 -> V = 0.625
     # t3: H = 0.625 + (1.5 - 0.625)/2 = 1.0625 -> fires
-    assert PLIF(2.0)(x).flatten().tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert PLIF(tau=2.0)(x).flatten().tolist() == [1.0, 0.0, 0.0, 1.0]
     # soft reset keeps the excess: t0 H = 1 -> V = 0; identical here, but with 3.0 at t0:
     # t0: H = 1.5 -> fires, V = 0.5; t1: H = 0.5 + (0.5 - 0.5)/2 = 0.5; t2: H = 0.5 + 0.25 = 0.75; t3: H = 0.75 + 0.375 = 1.125
     x_soft = torch.tensor([[3.0], [0.5], [1.0], [1.5]])
-    assert PLIF(2.0, v_reset=None)(x_soft).flatten().tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert PLIF(tau=2.0, v_reset=None)(x_soft).flatten().tolist() == [1.0, 0.0, 0.0, 1.0]
     # decay_input=False, LIF tau = 4 (k = 1/4): H = V - V/4 + X
     # t0: H = 0.8 -> V = 0.8; t1: H = 0.6 + 0.5 = 1.1 -> fires, V = 0
-    assert LIF(4.0, decay_input=False)(torch.tensor([[0.8], [0.5]])).flatten().tolist() == [0.0, 1.0]
+    assert LIF(tau=4.0, decay_input=False)(torch.tensor([[0.8], [0.5]])).flatten().tolist() == [0.0, 1.0]
     # IF: H = V + X: 0.4, 0.8, 1.2 -> fires
     assert IF()(torch.tensor([[0.4], [0.4], [0.4]])).flatten().tolist() == [0.0, 0.0, 1.0]
 
@@ -113,7 +113,7 @@ def test_hand_computed_gradients():
     dH1/dk = (x1 - V0) + (1 - k) dV0/dk = 0.25 + 0.5 * 0.5 = 0.5, dk/dw = k (1 - k) = 0.25
     dL/dw = g * 0.5 * 0.25; dL/dx1 = g * k = g / 2; dL/dx0 = g * (1 - k) * k = g / 4.
     """
-    neuron = PLIF(2.0).double()
+    neuron = PLIF(tau=2.0).double()
     x = torch.tensor([[0.5], [0.5]], dtype=torch.float64, requires_grad=True)
     neuron(x)[1].sum().backward()
     g = 1 / (1 + (0.625 * math.pi) ** 2)
@@ -127,30 +127,30 @@ def test_detach_reset_changes_only_the_reset_path():
     x = torch.tensor([[2.0], [0.0]], requires_grad=True)
     for detach, expected in [(True, 0.0), (False, -1.0 * 0.5 * 0.5)]:
         x.grad = None
-        PLIF(2.0, detach_reset=detach)(x)[1].sum().backward()
+        PLIF(tau=2.0, detach_reset=detach)(x)[1].sum().backward()
         g1 = 1 / (1 + (math.pi * (0.0 - 1)) ** 2)  # H1 = 0 (detached) or 0 + (0 - 0)/2 = 0
         assert x.grad[0].item() == pytest.approx(g1 * expected, abs=1e-7)
 
 
 @pytest.mark.parametrize("tau", [1.5, 2.0, 16.0])
 def test_tau_initialisation(tau):
-    neuron = PLIF(tau)
+    neuron = PLIF(tau=tau)
     assert neuron.w.item() == pytest.approx(-math.log(tau - 1), abs=1e-7)
     assert neuron.tau.item() == pytest.approx(tau, rel=1e-6)
     assert not neuron.tau.requires_grad
     assert [name for name, _ in neuron.named_parameters()] == ["w"]
-    assert list(LIF(tau).parameters()) == []
+    assert list(LIF(tau=tau).parameters()) == []
 
 
 @pytest.mark.parametrize("bad", [1.0, 0.5, -2.0])
 def test_tau_not_above_one_is_rejected(bad):
-    for build in (PLIF, LIF, lambda tau: neuron_factory("plif", tau)):
+    for build in (lambda tau: PLIF(tau=tau), lambda tau: LIF(tau=tau), lambda tau: neuron_factory("plif", tau=tau)):
         with pytest.raises(ValueError, match=r"tau must be > 1"):
             build(bad)
 
 
 def test_per_channel_tau():
-    neuron = PLIF(4.0, per_channel=True, channels=3).double()
+    neuron = PLIF(tau=4.0, per_channel=True, channels=3).double()
     assert neuron.w.shape == (3,) and torch.allclose(neuron.tau, torch.full((3,), 4.0, dtype=torch.float64))
     with torch.no_grad():
         neuron.w.copy_(torch.tensor([-1.0, 0.0, 2.0]))
@@ -170,8 +170,8 @@ def test_per_channel_tau():
 
 def test_single_step_keeps_state_until_reset():
     x = inputs((7, 3, 5), torch.float32)
-    multi = PLIF(2.0)(x)
-    single = PLIF(2.0, step_mode="single")
+    multi = PLIF(tau=2.0)(x)
+    single = PLIF(tau=2.0, step_mode="single")
     container = torch.nn.Sequential(torch.nn.Identity(), single)
     assert torch.equal(torch.stack([container(x_t) for x_t in x]), multi)
     assert single.v is not None
@@ -182,7 +182,7 @@ def test_single_step_keeps_state_until_reset():
 
 
 def test_multi_step_calls_are_independent():
-    neuron = PLIF(2.0)
+    neuron = PLIF(tau=2.0)
     x = inputs((4, 2, 3), torch.float32)
     first = neuron(x)
     neuron(torch.full_like(x, 10.0))

@@ -5,28 +5,17 @@ import csv
 import importlib.metadata
 import re
 import shlex
+import tomllib
 
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT
 from plifnet import kernels
 from plifnet.models import SpikingNet
 from plifnet.neurons import NEURONS, PLIF, neuron_factory
 from plifnet.surrogates import SURROGATES, surrogate
-
-
-@pytest.fixture(scope="session")
-def example_plugin():
-    """The example plug-in package, installed beside plifnet as README's test command and .ci/run do (a test
-    never installs into the environment it runs in)."""
-    try:
-        importlib.metadata.distribution("plifnet-example-plugin")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.fail("the example plug-in package is not installed: pip install -e examples/plugin (README, 'Tests')")
-    import plifnet_example
-
-    return plifnet_example
 
 
 QUICK = ["--data.num_workers", "0", "--data.batch_size", "4", "--trainer.max_epochs", "1",
@@ -99,22 +88,6 @@ def test_networks_from_yaml_and_from_a_users_package_train_with_their_neurons_mo
     assert {"tau/lif1", "tau/lif2", "firing_rate/lif1", "firing_rate/lif2"} <= logged(tmp_path / "own")
 
 
-def test_a_neuron_that_overrides_the_step_runs_its_own_equations(example_plugin, monkeypatch):
-    """ALIF against a loop written here from its docstring's equations; the fused PLIF kernel is never called."""
-    monkeypatch.setattr(kernels, "fused_multi_step", lambda *a, **k: pytest.fail("the fused kernel ran an ALIF"))
-    neuron = example_plugin.ALIF(tau=2.0, beta=0.3, tau_adapt=5.0)
-    x = torch.rand(12, 3, 5) * 3
-    spikes = neuron(x)
-    v, a, expected = torch.zeros(3, 5), torch.zeros(3, 5), []
-    for x_t in x:
-        h = v + 0.5 * (x_t - v)
-        s = (h >= 1.0 + 0.3 * a).float()
-        v, a = h * (1 - s), a * torch.exp(torch.tensor(-1 / 5.0)) + s
-        expected.append(s)
-    assert torch.equal(spikes, torch.stack(expected))
-    assert not torch.equal(spikes, PLIF(tau=2.0, backend="reference")(x))  # the adaptation changed something
-
-
 def test_paper_networks_still_use_the_fused_kernels(monkeypatch):
     calls = []
     original = kernels.fused_multi_step
@@ -171,6 +144,34 @@ def test_the_recipes_of_extending_md_run(command, fit, example_plugin, tiny_digi
     result = fit(*args, cwd=tmp_path, config=None, own_network="--model.net" in command or "examples/" in command)
     assert result.returncode == 0, command + "\n" + result.stderr[-3000:]
     assert (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def extending_md_blocks():
+    """The fenced code blocks of docs/EXTENDING.md as (language, text)."""
+    return re.findall(r"```(\w+)\n(.*?)```", (ROOT / "docs" / "EXTENDING.md").read_text(), re.S)
+
+
+def test_every_code_block_of_extending_md_runs_or_matches_the_example_package(example_plugin):
+    """Python blocks run as written; the TOML and YAML blocks are what the example package holds (and
+    its entry points load); the bash blocks are `python cli.py fit` lines, which the test above runs."""
+    blocks = extending_md_blocks()
+    assert {language for language, _ in blocks} == {"python", "toml", "yaml", "bash"}  # a new kind needs a check here
+    for language, text in blocks:
+        if language == "python":
+            exec(compile(text, "docs/EXTENDING.md", "exec"), {"__name__": "extending_md"})
+        elif language == "toml":
+            declared = tomllib.loads((ROOT / "examples" / "plugin" / "pyproject.toml").read_text())["project"]["entry-points"]
+            for group, entries in tomllib.loads(text)["project"]["entry-points"].items():
+                assert entries.items() <= declared[group].items(), text
+                for name in entries:
+                    assert importlib.metadata.entry_points(group=group)[name].load() is not None
+        elif language == "yaml":
+            configs = [yaml.safe_load(path.read_text()) for path in (ROOT / "examples" / "plugin" / "configs").glob("*.yaml")]
+            assert yaml.safe_load(text) in configs, text
+        else:
+            lines = [line for line in text.splitlines() if line.strip()]
+            assert all(line.startswith("python cli.py fit ") for line in lines), text
+            assert set(lines) <= set(recipes())
 
 
 def test_a_network_without_an_input_shape_takes_it_from_the_data_module():

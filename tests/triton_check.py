@@ -11,6 +11,7 @@ import torch
 
 from plifnet.kernels import FusedMultiStep
 from plifnet.neurons import multi_step
+from plifnet.options import NeuronOptions
 from plifnet.surrogates import SURROGATES, surrogate
 
 device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
@@ -26,15 +27,16 @@ def check(shape, k, v_reset, detach_reset, decay_input, spike_fn, seed, time_ste
     grad = torch.randn(shape, generator=generator).to(device)
     x, grad = x.to(dtype), grad.to(dtype)
     k = k.to(device)
+    options = NeuronOptions(v_reset=v_reset, detach_reset=detach_reset, decay_input=decay_input, surrogate=spike_fn)
     results = []
     for fused in (False, True):
         xr, kr = (x if fused else x.float()).clone().requires_grad_(), k.clone().requires_grad_()
         k_b = kr.view(-1, *([1] * (len(shape) - 3))) if kr.numel() > 1 else kr  # [C, 1, ...] over [N, C, ...]
         if fused:
-            out = FusedMultiStep.apply(xr, k_b, time_steps, 1.0, v_reset, detach_reset, decay_input, spike_fn, "triton")
+            out = FusedMultiStep.apply(xr, k_b, time_steps, options, "triton")
         else:
             x_seq = xr.expand(time_steps, *xr.shape) if time_steps else xr
-            out = multi_step(x_seq, k_b, 1.0, v_reset, detach_reset, decay_input, spike_fn)
+            out = multi_step(x_seq, k_b, options=options)
         out.backward(grad if fused else grad.float())
         results.append((out.detach(), xr.grad, kr.grad))
     (s_ref, gx_ref, gk_ref), (s, gx, gk) = results

@@ -21,18 +21,18 @@ from functools import lru_cache
 
 import torch
 
-from plifnet.surrogates import ATan, FastSigmoid, PiecewiseQuadratic, Rectangle, Sigmoid, Surrogate
+from plifnet.options import BACKENDS, NeuronOptions  # noqa: F401  (BACKENDS: re-exported)
+from plifnet.surrogates import ATan, FastSigmoid, PiecewiseQuadratic, Rectangle, Sigmoid
 
-BACKENDS = ("auto", "reference", "cpu", "triton")
 # The surrogates with a fused form, and the code that each backend's kernel switches on
 # (cpu.surrogate_grad, gpu._surrogate_grad). Any other surrogate (a plug-in, or a subclass of one of
-# these) runs on the reference path, with its own derivative.
+# these) runs through the compiled step (plifnet.kernels.compiled), with its own derivative.
 FUSED_SURROGATES = {ATan: 0, Sigmoid: 1, PiecewiseQuadratic: 2, FastSigmoid: 3, Rectangle: 4}
 
 
 @lru_cache(maxsize=None)  # asked at every forward of every layer
 def available(backend: str) -> bool:
-    if backend == "reference":
+    if backend in ("reference", "compile"):
         return True
     if backend == "cpu":
         return importlib.util.find_spec("numba") is not None
@@ -41,20 +41,23 @@ def available(backend: str) -> bool:
     return False
 
 
-def resolve(backend: str, x: torch.Tensor, surrogate: Surrogate) -> str:
-    """The backend that runs ``x``: ``auto`` picks the fused kernel of x's device when there is one."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if type(surrogate) not in FUSED_SURROGATES:
-        if backend not in ("auto", "reference"):
-            raise ValueError(f"the fused kernels know the built-in surrogates only, not {type(surrogate).__name__}")
+def resolve(x: torch.Tensor, *, options: NeuronOptions) -> str:
+    """The fused kernel that runs the built-in step on ``x`` (``cpu``, ``triton``), or ``reference``
+    where none is asked for (``reference``, ``compile``) or none applies (``auto``); an explicit
+    kernel that cannot run ``x`` is refused."""
+    backend = options.backend
+    if backend in ("reference", "compile"):
+        return "reference"
+    if type(options.surrogate) not in FUSED_SURROGATES:
+        if backend != "auto":
+            raise ValueError(f"the fused kernels know the built-in surrogates only, not {type(options.surrogate).__name__}")
         return "reference"
     if x.dtype == torch.float64:  # the kernels compute in float32
-        if backend not in ("auto", "reference"):
+        if backend != "auto":
             raise ValueError(f"backend {backend!r} computes in float32; use 'reference' for float64 input")
         return "reference"
     if backend != "auto":
-        device_ok = {"reference": True, "cpu": x.device.type == "cpu", "triton": x.device.type == "cuda"}[backend]
+        device_ok = {"cpu": x.device.type == "cpu", "triton": x.device.type == "cuda"}[backend]
         if not device_ok:
             raise ValueError(f"backend {backend!r} cannot run tensors on {x.device}")
         if not available(backend):
@@ -72,7 +75,7 @@ class FusedMultiStep(torch.autograd.Function):
     tensor, or [C] for per-channel) -> spikes [T, N, ...]."""
 
     @staticmethod
-    def forward(ctx, x, k, time_steps, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend):
+    def forward(ctx, x, k, time_steps, options, backend):
         rows = 1 if time_steps else x.shape[0]  # time steps of the input that the kernels read
         step_shape = x.shape if time_steps else x.shape[1:]
         # the CPU kernels read and write bfloat16 (autocast's dtype) themselves: no float32 copies of
@@ -82,38 +85,35 @@ class FusedMultiStep(torch.autograd.Function):
         k_vec = k.detach().reshape(-1).to(torch.float32).contiguous()
         channels = k_vec.numel()
         inner = step_shape[1:].numel() // channels if channels > 1 else flat.shape[1]
-        # rest: where the leak pulls and the hard reset puts V (soft reset: 0); both backends take this form
-        rest = 0.0 if v_reset is None else float(v_reset)
-        options = (float(v_threshold), rest, v_reset is None, detach_reset, decay_input)
+        layout = dict(steps=time_steps or rows, channels=channels, inner=inner)
         if backend == "cpu":  # nothing but the input is kept: the backward replays the forward from it
-            spikes = _kernels(backend).forward(flat, time_steps or rows, k_vec, channels, inner, *options, dtype=native)
+            spikes = _kernels(backend).forward(flat, k_vec, **layout, options=options, dtype=native)
             ctx.save_for_backward(flat, k_vec)
         else:  # H, and the input for dH/dk = X - (V[t-1] - rest): from H alone, (H - V[t-1]) / k loses
             # precision as 1/k grows and is 0/0 at k = 0 (sigmoid(w) underflows at w < -104)
-            spikes, h = _kernels(backend).forward(flat, time_steps or rows, k_vec, channels, inner, *options)
-            ctx.save_for_backward(flat.float() if decay_input else None, k_vec, h)
-        ctx.meta = (x.shape, x.dtype, native, rows, channels, inner, options, surrogate, backend, k.shape)
+            spikes, h = _kernels(backend).forward(flat, k_vec, **layout, options=options)
+            ctx.save_for_backward(flat.float() if options.decay_input else None, k_vec, h)
+        ctx.meta = (x.shape, x.dtype, native, rows, channels, inner, options, backend, k.shape)
         return spikes.view(-1, *step_shape).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_spikes):
         x, k_vec, *h = ctx.saved_tensors
-        shape, dtype, native, rows, channels, inner, options, surrogate, backend, k_shape = ctx.meta
-        code = FUSED_SURROGATES[type(surrogate)]
+        shape, dtype, native, rows, channels, inner, options, backend, k_shape = ctx.meta
         grad = grad_spikes.reshape(grad_spikes.shape[0], -1).to(native).contiguous()
         if backend == "cpu":
-            grad_x, grad_k_parts = _kernels(backend).backward(grad, x, k_vec, channels, inner, *options, code,
-                                                              surrogate.alpha)
+            grad_x, grad_k_parts = _kernels(backend).backward(grad, x, k_vec, channels=channels, inner=inner,
+                                                              options=options)
         else:
-            grad_x, grad_k_parts = _kernels(backend).backward(grad, h[0], x, rows, k_vec, channels, inner, *options,
-                                                              code, surrogate.alpha)
+            grad_x, grad_k_parts = _kernels(backend).backward(grad, h[0], x, k_vec, input_steps=rows, channels=channels,
+                                                              inner=inner, options=options)
         grad_k = None
         if ctx.needs_input_grad[1]:
             if channels > 1:
                 grad_k = grad_k_parts.view(-1, channels, inner).sum((0, 2)).view(k_shape)
             else:
                 grad_k = grad_k_parts.sum().view(k_shape)
-        return grad_x.view(shape).to(dtype), grad_k, None, None, None, None, None, None, None
+        return grad_x.view(shape).to(dtype), grad_k, None, None, None
 
 
 def _kernels(backend: str):
@@ -127,9 +127,9 @@ def _kernels(backend: str):
     return gpu
 
 
-def fused_multi_step(x_seq, k, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend="cpu",
-                     time_steps=None):
-    """Fused equivalent of :func:`plifnet.neurons.multi_step`; ``k`` is a float or a tensor.
+def fused_multi_step(x_seq, k, *, options: NeuronOptions, backend: str = "cpu", time_steps: int | None = None):
+    """Fused equivalent of :func:`plifnet.neurons.multi_step` on ``backend`` (``cpu`` or ``triton``);
+    ``k`` is a float or a tensor (a scalar, or ``[C]`` per channel).
 
     With ``time_steps``, ``x_seq`` is one step's input ``[N, ...]``, the same at every step (a static
     image's current): it is read once per step and its gradient summed over time inside the kernel,
@@ -137,7 +137,7 @@ def fused_multi_step(x_seq, k, v_threshold, v_reset, detach_reset, decay_input, 
     """
     if not torch.is_tensor(k):
         k = torch.tensor(float(k), dtype=torch.float32, device=x_seq.device)
-    return FusedMultiStep.apply(x_seq, k, time_steps, v_threshold, v_reset, detach_reset, decay_input, surrogate, backend)
+    return FusedMultiStep.apply(x_seq, k, time_steps, options, backend)
 
 
 class MaxPool2x2(torch.autograd.Function):
@@ -165,7 +165,7 @@ class MaxPool2x2(torch.autograd.Function):
         return grad_in.to(ctx.dtype)
 
 
-def max_pool2x2(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def max_pool2x2(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """``F.max_pool2d(x, 2, 2)``, with the CPU kernel where ``backend`` allows it; same values and gradients."""
     if backend in ("auto", "cpu") and x.device.type == "cpu" and available("cpu"):
         return MaxPool2x2.apply(x)

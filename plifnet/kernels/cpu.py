@@ -16,8 +16,8 @@ A constant input (``static``: a static image's encoder current, the same at ever
 as one row ``x [1, E]``, and its gradient is summed over time inside the backward into ``grad_x
 [1, E]``; the [T, E] copy of the input and of its gradient never exist.
 
-Each combination of the options gets its own kernel (``forward_kernel(soft, decay_input, static,
-per_element)``, ``backward_kernel(...)``): the options are constants of the compiled code, so every
+Each combination of the options gets its own kernel (``forward_kernel(soft=..., decay_input=...,
+static=..., per_element=...)``, ``backward_kernel(...)``): the options are constants of the compiled code, so every
 branch on them is folded away and the loop body holds only the arithmetic of that neuron. Computing
 all forms and selecting one by 0/1 factors instead costs 1.9x (forward) and 2x (backward) here.
 ``per_element``: per-channel k, read from an array with one k per element; otherwise the single k
@@ -125,7 +125,7 @@ def neuron_step(v, k, x, v_th, rest, soft, decay_input):
 
 
 @lru_cache(maxsize=None)
-def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: bool, bf16: bool = False):
+def forward_kernel(*, soft: bool, decay_input: bool, static: bool, per_element: bool, bf16: bool = False):
     """x [T, E] (static: [1, E]) and k (per_element: the k of each element [E], else [1]) -> spikes [T, E].
 
     ``bf16``: the spikes, and x unless static, are bfloat16 given as their bits (int16 arrays): read
@@ -145,8 +145,9 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
             for t in range(steps):
                 xt, st = x[0 if static else t, start:start + size], spikes[t, start:start + size]
                 for j in range(size):
-                    _, fired, v[j] = neuron_step(v[j], kb[j] if per_element else kb[0], as_float32(xt[j], bf16_input),
-                                                 v_th, rest, soft, decay_input)
+                    _, fired, v[j] = neuron_step(v=v[j], k=kb[j] if per_element else kb[0],
+                                                 x=as_float32(xt[j], bf16=bf16_input), v_th=v_th, rest=rest, soft=soft,
+                                                 decay_input=decay_input)
                     if bf16:
                         st[j] = BF16_ONE if fired else np.int16(0)
                     else:
@@ -156,7 +157,7 @@ def forward_kernel(soft: bool, decay_input: bool, static: bool, per_element: boo
 
 
 @lru_cache(maxsize=None)
-def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool, per_element: bool,
+def backward_kernel(*, soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool, per_element: bool,
                     bf16: bool = False):
     """Reverse pass: grad_x [T, E] (static: [1, E], zeroed by the caller, summed over time) and dL/dk
     summed over time: per element, grad_k [E], with per_element k; else one sum per block, in order.
@@ -186,9 +187,9 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
             for t in range(steps):
                 xt = x[0 if static else t, start:start + size]
                 for j in range(size):
-                    v_prev, xj = v[j], as_float32(xt[j], bf16_input)
-                    h_replay[t, j], _, v[j] = neuron_step(v_prev, kb[j] if per_element else kb[0], xj, v_th, rest,
-                                                          soft, decay_input)
+                    v_prev, xj = v[j], as_float32(xt[j], bf16=bf16_input)
+                    h_replay[t, j], _, v[j] = neuron_step(v=v_prev, k=kb[j] if per_element else kb[0], x=xj,
+                                                          v_th=v_th, rest=rest, soft=soft, decay_input=decay_input)
                     dh_dk[t, j] = xj - (v_prev - rest) if decay_input else -(v_prev - rest)
             grad_v = np.zeros(size, np.float32)
             acc = np.zeros(size, np.float32)
@@ -196,13 +197,13 @@ def backward_kernel(soft: bool, decay_input: bool, detach_reset: bool, code: int
                 gt, gxt = grad_spikes[t, start:start + size], grad_x[0 if static else t, start:start + size]
                 for j in range(size):
                     h, kj = h_replay[t, j], kb[j] if per_element else kb[0]
-                    sg = surrogate_grad(h - v_th, code, alpha)
+                    sg = surrogate_grad(h - v_th, code=code, alpha=alpha)
                     if soft:
                         dv_dh = ONE if detach_reset else ONE - sg * v_th
                     else:
                         not_fired = ZERO if h - v_th >= 0 else ONE  # 1 - S
                         dv_dh = not_fired if detach_reset else not_fired + sg * (rest - h)
-                    grad_h = as_float32(gt[j], bf16) * sg + grad_v[j] * dv_dh
+                    grad_h = as_float32(gt[j], bf16=bf16) * sg + grad_v[j] * dv_dh
                     grad_in = grad_h * kj if decay_input else grad_h  # dH/dX = k, or 1
                     if static:
                         gxt[j] += grad_in
@@ -233,7 +234,7 @@ def bf16_order(bits):
 
 
 @lru_cache(maxsize=None)
-def max_pool2x2_forward_kernel(bf16: bool):
+def max_pool2x2_forward_kernel(*, bf16: bool):
     """2x2, stride-2 max pooling of x [B, H, W] (H, W even) into out [B, H/2, W/2] and the window
     position of the maximum (0..3, row-major) as one byte; ties go to the first position, as in
     ``torch.nn.functional.max_pool2d``. ``bf16``: x and out are bfloat16 bits (int16), compared
@@ -262,7 +263,7 @@ def max_pool2x2_forward_kernel(bf16: bool):
 
 
 @lru_cache(maxsize=None)
-def max_pool2x2_backward_kernel(bf16: bool):
+def max_pool2x2_backward_kernel(*, bf16: bool):
     """Route each output gradient to the position of its window's maximum, zero elsewhere.
 
     grad_out [B, H, W] holds the gradients' bits (int16 for bfloat16, int32 for float32); grad_in

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from plifnet.kernels import cpu
+from plifnet.kernels import FUSED_SURROGATES, cpu
+from plifnet.options import NeuronOptions
 
 
 def k_array(k, elements, channels, inner):
@@ -27,17 +28,19 @@ def _array(tensor):
     return (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
-def forward(x, steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, dtype=torch.float32):
+def forward(x, k, *, steps: int, channels: int, inner: int, options: NeuronOptions, dtype=torch.float32):
     """x [T, E] float32, or bfloat16 with ``dtype=torch.bfloat16`` (a constant input [1, E] repeated
     over ``steps`` is float32 always) -> spikes [T, E] in ``dtype``. Nothing else is kept: the
     backward replays the forward from x."""
     spikes = torch.empty(steps, x.shape[1], dtype=dtype)
-    kernel = cpu.forward_kernel(bool(soft), bool(decay_input), x.shape[0] < steps, channels > 1, dtype == torch.bfloat16)
-    kernel(_array(x), k_array(k, x.shape[1], channels, inner), np.float32(v_th), np.float32(rest), _array(spikes))
+    kernel = cpu.forward_kernel(soft=options.soft_reset, decay_input=options.decay_input, static=x.shape[0] < steps,
+                                per_element=channels > 1, bf16=dtype == torch.bfloat16)
+    kernel(x=_array(x), k=k_array(k, x.shape[1], channels, inner), v_th=np.float32(options.v_threshold),
+           rest=np.float32(options.rest), spikes=_array(spikes))
     return spikes
 
 
-def backward(grad_spikes, x, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
+def backward(grad_spikes, x, k, *, channels: int, inner: int, options: NeuronOptions):
     """grad_x [T, E] (or [1, E] summed over time when the input was constant, x [1, E]) and grad_k:
     dL/dk per element with per-channel k, else per block of elements (sum it either way).
     ``x``: the forward's input as the forward read it."""
@@ -46,9 +49,12 @@ def backward(grad_spikes, x, k, channels, inner, v_th, rest, soft, detach_reset,
     bf16 = grad_spikes.dtype == torch.bfloat16  # then x and grad_x (unless static) are bfloat16 too
     grad_x = torch.zeros(1, elements) if static else torch.empty_like(grad_spikes)
     grad_k = torch.empty(elements if channels > 1 else -(-elements // cpu.BLOCK), dtype=torch.float32)
-    kernel = cpu.backward_kernel(bool(soft), bool(decay_input), bool(detach_reset), int(code), static, channels > 1, bf16)
-    kernel(_array(grad_spikes), _array(x), k_array(k, elements, channels, inner), np.float32(v_th), np.float32(rest),
-           np.float32(alpha), _array(grad_x), grad_k.numpy())
+    kernel = cpu.backward_kernel(soft=options.soft_reset, decay_input=options.decay_input,
+                                 detach_reset=options.detach_reset, code=FUSED_SURROGATES[type(options.surrogate)],
+                                 static=static, per_element=channels > 1, bf16=bf16)
+    kernel(grad_spikes=_array(grad_spikes), x=_array(x), k=k_array(k, elements, channels, inner),
+           v_th=np.float32(options.v_threshold), rest=np.float32(options.rest), alpha=np.float32(options.surrogate.alpha),
+           grad_x=_array(grad_x), grad_k=grad_k.numpy())
     return grad_x, grad_k
 
 
@@ -57,7 +63,7 @@ def max_pool2x2_forward(x):
     batch, height, width = x.shape
     out = torch.empty(batch, height // 2, width // 2, dtype=x.dtype)
     index = torch.empty(out.shape, dtype=torch.uint8)
-    cpu.max_pool2x2_forward_kernel(x.dtype == torch.bfloat16)(_array(x), _array(out), index.numpy())
+    cpu.max_pool2x2_forward_kernel(bf16=x.dtype == torch.bfloat16)(_array(x), _array(out), index.numpy())
     return out, index
 
 
@@ -67,5 +73,5 @@ def max_pool2x2_backward(grad_out, index):
     grad_in = torch.empty(batch, 2 * height, 2 * width, dtype=grad_out.dtype)
     bf16 = grad_out.dtype == torch.bfloat16
     bits, pairs = (torch.int16, torch.int32) if bf16 else (torch.int32, torch.int64)
-    cpu.max_pool2x2_backward_kernel(bf16)(grad_out.view(bits).numpy(), index.numpy(), grad_in.view(pairs).numpy())
+    cpu.max_pool2x2_backward_kernel(bf16=bf16)(grad_out.view(bits).numpy(), index.numpy(), grad_in.view(pairs).numpy())
     return grad_in

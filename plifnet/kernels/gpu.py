@@ -13,6 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
+from plifnet.kernels import FUSED_SURROGATES
+from plifnet.options import NeuronOptions
+
 BLOCK = 1024
 
 
@@ -118,18 +121,19 @@ def _grid(elements):
     return (triton.cdiv(elements, BLOCK),)
 
 
-def forward(x, steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input):
+def forward(x, k, *, steps: int, channels: int, inner: int, options: NeuronOptions):
     """x [T, E], or [1, E] for a constant input repeated over ``steps``."""
     elements = x.shape[1]
     spikes = torch.empty(steps, elements, dtype=x.dtype, device=x.device)
     h = torch.empty(steps, elements, dtype=torch.float32, device=x.device)
-    _forward_kernel[_grid(elements)](x, k, spikes, h, steps, elements, channels, inner, v_th, rest,
-                                     SOFT=soft, DECAY_INPUT=decay_input, STATIC=x.shape[0] < steps, BLOCK=BLOCK,
-                                     enable_fp_fusion=False)
+    _forward_kernel[_grid(elements)](x_ptr=x, k_ptr=k, spikes_ptr=spikes, h_ptr=h, steps=steps, elements=elements,
+                                     channels=channels, inner=inner, v_th=options.v_threshold, rest=options.rest,
+                                     SOFT=options.soft_reset, DECAY_INPUT=options.decay_input,
+                                     STATIC=x.shape[0] < steps, BLOCK=BLOCK, enable_fp_fusion=False)
     return spikes, h
 
 
-def backward(grad_spikes, h, x, input_steps, k, channels, inner, v_th, rest, soft, detach_reset, decay_input, code, alpha):
+def backward(grad_spikes, h, x, k, *, input_steps: int, channels: int, inner: int, options: NeuronOptions):
     """grad_x [T, E], or [1, E] summed over time when the input was constant (``input_steps`` = 1).
     ``x``: the forward's input [T or 1, E], read for dL/dk with decay_input (None otherwise)."""
     steps, elements = grad_spikes.shape
@@ -137,8 +141,11 @@ def backward(grad_spikes, h, x, input_steps, k, channels, inner, v_th, rest, sof
     grad_x = torch.empty(1 if static else steps, elements, dtype=grad_spikes.dtype, device=grad_spikes.device)
     grad_k = torch.empty(elements, dtype=torch.float32, device=grad_spikes.device)
     x = h if x is None else x  # not read without decay_input
-    _backward_kernel[_grid(elements)](grad_spikes, h, x, k, grad_x, grad_k, steps, elements, channels, inner, v_th,
-                                      rest, float(alpha), SOFT=soft, DECAY_INPUT=decay_input,
-                                      DETACH_RESET=detach_reset, CODE=code, STATIC=static, BLOCK=BLOCK,
+    _backward_kernel[_grid(elements)](grad_ptr=grad_spikes, h_ptr=h, x_ptr=x, k_ptr=k, grad_x_ptr=grad_x,
+                                      grad_k_ptr=grad_k, steps=steps, elements=elements, channels=channels,
+                                      inner=inner, v_th=options.v_threshold, rest=options.rest,
+                                      alpha=options.surrogate.alpha, SOFT=options.soft_reset,
+                                      DECAY_INPUT=options.decay_input, DETACH_RESET=options.detach_reset,
+                                      CODE=FUSED_SURROGATES[type(options.surrogate)], STATIC=static, BLOCK=BLOCK,
                                       enable_fp_fusion=False)
     return grad_x, grad_k

@@ -19,32 +19,32 @@ class ALIF(PLIF):
 
         H[t] = V[t-1] + k * (X[t] - (V[t-1] - V_reset))        (PLIF's charge, learnable k = 1/tau)
         S[t] = heaviside(H[t] - v_threshold - beta * A[t-1])
-        V[t] = H[t] * (1 - S[t]) + V_reset * S[t]
+        V[t] = H[t] * (1 - S[t]) + V_reset * S[t]               (PLIF's reset)
         A[t] = rho * A[t-1] + S[t],   rho = exp(-1 / tau_adapt)
 
-    The state is ``(V, A)``; overriding :meth:`step` makes plifnet run these equations on the
-    reference path instead of the fused PLIF kernel.
+    Only the threshold differs from PLIF: its state ``A`` (:meth:`initial_state`), the threshold it
+    gives (:meth:`threshold`) and its update after the spike (:meth:`reset_membrane`, after PLIF's).
+    PLIF's charge, fire and reset are inherited, and the whole step runs compiled.
     """
 
-    def __init__(self, tau: float = 2.0, beta: float = 0.2, tau_adapt: float = 20.0, **kwargs):
-        super().__init__(tau, **kwargs)
+    def __init__(self, *, beta: float = 0.2, tau_adapt: float = 20.0, **options):
+        super().__init__(**options)
         if self.v_reset is None:
             raise ValueError("ALIF uses the hard reset: v_reset must be a number")
         self.beta, self.tau_adapt = float(beta), float(tau_adapt)
         self.rho = math.exp(-1 / self.tau_adapt)
 
     def initial_state(self, x):
-        return super().initial_state(x), torch.zeros_like(x)
+        """PLIF's ``V`` and the threshold's raise ``A = 0``, both ``[N, ...]``."""
+        return dict(super().initial_state(x), a=torch.zeros_like(x))
 
-    def step(self, state, x, k):
-        v, adaptation = state
-        if self.decay_input:
-            h = v + k * (x - (v - self.v_reset))
-        else:
-            h = v - k * (v - self.v_reset) + x
-        spike = self.surrogate(h - self.v_threshold - self.beta * adaptation)
-        s = spike.detach() if self.detach_reset else spike
-        return spike, (h * (1 - s) + self.v_reset * s, self.rho * adaptation + s)
+    def threshold(self, state):
+        """``v_threshold + beta * A[t-1]``, ``[N, ...]``."""
+        return self.v_threshold + self.beta * state["a"]
+
+    def reset_membrane(self, state, spike):
+        """PLIF's reset of ``V``, and ``A[t] = rho * A[t-1] + S[t]``."""
+        return dict(super().reset_membrane(state, spike), a=self.rho * state["a"] + spike)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, tau_adapt={self.tau_adapt}, " + super().extra_repr()

@@ -1,0 +1,75 @@
+"""A neuron's own hooks at fused speed: its multi-step loop compiled by ``torch.compile``.
+
+:func:`multi_step` runs ``neuron.step`` (the neuron's ``charge`` / ``fire`` / ``reset_membrane``, or
+its own ``step``) over time as one graph that TorchInductor compiles (C++ on the CPU, Triton on CUDA):
+the loop over T is unrolled and every step's arithmetic, the surrogate and the backward through
+time are fused into a few kernels, where the reference path pays one autograd node per operation
+per step. Spikes equal the reference's (the same float32 arithmetic; half precision is computed in
+float32 and the spikes given back in the input's dtype), gradients agree to rounding.
+
+Every layer goes through one compiled graph: a step's input ``[N, ...]`` is flattened to ``[E]``
+(a per-channel leak ``[C, 1, ...]`` expanded to one value per element) and E is a dynamic size, so
+layers of every width, and the last, smaller batch, share it; a new graph is compiled per neuron
+class, time steps, dtype and grad mode (tens of seconds on a small CPU the first time, seconds from
+TorchInductor's cache on disk afterwards). The hooks must therefore be elementwise arithmetic on
+tensors of the state's shape (what every neuron of plifnet's is); a hook that needs the step's shape
+(``x.shape[1]``) or Python control flow on values runs on the reference path: where compiling
+fails, :func:`multi_step` says why, once per neuron class, and returns None.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+
+import torch
+
+COST = ("the reference path runs one PyTorch operation per step and variable: about 10x the compiled time in the "
+        "neuron layers, 1.3-1.8x on the MNIST network's training step (benchmarks/neuron_api.py)")
+
+_failed: dict[type, str] = {}  # neuron class -> why it could not be compiled
+
+
+def _run_steps(neuron, x_seq, k):
+    """``neuron.step`` over ``x_seq [T, E]``, computed in float32; spikes ``[T, E]`` in x's dtype."""
+    dtype = x_seq.dtype
+    x_seq = x_seq.float()
+    state = neuron.initial_state(x_seq[0])
+    spikes = []
+    for t in range(x_seq.shape[0]):
+        spike, state = neuron.step(state, x_seq[t], k)
+        spikes.append(spike)
+    return torch.stack(spikes).to(dtype)
+
+
+@lru_cache(maxsize=None)
+def _compiled_run_steps():
+    return torch.compile(_run_steps, fullgraph=True)  # made at first use: importing plifnet loads no compiler
+
+
+def multi_step(neuron, x: torch.Tensor, k, *, time_steps: int | None = None) -> torch.Tensor | None:
+    """Spikes ``[T, N, ...]`` of ``neuron`` (a :class:`plifnet.neurons.BaseNode`) for ``x [T, N, ...]``
+    (or ``x [N, ...]`` at each of ``time_steps`` steps), from one compiled graph; None, after one
+    warning per neuron class, where its hooks cannot be compiled."""
+    cls = type(neuron)
+    if cls in _failed:
+        return None
+    run = _compiled_run_steps()
+    step_shape = x.shape if time_steps else x.shape[1:]
+    steps = time_steps or x.shape[0]
+    flat = x.reshape(1 if time_steps else steps, -1)
+    flat = flat.expand(steps, -1) if time_steps else flat  # a view: the gradient is summed over time by autograd
+    if torch.is_tensor(k) and k.dim() > 0:  # per channel [C, 1, ...]: one k per element of a step
+        k = k.expand(step_shape).reshape(-1)
+        torch._dynamo.maybe_mark_dynamic(k, 0)
+    torch._dynamo.maybe_mark_dynamic(flat, 1)  # one graph for every layer width and batch size
+    try:
+        spikes = run(neuron, flat, k)
+    except Exception as error:  # noqa: BLE001  (the reference path then runs and raises a genuine error itself)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _failed[cls] = reason
+        warnings.warn(f"plifnet: neuron {cls.__name__} runs on the reference path, not compiled ({type(error).__name__}: "
+                      f"{reason[:300]}); {COST}. Make its hooks elementwise tensor arithmetic, or pass "
+                      f"backend='reference' to choose that path without this warning.", stacklevel=3)
+        return None
+    return spikes.view(steps, *step_shape)

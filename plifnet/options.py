@@ -1,0 +1,82 @@
+"""The options of a spiking neuron layer, as one object.
+
+``NeuronOptions`` travels by keyword from the LightningModule (whose hyperparameters stay one per
+option, for configs and old checkpoints) through :func:`plifnet.neurons.neuron_factory` to every
+neuron it builds, the neuron's step functions and the kernel dispatch (:mod:`plifnet.kernels`), as
+Norse's ``LIFParameters`` does: one frozen value, never a row of positional booleans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from plifnet.surrogates import Surrogate, surrogate as make_surrogate
+
+BACKENDS = ("auto", "reference", "compile", "cpu", "triton")
+
+
+@dataclass(frozen=True)
+class NeuronOptions:
+    """Options of one neuron layer (equations in :mod:`plifnet.neurons`).
+
+    Attributes:
+        tau: the initial tau of PLIF, the fixed tau of LIF, in time steps (> 1; IF has none).
+        v_threshold: the firing threshold.
+        v_reset: where the hard reset puts ``V`` after a spike (and where the leak pulls); ``None``
+            selects the soft reset ``V = H - v_threshold`` (the leak then pulls to 0).
+        detach_reset: stop the gradient through the spike in the reset (every published run does).
+        decay_input: ``H = V + k (X - (V - V_reset))`` (True) or ``H = V - k (V - V_reset) + X``.
+        surrogate: the surrogate gradient, a :class:`~plifnet.surrogates.Surrogate` or its name
+            (with its default alpha).
+        per_channel: one tau per channel (dim 1 of a step's input) instead of one per layer (PLIF).
+        backend: how a multi-step call runs: ``auto`` (the fused kernel of the device for the
+            built-in step, else the compiled step), ``reference`` (per-step PyTorch), ``compile``
+            (the neuron's own hooks through ``torch.compile``), ``cpu`` / ``triton`` (the fused kernels).
+    """
+
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    v_reset: float | None = 0.0
+    detach_reset: bool = True
+    decay_input: bool = True
+    surrogate: Surrogate | str = "atan"
+    per_channel: bool = False
+    backend: str = "auto"
+
+    def __post_init__(self):
+        set_field = object.__setattr__.__get__(self)  # frozen: normalise the given values once, here
+        set_field("tau", float(self.tau))
+        set_field("v_threshold", float(self.v_threshold))
+        set_field("v_reset", None if self.v_reset is None else float(self.v_reset))
+        set_field("detach_reset", bool(self.detach_reset))
+        set_field("decay_input", bool(self.decay_input))
+        set_field("per_channel", bool(self.per_channel))
+        set_field("surrogate", make_surrogate(self.surrogate))
+        if not self.tau > 1:
+            raise ValueError(f"tau must be > 1 (the leak k = 1/tau must lie in (0, 1)), got tau={self.tau}")
+        if self.v_reset is not None and not self.v_reset < self.v_threshold:
+            raise ValueError(f"v_reset ({self.v_reset}) must be below v_threshold ({self.v_threshold})")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    @property
+    def soft_reset(self) -> bool:
+        return self.v_reset is None
+
+    @property
+    def rest(self) -> float:
+        """Where the leak pulls ``V`` and the hard reset puts it: ``v_reset``, or 0 for the soft reset."""
+        return 0.0 if self.v_reset is None else self.v_reset
+
+    def replace(self, **changes) -> "NeuronOptions":
+        """A copy with ``changes``; an unknown name is refused with the list of known ones."""
+        unknown = set(changes) - set(FIELDS)
+        if unknown:
+            raise TypeError(f"unknown neuron option(s) {sorted(unknown)}; the options are {list(FIELDS)}")
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in FIELDS}
+
+
+FIELDS = tuple(field.name for field in fields(NeuronOptions))
