@@ -22,15 +22,15 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 import plifnet
 from plifnet import checkpoints, files
 from plifnet.callbacks import Interrupted
 from plifnet.contract import StateLeak
 from plifnet.kernels import keep_freed_memory_unless_opted_out
-from plifnet.module import SpikingClassifier
+from plifnet.module import CLI_RECORDS_CONFIG, SpikingClassifier
 
 
 class SaveConfig(SaveConfigCallback):
@@ -42,6 +42,20 @@ class SaveConfig(SaveConfigCallback):
             if isinstance(logger, WandbLogger):
                 config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
                 logger.experiment.config.update({"cli": config}, allow_val_change=True)
+
+
+class ForgetFailedStart(Callback):
+    """Removes the run folders ``folders`` that a failed start created (holding no checkpoint): any
+    failure of validate, test and predict, and a fit that fails before its first training step."""
+
+    def __init__(self, folders: list[Path], subcommand: str):
+        self.folders, self.subcommand = folders, subcommand
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if trainer.is_global_zero and (self.subcommand != "fit" or trainer.global_step == 0):
+            for folder in self.folders:
+                if folder.is_dir() and not any(folder.rglob("*.ckpt")):
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
 class PlifnetCLI(LightningCLI):
@@ -98,47 +112,60 @@ class PlifnetCLI(LightningCLI):
         for key in sorted(given_model_options(argv) & set(hyper_parameters)):
             value = config.model.get(key)
             value = value.as_dict() if hasattr(value, "as_dict") else value
-            if value != hyper_parameters[key]:
+            if plain(value) != plain(hyper_parameters[key]):
                 raise checkpoints.CheckpointError(
                     f"--model.{key} {value!r} differs from the checkpoint's {hyper_parameters[key]!r}: with --ckpt_path "
                     f"the checkpoint's hyperparameters rebuild its model, so --model.{key} would be ignored; leave it "
                     f"out, or start a new run from the weights without --ckpt_path")
+        if "optimizer" not in hyper_parameters and {"lr", "cosine_t_max"} & set(hyper_parameters):
+            # a run of an earlier version: its lr and cosine_t_max (merged from the checkpoint) are its recipe,
+            # which resumes with its one parameter group; the config's optimizer would contradict them
+            config.model.optimizer = config.model.lr_scheduler = None
 
     def instantiate_classes(self) -> None:
         """A bad value in the config (``--data.batch_size 0``) is one line naming it, not the
         traceback of jsonargparse's attempt at every type of a Union with the reason 60 lines up."""
+        recording = CLI_RECORDS_CONFIG.set(True)
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, MisconfigurationException) as error:
             while isinstance(error.__cause__ or error.__context__, (ValueError, TypeError, MisconfigurationException)):
                 error = error.__cause__ or error.__context__
             raise SystemExit(f"error: bad configuration value: {error}") from None
+        finally:
+            CLI_RECORDS_CONFIG.reset(recording)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The trainer, with :class:`plifnet.checkpoints.AtomicCheckpointIO` as its checkpoint writer
         (also inside ``AsyncCheckpointIO``) wherever a config's ``plugins`` list left Lightning's default."""
         trainer = super().instantiate_trainer(**kwargs)
         io = trainer.strategy.checkpoint_io
-        if isinstance(io, _WrappingCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
+        if isinstance(io, AsyncCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
             io.checkpoint_io = checkpoints.AtomicCheckpointIO()
         elif type(io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = checkpoints.AtomicCheckpointIO()
         return trainer
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        """Run it; if it fails before any training step and checkpoint, remove the run folders it
-        created (``version_N`` holding only config.yaml and hparams.yaml), so that a failed start
+    def _forget_a_failed_start(self, subcommand: str) -> None:
+        """If the run fails before any training step and checkpoint, remove the run folders it
+        creates (``version_N`` holding only config.yaml and hparams.yaml), so that a failed start
         leaves nothing that looks like a run."""
         created = [Path(logger.log_dir) for logger in self.trainer.loggers
                    if getattr(logger, "log_dir", None) and not Path(logger.log_dir).exists()]
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException:
-            if self.trainer.is_global_zero and (subcommand != "fit" or self.trainer.global_step == 0):
-                for folder in created:
-                    if folder.is_dir() and not any(folder.rglob("*.ckpt")):
-                        shutil.rmtree(folder, ignore_errors=True)
-            raise
+        self.trainer.callbacks.append(ForgetFailedStart(created, subcommand))
+
+    # LightningCLI's hooks before each subcommand
+    def before_fit(self):
+        self._forget_a_failed_start("fit")
+
+    def before_validate(self):
+        self._forget_a_failed_start("validate")
+
+    def before_test(self):
+        self._forget_a_failed_start("test")
+
+    def before_predict(self):
+        self._forget_a_failed_start("predict")
 
     @staticmethod
     def _checked(ckpt_path: str | None, loggers, root: str) -> str | None:
@@ -163,6 +190,16 @@ class PlifnetCLI(LightningCLI):
 # SpikingClassifier's options that build its own network (plifnet.models.SpikingNet)
 NETWORK_OPTIONS = ("arch", "neuron", "tau", "v_threshold", "v_reset", "detach_reset", "decay_input", "per_channel",
                    "surrogate", "surrogate_alpha", "variant", "time_steps", "dropout", "backend")
+
+
+def plain(value):
+    """A configuration value with its tuples as lists, as a checkpoint's hyperparameters hold them
+    (``betas: (0.9, 0.999)`` parsed, ``[0.9, 0.999]`` saved)."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
 
 
 def given_model_options(argv) -> set[str]:
@@ -225,6 +262,7 @@ def main(args=None) -> LightningCLI:
             LightningDataModule,
             subclass_mode_data=True,
             save_config_callback=SaveConfig,
+            auto_configure_optimizers=False,  # the model's own --model.optimizer / --model.lr_scheduler: one spelling
             args=args,
             parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in LightningCLI.subcommands()}},
         )

@@ -111,6 +111,22 @@ def named_code(tree, prefix: str = "") -> list[tuple[str, str]]:
     return found
 
 
+def torch_optim_names() -> set[str]:
+    """The class paths of torch's optimizers and learning-rate schedulers (``torch.optim.Adam``,
+    ``torch.optim.lr_scheduler.CosineAnnealingLR``, and their defining modules' paths)."""
+    import inspect
+
+    import torch
+
+    schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    names = set()
+    for module in (torch.optim, torch.optim.lr_scheduler):
+        for name, cls in vars(module).items():
+            if inspect.isclass(cls) and issubclass(cls, (torch.optim.Optimizer, *schedulers)):
+                names |= {f"{module.__name__}.{name}", f"{cls.__module__}.{cls.__qualname__}"}
+    return names
+
+
 def known_names() -> set[str]:
     """Names a checkpoint may use without the user naming them: the registered neurons and surrogates,
     the entry points of installed plug-ins (their names and their ``module.Class`` paths; listed, not
@@ -120,7 +136,7 @@ def known_names() -> set[str]:
     from plifnet.neurons import NEURONS
     from plifnet.surrogates import SURROGATES
 
-    names = set(NEURONS) | set(SURROGATES)
+    names = set(NEURONS) | set(SURROGATES) | torch_optim_names()
     for group in PLUGIN_GROUPS:
         for ep in entry_points(group=group):
             names |= {ep.name, ep.value.replace(":", ".")}

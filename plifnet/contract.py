@@ -82,6 +82,11 @@ class Adapter:
         """Whether tau is learned (then TauMonitor logs it)."""
         return False
 
+    def tau_parameters(self, module: nn.Module) -> list[nn.Parameter]:
+        """The parameters that tau is learnt through (the optimizer gives them a group of their own, without
+        weight decay): by default the neuron's own parameters where it learns tau (PLIF's ``w``)."""
+        return list(module.parameters(recurse=False)) if self.learns_tau(module) else []
+
     def dynamics(self, module: nn.Module) -> Dynamics:
         """The neuron as plifnet's step, for NIR export; ``ValueError`` saying why where it is not one."""
         raise ValueError(f"neuron {type(module).__name__} has no mapping onto plifnet's LIF/IF equations here, so no "
@@ -187,6 +192,12 @@ def tau(module: nn.Module) -> torch.Tensor | float | None:
 def learns_tau(module: nn.Module) -> bool:
     adapter = adapter_of(module)
     return adapter is not None and adapter.learns_tau(module)
+
+
+def tau_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters through which a neuron learns its tau (none where it does not)."""
+    adapter = adapter_of(module)
+    return [] if adapter is None else adapter.tau_parameters(module)
 
 
 def dynamics(module: nn.Module) -> Dynamics:

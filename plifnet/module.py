@@ -12,22 +12,29 @@ protocol A is ``test/acc_best`` (best test accuracy over epochs), protocol B is
 
 from __future__ import annotations
 
+import contextvars
+from functools import partial
 from typing import Callable, Literal
 
 import lightning as L
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from plifnet import checkpoints
+from plifnet import checkpoints, compat, contract
 from plifnet.models import SpikingNet
 from plifnet.neurons import neuron_factory
 from plifnet.options import NeuronOptions
 from plifnet.surrogates import Surrogate, surrogate as make_surrogate
+
+
+# Set by cli.py while LightningCLI builds the model: LightningCLI then saves the model's hyperparameters as
+# the config gave them (objects as their class_path and init_args), so nothing needs leaving out.
+CLI_RECORDS_CONFIG = contextvars.ContextVar("plifnet_cli_records_config", default=False)
 
 
 class NoInputShape(ValueError):
@@ -56,7 +63,16 @@ class SpikingClassifier(L.LightningModule):
         time_steps: T for static images (None: the paper's T for ``arch``).
         dropout: probability of every dropout layer.
         loss: ``rate_mse`` (the paper) or ``cross_entropy``.
-        lr, cosine_t_max: Adam's learning rate and the period (epochs) of the cosine schedule.
+        optimizer: the optimizer, given the parameter groups (LightningCLI's ``OptimizerCallable``: a
+            ``class_path`` such as ``torch.optim.AdamW`` with its ``init_args``, or in Python
+            ``functools.partial(torch.optim.SGD, lr=0.1)``). None: the paper's Adam (lr 1e-3).
+        lr_scheduler: the learning-rate schedule, given the optimizer (``LRSchedulerCallable``), stepped
+            every ``lr_interval`` (``epoch`` or ``step``). None: the paper's CosineAnnealingLR (T_max 64 epochs).
+        tau_lr, tau_weight_decay: the learning rate (None: the optimizer's) and weight decay (default 0,
+            so that AdamW does not pull every tau back towards its initial value) of the parameter group
+            that holds the neurons' time constants (PLIF's ``w``; a peer's, through the neuron contract).
+        lr, cosine_t_max: the recipe of plifnet's earlier versions (Adam's lr, the cosine's period, one
+            parameter group), which their configs and checkpoints name; not with optimizer/lr_scheduler.
         backend: ``auto`` (the fused kernels of the device where installed; a neuron with hooks of its
             own, compiled), ``reference`` (plain per-step PyTorch), ``compile``, ``cpu`` or ``triton``
             (:data:`plifnet.options.BACKENDS`).
@@ -78,8 +94,13 @@ class SpikingClassifier(L.LightningModule):
         time_steps: int | None = None,
         dropout: float = 0.5,
         loss: Literal["rate_mse", "cross_entropy"] = "rate_mse",
-        lr: float = 1e-3,
-        cosine_t_max: int = 64,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_interval: Literal["epoch", "step"] = "epoch",
+        tau_lr: float | None = None,
+        tau_weight_decay: float = 0.0,
+        lr: float | None = None,
+        cosine_t_max: int | None = None,
         backend: Literal["auto", "reference", "compile", "cpu", "triton"] = "auto",
         net: nn.Module | None = None,
         classes: int | None = None,
@@ -89,9 +110,16 @@ class SpikingClassifier(L.LightningModule):
         # checkpoint. Under cli.py, Lightning records their class_path config instead (its "given"
         # hyperparameters), which rebuilds them; built in a script, they are left out and passed
         # again to load_from_checkpoint.
-        objects = [name for name, value in (("net", net), ("neuron", neuron), ("surrogate", surrogate))
+        objects = [name for name, value in (("net", net), ("neuron", neuron), ("surrogate", surrogate),
+                                            ("optimizer", optimizer), ("lr_scheduler", lr_scheduler))
                    if value is not None and not isinstance(value, str)]
-        self.save_hyperparameters(ignore=objects if _given_hyperparameters.get() is None else [])
+        if (optimizer is not None and lr is not None) or (lr_scheduler is not None and cosine_t_max is not None):
+            raise ValueError("lr and cosine_t_max set the earlier versions' Adam and cosine schedule: with optimizer and "
+                             "lr_scheduler give them there (--model.optimizer.lr, --model.lr_scheduler.T_max)")
+        if lr_interval not in ("epoch", "step"):
+            raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.save_hyperparameters(ignore=[] if CLI_RECORDS_CONFIG.get() else objects)
         if net is None:
             options = NeuronOptions(tau=tau, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
                                     decay_input=decay_input, surrogate=make_surrogate(surrogate, surrogate_alpha),
@@ -117,7 +145,7 @@ class SpikingClassifier(L.LightningModule):
         """Build a network that waits for its input shape (``SpikingNet(layers=...)`` without
         ``in_channels``/``size``) from the data module's ``input_shape``, before the optimiser and
         any checkpoint see its parameters."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        datamodule = getattr(compat.attached_trainer(self), "datamodule", None)
         if self.example_input_array is None and callable(getattr(datamodule, "example_input", None)):
             # one sample through the network: the model summary counts its FLOPs per sample
             self.example_input_array = datamodule.example_input()
@@ -211,7 +239,7 @@ class SpikingClassifier(L.LightningModule):
 
     def _val_stage(self, dataloader_idx: int) -> str:
         """The data module names its validation loaders (``val``, ``test``); a plain loader is ``val``."""
-        names = getattr(self.trainer.datamodule, "val_loader_names", None) if self._trainer else None
+        names = getattr(getattr(compat.attached_trainer(self), "datamodule", None), "val_loader_names", None)
         return names[dataloader_idx] if names else "val"
 
     def on_validation_epoch_end(self):
@@ -246,8 +274,31 @@ class SpikingClassifier(L.LightningModule):
         return [ResetState()]
 
     def configure_optimizers(self):
+        """The optimizer over two parameter groups, the neurons' time constants (``tau_lr``,
+        ``tau_weight_decay``) and everything else, and its schedule. A model of an earlier version
+        (``lr``/``cosine_t_max`` set) keeps its one group, so that its optimizer state resumes."""
+        hp = self.hparams
+        legacy = hp.get("lr") is not None or hp.get("cosine_t_max") is not None
+        if legacy:
+            groups = [{"params": list(self.parameters())}]
+        else:
+            own = {id(p) for p in self.parameters()}
+            taus = {id(p): p for module in contract.neurons(self.net).values() for p in contract.tau_parameters(module)
+                    if id(p) in own}
+            groups = [{"params": [p for p in self.parameters() if id(p) not in taus]}]
+            if taus:
+                groups.append({"params": list(taus.values()), "weight_decay": hp.tau_weight_decay,
+                               **({"lr": hp.tau_lr} if hp.tau_lr is not None else {})})
         # fused: one pass over each parameter instead of one kernel per operation and temporaries
         # (MNIST network on the CPU: 8 ms instead of 34 per step)
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.hparams.cosine_t_max)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        optimizer = (self.optimizer or partial(torch.optim.Adam, lr=1e-3 if hp.get("lr") is None else hp.lr,
+                                               fused=True))(groups)
+        if self.lr_scheduler is None:
+            t_max = 64 if hp.get("cosine_t_max") is None else hp.cosine_t_max
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
+        else:
+            scheduler = self.lr_scheduler(optimizer)
+        config = {"scheduler": scheduler, "interval": "epoch" if legacy else hp.lr_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}

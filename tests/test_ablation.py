@@ -359,7 +359,7 @@ def test_a_study_of_peer_networks_reads_their_tau(tiny_digits, tmp_path):
     result = run_ablation("--config", ROOT / "configs" / "mnist.yaml", "--out", out,
                           "--setting", "sj", "--model.net plifnet_example.spikingjelly_net.Net",
                           "--setting", "snn", "--model.net plifnet_example.snntorch_net.Net",
-                          *quick(tiny_digits, 1, paper_network=False), "--trainer.limit_train_batches", "4", "--model.lr",
+                          *quick(tiny_digits, 1, paper_network=False), "--trainer.limit_train_batches", "4", "--model.optimizer.lr",
                           "0.01", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = table_rows(out)

@@ -240,7 +240,7 @@ def test_slurm_requeue_saves_atomically_and_the_requeued_job_ends_like_an_uninte
            "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
            "SLURM_NODEID": "0", "PLIFNET_KILL_AT": "5"}
     args = [*QUICK, "--data.root", tiny_digits, "--config", ROOT / "configs" / "trainer" / "slurm.yaml",
-            "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "6", "--model.lr", "0.01"]
+            "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "6", "--model.optimizer.lr", "0.01"]
     for name in ("whole", "requeued"):
         (tmp_path / name).mkdir()
     whole = cli("fit", *args, cwd=tmp_path / "whole", env=env)

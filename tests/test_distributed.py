@@ -27,7 +27,7 @@ def test_two_process_ddp_fit_then_single_process_test(run_cli, tiny_digits, tmp_
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"),
                PYTHONUNBUFFERED="1")
     common = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
-              "--data.batch_size", "4", "--model.time_steps", "2", "--model.lr", "0.01"]
+              "--data.batch_size", "4", "--model.time_steps", "2", "--model.optimizer.lr", "0.01"]
     ddp = ["--config", ROOT / "configs" / "trainer" / "ddp.yaml", "--trainer.accelerator", "cpu",
            "--trainer.devices", "2"]
     cli("fit", *common, *ddp, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5",
@@ -67,7 +67,7 @@ def test_two_process_ddp_fit_of_a_peer_network(family, tiny_digits, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"),
                PYTHONUNBUFFERED="1")
     cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--config", ROOT / "examples" / "plugin" / "configs" / f"{family}.yaml",
-        "--data.root", tiny_digits, "--data.num_workers", "0", "--data.batch_size", "4", "--model.lr", "0.01",
+        "--data.root", tiny_digits, "--data.num_workers", "0", "--data.batch_size", "4", "--model.optimizer.lr", "0.01",
         "--config", ROOT / "configs" / "trainer" / "ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
         "--trainer.callbacks+=ddp_probe.RankProbe", cwd=tmp_path, env=env)

@@ -196,7 +196,7 @@ def test_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(tmp_path, t
     tau at the end as a run that was never interrupted (CPU, seed 2020, with the paper's augmentation
     and dropout, both of which draw random numbers)."""
     args = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
-            "--data.batch_size", "4", "--model.time_steps", "2", "--model.lr", "0.01", "--data.augment", "true",
+            "--data.batch_size", "4", "--model.time_steps", "2", "--model.optimizer.lr", "0.01", "--data.augment", "true",
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "12", "--trainer.limit_val_batches", "0",
             "--trainer.log_every_n_steps", "1", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
             "--trainer.callbacks.every_n_train_steps", "3", "--trainer.callbacks.save_top_k", "0",
@@ -256,7 +256,7 @@ def test_resume_is_exact_with_loader_workers_and_validation(tmp_path, tiny_digit
     epoch 0, `--ckpt_path last`, and epoch 1 must end with the uninterrupted run's weights: no
     loader may draw its workers' seeds from the global random stream that dropout uses."""
     args = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "2",
-            "--data.batch_size", "4", "--model.time_steps", "2", "--model.lr", "0.01",
+            "--data.batch_size", "4", "--model.time_steps", "2", "--model.optimizer.lr", "0.01",
             "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "8", "--trainer.limit_val_batches", "2",
             "--trainer.log_every_n_steps", "1", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
             "--trainer.callbacks.every_n_train_steps", "3", "--trainer.callbacks.save_top_k", "-1",
@@ -275,13 +275,13 @@ def test_a_diverged_run_stops_non_zero_and_saves_no_non_finite_checkpoint(run_cl
     stays at a finite 0.1, so only the gradients or the state (BatchNorm's running variance) show it.
     (Which comes first depends on the kernels: since the tau gradient is exact at k = 0, no NaN comes
     from it at step 1, and the overflowing BatchNorm statistics stop the run at the checkpoint.)"""
-    result = run_cli("fit", *BASE, "--data.root", tiny_digits, "--model.lr", "1e30", "--trainer.max_epochs", "2",
+    result = run_cli("fit", *BASE, "--data.root", tiny_digits, "--model.optimizer.lr", "1e30", "--trainer.max_epochs", "2",
                      "--trainer.limit_train_batches", "4", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     stopped = re.fullmatch(r"error: .*(is not finite|holds non-finite values, so the checkpoint was not written) at step "
                            r"\d+ \(epoch \d\): the run has diverged and is stopped before this reaches the weights or a "
-                           r"checkpoint\. Last good checkpoint: (.*)\. Lower --model\.lr, or check the input data\.", last)
+                           r"checkpoint\. Last good checkpoint: (.*)\. Lower the learning rate \(--model\.optimizer\.lr\), or check the input data\.", last)
     assert stopped, last
     saved = list((tmp_path / "runs").rglob("*.ckpt"))
     # the checkpoint it names is one that exists, not the one it refused to write
@@ -376,7 +376,7 @@ def test_resume_keeps_protocols_a_and_b(tmp_path, tiny_digits):
     val/acc_best at the end equal the uninterrupted run's, which are re-derived here from its own
     per-epoch accuracies."""
     args = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
-            "--data.batch_size", "17", "--model.time_steps", "2", "--model.lr", "0.01", "--trainer.max_epochs", "3",
+            "--data.batch_size", "17", "--model.time_steps", "2", "--model.optimizer.lr", "0.01", "--trainer.max_epochs", "3",
             "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs"]
     kill_and_resume(args, 20, tmp_path)  # step 20: the first of epoch 2 (170 training images, 10 batches of 17)
     whole = final_metrics(tmp_path / "whole" / "runs" / "lightning_logs" / "version_0")
@@ -400,7 +400,7 @@ def uninterrupted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("uninterrupted")
     digits = make_image_folder(folder / "digits", per_class=20, test_per_class=4)
     args = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", digits, "--data.num_workers", "2",
-            "--data.batch_size", "4", "--model.time_steps", "2", "--model.lr", "0.01", "--trainer.max_epochs", "2",
+            "--data.batch_size", "4", "--model.time_steps", "2", "--model.optimizer.lr", "0.01", "--trainer.max_epochs", "2",
             "--trainer.limit_train_batches", "8", "--trainer.limit_val_batches", "2"]
     whole = spawn_cli("fit", *args, cwd=folder)
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -539,11 +539,11 @@ def test_model_options_given_with_ckpt_path_are_refused_where_the_checkpoint_dec
     root, digits, checkpoint = trained_checkpoint
     common = ["test", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", digits, "--data.num_workers", "0",
               "--trainer.limit_test_batches", "1", "--ckpt_path", checkpoint]
-    refused = run_cli(*common, "--model.lr", "0.5", cwd=tmp_path)
+    refused = run_cli(*common, "--model.loss", "cross_entropy", cwd=tmp_path)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
-        "error: --model.lr 0.5 differs from the checkpoint's 0.001: with --ckpt_path the checkpoint's hyperparameters "
-        "rebuild its model, so --model.lr would be ignored; leave it out, or start a new run from the weights without "
-        "--ckpt_path")
+        "error: --model.loss 'cross_entropy' differs from the checkpoint's 'rate_mse': with --ckpt_path the checkpoint's "
+        "hyperparameters rebuild its model, so --model.loss would be ignored; leave it out, or start a new run from the "
+        "weights without --ckpt_path")
     same = run_cli(*common, "--model.time_steps", "2", cwd=tmp_path)
     assert same.returncode == 0, same.stderr[-3000:]  # the checkpoint's own value: nothing is dropped

@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT
 from plifnet import kernels
 from plifnet.models import SpikingNet
-from plifnet.neurons import NEURONS, PLIF, neuron_factory
+from plifnet.neurons import NEURONS, neuron_factory
 from plifnet.surrogates import SURROGATES, surrogate
 
 
@@ -187,7 +187,7 @@ def test_a_network_without_an_input_shape_takes_it_from_the_data_module():
     class Frames(ClassificationDataModule):
         input_shape = (2, 34, 34)
 
-    model._trainer = type("Trainer", (), {"datamodule": Frames()})()
+    model.trainer = type("Trainer", (), {"datamodule": Frames()})()
     model.configure_model()
     assert model.net.encoder[0].in_channels == 2 and model.net.layers[-3].in_features == 8 * 17 * 17
     assert model(torch.rand(3, 2, 34, 34)).shape == (3, 10)

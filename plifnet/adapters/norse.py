@@ -42,3 +42,6 @@ class Norse(Adapter):
     def learns_tau(self, module):
         inverse = getattr(getattr(module, "p", None), "tau_mem_inv", None)
         return torch.is_tensor(inverse) and inverse.requires_grad
+
+    def tau_parameters(self, module):
+        return [module.p.tau_mem_inv] if self.learns_tau(module) else []  # not the other parameters of p

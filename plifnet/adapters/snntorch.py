@@ -52,6 +52,9 @@ class SnnTorch(Adapter):
     def learns_tau(self, module):
         return self.tau(module) is not None and isinstance(module.beta, torch.nn.Parameter)
 
+    def tau_parameters(self, module):
+        return [module.beta] if self.learns_tau(module) else []  # not a learnt threshold beside it
+
     def dynamics(self, module):
         import snntorch
 

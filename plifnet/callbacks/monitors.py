@@ -1,0 +1,248 @@
+"""Callbacks that follow the neurons: tau (:class:`TauMonitor`), firing rates and synaptic operations.
+
+Where tau is logged: :class:`TauMonitor` reads the tau of every neuron that learns it (``PLIF.tau`` in
+``plifnet/neurons.py``; a peer library's through its adapter, :mod:`plifnet.contract`) every
+``every_n_steps`` optimiser steps and sends ``tau/<layer>`` to every logger of the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+
+from lightning.pytorch.callbacks import Callback
+import torch
+
+from plifnet import contract, plots
+from plifnet.callbacks.common import exact_sum, log_figure, run_dir, spiking_layers
+from plifnet.energy import EnergyReport, SynapticCounter, energy_costs
+from plifnet.files import write_atomically
+
+
+class TauMonitor(Callback):
+    """Log the tau of every PLIF layer every ``every_n_steps`` optimiser steps (default: the trainer's
+    ``log_every_n_steps``), and plot it at the end.
+
+    Scalar tau is logged as ``tau/<layer>``; per-channel tau as ``tau/<layer>/mean|min|max`` and a
+    histogram where the logger has one (TensorBoard, wandb). The progress bar shows ``tau_mean``, the
+    mean over layers. At the end of fit, ``tau.csv`` (one column per layer, one row per logged step)
+    and ``tau.png`` (one curve per layer, x = step) are written into the run folder, and the plot
+    is handed to the loggers as an image.
+    """
+
+    def __init__(self, every_n_steps: int | None = None):
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.steps: list[int] = []
+        self.history: dict[str, list[float]] = {}
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.every_n_steps is None:  # follow --trainer.log_every_n_steps
+            self.every_n_steps = trainer.log_every_n_steps
+        self.layers = {name: m for name, m in spiking_layers(pl_module).items() if contract.learns_tau(m)}
+        if not self.steps or set(self.history) != set(self.layers):  # a resumed run keeps its history
+            self.steps, self.history = [], {name: [] for name in self.layers}
+            self._record(trainer, pl_module)  # tau0, at step 0
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.steps, self.history = list(state_dict["steps"]), {k: list(v) for k, v in state_dict["history"].items()}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.layers:
+            return
+        mean_tau = torch.stack([contract.tau(layer).float().mean() for layer in self.layers.values()]).mean()
+        pl_module.log("tau_mean", mean_tau, prog_bar=True, logger=False)
+        if trainer.global_step % self.every_n_steps == 0 and trainer.global_step not in self.steps:
+            self._record(trainer, pl_module)
+
+    def _record(self, trainer, pl_module) -> None:
+        if not self.layers:
+            return
+        step, metrics = trainer.global_step, {}
+        for name, layer in self.layers.items():
+            tau = contract.tau(layer).float().cpu()
+            if tau.dim() == 0:
+                metrics[f"tau/{name}"] = tau.item()
+            else:
+                metrics.update({f"tau/{name}/mean": tau.mean().item(), f"tau/{name}/min": tau.min().item(),
+                                f"tau/{name}/max": tau.max().item()})
+                self._histogram(trainer, f"tau/{name}/hist", tau, step)
+            self.history[name].append(tau.mean().item())
+        self.steps.append(step)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    @staticmethod
+    def _histogram(trainer, key: str, values: torch.Tensor, step: int) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_histogram(key, values, step)
+            elif isinstance(logger, WandbLogger):
+                import wandb
+
+                logger.experiment.log({key: wandb.Histogram(values.numpy()), "trainer/global_step": step})
+
+    def on_fit_end(self, trainer, pl_module):
+        if not self.layers or not trainer.is_global_zero:
+            return
+        if trainer.global_step not in self.steps:
+            self._record(trainer, pl_module)
+        folder = run_dir(trainer)
+
+        def write_csv(path):
+            with open(path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["step", *self.history])
+                for i, step in enumerate(self.steps):
+                    writer.writerow([step, *(f"{values[i]:.8g}" for values in self.history.values())])
+
+        write_atomically(folder / "tau.csv", write_csv)
+        write_atomically(folder / "tau.png", lambda path: plots.tau_trajectories(self.steps, self.history, path))
+        log_figure(trainer, "tau_trajectories", folder / "tau.png", trainer.global_step)
+
+
+class FiringRateMonitor(Callback):
+    """Mean firing rate of every spiking layer on the validation set, each epoch.
+
+    Logged as ``firing_rate/<layer>``, kept per epoch (the last validation of each) in
+    ``firing_rates.csv`` and drawn against the epoch in ``firing_rates.png`` in the run folder (and an
+    image for loggers that show them); a resumed run keeps the earlier epochs (the checkpoint holds
+    them). Warns once per layer when a layer stays silent or saturated (rate below ``low`` or above
+    ``high``) for a whole epoch. Only running sums are kept, never activations.
+    """
+
+    def __init__(self, low: float = 1e-4, high: float = 0.99):
+        self.low, self.high = low, high
+        self.warned: set[str] = set()
+        self.rates: dict[str, float] = {}
+        self.history: dict[int, dict[str, float]] = {}  # epoch: its rates
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = {int(epoch): dict(rates) for epoch, rates in state_dict["history"].items()}
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.layers = spiking_layers(pl_module)
+        self.sums = dict.fromkeys(self.layers, 0.0)  # become tensors on the spikes' device: no sync per batch
+        self.counts = dict.fromkeys(self.layers, 0)
+        self._loader_idx = 0
+        self.handles = [layer.register_forward_hook(self._hook(name)) for name, layer in self.layers.items()]
+
+    def _hook(self, name):
+        def count(module, inputs, output):
+            if self._loader_idx == 0:  # the first validation loader: the validation split
+                spikes = contract.spikes(module, output).detach()
+                self.sums[name] = self.sums[name] + exact_sum(spikes)
+                self.counts[name] += spikes.numel()
+
+        return count
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._loader_idx = dataloader_idx
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        for handle in self.handles:
+            handle.remove()
+        if trainer.sanity_checking or not any(self.counts.values()):
+            return
+        self.rates = {name: float(self.sums[name] / self.counts[name]) for name in self.layers if self.counts[name]}
+        for name, rate in self.rates.items():
+            pl_module.log(f"firing_rate/{name}", rate, sync_dist=True)
+            if (rate < self.low or rate > self.high) and name not in self.warned:
+                self.warned.add(name)
+                state = "silent" if rate < self.low else "saturated"
+                warnings.warn(
+                    f"spiking layer {name} was {state} for a whole validation epoch (mean firing rate {rate:.2g}); "
+                    f"check the input scale, v_threshold and tau",
+                    RuntimeWarning,
+                )
+        self.history[trainer.current_epoch] = self.rates
+        if trainer.is_global_zero:
+            folder = run_dir(trainer)
+            layers = list(self.rates)
+
+            def write_csv(path):
+                with open(path, "w", newline="") as f:
+                    writer = csv.writer(f)
+                    writer.writerow(["epoch", *layers])
+                    for epoch, rates in sorted(self.history.items()):
+                        writer.writerow([epoch, *(f"{rates[name]:.8g}" if name in rates else "" for name in layers)])
+
+            write_atomically(folder / "firing_rates.csv", write_csv)
+            write_atomically(folder / "firing_rates.png", lambda path: plots.firing_rates(self.history, path))
+            log_figure(trainer, "firing_rates", folder / "firing_rates.png", trainer.global_step)
+
+
+class SynapticOps(Callback):
+    """Synaptic operations and energy per image (:mod:`plifnet.energy`) on the first validation loader
+    every epoch and on the test set.
+
+    Logged to every logger as ``<stage>/sops_per_image``, ``<stage>/energy_uj_per_image``,
+    ``<stage>/ann_energy_uj_per_image``, ``<stage>/ann_to_snn`` and ``<stage>/sops/<layer>``; written to
+    ``energy.csv`` and ``energy.png`` (SNN against ANN energy per layer) in the run folder; the test
+    prints its totals. ``technology``: a name of :data:`plifnet.energy.TECHNOLOGIES`.
+    """
+
+    def __init__(self, technology: str = "45nm_fp32"):
+        energy_costs(technology)  # an unknown name fails when the trainer is built
+        self.technology = technology
+        self.report: EnergyReport | None = None
+
+    def _start(self, pl_module):
+        self.counter = SynapticCounter(pl_module).__enter__()
+        self.images = 0
+
+    def _batch(self, batch, counted: bool):
+        self.counter.active = counted
+        if counted:
+            self.images += len(batch[-1]) if isinstance(batch, (list, tuple)) else len(batch)
+
+    def _end(self, trainer, pl_module, stage: str):
+        self.counter.__exit__()
+        totals = self.counter.totals()
+        if trainer.sanity_checking or not self.images or not totals:  # no batch, or no Conv2d/Linear to count
+            return
+        counts = torch.stack([value.to(pl_module.device) for value in totals.values()]
+                             + [torch.full_like(next(iter(totals.values())), self.images, device=pl_module.device)])
+        counts = trainer.strategy.reduce(counts, reduce_op="sum")  # every process's share of the images
+        totals = dict(zip(totals, counts[:-1]))
+        self.report = report = self.counter.report(int(counts[-1, 0]), self.technology, totals)
+        figures = report.totals()
+        for key, value in (("sops_per_image", figures["sops"]), ("energy_uj_per_image", figures["energy_uj"]),
+                           ("ann_energy_uj_per_image", figures["ann_energy_uj"]), ("ann_to_snn", figures["ann_to_snn"])):
+            pl_module.log(f"{stage}/{key}", value, sync_dist=True)
+        for layer in report.layers:
+            pl_module.log(f"{stage}/sops/{layer.name}", layer.sops, sync_dist=True)
+        if trainer.is_global_zero:
+            folder = run_dir(trainer)
+            write_atomically(folder / "energy.csv", report.to_csv)
+            write_atomically(folder / "energy.png", lambda path: plots.energy_per_layer(report, f"{stage}, epoch {trainer.current_epoch}", path))
+            log_figure(trainer, "energy", folder / "energy.png", trainer.global_step)
+            if stage == "test":
+                print(f"energy {report.summary()}", flush=True)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._start(pl_module)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._batch(batch, counted=dataloader_idx == 0)  # the first loader: the validation split
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._end(trainer, pl_module, "val")
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._start(pl_module)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._batch(batch, counted=True)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._end(trainer, pl_module, "test")

@@ -1,0 +1,99 @@
+"""Callbacks that write a run's results: its history (metrics per epoch, plots) and predictions."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+import torch
+
+from plifnet.callbacks.common import run_dir
+from plifnet.files import write_atomically
+
+
+class RunHistory(Callback):
+    """Write one row per validation epoch to ``path`` (CSV): epoch, step, seconds of fit so far and
+    every scalar the run has logged by then (``val/acc``, ``test/acc``, ``test/acc_best``, ...) except
+    ``train/*``, whose epoch values are computed only after validation.
+
+    Independent of the loggers, so that a tool reading results (``ablation.py``) works with any of
+    them. Rows and seconds are kept in checkpoints: a resumed run continues the same file.
+    """
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        self.seconds_before = 0.0  # fit time of the run before it was resumed
+        self.started: float | None = None
+
+    def on_fit_start(self, trainer, pl_module):
+        self.started = time.monotonic()
+
+    def on_fit_end(self, trainer, pl_module):
+        self.seconds_before, self.started = self.seconds(), None  # a checkpoint saved after fit adds no idle time
+
+    def seconds(self) -> float:
+        return self.seconds_before + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "seconds": self.seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows, self.seconds_before = list(state_dict["rows"]), state_dict["seconds"]
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        scalars = {key: value.item() for key, value in sorted(trainer.callback_metrics.items())
+                   if value.numel() == 1 and not key.startswith("train/")}
+        self.rows.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
+                          "seconds": round(self.seconds(), 3), **scalars})
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, self._write)
+
+    def _write(self, path: Path) -> None:
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``cli.py predict`` results to ``predictions.csv``: sample index (in the predict set),
+    predicted class and the probability of every class, one row per sample.
+
+    Under DDP every process writes the samples it predicted to ``predictions_rank<r>.csv``, with
+    their indices in the whole set. ``output_dir`` defaults to the run's log folder; files are
+    written atomically.
+    """
+
+    def __init__(self, output_dir: str | None = None):
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
+        # predictions: a list of batches, or one such list per predict loader; batch_indices: always
+        # one list (of per-batch index lists) per loader
+        nested = bool(predictions) and isinstance(predictions[0], list)
+        per_loader = predictions if nested else [predictions]
+        probabilities = torch.cat([batch for loader in per_loader for batch in loader]).cpu()
+        indices = [i for loader in batch_indices for batch in loader for i in batch]
+        if len(indices) != len(probabilities):  # a sampler that does not report indices
+            indices = list(range(len(probabilities)))
+        folder = Path(self.output_dir) if self.output_dir else run_dir(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def write_csv(path):
+            with open(path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["index", "predicted"] + [f"p{c}" for c in range(probabilities.shape[1])])
+                for index, row in zip(indices, probabilities.tolist()):
+                    writer.writerow([index, max(range(len(row)), key=row.__getitem__)] + [f"{p:.6g}" for p in row])
+
+        name = "predictions.csv" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
+        self.path = folder / name
+        write_atomically(self.path, write_csv)

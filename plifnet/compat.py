@@ -1,0 +1,29 @@
+"""What plifnet asks Lightning where Lightning has no public way to ask it: one place, each with why.
+
+Everything else in plifnet uses Lightning's public API only (``tests/test_lightning_api.py`` checks
+that no underscore name of Lightning is used outside this module).
+"""
+
+from __future__ import annotations
+
+
+def attached_trainer(module):
+    """The trainer a LightningModule is attached to, or None: ``module.trainer`` raises where there is
+    none (a model built in a script, before ``fit``), and Lightning has no public "is attached"."""
+    try:
+        return module.trainer
+    except RuntimeError:
+        return None
+
+
+def cluster_environment(trainer):
+    """The cluster environment of a run (SLURM, torchelastic, ...). Lightning keeps it on the strategy of
+    a multi-process run (``strategy.cluster_environment``, public), and for a single-device run only in
+    its private accelerator connector; there the environment is detected as Lightning detects it (a
+    ``SLURMEnvironment`` when the process runs under SLURM, with its default ``auto_requeue=True``)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if environment is None and SLURMEnvironment.detect():
+        environment = SLURMEnvironment()
+    return environment

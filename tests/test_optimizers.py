@@ -1,0 +1,124 @@
+"""The optimizer and schedule from the config (LightningCLI's OptimizerCallable / LRSchedulerCallable),
+the neurons' time constants in a group of their own, the paper's recipe unchanged, and runs of earlier
+versions (``lr``, ``cosine_t_max``) still loading and resuming."""
+
+import re
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import ROOT, active_network
+from plifnet.module import SpikingClassifier
+
+RUN = ["--config", ROOT / "configs" / "mnist.yaml", "--data.num_workers", "0", "--data.batch_size", "8",
+       "--model.time_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
+
+
+def last_checkpoint(root, version=0):
+    return torch.load(root / "runs" / "lightning_logs" / f"version_{version}" / "checkpoints" / "last.ckpt",
+                      weights_only=True)
+
+
+def test_adamw_and_onecycle_from_the_command_line_with_tau_in_a_group_without_weight_decay(run_cli, tiny_digits, tmp_path):
+    result = run_cli("fit", *RUN, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+                     "4", "--model.optimizer", "AdamW", "--model.optimizer.weight_decay", "0.01",
+                     "--model.lr_scheduler", "OneCycleLR", "--model.lr_scheduler.max_lr", "0.01",
+                     "--model.lr_scheduler.total_steps", "10", "--model.lr_interval", "step", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = last_checkpoint(tmp_path)
+    weights, taus = checkpoint["optimizer_states"][0]["param_groups"]
+    assert (weights["weight_decay"], taus["weight_decay"]) == (0.01, 0.0)
+    names = list(checkpoint["state_dict"])  # the parameters in the model's order; the w of each PLIF layer
+    w_names = [name for name in names if name.endswith(".w")]
+    assert len(w_names) == 4 and len(taus["params"]) == 4 and not set(taus["params"]) & set(weights["params"])
+    assert taus["initial_lr"] == weights["initial_lr"] == pytest.approx(0.01 / 25)  # OneCycleLR's start: max_lr / 25
+    scheduler = checkpoint["lr_schedulers"][0]
+    assert scheduler["total_steps"] == 10 and scheduler["last_epoch"] == 4  # OneCycleLR, stepped per batch
+    saved = checkpoint["hyper_parameters"]
+    assert saved["optimizer"]["class_path"] == "torch.optim.AdamW" and saved["lr_interval"] == "step"
+    tested = run_cli("test", *RUN, "--data.root", tiny_digits, "--ckpt_path",
+                     tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+
+
+def train(model, steps=4):
+    """Losses of ``steps`` training steps of the MNIST network on fixed random images, seed 0."""
+    L.seed_everything(0)
+    images, labels = torch.rand(steps, 8, 1, 28, 28), torch.randint(0, 10, (steps, 8))
+    optimizer = model.configure_optimizers()["optimizer"]
+    losses = []
+    model.train()
+    for x, y in zip(images, labels):
+        loss = torch.nn.functional.mse_loss(model(x), torch.nn.functional.one_hot(y, 10).float())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, optimizer
+
+
+def test_the_papers_recipe_gives_the_losses_of_the_earlier_one_group_adam():
+    """The default (Adam lr 1e-3, cosine 64; tau in its own group, no weight decay) against the recipe
+    of earlier versions (lr=1e-3, cosine_t_max=64: one group): the same losses to the bit."""
+    torch.manual_seed(0)
+    new = SpikingClassifier("mnist", time_steps=2)
+    active_network(new.net, torch.rand(8, 1, 28, 28)).train()  # it fires, so the losses move
+    old = SpikingClassifier("mnist", time_steps=2, lr=1e-3, cosine_t_max=64)
+    old.load_state_dict(new.state_dict())
+    new_losses, new_optimizer = train(new)
+    old_losses, old_optimizer = train(old)
+    assert [len(g["params"]) for g in new_optimizer.param_groups] == [len(list(new.parameters())) - 4, 4]
+    assert len(old_optimizer.param_groups) == 1 and isinstance(new_optimizer, torch.optim.Adam)
+    assert new_losses == old_losses and len(set(new_losses)) > 1
+
+
+def test_an_optimizer_from_python_and_the_old_options_beside_it_are_refused():
+    sgd = SpikingClassifier("mnist", time_steps=2, optimizer=partial(torch.optim.SGD, lr=0.1, weight_decay=1e-4),
+                            tau_weight_decay=1e-5, tau_lr=0.5)
+    optimizer = sgd.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.1, 1e-4), (0.5, 1e-5)]
+    with pytest.raises(ValueError, match="with optimizer and lr_scheduler give them there"):
+        SpikingClassifier("mnist", optimizer=partial(torch.optim.SGD, lr=0.1), lr=0.01)
+
+
+def test_a_run_of_an_earlier_version_resumes_with_todays_config(run_cli, tiny_digits, tmp_path):
+    """A checkpoint whose hyperparameters are an earlier version's (lr, cosine_t_max; no optimizer):
+    fit resumes it with configs/mnist.yaml (which names an optimizer) on its one-group Adam, and test loads it."""
+    first = run_cli("fit", *RUN, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+                    "2", "--model.optimizer", "null", "--model.lr_scheduler", "null", "--model.lr", "0.002",
+                    "--model.cosine_t_max", "8", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    path = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    for key in ("optimizer", "lr_scheduler", "lr_interval", "tau_lr", "tau_weight_decay"):  # not there before
+        del checkpoint["hyper_parameters"][key]
+    torch.save(checkpoint, path)
+    resumed = run_cli("fit", *RUN, "--data.root", tiny_digits, "--trainer.max_epochs", "2", "--trainer.limit_train_batches",
+                      "2", "--ckpt_path", path, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = last_checkpoint(tmp_path, version=1)
+    (group,) = after["optimizer_states"][0]["param_groups"]
+    assert group["initial_lr"] == 0.002 and after["lr_schedulers"][0]["T_max"] == 8 and after["global_step"] == 4
+    tested = run_cli("test", *RUN, "--data.root", tiny_digits, "--ckpt_path", path, cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+
+
+@pytest.mark.parametrize("family", ["spikingjelly_net", "snntorch_net", "norse_net", "net"])
+def test_a_peer_networks_time_constants_get_the_tau_group(example_plugin, family):
+    """Through the neuron contract: SpikingJelly's w, snnTorch's beta (not a learnt threshold), Norse's
+    tau_mem_inv, PLIF's w in a hand-written network."""
+    import importlib
+
+    net = importlib.import_module(f"plifnet_example.{family}").__dict__["TinySNN" if family == "net" else "Net"]()
+    model = SpikingClassifier(net=net, classes=10, tau_weight_decay=0.0)
+    weights, taus = model.configure_optimizers()["optimizer"].param_groups
+    names = {id(p): name for name, p in model.named_parameters()}
+    tau_names = sorted(names[id(p)] for p in taus["params"])
+    expected = {"spikingjelly_net": r"net\.features\.\d+\.w", "snntorch_net": r"net\.lif\d\.beta",
+                "norse_net": r"net\.tau_mem_inv\.\d", "net": r"net\.lif\d\.w"}[family]  # Norse: its ParameterList
+    assert len(tau_names) >= 2 and all(re.fullmatch(expected, name) for name in tau_names), tau_names
+    assert taus["weight_decay"] == 0.0
+    assert len(weights["params"]) + len(taus["params"]) == len(names)
