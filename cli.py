@@ -22,7 +22,6 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 import plifnet
@@ -44,18 +43,26 @@ class SaveConfig(SaveConfigCallback):
                 logger.experiment.config.update({"cli": config}, allow_val_change=True)
 
 
-class ForgetFailedStart(Callback):
-    """Removes the run folders ``folders`` that a failed start created (holding no checkpoint): any
-    failure of validate, test and predict, and a fit that fails before its first training step."""
+class FailedStart:
+    """The run folders that a subcommand is about to create, so that :func:`main` removes them (those
+    holding no checkpoint) when the run fails: validate, test and predict at any point, fit before its
+    first training step. Removed after Lightning has finished with them (its loggers' last writes)."""
 
-    def __init__(self, folders: list[Path], subcommand: str):
-        self.folders, self.subcommand = folders, subcommand
+    def __init__(self):
+        self.folders, self.subcommand, self.trainer = [], None, None
 
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        if trainer.is_global_zero and (self.subcommand != "fit" or trainer.global_step == 0):
-            for folder in self.folders:
-                if folder.is_dir() and not any(folder.rglob("*.ckpt")):
-                    shutil.rmtree(folder, ignore_errors=True)
+    def watch(self, trainer, subcommand: str) -> None:
+        self.trainer, self.subcommand = trainer, subcommand
+        self.folders = [Path(logger.log_dir) for logger in trainer.loggers
+                        if getattr(logger, "log_dir", None) and not Path(logger.log_dir).exists()]
+
+    def clean(self) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero or (self.subcommand == "fit" and trainer.global_step > 0):
+            return
+        for folder in self.folders:
+            if folder.is_dir() and not any(folder.rglob("*.ckpt")):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 class PlifnetCLI(LightningCLI):
@@ -146,26 +153,22 @@ class PlifnetCLI(LightningCLI):
             trainer.strategy.checkpoint_io = checkpoints.AtomicCheckpointIO()
         return trainer
 
-    def _forget_a_failed_start(self, subcommand: str) -> None:
-        """If the run fails before any training step and checkpoint, remove the run folders it
-        creates (``version_N`` holding only config.yaml and hparams.yaml), so that a failed start
-        leaves nothing that looks like a run."""
-        created = [Path(logger.log_dir) for logger in self.trainer.loggers
-                   if getattr(logger, "log_dir", None) and not Path(logger.log_dir).exists()]
-        self.trainer.callbacks.append(ForgetFailedStart(created, subcommand))
+    def __init__(self, *args, failed_start: FailedStart | None = None, **kwargs):
+        self.failed_start = failed_start or FailedStart()
+        super().__init__(*args, **kwargs)
 
-    # LightningCLI's hooks before each subcommand
+    # LightningCLI's hooks before each subcommand: note the run folders it will create
     def before_fit(self):
-        self._forget_a_failed_start("fit")
+        self.failed_start.watch(self.trainer, "fit")
 
     def before_validate(self):
-        self._forget_a_failed_start("validate")
+        self.failed_start.watch(self.trainer, "validate")
 
     def before_test(self):
-        self._forget_a_failed_start("test")
+        self.failed_start.watch(self.trainer, "test")
 
     def before_predict(self):
-        self._forget_a_failed_start("predict")
+        self.failed_start.watch(self.trainer, "predict")
 
     @staticmethod
     def _checked(ckpt_path: str | None, loggers, root: str) -> str | None:
@@ -256,16 +259,23 @@ def argument_error(error: ArgumentError, subcommand: str) -> str:
 def main(args=None) -> LightningCLI:
     keep_freed_memory_unless_opted_out()  # CPU training: no page faults for every step's activations
     quiet_console()
+    failed_start = FailedStart()
     try:
-        return PlifnetCLI(
-            SpikingClassifier,
-            LightningDataModule,
-            subclass_mode_data=True,
-            save_config_callback=SaveConfig,
-            auto_configure_optimizers=False,  # the model's own --model.optimizer / --model.lr_scheduler: one spelling
-            args=args,
-            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in LightningCLI.subcommands()}},
-        )
+        try:
+            return PlifnetCLI(
+                SpikingClassifier,
+                LightningDataModule,
+                subclass_mode_data=True,
+                save_config_callback=SaveConfig,
+                auto_configure_optimizers=False,  # the model's --model.optimizer / --model.lr_scheduler: one spelling
+                args=args,
+                parser_kwargs={"exit_on_error": False,
+                               **{name: {"exit_on_error": False} for name in LightningCLI.subcommands()}},
+                failed_start=failed_start,
+            )
+        except BaseException:  # then the except clauses below say what went wrong
+            failed_start.clean()
+            raise
     except ArgumentError as error:
         argv = [str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:]
         raise SystemExit(argument_error(error, next((a for a in argv if a in LightningCLI.subcommands()), ""))) from None
