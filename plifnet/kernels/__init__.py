@@ -30,15 +30,14 @@ from plifnet.surrogates import ATan, FastSigmoid, PiecewiseQuadratic, Rectangle,
 FUSED_SURROGATES = {ATan: 0, Sigmoid: 1, PiecewiseQuadratic: 2, FastSigmoid: 3, Rectangle: 4}
 
 
-@lru_cache(maxsize=None)  # asked at every forward of every layer
+# Looked up once, at import (find_spec imports nothing): asked at every forward of every layer, and
+# read as a constant where torch.compile traces a network.
+AVAILABLE = {"reference": True, "compile": True, "cpu": importlib.util.find_spec("numba") is not None,
+             "triton": importlib.util.find_spec("triton") is not None and torch.cuda.is_available()}
+
+
 def available(backend: str) -> bool:
-    if backend in ("reference", "compile"):
-        return True
-    if backend == "cpu":
-        return importlib.util.find_spec("numba") is not None
-    if backend == "triton":
-        return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
-    return False
+    return AVAILABLE.get(backend, False)
 
 
 def resolve(x: torch.Tensor, *, options: NeuronOptions) -> str:
@@ -120,7 +119,6 @@ def _kernels(backend: str):
     if backend == "cpu":
         from plifnet.kernels import cpu_ops
 
-        keep_freed_memory_unless_opted_out()
         return cpu_ops
     from plifnet.kernels import gpu
 

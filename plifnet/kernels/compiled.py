@@ -54,15 +54,18 @@ def multi_step(neuron, x: torch.Tensor, k, *, time_steps: int | None = None) -> 
     cls = type(neuron)
     if cls in _failed:
         return None
-    run = _compiled_run_steps()
     step_shape = x.shape if time_steps else x.shape[1:]
     steps = time_steps or x.shape[0]
     flat = x.reshape(1 if time_steps else steps, -1)
     flat = flat.expand(steps, -1) if time_steps else flat  # a view: the gradient is summed over time by autograd
     if torch.is_tensor(k) and k.dim() > 0:  # per channel [C, 1, ...]: one k per element of a step
         k = k.expand(step_shape).reshape(-1)
-        torch._dynamo.maybe_mark_dynamic(k, 0)
-    torch._dynamo.maybe_mark_dynamic(flat, 1)  # one graph for every layer width and batch size
+    if torch.compiler.is_compiling():  # inside torch.compile of a whole network: traced into its graph as it is
+        return _run_steps(neuron, flat, k).view(steps, *step_shape)
+    run = _compiled_run_steps()
+    for tensor in (flat, k):
+        if torch.is_tensor(tensor) and tensor.dim() > 0:
+            torch._dynamo.maybe_mark_dynamic(tensor, tensor.dim() - 1)  # one graph for every layer width and batch
     try:
         spikes = run(neuron, flat, k)
     except Exception as error:  # noqa: BLE001  (the reference path then runs and raises a genuine error itself)

@@ -1,11 +1,20 @@
-"""Torch-facing wrappers of the numba CPU kernels: allocate the outputs, pass float32 scalars."""
+"""Torch-facing wrappers of the numba CPU kernels: allocate the outputs, pass float32 scalars.
+
+Each kernel is a ``torch.library`` custom operator (``torch.ops.plifnet.*``) with a fake
+implementation that gives its outputs' shapes and dtypes, so that ``torch.compile`` of a network
+traces through a fused neuron or pooling layer as one opaque call instead of handing numba a fake
+tensor. The operators take the neuron's options as keyword-only scalars (an operator's schema holds
+no Python objects); :func:`forward` and :func:`backward` unpack a
+:class:`~plifnet.options.NeuronOptions` into them.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from plifnet.kernels import FUSED_SURROGATES, cpu
+from plifnet.kernels import FUSED_SURROGATES, cpu, keep_freed_memory_unless_opted_out
 from plifnet.options import NeuronOptions
 
 
@@ -32,34 +41,75 @@ def forward(x, k, *, steps: int, channels: int, inner: int, options: NeuronOptio
     """x [T, E] float32, or bfloat16 with ``dtype=torch.bfloat16`` (a constant input [1, E] repeated
     over ``steps`` is float32 always) -> spikes [T, E] in ``dtype``. Nothing else is kept: the
     backward replays the forward from x."""
-    spikes = torch.empty(steps, x.shape[1], dtype=dtype)
-    kernel = cpu.forward_kernel(soft=options.soft_reset, decay_input=options.decay_input, static=x.shape[0] < steps,
-                                per_element=channels > 1, bf16=dtype == torch.bfloat16)
-    kernel(x=_array(x), k=k_array(k, x.shape[1], channels, inner), v_th=np.float32(options.v_threshold),
-           rest=np.float32(options.rest), spikes=_array(spikes))
+    return torch.ops.plifnet.neuron_forward(x, k, steps=steps, channels=channels, inner=inner,
+                                            v_threshold=options.v_threshold, rest=options.rest,
+                                            soft=options.soft_reset, decay_input=options.decay_input,
+                                            bf16=dtype == torch.bfloat16)
+
+
+@torch.library.custom_op("plifnet::neuron_forward", mutates_args=(), device_types="cpu")
+def _neuron_forward(x: Tensor, k: Tensor, *, steps: int, channels: int, inner: int, v_threshold: float, rest: float,
+                    soft: bool, decay_input: bool, bf16: bool) -> Tensor:
+    keep_freed_memory_unless_opted_out()
+    spikes = torch.empty(steps, x.shape[1], dtype=torch.bfloat16 if bf16 else torch.float32)
+    kernel = cpu.forward_kernel(soft=soft, decay_input=decay_input, static=x.shape[0] < steps, per_element=channels > 1,
+                                bf16=bf16)
+    kernel(x=_array(x), k=k_array(k, x.shape[1], channels, inner), v_th=np.float32(v_threshold), rest=np.float32(rest),
+           spikes=_array(spikes))
     return spikes
+
+
+@_neuron_forward.register_fake
+def _(x, k, *, steps, channels, inner, v_threshold, rest, soft, decay_input, bf16):
+    return x.new_empty(steps, x.shape[1], dtype=torch.bfloat16 if bf16 else torch.float32)
 
 
 def backward(grad_spikes, x, k, *, channels: int, inner: int, options: NeuronOptions):
     """grad_x [T, E] (or [1, E] summed over time when the input was constant, x [1, E]) and grad_k:
     dL/dk per element with per-channel k, else per block of elements (sum it either way).
     ``x``: the forward's input as the forward read it."""
+    return torch.ops.plifnet.neuron_backward(grad_spikes, x, k, channels=channels, inner=inner,
+                                             v_threshold=options.v_threshold, rest=options.rest,
+                                             soft=options.soft_reset, decay_input=options.decay_input,
+                                             detach_reset=options.detach_reset,
+                                             surrogate=FUSED_SURROGATES[type(options.surrogate)],
+                                             alpha=options.surrogate.alpha)
+
+
+def _backward_shapes(grad_spikes, x, channels):
     steps, elements = grad_spikes.shape
     static = x.shape[0] < steps
+    grad_x_shape = (1, elements) if static else (steps, elements)
+    return static, grad_x_shape, (elements if channels > 1 else -(-elements // cpu.BLOCK),)
+
+
+@torch.library.custom_op("plifnet::neuron_backward", mutates_args=(), device_types="cpu")
+def _neuron_backward(grad_spikes: Tensor, x: Tensor, k: Tensor, *, channels: int, inner: int, v_threshold: float,
+                     rest: float, soft: bool, decay_input: bool, detach_reset: bool, surrogate: int,
+                     alpha: float) -> tuple[Tensor, Tensor]:
+    static, grad_x_shape, grad_k_shape = _backward_shapes(grad_spikes, x, channels)
     bf16 = grad_spikes.dtype == torch.bfloat16  # then x and grad_x (unless static) are bfloat16 too
-    grad_x = torch.zeros(1, elements) if static else torch.empty_like(grad_spikes)
-    grad_k = torch.empty(elements if channels > 1 else -(-elements // cpu.BLOCK), dtype=torch.float32)
-    kernel = cpu.backward_kernel(soft=options.soft_reset, decay_input=options.decay_input,
-                                 detach_reset=options.detach_reset, code=FUSED_SURROGATES[type(options.surrogate)],
+    grad_x = torch.zeros(grad_x_shape) if static else torch.empty_like(grad_spikes)
+    grad_k = torch.empty(grad_k_shape, dtype=torch.float32)
+    kernel = cpu.backward_kernel(soft=soft, decay_input=decay_input, detach_reset=detach_reset, code=surrogate,
                                  static=static, per_element=channels > 1, bf16=bf16)
-    kernel(grad_spikes=_array(grad_spikes), x=_array(x), k=k_array(k, elements, channels, inner),
-           v_th=np.float32(options.v_threshold), rest=np.float32(options.rest), alpha=np.float32(options.surrogate.alpha),
-           grad_x=_array(grad_x), grad_k=grad_k.numpy())
+    kernel(grad_spikes=_array(grad_spikes), x=_array(x), k=k_array(k, grad_spikes.shape[1], channels, inner),
+           v_th=np.float32(v_threshold), rest=np.float32(rest), alpha=np.float32(alpha), grad_x=_array(grad_x),
+           grad_k=grad_k.numpy())
     return grad_x, grad_k
 
 
-def max_pool2x2_forward(x):
+@_neuron_backward.register_fake
+def _(grad_spikes, x, k, *, channels, inner, v_threshold, rest, soft, decay_input, detach_reset, surrogate, alpha):
+    static, grad_x_shape, grad_k_shape = _backward_shapes(grad_spikes, x, channels)
+    grad_x = grad_spikes.new_empty(grad_x_shape, dtype=torch.float32 if static else grad_spikes.dtype)
+    return grad_x, grad_spikes.new_empty(grad_k_shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("plifnet::max_pool2x2_forward", mutates_args=(), device_types="cpu")
+def max_pool2x2_forward(x: Tensor) -> tuple[Tensor, Tensor]:
     """x [B, H, W] float32 or bfloat16, contiguous (H, W even) -> (out [B, H/2, W/2] in x's dtype, index uint8)."""
+    keep_freed_memory_unless_opted_out()
     batch, height, width = x.shape
     out = torch.empty(batch, height // 2, width // 2, dtype=x.dtype)
     index = torch.empty(out.shape, dtype=torch.uint8)
@@ -67,7 +117,14 @@ def max_pool2x2_forward(x):
     return out, index
 
 
-def max_pool2x2_backward(grad_out, index):
+@max_pool2x2_forward.register_fake
+def _(x):
+    batch, height, width = x.shape
+    return x.new_empty(batch, height // 2, width // 2), x.new_empty(batch, height // 2, width // 2, dtype=torch.uint8)
+
+
+@torch.library.custom_op("plifnet::max_pool2x2_backward", mutates_args=(), device_types="cpu")
+def max_pool2x2_backward(grad_out: Tensor, index: Tensor) -> Tensor:
     """grad_out [B, H, W] float32 or bfloat16 and the forward's index -> grad_in [B, 2H, 2W] in its dtype."""
     batch, height, width = grad_out.shape
     grad_in = torch.empty(batch, 2 * height, 2 * width, dtype=grad_out.dtype)
@@ -75,3 +132,9 @@ def max_pool2x2_backward(grad_out, index):
     bits, pairs = (torch.int16, torch.int32) if bf16 else (torch.int32, torch.int64)
     cpu.max_pool2x2_backward_kernel(bf16=bf16)(grad_out.view(bits).numpy(), index.numpy(), grad_in.view(pairs).numpy())
     return grad_in
+
+
+@max_pool2x2_backward.register_fake
+def _(grad_out, index):
+    batch, height, width = grad_out.shape
+    return grad_out.new_empty(batch, 2 * height, 2 * width)
