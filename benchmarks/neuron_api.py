@@ -1,6 +1,7 @@
 """A neuron of your own at fused speed? The MNIST network's training step with ALIF (the example
 plug-in: PLIF's hooks with its own threshold) compiled, ALIF on the reference path, and the
-built-in PLIF on its fused kernel, in one run.
+built-in PLIF on its fused kernel, in one run; and both with the whole network under torch.compile
+(graph breaks printed).
 
 A plain script's view: ``SpikingNet("mnist")`` (batch 16, T 8) with each neuron, one training step
 (forward, rate-MSE loss, backward, Adam) on random images. The implementations alternate within each
@@ -26,19 +27,27 @@ IMPLEMENTATIONS = {
     "PLIF, fused kernel": dict(kind="plif"),
     "ALIF, compiled": dict(kind=ALIF),
     "ALIF, reference": dict(kind=ALIF, backend="reference"),
+    "PLIF, compile(net)": dict(kind="plif", compile_net=True),
+    "ALIF, compile(net)": dict(kind=ALIF, compile_net=True),
 }
 
 
-def trainer(kind, backend="auto", precision="fp32"):
+def trainer(kind, backend="auto", precision="fp32", compile_net=False):
+    """One training step of the MNIST network; ``compile_net``: the whole network under torch.compile
+    (the fused kernels as custom operators, a neuron's own hooks traced into its graph)."""
     torch.manual_seed(0)
     net = SpikingNet("mnist", neuron=neuron_factory(kind, backend=backend))
+    run = torch.compile(net) if compile_net else net
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     images, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     target = torch.nn.functional.one_hot(labels, 10).float()
+    if compile_net:
+        breaks = torch._dynamo.explain(net)(images).graph_break_count
+        print(f"torch.compile of the MNIST network with {getattr(kind, '__name__', kind)}: {breaks} graph breaks")
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
-            rates = net(images).mean(0)
+            rates = run(images).mean(0)
         loss = torch.nn.functional.mse_loss(rates.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
