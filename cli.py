@@ -126,7 +126,15 @@ class PlifnetCLI(LightningCLI):
                     f"out, or start a new run from the weights without --ckpt_path")
         if "optimizer" not in hyper_parameters and {"lr", "cosine_t_max"} & set(hyper_parameters):
             # a run of an earlier version: its lr and cosine_t_max (merged from the checkpoint) are its recipe,
-            # which resumes with its one parameter group; the config's optimizer would contradict them
+            # which resumes with its one parameter group; a config file's optimizer gives way to it, one given
+            # on the command line is refused rather than dropped
+            given = sorted(given_model_options(argv) & {"optimizer", "lr_scheduler"})
+            if given:
+                raise checkpoints.CheckpointError(
+                    f"--model.{given[0]} cannot change the recipe of checkpoint {config.ckpt_path}: it was written "
+                    f"by an earlier plifnet (lr {hyper_parameters.get('lr')}, cosine_t_max "
+                    f"{hyper_parameters.get('cosine_t_max')}, one parameter group), which it resumes with; leave "
+                    f"--model.{given[0]} out, or start a new run from its weights without --ckpt_path")
             config.model.optimizer = config.model.lr_scheduler = None
 
     def instantiate_classes(self) -> None:

@@ -20,7 +20,9 @@ def cluster_environment(trainer):
     """The cluster environment of a run (SLURM, torchelastic, ...). Lightning keeps it on the strategy of
     a multi-process run (``strategy.cluster_environment``, public), and for a single-device run only in
     its private accelerator connector; there the environment is detected as Lightning detects it (a
-    ``SLURMEnvironment`` when the process runs under SLURM, with its default ``auto_requeue=True``)."""
+    ``SLURMEnvironment`` when the process runs under SLURM). Its ``auto_requeue`` is then the default,
+    not the run's: whether Lightning requeues is asked of the signal handlers it installed instead
+    (:class:`plifnet.callbacks.SaveOnInterrupt`)."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     environment = getattr(trainer.strategy, "cluster_environment", None)

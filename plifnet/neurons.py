@@ -222,6 +222,8 @@ class BaseNode(nn.Module):
         elif requested in ("cpu", "triton"):
             raise ValueError(f"backend {requested!r} fuses the built-in step only, and {type(self).__name__} overrides "
                              f"{', '.join(own)}: use backend 'auto' (compiled) or 'reference'")
+        if x.dtype == torch.float64 and requested == "compile":
+            raise ValueError("backend 'compile' computes in float32; use 'reference' (or 'auto') for float64 input")
         if requested == "reference" or x.dtype == torch.float64:  # float64: a check, exact per step
             return "reference"
         return "compile"

@@ -114,6 +114,8 @@ def test_a_neuron_that_cannot_compile_says_why_once_and_runs_the_reference():
     assert torch.equal(first, second) and torch.equal(first, Moody(backend="reference")(x))
     with pytest.raises(ValueError, match="backend 'cpu' fuses the built-in step only, and Moody overrides threshold"):
         Moody(backend="cpu")(x)
+    with pytest.raises(ValueError, match="backend 'compile' computes in float32; use 'reference'"):
+        Moody(backend="compile")(x.double())  # asked for explicitly, never run at another precision quietly
 
 
 def test_hooks_have_defaults_and_a_bare_basenode_is_a_lif():

@@ -104,6 +104,11 @@ def test_a_run_of_an_earlier_version_resumes_with_todays_config(run_cli, tiny_di
     assert group["initial_lr"] == 0.002 and after["lr_schedulers"][0]["T_max"] == 8 and after["global_step"] == 4
     tested = run_cli("test", *RUN, "--data.root", tiny_digits, "--ckpt_path", path, cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr[-3000:]
+    refused = run_cli("fit", *RUN, "--data.root", tiny_digits, "--ckpt_path", path, "--model.optimizer", "SGD",
+                      cwd=tmp_path)  # said on the command line: refused, not dropped for the checkpoint's recipe
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
+        f"error: --model.optimizer cannot change the recipe of checkpoint {path}: it was written by an earlier plifnet "
+        f"(lr 0.002, cosine_t_max 8, one parameter group)")
 
 
 @pytest.mark.parametrize("family", ["spikingjelly_net", "snntorch_net", "norse_net", "net"])

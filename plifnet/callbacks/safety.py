@@ -100,7 +100,9 @@ class SaveOnInterrupt(Callback):
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can be set in the main thread only
         environment = compat.cluster_environment(trainer)
-        requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+        # Lightning requeues only where it installed its handler of the requeue signal (auto_requeue),
+        # which it does before training starts: asked of the signal module, whatever the strategy
+        requeue = isinstance(environment, SLURMEnvironment) and callable(signal.getsignal(environment.requeue_signal))
         for number in (signal.SIGINT,) if requeue else (signal.SIGINT, signal.SIGTERM):
             self._previous[number] = signal.signal(number, self._note)
 
