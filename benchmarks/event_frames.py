@@ -21,7 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from event_files import random_events, write_nmnist  # noqa: E402
 
-from plifnet.data.events import EventDataModule, _events, to_frames  # noqa: E402
+from plifnet.data.events import EventDataModule, to_frames  # noqa: E402
+from plifnet.data.recordings import _events  # noqa: E402
 
 
 def median_time(fn, repeats):

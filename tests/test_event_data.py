@@ -1,7 +1,4 @@
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +8,9 @@ import torch
 from conftest import ROOT
 from event_files import (aedat31_packet, hand_frames, random_events, write_aedat2, write_aedat4, write_aedat31,
                          write_nmnist)
-from plifnet.data.events import (CorruptRecording, EventDataModule, read_aedat2_dvs128, read_aedat4,
-                                 read_aedat31_polarity, read_gesture_npy, read_nmnist, to_frames)
+from plifnet.data.events import EventDataModule, to_frames
+from plifnet.data.recordings import (CorruptRecording, read_aedat2_dvs128, read_aedat4, read_aedat31_polarity,
+                                     read_gesture_npy, read_nmnist)
 from plifnet.files import temporary_name
 
 
@@ -98,7 +96,7 @@ def test_gesture_npy_decoder_against_tonic(tmp_path):
 # --- frames ---------------------------------------------------------------------------------------
 
 def events_of(x, y, t, p):
-    from plifnet.data.events import _events
+    from plifnet.data.recordings import _events
 
     return _events(x, y, t, p)
 
