@@ -85,14 +85,14 @@ def read(path, map_location="cpu", mmap: bool = False) -> dict:
         reason = str(error).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {path} holds Python objects that would run code when loaded, and plifnet "
                               f"reads checkpoints with weights_only=True ({reason}); use a checkpoint written by "
-                              f"cli.py fit or Trainer.save_checkpoint") from None
+                              f"plifnet fit or Trainer.save_checkpoint") from None
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path} is a zip archive but not a PyTorch checkpoint "
-                              f"({str(error).strip().splitlines()[0][:200]}); pass a .ckpt written by cli.py fit") from None
+                              f"({str(error).strip().splitlines()[0][:200]}); pass a .ckpt written by plifnet fit") from None
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint or "state_dict" not in checkpoint:
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"checkpoint {path} is a PyTorch file but not a Lightning checkpoint (it holds {keys}, "
-                              f"no 'pytorch-lightning_version' and 'state_dict'); pass a .ckpt written by cli.py fit "
+                              f"no 'pytorch-lightning_version' and 'state_dict'); pass a .ckpt written by plifnet fit "
                               f"or Trainer.save_checkpoint")
     return checkpoint
 
@@ -167,11 +167,19 @@ def strings(tree) -> set[str]:
     return set()
 
 
+def resumable(checkpoint: dict) -> bool:
+    """Whether a checkpoint holds a run's whole state (optimizer, schedule, loops, callbacks), not only
+    the weights that ``ModelCheckpoint(save_weights_only=True)`` keeps (the best epoch's)."""
+    return "optimizer_states" in checkpoint and "loops" in checkpoint
+
+
 def newest(folders, root=None) -> tuple[Path | None, list[str]]:
-    """The newest readable checkpoint in ``<folder>/*/checkpoints/`` of the given run folders, or among
-    the ``hpc_ckpt_<n>.ckpt`` that Lightning's SLURM requeue saves in ``root`` (by modification time),
-    and a line for each newer file that could not be read and was passed over. The temporary files that
-    killed writes left in those run folders and their checkpoint folders are removed on the way."""
+    """The newest readable checkpoint that a run resumes from (:func:`resumable`) in
+    ``<folder>/*/checkpoints/`` of the given run folders, or among the ``hpc_ckpt_<n>.ckpt`` that
+    Lightning's SLURM requeue saves in ``root`` (by modification time), and a line for each newer file
+    that could not be read and was passed over (weights-only files are passed over without one). The
+    temporary files that killed writes left in those run folders and their checkpoint folders are
+    removed on the way."""
     for run in (run for folder in folders for run in Path(folder).glob("*/")):
         for folder in (run, run / "checkpoints"):  # checkpoints, and tau.csv, plots and the like beside them
             remove_orphans(folder)
@@ -181,8 +189,8 @@ def newest(folders, root=None) -> tuple[Path | None, list[str]]:
     skipped = []
     for path in sorted(found, key=lambda path: path.stat().st_mtime, reverse=True):
         try:
-            read(path, mmap=True)
-            return path, skipped
+            if resumable(read(path, mmap=True)):
+                return path, skipped
         except CheckpointError as error:
             skipped.append(str(error))
     return None, skipped

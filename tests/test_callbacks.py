@@ -1,6 +1,8 @@
 """State reset, tau and firing-rate monitors, with every logger (CSV, TensorBoard, offline wandb)."""
 
 import csv
+import io
+import re
 import warnings
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from plifnet.callbacks import FiringRateMonitor, ResetState, TauMonitor, exact_sum
+from plifnet.callbacks import FiringRateMonitor, ProgressBar, ResetState, TauMonitor, exact_sum
 from plifnet.data.static import StaticDataModule
 from plifnet.module import SpikingClassifier
 from plifnet.neurons import IF, PLIF
@@ -289,3 +291,22 @@ def test_monitors_keep_no_activations(tiny_digits, tmp_path):
     held += [v for d in (monitor.sums,) for v in d.values()]
     assert all(t.numel() == 1 for t in held)
     assert all(not layer._forward_hooks for layer in model.net.spiking_layers().values())  # hooks removed
+
+
+def test_the_progress_bar_is_one_line_of_an_80_column_terminal(tiny_digits, tmp_path):
+    """What the console shows while training: the bar, its counts and times, the step's loss and the last
+    validation accuracy, without wrapping at 80 columns (Lightning's own bar took 4 lines there)."""
+    console = io.StringIO()
+    bar = ProgressBar(console_kwargs={"file": console, "force_terminal": True, "width": 80, "color_system": None})
+    model = SpikingClassifier("mnist", time_steps=2)
+    data = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0)
+    trainer = L.Trainer(max_epochs=1024, max_steps=8, limit_train_batches=4, limit_val_batches=2, logger=False,
+                        callbacks=[ResetState(), TauMonitor(every_n_steps=1), bar], enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # where tau.csv goes
+    trainer.fit(model, data)
+    lines = [line for line in re.split(r"\x1b\[[0-9;?]*[A-Za-z]|[\r\n]", console.getvalue()) if line.strip()]
+    training = [line for line in lines if line.startswith("Epoch ")]
+    assert training and all(line.startswith(("Sanity Checking ", "Epoch ", "Validation ")) for line in lines), "\n".join(lines)  # none wrapped
+    assert max(map(len, lines)) <= 80
+    assert re.search(r"^Epoch 1/1023 .* 4/4 .* loss: \d\.\d+ acc: \d\.\d+ *$", training[-1]), training[-1]
+    assert "v_num" not in console.getvalue() and "tau" not in console.getvalue()

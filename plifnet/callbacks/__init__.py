@@ -5,16 +5,16 @@
 * :mod:`~plifnet.callbacks.safety`: :class:`StopOnNonFinite`, :class:`SaveOnInterrupt` (and :class:`Interrupted`);
 * :mod:`~plifnet.callbacks.monitors`: :class:`TauMonitor` (where tau is logged: ``tau/<layer>``),
   :class:`FiringRateMonitor`, :class:`SynapticOps` (operations and energy);
-* :mod:`~plifnet.callbacks.outputs`: :class:`RunHistory`, :class:`PredictionWriter`.
+* :mod:`~plifnet.callbacks.outputs`: :class:`ProgressBar`, :class:`RunHistory`, :class:`PredictionWriter`.
 
 Every class is importable from here (``plifnet.callbacks.ResetState``), as configs name them.
 """
 
 from plifnet.callbacks.common import exact_sum, spiking_layers
 from plifnet.callbacks.monitors import FiringRateMonitor, SynapticOps, TauMonitor
-from plifnet.callbacks.outputs import PredictionWriter, RunHistory
+from plifnet.callbacks.outputs import PredictionWriter, ProgressBar, RunHistory
 from plifnet.callbacks.safety import Interrupted, SaveOnInterrupt, StopOnNonFinite
 from plifnet.callbacks.state import ResetState, ResumeRandomState
 
-__all__ = ["FiringRateMonitor", "Interrupted", "PredictionWriter", "ResetState", "ResumeRandomState", "RunHistory",
+__all__ = ["FiringRateMonitor", "Interrupted", "PredictionWriter", "ProgressBar", "ResetState", "ResumeRandomState", "RunHistory",
            "SaveOnInterrupt", "StopOnNonFinite", "SynapticOps", "TauMonitor", "exact_sum", "spiking_layers"]

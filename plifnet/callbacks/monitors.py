@@ -24,8 +24,8 @@ class TauMonitor(Callback):
     ``log_every_n_steps``), and plot it at the end.
 
     Scalar tau is logged as ``tau/<layer>``; per-channel tau as ``tau/<layer>/mean|min|max`` and a
-    histogram where the logger has one (TensorBoard, wandb). The progress bar shows ``tau_mean``, the
-    mean over layers. At the end of fit, ``tau.csv`` (one column per layer, one row per logged step)
+    histogram where the logger has one (TensorBoard, wandb): layer by layer, since layers move apart
+    (a mean over them would hide it). At the end of fit, ``tau.csv`` (one column per layer, one row per logged step)
     and ``tau.png`` (one curve per layer, x = step) are written into the run folder, and the plot
     is handed to the loggers as an image.
     """
@@ -54,8 +54,6 @@ class TauMonitor(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.layers:
             return
-        mean_tau = torch.stack([contract.tau(layer).float().mean() for layer in self.layers.values()]).mean()
-        pl_module.log("tau_mean", mean_tau, prog_bar=True, logger=False)
         if trainer.global_step % self.every_n_steps == 0 and trainer.global_step not in self.steps:
             self._record(trainer, pl_module)
 

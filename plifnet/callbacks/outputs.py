@@ -1,4 +1,5 @@
-"""Callbacks that write a run's results: its history (metrics per epoch, plots) and predictions."""
+"""Callbacks that write a run's results: the console's progress bar, its history (metrics per epoch,
+plots) and predictions."""
 
 from __future__ import annotations
 
@@ -6,11 +7,36 @@ import csv
 import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import CustomTimeColumn
+from rich.progress import BarColumn, TimeRemainingColumn
 import torch
 
 from plifnet.callbacks.common import run_dir
 from plifnet.files import write_atomically
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar on one line of an 80-column terminal: the step's training loss and
+    the last validation accuracy under short names (``loss``, ``acc``), without Lightning's ``v_num``;
+    a bar of 10 characters and the time left (the time taken once a bar is done) rather than both.
+    Everything else (tau of every layer, firing rates, test accuracy) goes to the loggers."""
+
+    SHOWN = {"train/loss_step": "loss", "val/acc": "acc"}
+
+    def configure_columns(self, trainer) -> list:
+        # The widest line, "Epoch 123/1023 [bar] 3187/3187 0:12:34 12.34it/s loss: 0.089 acc: 0.981", is 76
+        # characters: beyond 80, rich wraps the metrics onto extra lines at every refresh
+        columns = super().configure_columns(trainer)
+        for column in columns:
+            if isinstance(column, BarColumn):
+                column.bar_width = 10
+        return [TimeRemainingColumn(elapsed_when_finished=True)
+                if isinstance(column, CustomTimeColumn) else column for column in columns]
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        return {short: metrics[key] for key, short in self.SHOWN.items() if key in metrics}
 
 
 class RunHistory(Callback):
@@ -63,7 +89,7 @@ class RunHistory(Callback):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Write ``cli.py predict`` results to ``predictions.csv``: sample index (in the predict set),
+    """Write ``plifnet predict`` results to ``predictions.csv``: sample index (in the predict set),
     predicted class and the probability of every class, one row per sample.
 
     Under DDP every process writes the samples it predicted to ``predictions_rank<r>.csv``, with

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 import torch
 
 from plifnet import compat
@@ -27,7 +28,8 @@ class StopOnNonFinite(Callback):
     - the gradients, before the optimiser applies them (one sum per gradient: a MNIST training step
       takes 1.02x as long with it, within noise; ``benchmarks/monitor_overhead.py``). Under fp16 mixed precision the gradient scaler
       skips such steps by design, so the check is left to it;
-    - the parameters and buffers, before a checkpoint is written: a non-finite state is never saved.
+    - the parameters and buffers, before a checkpoint is written (at every save, and at the end of each
+      validation, where the best epoch's weights-only checkpoint is saved): a non-finite state is never saved.
     """
 
     def on_before_backward(self, trainer, pl_module, loss):
@@ -47,6 +49,15 @@ class StopOnNonFinite(Callback):
                 self._stop(trainer, f"the gradient of {bad[0]} is not finite")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self._check_state(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module):
+        # Lightning calls no callback's on_save_checkpoint for a weights-only checkpoint (the best epoch's),
+        # and runs ModelCheckpoint after every other callback: the state is checked here, before it saves
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._check_state(trainer, pl_module)
+
+    def _check_state(self, trainer, pl_module):
         # parameters and buffers (BatchNorm's statistics); not metric states, where -inf means "none yet"
         network = dict(pl_module.named_parameters()) | dict(pl_module.named_buffers())
         bad = [name for name, value in network.items() if value.is_floating_point() and not torch.isfinite(value).all()]
@@ -80,7 +91,7 @@ class Interrupted(Exception):
 class SaveOnInterrupt(Callback):
     """Stop a fit on SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption or time limit) at the end of
     the current training batch, with the state saved atomically as ``<checkpoint folder>/interrupted.ckpt``,
-    and raise :class:`Interrupted` (``cli.py`` prints where it is and the command that resumes it).
+    and raise :class:`Interrupted` (``plifnet fit`` prints where it is and the command that resumes it).
 
     Saved at the end of a batch, where Lightning's step checkpoints are saved, so that resuming from it
     continues the very same run (``--ckpt_path last`` takes it: it is the newest). A signal during
