@@ -26,7 +26,7 @@ The layers of a :class:`plifnet.models.SpikingNet` map to NIR nodes as follows:
 The graph's metadata holds ``time_steps``, ``input`` (``static``: the image is presented at every step;
 ``events``: frame t at step t) and ``dt = 1``.
 
-Command line: ``python -m plifnet.export --ckpt_path CKPT --out FILE.nir`` (``--config`` as for cli.py
+Command line: ``plifnet export --ckpt_path CKPT --out FILE.nir`` (``--config`` as for plifnet fit
 when the checkpoint alone cannot rebuild the network).
 """
 
@@ -71,7 +71,7 @@ def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32,
         raise ValueError("to_nir exports a network in eval mode (BatchNorm's running statistics, no dropout): call .eval()")
     if isinstance(net, SpikingNet):
         if not net.built:
-            raise ValueError(f"to_nir exports SpikingNet networks (the paper's, or layers=...), built; got an unbuilt one")
+            raise ValueError("to_nir exports SpikingNet networks (the paper's, or layers=...), built; got an unbuilt one")
         modules = [m.module if isinstance(m, TimeDistributed) else m for m in [net.encoder, *net.layers]]
         return _graph(modules, net.input_shape, int(time_steps or net.time_steps), net.arch.static, dtype, per_step=False)
     modules = _sequential_layers(net)
@@ -425,7 +425,7 @@ def _neuron_from_nir(node, name: str) -> tuple[nn.Module, np.ndarray | None]:
 
 def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_paths=()) -> tuple[nn.Module, tuple | None]:
     """The trained network of a checkpoint, in eval mode, and its data module's ``input_shape`` (None
-    without ``configs``). With ``configs`` (cli.py's ``--config`` files, with the data module) the model
+    without ``configs``). With ``configs`` (``plifnet fit``'s ``--config`` files or names, with the data module) the model
     is built from them first: for networks that take their input shape from the data module."""
     from argparse import ArgumentError
 
@@ -433,6 +433,7 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
     from lightning.pytorch.cli import LightningCLI
 
     from plifnet import checkpoints
+    from plifnet.cli import RECIPE, shipped_config
     from plifnet.module import NoInputShape, SpikingClassifier
 
     ckpt_path = str(checkpoints.fetch(ckpt_path)) if checkpoints.is_url(ckpt_path) else ckpt_path
@@ -450,11 +451,13 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
         def add_arguments_to_parser(self, parser):  # a run's config.yaml holds the options of `fit` itself too
             parser.add_argument("--ckpt_path", default=None)
             parser.add_argument("--weights_only", default=None)
+            parser.add_argument("--drop_callbacks", default=[])  # plifnet fit's: callbacks do not matter here
 
-    args = [arg for config in configs for arg in ("--config", config)]
-    try:
+    args = [arg for config in configs for arg in ("--config", shipped_config(config))]
+    try:  # read as plifnet fit reads them: after the recipe
         cli = ConfigReader(SpikingClassifier, LightningDataModule, subclass_mode_data=True, run=False, args=args,
-                           save_config_callback=None, parser_kwargs={"exit_on_error": False})
+                           save_config_callback=None, parser_kwargs={"exit_on_error": False,
+                                                                     "default_config_files": [str(RECIPE)]})
     except ArgumentError as error:
         raise ValueError(f"--config {' '.join(map(str, configs))}: {str(error).strip().splitlines()[0]}") from None
     model, data = cli.model, cli.datamodule
@@ -466,10 +469,10 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m plifnet.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by cli.py fit")
+    parser = argparse.ArgumentParser(prog="plifnet export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by plifnet fit")
     parser.add_argument("--out", required=True, type=Path, help="the NIR file to write (HDF5), e.g. mnist.nir")
-    parser.add_argument("--config", action="append", help="cli.py's config(s), where the checkpoint alone cannot "
+    parser.add_argument("--config", action="append", help="plifnet fit's config(s), where the checkpoint alone cannot "
                                                           "rebuild the network (repeatable)")
     parser.add_argument("--time_steps", type=int, help="T in the metadata (default: the network's)")
     parser.add_argument("--allow_class_path", action="append", default=[],

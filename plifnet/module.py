@@ -32,7 +32,7 @@ from plifnet.options import NeuronOptions
 from plifnet.surrogates import Surrogate, surrogate as make_surrogate
 
 
-# Set by cli.py while LightningCLI builds the model: LightningCLI then saves the model's hyperparameters as
+# Set by plifnet.cli while LightningCLI builds the model: LightningCLI then saves the model's hyperparameters as
 # the config gave them (objects as their class_path and init_args), so nothing needs leaving out.
 CLI_RECORDS_CONFIG = contextvars.ContextVar("plifnet_cli_records_config", default=False)
 
@@ -107,7 +107,7 @@ class SpikingClassifier(L.LightningModule):
     ):
         super().__init__()
         # Objects (a network, a neuron factory, a surrogate instance) would need pickled code in a
-        # checkpoint. Under cli.py, Lightning records their class_path config instead (its "given"
+        # checkpoint. Under plifnet's CLI, Lightning records their class_path config instead (its "given"
         # hyperparameters), which rebuilds them; built in a script, they are left out and passed
         # again to load_from_checkpoint.
         objects = [name for name, value in (("net", net), ("neuron", neuron), ("surrogate", surrogate),
@@ -243,7 +243,7 @@ class SpikingClassifier(L.LightningModule):
         return names[dataloader_idx] if names else "val"
 
     def on_validation_epoch_end(self):
-        # the records of training (best accuracies, protocol B) change during fit only: `cli.py validate`
+        # the records of training (best accuracies, protocol B) change during fit only: `plifnet validate`
         # or `test` of a checkpoint must leave them as training left them
         if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
             return

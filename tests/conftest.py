@@ -6,6 +6,13 @@ import traceback
 import warnings
 from pathlib import Path
 
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # pytest-xdist runs one worker per core: each worker's torch, numba and the training processes it spawns
+    # share the cores among the workers instead of every one spinning a thread per core (set before torch loads)
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_name, _threads)
+
 import pytest
 import torch
 from torch import nn
@@ -14,7 +21,6 @@ from plifnet.neurons import PLIF
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
-sys.path.insert(0, str(ROOT))  # cli.py lives at the top level, beside the package
 
 
 @pytest.fixture
@@ -32,7 +38,7 @@ def run_cli(capfd, monkeypatch):
     what the subprocess would (``returncode``, ``stdout``, ``stderr``, read from file descriptors 1 and 2, so
     Lightning's, wandb's and the interpreter's own output is there too). A spawn costs about 8 s of imports
     on this machine; tests spawn one only where a separate process is the point (signals, kills, DDP)."""
-    import cli
+    from plifnet import cli
 
     def run(*args, cwd, env=None, main=None):
         monkeypatch.chdir(cwd)

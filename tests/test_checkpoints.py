@@ -33,13 +33,14 @@ def cli(*args, cwd, env=None, wait=True, prefix=()):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def save(model: SpikingClassifier, path: Path) -> Path:
+def save(model: SpikingClassifier, path: Path, weights_only: bool = False) -> Path:
     trainer = L.Trainer(logger=False, max_epochs=0)
     trainer.strategy.connect(model)
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=weights_only)
     return path
 
 
+@pytest.mark.multiprocess
 def test_a_checkpoint_write_killed_half_way_leaves_the_previous_one(tmp_path, tiny_digits):
     """SIGKILL from outside while last.ckpt of epoch 1 is being written, with $TMPDIR on another
     filesystem (tmpfs), where Lightning's default "moves" its temporary file by copying it onto
@@ -86,9 +87,11 @@ def test_ckpt_path_last_skips_unreadable_checkpoints_and_refuses_when_there_is_n
     folder.mkdir(parents=True)
     step = save(SpikingClassifier("mnist", time_steps=1), folder / "step0000004.ckpt")
     (folder / "last.ckpt").write_bytes(step.read_bytes()[:100_000])  # newer, and truncated
-    (folder / "epoch005.ckpt").write_bytes(b"")  # newest, and empty
+    (folder / "epoch005.ckpt").write_bytes(b"")  # newer, and empty
+    best = save(SpikingClassifier("mnist", time_steps=1), folder / "epoch006-acc0.5000.ckpt", weights_only=True)
     os.utime(folder / "last.ckpt", (time.time() + 5,) * 2)
     os.utime(folder / "epoch005.ckpt", (time.time() + 10,) * 2)
+    os.utime(best, (time.time() + 15,) * 2)  # newest, readable, and no state to resume: passed over without a word
     ended = subprocess.Popen(["true"])  # a process id that no longer runs: the writer of the files it left
     ended.wait()
     left = [folder.parent / f".tau.{ended.pid}.tmp.csv", folder / f".last.{ended.pid}.tmp.ckpt"]
@@ -101,6 +104,7 @@ def test_ckpt_path_last_skips_unreadable_checkpoints_and_refuses_when_there_is_n
     assert f"skipping an unreadable checkpoint: checkpoint {Path('runs/lightning_logs/version_0/checkpoints/epoch005.ckpt')} is truncated" in resumed.stderr
     assert "checkpoints/last.ckpt is truncated" in resumed.stderr
     assert "resuming from runs/lightning_logs/version_0/checkpoints/step0000004.ckpt" in resumed.stderr
+    assert "epoch006" not in resumed.stderr
     assert not any(path.exists() for path in left) and writing.exists()
 
 
@@ -227,6 +231,7 @@ def test_files_that_are_not_checkpoints_get_one_line_naming_them(kind, run_cli, 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.multiprocess
 def test_slurm_requeue_saves_atomically_and_the_requeued_job_ends_like_an_uninterrupted_one(tmp_path, tiny_digits):
     """configs/trainer/slurm.yaml under a SLURM-like environment: SIGUSR1 at step 5 makes Lightning save
     hpc_ckpt_1.ckpt (through plifnet's writer) and call `scontrol requeue <job>` (a stand-in here);
@@ -261,7 +266,7 @@ def test_slurm_requeue_saves_atomically_and_the_requeued_job_ends_like_an_uninte
 
 
 def test_async_checkpoints_go_through_the_atomic_writer_and_resume(run_cli, tmp_path, tiny_digits):
-    import cli as plifnet_cli
+    from plifnet import cli as plifnet_cli
 
     from plifnet.checkpoints import AtomicCheckpointIO
 

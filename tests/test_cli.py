@@ -1,12 +1,21 @@
-"""``python cli.py`` end to end: fit, validate, test and predict on generated data, and real MNIST."""
+"""``plifnet`` (``python cli.py`` in a clone) end to end: fit, validate, test and predict on generated data
+and real MNIST; configs that compose; the command and its configs as an installed package gives them."""
 
 import csv
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
+
+import yaml
 
 import pytest
 import torch
 
 from conftest import ROOT
+from plifnet import cli as plifnet_cli
 from plifnet.data.static import StaticDataModule
 from plifnet.module import SpikingClassifier
 
@@ -42,7 +51,7 @@ def quick(tmp_path):
     ]
 
 
-def test_fit_test_predict_on_generated_images(cli, tiny_digits, quick, tmp_path):
+def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, tmp_path):
     cli("fit", *quick, "--data.root", tiny_digits, "--trainer.max_epochs", "2", cwd=tmp_path)
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     rows = read_metrics(run)
@@ -57,6 +66,18 @@ def test_fit_test_predict_on_generated_images(cli, tiny_digits, quick, tmp_path)
     assert epoch_rows(rows, "test/acc_at_best_val")[-1] == pytest.approx(test_acc[best_epoch])
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and (run / "config.yaml").is_file()
+    # the best epoch's checkpoint holds its weights (for test, predict, export); last.ckpt the whole state
+    (best,) = (run / "checkpoints").glob("epoch*-acc*.ckpt")
+    kept, whole = torch.load(best, weights_only=True), torch.load(ckpt, weights_only=True)
+    assert "optimizer_states" not in kept and {"optimizer_states", "lr_schedulers", "loops", "callbacks"} <= set(whole)
+    assert kept["state_dict"].keys() == whole["state_dict"].keys() and best.stat().st_size < ckpt.stat().st_size / 2
+    refused = run_cli("fit", *quick, "--data.root", tiny_digits, "--ckpt_path", best, cwd=tmp_path)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint {best} holds the weights only (the best epoch's, kept for test, predict and export): fit "
+        f"cannot resume from it; resume from last.ckpt or a step*.ckpt (--ckpt_path last takes the newest), or test it "
+        f"with plifnet test --ckpt_path {best}")
+    assert sorted(p.name for p in (tmp_path / "runs" / "lightning_logs").iterdir()) == ["version_0"]  # none left
     # the default monitors and loggers: tau per PLIF layer, firing rates, plots, TensorBoard events
     for key in ("tau/conv1", "tau/fc2", "firing_rate/conv1", "firing_rate/fc2"):
         assert epoch_rows(rows, key), key
@@ -145,3 +166,102 @@ def test_the_smoke_preset_is_a_run_of_seconds_with_everything_a_full_run_writes(
     assert epoch_rows(rows, "val/acc") and epoch_rows(rows, "test/acc") and epoch_rows(rows, "tau/conv1")
     assert all((run / name).is_file() for name in ("tau.csv", "tau.png", "firing_rates.csv", "energy.csv", "config.yaml"))
 
+
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "nmnist", "cifar10dvs", "dvs_gesture")
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_a_dataset_config_holds_its_data_and_network_and_every_run_reads_the_papers_recipe_first(dataset, run_cli, tmp_path):
+    held = yaml.safe_load((ROOT / "configs" / f"{dataset}.yaml").read_text())
+    assert set(held) == {"model", "data"} and set(held["model"]) <= {"arch", "time_steps", "variant", "dropout"}
+    result = run_cli("fit", "--config", dataset, "--print_config", cwd=tmp_path)  # a shipped config by its name
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = yaml.safe_load(result.stdout)
+    model = config["model"]
+    # SPEC section 3: PLIF, tau0 = 2, ATan surrogate at its own alpha, Adam lr 1e-3, cosine over 64 epochs
+    assert (model["arch"], model["neuron"], model["tau"], model["surrogate"], model["surrogate_alpha"]) == (
+        dataset, "plif", 2.0, "atan", None)
+    assert (model["optimizer"]["class_path"], model["optimizer"]["init_args"]["lr"]) == ("torch.optim.Adam", 0.001)
+    assert (model["lr_scheduler"]["class_path"], model["lr_scheduler"]["init_args"]["T_max"]) == (
+        "torch.optim.lr_scheduler.CosineAnnealingLR", 64)
+    assert config["seed_everything"] == 2020 and config["trainer"]["max_epochs"] == 1024
+    assert config["data"]["init_args"]["dataset"] == dataset
+    if config["data"]["class_path"].endswith("StaticDataModule"):  # the network repeats each image T = 8 times
+        assert SpikingClassifier(arch=model["arch"], time_steps=model["time_steps"]).net.time_steps == 8
+    else:  # event data bring their own T
+        assert model["time_steps"] is None
+        assert config["data"]["init_args"]["time_steps"] == {"nmnist": 10, "cifar10dvs": 20, "dvs_gesture": 20}[dataset]
+
+
+def test_a_later_config_overrides_the_recipe(run_cli, tmp_path):
+    (tmp_path / "sgd.yaml").write_text("model:\n  neuron: lif\n  optimizer:\n    class_path: torch.optim.SGD\n"
+                                      "    init_args: {lr: 0.1}\n")
+    result = run_cli("fit", "--config", "mnist", "--config", tmp_path / "sgd.yaml", "--model.tau", "16",
+                     "--print_config", cwd=tmp_path)
+    model = yaml.safe_load(result.stdout)["model"]
+    assert (model["neuron"], model["tau"], model["optimizer"]["class_path"], model["optimizer"]["init_args"]["lr"]) == (
+        "lif", 16.0, "torch.optim.SGD", 0.1)
+    assert model["lr_scheduler"]["init_args"]["T_max"] == 64  # the rest of the recipe stays
+
+
+def test_a_callback_is_added_and_one_dropped_from_the_command_line(cli, run_cli, tiny_digits, quick, tmp_path):
+    cli("fit", *quick, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1",
+        "--drop_callbacks+=SynapticOps", "--drop_callbacks+=plifnet.callbacks.ProgressBar",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping", "--trainer.callbacks.monitor", "val/acc",
+        "--trainer.callbacks.mode", "max", cwd=tmp_path)
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    paths = [callback["class_path"] for callback in saved["trainer"]["callbacks"]]
+    default = yaml.safe_load((ROOT / "configs" / "trainer" / "default.yaml").read_text())["callbacks"]
+    expected = [c["class_path"] for c in default if not c["class_path"].endswith(("SynapticOps", "ProgressBar"))]
+    assert paths == expected + ["lightning.pytorch.callbacks.EarlyStopping"]
+    assert not (run / "energy.csv").exists() and (run / "tau.csv").is_file()  # SynapticOps wrote nothing, TauMonitor did
+    refused = run_cli("fit", *quick, "--data.root", tiny_digits, "--drop_callbacks+=EarlyStop", cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
+        "error: --drop_callbacks EarlyStop: no such callback in the trainer config (its callbacks: FiringRateMonitor,")
+    assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("dataset, named", [("cifar10", "model.arch 'cifar10'"), ("mnist", None)])
+def test_network_options_a_config_sets_beside_a_network_of_ones_own_are_named(dataset, named, run_cli, example_plugin,
+                                                                               tmp_path):
+    result = run_cli("fit", "--config", dataset, "--config", ROOT / "examples" / "plugin" / "configs" / "handwritten.yaml",
+                     "--data.root", tmp_path / "absent", cwd=tmp_path)  # the warning comes before the data are read
+    assert result.returncode == 1 and "was not found in" in result.stderr
+    warned = [line for line in result.stderr.splitlines() if "(from a config) does nothing" in line]
+    if named:
+        assert len(warned) == 1 and f"{named} (from a config) does nothing: model.net gives the network" in warned[0]
+    else:  # mnist.yaml's network options are the defaults: nothing is lost
+        assert warned == []
+
+
+def test_the_plifnet_command_trains_exports_and_reports_outside_a_clone(run_cli, tiny_digits, tmp_path):
+    """The console script of the package: shipped configs by name, from a folder that holds no configs."""
+    plifnet = Path(sys.executable).with_name("plifnet")
+    env = dict(os.environ, PYTHONPATH="")  # the installed package, not this checkout's folder on sys.path
+    result = subprocess.run([plifnet, "fit", "--config", "mnist", "--config", "trainer/smoke", "--data.root", tiny_digits,
+                             "--data.num_workers", "0", "--model.time_steps", "2", "--trainer.limit_train_batches", "2",
+                             "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    exported = run_cli("export", "--ckpt_path", ckpt, "--out", tmp_path / "mnist.nir", cwd=tmp_path, main=plifnet_cli.run)
+    assert exported.returncode == 0 and (tmp_path / "mnist.nir").stat().st_size > 0, exported.stderr[-2000:]
+    absent = run_cli("study", "--out", tmp_path / "none", "--report-only", cwd=tmp_path, main=plifnet_cli.run)
+    assert absent.returncode == 1 and "run the study first" in absent.stderr
+
+
+def test_the_wheel_ships_the_configs_and_the_command(tmp_path):
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "plifnet", tmp_path / "plifnet", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
+                    tmp_path], check=True, capture_output=True, timeout=300)
+    with zipfile.ZipFile(next((tmp_path / "dist").glob("plifnet-*.whl"))) as wheel:
+        names = set(wheel.namelist())
+        entry_points = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    shipped = {str(path.relative_to(ROOT)) for path in (ROOT / "plifnet" / "configs").rglob("*.yaml")}
+    assert len(shipped) >= 17 and shipped <= names
+    assert "plifnet = plifnet.cli:run" in entry_points

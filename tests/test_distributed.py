@@ -10,6 +10,8 @@ import torch
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.multiprocess
+
 
 def cli(*args, cwd, env):
     result = subprocess.run([sys.executable, ROOT / "cli.py", *map(str, args)], cwd=cwd, env=env,

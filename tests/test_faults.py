@@ -53,7 +53,7 @@ BASE = [*OWN_NET, "--model.time_steps", "1"]  # the paper's network at T = 1
 CHOOSE = "give a class path (package.module.Class), or install a package that declares it in the entry-point group"
 BAD_INPUTS = {  # what is wrong: (extra arguments, the one line it must print; {empty}: an empty folder)
     "misspelt config key": (["--model.tua", "16"],
-                            "error: unrecognized arguments: --model.tua 16. Accepted options: python cli.py fit --help"),
+                            "error: unrecognized arguments: --model.tua 16. Accepted options: plifnet fit --help"),
     "unknown neuron": (["--model.neuron", "alfi"],
                        f"error: bad configuration value: unknown neuron 'alfi'; choose one of ['alif', 'if', 'lif', "
                        f"'plif'], {CHOOSE} 'plifnet.neurons'"),
@@ -77,7 +77,7 @@ BAD_INPUTS = {  # what is wrong: (extra arguments, the one line it must print; {
     "a network class that cannot be imported": (["--model.net", "nowhere.Net"],
                                                 "error: --model.net: cannot import nowhere.Net (No module named "
                                                 "'nowhere'); give the class path of an importable class. Accepted "
-                                                "options: python cli.py fit --help"),
+                                                "options: plifnet fit --help"),
     "empty layers": (["--model.net", "plifnet.models.SpikingNet", "--model.net.layers="],
                      "error: bad configuration value: layers is empty: give the network as tokens, e.g. layers='c128 p "
                      "c128 p d f2048 d f100' (c<n> convolution, p max-pooling, d dropout, f<n> linear; 10 output "
@@ -168,30 +168,25 @@ def test_checkpoints_load_with_weights_only_semantics(run_cli, tmp_path, tiny_di
     assert "weights_only" in result.stderr or "Unsupported global" in result.stderr
 
 
-def kill_and_resume(args, kill_at: int, tmp_path):
-    """Run ``cli.py fit ARGS`` whole in tmp_path/whole; in tmp_path/killed, SIGKILL it when step
-    ``kill_at`` starts and resume it with ``--ckpt_path last``. Returns the three finished processes.
-    The whole run goes on beside the other two (each process is mostly imports, on one core)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_KILL_AT=str(kill_at))
-    command = [sys.executable, ROOT / "cli.py", "fit", *map(str, args)]
-    run = lambda *extra, cwd: subprocess.run([*command, *extra], cwd=cwd, env=env, capture_output=True, text=True,
-                                             timeout=600)
+def kill_and_resume(args, kill_at: int, tmp_path, run_cli):
+    """Run ``plifnet fit ARGS`` whole in tmp_path/whole; in tmp_path/killed, SIGKILL it when step
+    ``kill_at`` starts and resume it with ``--ckpt_path last``. Returns the three finished runs. Only the
+    killed run is a process of its own (SIGKILL is the point); the other two run in this process."""
     (tmp_path / "whole").mkdir()
     (tmp_path / "killed").mkdir()
-    out, err = tmp_path / "whole.out", tmp_path / "whole.err"  # files, not pipes: nobody reads them meanwhile
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        beside = subprocess.Popen(command, cwd=tmp_path / "whole", env=env, stdout=stdout, stderr=stderr)
-        killed = run("--trainer.callbacks+=kill_probe.KillAtStep", cwd=tmp_path / "killed")
-        resumed = run("--ckpt_path", "last", cwd=tmp_path / "killed")
-        beside.wait(timeout=600)
-    whole = subprocess.CompletedProcess(beside.args, beside.returncode, out.read_text(), err.read_text())
+    whole = run_cli("fit", *args, cwd=tmp_path / "whole")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_KILL_AT=str(kill_at))
+    killed = subprocess.run([sys.executable, ROOT / "cli.py", "fit", *map(str, args), "--trainer.callbacks+=kill_probe.KillAtStep"],
+                            cwd=tmp_path / "killed", env=env, capture_output=True, text=True, timeout=600)
+    resumed = run_cli("fit", *args, "--ckpt_path", "last", cwd=tmp_path / "killed")
     assert whole.returncode == 0, whole.stderr[-2000:]
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     return whole, killed, resumed
 
 
-def test_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(tmp_path, tiny_digits):
+@pytest.mark.multiprocess
+def test_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(run_cli, tmp_path, tiny_digits):
     """SIGKILL at step 7 (after the step-6 checkpoint), then `--ckpt_path last`: the same weights and
     tau at the end as a run that was never interrupted (CPU, seed 2020, with the paper's augmentation
     and dropout, both of which draw random numbers)."""
@@ -201,7 +196,7 @@ def test_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(tmp_path, t
             "--trainer.log_every_n_steps", "1", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
             "--trainer.callbacks.every_n_train_steps", "3", "--trainer.callbacks.save_top_k", "0",
             "--trainer.callbacks.save_last", "true"]
-    _, _, resumed = kill_and_resume(args, 7, tmp_path)
+    _, _, resumed = kill_and_resume(args, 7, tmp_path, run_cli)
     interrupted = torch.load(tmp_path / "killed" / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
                              weights_only=True)
     assert interrupted["global_step"] == 6
@@ -250,7 +245,8 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_readable(tmp_pa
     assert [v.item() for k, v in state.items() if k.endswith(".w")] == [0.0] * 4  # tau0 = 2, not the w of 3.0
 
 
-def test_resume_is_exact_with_loader_workers_and_validation(tmp_path, tiny_digits):
+@pytest.mark.multiprocess
+def test_resume_is_exact_with_loader_workers_and_validation(run_cli, tmp_path, tiny_digits):
     """The configs' defaults: 2 loader workers per loader (persistent), validation and test loaders
     every epoch, a sanity check at the start of a fresh run but not of a resumed one. SIGKILL in
     epoch 0, `--ckpt_path last`, and epoch 1 must end with the uninterrupted run's weights: no
@@ -261,7 +257,7 @@ def test_resume_is_exact_with_loader_workers_and_validation(tmp_path, tiny_digit
             "--trainer.log_every_n_steps", "1", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
             "--trainer.callbacks.every_n_train_steps", "3", "--trainer.callbacks.save_top_k", "-1",
             "--trainer.callbacks.filename", "s{step}"]
-    _, _, resumed = kill_and_resume(args, 4, tmp_path)
+    _, _, resumed = kill_and_resume(args, 4, tmp_path, run_cli)
     assert "sstep=3.ckpt" in resumed.stderr  # resumed mid-epoch 0, before any validation ran
     final = [torch.load(folder / "runs" / "lightning_logs" / version / "checkpoints" / "last.ckpt", weights_only=True)
              for folder, version in ((tmp_path / "whole", "version_0"), (tmp_path / "killed", "version_1"))]
@@ -370,7 +366,8 @@ def final_metrics(folder: Path) -> dict[str, float]:
     return {key: float(row[key]) for row in rows for key in row if row[key] not in ("", None)}
 
 
-def test_resume_keeps_protocols_a_and_b(tmp_path, tiny_digits):
+@pytest.mark.multiprocess
+def test_resume_keeps_protocols_a_and_b(run_cli, tmp_path, tiny_digits):
     """SIGKILL after epoch 1 of 3 (validation and test loaders every epoch), `--ckpt_path last`: the
     best-accuracy records (protocol A: test/acc_best, protocol B: test/acc_at_best_val) and
     val/acc_best at the end equal the uninterrupted run's, which are re-derived here from its own
@@ -378,7 +375,7 @@ def test_resume_keeps_protocols_a_and_b(tmp_path, tiny_digits):
     args = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
             "--data.batch_size", "17", "--model.time_steps", "2", "--model.optimizer.lr", "0.01", "--trainer.max_epochs", "3",
             "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs"]
-    kill_and_resume(args, 20, tmp_path)  # step 20: the first of epoch 2 (170 training images, 10 batches of 17)
+    kill_and_resume(args, 20, tmp_path, run_cli)  # step 20: the first of epoch 2 (170 training images, 10 batches of 17)
     whole = final_metrics(tmp_path / "whole" / "runs" / "lightning_logs" / "version_0")
     resumed = final_metrics(tmp_path / "killed" / "runs" / "lightning_logs" / "version_1")
     with open(tmp_path / "whole" / "runs" / "lightning_logs" / "version_0" / "metrics.csv") as f:
@@ -408,6 +405,7 @@ def uninterrupted(tmp_path_factory):
                                    weights_only=True)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("name,at,saved_step", [("SIGTERM", "train:5", 6), ("SIGINT", "val:0", 9)])
 def test_an_interrupted_fit_saves_its_state_says_how_to_resume_and_resumes_exactly(name, at, saved_step, tmp_path, uninterrupted):
     """The signal goes to the whole process group (loader workers too), as Ctrl-C in a terminal and a

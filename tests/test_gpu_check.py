@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.multiprocess  # its fits, and a 2-process DDP fit
 
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):

@@ -1,4 +1,4 @@
-"""``ablation.py``: a grid of cli.py fits, results read back from the runs, resume, any logger, DDP."""
+"""``plifnet study`` (``python ablation.py`` in a clone): a grid of plifnet fits, results read back from the runs, resume, any logger, DDP."""
 
 import csv
 import json
@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import ablation
+from plifnet import study
 from conftest import ROOT
 
 
-def run_ablation(*args, cwd):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true", PYTHONPATH=str(ROOT / "tests"))  # kill_probe
-    result = subprocess.run([sys.executable, ROOT / "ablation.py", *map(str, args)], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=900)
-    return result
+@pytest.fixture
+def run_study(run_cli):
+    """``run_study(*args, cwd=...)``: ``plifnet study ARGS`` in this process (its settings' fits are processes of
+    their own, as for a user), with kill_probe importable by those fits."""
+    env = {"WANDB_SILENT": "true", "PYTHONPATH": str(ROOT / "tests")}
+    return lambda *args, cwd: run_cli(*args, cwd=cwd, env=env, main=study.main)
 
 
 def quick(data_root, epochs, paper_network=True):
@@ -38,14 +39,14 @@ def table_rows(out: Path) -> dict[str, dict[str, str]]:
 
 
 def checkpoint(folder: Path) -> dict:
-    return torch.load(ablation.newest(folder, "last.ckpt"), map_location="cpu", weights_only=False)
+    return torch.load(study.newest(folder, "last.ckpt"), map_location="cpu", weights_only=False)
 
 
-def test_default_logger_grid_results_match_the_runs_and_are_not_rerun(tiny_digits, tmp_path):
+def test_default_logger_grid_results_match_the_runs_and_are_not_rerun(run_study, tiny_digits, tmp_path):
     out = tmp_path / "results"
     args = ["--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--grid", "plif:16", "lif:16",
             *quick(tiny_digits, 3)]
-    result = run_ablation(*args, cwd=tmp_path)
+    result = run_study(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = table_rows(out)
     assert set(rows) == {"PLIF tau0=16", "LIF tau=16"}
@@ -75,20 +76,21 @@ def test_default_logger_grid_results_match_the_runs_and_are_not_rerun(tiny_digit
     assert "| PLIF tau0=16 | 2020 | 3 |" in (out / "results.md").read_text()
 
     logs = {path: path.stat().st_mtime_ns for path in out.rglob("fit.log")}
-    again = run_ablation(*args, cwd=tmp_path)
+    again = run_study(*args, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("finished earlier, not run again") == 2
     assert logs == {path: path.stat().st_mtime_ns for path in out.rglob("fit.log")}
 
-    changed = run_ablation(*args, "--trainer.max_epochs", "2", cwd=tmp_path)  # a finished folder is kept whatever the budget
+    changed = run_study(*args, "--trainer.max_epochs", "2", cwd=tmp_path)  # a finished folder is kept whatever the budget
     assert changed.returncode == 0
     (out / "plif_tau16_seed2020" / "done.json").unlink()  # an unfinished run of another command: refused
-    refused = run_ablation(*args, "--trainer.max_epochs", "2", cwd=tmp_path)
+    refused = run_study(*args, "--trainer.max_epochs", "2", cwd=tmp_path)
     assert refused.returncode != 0 and "unfinished run of a different command" in refused.stderr
 
 
-def test_killed_setting_resumes_from_its_checkpoint(tiny_digits, tmp_path):
+@pytest.mark.multiprocess
+def test_killed_setting_resumes_from_its_checkpoint(run_study, tiny_digits, tmp_path):
     out = tmp_path / "results"
-    args = [ROOT / "ablation.py", "--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--grid", "plif:2",
+    args = ["-m", "plifnet", "study", "--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--grid", "plif:2",
             *quick(tiny_digits, 4)]
     folder = out / "plif_tau2_seed2020"
     process = subprocess.Popen([sys.executable, *map(str, args)], cwd=tmp_path, start_new_session=True,
@@ -102,7 +104,7 @@ def test_killed_setting_resumes_from_its_checkpoint(tiny_digits, tmp_path):
     assert killed_after < 3 and not (folder / "done.json").exists()
     before = folder.joinpath("history.csv").read_text().splitlines()
 
-    result = run_ablation(*args[1:], cwd=tmp_path)
+    result = run_study(*args[3:], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "plif_tau2_seed2020: resuming" in result.stdout
     assert "resuming from " in (folder / "fit.log").read_text()  # cli.py's --ckpt_path last found the checkpoint
@@ -114,9 +116,10 @@ def test_killed_setting_resumes_from_its_checkpoint(tiny_digits, tmp_path):
     assert checkpoint(folder)["global_step"] == steps[-1]
 
 
-def test_grid_under_ddp_with_tensorboard_only(tiny_digits, tmp_path):
+@pytest.mark.multiprocess
+def test_grid_under_ddp_with_tensorboard_only(run_study, tiny_digits, tmp_path):
     out = tmp_path / "results"
-    result = run_ablation(
+    result = run_study(
         "--config", ROOT / "configs" / "mnist.yaml", "--config", ROOT / "configs" / "trainer" / "ddp.yaml",
         "--out", out, "--grid", "plif:2", *quick(tiny_digits, 1), "--trainer.accelerator", "cpu",
         "--trainer.devices", "2", "--trainer.limit_train_batches", "3",
@@ -167,7 +170,7 @@ def wandb_history(run_file: Path) -> list[dict]:
 def test_bad_grid_entries_are_refused_with_the_form_expected():
     for entry, message in (("alif:2", "is not NEURON:TAU"), ("plif", "is not NEURON:TAU"), ("lif:x", "is not a number")):
         with pytest.raises(SystemExit, match=message):
-            ablation.parse_grid([entry], [1])
+            study.parse_grid([entry], [1])
 
 
 def test_report_only_reads_existing_folders(tmp_path):
@@ -177,7 +180,7 @@ def test_report_only_reads_existing_folders(tmp_path):
                                         "0,10,60,0.5,0.6,0.5\n1,20,120,0.7,0.55,0.5\n")
     (folder / "runs").mkdir()
     (folder / "runs" / "tau.csv").write_text("step,conv1,fc1\n0,2,2\n10,1.9,2.5\n20,1.8,3.25\n")
-    table = ablation.report(tmp_path, ablation.parse_grid(["plif:2"], [1]))
+    table = study.report(tmp_path, study.parse_grid(["plif:2"], [1]))
     assert "| PLIF tau0=2 | 1 | 2 (stopped) | 70.00 | 50.00 | 1.800 | 3.250 | 2.0 min |" in table
     assert json.loads(json.dumps(table_rows(tmp_path)))["PLIF tau0=2"]["final tau fc1"] == "3.250"
 
@@ -192,7 +195,7 @@ def test_a_full_disk_under_out_is_one_line_and_the_last_results_stay(tmp_path):
     (tmp_path / "results.md").write_text("the last results\n")
     temporary_name(tmp_path / "results.md").symlink_to("/dev/full")
     with pytest.raises(SystemExit) as stopped:
-        ablation.main(["--out", str(tmp_path), "--grid", "plif:2", "--seeds", "1", "--report-only"])
+        study.main(["--out", str(tmp_path), "--grid", "plif:2", "--seeds", "1", "--report-only"])
     assert str(stopped.value) == (f"error: could not write {tmp_path / 'results.md'}: No space left on device. The files "
                                   f"written before are intact; free disk space or make the folder writable, or write "
                                   f"elsewhere with --out DIR")
@@ -204,7 +207,7 @@ def test_settings_file_names_a_product_of_axes_and_named_settings(tmp_path):
     (tmp_path / "study.yaml").write_text(
         "settings:\n  alif: --model.neuron plifnet_example.ALIF --model.tau 2\n"
         "axes:\n  model.neuron: [plif, lif]\n  model.tau: [2, 16]\nseeds: [1, 2]\n")
-    settings = ablation.read_settings_file(tmp_path / "study.yaml", [2020])
+    settings = study.read_settings_file(tmp_path / "study.yaml", [2020])
     assert [s.folder for s in settings] == [
         "alif_seed1", "alif_seed2", "plif_tau2_seed1", "plif_tau2_seed2", "plif_tau16_seed1", "plif_tau16_seed2",
         "lif_tau2_seed1", "lif_tau2_seed2", "lif_tau16_seed1", "lif_tau16_seed2"]
@@ -213,43 +216,43 @@ def test_settings_file_names_a_product_of_axes_and_named_settings(tmp_path):
     for bad, message in (("axes: [1, 2]\n", "must be a mapping"), ("settings:\n  a/b: --model.tau 2\n", "must be a folder name")):
         (tmp_path / "bad.yaml").write_text(bad)
         with pytest.raises(SystemExit, match=message):
-            ablation.read_settings_file(tmp_path / "bad.yaml", [1])
+            study.read_settings_file(tmp_path / "bad.yaml", [1])
     with pytest.raises(SystemExit, match="task 5 does not exist: the study has tasks 0..1"):
-        ablation.main(["--config", "c.yaml", "--out", str(tmp_path / "o"), "--grid", "plif:2", "lif:2", "--only", "5"])
+        study.main(["--config", "c.yaml", "--out", str(tmp_path / "o"), "--grid", "plif:2", "lif:2", "--only", "5"])
     with pytest.raises(SystemExit, match="settings named twice"):
-        ablation.main(["--out", str(tmp_path / "o"), "--grid", "plif:2", "plif:2", "--report-only"])
+        study.main(["--out", str(tmp_path / "o"), "--grid", "plif:2", "plif:2", "--report-only"])
 
 
 def test_settings_files_of_settings_alone_or_axes_alone_and_names_given_twice(tmp_path):
     (tmp_path / "named.yaml").write_text("settings:\n  plif2: --model.tau 2\n  lif16: --model.neuron lif --model.tau 16\n")
-    assert [s.folder for s in ablation.read_settings_file(tmp_path / "named.yaml", [7])] == ["plif2_seed7", "lif16_seed7"]
+    assert [s.folder for s in study.read_settings_file(tmp_path / "named.yaml", [7])] == ["plif2_seed7", "lif16_seed7"]
     (tmp_path / "axes.yaml").write_text("axes:\n  model.tau: [2, 16]\n")
-    assert [s.folder for s in ablation.read_settings_file(tmp_path / "axes.yaml", [7])] == ["tau2_seed7", "tau16_seed7"]
+    assert [s.folder for s in study.read_settings_file(tmp_path / "axes.yaml", [7])] == ["tau2_seed7", "tau16_seed7"]
     (tmp_path / "twice.yaml").write_text("settings:\n  a: --model.tau 2\n  b: --model.tau 4\n  a: --model.tau 16\n")
     with pytest.raises(SystemExit) as refused:
-        ablation.read_settings_file(tmp_path / "twice.yaml", [7])
+        study.read_settings_file(tmp_path / "twice.yaml", [7])
     assert str(refused.value) == f"error: {tmp_path / 'twice.yaml'}: 'a' is given twice (line 4); every setting and " \
                                  f"option needs its own name"
 
 
 def test_report_only_on_a_missing_folder_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as refused:
-        ablation.main(["--out", str(tmp_path / "absent"), "--grid", "plif:2", "--report-only"])
+        study.main(["--out", str(tmp_path / "absent"), "--grid", "plif:2", "--report-only"])
     assert str(refused.value) == (f"error: --out {tmp_path / 'absent'} does not exist: run the study first (the same "
                                   f"command without --report-only), or name the folder it wrote")
 
 
-def test_a_failing_setting_is_recorded_and_the_study_goes_on(tiny_digits, tmp_path):
+def test_a_failing_setting_is_recorded_and_the_study_goes_on(run_study, tiny_digits, tmp_path):
     """The first setting's option is misspelt: it fails in one line, the second trains, the results page names
     the failure; after the fix, the same command runs the failed setting alone."""
     out = tmp_path / "study"
     common = ["--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--setting", "good", "--model.tau 4",
               *quick(tiny_digits, 1), "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
-    result = run_ablation("--setting", "bad", "--model.tua 3", *common, cwd=tmp_path)
+    result = run_study("--setting", "bad", "--model.tua 3", *common, cwd=tmp_path)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     reason = json.loads((out / "bad_seed2020" / "failed.json").read_text())
     assert reason == {"exit_code": 1, "last_line": "error: unrecognized arguments: --model.tua 3. Accepted options: "
-                                                   "python cli.py fit --help"}
+                                                   "plifnet fit --help"}
     assert (out / "good_seed2020" / "done.json").is_file()
     assert result.stderr.strip().splitlines() == [
         f"error: bad_seed2020 failed (exit code 1): {reason['last_line']} (log: {out / 'bad_seed2020' / 'fit.log'})",
@@ -258,43 +261,44 @@ def test_a_failing_setting_is_recorded_and_the_study_goes_on(tiny_digits, tmp_pa
     assert f"- bad_seed2020 failed: exit code 1: {reason['last_line']}" in (out / "results.md").read_text()
     assert table_rows(out)["bad"]["epochs"] == "0 (failed)" and table_rows(out)["good"]["epochs"] == "1"
 
-    fixed = run_ablation("--setting", "bad", "--model.tau 3", *common, cwd=tmp_path)
+    fixed = run_study("--setting", "bad", "--model.tau 3", *common, cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
     assert "good_seed2020: finished earlier, not run again" in fixed.stdout
     assert (out / "bad_seed2020" / "done.json").is_file() and not (out / "bad_seed2020" / "failed.json").exists()
 
 
-def test_a_second_runner_on_the_same_out_leaves_a_claimed_setting_alone(tiny_digits, tmp_path):
-    """This test holds the claim of the first setting, as a runner training it would; ablation.py trains the
+def test_a_second_runner_on_the_same_out_leaves_a_claimed_setting_alone(run_study, tiny_digits, tmp_path):
+    """This test holds the claim of the first setting, as a runner training it would; plifnet study trains the
     other one only, reports the first as running and says so."""
     out = tmp_path / "study"
-    with ablation.claim(out / "plif_tau2_seed2020") as mine:
+    with study.claim(out / "plif_tau2_seed2020") as mine:
         assert mine
-        result = run_ablation("--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--grid", "plif:2", "lif:2",
+        result = run_study("--config", ROOT / "configs" / "mnist.yaml", "--out", out, "--grid", "plif:2", "lif:2",
                               *quick(tiny_digits, 1), "--trainer.limit_train_batches", "2",
                               "--trainer.limit_val_batches", "1", cwd=tmp_path)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert "plif_tau2_seed2020: running in another process, not run here" in result.stdout
-        assert f"still running in another process: plif_tau2_seed2020; when they end: ablation.py --out {out} " \
+        assert f"still running in another process: plif_tau2_seed2020; when they end: plifnet study --out {out} " \
                f"--report-only" in result.stdout
         assert not (out / "plif_tau2_seed2020" / "fit.log").exists() and (out / "lif_tau2_seed2020" / "done.json").is_file()
         assert table_rows(out)["PLIF tau0=2"]["epochs"] == "0 (running)"
-    assert ablation.collect(out / "plif_tau2_seed2020")["status"] == "stopped"  # the claim ends with its holder
+    assert study.collect(out / "plif_tau2_seed2020")["status"] == "stopped"  # the claim ends with its holder
 
 
-def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(tiny_digits, tmp_path):
+@pytest.mark.multiprocess
+def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(run_study, tiny_digits, tmp_path):
     """Two settings (a grid point and a plug-in neuron by class path), wandb offline as the logger: run one
     after another, and as the SLURM array that --slurm-array writes, each task's command run as SLURM would
     (SLURM_ARRAY_TASK_ID set; task 1 signalled for requeue mid-epoch, killed, run again). The reports are
     equal bit for bit but for wall time, and wandb holds one group with a run per setting."""
     settings = ["--grid", "plif:2", "--setting", "alif", "--model.neuron plifnet_example.ALIF"]
     fit = [*quick(tiny_digits, 1), "--trainer.limit_train_batches", "6", "--trainer.callbacks+=kill_probe.RequeueFromParentAtStep"]
-    sequential = run_ablation("--config", ROOT / "configs" / "mnist.yaml", "--out", tmp_path / "study", *settings, *fit, cwd=tmp_path)
+    sequential = run_study("--config", ROOT / "configs" / "mnist.yaml", "--out", tmp_path / "study", *settings, *fit, cwd=tmp_path)
     assert sequential.returncode == 0, sequential.stdout[-3000:] + sequential.stderr[-3000:]
 
     array = tmp_path / "array" / "study"  # the same study as a SLURM array, with wandb (offline) as logger too
     fit += ["--trainer.logger", ROOT / "configs" / "logger" / "wandb.yaml"]
-    written = run_ablation("--config", ROOT / "configs" / "mnist.yaml", "--out", array, *settings, "--slurm-array",
+    written = run_study("--config", ROOT / "configs" / "mnist.yaml", "--out", array, *settings, "--slurm-array",
                            "--sbatch", "time=00:30:00", *fit, cwd=tmp_path)
     assert written.returncode == 0, written.stderr[-3000:]
     script = (array / "study.sbatch").read_text()
@@ -327,7 +331,7 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(tiny_dig
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             assert (folder / "done.json").exists()
     assert not (array / "results.csv").exists()  # tasks write their own folders only
-    report = run_ablation("--out", array, *settings, "--report-only", cwd=tmp_path)
+    report = run_study("--out", array, *settings, "--report-only", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     ours, theirs = table_rows(tmp_path / "study"), table_rows(array)
     assert set(ours) == {"PLIF tau0=2", "alif"}
@@ -350,13 +354,13 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(tiny_dig
         assert {"tau/conv1", "tau/fc2", "firing_rate/conv1", "val/acc", "test/acc"} <= keys
 
 
-def test_a_study_of_peer_networks_reads_their_tau(tiny_digits, tmp_path):
+def test_a_study_of_peer_networks_reads_their_tau(run_study, tiny_digits, tmp_path):
     """SpikingJelly and snnTorch networks as two settings: each trains, and the results page gives the tau
     of each of their layers as the trained weights define it (1/sigmoid(w), 1/(1 - beta))."""
     pytest.importorskip("spikingjelly")
     pytest.importorskip("snntorch")
     out = tmp_path / "results"
-    result = run_ablation("--config", ROOT / "configs" / "mnist.yaml", "--out", out,
+    result = run_study("--config", ROOT / "configs" / "mnist.yaml", "--out", out,
                           "--setting", "sj", "--model.net plifnet_example.spikingjelly_net.Net",
                           "--setting", "snn", "--model.net plifnet_example.snntorch_net.Net",
                           *quick(tiny_digits, 1, paper_network=False), "--trainer.limit_train_batches", "4", "--model.optimizer.lr",

@@ -1,0 +1,396 @@
+"""plifnet's command line: ``plifnet {fit,validate,test,predict} --config mnist`` (or, in a clone,
+``python cli.py fit --config configs/mnist.yaml``), ``plifnet study ...`` and ``plifnet export ...``.
+
+Training is Lightning's ``LightningCLI``. Every run reads the paper's recipe first
+(``plifnet/configs/recipe.yaml``: neuron, optimizer, schedule, seed, trainer), then its ``--config``
+files (a dataset config holds the data and the network), then the command line: any ``model.*``,
+``data.*`` or ``trainer.*`` value can be overridden (``--model.neuron lif --model.tau 16``), a callback
+added (``--trainer.callbacks+=CLASS``) or dropped (``--drop_callbacks+=NAME``), and ``--print_config``
+shows the complete resolved configuration. ``--config NAME`` that is not a file is one of the configs
+shipped with plifnet (``mnist``, ``trainer/smoke``, ``logger/wandb``), so an installed plifnet trains
+without a clone.
+"""
+
+import errno
+import logging
+import re
+import shlex
+import shutil
+import sys
+import traceback
+import warnings
+from argparse import ArgumentError
+from pathlib import Path
+
+import yaml
+
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+
+import plifnet
+from plifnet import checkpoints, files
+from plifnet.callbacks import Interrupted
+from plifnet.contract import StateLeak
+from plifnet.kernels import keep_freed_memory_unless_opted_out
+from plifnet.module import CLI_RECORDS_CONFIG, SpikingClassifier
+
+
+CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped as package data
+RECIPE = CONFIGS / "recipe.yaml"
+
+
+class SaveConfig(SaveConfigCallback):
+    """Lightning's ``config.yaml`` in the run folder, and the same resolved configuration in the config
+    of a wandb run (under ``cli``), so that runs of a study can be filtered and compared by any value."""
+
+    def save_config(self, trainer, pl_module, stage) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+                logger.experiment.config.update({"cli": config}, allow_val_change=True)
+
+
+class FailedStart:
+    """The run folders that a subcommand is about to create, so that :func:`main` removes them (those
+    holding no checkpoint) when the run fails: validate, test and predict at any point, fit before its
+    first training step. Removed after Lightning has finished with them (its loggers' last writes)."""
+
+    def __init__(self):
+        self.folders, self.subcommand, self.trainer = [], None, None
+
+    def watch(self, trainer, subcommand: str) -> None:
+        self.trainer, self.subcommand = trainer, subcommand
+        self.folders = [Path(logger.log_dir) for logger in trainer.loggers
+                        if getattr(logger, "log_dir", None) and not Path(logger.log_dir).exists()]
+
+    def clean(self) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero or (self.subcommand == "fit" and trainer.global_step > 0):
+            return
+        for folder in self.folders:
+            if folder.is_dir() and not any(folder.rglob("*.ckpt")):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+class PlifnetCLI(LightningCLI):
+    """LightningCLI, with two conveniences and three safeguards:
+
+    - ``--trainer.default_root_dir DIR`` puts every logger's relative ``save_dir`` (``runs``) under DIR,
+      so that one option moves a whole run (logs, checkpoints, plots) into its own folder;
+    - ``--ckpt_path last`` means the newest readable checkpoint (``last.ckpt`` at epoch ends,
+      ``step*.ckpt`` in between, ``interrupted.ckpt``, a SLURM requeue's ``hpc_ckpt_<n>.ckpt`` in the
+      root folder) of any earlier run under the loggers' folders; Lightning's own ``last`` looks only
+      in the new run's empty folder;
+    - every ``--ckpt_path`` (a file, ``last`` or an ``http(s)://`` URL, downloaded once) is checked
+      before anything reads it, with :func:`plifnet.checkpoints.read`: a file that is truncated, not
+      a Lightning checkpoint, or would run code is refused in one line that names it;
+    - a bad configuration value is one line, and a run that fails before training leaves no empty
+      run folder.
+    """
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        if config is None:
+            return
+        logger = config.trainer.logger
+        loggers = [log for log in (logger if isinstance(logger, list) else [logger])
+                   if getattr(log, "init_args", None) and log.init_args.get("save_dir")]
+        if config.trainer.get("default_root_dir"):
+            for log in loggers:
+                log.init_args.save_dir = str(Path(config.trainer.default_root_dir) / log.init_args.save_dir)
+        argv = args if args is not None else sys.argv[1:]
+        if config.model.get("net") is not None:
+            self._check_network_options(config, argv)
+        if config.get("drop_callbacks"):  # applied once: the run's config.yaml holds the list without them
+            config.trainer.callbacks, config.drop_callbacks = dropped(config.trainer.callbacks, config.drop_callbacks), []
+        try:
+            config.ckpt_path = self._checked(config.get("ckpt_path"), loggers, config.trainer.get("default_root_dir") or ".")
+            if config.ckpt_path not in (None, "best", "hpc"):
+                self._check_hyperparameters(config, argv)
+                if self.config.subcommand == "fit" and not checkpoints.resumable(checkpoints.read(config.ckpt_path, mmap=True)):
+                    raise checkpoints.CheckpointError(
+                        f"checkpoint {config.ckpt_path} holds the weights only (the best epoch's, kept for test, predict "
+                        f"and export): fit cannot resume from it; resume from last.ckpt or a step*.ckpt (--ckpt_path "
+                        f"last takes the newest), or test it with plifnet test --ckpt_path {config.ckpt_path}")
+        except checkpoints.CheckpointError as error:
+            raise SystemExit(f"error: {error}") from None
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--drop_callbacks", type=list[str], default=[],
+                            help="callbacks of the trainer config to leave out, by class name or class path "
+                                 "(--drop_callbacks+=ProgressBar; in a config: drop_callbacks: [SynapticOps])")
+        self.defaults = parser.get_defaults  # the same for every subcommand: the recipe's and the signatures'
+
+    def _check_network_options(self, config, argv) -> None:
+        """SpikingClassifier builds its own network from NETWORK_OPTIONS only without ``--model.net``: one
+        given on the command line with it is refused, one a config file changed from the recipe is named."""
+        given = sorted(given_model_options(argv) & set(NETWORK_OPTIONS))
+        if given:
+            raise SystemExit(
+                f"error: --model.{given[0]} does nothing when --model.net gives the network; set it on the network "
+                f"(--model.net.init_args.{given[0]}, where its class takes it) or leave it out")
+        defaults = self.defaults().model
+        changed = [name for name in NETWORK_OPTIONS if plain(config.model.get(name)) != plain(defaults.get(name))]
+        if changed:
+            values = ", ".join(f"model.{name} {config.model.get(name)!r}" for name in changed)
+            warnings.warn(f"{values} (from a config) {'does' if len(changed) == 1 else 'do'} nothing: model.net gives "
+                          f"the network; set {'it' if len(changed) == 1 else 'them'} on the network, where its class "
+                          f"takes {'it' if len(changed) == 1 else 'them'}", UserWarning, stacklevel=1)
+
+    @staticmethod
+    def _check_hyperparameters(config, argv) -> None:
+        """Before Lightning merges the checkpoint's model hyperparameters into the configuration: refuse
+        names of code that neither plifnet nor this run's command line and config files give
+        (:func:`plifnet.checkpoints.check_names`), and a ``--model.*`` value on the command line that
+        differs from the checkpoint's, which the merge would silently replace: the checkpoint's
+        hyperparameters rebuild the model it holds, so they win, and saying otherwise is refused."""
+        hyper_parameters = checkpoints.read(config.ckpt_path, mmap=True).get("hyper_parameters") or {}
+        checkpoints.check_names(hyper_parameters, checkpoints.strings(config), source=f"checkpoint {config.ckpt_path}",
+                                how_to_allow="name it in this run's command line or config (e.g. --model.neuron "
+                                             "VALUE) to allow it")
+        for key in sorted(given_model_options(argv) & set(hyper_parameters)):
+            value = config.model.get(key)
+            value = value.as_dict() if hasattr(value, "as_dict") else value
+            if plain(value) != plain(hyper_parameters[key]):
+                raise checkpoints.CheckpointError(
+                    f"--model.{key} {value!r} differs from the checkpoint's {hyper_parameters[key]!r}: with --ckpt_path "
+                    f"the checkpoint's hyperparameters rebuild its model, so --model.{key} would be ignored; leave it "
+                    f"out, or start a new run from the weights without --ckpt_path")
+        if "optimizer" not in hyper_parameters and {"lr", "cosine_t_max"} & set(hyper_parameters):
+            # a run of an earlier version: its lr and cosine_t_max (merged from the checkpoint) are its recipe,
+            # which resumes with its one parameter group; a config file's optimizer gives way to it, one given
+            # on the command line is refused rather than dropped
+            given = sorted(given_model_options(argv) & {"optimizer", "lr_scheduler"})
+            if given:
+                raise checkpoints.CheckpointError(
+                    f"--model.{given[0]} cannot change the recipe of checkpoint {config.ckpt_path}: it was written "
+                    f"by an earlier plifnet (lr {hyper_parameters.get('lr')}, cosine_t_max "
+                    f"{hyper_parameters.get('cosine_t_max')}, one parameter group), which it resumes with; leave "
+                    f"--model.{given[0]} out, or start a new run from its weights without --ckpt_path")
+            config.model.optimizer = config.model.lr_scheduler = None
+
+    def instantiate_classes(self) -> None:
+        """A bad value in the config (``--data.batch_size 0``) is one line naming it, not the
+        traceback of jsonargparse's attempt at every type of a Union with the reason 60 lines up."""
+        recording = CLI_RECORDS_CONFIG.set(True)
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, MisconfigurationException) as error:
+            while isinstance(error.__cause__ or error.__context__, (ValueError, TypeError, MisconfigurationException)):
+                error = error.__cause__ or error.__context__
+            raise SystemExit(f"error: bad configuration value: {error}") from None
+        finally:
+            CLI_RECORDS_CONFIG.reset(recording)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The trainer, with :class:`plifnet.checkpoints.AtomicCheckpointIO` as its checkpoint writer
+        (also inside ``AsyncCheckpointIO``) wherever a config's ``plugins`` list left Lightning's default."""
+        trainer = super().instantiate_trainer(**kwargs)
+        io = trainer.strategy.checkpoint_io
+        if isinstance(io, AsyncCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
+            io.checkpoint_io = checkpoints.AtomicCheckpointIO()
+        elif type(io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = checkpoints.AtomicCheckpointIO()
+        return trainer
+
+    def __init__(self, *args, failed_start: FailedStart | None = None, **kwargs):
+        self.failed_start = failed_start or FailedStart()
+        super().__init__(*args, **kwargs)
+
+    # LightningCLI's hooks before each subcommand: note the run folders it will create
+    def before_fit(self):
+        self.failed_start.watch(self.trainer, "fit")
+
+    def before_validate(self):
+        self.failed_start.watch(self.trainer, "validate")
+
+    def before_test(self):
+        self.failed_start.watch(self.trainer, "test")
+
+    def before_predict(self):
+        self.failed_start.watch(self.trainer, "predict")
+
+    @staticmethod
+    def _checked(ckpt_path: str | None, loggers, root: str) -> str | None:
+        if ckpt_path in (None, "best", "hpc"):  # Lightning's own names of a checkpoint it tracks
+            return ckpt_path
+        if ckpt_path == "last":
+            folders = sorted({Path(log.init_args.save_dir) / (log.init_args.get("name") or "") for log in loggers})
+            path, skipped = checkpoints.newest(folders, root)
+            for reason in skipped:
+                print(f"skipping an unreadable checkpoint: {reason}", file=sys.stderr)
+            if path is None:
+                raise checkpoints.CheckpointError(
+                    f"--ckpt_path last: no readable checkpoint in {', '.join(f'{f}/*/checkpoints/' for f in folders) or 'any logger folder'}; "
+                    f"leave out --ckpt_path to start a new run, or pass a checkpoint's path")
+            print(f"resuming from {path}", file=sys.stderr)
+            return str(path)
+        path = checkpoints.fetch(ckpt_path) if checkpoints.is_url(ckpt_path) else Path(ckpt_path)
+        checkpoints.read(path, mmap=True)
+        return str(path)
+
+
+# SpikingClassifier's options that build its own network (plifnet.models.SpikingNet)
+NETWORK_OPTIONS = ("arch", "neuron", "tau", "v_threshold", "v_reset", "detach_reset", "decay_input", "per_channel",
+                   "surrogate", "surrogate_alpha", "variant", "time_steps", "dropout", "backend")
+
+
+def dropped(callbacks, names: list[str]) -> list:
+    """The trainer's ``callbacks`` config without those named (by class name or class path) in ``names``;
+    a name that matches none is refused with the names that would."""
+    callbacks = list(callbacks or [])
+    paths = [getattr(callback, "class_path", "") for callback in callbacks]
+    for name in names:
+        if not any(name in (path, path.rsplit(".", 1)[-1]) for path in paths):
+            known = ", ".join(sorted({path.rsplit(".", 1)[-1] for path in paths})) or "none"
+            raise SystemExit(f"error: --drop_callbacks {name}: no such callback in the trainer config (its callbacks: "
+                             f"{known}); give a class name or class path from that list")
+    return [callback for callback, path in zip(callbacks, paths)
+            if not any(name in (path, path.rsplit(".", 1)[-1]) for name in names)]
+
+
+def plain(value):
+    """A configuration value with its tuples as lists, as a checkpoint's hyperparameters hold them
+    (``betas: (0.9, 0.999)`` parsed, ``[0.9, 0.999]`` saved)."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def given_model_options(argv) -> set[str]:
+    """The ``--model.NAME`` options on the command line (``--model.net.layers`` is ``net``)."""
+    return {arg.split("=")[0][len("--model."):].split(".")[0] for arg in map(str, argv) if arg.startswith("--model.")}
+
+
+def quiet_console() -> None:
+    """Silence what a user can do nothing about: deprecation notices raised inside Lightning and
+    torchdata by their own calls, and Lightning's advertisement for its cloud logger."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip"))
+
+
+def resume_command(argv: list[str], path: Path) -> str:
+    """The command line that continues an interrupted run: the same arguments, ``--ckpt_path path``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        skip = arg == "--ckpt_path"
+        if not skip:
+            kept.append(arg)
+    return shlex.join([sys.executable, sys.argv[0], *kept, "--ckpt_path", str(path)])  # the interpreter that ran
+
+
+def raised_by_plifnet(error: BaseException) -> bool:
+    """Whether plifnet's own code raised ``error``: its messages are written for the user (the input and
+    the fix), so the traceback would only bury them; an error from deeper down keeps its traceback."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(Path(plifnet.__file__).resolve().parent)
+
+
+def argument_error(error: ArgumentError, subcommand: str) -> str:
+    """jsonargparse's refusal of an option (after a usage screen, every type of a Union it tried, nested)
+    as one line: the option, the innermost reason, and where the accepted options are listed."""
+    message = str(error).strip()
+    key = re.search(r'Parser key "([^"]+)"', message)
+    problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", message)
+    if problem and re.search(r"No module named|has no attribute|[Ii]mport", problem[2]):
+        reason = f"cannot import {problem[1]} ({problem[2].strip()}); give the class path of an importable class"
+    elif problem:
+        reason = f"{problem[1]}: {problem[2].strip()}"
+    else:
+        details = [line.strip(" -") for line in message.splitlines()[1:] if line.strip(" -")]
+        reason = details[0] if key and details else message.splitlines()[0]
+    where = f"--{key[1]}: " if key else ""
+    return f"error: {where}{reason.rstrip('.')}. Accepted options: plifnet {subcommand or 'fit'} --help"
+
+
+# every subcommand reads the recipe before its --config files; a bad option raises (main says it in one line)
+PARSER_KWARGS = {"exit_on_error": False, **{name: {"exit_on_error": False, "default_config_files": [str(RECIPE)]}
+                                            for name in LightningCLI.subcommands()}}
+
+
+def shipped(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--config NAME`` that is not a file as the config of that name shipped with
+    plifnet (``mnist``, ``configs/mnist.yaml``, ``trainer/smoke``)."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            argv[i + 1] = shipped_config(argv[i + 1])
+        elif arg.startswith("--config="):
+            argv[i] = "--config=" + shipped_config(arg[len("--config="):])
+    return argv
+
+
+def shipped_config(name: str) -> str:
+    if Path(name).exists() or name.lstrip().startswith(("{", "[")) or "\n" in name:  # a file, or YAML itself
+        return name
+    relative = name.removeprefix("configs/")
+    for candidate in (CONFIGS / relative, CONFIGS / f"{relative}.yaml"):
+        if candidate.is_file():
+            return str(candidate)
+    return name  # LightningCLI says that it does not exist
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The ``plifnet`` command: ``study`` and ``export`` are plifnet's, everything else Lightning's."""
+    given, argv = argv, sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["study"]:
+        from plifnet import study
+        study.main(argv[1:])
+    elif argv[:1] == ["export"]:
+        from plifnet import export
+        export.main(argv[1:])
+    else:
+        main(given)
+
+
+def main(args=None) -> LightningCLI:
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv[1:] = argv = shipped(sys.argv[1:])
+    else:
+        args = argv = shipped([str(arg) for arg in args])
+    keep_freed_memory_unless_opted_out()  # CPU training: no page faults for every step's activations
+    quiet_console()
+    failed_start = FailedStart()
+    try:
+        try:
+            return PlifnetCLI(
+                SpikingClassifier,
+                LightningDataModule,
+                subclass_mode_data=True,
+                save_config_callback=SaveConfig,
+                auto_configure_optimizers=False,  # the model's --model.optimizer / --model.lr_scheduler: one spelling
+                args=args,
+                parser_kwargs=PARSER_KWARGS,
+                failed_start=failed_start,
+            )
+        except BaseException:  # then the except clauses below say what went wrong
+            failed_start.clean()
+            raise
+    except ArgumentError as error:
+        raise SystemExit(argument_error(error, next((a for a in argv if a in LightningCLI.subcommands()), ""))) from None
+    except (StateLeak, FloatingPointError) as error:  # a network that remembers; a run that diverged
+        raise SystemExit(f"error: {error}") from None
+    except (ValueError, TypeError, OSError) as error:
+        if isinstance(error, files.WriteFailed) or getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise SystemExit(files.write_failure(error)) from None  # a full disk, a read-only folder
+        if raised_by_plifnet(error):  # plifnet's own refusal of an input names it and the fix
+            raise SystemExit(f"error: {error}") from None
+        raise
+    except Interrupted as stop:
+        print(f"{stop}; resume with: {resume_command(argv, stop.path)}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+
+
+if __name__ == "__main__":
+    main()

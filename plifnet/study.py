@@ -1,0 +1,453 @@
+"""Studies: train any grid of settings on one dataset config, on this machine one setting after another
+or as one SLURM array task per setting, then gather the results into one folder.
+
+    plifnet study --config mnist --out results/mnist -- --data.root ../shared/datasets \\
+        --trainer.max_epochs 3 --trainer.limit_train_batches 200
+    plifnet study ... --slurm-array [--submit] [--sbatch gres=gpu:1 --sbatch time=24:00:00]
+    plifnet study --out results/mnist --report-only      # with the same settings options
+
+(``python ablation.py ARGS`` in a clone.)
+
+A setting is a name and a set of ``plifnet fit`` overrides. ``--grid plif:2 lif:16`` is the shorthand for the
+paper's neuron x tau settings (default: PLIF tau0 in {2, 16}, LIF tau in {2, 16});
+``--setting NAME "OVERRIDES"`` adds any other (``--setting alif "--model.neuron alif --model.tau 2"``);
+``--settings study.yaml`` reads named settings and/or a product of axes (``study.yaml`` in the README).
+Every setting and seed (``--seeds``) is one task: one ``plifnet fit`` process with its overrides and
+``--seed_everything``, everything after ``--`` passed on unchanged (budget, data root, logger, a DDP or
+SLURM trainer config via a second ``--config``), writing only into its own folder
+``OUT/<name>_seed<seed>/``: the loggers' folders (``--trainer.default_root_dir``), ``fit.log``,
+``history.csv`` (:class:`plifnet.callbacks.RunHistory`), and ``done.json`` or ``failed.json``. A task that
+finished is not run again; one that was interrupted resumes from its newest checkpoint.
+
+``--only INDEX`` (or ``SLURM_ARRAY_TASK_ID`` in an array job) runs task INDEX alone; ``--slurm-array``
+writes ``OUT/study.sbatch``, an array job of one task per setting and seed that runs exactly that, with
+SIGUSR1 before the time limit for Lightning's checkpoint-and-requeue (``configs/trainer/slurm.yaml``).
+With wandb as a logger, every run of the study gets ``group`` = the study (``--study``, default: the
+name of OUT), ``name`` = the setting, ``job_type`` = its neuron and tags neuron, tau and seed.
+
+The report (after a sequential run, or ``--report-only``) writes to OUT:
+
+- ``results.md`` and ``results.csv``: per setting, protocol A (best test accuracy over epochs),
+  protocol B (test accuracy at the best validation epoch), the final tau of every layer, epochs and
+  wall time of the fit, and whether a task is running (in another process), stopped, failed or not started;
+- ``test_acc.png``: test accuracy against epoch, all settings on one plot;
+- ``tau.png``: tau against step, one panel per layer, one curve per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import fcntl
+import itertools
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from plifnet import plots
+from plifnet.files import WriteFailed, write_atomically, write_failure
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+GRID = ("plif:2", "plif:16", "lif:2", "lif:16")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One task of a study: a named set of ``plifnet fit`` overrides, run with one seed."""
+
+    name: str  # folder name (with the seed), wandb run name
+    overrides: tuple[str, ...]
+    seed: int
+    label: str = ""  # the row of the results table and the curve of the plots (default: the name)
+
+    @property
+    def folder(self) -> str:
+        return f"{self.name}_seed{self.seed}"
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+    def option(self, key: str) -> str | None:
+        """The value the overrides give ``--model.<key>`` (the last one), or None."""
+        value = None
+        for i, arg in enumerate(self.overrides):
+            if arg == f"--model.{key}" and i + 1 < len(self.overrides):
+                value = self.overrides[i + 1]
+            elif arg.startswith(f"--model.{key}="):
+                value = arg.partition("=")[2]
+        return value
+
+
+def checked_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        raise SystemExit(f"error: setting name {name!r} must be a folder name: letters, digits and _ . + - only")
+    return name
+
+
+def parse_grid(grid: list[str], seeds: list[int]) -> list[Setting]:
+    """The shorthand ``NEURON:TAU`` (``plif:2``): ``--model.neuron NEURON --model.tau TAU``."""
+    settings = []
+    for item in grid:
+        neuron, _, tau = item.partition(":")
+        if neuron not in ("plif", "lif") or not tau:
+            raise SystemExit(f"error: grid entry {item!r} is not NEURON:TAU with NEURON plif or lif, e.g. plif:2")
+        try:
+            value = float(tau)
+        except ValueError:
+            raise SystemExit(f"error: grid entry {item!r}: tau {tau!r} is not a number") from None
+        label = f"{neuron.upper()} tau{'0' if neuron == 'plif' else ''}={value:g}"
+        settings += [Setting(f"{neuron}_tau{value:g}", ("--model.neuron", neuron, "--model.tau", f"{value:g}"), seed, label)
+                     for seed in seeds]
+    return settings
+
+
+def parse_settings(pairs: list[list[str]], seeds: list[int]) -> list[Setting]:
+    """``--setting NAME "OVERRIDES"`` pairs."""
+    return [Setting(checked_name(name), tuple(shlex.split(overrides)), seed) for name, overrides in pairs for seed in seeds]
+
+
+class NamedTwice(ValueError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one, so a
+    setting written twice would silently be one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise NamedTwice(f"{key!r} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_settings_file(path: Path, seeds: list[int]) -> list[Setting]:
+    """A YAML file of ``settings`` (name: overrides), ``axes`` (a product: ``model.tau: [2, 16]``, every
+    combination one setting named after its values, ``plif_tau2``) and ``seeds`` (replacing ``--seeds``)."""
+    try:
+        spec = yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader) or {}
+    except NamedTwice as error:
+        raise SystemExit(f"error: {path}: {error}; every setting and option needs its own name") from None
+    except (OSError, yaml.YAMLError) as error:
+        raise SystemExit(f"error: cannot read the settings file {path}: {error}") from None
+    if not isinstance(spec, dict) or not set(spec) <= {"settings", "axes", "seeds"} \
+            or not all(isinstance(spec.get(key) or {}, dict) for key in ("settings", "axes")):
+        raise SystemExit(f"error: {path} must be a mapping of settings (name: overrides), axes (option: [values]) "
+                         f"and seeds (see README, 'Studies')")
+    seeds = [int(seed) for seed in spec.get("seeds", seeds)]
+    named = spec.get("settings") or {}
+    pairs = [[name, " ".join(overrides) if isinstance(overrides, list) else str(overrides)] for name, overrides in named.items()]
+    settings = parse_settings(pairs, seeds)
+    axes = spec.get("axes") or {}
+    combinations = itertools.product(*(axes[key] if isinstance(axes[key], list) else [axes[key]] for key in axes))
+    for values in combinations if axes else ():  # the product of no axes is one empty setting, not none
+        parts = [str(value) if key.split(".")[-1] == "neuron" else f"{key.split('.')[-1]}{value}"
+                 for key, value in zip(axes, values)]
+        overrides = tuple(arg for key, value in zip(axes, values) for arg in (f"--{key}", str(value)))
+        settings += [Setting(checked_name("_".join(parts)), overrides, seed) for seed in seeds]
+    return settings
+
+
+def fit_command(setting: Setting, configs: list[str], passed_on: list[str], folder: Path) -> list[str]:
+    command = [sys.executable, "-m", "plifnet", "fit"]
+    for config in configs:  # a file, or the name of a config shipped with plifnet
+        command += ["--config", str(Path(config).resolve()) if Path(config).exists() else config]
+    return command + passed_on + list(setting.overrides) + [
+        "--seed_everything", str(setting.seed), "--trainer.default_root_dir", str(folder),
+        "--trainer.callbacks+=plifnet.callbacks.RunHistory", "--trainer.callbacks.path", str(folder / "history.csv"),
+    ]
+
+
+def wandb_environment(setting: Setting, study: str) -> dict[str, str]:
+    """What wandb reads when the logger leaves them unset: the study as the group, the setting as the
+    run's name, its neuron as the job type, and tags for neuron, tau and seed."""
+    neuron, tau = setting.option("neuron"), setting.option("tau")
+    tags = [tag for tag in (neuron and f"neuron={neuron}", tau and f"tau={tau}", f"seed={setting.seed}") if tag]
+    return {"WANDB_RUN_GROUP": study, "WANDB_NAME": setting.name, "WANDB_JOB_TYPE": neuron or setting.name,
+            "WANDB_TAGS": ",".join(tags)}
+
+
+def newest(folder: Path, pattern: str) -> Path | None:
+    found = list(folder.rglob(pattern))
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+
+@contextlib.contextmanager
+def claim(folder: Path):
+    """Yield whether this process holds the task's claim: an exclusive lock on ``folder/.claim``, kept while
+    the task runs and released by the kernel when this process ends, however it ends. A second runner on the
+    same ``--out`` (another shell, a requeued array task) skips a claimed task instead of training it too."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".claim", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+
+
+def claimed_elsewhere(folder: Path) -> bool:
+    if not (folder / ".claim").exists():
+        return False
+    with claim(folder) as mine:
+        return not mine
+
+
+def last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
+    return lines[-1].strip() if lines else "(empty log)"
+
+
+def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, study: str) -> str:
+    """Run one task to the end, resuming it if an earlier run was interrupted. Returns ``done``, ``skipped``
+    (finished earlier, or running in another process) or ``failed`` (recorded in its ``failed.json``)."""
+    folder = out / setting.folder
+    if (folder / "done.json").exists():
+        print(f"{setting.folder}: finished earlier, not run again", flush=True)
+        return "skipped"
+    command = fit_command(setting, configs, passed_on, folder)
+    recorded = folder / "command.json"
+    with claim(folder) as mine:
+        if not mine:
+            print(f"{setting.folder}: running in another process, not run here", flush=True)
+            return "skipped"
+        if (folder / "done.json").exists():  # finished by the other process between the two checks
+            return "skipped"
+        # read under the claim: another runner may have checkpointed the task until a moment ago
+        checkpointed = any(not path.name.startswith(".") for path in folder.rglob("*.ckpt"))  # hidden: a killed write's
+        if checkpointed and recorded.exists() and json.loads(recorded.read_text()) != command[1:]:
+            raise SystemExit(
+                f"error: {folder} holds an unfinished run of a different command (see {recorded}); "
+                f"rerun with the same options, or use another --out folder"
+            )
+        write_atomically(recorded, lambda path: path.write_text(json.dumps(command[1:], indent=1)))
+        if checkpointed:  # plifnet fit takes the newest readable checkpoint under the setting's folder, naming broken ones
+            command += ["--ckpt_path", "last"]
+        print(f"{setting.folder}: {'resuming' if checkpointed else 'starting'} (log: {folder / 'fit.log'})", flush=True)
+        (folder / "failed.json").unlink(missing_ok=True)
+        with open(folder / "fit.log", "a") as log:
+            code = call_forwarding_signals(command, log, dict(os.environ, **wandb_environment(setting, study)))
+        if code != 0:
+            failure = {"exit_code": code, "last_line": last_line(folder / "fit.log")}
+            write_atomically(folder / "failed.json", lambda path: path.write_text(json.dumps(failure)))
+            print(f"{setting.folder}: failed (exit code {code}): {failure['last_line']}", flush=True)
+            return "failed"
+        write_atomically(folder / "done.json", lambda path: path.write_text(json.dumps({"exit_code": code})))
+        return "done"
+
+
+def failures_message(out: Path, failed: list[Setting]) -> str:
+    """One line per failed task (its log's last line and the log), then what to do."""
+    lines = []
+    for setting in failed:
+        folder = out / setting.folder
+        record = json.loads((folder / "failed.json").read_text())
+        lines.append(f"error: {setting.folder} failed (exit code {record['exit_code']}): {record['last_line']} "
+                     f"(log: {folder / 'fit.log'})")
+    return "\n".join(lines) + ("\nfix what the log says and run the same command again: finished settings are not run "
+                               "again, the others run again (from their newest checkpoint where they have one)")
+
+
+def call_forwarding_signals(command: list[str], log, env: dict[str, str]) -> int:
+    """Run ``command``, passing on SIGUSR1 (SLURM's requeue warning, for Lightning's checkpoint and
+    requeue) and SIGTERM (preemption: plifnet saves ``interrupted.ckpt``): SLURM signals this process."""
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    forwarded = (signal.SIGUSR1, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda number, frame: child.send_signal(number)) for number in forwarded}
+    try:
+        return child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def read_csv(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in csv.DictReader(f)]
+
+
+def collect(folder: Path) -> dict:
+    """One setting's results from its folder: history.csv (per epoch) and tau.csv (per logged step)."""
+    history = read_csv(folder / "history.csv") if (folder / "history.csv").exists() else []
+    tau_csv = newest(folder, "tau.csv")
+    tau_rows = read_csv(tau_csv) if tau_csv else []
+    test = [row["test/acc"] for row in history if "test/acc" in row]
+    last = history[-1] if history else {}
+    failed = json.loads((folder / "failed.json").read_text()) if (folder / "failed.json").exists() else None
+    return {
+        "failure": failed and f"exit code {failed['exit_code']}: {failed.get('last_line', '')}",
+        "epochs": len(history),
+        "test_acc": test,
+        "protocol_a": max(test) if test else None,
+        "protocol_b": last.get("test/acc_at_best_val"),
+        "seconds": last.get("seconds"),
+        "tau_steps": [int(row["step"]) for row in tau_rows],
+        "tau": {name: [row[name] for row in tau_rows] for name in (tau_rows[0] if tau_rows else {}) if name != "step"},
+        "status": ("finished" if (folder / "done.json").exists() else "failed" if (folder / "failed.json").exists()
+                   else "running" if claimed_elsewhere(folder) else "stopped" if folder.is_dir() else "not started"),
+    }
+
+
+def report(out: Path, settings: list[Setting]) -> str:
+    results = {setting: collect(out / setting.folder) for setting in settings}
+    layers = list(dict.fromkeys(name for result in results.values() for name in result["tau"]))
+
+    def percent(value):
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    def final_tau(setting, result, layer):
+        if layer in result["tau"]:
+            return f"{result['tau'][layer][-1]:.3f}"
+        return f"{setting.option('tau')} (fixed)" if setting.option("neuron") == "lif" and setting.option("tau") else "-"
+
+    def duration(seconds):
+        return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+    header = ["setting", "seed", "epochs", "A: best test acc (%)", "B: test acc at best val (%)",
+              *(f"final tau {layer}" for layer in layers), "wall time"]
+    rows = [[setting.title, str(setting.seed), str(result["epochs"]) + ("" if result["status"] == "finished" else f" ({result['status']})"),
+             percent(result["protocol_a"]), percent(result["protocol_b"]),
+             *(final_tau(setting, result, layer) for layer in layers), duration(result["seconds"])]
+            for setting, result in results.items()]
+    table = "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows])
+
+    failures = "".join(f"- {setting.folder} failed: {result['failure']}\n" for setting, result in results.items()
+                       if result["failure"])
+    write_atomically(out / "results.md", lambda path: path.write_text(
+        f"# Ablation results\n\nProtocol A: best test accuracy over the epochs run. Protocol B: test accuracy "
+        f"at the epoch of the best validation accuracy. tau of PLIF layers at the last step. Wall time: of the "
+        f"fit (training and evaluation), summed over resumed runs.\n\n{table}\n\n"
+        + (f"{failures}\n" if failures else "") + "![test accuracy](test_acc.png)\n\n![tau](tau.png)\n"))
+
+    def write_csv(path):
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+
+    write_atomically(out / "results.csv", write_csv)
+    curves = {f"{s.title}, seed {s.seed}": r["test_acc"] for s, r in results.items()}
+    write_atomically(out / "test_acc.png", lambda path: plots.test_accuracy(curves, path))
+    trajectories = {f"{s.title}, seed {s.seed}": (r["tau_steps"], r["tau"]) for s, r in results.items() if r["tau"]}
+    fixed = {f"{s.title}, seed {s.seed}": float(s.option("tau")) for s, r in results.items()
+             if not r["tau"] and s.option("neuron") == "lif" and s.option("tau")}
+    write_atomically(out / "tau.png", lambda path: plots.tau_per_layer(layers, trajectories, fixed, path))
+    return table
+
+
+def sbatch_script(argv: list[str], tasks: int, out: Path, study: str, sbatch: list[str]) -> str:
+    """An array job of ``tasks`` tasks, task i running ``plifnet study ARGV --only i`` (``argv``: this
+    command's arguments without ``--slurm-array``/``--submit``/``--sbatch``)."""
+    ours, passed_on = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
+    me = [sys.executable, "-m", "plifnet", "study"]
+    task = shlex.join(me + ours) + ' --only "$SLURM_ARRAY_TASK_ID"' + (" " + shlex.join(passed_on) if passed_on else "")
+    return "\n".join([
+        "#!/bin/bash",
+        f"# plifnet study {study}: {tasks} tasks (settings x seeds), one array task each; each writes only its own folder.",
+        f"# When all have run: {shlex.join(me + ours + ['--report-only'])}",
+        f"#SBATCH --job-name={study}",
+        f"#SBATCH --array=0-{tasks - 1}",
+        f"#SBATCH --output={out.resolve()}/slurm/%x_%A_%a.log",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=SIGUSR1@120  # before the time limit: Lightning checkpoints and requeues (configs/trainer/slurm.yaml)",
+        *(f"#SBATCH {option if option.startswith('-') else '--' + option}" for option in sbatch),
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(Path.cwd()))}",
+        f"srun {task}",
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        run_study(sys.argv[1:] if argv is None else argv)
+    except WriteFailed as error:  # a full disk or a read-only folder under --out: the results so far stay
+        raise SystemExit(write_failure(error, elsewhere="--out DIR")) from None
+
+
+def run_study(argv: list[str]) -> None:
+    ours, passed_on = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", action="append", default=[], help="a plifnet fit config (a file or a shipped name such as mnist); repeat to add e.g. trainer/ddp")
+    parser.add_argument("--out", required=True, type=Path, help="the results folder")
+    parser.add_argument("--grid", nargs="+", default=[], help=f"NEURON:TAU settings (default, with no other settings: {' '.join(GRID)})")
+    parser.add_argument("--setting", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
+                        help='a named set of plifnet fit overrides, e.g. --setting alif "--model.neuron alif" (repeatable)')
+    parser.add_argument("--settings", type=Path, help="a YAML file of settings and/or axes (and seeds)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[2020], help="one run per seed per setting")
+    parser.add_argument("--study", help="the study's name: wandb group, SLURM job name (default: the name of --out)")
+    parser.add_argument("--only", type=int, help="run task INDEX alone (default in a SLURM array job: SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--slurm-array", action="store_true", help="write OUT/study.sbatch: one array task per setting and seed")
+    parser.add_argument("--submit", action="store_true", help="with --slurm-array: submit it with sbatch")
+    parser.add_argument("--sbatch", action="append", default=[], help="an #SBATCH option for --slurm-array, e.g. gres=gpu:1 or time=24:00:00 (repeatable)")
+    parser.add_argument("--report-only", action="store_true", help="gather the results from the folders already there")
+    args = parser.parse_args(ours)
+    settings = parse_grid(args.grid or ([] if args.setting or args.settings else list(GRID)), args.seeds)
+    settings += parse_settings(args.setting, args.seeds)
+    settings += read_settings_file(args.settings, args.seeds) if args.settings else []
+    duplicates = {s.folder for s in settings if sum(t.folder == s.folder for t in settings) > 1}
+    if duplicates:
+        raise SystemExit(f"error: settings named twice: {sorted(duplicates)}; every setting needs its own name")
+    study = args.study or args.out.resolve().name
+    if args.report_only:
+        if not args.out.is_dir():
+            raise SystemExit(f"error: --out {args.out} does not exist: run the study first (the same command without "
+                             f"--report-only), or name the folder it wrote")
+        print(report(args.out, settings))
+        print(f"results: {args.out / 'results.md'}")
+        return
+    if not args.config:
+        parser.error("--config is required (a dataset config such as configs/mnist.yaml)")
+    if args.slurm_array:
+        path = args.out / "study.sbatch"
+        args.out.mkdir(parents=True, exist_ok=True)
+        kept, skip = [], False  # the arguments of each task: ours without --slurm-array, --submit and --sbatch
+        for arg in ours:
+            if not skip and arg not in ("--slurm-array", "--submit", "--sbatch") and not arg.startswith("--sbatch="):
+                kept.append(arg)
+            skip = arg == "--sbatch"
+        slurm = str(CONFIGS / "trainer" / "slurm.yaml")  # requeue with a checkpoint, resume from it
+        kept += [] if any(Path(c).resolve() == Path(slurm) for c in args.config) else ["--config", slurm]
+        kept += ["--", *passed_on] if passed_on else []
+        (args.out / "slurm").mkdir(exist_ok=True)
+        write_atomically(path, lambda p: p.write_text(sbatch_script(kept, len(settings), args.out, study, args.sbatch)))
+        print(f"wrote {path}: {len(settings)} array tasks" + ("" if args.submit else f"; submit with: sbatch {path}"))
+        if args.submit:
+            subprocess.run(["sbatch", str(path)], check=True)
+        return
+    only = args.only if args.only is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if only is not None:
+        if not 0 <= int(only) < len(settings):
+            raise SystemExit(f"error: task {only} does not exist: the study has tasks 0..{len(settings) - 1}")
+        setting = settings[int(only)]
+        if run(setting, args.config, passed_on, args.out, study) == "failed":
+            raise SystemExit(failures_message(args.out, [setting]))
+        print(f"task {only} ({setting.folder}) done; when all are: plifnet study --out {args.out} --report-only "
+              f"(with the same settings options)")
+        return
+    outcomes = {setting: run(setting, args.config, passed_on, args.out, study) for setting in settings}
+    print(report(args.out, settings))
+    print(f"results: {args.out / 'results.md'}")
+    running = [s.folder for s in settings if claimed_elsewhere(args.out / s.folder)]
+    if running:
+        print(f"still running in another process: {', '.join(running)}; when they end: plifnet study --out {args.out} "
+              f"--report-only (with the same settings options)")
+    failed = [setting for setting, outcome in outcomes.items() if outcome == "failed"]
+    if failed:
+        raise SystemExit(failures_message(args.out, failed))
+
+
+if __name__ == "__main__":
+    main()
