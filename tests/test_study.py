@@ -344,7 +344,9 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(run_stud
         # the requeued task's first process and the one that finished it: two runs of one name in the group
         run_files = sorted((array / folder / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(run_files) == (2 if folder == "alif_seed2020" else 1), run_files
-        run_file = run_files[-1]  # the killed one may hold nothing: wandb writes its file asynchronously
+        # the last written, the finished one: the killed one may hold nothing (wandb writes its file
+        # asynchronously), and both names may carry the same second
+        run_file = max(run_files, key=lambda path: path.stat().st_mtime_ns)
         run, = wandb_records(run_file, "run")
         assert (run.run_group, run.display_name, run.job_type, list(run.tags)) == ("study", folder.removesuffix("_seed2020"), neuron, tags)
         config = {item.key: json.loads(item.value_json) for record in wandb_records(run_file, "config") for item in record.update}
