@@ -143,6 +143,8 @@ def wandb_records(run_file: Path, kind: str = "history") -> list:
     from wandb.proto import wandb_internal_pb2
 
     data = run_file.read_bytes()
+    if not data:  # a run killed before wandb wrote anything
+        return []
     assert data[:4] == b":W&B"
     position, pending, records = 7, b"", []
     while position + 7 <= len(data):
@@ -151,6 +153,8 @@ def wandb_records(run_file: Path, kind: str = "history") -> list:
             position += left
             continue
         length, chunk = struct.unpack("<HB", data[position + 4:position + 7])
+        if position + 7 + length > len(data):  # a chunk cut short by a killed writer ends the log
+            break
         pending += data[position + 7:position + 7 + length]
         position += 7 + length
         if chunk in (1, 4):
@@ -344,9 +348,12 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(run_stud
         # the requeued task's first process and the one that finished it: two runs of one name in the group
         run_files = sorted((array / folder / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(run_files) == (2 if folder == "alif_seed2020" else 1), run_files
-        # the last written, the finished one: the killed one may hold nothing (wandb writes its file
-        # asynchronously), and both names may carry the same second
-        run_file = max(run_files, key=lambda path: path.stat().st_mtime_ns)
+        # the finished one is the run whose history reached the test; which file that is cannot be told by
+        # name (both may carry the same second) nor by time (the killed run's wandb service writes on
+        # after its process is killed), and the killed one may hold nothing
+        finished = [path for path in run_files if any("test/acc" in row for row in wandb_history(path))]
+        assert len(finished) == 1, run_files
+        run_file, = finished
         run, = wandb_records(run_file, "run")
         assert (run.run_group, run.display_name, run.job_type, list(run.tags)) == ("study", folder.removesuffix("_seed2020"), neuron, tags)
         config = {item.key: json.loads(item.value_json) for record in wandb_records(run_file, "config") for item in record.update}
