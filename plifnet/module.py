@@ -29,6 +29,7 @@ from plifnet import checkpoints, compat, contract
 from plifnet.models import SpikingNet
 from plifnet.neurons import neuron_factory
 from plifnet.options import NeuronOptions
+from plifnet.schedules import CosineToEnd
 from plifnet.surrogates import Surrogate, surrogate as make_surrogate
 
 
@@ -299,6 +300,11 @@ class SpikingClassifier(L.LightningModule):
         else:
             scheduler = self.lr_scheduler(optimizer)
         config = {"scheduler": scheduler, "interval": "epoch" if legacy else hp.lr_interval}
+        if isinstance(scheduler, CosineToEnd):
+            trainer = compat.attached_trainer(self)
+            if trainer is None:
+                raise RuntimeError("CosineToEnd needs the trainer's run length: configure the optimizers under a Trainer")
+            scheduler.set_total(trainer.max_epochs if config["interval"] == "epoch" else trainer.estimated_stepping_batches)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}

@@ -2,6 +2,7 @@
 the neurons' time constants in a group of their own, the paper's recipe unchanged, and runs of earlier
 versions (``lr``, ``cosine_t_max``) still loading and resuming."""
 
+import csv
 import re
 from functools import partial
 
@@ -127,3 +128,51 @@ def test_a_peer_networks_time_constants_get_the_tau_group(example_plugin, family
     assert len(tau_names) >= 2 and all(re.fullmatch(expected, name) for name in tau_names), tau_names
     assert taus["weight_decay"] == 0.0
     assert len(weights["params"]) + len(taus["params"]) == len(names)
+
+
+def cosine_lrs(total: int) -> list[float]:
+    """The lr of each epoch of torch's CosineAnnealingLR(T_max=total) from 1e-3 (an implementation we did not write)."""
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.Adam([torch.zeros(1)], lr=1e-3), T_max=total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(reference.get_last_lr()[0])
+        reference.step()
+    return lrs
+
+
+def logged_lrs(folder, group: int, version: int = 0) -> list[float]:
+    rows = csv.DictReader(open(folder / "runs" / "lightning_logs" / f"version_{version}" / "metrics.csv"))
+    return [float(row[f"lr-Adam/pg{group}"]) for row in rows if row.get(f"lr-Adam/pg{group}")]
+
+
+def test_the_budget_recipe_anneals_over_max_epochs_as_torchs_cosine_does(run_cli, tiny_digits, tmp_path):
+    """``--config recipe/budget``: the paper's Adam lr annealed to 0 over ``--trainer.max_epochs`` (here 4),
+    epoch by epoch the lr of torch's CosineAnnealingLR(T_max=4), in both parameter groups. The length is
+    the trainer's, not the checkpoint's: a 2-epoch run resumed with max_epochs 4 goes on with epochs 2 and 3
+    of the 4-epoch cosine."""
+    budget = [*RUN, "--config", "recipe/budget", "--data.root", tiny_digits, "--trainer.limit_train_batches", "2"]
+    result = run_cli("fit", *budget, "--trainer.max_epochs", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = last_checkpoint(tmp_path)
+    assert checkpoint["hyper_parameters"]["lr_scheduler"]["class_path"] == "plifnet.schedules.CosineToEnd"
+    assert "total" not in checkpoint["lr_schedulers"][0]
+    expected = cosine_lrs(4)
+    assert logged_lrs(tmp_path, 1) == pytest.approx(expected, rel=1e-12) and expected[-1] < 1e-3 / 5
+    assert logged_lrs(tmp_path, 2) == pytest.approx(expected, rel=1e-12)  # the tau group
+
+    extended = tmp_path / "extended"
+    extended.mkdir()
+    assert run_cli("fit", *budget, "--trainer.max_epochs", "2", cwd=extended).returncode == 0
+    assert logged_lrs(extended, 1) == pytest.approx(cosine_lrs(2), rel=1e-12)
+    resumed = run_cli("fit", *budget, "--trainer.max_epochs", "4", "--ckpt_path",
+                      extended / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", cwd=extended)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert logged_lrs(extended, 1, version=1) == pytest.approx(expected[2:], rel=1e-12)
+
+
+def test_the_budget_recipe_refuses_a_run_without_an_end(run_cli, tiny_digits, tmp_path):
+    result = run_cli("fit", *RUN, "--config", "recipe/budget", "--data.root", tiny_digits, "--trainer.max_epochs", "-1",
+                     "--trainer.limit_train_batches", "2", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == ("error: CosineToEnd anneals over the run's length, but the run has no "
+                                                      "finite length (-1): set --trainer.max_epochs (or --trainer.max_steps)")
