@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+import wandb_files
 from plifnet.callbacks import FiringRateMonitor, ProgressBar, ResetState, TauMonitor, exact_sum
 from plifnet.data.static import StaticDataModule
 from plifnet.module import SpikingClassifier
@@ -96,43 +97,9 @@ class TauProbe(L.Callback):
         self.seen[trainer.global_step] = {n: m.tau.clone() for n, m in pl_module.net.spiking_layers().items()}
 
 
-def read_wandb_history(run_dir: Path, timeout: float = 120.0) -> list[dict]:
-    """History rows of an offline wandb run, read from its ``run-*.wandb`` file (a LevelDB-style log:
-    a 7-byte file header, then records of crc32(4) + length(2, LE) + type(1) in 32 KiB blocks).
-
-    ``wandb.finish()`` can return before wandb's service has flushed the file (seen on a loaded CI
-    machine: the file held no history yet), so the file is read again until its run-exit record is in."""
-    import json
-    import time
-
-    from wandb.proto import wandb_internal_pb2
-
-    deadline = time.monotonic() + timeout
-    while True:
-        data = next(run_dir.rglob("run-*.wandb")).read_bytes()
-        assert data[:4] == b":W&B"
-        rows, kinds, pos, pending, block = [], set(), 7, b"", 32768
-        while pos + 7 <= len(data):
-            if block - pos % block < 7:
-                pos += block - pos % block
-                continue
-            length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-            chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-            if kind in (1, 2):
-                pending = chunk
-            elif kind in (3, 4):
-                pending += chunk
-            if kind not in (1, 4):
-                continue
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            kinds.add(record.WhichOneof("record_type"))
-            if record.WhichOneof("record_type") == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
-        if "exit" in kinds:
-            return rows
-        assert time.monotonic() < deadline, f"the wandb run file holds no exit record after {timeout} s: {sorted(kinds)}"
-        time.sleep(0.5)
+def read_wandb_history(run_dir: Path) -> list[dict]:
+    """The logged rows of the one offline wandb run under ``run_dir``, once its service has written them."""
+    return wandb_files.history(wandb_files.wait_for(lambda: list(run_dir.rglob("run-*.wandb"))))
 
 
 def make_logger(kind, save_dir):

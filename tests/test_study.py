@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from plifnet import study
+import wandb_files
 from conftest import ROOT
 
 
@@ -132,43 +132,6 @@ def test_grid_under_ddp_with_tensorboard_only(run_study, tiny_digits, tmp_path):
     row = table_rows(out)["PLIF tau0=2"]
     assert float(row["A: best test acc (%)"]) == pytest.approx(100 * float(history[0]["test/acc"]), abs=0.005)
     assert row["final tau conv1"] not in ("-", "2.000")  # tau.csv in TensorBoard's run folder
-
-
-def wandb_records(run_file: Path, kind: str = "history") -> list:
-    """The records of one kind (``history``, ``run``, ``config``) of an offline wandb run, read from its
-    ``.wandb`` file: wandb's 7-byte file header (":W&B", magic, version), then a LevelDB log
-    (github.com/google/leveldb, doc/log_format.md: 32 KiB blocks of chunks, each with a 7-byte header:
-    crc32, uint16 length, uint8 type, FULL = 1, FIRST = 2, MIDDLE = 3, LAST = 4) whose records are
-    wandb's own ``wandb_internal_pb2.Record``."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = run_file.read_bytes()
-    if not data:  # a run killed before wandb wrote anything
-        return []
-    assert data[:4] == b":W&B"
-    position, pending, records = 7, b"", []
-    while position + 7 <= len(data):
-        left = 32768 - position % 32768
-        if left < 7:  # a block's tail too short for a chunk header is padding
-            position += left
-            continue
-        length, chunk = struct.unpack("<HB", data[position + 4:position + 7])
-        if position + 7 + length > len(data):  # a chunk cut short by a killed writer ends the log
-            break
-        pending += data[position + 7:position + 7 + length]
-        position += 7 + length
-        if chunk in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            if record.WhichOneof("record_type") == kind:
-                records.append(getattr(record, kind))
-    return records
-
-
-def wandb_history(run_file: Path) -> list[dict]:
-    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.item}
-            for record in wandb_records(run_file, "history")]
 
 
 def test_bad_grid_entries_are_refused_with_the_form_expected():
@@ -351,15 +314,13 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(run_stud
         # the finished one is the run whose history reached the test; which file that is cannot be told by
         # name (both may carry the same second) nor by time (the killed run's wandb service writes on
         # after its process is killed), and the killed one may hold nothing
-        finished = [path for path in run_files if any("test/acc" in row for row in wandb_history(path))]
-        assert len(finished) == 1, run_files
-        run_file, = finished
-        run, = wandb_records(run_file, "run")
+        run_file = wandb_files.wait_for(lambda: run_files, lambda path: any("test/acc" in row for row in wandb_files.history(path)))
+        run, = wandb_files.records(run_file, "run")
         assert (run.run_group, run.display_name, run.job_type, list(run.tags)) == ("study", folder.removesuffix("_seed2020"), neuron, tags)
-        config = {item.key: json.loads(item.value_json) for record in wandb_records(run_file, "config") for item in record.update}
+        config = {item.key: json.loads(item.value_json) for record in wandb_files.records(run_file, "config") for item in record.update}
         config.update({item.key: json.loads(item.value_json) for item in run.config.update})
         assert config["cli"]["model"]["neuron"] == neuron and config["cli"]["seed_everything"] == 2020
-        keys = set().union(*wandb_history(run_file))
+        keys = set().union(*wandb_files.history(run_file))
         assert {"tau/conv1", "tau/fc2", "firing_rate/conv1", "val/acc", "test/acc"} <= keys
 
 
