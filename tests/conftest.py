@@ -80,6 +80,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _own_wandb_service(monkeypatch):
+    """A test worker that used wandb in-process holds a wandb-core service and names it in WANDB_SERVICE;
+    a process the test starts (a study's task, a SLURM task) would inherit the name and log through that
+    service, which writes the task's run file only when the worker next flushes it, minutes after the task
+    has exited (seen on CI). Each process a test starts gets a service of its own, as a user's would."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 def make_image_folder(root: Path, per_class: int, test_per_class: int, size: int = 28, mode: str = "L") -> Path:
     """Write ``root/{train,test}/<class>/<i>.png``: class c is a bright bar at row 2c plus noise."""
     from PIL import Image
