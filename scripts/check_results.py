@@ -10,9 +10,10 @@ the committed record, to float32 rounding (1e-6 relative; accuracy: the table's 
 The same commit gives the same bits where oneDNN, which runs the convolutions, uses the same kernels: it
 picks them by instruction set, so each run names the set it ran with (``onednn_isa``) and the re-run is
 limited to it (``ONEDNN_MAX_CPU_ISA``). On a CPU without that set the kernels round differently from the
-first step and training amplifies it (MNIST, 200 float32 steps: 2 points of test accuracy); there the
-check says so and allows 2e-3 relative at a step, 1 point after an epoch: it then confirms the command,
-the data order and the recipe, not the bits. One line per run; the exit status is the number of runs
+first step and training amplifies it; there the check says so and allows 2e-3 relative at a step, 1 point
+after an epoch: it then confirms the command, the data order and the recipe, not the bits. Float32 runs
+also depend on MKL's sgemm (the Linear layers), whose code path follows the CPU's vendor: a float32 record
+made on an AMD CPU differs on an Intel one whatever the limit (docs/RESULTS.md). One line per run; the exit status is the number of runs
 that differ. A result is only as good as its recipe to reproduce it: this is that recipe, checked.
 
 ``--at REV`` re-runs the same commands at another commit (``--at main``) and says how far today's code is
