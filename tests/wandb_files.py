@@ -56,7 +56,7 @@ def wait_for(run_files: Callable[[], list[Path]], done: Callable[[Path], bool] =
     once it does (the files are read again every half second until then)."""
     deadline = time.monotonic() + timeout
     while True:
-        files = run_files()
+        files = sorted({path.resolve() for path in run_files()})  # wandb's latest-run link names one twice
         finished = [path for path in files if records(path, "exit") and done(path)]
         if len(finished) == 1:
             return finished[0]
