@@ -108,7 +108,11 @@ def energy_costs(technology: str | tuple[float, float]) -> tuple[str, float, flo
 class SynapticCounter:
     """Counts, with forward hooks, the operations of every Conv2d and Linear of ``model`` over the
     batches it sees while attached (``with SynapticCounter(model) as counter: ...``). Counts stay on the
-    model's device (no synchronisation per batch) and are exact below 2**24 spikes per input element."""
+    model's device (no synchronisation per batch) and are exact below 2**24 spikes per input element.
+
+    The hooks append each call's counts to ``pending`` and read no Python state (a compiled network
+    would guard on it, and compile again for every new value); :meth:`fold` adds them to the totals
+    (:meth:`totals` does), :meth:`discard` drops them (a batch that is not to be counted)."""
 
     FIELDS = ("acs", "value_macs", "spikes", "elements", "steps", "spike_batches", "value_batches")
 
@@ -124,7 +128,7 @@ class SynapticCounter:
         self.dense: dict[str, int] = {}  # dense MACs of one sample at one step
         self._fan_out: dict[tuple, torch.Tensor] = {}
         self.handles: list = []
-        self.active = True  # False: batches pass uncounted (e.g. a second validation loader)
+        self.pending: list[tuple[str, torch.Tensor]] = []  # (layer, counts) of each call not yet folded
 
     def __enter__(self) -> "SynapticCounter":
         self.handles = [module.register_forward_hook(self._hook(name)) for name, module in self.layers.items()]
@@ -137,9 +141,18 @@ class SynapticCounter:
 
     def _hook(self, name: str):
         def count(module, inputs, output):
-            if self.active:
-                self.counts[name] = self.counts[name] + self._count(module, inputs[0].detach(), output.shape, name)
+            self.pending.append((name, self._count(module, inputs[0].detach(), output.shape, name)))
         return count
+
+    def fold(self) -> None:
+        """Add the calls since the last fold to the totals."""
+        for name, counts in self.pending:
+            self.counts[name] = self.counts[name] + counts
+        self.pending.clear()
+
+    def discard(self) -> None:
+        """Forget the calls since the last fold."""
+        self.pending.clear()
 
     def _count(self, module: nn.Module, x: torch.Tensor, output_shape, name: str) -> torch.Tensor:
         """``FIELDS`` of one call, as a float64 tensor."""
@@ -170,19 +183,29 @@ class SynapticCounter:
                             spike_fed.new_tensor(steps), spike_fed, value_fed])
 
     def _conv_fan_out(self, conv: nn.Conv2d, size: tuple[int, int], device) -> torch.Tensor:
-        """``[H, W]``: how many output positions read each input position (the adjoint of the
-        convolution with an all-ones kernel, applied to all-ones outputs), once per layer and size."""
+        """``[H, W]``: how many output positions read each input position: the adjoint of the
+        convolution with an all-ones kernel (a transposed convolution) applied to all-ones outputs,
+        once per layer and size. No autograd: the hook also runs inside a compiled network."""
         key = (id(conv), size)
-        if key not in self._fan_out:
-            with torch.inference_mode(False), torch.enable_grad():  # validation and test run in inference mode
-                position = torch.ones(1, 1, *size, dtype=torch.float64, device=device, requires_grad=True)
-                ones = torch.ones(1, 1, *conv.kernel_size, dtype=torch.float64, device=device)
-                F.conv2d(position, ones, None, conv.stride, conv.padding, conv.dilation).sum().backward()
-                self._fan_out[key] = position.grad[0, 0]
+        if torch.compiler.is_compiling() or key not in self._fan_out:  # compiled: no cache to guard on
+            kernel, stride, dilation = conv.kernel_size, conv.stride, conv.dilation
+            reach = [dilation[i] * (kernel[i] - 1) for i in (0, 1)]  # the kernel's extent - 1
+            if isinstance(conv.padding, str):  # 'valid', or 'same' (stride 1; the odd one more on the right)
+                padding = [0, 0] if conv.padding == "valid" else [reach[i] // 2 for i in (0, 1)]
+                padded = [size[i] + (reach[i] if conv.padding == "same" else 0) for i in (0, 1)]
+            else:
+                padding, padded = conv.padding, [size[i] + 2 * conv.padding[i] for i in (0, 1)]
+            outputs = [(padded[i] - reach[i] - 1) // stride[i] + 1 for i in (0, 1)]
+            fan_out = F.conv_transpose2d(torch.ones(1, 1, *outputs, dtype=torch.float64, device=device),
+                                         torch.ones(1, 1, *kernel, dtype=torch.float64, device=device),
+                                         stride=stride, padding=padding, dilation=dilation)[0, 0]
+            # the last rows and columns that no output reads (a stride that does not divide) read none
+            self._fan_out[key] = F.pad(fan_out, (0, size[1] - fan_out.shape[1], 0, size[0] - fan_out.shape[0]))
         return self._fan_out[key]
 
     def totals(self) -> dict[str, torch.Tensor]:
         """Per layer, the ``FIELDS`` counted so far (zeros for a layer that saw no batch)."""
+        self.fold()
         return {name: value if torch.is_tensor(value) else torch.zeros(len(self.FIELDS), dtype=torch.float64)
                 for name, value in self.counts.items()}
 

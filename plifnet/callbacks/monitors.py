@@ -131,20 +131,24 @@ class FiringRateMonitor(Callback):
         self.layers = spiking_layers(pl_module)
         self.sums = dict.fromkeys(self.layers, 0.0)  # become tensors on the spikes' device: no sync per batch
         self.counts = dict.fromkeys(self.layers, 0)
-        self._loader_idx = 0
+        self.batch: list[tuple] = []  # (layer, spikes, elements) of each call in this batch
         self.handles = [layer.register_forward_hook(self._hook(name)) for name, layer in self.layers.items()]
 
     def _hook(self, name):
+        # the hook only appends the call's figures: it reads no Python state, which a compiled network
+        # (--model.compile) would guard on and compile again for every new value
         def count(module, inputs, output):
-            if self._loader_idx == 0:  # the first validation loader: the validation split
-                spikes = contract.spikes(module, output).detach()
-                self.sums[name] = self.sums[name] + exact_sum(spikes)
-                self.counts[name] += spikes.numel()
+            spikes = contract.spikes(module, output).detach()
+            self.batch.append((name, exact_sum(spikes), spikes.numel()))
 
         return count
 
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        self._loader_idx = dataloader_idx
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if dataloader_idx == 0:  # the first validation loader: the validation split
+            for name, spikes, elements in self.batch:
+                self.sums[name] = self.sums[name] + spikes
+                self.counts[name] += elements
+        self.batch.clear()
 
     def on_validation_epoch_end(self, trainer, pl_module):
         for handle in self.handles:
@@ -199,9 +203,15 @@ class SynapticOps(Callback):
         self.images = 0
 
     def _batch(self, batch, counted: bool):
-        self.counter.active = counted
         if counted:
             self.images += len(batch[-1]) if isinstance(batch, (list, tuple)) else len(batch)
+        self.counted = counted
+
+    def _batch_end(self):
+        if self.counted:
+            self.counter.fold()
+        else:
+            self.counter.discard()
 
     def _end(self, trainer, pl_module, stage: str):
         self.counter.__exit__()
@@ -233,6 +243,9 @@ class SynapticOps(Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self._batch(batch, counted=dataloader_idx == 0)  # the first loader: the validation split
 
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batch_end()
+
     def on_validation_epoch_end(self, trainer, pl_module):
         self._end(trainer, pl_module, "val")
 
@@ -241,6 +254,9 @@ class SynapticOps(Callback):
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self._batch(batch, counted=True)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batch_end()
 
     def on_test_epoch_end(self, trainer, pl_module):
         self._end(trainer, pl_module, "test")
