@@ -236,7 +236,7 @@ class PlifnetCLI(LightningCLI):
 
 # SpikingClassifier's options that build its own network (plifnet.models.SpikingNet)
 NETWORK_OPTIONS = ("arch", "neuron", "tau", "v_threshold", "v_reset", "detach_reset", "decay_input", "per_channel",
-                   "surrogate", "surrogate_alpha", "variant", "time_steps", "dropout", "backend")
+                   "surrogate", "surrogate_alpha", "variant", "time_steps", "dropout", "backend", "memory")
 
 
 def dropped(callbacks, names: list[str]) -> list:

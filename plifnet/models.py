@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from plifnet import kernels
 from plifnet.contract import is_neuron
@@ -60,6 +62,7 @@ ARCHS = {
 }
 
 VOTES_PER_CLASS = 10
+MEMORY = ("store", "checkpoint")  # what training keeps for backward: SpikingNet's ``memory``
 
 
 class TimeDistributed(nn.Module):
@@ -120,6 +123,22 @@ class Vote(nn.Module):
         return x_seq.unflatten(-1, (-1, self.votes)).mean(-1)
 
 
+@contextmanager
+def running_statistics_kept(net: nn.Module):
+    """Recomputation runs each BatchNorm's training forward a second time, which would move its running
+    statistics twice per batch: they are put back as the first forward left them."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kept = [[buffer.clone() for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, kept):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
 def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
@@ -148,6 +167,10 @@ class SpikingNet(nn.Module):
         time_steps: T for static images (default: the paper's, or 8); event data brings its own T.
         backend: ``auto``, ``reference`` or a fused kernel, for the max-pooling layers (the neurons
             take theirs from ``neuron``).
+        memory: what training keeps for backward. ``store``: every layer's saved tensors. ``checkpoint``:
+            only each block's input (a block runs from one convolution or linear layer to the next),
+            the rest recomputed block by block in backward (torch.utils.checkpoint): the same spikes
+            and gradients, about a tenth of the bytes kept, one more forward pass.
         layers, in_channels, size, classes, static: a network of your own (with ``arch=None``): the
             tokens above; the input's channels and height = width (None: the data module's
             ``input_shape``, when trained by :class:`plifnet.module.SpikingClassifier`); the classes
@@ -165,6 +188,7 @@ class SpikingNet(nn.Module):
         dropout: float = 0.5,
         time_steps: int | None = None,
         backend: str = "auto",
+        memory: str = "store",
         layers: str | None = None,
         in_channels: int | None = None,
         size: int | None = None,
@@ -178,6 +202,9 @@ class SpikingNet(nn.Module):
             raise ValueError(f"unknown network {arch!r}; choose one of {sorted(ARCHS)}, or give layers")
         if variant not in ("code", "paper"):
             raise ValueError(f"variant must be 'code' or 'paper', got {variant!r}")
+        if memory not in MEMORY:
+            raise ValueError(f"memory must be one of {', '.join(MEMORY)}, got {memory!r}")
+        self.memory = memory
         if arch is None and classes is None:  # from the output layer: 10 neurons per class
             last = nonempty_layers(layers.split())[-1]
             classes = int(last[1:]) // VOTES_PER_CLASS if last[:1] == "f" and last[1:].isdigit() else None
@@ -252,6 +279,9 @@ class SpikingNet(nn.Module):
         self.layers = nn.Sequential(*layers[1:])
         # a neuron that takes a constant input once (time_steps=T) is spared the [T, N, ...] copy
         self._constant_input = "time_steps" in inspect.signature(self.layers[0].forward).parameters
+        # stage 0 is the encoder, stage i the layer i - 1; a block starts at each weight layer
+        starts = [0] + [i + 1 for i, layer in enumerate(self.layers) if isinstance(layer, (TimeDistributed, nn.Linear))]
+        self._blocks = list(zip(starts, starts[1:] + [len(self.layers) + 1]))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -265,19 +295,28 @@ class SpikingNet(nn.Module):
                 f"the {self.arch_name} network takes {expected} with C, H, W = {c}, {h}, {w}; "
                 f"got shape {tuple(x.shape)}. Check that the data module matches the network (--model.arch)."
             )
-        if self.arch.static:  # the same current at every step: the first neuron takes it once
-            first_neuron, *layers = self.layers
-            current = self.encoder(x)
-            if self._constant_input:
-                x_seq = first_neuron(current, time_steps=self.time_steps)
+        recompute = self.memory == "checkpoint" and torch.is_grad_enabled()
+        for start, stop in self._blocks:
+            if recompute:
+                x = checkpoint(self._run_stages, x, start, stop, use_reentrant=False,
+                               context_fn=lambda: (nullcontext(), running_statistics_kept(self)))
             else:
-                x_seq = first_neuron(current.expand(self.time_steps, *current.shape))
-        else:
-            layers = self.layers
-            x_seq = self.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-        for layer in layers:
-            x_seq = layer(x_seq)
-        return x_seq
+                x = self._run_stages(x, start, stop)
+        return x
+
+    def _run_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for stage in range(start, stop):
+            if stage == 0 and self.arch.static:  # one current per image [N, ...], the same at every step
+                x = self.encoder(x)
+            elif stage == 0:
+                x = self.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+            elif stage == 1 and self.arch.static:  # the first neuron takes the constant current once
+                first_neuron = self.layers[0]
+                x = first_neuron(x, time_steps=self.time_steps) if self._constant_input else \
+                    first_neuron(x.expand(self.time_steps, *x.shape))
+            else:
+                x = self.layers[stage - 1](x)
+        return x
 
     def spiking_layers(self) -> dict[str, nn.Module]:
         """The neurons by a readable name: ``conv1``, ``conv2``, ..., ``fc1``, ``fc2`` (the output)."""

@@ -77,6 +77,12 @@ class SpikingClassifier(L.LightningModule):
         backend: ``auto`` (the fused kernels of the device where installed; a neuron with hooks of its
             own, compiled), ``reference`` (plain per-step PyTorch), ``compile``, ``cpu`` or ``triton``
             (:data:`plifnet.options.BACKENDS`).
+        memory: what training keeps for backward (:data:`plifnet.models.MEMORY`): ``store`` (all), or
+            ``checkpoint`` (each block's input; the block recomputed in backward, the same gradients).
+        compile: compile the network with ``torch.compile`` (TorchInductor: C++ on the CPU, Triton on
+            CUDA) before training; the fused kernels are custom operators, so no neuron breaks the graph.
+            The parameters and checkpoints keep their names (``net.compile()``, not a wrapper), and
+            forward hooks added later (plifnet's monitors) are compiled in: see :meth:`configure_model`.
     """
 
     def __init__(
@@ -103,6 +109,8 @@ class SpikingClassifier(L.LightningModule):
         lr: float | None = None,
         cosine_t_max: int | None = None,
         backend: Literal["auto", "reference", "compile", "cpu", "triton"] = "auto",
+        memory: Literal["store", "checkpoint"] = "store",
+        compile: bool = False,
         net: nn.Module | None = None,
         classes: int | None = None,
     ):
@@ -126,8 +134,9 @@ class SpikingClassifier(L.LightningModule):
                                     decay_input=decay_input, surrogate=make_surrogate(surrogate, surrogate_alpha),
                                     per_channel=per_channel, backend=backend)
             net = SpikingNet(arch, neuron=neuron_factory(neuron, options=options), variant=variant, dropout=dropout,
-                             time_steps=time_steps, backend=backend)
+                             time_steps=time_steps, backend=backend, memory=memory)
         self.net = net
+        self._compiled = False
         self.num_classes = classes or getattr(net, "classes", None)
         if not self.num_classes:
             raise ValueError(f"{type(net).__name__} has no 'classes' attribute: pass --model.classes N")
@@ -145,13 +154,24 @@ class SpikingClassifier(L.LightningModule):
     def configure_model(self) -> None:
         """Build a network that waits for its input shape (``SpikingNet(layers=...)`` without
         ``in_channels``/``size``) from the data module's ``input_shape``, before the optimiser and
-        any checkpoint see its parameters."""
+        any checkpoint see its parameters; then compile it, with ``compile``."""
         datamodule = getattr(compat.attached_trainer(self), "datamodule", None)
         if self.example_input_array is None and callable(getattr(datamodule, "example_input", None)):
             # one sample through the network: the model summary counts its FLOPs per sample
             self.example_input_array = datamodule.example_input()
-        if getattr(self.net, "built", True):
-            return
+        if not getattr(self.net, "built", True):
+            self._build_net(datamodule)
+        if self.hparams.get("compile") and not self._compiled:
+            # dynamo by default ignores forward hooks added after compiling (skip_nnmodule_hook_guards):
+            # the firing-rate monitor and the synaptic-operation counter would then count nothing, and
+            # say nothing. With the guard, adding or removing hooks compiles the graph again, with them in.
+            torch._dynamo.config.skip_nnmodule_hook_guards = False
+            # one graph per batch shape (the training batch, the last batch of each evaluation set): a
+            # graph of dynamic shapes fails in Inductor's stride ordering here (a symbolic 128*s*t < 128)
+            self.net.compile(dynamic=False)
+            self._compiled = True
+
+    def _build_net(self, datamodule) -> None:
         shape = getattr(datamodule, "input_shape", None)
         if shape is None:
             raise NoInputShape(f"{type(self.net).__name__}(layers=...) has no in_channels and size, and there is no data "

@@ -1,4 +1,4 @@
-"""Two-process DDP on the CPU (gloo) through cli.py: ranks agree on tau and weights at every step."""
+"""Two-process DDP on the CPU (gloo) through cli.py, compiled and eager: ranks agree on tau and weights at every step."""
 
 import csv
 import os
@@ -26,13 +26,15 @@ def last_test_acc(run_dir):
 
 
 def test_two_process_ddp_fit_then_single_process_test(run_cli, tiny_digits, tmp_path):
+    """The fit compiles the network (--model.compile true) in both processes; test and predict run the
+    checkpoint eager."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"),
                PYTHONUNBUFFERED="1")
     common = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
               "--data.batch_size", "4", "--model.time_steps", "2", "--model.optimizer.lr", "0.01"]
     ddp = ["--config", ROOT / "configs" / "trainer" / "ddp.yaml", "--trainer.accelerator", "cpu",
            "--trainer.devices", "2"]
-    cli("fit", *common, *ddp, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5",
+    cli("fit", *common, *ddp, "--model.compile", "true", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5",
         "--trainer.limit_val_batches", "2", "--trainer.callbacks+=ddp_probe.RankProbe", cwd=tmp_path, env=env)
 
     ranks = [torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
