@@ -140,47 +140,61 @@ def kernels_child(implementation, precision, repeats):
     return result
 
 
-def spikingjelly_network(arch, dropout=0.5):
-    """The paper's MNIST or CIFAR-10 network (SPEC section 2) in SpikingJelly's layers, multi-step."""
+class SpikingJellyBlock(torch.nn.Sequential):
+    """The layers from one convolution or linear layer to the next: the unit that SpikingJelly's
+    ``memopt`` checkpoints (its ``targets``)."""
+
+
+def spikingjelly_network(arch, dropout=0.5, time_steps=None):
+    """One of the paper's networks (SPEC section 2) in SpikingJelly's layers, multi-step, as plifnet
+    builds it: for images the first Conv+BN once per image, its output repeated at every one of
+    ``time_steps`` steps (default: the paper's T); for event frames ``[T, N, 2, H, W]`` frame t at step t.
+    The layers after the first Conv+BN are grouped into :class:`SpikingJellyBlock`. Returns the rates
+    ``[N, classes]``."""
     from spikingjelly.activation_based import functional, layer
 
     from plifnet.models import ARCHS
 
     spec = ARCHS[arch]
-    channels, modules, size = spec.in_channels, [], spec.size
+    steps = time_steps or spec.time_steps
+    channels, size, blocks = spec.in_channels, spec.size, [[]]
     for token in spec.layers.split():
         if token.startswith("c"):
-            modules += [layer.Conv2d(channels, int(token[1:]), 3, padding=1, bias=False),
-                        layer.BatchNorm2d(int(token[1:])), spikingjelly_plif()]
+            blocks.append([layer.Conv2d(channels, int(token[1:]), 3, padding=1, bias=False),
+                           layer.BatchNorm2d(int(token[1:])), spikingjelly_plif()])
             channels = int(token[1:])
         elif token == "p":
-            modules.append(layer.MaxPool2d(2, 2))
+            blocks[-1].append(layer.MaxPool2d(2, 2))
             size //= 2
         elif token == "d":
-            modules.append(layer.Dropout(dropout))
+            blocks[-1].append(layer.Dropout(dropout))
         elif token.startswith("f"):
-            if not any(isinstance(m, layer.Flatten) for m in modules):
-                modules.append(layer.Flatten())
-                channels *= size * size
-            modules += [layer.Linear(channels, int(token[1:]), bias=False), spikingjelly_plif()]
+            flatten = [] if any(isinstance(m, layer.Flatten) for block in blocks for m in block) else [layer.Flatten()]
+            channels *= size * size if flatten else 1
+            blocks[-1] += flatten
+            blocks.append([layer.Linear(channels, int(token[1:]), bias=False), spikingjelly_plif()])
             channels = int(token[1:])
-    net = torch.nn.Sequential(*modules)
-    functional.set_step_mode(net, "m")
+    encoder = torch.nn.Sequential(*blocks[1][:2])  # the first Conv+BN; the first block keeps its neuron
+    blocks[1] = blocks[1][2:]
+    body = torch.nn.Sequential(*(SpikingJellyBlock(*block) for block in blocks if block))
+    functional.set_step_mode(encoder, "m")
+    functional.set_step_mode(body, "m")
 
-    class Static(torch.nn.Module):
-        """The first Conv+BN once per image, its output repeated at every step, as plifnet does."""
-
+    class Network(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = net
+            self.encoder, self.body = encoder, body
 
         def forward(self, x):
-            functional.reset_net(self.net)
-            encoder = self.net[1](self.net[0](x.unsqueeze(0))).repeat(spec.time_steps, 1, 1, 1, 1)
-            votes = self.net[2:](encoder)  # [T, N, classes * 10]
+            functional.reset_net(self)
+            if spec.static:
+                current = self.encoder(x.unsqueeze(0)).repeat(steps, 1, 1, 1, 1)
+            else:
+                current = self.encoder(x)
+            votes = self.body(current)  # [T, N, classes * 10]
             return votes.unflatten(-1, (-1, 10)).mean(-1).mean(0)
 
-    return Static()
+    return Network()
 
 
 def train_child(implementation, arch, batch, precision, repeats, device):

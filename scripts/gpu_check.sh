@@ -71,6 +71,10 @@ else
     step benchmarks 300 "$PYTHON" benchmarks/neuron_kernels.py --device cpu --repeats 1 --rounds 1 --only layer
 fi
 step fit_bf16_mixed 300 "$PYTHON" "${FIT[@]}" --config configs/trainer/bf16.yaml
+if [ "$DEVICE" = cuda ]; then  # torch.compile on CUDA (Inductor's Triton code around plifnet's Triton kernels)
+    step compile_benchmark 300 "$PYTHON" benchmarks/compile.py --device cuda --only mnist cifar10dvs --rounds 2
+    step fit_compiled 300 "$PYTHON" "${FIT[@]}" --model.compile true
+fi
 if [ "$GPUS" -ge 2 ] || [ "$DEVICE" = cpu ]; then
     step fit_ddp_2_processes 300 "$PYTHON" "${FIT[@]}" --config configs/trainer/ddp.yaml --trainer.devices 2
 else
@@ -83,5 +87,6 @@ cat "$LOGS/gpus.txt" 2>/dev/null
 printf '%s\n' "${SUMMARY[@]}"
 grep -h "triton kernels match" "$LOGS/triton_vs_reference.log" 2>/dev/null
 grep -h -A 20 "dense matmul peak" "$LOGS/benchmarks.log" 2>/dev/null
+cat "$LOGS/compile_benchmark.log" 2>/dev/null
 echo "failed steps: $FAILED"
 exit "$FAILED"
