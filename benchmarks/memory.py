@@ -31,7 +31,7 @@ import torch
 
 from neuron_kernels import _release_freed_memory, _status_kb, has_spikingjelly, spikingjelly_network
 
-BATCH = {"mnist": 16, "cifar10dvs": 4, "dvs_gesture": 4}  # 16 where the machine's 24 GiB allow it at T = 32
+BATCH = {"mnist": 16, "cifar10dvs": 2, "dvs_gesture": 2}  # the event networks: 2, for minutes on 2 CPU cores at T = 32
 IMPLEMENTATIONS = ("plifnet", "plifnet checkpoint", "SpikingJelly", "SJ memopt L1")
 
 
