@@ -135,6 +135,10 @@ class SpikingClassifier(L.LightningModule):
                                     per_channel=per_channel, backend=backend)
             net = SpikingNet(arch, neuron=neuron_factory(neuron, options=options), variant=variant, dropout=dropout,
                              time_steps=time_steps, backend=backend, memory=memory)
+        if compile and getattr(net, "memory", "store") == "checkpoint":
+            raise ValueError("compile and memory 'checkpoint' do not combine: torch.compile cannot trace the "
+                             "recomputation (its BatchNorm-statistics context); choose one (--model.compile false, or "
+                             "--model.memory store)")
         self.net = net
         self._compiled = False
         self.num_classes = classes or getattr(net, "classes", None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
-from conftest import active_network
+from conftest import ROOT, active_network
 from plifnet import SpikingNet
 from plifnet.module import SpikingClassifier
 
@@ -63,3 +63,12 @@ def test_memory_is_an_option_of_the_module_and_a_bad_value_says_which_exist():
     assert SpikingClassifier("mnist", memory="checkpoint").net.memory == "checkpoint"
     with pytest.raises(ValueError, match="memory must be one of store, checkpoint, got 'bits'"):
         SpikingNet("mnist", memory="bits")
+    with pytest.raises(ValueError, match="compile and memory 'checkpoint' do not combine"):  # dynamo fails inside
+        SpikingClassifier("mnist", memory="checkpoint", compile=True)
+
+
+def test_compile_with_recomputation_is_refused_in_one_line(run_cli, tiny_digits, tmp_path):
+    result = run_cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits,
+                     "--model.memory", "checkpoint", "--model.compile", "true", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "compile and memory 'checkpoint' do not combine" in result.stderr.strip().splitlines()[-1]
