@@ -24,10 +24,22 @@ The layers of a :class:`plifnet.models.SpikingNet` map to NIR nodes as follows:
   with a bias), the vote -> ``nir.Linear`` with weights 1/10 over each class's group; dropout is dropped.
 
 The graph's metadata holds ``time_steps``, ``input`` (``static``: the image is presented at every step;
-``events``: frame t at step t) and ``dt = 1``.
+``events``: frame t at step t), ``dt`` and ``target``.
 
-Command line: ``plifnet export --ckpt_path CKPT --out FILE.nir`` (``--config`` as for plifnet fit
-when the checkpoint alone cannot rebuild the network).
+A graph is written to be run elsewhere, and each toolchain's importer reads its own part of NIR, in its
+own time convention: ``target`` (:data:`TARGETS`) writes only what that importer maps, by exact
+rewrites, and ``dt`` turns a time constant of tau steps into NIR's ``tau x dt`` (SpikingJelly and snnTorch
+assume dt = 1e-4 s, Norse 1e-3 s). What an importer would run wrongly is refused with the reason.
+
+    rewrite                      why it is exact
+    max-pool -> AvgPool2d + IF   an average of 0/1 spikes over k x k exceeds 0.5/k^2 exactly when one is 1;
+                                 an IF that resets to 0 and gets 0 when it does not fire is 0 at every step
+    max-pool -> pool + LIF       the same with a LIF of tau = dt: v += (dt/tau)(0 - v + I) is v = I
+    Linear -> Conv2d             over a [C, H, W] map, a kernel of H x W computes the flattened Linear;
+                                 then 1 x 1 kernels: no Flatten, which some importers apply to the batch too
+
+Command line: ``plifnet export --ckpt_path CKPT --out FILE.nir [--target T] [--dt DT]`` (``--config`` as
+for plifnet fit when the checkpoint alone cannot rebuild the network).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nir
@@ -51,8 +64,56 @@ from plifnet.neurons import IF, PLIF
 POOL_THRESHOLD = 0.5  # any value in (0, 1): a sum of 0/1 spikes exceeds it exactly when one of them is 1
 
 
+@dataclass(frozen=True)
+class Target:
+    """What one toolchain's NIR importer reads as shipped, and what it gets wrong (README's table, in code).
+
+    ``dt``: the time step the importer assumes unless told (NIR's tau is ``tau`` in steps x dt);
+    ``pool``: the pooling node it maps (``nir.SumPool2d`` or ``nir.AvgPool2d``); ``pool_spike``: the node
+    that makes a pooled window of spikes one spike, exactly: ``threshold`` (``nir.Threshold``), ``if``
+    (``nir.IF``, reset to 0: its membrane is 0 at every step) or ``lif`` (``nir.LIF`` with tau = dt, which
+    keeps nothing from one step to the next); ``flatten``: whether it keeps NIR's Flatten dims (which
+    exclude the batch), else every Linear after the feature maps is written as the equal Conv2d (a kernel
+    the size of the map, then 1 x 1) and no Flatten is needed; ``refuses``: what the importer would run
+    wrongly, by the neuron feature (``if``, ``decay_input=False``, ``per_channel``, ``v_reset``), or the
+    whole target (``network``), with its reason; ``fixed_dt``: the importer has no dt option.
+    """
+
+    dt: float
+    pool: type = nir.SumPool2d
+    pool_spike: str = "threshold"
+    flatten: bool = True
+    refuses: dict = field(default_factory=dict)
+    fixed_dt: bool = False
+
+
+TARGETS = {
+    "nir": Target(dt=1.0),
+    "spikingjelly": Target(
+        dt=1e-4, pool=nir.AvgPool2d, pool_spike="if",
+        refuses={"per_channel": "SpikingJelly 2.0's importer takes one tau per LIF node"}),
+    "snntorch": Target(
+        dt=1e-4, pool=nir.AvgPool2d, pool_spike="lif", flatten=False, fixed_dt=True,
+        refuses={"if": "snnTorch 1.0 imports nir.IF as a Leaky neuron with beta 0.9 and a subtractive reset",
+                 "per_channel": "snnTorch 1.0 rescales a LIF node's thresholds by one input scale (the first of "
+                                "its dt / tau)",
+                 "v_reset": "snnTorch 1.0 resets to 0 and requires v_leak = 0"}),
+    "norse": Target(
+        dt=1e-3, pool=nir.SumPool2d, pool_spike="lif", flatten=False,
+        refuses={"decay_input=False": "Norse 1.1 runs nir.LIF with r = 1 whatever its r (it only warns)",
+                 "v_reset": "Norse 1.1's LIF resets to 0 whatever the node's v_reset"}),
+    "sinabs": Target(dt=1.0, refuses={"network": (
+        "sinabs 3.1 requires nir <= 1.0.4, whose LIF and IF have no v_reset, and builds its IAF/LIF layers with a "
+        "subtractive reset (IF's membrane clipped at -threshold): plifnet's neurons reset to v_reset, so any "
+        "network of them would fire differently there (and sinabs cannot be installed beside plifnet's nir)")}),
+    "rockpool": Target(dt=1.0, refuses={"network": (
+        "Rockpool 3.1's from_nir maps no Conv2d, pooling, Flatten or IF node, and reads nir.LIF's time constant "
+        "as 'tau_mem', which nir.LIF does not have (AttributeError): no spiking network loads there")}),
+}
+
+
 def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32,
-           input_shape: tuple[int, int, int] | None = None) -> nir.NIRGraph:
+           input_shape: tuple[int, int, int] | None = None, target: str = "nir", dt: float | None = None) -> nir.NIRGraph:
     """The NIR graph of a :class:`plifnet.module.SpikingClassifier` or :class:`plifnet.models.SpikingNet`,
     or of any network whose layers form one ``nn.Sequential`` (itself, or its only child, run on the
     image at every step: how SpikingJelly and snnTorch networks are often written), of parts with a NIR
@@ -64,8 +125,24 @@ def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32,
 
     ``time_steps`` goes into the metadata (default: the network's T). Arrays are written as ``dtype``;
     ``np.float64`` keeps the folded BatchNorm exact to the last bit, for checks that compare spikes.
-    Raises ``ValueError`` naming the layer for what has no NIR form (a plug-in neuron, the soft reset).
+    ``target`` (a key of :data:`TARGETS`) writes only what that toolchain's importer maps, by exact rewrites;
+    ``dt`` (default: the target's) makes a time constant of ``tau`` steps NIR's ``tau x dt``; both are
+    recorded in the metadata. Raises ``ValueError`` naming the layer for what has no NIR form (a plug-in
+    neuron, the soft reset) or what the target's importer would run wrongly.
     """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+    spec = TARGETS[target]
+    if "network" in spec.refuses:
+        raise ValueError(f"--target {target}: {spec.refuses['network']}; export with --target nir for a simulator "
+                         f"that reads NIR as specified")
+    dt = spec.dt if dt is None else float(dt)
+    if not (np.isfinite(dt) and dt > 0):
+        raise ValueError(f"--dt {dt}: the time step must be a positive number of seconds (or 1: NIR time in steps)")
+    if spec.fixed_dt and dt != spec.dt:
+        raise ValueError(f"--target {target} --dt {dt}: its importer assumes dt = {spec.dt:g} and has no option for "
+                         f"another; leave --dt out")
+    exported = (target, spec, dt)
     net = getattr(model, "net", model)
     if net.training:
         raise ValueError("to_nir exports a network in eval mode (BatchNorm's running statistics, no dropout): call .eval()")
@@ -73,14 +150,16 @@ def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32,
         if not net.built:
             raise ValueError("to_nir exports SpikingNet networks (the paper's, or layers=...), built; got an unbuilt one")
         modules = [m.module if isinstance(m, TimeDistributed) else m for m in [net.encoder, *net.layers]]
-        return _graph(modules, net.input_shape, int(time_steps or net.time_steps), net.arch.static, dtype, per_step=False)
+        return _graph(modules, net.input_shape, int(time_steps or net.time_steps), net.arch.static, dtype,
+                      per_step=False, exported=exported)
     modules = _sequential_layers(net)
     time_steps = time_steps or getattr(net, "time_steps", None)
     if input_shape is None or time_steps is None:
         raise ValueError(f"to_nir({type(net).__name__}): give input_shape (C, H, W) and time_steps (the network has no "
                          f"'time_steps' attribute); python -m plifnet.export takes them from --config")
-    graph = _graph(modules, tuple(input_shape), int(time_steps), True, dtype, per_step=True)
-    _check_reproduces(net, _graph(modules, tuple(input_shape), int(time_steps), True, np.float64, per_step=True))
+    graph = _graph(modules, tuple(input_shape), int(time_steps), True, dtype, per_step=True, exported=exported)
+    _check_reproduces(net, _graph(modules, tuple(input_shape), int(time_steps), True, np.float64, per_step=True,
+                                  exported=("nir", TARGETS["nir"], 1.0)))
     return graph
 
 
@@ -127,9 +206,12 @@ def _check_reproduces(net: nn.Module, graph: nir.NIRGraph) -> None:
                          f"step), so it is not exported")
 
 
-def _graph(modules: list[nn.Module], input_shape, time_steps: int, static: bool, dtype, per_step: bool) -> nir.NIRGraph:
+def _graph(modules: list[nn.Module], input_shape, time_steps: int, static: bool, dtype, per_step: bool,
+           exported: tuple[str, Target, float]) -> nir.NIRGraph:
     """The chain of NIR nodes of ``modules``; ``per_step``: the modules run on one step ``[N, ...]``
-    (a peer's chain), else on ``[T, N, ...]`` after the encoder (a SpikingNet)."""
+    (a peer's chain), else on ``[T, N, ...]`` after the encoder (a SpikingNet); ``exported``: the
+    target's name, its :class:`Target` and dt."""
+    name, target, dt = exported
     graph = _GraphBuilder(dtype, input_shape)
     counts = {"conv": 0, "fc": 0, "pool": 0}
     last = "input"  # the name of the node that produced the current tensor
@@ -144,7 +226,7 @@ def _graph(modules: list[nn.Module], input_shape, time_steps: int, static: bool,
             counts["conv"] += 1
             last = graph.add(f"conv{counts['conv']}", _folded_conv(*convolution, graph.shape, dtype))
         elif is_neuron(module):
-            node = _neuron(module, last, graph.shape, dtype)
+            node = _neuron(module, last, graph.shape, dtype, exported)
             last = graph.add(f"{last}_{'if' if isinstance(node, nir.IF) else 'lif'}", node)
         elif isinstance(module, (MaxPool, nn.MaxPool2d)):
             if not graph.spikes:
@@ -152,10 +234,10 @@ def _graph(modules: list[nn.Module], input_shape, time_steps: int, static: bool,
                                  f"Threshold only where its input is spikes")
             kernel, stride = _pool_window(module)
             counts["pool"] += 1
-            graph.add(f"pool{counts['pool']}", nir.SumPool2d(kernel_size=np.array(kernel), stride=np.array(stride),
-                                                             padding=np.array([0, 0])))
-            last = graph.add(f"pool{counts['pool']}_threshold",
-                             nir.Threshold(threshold=np.full(graph.shape, POOL_THRESHOLD, dtype=dtype)))
+            graph.add(f"pool{counts['pool']}", target.pool(kernel_size=np.array(kernel), stride=np.array(stride),
+                                                           padding=np.array([0, 0])))
+            last = graph.add(f"pool{counts['pool']}_{target.pool_spike}",
+                             _pool_spike(target, graph.shape, kernel, dt, dtype))
         elif isinstance(module, (SharedDropout, nn.Dropout)):
             continue  # the identity in eval mode
         elif isinstance(module, nn.Flatten):
@@ -163,23 +245,24 @@ def _graph(modules: list[nn.Module], input_shape, time_steps: int, static: bool,
                 form = "Flatten(1) of a step's [N, ...]" if per_step else "Flatten(2) of [T, N, ...]"
                 raise ValueError(f"nn.Flatten({module.start_dim}, {module.end_dim}) after {last}: only {form} (all "
                                  f"features of a sample) has a NIR form")
-            last = graph.add("flatten", nir.Flatten(input_type={"input": np.array(graph.shape)}, start_dim=0, end_dim=-1))
+            if target.flatten:
+                last = graph.add("flatten", nir.Flatten(input_type={"input": np.array(graph.shape)}, start_dim=0,
+                                                        end_dim=-1))
         elif isinstance(module, nn.Linear):
             counts["fc"] += 1
-            weight = module.weight.detach().double().numpy().astype(dtype)
-            node = (nir.Linear(weight=weight) if module.bias is None else
-                    nir.Affine(weight=weight, bias=module.bias.detach().double().numpy().astype(dtype)))
-            last = graph.add(f"fc{counts['fc']}", node)
+            bias = None if module.bias is None else module.bias.detach().double().numpy().astype(dtype)
+            last = graph.add(f"fc{counts['fc']}", _dense(module.weight.detach().double().numpy().astype(dtype), bias,
+                                                         graph.shape))
         elif isinstance(module, Vote):
             classes = graph.shape[0] // module.votes
             votes = np.kron(np.eye(classes), np.full((1, module.votes), 1 / module.votes)).astype(dtype)
-            last = graph.add("vote", nir.Linear(weight=votes))
+            last = graph.add("vote", _dense(votes, None, graph.shape))
         else:
             raise ValueError(f"layer {type(module).__name__} after {last} has no NIR form; to_nir exports Conv2d(+BatchNorm2d), "
                              f"PLIF/LIF/IF neurons, max-pooling of spikes, dropout, Flatten, Linear and the vote")
     graph.add("output", nir.Output(output_type=np.array(graph.shape)))
-    metadata = {"time_steps": time_steps, "input": "static" if static else "events",
-                "dt": 1.0, "producer": f"plifnet {plifnet.__version__}"}
+    metadata = {"time_steps": time_steps, "input": "static" if static else "events", "dt": dt, "target": name,
+                "producer": f"plifnet {plifnet.__version__}"}
     return nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata=metadata)
 
 
@@ -195,7 +278,7 @@ class _GraphBuilder:
         self.edges.append((list(self.nodes)[-1], name))
         self.nodes[name] = node
         output = node.output_type.get("output") if node.output_type else None
-        if isinstance(node, (nir.SumPool2d,)):  # NIR leaves its output type to the graph's inference
+        if isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):  # NIR leaves its output type to the graph's inference
             c, h, w = self.shape
             kernel, stride = node.kernel_size, node.stride
             output = (c, (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1)
@@ -231,9 +314,11 @@ def _folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, shape, dtype) -> 
                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=bias.numpy().astype(dtype))
 
 
-def _neuron(neuron: nn.Module, name: str, shape, dtype):
+def _neuron(neuron: nn.Module, name: str, shape, dtype, exported: tuple[str, Target, float]):
     """The NIR node of a neuron over one sample's ``shape``, from its step as the neuron contract gives it
-    (plifnet's PLIF, LIF, IF; a peer library's through its adapter; see the module docstring)."""
+    (plifnet's PLIF, LIF, IF; a peer library's through its adapter; see the module docstring), at the
+    target's ``dt``: ``tau`` steps are NIR's ``tau x dt``, and IF charges ``v += dt r I`` with ``r = 1/dt``."""
+    target_name, target, dt = exported
     try:
         step = contract.dynamics(neuron)
     except ValueError as error:
@@ -244,13 +329,48 @@ def _neuron(neuron: nn.Module, name: str, shape, dtype):
 
     threshold, reset = full(step.v_threshold), full(step.v_reset)
     k = step.k.detach().double().cpu().numpy() if torch.is_tensor(step.k) else np.float64(step.k)
-    if not np.any(k) and not step.decay_input:
-        return nir.IF(r=full(1.0), v_threshold=threshold, v_reset=reset)
+    is_if = not np.any(k) and not step.decay_input
+    features = {"if": is_if, "decay_input=False": not is_if and not step.decay_input,
+                "per_channel": bool(step.per_channel), "v_reset": bool(np.any(reset))}
+    for feature, present in features.items():
+        if present and feature in target.refuses:
+            raise ValueError(f"layer {name} ({feature}): --target {target_name}: {target.refuses[feature]}, so it "
+                             f"would run differently there; export with --target nir, or train without {feature}")
+    if is_if:
+        return nir.IF(r=full(1 / dt), v_threshold=threshold, v_reset=reset)
     if step.per_channel:  # one tau per channel: dim 0 of a sample's [C, H, W] or [F]
         k = k.reshape(-1, *([1] * (len(shape) - 1)))
-    tau = 1 / np.asarray(k, dtype=np.float64)
-    return nir.LIF(tau=full(tau), r=full(1.0 if step.decay_input else tau), v_leak=reset,
+    steps = 1 / np.asarray(k, dtype=np.float64)  # tau in time steps
+    return nir.LIF(tau=full(steps * dt), r=full(1.0 if step.decay_input else steps), v_leak=reset,
                    v_threshold=threshold, v_reset=reset.copy())
+
+
+def _pool_spike(target: Target, shape, kernel, dt: float, dtype):
+    """The node after a pooling of spikes that fires where the window holds a spike: max-pooling, exactly.
+    The pooled value is a count of spikes (an average: a count / window), so anything in (0, 1) / window
+    separates none from one; IF and LIF reset to 0 when they fire and receive 0 when they do not, so their
+    membrane is 0 at every step (LIF with tau = dt: ``v += (dt/tau)(0 - v + I)`` is ``v = I``)."""
+    window = 1 if target.pool is nir.SumPool2d else kernel[0] * kernel[1]
+    threshold = np.full(shape, POOL_THRESHOLD / window, dtype=dtype)
+    zero = np.zeros(shape, dtype=dtype)
+    if target.pool_spike == "threshold":
+        return nir.Threshold(threshold=threshold)
+    if target.pool_spike == "if":
+        return nir.IF(r=np.full(shape, 1 / dt, dtype=dtype), v_threshold=threshold, v_reset=zero)
+    return nir.LIF(tau=np.full(shape, dt, dtype=dtype), r=np.ones(shape, dtype=dtype), v_leak=zero,
+                   v_threshold=threshold, v_reset=zero.copy())
+
+
+def _dense(weight: np.ndarray, bias: np.ndarray | None, shape):
+    """A fully-connected layer over one sample of ``shape``: ``nir.Linear``/``nir.Affine`` on features, or, on
+    a feature map ``[C, H, W]`` (for a target whose importer flattens the batch too), the equal ``nir.Conv2d``
+    whose kernel is the whole map (output ``[F, 1, 1]``)."""
+    if len(shape) == 1:
+        return nir.Linear(weight=weight) if bias is None else nir.Affine(weight=weight, bias=bias)
+    channels, height, width = shape
+    return nir.Conv2d(input_shape=(height, width), weight=weight.reshape(len(weight), channels, height, width),
+                      stride=1, padding=0, dilation=1, groups=1,
+                      bias=np.zeros(len(weight), weight.dtype) if bias is None else bias)
 
 
 def _pool_window(module: nn.Module) -> tuple[list[int], list[int]]:
@@ -262,19 +382,30 @@ def _pool_window(module: nn.Module) -> tuple[list[int], list[int]]:
     return pair(module.kernel_size), pair(module.stride if module.stride is not None else module.kernel_size)
 
 
-def from_nir(graph: nir.NIRGraph | str | Path) -> SpikingNet:
-    """A :class:`plifnet.models.SpikingNet` from a NIR graph (or file) of the form :func:`to_nir` writes.
+def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None) -> SpikingNet:
+    """A :class:`plifnet.models.SpikingNet` from a NIR graph (or file) of the form :func:`to_nir` writes,
+    for any target, or another framework writes for such a chain.
 
-    Conv2d and Linear/Affine keep their weights and the file's precision; ``LIF`` nodes become
+    ``dt``: the time step the graph's time constants assume (NIR's tau / dt is tau in steps); default: the
+    graph's metadata ``dt``, else 1 (NIR time in steps). SpikingJelly and snnTorch write at dt = 1e-4,
+    Norse at 1e-3. Conv2d and Linear/Affine keep their weights and the file's precision (a Conv2d whose
+    kernel covers its whole input map is the Linear it equals); ``LIF`` nodes become
     :class:`plifnet.neurons.PLIF` (tau learnable again, one per layer or per channel), ``IF`` nodes
-    :class:`plifnet.neurons.IF`; ``SumPool2d`` + ``Threshold`` in (0, 1] on spikes becomes max-pooling,
-    and a final ``Linear`` that averages groups of output neurons becomes the vote. ``time_steps`` and
-    the kind of input come from the metadata. Anything else is refused with the node's name.
+    :class:`plifnet.neurons.IF`; a SumPool2d or AvgPool2d of spikes followed by a node that fires where
+    the window holds a spike (:func:`_pool_spike`'s forms) becomes max-pooling, and a final ``Linear`` that
+    averages groups of output neurons becomes the vote. ``time_steps`` and the kind of input come from the
+    metadata. Anything else is refused with the node's name.
     """
     if not isinstance(graph, nir.NIRGraph):
         graph = nir.read(graph)
     chain = _chain(graph)
     metadata = graph.metadata or {}
+    if dt is not None:
+        step = (float(dt), "given")
+    elif "dt" in metadata:
+        step = (float(np.asarray(metadata["dt"])), "the graph's metadata")
+    else:
+        step = (1.0, "the default: the graph's metadata has none")
     time_steps = int(metadata.get("time_steps", 8))
     static = _text(metadata.get("input", "static")) == "static"
     input_shape = [int(n) for n in graph.nodes[chain[0]].input_type["input"]]
@@ -282,33 +413,39 @@ def from_nir(graph: nir.NIRGraph | str | Path) -> SpikingNet:
         raise ValueError(f"from_nir builds networks of square images or frames [C, H, H]; the input is {input_shape}")
     layers: list[nn.Module] = []
     leaks: list[tuple[PLIF, np.ndarray]] = []  # PLIF's w, set once the network has the file's precision
-    names, position, spikes = chain[1:-1], 0, False
+    names, position, spikes, flat = chain[1:-1], 0, False, False
     while position < len(names):
         name, node = names[position], graph.nodes[names[position]]
         following = graph.nodes[names[position + 1]] if position + 1 < len(names) else None
         position += 1
-        if isinstance(node, nir.Conv2d):
+        dense = isinstance(node, (nir.Linear, nir.Affine)) or (isinstance(node, nir.Conv2d) and layers and _is_dense(node))
+        if dense:
+            if not flat:  # a Linear written as a Conv2d over the whole map: the features of the map, flattened
+                layers.append(nn.Flatten(2))
+                flat = True
+            weight = np.array(node.weight).reshape(len(node.weight), -1)
+            votes = _votes(weight) if following is None else None
+            layers.append(Vote(votes) if votes else _linear_from_nir(weight, getattr(node, "bias", None)))
+        elif isinstance(node, nir.Conv2d):
             conv = _conv_from_nir(node)
             layers.append(conv if not layers else TimeDistributed(conv))
         elif isinstance(node, (nir.LIF, nir.IF)):
-            neuron, w = _neuron_from_nir(node, name)
+            neuron, w = _neuron_from_nir(node, name, step)
             layers.append(neuron)
             if w is not None:
                 leaks.append((neuron, w))
-        elif isinstance(node, nir.SumPool2d) and spikes and isinstance(following, nir.Threshold):
-            layers.append(_max_pool(node, following, name))
-            position += 1  # the Threshold is part of the max-pooling: spikes stay spikes
+        elif isinstance(node, (nir.SumPool2d, nir.AvgPool2d)) and spikes and following is not None:
+            layers.append(_max_pool(node, following, name, step))
+            position += 1  # the node after the pooling is part of the max-pooling: spikes stay spikes
             continue
         elif isinstance(node, nir.Flatten) and node.start_dim == 0 and node.end_dim == -1:
             layers.append(nn.Flatten(2))
+            flat = True
             continue  # a flattened spike map is still spikes
-        elif isinstance(node, (nir.Linear, nir.Affine)):
-            votes = _votes(node.weight) if following is None else None
-            layers.append(Vote(votes) if votes else _linear_from_nir(node))
         else:
             raise ValueError(f"node {name} ({type(node).__name__}) has no plifnet form here; from_nir reads chains of "
-                             f"Conv2d, LIF/IF, SumPool2d+Threshold on spikes, Flatten and Linear/Affine, as to_nir "
-                             f"writes them")
+                             f"Conv2d, LIF/IF, SumPool2d/AvgPool2d of spikes + a spike node, Flatten and "
+                             f"Linear/Affine, as to_nir writes them")
         spikes = isinstance(layers[-1], (PLIF, IF))
     if not layers or not isinstance(layers[0], nn.Conv2d):
         raise ValueError("from_nir: the graph must start with a Conv2d (the encoder) after its input")
@@ -320,15 +457,61 @@ def from_nir(graph: nir.NIRGraph | str | Path) -> SpikingNet:
     return net
 
 
-def _max_pool(pool: nir.SumPool2d, threshold: nir.Threshold, name: str) -> nn.Module:
-    """Max-pooling from SumPool2d + Threshold in (0, 1] on spikes (the form to_nir writes)."""
-    value = np.unique(threshold.threshold)
-    if value.size != 1 or not 0 < value[0] <= 1:
-        raise ValueError(f"node {name}: SumPool2d of spikes is max-pooling only with one Threshold in (0, 1]")
-    if np.any(np.asarray(pool.padding) != 0):
-        raise ValueError(f"node {name}: SumPool2d with padding has no max-pooling form here")
+class NIRNet(SpikingNet):
+    """A network read from a NIR file by :func:`from_nir`, for the command line and configs::
+
+        plifnet test --config configs/mnist.yaml --model.net plifnet.export.NIRNet \\
+            --model.net.path net.nir --model.net.dt 1e-4
+
+    evaluates (or, with ``fit``, fine-tunes) a graph that plifnet or another framework wrote. The file is
+    read again when a checkpoint of it is loaded, before its weights are put back.
+    """
+
+    def __init__(self, path: str, dt: float | None = None):
+        try:
+            read = from_nir(path, dt)
+        except (OSError, KeyError) as error:
+            raise ValueError(f"--model.net.path {path}: not a readable NIR file ({error})") from None
+        super().__init__(layers="", classes=read.classes, time_steps=read.time_steps, static=read.arch.static)
+        self.arch = read.arch
+        self._set_layers([read.encoder, *read.layers])
+
+
+def _max_pool(pool, spike, name: str, step: tuple[float, str]) -> nn.Module:
+    """Max-pooling from a SumPool2d or AvgPool2d of spikes and the node after it, in one of the forms of
+    :func:`_pool_spike`: a Threshold, an IF charging ``v += I`` (r = 1/dt), or a LIF with tau = dt, resetting
+    to 0, whose threshold separates no spike in the window from one."""
     kernel, stride = (tuple(int(n) for n in np.broadcast_to(v, (2,))) for v in (pool.kernel_size, pool.stride))
+    window = 1 if isinstance(pool, nir.SumPool2d) else kernel[0] * kernel[1]
+    kind = type(pool).__name__
+    dt = step[0]
+    if isinstance(spike, nir.Threshold):
+        value = np.unique(spike.threshold)
+    elif isinstance(spike, nir.IF) and np.allclose(np.asarray(spike.r) * dt, 1) and not np.any(spike.v_reset):
+        value = np.unique(spike.v_threshold)
+    elif (isinstance(spike, nir.LIF) and np.allclose(spike.tau, dt) and np.allclose(spike.r, 1)
+          and not np.any(spike.v_reset) and not np.any(spike.v_leak)):
+        value = np.unique(spike.v_threshold)
+    else:
+        raise ValueError(f"node {name}: a {kind} of spikes is max-pooling only before a Threshold, an IF with r = 1/dt "
+                         f"or a LIF with tau = dt (both resetting to 0); the next node is {type(spike).__name__}"
+                         f" (dt = {dt:g}: {step[1]})")
+    if value.size != 1 or not 0 < value[0] * window < 1:
+        raise ValueError(f"node {name}: a {kind} of spikes is max-pooling only with one threshold in (0, 1)"
+                         f"{' / ' + str(window) if window > 1 else ''}")
+    if np.any(np.asarray(pool.padding) != 0):
+        raise ValueError(f"node {name}: {kind} with padding has no max-pooling form here")
     return MaxPool() if kernel == stride == (2, 2) else TimeDistributed(nn.MaxPool2d(kernel, stride))
+
+
+def _is_dense(node: nir.Conv2d) -> bool:
+    """A convolution whose kernel covers its whole input map, unpadded: a Linear of the map's features."""
+    if node.input_type is None or node.input_type.get("input") is None:
+        return False
+    kernel, size = tuple(np.shape(node.weight)[2:]), tuple(int(n) for n in node.input_type["input"][1:])
+    padding = node.padding if isinstance(node.padding, (str, bytes)) else np.asarray(node.padding)
+    unpadded = _text(padding) == "valid" if isinstance(padding, (str, bytes)) else not np.any(padding)
+    return kernel == size and unpadded
 
 
 def _chain(graph: nir.NIRGraph) -> list[str]:
@@ -364,9 +547,8 @@ def _conv_from_nir(node: nir.Conv2d) -> nn.Conv2d:
     return conv
 
 
-def _linear_from_nir(node) -> nn.Linear:
-    weight = torch.from_numpy(np.array(node.weight))
-    bias = getattr(node, "bias", None)
+def _linear_from_nir(weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:
+    weight = torch.from_numpy(np.array(weight))
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
     linear.weight.data.copy_(weight)
     if bias is not None:
@@ -391,15 +573,21 @@ def _uniform(values: np.ndarray, what: str, name: str) -> float:
     return float(unique[0])
 
 
-def _neuron_from_nir(node, name: str) -> tuple[nn.Module, np.ndarray | None]:
-    """The neuron of a LIF or IF node, and for PLIF the values of its ``w`` (None for IF)."""
+def _neuron_from_nir(node, name: str, step: tuple[float, str]) -> tuple[nn.Module, np.ndarray | None]:
+    """The neuron of a LIF or IF node at time step ``step`` ``(dt, where dt came from)``, and for PLIF the
+    values of its ``w`` (None for IF)."""
+    dt, source = step
+    other = (f"at dt = {dt:g} ({source}); a graph written for another time step (SpikingJelly, snnTorch: 1e-4; "
+             f"Norse: 1e-3) is read with it: from_nir(path, dt=...), --model.net.dt")
     threshold = _uniform(node.v_threshold, "v_threshold", name)
     reset = _uniform(node.v_reset, "v_reset", name)
     if isinstance(node, nir.IF):
-        if not np.allclose(node.r, 1.0):
-            raise ValueError(f"node {name}: IF with r != 1 has no plifnet form (plifnet's IF charges H = V + X)")
+        r = np.asarray(node.r, dtype=np.float64)
+        if not np.allclose(r * dt, 1.0):
+            raise ValueError(f"node {name}: IF with r = {_uniform(r, 'r', name):g} charges v += r dt I = "
+                             f"{_uniform(r, 'r', name) * dt:g} I, not plifnet's H = V + X (r = 1/dt), {other}")
         return IF(v_threshold=threshold, v_reset=reset), None
-    tau = np.asarray(node.tau, dtype=np.float64)
+    tau = np.asarray(node.tau, dtype=np.float64) / dt  # in time steps
     if not np.allclose(node.v_leak, node.v_reset):
         raise ValueError(f"node {name}: LIF with v_leak != v_reset has no plifnet form (plifnet leaks towards V_reset)")
     if np.allclose(node.r, 1.0):
@@ -407,7 +595,8 @@ def _neuron_from_nir(node, name: str) -> tuple[nn.Module, np.ndarray | None]:
     elif np.allclose(node.r, tau):
         decay_input = False
     else:
-        raise ValueError(f"node {name}: LIF with r neither 1 (decay_input=True) nor tau (decay_input=False)")
+        raise ValueError(f"node {name}: LIF with r = {np.ravel(node.r)[0]:g}, neither 1 (decay_input=True) nor "
+                         f"tau / dt = {tau.ravel()[0]:g} (decay_input=False), {other}")
     per_channel = np.unique(tau).size > 1
     if per_channel:  # one tau per channel (dim 0) is PLIF(per_channel); any other pattern is not a plifnet layer
         channel_tau = tau.reshape(tau.shape[0], -1)
@@ -417,7 +606,8 @@ def _neuron_from_nir(node, name: str) -> tuple[nn.Module, np.ndarray | None]:
     else:
         tau_values = tau.reshape(-1)[:1]
     if not np.all(tau_values > 1):
-        raise ValueError(f"node {name}: tau must be > 1 at dt = 1 (the leak 1/tau in (0, 1)), got {tau_values.min()}")
+        raise ValueError(f"node {name}: tau / dt must be > 1 (the leak dt / tau in (0, 1)), got {tau_values.min():g} "
+                         f"{other}")
     neuron = PLIF(tau=float(tau_values[0]), v_threshold=threshold, v_reset=reset, decay_input=decay_input,
                   per_channel=per_channel, channels=len(tau_values) if per_channel else None)
     return neuron, -np.log(tau_values - 1)
@@ -479,13 +669,19 @@ def main(argv: list[str] | None = None) -> Path:
                         help="a class path the checkpoint names that is not plifnet's or an installed plug-in's, "
                              "to be imported all the same (repeatable)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--target", choices=tuple(TARGETS), default="nir",
+                        help="the toolchain whose NIR importer will read the file: only what it maps, by exact "
+                             "rewrites (README's table); nir: the graph as NIR specifies it (default)")
+    parser.add_argument("--dt", type=float, help="seconds per time step: NIR's tau is tau in steps x dt (default: the "
+                                                 "target's importer's: 1 for nir, 1e-4 SpikingJelly and snnTorch, "
+                                                 "1e-3 Norse)")
     args = parser.parse_args(argv)
     from plifnet.checkpoints import CheckpointError
     from plifnet.files import WriteFailed, write_atomically, write_failure
 
     try:
         model, input_shape = load_model(args.ckpt_path, args.config, args.allow_class_path)
-        graph = to_nir(model, args.time_steps, np.dtype(args.dtype).type, input_shape)
+        graph = to_nir(model, args.time_steps, np.dtype(args.dtype).type, input_shape, target=args.target, dt=args.dt)
     except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     try:
@@ -495,7 +691,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(write_failure(error, elsewhere="--out PATH")) from None
     neurons = sum(isinstance(node, (nir.LIF, nir.IF)) for node in graph.nodes.values())
     print(f"wrote {args.out}: {len(graph.nodes)} NIR nodes ({neurons} spiking layers), "
-          f"T = {graph.metadata['time_steps']}, {graph.metadata['input']} input", file=sys.stderr)
+          f"T = {graph.metadata['time_steps']}, {graph.metadata['input']} input, for {args.target} at "
+          f"dt = {graph.metadata['dt']:g}", file=sys.stderr)
     return args.out
 
 
