@@ -16,6 +16,23 @@ ISSCC 2014, 45 nm)::
 
 A layer counts as spike-fed for a batch whose input holds only 0s and 1s. Pooling, BatchNorm (folded
 into the convolution on hardware) and the vote cost nothing here.
+
+Operations alone flatter an SNN: an accumulate is cheap, but each one also moves a weight and a
+membrane, and every neuron's membrane is read, leaked and written at every step whether it spikes or
+not. The report therefore also counts memory accesses, one word of the technology's precision each, at
+Horowitz's 45 nm SRAM figure (10 pJ per 64 bits of an 8 KB array, so 5 pJ per fp32 word, 2.5 fp16,
+1.25 int8), with this accounting (ours, written out so that a reviewer can change it)::
+
+    ANN, per MAC:              read a weight and an input               2 words
+         per output, per pass: write the activation                     1 word
+    SNN, per AC:               read a weight, read and write a membrane 3 words
+         per neuron, per step: read and write its membrane             2 words, and 1 MAC (the leak)
+         value-fed layers:     as the ANN, at every step they run
+
+The ANN is the same network at the same precision (``45nm_int8``: int8 MACs against int8 ACs, a
+bit-matched quantised ANN). Spike-fed ACs grow with the input firing rate; the report solves for the
+rate at which the SNN's energy, memory included, equals the ANN's: above it the ANN wins
+(``crossover_rate``, against the measured ``input_rate``).
 """
 
 from __future__ import annotations
@@ -29,13 +46,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plifnet.contract import reset_state
+from plifnet.contract import is_neuron, reset_state
 
-# (pJ per MAC, pJ per AC), Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm
+NEURONS = "neurons"  # the key of the neurons' membrane updates among a counter's totals
+
+# (pJ per MAC, pJ per AC, pJ per memory access of one word), Horowitz, "Computing's energy problem",
+# ISSCC 2014, 45 nm: MAC = multiply + add, AC = add; an 8 KB SRAM reads 64 bits for 10 pJ, b bits for b/64 of it
+SRAM_PJ_PER_64_BITS = 10.0
 TECHNOLOGIES = {
-    "45nm_fp32": (4.6, 0.9),
-    "45nm_fp16": (1.5, 0.4),
-    "45nm_int8": (0.23, 0.03),
+    "45nm_fp32": (4.6, 0.9, SRAM_PJ_PER_64_BITS * 32 / 64),
+    "45nm_fp16": (1.5, 0.4, SRAM_PJ_PER_64_BITS * 16 / 64),
+    "45nm_int8": (0.23, 0.03, SRAM_PJ_PER_64_BITS * 8 / 64),
 }
 
 
@@ -50,6 +71,8 @@ class LayerEnergy:
     input_rate: float  # fraction of the input's elements that are spikes (nan for real-valued input)
     energy_pj: float  # E_AC x ACs + E_MAC x MACs
     ann_energy_pj: float  # E_MAC x dense MACs
+    memory_pj: float = 0.0  # the SNN's memory accesses: 3 per AC; as the ANN's for real-valued input
+    ann_memory_pj: float = 0.0  # the ANN's: 2 per MAC, 1 per output
 
 
 @dataclass
@@ -59,21 +82,47 @@ class EnergyReport:
     layers: list[LayerEnergy]
     technology: str
     images: int
+    neuron_updates: float = 0.0  # membrane updates per image: neurons x steps
+    neuron_pj: float = 0.0  # their energy: a MAC (the leak) and 2 memory accesses each
 
     macs = property(lambda self: sum(layer.macs for layer in self.layers))
     sops = property(lambda self: sum(layer.sops for layer in self.layers))
     energy_pj = property(lambda self: sum(layer.energy_pj for layer in self.layers))
     ann_energy_pj = property(lambda self: sum(layer.ann_energy_pj for layer in self.layers))
+    with_memory_pj = property(lambda self: sum(layer.energy_pj + layer.memory_pj for layer in self.layers)
+                              + self.neuron_pj)
+    ann_with_memory_pj = property(lambda self: sum(layer.ann_energy_pj + layer.ann_memory_pj for layer in self.layers))
+
+    def rates(self) -> tuple[float, float]:
+        """``(input_rate, crossover_rate)``: the firing rate of the spike-fed layers' inputs (their mean,
+        weighted by their ACs), and that rate where the SNN's energy with memory would equal the ANN's,
+        every spike-fed layer's rate scaled by the same factor (0: the SNN loses at any rate; inf: no
+        spike-fed layer)."""
+        fed = [layer for layer in self.layers if layer.input == "spikes"]
+        acs = sum(layer.sops for layer in fed)
+        rate = sum(layer.sops * layer.input_rate for layer in fed) / acs if acs else 0.0
+        scaling = sum(layer.energy_pj + layer.memory_pj for layer in fed)  # proportional to the rate
+        fixed = self.with_memory_pj - scaling
+        if not scaling:
+            return rate, math.inf
+        return rate, max(0.0, (self.ann_with_memory_pj - fixed) / scaling) * rate
 
     def totals(self) -> dict[str, float]:
+        input_rate, crossover = self.rates()
         return {"macs": self.macs, "sops": self.sops, "energy_uj": self.energy_pj / 1e6,
-                "ann_energy_uj": self.ann_energy_pj / 1e6, "ann_to_snn": self.ann_energy_pj / max(self.energy_pj, 1e-30)}
+                "ann_energy_uj": self.ann_energy_pj / 1e6, "ann_to_snn": self.ann_energy_pj / max(self.energy_pj, 1e-30),
+                "energy_with_memory_uj": self.with_memory_pj / 1e6,
+                "ann_energy_with_memory_uj": self.ann_with_memory_pj / 1e6,
+                "ann_to_snn_with_memory": self.ann_with_memory_pj / max(self.with_memory_pj, 1e-30),
+                "input_rate": input_rate, "crossover_rate": crossover}
 
     def summary(self) -> str:
         t = self.totals()
         return (f"per image ({self.technology}, {self.images} images): SNN {t['energy_uj']:.4g} uJ "
                 f"({t['sops'] / 1e6:.4g} M ops), ANN {t['ann_energy_uj']:.4g} uJ ({t['macs'] / 1e6:.4g} M MACs): "
-                f"{t['ann_to_snn']:.3g}x less energy")
+                f"{t['ann_to_snn']:.3g}x less energy; with memory access: SNN {t['energy_with_memory_uj']:.4g} uJ, "
+                f"ANN {t['ann_energy_with_memory_uj']:.4g} uJ ({t['ann_to_snn_with_memory']:.3g}x); the ANN wins above "
+                f"an input firing rate of {t['crossover_rate']:.4g} (now {t['input_rate']:.4g})")
 
     def to_csv(self, path: Path) -> None:
         with open(path, "w", newline="") as f:
@@ -82,8 +131,11 @@ class EnergyReport:
             for layer in self.layers:
                 writer.writerow({key: (f"{value:.8g}" if isinstance(value, float) else value)
                                  for key, value in asdict(layer).items()})
+            writer.writerow({"name": "neurons", "sops": f"{self.neuron_updates:.8g}", "memory_pj": f"{self.neuron_pj:.8g}"})
             writer.writerow({"name": "total", "macs": f"{self.macs:.8g}", "sops": f"{self.sops:.8g}",
-                             "energy_pj": f"{self.energy_pj:.8g}", "ann_energy_pj": f"{self.ann_energy_pj:.8g}"})
+                             "energy_pj": f"{self.energy_pj:.8g}", "ann_energy_pj": f"{self.ann_energy_pj:.8g}",
+                             "memory_pj": f"{self.with_memory_pj - self.energy_pj:.8g}",
+                             "ann_memory_pj": f"{self.ann_with_memory_pj - self.ann_energy_pj:.8g}"})
 
     def __str__(self) -> str:
         lines = [f"{'layer':<8} {'input':<7} {'MACs':>12} {'ops':>12} {'rate':>7} {'SNN uJ':>9} {'ANN uJ':>9}"]
@@ -94,15 +146,16 @@ class EnergyReport:
         return "\n".join(lines + [self.summary()])
 
 
-def energy_costs(technology: str | tuple[float, float]) -> tuple[str, float, float]:
-    """``(name, pJ per MAC, pJ per AC)`` from a name of :data:`TECHNOLOGIES` or a pair of numbers."""
+def energy_costs(technology: str | tuple[float, ...]) -> tuple[str, float, float, float]:
+    """``(name, pJ per MAC, pJ per AC, pJ per memory word)`` from a name of :data:`TECHNOLOGIES` or
+    numbers: ``(MAC, AC)`` (no memory term) or ``(MAC, AC, memory word)``."""
     if isinstance(technology, str):
         if technology not in TECHNOLOGIES:
             raise ValueError(f"unknown technology {technology!r}; choose one of {sorted(TECHNOLOGIES)} or give "
-                             f"(pJ per MAC, pJ per AC)")
+                             f"(pJ per MAC, pJ per AC[, pJ per memory word])")
         return (technology, *TECHNOLOGIES[technology])
-    mac, ac = (float(v) for v in technology)
-    return f"{mac:g} pJ/MAC, {ac:g} pJ/AC", mac, ac
+    mac, ac, memory = (*(float(v) for v in technology), 0.0)[:3]
+    return f"{mac:g} pJ/MAC, {ac:g} pJ/AC, {memory:g} pJ/word", mac, ac, memory
 
 
 class SynapticCounter:
@@ -124,15 +177,25 @@ class SynapticCounter:
                 counts[kind] += 1
                 layers[f"{kind}{counts[kind]}"] = module
         self.layers = layers
-        self.counts: dict[str, torch.Tensor | float] = dict.fromkeys(layers, 0.0)
+        self.neurons = [module for module in model.modules() if is_neuron(module)]
+        # per layer its FIELDS; NEURONS: the neurons' membrane updates (first field), summed the same way
+        self.counts: dict[str, torch.Tensor | float] = dict.fromkeys([*layers, *([NEURONS] if self.neurons else [])], 0.0)
         self.dense: dict[str, int] = {}  # dense MACs of one sample at one step
+        self.outputs: dict[str, int] = {}  # output elements of one sample at one step
         self._fan_out: dict[tuple, torch.Tensor] = {}
         self.handles: list = []
         self.pending: list[tuple[str, torch.Tensor]] = []  # (layer, counts) of each call not yet folded
 
     def __enter__(self) -> "SynapticCounter":
         self.handles = [module.register_forward_hook(self._hook(name)) for name, module in self.layers.items()]
+        self.handles += [neuron.register_forward_hook(self._count_updates) for neuron in self.neurons]
         return self
+
+    def _count_updates(self, module, inputs, output):
+        spikes = output[0] if isinstance(output, (tuple, list)) else output
+        updates = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=spikes.device)
+        updates[0] = spikes.numel()
+        self.pending.append((NEURONS, updates))
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
@@ -161,9 +224,11 @@ class SynapticCounter:
             out_h, out_w = output_shape[-2:]
             self.dense[name] = module.out_channels * out_h * out_w * (module.in_channels // module.groups) \
                 * module.kernel_size[0] * module.kernel_size[1]
+            self.outputs[name] = module.out_channels * out_h * out_w
         else:
             per_step = module.in_features
             self.dense[name] = module.in_features * module.out_features
+            self.outputs[name] = module.out_features
         steps = x.numel() // per_step  # samples x time steps in this call
         # 1 where the input is only 0s and 1s (x (x - 1) is 0 exactly there): kept as a tensor, so that
         # counting never waits for the device; two products and a reduction, 3-6x faster on the CPU than
@@ -204,35 +269,41 @@ class SynapticCounter:
         return self._fan_out[key]
 
     def totals(self) -> dict[str, torch.Tensor]:
-        """Per layer, the ``FIELDS`` counted so far (zeros for a layer that saw no batch)."""
+        """Per layer, the ``FIELDS`` counted so far (zeros for a layer that saw no batch), and the neurons'
+        updates under ``NEURONS``."""
         self.fold()
         return {name: value if torch.is_tensor(value) else torch.zeros(len(self.FIELDS), dtype=torch.float64)
                 for name, value in self.counts.items()}
 
-    def report(self, images: int, technology: str | tuple[float, float] = "45nm_fp32",
+    def report(self, images: int, technology: str | tuple[float, ...] = "45nm_fp32",
                totals: dict[str, torch.Tensor] | None = None) -> EnergyReport:
         """The per-image report of ``images`` images (``totals``: counts summed over processes, if any)."""
-        technology, mac_pj, ac_pj = energy_costs(technology)
+        technology, mac_pj, ac_pj, word_pj = energy_costs(technology)
+        totals = dict(totals or self.totals())
+        updates = float(totals.pop(NEURONS, torch.zeros(1))[0]) / images
         rows = []
-        for name, fields in (totals or self.totals()).items():
+        for name, fields in totals.items():
             acs, value_macs, spikes, elements, steps, spike_batches, value_batches = (float(v) for v in fields.cpu())
             if not steps:
                 continue
             kind = "mixed" if spike_batches and value_batches else "spikes" if spike_batches else "values"
-            macs = self.dense.get(name, 0)
+            macs, outputs = self.dense.get(name, 0), self.outputs.get(name, 0)
+            passes = value_macs / macs if macs else 0.0  # samples x steps fed by values
             rows.append(LayerEnergy(
                 name=name, input=kind, macs=float(macs), sops=(acs + value_macs) / images,
                 input_rate=spikes / elements if elements and not value_batches else float("nan"),
-                energy_pj=(acs * ac_pj + value_macs * mac_pj) / images, ann_energy_pj=macs * mac_pj))
-        return EnergyReport(rows, technology, images)
+                energy_pj=(acs * ac_pj + value_macs * mac_pj) / images, ann_energy_pj=macs * mac_pj,
+                memory_pj=(3 * acs + 2 * value_macs + outputs * passes) * word_pj / images,
+                ann_memory_pj=(2 * macs + outputs) * word_pj))
+        return EnergyReport(rows, technology, images, updates, updates * (mac_pj + 2 * word_pj))
 
 
 @torch.no_grad()
-def estimate(model: nn.Module, x: torch.Tensor, technology: str | tuple[float, float] = "45nm_fp32") -> EnergyReport:
+def estimate(model: nn.Module, x: torch.Tensor, technology: str | tuple[float, ...] = "45nm_fp32") -> EnergyReport:
     """MACs, SOPs, input firing rate and energy per image of every Conv2d/Linear of ``model`` on the
     batch ``x``: images ``[N, C, H, W]`` or event frames ``[T, N, C, H, W]``, in eval mode.
 
-    ``technology``: a name of :data:`TECHNOLOGIES` or ``(pJ per MAC, pJ per AC)``.
+    ``technology``: a name of :data:`TECHNOLOGIES` or ``(pJ per MAC, pJ per AC[, pJ per memory word])``.
     """
     images = x.shape[1] if x.dim() == 5 else x.shape[0]
     was_training = model.training

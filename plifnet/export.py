@@ -48,6 +48,7 @@ import argparse
 import copy
 import sys
 from dataclasses import dataclass, field
+from unittest import mock
 from pathlib import Path
 
 import nir
@@ -613,10 +614,12 @@ def _neuron_from_nir(node, name: str, step: tuple[float, str]) -> tuple[nn.Modul
     return neuron, -np.log(tau_values - 1)
 
 
-def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_paths=()) -> tuple[nn.Module, tuple | None]:
-    """The trained network of a checkpoint, in eval mode, and its data module's ``input_shape`` (None
-    without ``configs``). With ``configs`` (``plifnet fit``'s ``--config`` files or names, with the data module) the model
-    is built from them first: for networks that take their input shape from the data module."""
+def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_paths=(),
+               options: list[str] = ()) -> tuple[nn.Module, "LightningDataModule | None"]:
+    """The trained network of a checkpoint, in eval mode, and the data module of ``configs`` (None without).
+    With ``configs`` (``plifnet fit``'s ``--config`` files or names, with the data module; ``options``: more of
+    its arguments, such as ``--data.root DIR``) the model is built from them first: for networks that take
+    their input shape from the data module."""
     from argparse import ArgumentError
 
     from lightning.pytorch import LightningDataModule
@@ -643,11 +646,12 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
             parser.add_argument("--weights_only", default=None)
             parser.add_argument("--drop_callbacks", default=[])  # plifnet fit's: callbacks do not matter here
 
-    args = [arg for config in configs for arg in ("--config", shipped_config(config))]
-    try:  # read as plifnet fit reads them: after the recipe
-        cli = ConfigReader(SpikingClassifier, LightningDataModule, subclass_mode_data=True, run=False, args=args,
-                           save_config_callback=None, parser_kwargs={"exit_on_error": False,
-                                                                     "default_config_files": [str(RECIPE)]})
+    args = [arg for config in configs for arg in ("--config", shipped_config(config))] + list(options)
+    try:  # read as plifnet fit reads them: after the recipe (and not this process's own arguments)
+        with mock.patch.object(sys, "argv", sys.argv[:1]):
+            cli = ConfigReader(SpikingClassifier, LightningDataModule, subclass_mode_data=True, run=False, args=args,
+                               save_config_callback=None, parser_kwargs={"exit_on_error": False,
+                                                                         "default_config_files": [str(RECIPE)]})
     except ArgumentError as error:
         raise ValueError(f"--config {' '.join(map(str, configs))}: {str(error).strip().splitlines()[0]}") from None
     model, data = cli.model, cli.datamodule
@@ -655,7 +659,7 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
         channels, height, _ = data.input_shape
         model.net.build(channels, height)
     model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), getattr(data, "input_shape", None)
+    return model.eval(), data
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -680,8 +684,9 @@ def main(argv: list[str] | None = None) -> Path:
     from plifnet.files import WriteFailed, write_atomically, write_failure
 
     try:
-        model, input_shape = load_model(args.ckpt_path, args.config, args.allow_class_path)
-        graph = to_nir(model, args.time_steps, np.dtype(args.dtype).type, input_shape, target=args.target, dt=args.dt)
+        model, data = load_model(args.ckpt_path, args.config, args.allow_class_path)
+        graph = to_nir(model, args.time_steps, np.dtype(args.dtype).type, getattr(data, "input_shape", None),
+                       target=args.target, dt=args.dt)
     except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     try:

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from plifnet import PLIF, SpikingClassifier, SpikingNet
+from plifnet.neurons import IF
 from plifnet.callbacks import SynapticOps
 from plifnet.data.static import StaticDataModule
-from plifnet.energy import TECHNOLOGIES, estimate
+from plifnet.energy import TECHNOLOGIES, SynapticCounter, estimate
 from conftest import active_network
 
 
@@ -157,7 +158,51 @@ def test_callback_logs_writes_energy_csv_and_prints_totals_on_test(tiny_digits, 
     assert results["test/sops/conv2"] == pytest.approx(report.layers[1].sops, rel=1e-6)
     folder = tmp_path / "lightning_logs" / "version_0"
     rows = list(csv.DictReader(open(folder / "energy.csv")))
-    assert [row["name"] for row in rows] == ["conv1", "conv2", "fc1", "fc2", "total"]
+    assert [row["name"] for row in rows] == ["conv1", "conv2", "fc1", "fc2", "neurons", "total"]
+    assert float(rows[-1]["ann_memory_pj"]) == pytest.approx(sum(row.ann_memory_pj for row in report.layers), rel=1e-6)
+    assert results["test/crossover_rate"] == pytest.approx(report.totals()["crossover_rate"], rel=1e-6)
     assert float(rows[-1]["sops"]) == pytest.approx(report.sops, rel=1e-6)
     assert (folder / "energy.png").stat().st_size > 1000
     assert "energy per image (45nm_fp32, 40 images)" in capsys.readouterr().out
+
+
+def test_memory_access_same_precision_ann_and_crossover_rate_against_a_hand_count():
+    """Two Linear layers of IF neurons, two steps, spikes in: every figure counted by hand from the
+    published constants (Horowitz 2014, 45 nm fp32: 4.6 pJ per MAC, 0.9 per AC, 10 pJ per 64-bit SRAM
+    word, so 5 per 32-bit word) and the accounting of plifnet/energy.py's docstring."""
+    fc1, fc2 = nn.Linear(2, 3, bias=False), nn.Linear(3, 2, bias=False)
+    fc1.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    fc2.weight.data = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    net = nn.Sequential(fc1, IF(), fc2, IF())
+    x = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # [T=2, N=1, 2]
+    # fc1: 2 input spikes x 3 targets = 6 ACs (rate 2/4); IF1 fires [1, 0, 1] then [0, 1, 1] (0 + 1 + 1 at t=1)
+    # fc2: 4 input spikes x 2 targets = 8 ACs (rate 4/6); IF2 fires [1, 1], [1, 1]; neurons: 3 x 2 + 2 x 2 = 10 updates
+    with SynapticCounter(net) as counter, torch.no_grad():
+        net(x)
+    report = counter.report(images=1)
+    mac, ac, word = 4.6, 0.9, 5.0
+    assert TECHNOLOGIES["45nm_fp32"] == (mac, ac, word)
+    rows = {row.name: row for row in report.layers}
+    assert (rows["fc1"].sops, rows["fc2"].sops, report.neuron_updates) == (6, 8, 10)
+    assert rows["fc1"].energy_pj == pytest.approx(6 * ac) and rows["fc2"].energy_pj == pytest.approx(8 * ac)
+    assert rows["fc1"].memory_pj == pytest.approx(3 * 6 * word)  # a weight, a membrane read and write per AC
+    assert rows["fc2"].memory_pj == pytest.approx(3 * 8 * word)
+    assert report.neuron_pj == pytest.approx(10 * (mac + 2 * word))  # the leak, a membrane read and write
+    for row in rows.values():  # the same layer as an ANN, one pass: 6 MACs, 2 reads each, 3 or 2 outputs written
+        assert row.ann_energy_pj == pytest.approx(6 * mac)
+    assert rows["fc1"].ann_memory_pj == pytest.approx((2 * 6 + 3) * word)
+    assert rows["fc2"].ann_memory_pj == pytest.approx((2 * 6 + 2) * word)
+    totals = report.totals()
+    snn = 6 * ac + 8 * ac + 3 * 14 * word + 10 * (mac + 2 * word)
+    ann = 12 * mac + (2 * 12 + 5) * word
+    assert totals["energy_with_memory_uj"] == pytest.approx(snn / 1e6)
+    assert totals["ann_energy_with_memory_uj"] == pytest.approx(ann / 1e6)
+    assert totals["ann_to_snn"] == pytest.approx(12 * mac / (14 * ac))  # operations alone: the SNN wins 4.4x
+    rate = (6 * 2 / 4 + 8 * 4 / 6) / 14  # the spike-fed layers' input rates, weighted by their ACs
+    per_rate = (14 * ac + 3 * 14 * word) / rate  # what the ACs cost, per unit of rate
+    assert totals["input_rate"] == pytest.approx(rate)
+    assert totals["crossover_rate"] == pytest.approx((ann - 10 * (mac + 2 * word)) / per_rate)
+    assert 0 < totals["crossover_rate"] < rate and snn > ann  # with memory, at its rate, this SNN loses
+    int8 = counter.report(1, "45nm_int8").totals()  # a bit-matched int8 ANN against int8 ACs
+    assert int8["ann_energy_with_memory_uj"] == pytest.approx((12 * 0.23 + 29 * 1.25) / 1e6)
+    assert counter.report(1, (4.6, 0.9)).totals()["energy_with_memory_uj"] == pytest.approx((14 * ac + 10 * mac) / 1e6)

@@ -188,7 +188,9 @@ class SynapticOps(Callback):
     every epoch and on the test set.
 
     Logged to every logger as ``<stage>/sops_per_image``, ``<stage>/energy_uj_per_image``,
-    ``<stage>/ann_energy_uj_per_image``, ``<stage>/ann_to_snn`` and ``<stage>/sops/<layer>``; written to
+    ``<stage>/ann_energy_uj_per_image``, ``<stage>/ann_to_snn``, the same with memory access
+    (``<stage>/energy_with_memory_uj_per_image``, ``<stage>/ann_energy_with_memory_uj_per_image``), the
+    input firing rate above which the ANN wins (``<stage>/crossover_rate``) and ``<stage>/sops/<layer>``; written to
     ``energy.csv`` and ``energy.png`` (SNN against ANN energy per layer) in the run folder; the test
     prints its totals. ``technology``: a name of :data:`plifnet.energy.TECHNOLOGIES`.
     """
@@ -225,7 +227,10 @@ class SynapticOps(Callback):
         self.report = report = self.counter.report(int(counts[-1, 0]), self.technology, totals)
         figures = report.totals()
         for key, value in (("sops_per_image", figures["sops"]), ("energy_uj_per_image", figures["energy_uj"]),
-                           ("ann_energy_uj_per_image", figures["ann_energy_uj"]), ("ann_to_snn", figures["ann_to_snn"])):
+                           ("ann_energy_uj_per_image", figures["ann_energy_uj"]), ("ann_to_snn", figures["ann_to_snn"]),
+                           ("energy_with_memory_uj_per_image", figures["energy_with_memory_uj"]),
+                           ("ann_energy_with_memory_uj_per_image", figures["ann_energy_with_memory_uj"]),
+                           ("crossover_rate", figures["crossover_rate"])):
             pl_module.log(f"{stage}/{key}", value, sync_dist=True)
         for layer in report.layers:
             pl_module.log(f"{stage}/sops/{layer.name}", layer.sops, sync_dist=True)
