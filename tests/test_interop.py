@@ -357,3 +357,16 @@ def test_a_graph_from_another_framework_is_evaluated_and_fine_tuned_from_the_com
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith("error: ") and "at dt = 1 (the default" in refused.stderr
     assert "--model.net.dt" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_rockpools_export_has_only_dense_layers_and_an_exponential_leak_and_is_refused():
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules import LIFNeuronTorch, LinearTorch
+    from rockpool.nn.modules.torch.nir import to_nir as rockpool_to_nir
+
+    graph = rockpool_to_nir(Sequential(LinearTorch((4, 3)), LIFNeuronTorch(3, tau_mem=0.02, dt=1e-3)))
+    assert [type(node).__name__ for node in graph.nodes.values()] == ["Input", "Linear", "LIF", "Output"]
+    lif = graph.nodes["1_LIFNeuronTorch"]  # r = tau exp(-dt / tau) / dt: an exponential leak, not NIR's Euler step
+    assert np.allclose(lif.r, 0.02 * np.exp(-1e-3 / 0.02) / 1e-3)
+    with pytest.raises(ValueError, match=r"square images or frames \[C, H, H\]; the input is \[1, 4\]"):
+        from_nir(graph, dt=1e-3)
