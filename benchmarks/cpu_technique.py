@@ -14,6 +14,7 @@ Inductor also needs a C++ compiler on the machine at run time; numba comes from 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,11 +22,38 @@ import time
 
 import torch
 
-from neuron_kernels import alternating_rounds, median_of, saved_bytes
+from neuron_kernels import timings
 from plifnet.kernels import keep_freed_cpu_memory
 from plifnet.neurons import PLIF
 
 SHAPE = (8, 16, 128, 28, 28)
+
+
+def alternating_rounds(steps, repeats, device):
+    """Time every function of ``steps`` (name -> callable) once per round, in turn, for ``repeats``
+    rounds: a slow phase of this noisy machine then hits all of them alike, and ratios are taken
+    within a round. Returns one {name: seconds} per round."""
+    for step in steps.values():
+        step()  # warm-up
+    return [{name: timings(step, 1, device, warmup=0)[0] for name, step in steps.items()} for _ in range(repeats)]
+
+
+def median_of(rounds, key):
+    return statistics.median(key(one) for one in rounds)
+
+
+def saved_bytes(forward):
+    """Bytes of the distinct tensors autograd keeps for backward during ``forward()``."""
+    seen = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(seen.values())
 
 
 def layer(technique):
