@@ -694,7 +694,8 @@ def main(argv: list[str] | None = None) -> Path:
         write_atomically(args.out, lambda path: nir.write(path, graph))
     except WriteFailed as error:
         raise SystemExit(write_failure(error, elsewhere="--out PATH")) from None
-    neurons = sum(isinstance(node, (nir.LIF, nir.IF)) for node in graph.nodes.values())
+    neurons = sum(isinstance(node, (nir.LIF, nir.IF)) and not name.startswith("pool")  # not max-pooling's spike nodes
+                  for name, node in graph.nodes.items())
     print(f"wrote {args.out}: {len(graph.nodes)} NIR nodes ({neurons} spiking layers), "
           f"T = {graph.metadata['time_steps']}, {graph.metadata['input']} input, for {args.target} at "
           f"dt = {graph.metadata['dt']:g}", file=sys.stderr)
