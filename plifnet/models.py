@@ -26,11 +26,12 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from plifnet import kernels
 from plifnet.contract import is_neuron
-from plifnet.neurons import neuron_factory
+from plifnet.neurons import BaseNode, neuron_factory
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ ARCHS = {
 }
 
 VOTES_PER_CLASS = 10
-MEMORY = ("store", "checkpoint")  # what training keeps for backward: SpikingNet's ``memory``
+MEMORY = ("store", "first_block", "checkpoint")  # what training keeps for backward: SpikingNet's ``memory``
+CHANNEL_GROUP = 16  # channels of the first block recomputed at once in backward (memory first_block, checkpoint)
 
 
 class TimeDistributed(nn.Module):
@@ -139,6 +141,46 @@ def running_statistics_kept(net: nn.Module):
                 m.num_batches_tracked.copy_(count)
 
 
+@contextmanager
+def spikes_kept_as_bytes(spikes: torch.Tensor):
+    """Within it, a tensor that autograd saves for backward and that is ``spikes`` (or a view of all of
+    it, as a convolution's flattened input) is kept as uint8, a quarter of float32's bytes, and given
+    back in its dtype: where every value is 0 or 1, checked as it is packed (else it is kept as it is)."""
+    # what identifies the spikes, not the tensor: every saved tensor keeps these hooks, and a reference
+    # to the spikes from here would keep their float bytes too
+    identity = (spikes.data_ptr(), spikes.numel(), spikes.dtype)
+
+    def pack(tensor: torch.Tensor):
+        if (tensor.data_ptr(), tensor.numel(), tensor.dtype) == identity:
+            packed = kernels.binary_as_bytes(tensor.detach())
+            if packed is not None:
+                return packed, tensor.dtype
+        return tensor, None
+
+    def unpack(packed):
+        tensor, dtype = packed
+        return tensor if dtype is None else tensor.to(dtype)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
+
+
+def _channel_slice(module: nn.Module, channels: int, group: slice, before: dict) -> dict:
+    """The parameters and buffers of ``module`` for ``functional_call`` on the channels ``group`` of a
+    layer of ``channels``: those with one row per channel cut to the group's rows, the others whole.
+    A counter such as BatchNorm's ``num_batches_tracked`` moves in the first group only: the others
+    get a copy of its value in ``before``, so that it moves once per call, as without groups."""
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return {name: tensor[group] if tensor.dim() and tensor.shape[0] == channels
+            else tensor if group.start == 0 or name not in before else before[name].clone()
+            for name, tensor in tensors.items()}
+
+
+def _with_tensors(module: nn.Module, tensors: dict) -> Callable:
+    """``module`` as a function that runs with ``tensors`` in place of its parameters and buffers."""
+    return lambda *args, **kwargs: functional_call(module, tensors, args, kwargs)
+
+
 def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
@@ -167,10 +209,17 @@ class SpikingNet(nn.Module):
         time_steps: T for static images (default: the paper's, or 8); event data brings its own T.
         backend: ``auto``, ``reference`` or a fused kernel, for the max-pooling layers (the neurons
             take theirs from ``neuron``).
-        memory: what training keeps for backward. ``store``: every layer's saved tensors. ``checkpoint``:
-            only each block's input (a block runs from one convolution or linear layer to the next),
-            the rest recomputed block by block in backward (torch.utils.checkpoint): the same spikes
-            and gradients, about a tenth of the bytes kept, one more forward pass.
+        memory: what training keeps for backward (:data:`MEMORY`). ``store``: every layer's saved
+            tensors. ``first_block``: the first block (the encoder's convolution and BatchNorm, the
+            first neuron and pooling: the largest activations, and the cheapest to recompute) is
+            recomputed in backward, in groups of :data:`CHANNEL_GROUP` channels, so that backward
+            holds one group's activations at a time; the rest is stored, the spikes that enter a block
+            as bytes (:func:`spikes_kept_as_bytes`). ``checkpoint``: every block
+            recomputed (a block runs from one convolution or linear layer to the next; only its input
+            kept), the first in groups of channels: the fewest bytes kept, one more forward pass.
+            Either gives the stored path's spikes and running statistics bit for bit, and its gradients
+            to float32 rounding where the first block is split (a layer-wide tau's gradient is summed
+            group by group), else bit for bit.
         layers, in_channels, size, classes, static: a network of your own (with ``arch=None``): the
             tokens above; the input's channels and height = width (None: the data module's
             ``input_shape``, when trained by :class:`plifnet.module.SpikingClassifier`); the classes
@@ -295,27 +344,69 @@ class SpikingNet(nn.Module):
                 f"the {self.arch_name} network takes {expected} with C, H, W = {c}, {h}, {w}; "
                 f"got shape {tuple(x.shape)}. Check that the data module matches the network (--model.arch)."
             )
-        recompute = self.memory == "checkpoint" and torch.is_grad_enabled()
+        recompute = self.memory != "store" and torch.is_grad_enabled()
         for start, stop in self._blocks:
-            if recompute:
-                x = checkpoint(self._run_stages, x, start, stop, use_reentrant=False,
-                               context_fn=lambda: (nullcontext(), running_statistics_kept(self)))
+            if recompute and start == 0:
+                x = self._first_block_recomputed(x, stop)
+            elif recompute and self.memory == "checkpoint":
+                x = self._recomputed(self._run_stages, x, start, stop)
+            elif recompute:  # first_block: the later blocks stored, their input spikes as bytes
+                with spikes_kept_as_bytes(x):
+                    x = self._run_stages(x, start, stop)
             else:
                 x = self._run_stages(x, start, stop)
         return x
 
-    def _run_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def _recomputed(self, function: Callable, *args) -> torch.Tensor:
+        """``function(*args)``, its saved tensors recomputed in backward (torch.utils.checkpoint)."""
+        return checkpoint(function, *args, use_reentrant=False,
+                          context_fn=lambda: (nullcontext(), running_statistics_kept(self)))
+
+    def _first_block_recomputed(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        """The first block, recomputed in backward: its stages that treat every channel alone (Conv2d +
+        BatchNorm2d, a neuron with the built-in step, max-pooling) one group of channels at a time, each
+        group its own recomputation, so that backward holds a group's activations, not the block's."""
+        stages = self._channel_stages()
+        channels = self.encoder[0].out_channels if stages else 0
+        if channels <= CHANNEL_GROUP:  # nothing to split: the block recomputed whole
+            return self._recomputed(self._run_stages, x, 0, stop)
+        modules = [self.encoder, *self.layers[:stages - 1]]
+        before = [{name: b.clone() for name, b in m.named_buffers() if not b.dim()} for m in modules]
+
+        def run_group(x: torch.Tensor, group: slice) -> torch.Tensor:
+            parts = [_with_tensors(m, _channel_slice(m, channels, group, kept)) for m, kept in zip(modules, before)]
+            return self._run_stages(x, 0, stages, parts)
+
+        groups = [slice(start, start + CHANNEL_GROUP) for start in range(0, channels, CHANNEL_GROUP)]
+        x = torch.cat([self._recomputed(run_group, x, group) for group in groups], dim=2)  # [T, N, C, ...]
+        return self._run_stages(x, stages, stop)
+
+    def _channel_stages(self) -> int:
+        """How many stages from the encoder on compute each channel from that channel alone (0: not the
+        encoder): Conv2d + BatchNorm2d, a neuron with the built-in step, max-pooling."""
+        encoder = self.encoder
+        if not (isinstance(encoder, nn.Sequential) and [type(m) for m in encoder] == [nn.Conv2d, nn.BatchNorm2d]
+                and encoder[0].groups == 1):
+            return 0
+        neuron = self.layers[0]
+        if not isinstance(neuron, BaseNode) or neuron.own_hooks:  # a neuron's own hooks may mix channels
+            return 0
+        return 3 if len(self.layers) > 1 and isinstance(self.layers[1], MaxPool) else 2
+
+    def _run_stages(self, x: torch.Tensor, start: int, stop: int, modules: list | None = None) -> torch.Tensor:
+        """Stages ``start`` to ``stop`` (0: the encoder, i: layer i - 1); ``modules`` stands in for the first ones."""
+        modules = modules or [self.encoder, *self.layers]
         for stage in range(start, stop):
+            module = modules[stage]
             if stage == 0 and self.arch.static:  # one current per image [N, ...], the same at every step
-                x = self.encoder(x)
+                x = module(x)
             elif stage == 0:
-                x = self.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+                x = module(x.flatten(0, 1)).unflatten(0, x.shape[:2])
             elif stage == 1 and self.arch.static:  # the first neuron takes the constant current once
-                first_neuron = self.layers[0]
-                x = first_neuron(x, time_steps=self.time_steps) if self._constant_input else \
-                    first_neuron(x.expand(self.time_steps, *x.shape))
+                x = module(x, time_steps=self.time_steps) if self._constant_input else \
+                    module(x.expand(self.time_steps, *x.shape))
             else:
-                x = self.layers[stage - 1](x)
+                x = module(x)
         return x
 
     def spiking_layers(self) -> dict[str, nn.Module]:

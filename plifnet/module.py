@@ -77,8 +77,9 @@ class SpikingClassifier(L.LightningModule):
         backend: ``auto`` (the fused kernels of the device where installed; a neuron with hooks of its
             own, compiled), ``reference`` (plain per-step PyTorch), ``compile``, ``cpu`` or ``triton``
             (:data:`plifnet.options.BACKENDS`).
-        memory: what training keeps for backward (:data:`plifnet.models.MEMORY`): ``store`` (all), or
-            ``checkpoint`` (each block's input; the block recomputed in backward, the same gradients).
+        memory: what training keeps for backward (:data:`plifnet.models.MEMORY`): ``store`` (all),
+            ``first_block`` (the first block recomputed in backward in groups of channels: the event
+            networks' peak at about a third) or ``checkpoint`` (each block's input; every block recomputed).
         compile: compile the network with ``torch.compile`` (TorchInductor: C++ on the CPU, Triton on
             CUDA) before training; the fused kernels are custom operators, so no neuron breaks the graph.
             The parameters and checkpoints keep their names (``net.compile()``, not a wrapper), and
@@ -109,7 +110,7 @@ class SpikingClassifier(L.LightningModule):
         lr: float | None = None,
         cosine_t_max: int | None = None,
         backend: Literal["auto", "reference", "compile", "cpu", "triton"] = "auto",
-        memory: Literal["store", "checkpoint"] = "store",
+        memory: Literal["store", "first_block", "checkpoint"] = "store",
         compile: bool = False,
         net: nn.Module | None = None,
         classes: int | None = None,
@@ -135,8 +136,8 @@ class SpikingClassifier(L.LightningModule):
                                     per_channel=per_channel, backend=backend)
             net = SpikingNet(arch, neuron=neuron_factory(neuron, options=options), variant=variant, dropout=dropout,
                              time_steps=time_steps, backend=backend, memory=memory)
-        if compile and getattr(net, "memory", "store") == "checkpoint":
-            raise ValueError("compile and memory 'checkpoint' do not combine: torch.compile cannot trace the "
+        if compile and getattr(net, "memory", "store") != "store":
+            raise ValueError(f"compile and memory {net.memory!r} do not combine: torch.compile cannot trace the "
                              "recomputation (its BatchNorm-statistics context); choose one (--model.compile false, or "
                              "--model.memory store)")
         self.net = net

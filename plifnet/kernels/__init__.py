@@ -171,6 +171,18 @@ def max_pool2x2(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     return pooled.view(*x.shape[:-2], *pooled.shape[-2:])
 
 
+def binary_as_bytes(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` as uint8 where every value is 0 or 1 (exact: a quarter of float32's bytes), else None;
+    on the CPU one pass that converts and checks (:func:`plifnet.kernels.cpu.binary_to_bytes`)."""
+    if x.device.type == "cpu" and available("cpu") and x.dtype == torch.float32 and x.is_contiguous() and x.dim():
+        from plifnet.kernels import cpu
+
+        out = torch.empty(x.shape, dtype=torch.uint8)
+        other = cpu.binary_to_bytes(x.reshape(x.shape[0], -1).numpy(), out.view(x.shape[0], -1).numpy())
+        return out if other == 0 else None
+    return x.to(torch.uint8) if torch.all((x == 0) | (x == 1)) else None
+
+
 @lru_cache(maxsize=None)
 def keep_freed_memory_unless_opted_out() -> bool:
     """:func:`keep_freed_cpu_memory`, once per process, unless ``PLIFNET_KEEP_FREED_MEMORY=0``: called by

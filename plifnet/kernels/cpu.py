@@ -288,3 +288,20 @@ def max_pool2x2_backward_kernel(*, bf16: bool):
                     bottom[j] = 0 if where < 2 else pair
 
     return max_pool2x2_backward
+
+
+@njit(parallel=True, cache=True)
+def binary_to_bytes(x, out):
+    """x [B, E] float32 into out [B, E] uint8, value by value, in one pass; returns the number of rows
+    that hold a value other than 0 and 1 (0: out is x exactly)."""
+    rows, elements = x.shape
+    other = 0
+    for r in prange(rows):
+        row, row_out = x[r], out[r]
+        found = np.uint8(0)
+        for e in range(elements):  # integer flags, or-ed: the loop vectorises (a float sum would not)
+            one = row[e] == ONE
+            row_out[e] = np.uint8(one)
+            found |= np.uint8(not one and row[e] != ZERO)  # NaN too
+        other += found
+    return other
