@@ -8,15 +8,16 @@ process that imports one library and builds one network:
   forward, freed blocks handed back to the OS, minus before it; the output is a few bytes);
 * ``peak``: the step's peak resident memory above the memory before it (Linux VmHWM, restarted
   through /proc/self/clear_refs after a warm-up step), MiB;
+  both the median of ``--measures`` steps (resident memory varies with the allocator's free lists);
 * ``ms``: the median time of ``--steps`` training steps after those.
 
 Implementations: plifnet as a script gets it (``SpikingNet(arch)``, memory ``store``), plifnet with
-``memory="checkpoint"``, SpikingJelly 2.0's torch backend on the same network
+``memory="first_block"`` and with ``memory="checkpoint"``, SpikingJelly 2.0's torch backend on the same network
 (``neuron_kernels.spikingjelly_network``: multi-step ``ParametricLIFNode``), and SpikingJelly's
 ``memopt`` at level 1 (each block checkpointed, its binary input compressed to bits; levels 2-4 search
 by measuring CUDA memory and refuse the CPU).
 
-    python benchmarks/memory.py [--steps 2] [--time-steps 4 8 16 20 32] [--networks mnist cifar10dvs dvs_gesture]
+    python benchmarks/memory.py [--steps 2] [--measures 3] [--time-steps 4 8 16 20 32] [--networks mnist cifar10dvs dvs_gesture]
 """
 
 import argparse
@@ -32,7 +33,7 @@ import torch
 from neuron_kernels import _release_freed_memory, _status_kb, has_spikingjelly, spikingjelly_network
 
 BATCH = {"mnist": 16, "cifar10dvs": 2, "dvs_gesture": 2}  # the event networks: 2, for minutes on 2 CPU cores at T = 32
-IMPLEMENTATIONS = ("plifnet", "plifnet checkpoint", "SpikingJelly", "SJ memopt L1")
+IMPLEMENTATIONS = ("plifnet", "plifnet first_block", "plifnet checkpoint", "SpikingJelly", "SJ memopt L1")
 
 
 def build(implementation, arch, time_steps, x):
@@ -40,7 +41,7 @@ def build(implementation, arch, time_steps, x):
     if implementation.startswith("plifnet"):
         from plifnet import SpikingNet
 
-        net = SpikingNet(arch, time_steps=time_steps, memory="checkpoint" if "checkpoint" in implementation else "store")
+        net = SpikingNet(arch, time_steps=time_steps, memory=(implementation.split()[1:] or ["store"])[0])
         return net, lambda inputs: net(inputs).mean(0)
     net = spikingjelly_network(arch, time_steps=time_steps)
     if "memopt" in implementation:
@@ -51,7 +52,7 @@ def build(implementation, arch, time_steps, x):
     return net, net
 
 
-def measure(implementation, arch, time_steps, batch, steps):
+def measure(implementation, arch, time_steps, batch, steps, measures):
     from plifnet.models import ARCHS
 
     torch.manual_seed(0)
@@ -72,25 +73,26 @@ def measure(implementation, arch, time_steps, batch, steps):
         optimizer.step()
 
     step()  # kernels compiled, Adam's state allocated, outside the measurement
-    optimizer.zero_grad(set_to_none=True)  # as every step starts
-    _release_freed_memory()
-    baseline = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
-    kept = {}
-
-    def after_forward():
+    kept, peaks = [], []
+    for _ in range(measures):  # resident memory moves with the allocator's free lists: the median of a few
+        optimizer.zero_grad(set_to_none=True)  # as every step starts
         _release_freed_memory()
-        kept["kib"] = _status_kb("VmRSS") - baseline
+        baseline = _status_kb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
 
-    step(after_forward)
-    peak = _status_kb("VmHWM") - baseline
+        def after_forward():
+            _release_freed_memory()
+            kept.append(_status_kb("VmRSS") - baseline)
+
+        step(after_forward)
+        peaks.append(_status_kb("VmHWM") - baseline)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
     per_sample_step = batch * time_steps
-    return {"kept_mib": kept["kib"] / 1024 / per_sample_step, "peak_mib": peak / 1024,
+    return {"kept_mib": statistics.median(kept) / 1024 / per_sample_step, "peak_mib": statistics.median(peaks) / 1024,
             "ms": statistics.median(times) * 1e3}
 
 
@@ -111,24 +113,26 @@ def slope(rows, key):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--measures", type=int, default=3, help="steps whose memory is measured (median)")
     parser.add_argument("--time-steps", type=int, nargs="+", default=[4, 8, 16, 20, 32])  # 20: the paper's T for DVS
     parser.add_argument("--networks", nargs="+", default=list(BATCH), choices=list(BATCH))
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        implementation, arch, time_steps, batch, steps = args.child
-        print(json.dumps(measure(implementation, arch, int(time_steps), int(batch), int(steps))))
+        implementation, arch, time_steps, batch, steps, measures = args.child
+        print(json.dumps(measure(implementation, arch, int(time_steps), int(batch), int(steps), int(measures))))
         return
     implementations = [name for name in IMPLEMENTATIONS if name.startswith("plifnet") or has_spikingjelly()]
     print(f"{torch.get_num_threads()} threads, float32, one training step; kept: MiB per sample and time step; "
-          f"peak: MiB above the memory before the step; ms: median of {args.steps} steps")
+          f"peak: MiB above the memory before the step (kept and peak: medians of {args.measures} steps); "
+          f"ms: median of {args.steps} steps")
     for arch in args.networks:
         batch = BATCH[arch]
         results = {name: [] for name in implementations}
         print(f"\n{arch}, batch {batch}")
         print(f"{'T':>3} " + "".join(f"{name + ' kept/peak/ms':>34}" for name in implementations))
         for time_steps in args.time_steps:
-            row = {name: child(name, arch, time_steps, batch, args.steps) for name in implementations}
+            row = {name: child(name, arch, time_steps, batch, args.steps, args.measures) for name in implementations}
             cells = []
             for name in implementations:
                 r = row[name]
