@@ -694,8 +694,7 @@ def main(argv: list[str] | None = None) -> Path:
         write_atomically(args.out, lambda path: nir.write(path, graph))
     except WriteFailed as error:
         raise SystemExit(write_failure(error, elsewhere="--out PATH")) from None
-    neurons = sum(isinstance(node, (nir.LIF, nir.IF)) and not name.startswith("pool")  # not max-pooling's spike nodes
-                  for name, node in graph.nodes.items())
+    neurons = sum(is_neuron(module) for module in model.modules())  # the graph has spike nodes for max-pooling too
     print(f"wrote {args.out}: {len(graph.nodes)} NIR nodes ({neurons} spiking layers), "
           f"T = {graph.metadata['time_steps']}, {graph.metadata['input']} input, for {args.target} at "
           f"dt = {graph.metadata['dt']:g}", file=sys.stderr)

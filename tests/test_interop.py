@@ -129,6 +129,7 @@ def test_a_trained_mnist_network_runs_in_each_toolchain_on_1000_real_test_images
     lines = [f"MNIST after 60 steps, 1000 test images: accuracy {(predictions == labels).float().mean():.1%}"]
     for target in sorted(IMPORTERS):
         export_main(["--ckpt_path", str(checkpoint), "--out", str(tmp_path / f"{target}.nir"), "--target", target])
+        assert "(4 spiking layers)" in capsys.readouterr().err  # conv1, conv2, fc1, fc2: not the pooling's nodes
         graph = nir.read(tmp_path / f"{target}.nir")
         got_counts, got_predictions = counts_and_predictions(lambda part: run_imported(target, graph, part))
         agree = (got_predictions == predictions).float().mean().item()
