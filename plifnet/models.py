@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
@@ -219,7 +220,8 @@ class SpikingNet(nn.Module):
             kept), the first in groups of channels: the fewest bytes kept, one more forward pass.
             Either gives the stored path's spikes and running statistics bit for bit, and its gradients
             to float32 rounding where the first block is split (a layer-wide tau's gradient is summed
-            group by group), else bit for bit.
+            group by group), else bit for bit. A first block that may mix channels (an encoder of one's
+            own, a neuron with hooks of its own) is recomputed whole, with a warning that says why.
         layers, in_channels, size, classes, static: a network of your own (with ``arch=None``): the
             tokens above; the input's channels and height = width (None: the data module's
             ``input_shape``, when trained by :class:`plifnet.module.SpikingClassifier`); the classes
@@ -366,10 +368,14 @@ class SpikingNet(nn.Module):
         """The first block, recomputed in backward: its stages that treat every channel alone (Conv2d +
         BatchNorm2d, a neuron with the built-in step, max-pooling) one group of channels at a time, each
         group its own recomputation, so that backward holds a group's activations, not the block's."""
-        stages = self._channel_stages()
-        channels = self.encoder[0].out_channels if stages else 0
+        reason = self._why_not_split()
+        if reason:  # recomputed whole: less kept, but the backward's peak is the block's, as with store
+            warnings.warn(f"memory {self.memory!r}: the first block is recomputed whole, not {CHANNEL_GROUP} channels "
+                          f"at a time, because {reason}; its backward peak stays that of memory 'store'", stacklevel=3)
+        channels = 0 if reason else self.encoder[0].out_channels
         if channels <= CHANNEL_GROUP:  # nothing to split: the block recomputed whole
             return self._recomputed(self._run_stages, x, 0, stop)
+        stages = 3 if len(self.layers) > 1 and isinstance(self.layers[1], MaxPool) else 2
         modules = [self.encoder, *self.layers[:stages - 1]]
         before = [{name: b.clone() for name, b in m.named_buffers() if not b.dim()} for m in modules]
 
@@ -381,17 +387,18 @@ class SpikingNet(nn.Module):
         x = torch.cat([self._recomputed(run_group, x, group) for group in groups], dim=2)  # [T, N, C, ...]
         return self._run_stages(x, stages, stop)
 
-    def _channel_stages(self) -> int:
-        """How many stages from the encoder on compute each channel from that channel alone (0: not the
-        encoder): Conv2d + BatchNorm2d, a neuron with the built-in step, max-pooling."""
-        encoder = self.encoder
+    def _why_not_split(self) -> str | None:
+        """Why the first block's stages may not compute each channel from that channel alone (None: they do)."""
+        encoder, neuron = self.encoder, self.layers[0]
         if not (isinstance(encoder, nn.Sequential) and [type(m) for m in encoder] == [nn.Conv2d, nn.BatchNorm2d]
                 and encoder[0].groups == 1):
-            return 0
-        neuron = self.layers[0]
-        if not isinstance(neuron, BaseNode) or neuron.own_hooks:  # a neuron's own hooks may mix channels
-            return 0
-        return 3 if len(self.layers) > 1 and isinstance(self.layers[1], MaxPool) else 2
+            return "its encoder is not plifnet's Conv2d + BatchNorm2d"
+        if not isinstance(neuron, BaseNode):
+            return f"its first neuron, {type(neuron).__name__}, is not a plifnet neuron"
+        if neuron.own_hooks:
+            return (f"its first neuron, {type(neuron).__name__}, has hooks of its own ({', '.join(neuron.own_hooks)}), "
+                    f"which may mix channels")
+        return None
 
     def _run_stages(self, x: torch.Tensor, start: int, stop: int, modules: list | None = None) -> torch.Tensor:
         """Stages ``start`` to ``stop`` (0: the encoder, i: layer i - 1); ``modules`` stands in for the first ones."""

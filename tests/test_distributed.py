@@ -62,6 +62,25 @@ def test_two_process_ddp_fit_then_single_process_test(run_cli, tiny_digits, tmp_
     assert sorted(indices) == list(range(40))
 
 
+def test_two_process_ddp_fit_with_the_first_block_recomputed_in_groups(tiny_digits, tmp_path):
+    """memory first_block under DDP: every parameter of the first block is used once per group and again
+    in the recomputation; the ranks' gradients still meet once per step, and tau and weights agree."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"),
+               PYTHONUNBUFFERED="1")
+    cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
+        "--data.batch_size", "4", "--model.time_steps", "2", "--model.optimizer.lr", "0.01", "--model.memory",
+        "first_block", "--config", ROOT / "configs" / "trainer" / "ddp.yaml", "--trainer.accelerator", "cpu",
+        "--trainer.devices", "2", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+        "--trainer.limit_val_batches", "0", "--trainer.callbacks+=ddp_probe.RankProbe", cwd=tmp_path, env=env)
+    ranks = [torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2 and len(ranks[0]["taus"]) == 3
+    for step0, step1 in zip(ranks[0]["taus"], ranks[1]["taus"]):
+        assert all(torch.equal(step0[name], step1[name]) for name in step0)
+    assert ranks[0]["taus"][-1]["conv1"].item() != pytest.approx(2.0, abs=1e-5)  # the split layer's tau was trained
+    for name, value in ranks[0]["parameters"].items():
+        assert torch.equal(value, ranks[1]["parameters"][name]), name
+
+
 @pytest.mark.parametrize("family", ["snntorch", "spikingjelly"])
 def test_two_process_ddp_fit_of_a_peer_network(family, tiny_digits, tmp_path):
     """snnTorch keeps its hidden state in buffers, which DDP broadcasts; SpikingJelly in plain memories:
