@@ -5,9 +5,10 @@ networks' layer shapes, timed in alternating rounds (ratios taken within a round
 """
 
 import statistics
-import time
 
 import torch
+
+from neuron_kernels import alternating_rounds
 
 # (name, input channels, output channels, images = T x N, size): MNIST's two convolutions at batch
 # 16 (conv1 once per image, conv2 at every step of T = 8), and a 256-channel input at CIFAR-10's
@@ -34,16 +35,7 @@ def main(rounds=9):
     for name, *shape in SHAPES:
         steps = {layout: step_of(fmt, *shape) for layout, fmt in (("NCHW", torch.contiguous_format),
                                                                     ("channels_last", torch.channels_last))}
-        for step in steps.values():
-            step()
-        times = []
-        for _ in range(rounds):
-            one = {}
-            for layout, step in steps.items():
-                start = time.perf_counter()
-                step()
-                one[layout] = time.perf_counter() - start
-            times.append(one)
+        times = alternating_rounds(steps, rounds, "cpu")
         ms = {layout: statistics.median(t[layout] for t in times) * 1e3 for layout in steps}
         speedup = statistics.median(t["NCHW"] / t["channels_last"] for t in times)
         print(f"{name:14} NCHW {ms['NCHW']:6.1f} ms   channels_last {ms['channels_last']:6.1f} ms   "

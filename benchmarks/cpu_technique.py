@@ -22,20 +22,11 @@ import time
 
 import torch
 
-from neuron_kernels import timings
+from neuron_kernels import alternating_rounds
 from plifnet.kernels import keep_freed_cpu_memory
 from plifnet.neurons import PLIF
 
 SHAPE = (8, 16, 128, 28, 28)
-
-
-def alternating_rounds(steps, repeats, device):
-    """Time every function of ``steps`` (name -> callable) once per round, in turn, for ``repeats``
-    rounds: a slow phase of this noisy machine then hits all of them alike, and ratios are taken
-    within a round. Returns one {name: seconds} per round."""
-    for step in steps.values():
-        step()  # warm-up
-    return [{name: timings(step, 1, device, warmup=0)[0] for name, step in steps.items()} for _ in range(repeats)]
 
 
 def median_of(rounds, key):

@@ -18,6 +18,7 @@ Implementations: plifnet as a script gets it (``SpikingNet(arch)``, memory ``sto
 by measuring CUDA memory and refuse the CPU).
 
     python benchmarks/memory.py [--steps 2] [--measures 3] [--time-steps 4 8 16 20 32] [--networks mnist cifar10dvs dvs_gesture]
+    python benchmarks/memory.py --parts   # the first block's stages timed apart (what first_block recomputes)
 """
 
 import argparse
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from neuron_kernels import _release_freed_memory, _status_kb, has_spikingjelly, spikingjelly_network
+from neuron_kernels import _release_freed_memory, _status_kb, alternating_rounds, has_spikingjelly, spikingjelly_network
 
 BATCH = {"mnist": 16, "cifar10dvs": 2, "dvs_gesture": 2}  # the event networks: 2, for minutes on 2 CPU cores at T = 32
 IMPLEMENTATIONS = ("plifnet", "plifnet first_block", "plifnet checkpoint", "SpikingJelly", "SJ memopt L1")
@@ -96,6 +97,36 @@ def measure(implementation, arch, time_steps, batch, steps, measures):
             "ms": statistics.median(times) * 1e3}
 
 
+def first_block_parts(time_steps=20, batch=2, repeats=5):
+    """Where ``memory="first_block"``'s extra time goes: the first block's stages of the CIFAR10-DVS network,
+    timed apart (medians, alternating rounds), beside a copy of the same tensor (the machine's streaming limit)."""
+    from plifnet import SpikingNet, kernels
+
+    torch.manual_seed(0)
+    net = SpikingNet("cifar10dvs").train()
+    frames = (torch.rand(time_steps, batch, 2, 128, 128) < 0.2).float()
+    conv, norm, neuron, pool = net.encoder[0], net.encoder[1], net.layers[0], net.layers[1]
+    with torch.no_grad():
+        current = conv(frames.flatten(0, 1))
+        normed = norm(current).unflatten(0, frames.shape[:2])
+        spikes = neuron(normed)
+        pooled = pool(spikes)
+        parts = {
+            "convolution (2 -> 128 channels)": lambda: conv(frames.flatten(0, 1)),
+            "BatchNorm, training forward": lambda: norm(current),
+            "neuron (fused kernel)": lambda: neuron(normed),
+            "max-pooling (fused kernel)": lambda: pool(spikes),
+            "copy of the BatchNorm input (limit)": lambda: current.clone(),
+            "spikes to bytes, checked (kernel)": lambda: kernels.binary_as_bytes(pooled),
+            "spikes to bytes, checked (torch)": lambda: torch.all((pooled == 0) | (pooled == 1)) and pooled.to(torch.uint8),
+        }
+        rounds = alternating_rounds(parts, repeats, "cpu")
+    print(f"first block of CIFAR10-DVS, T = {time_steps}, batch {batch}: {current.numel() * 4 / 2**20:.0f} MiB per "
+          f"[T*N, 128, 128, 128] tensor; medians of {repeats} alternating rounds after a warm-up")
+    for name in parts:
+        print(f"  {name:40s} {statistics.median(r[name] for r in rounds) * 1e3:7.1f} ms")
+
+
 def child(*args):
     command = [sys.executable, __file__, "--child", *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -117,7 +148,14 @@ def main():
     parser.add_argument("--time-steps", type=int, nargs="+", default=[4, 8, 16, 20, 32])  # 20: the paper's T for DVS
     parser.add_argument("--networks", nargs="+", default=list(BATCH), choices=list(BATCH))
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--parts", action="store_true", help="time the first block's stages apart, and stop")
     args = parser.parse_args()
+    if args.parts:
+        from plifnet.kernels import keep_freed_memory_unless_opted_out
+
+        keep_freed_memory_unless_opted_out()  # as the kernels do at their first run: each part without page faults
+        first_block_parts()
+        return
     if args.child:
         implementation, arch, time_steps, batch, steps, measures = args.child
         print(json.dumps(measure(implementation, arch, int(time_steps), int(batch), int(steps), int(measures))))

@@ -59,6 +59,15 @@ def median_time(fn, repeats, device, warmup=1):
     return statistics.median(timings(fn, repeats, device, warmup))
 
 
+def alternating_rounds(steps, repeats, device):
+    """Time every function of ``steps`` (name -> callable) once per round, in turn, for ``repeats``
+    rounds: a slow phase of this noisy machine then hits all of them alike, and ratios are taken
+    within a round. Returns one {name: seconds} per round."""
+    for step in steps.values():
+        step()  # warm-up
+    return [{name: timings(step, 1, device, warmup=0)[0] for name, step in steps.items()} for _ in range(repeats)]
+
+
 def has_spikingjelly() -> bool:
     try:
         import spikingjelly.activation_based  # noqa: F401
