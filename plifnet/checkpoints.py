@@ -14,19 +14,26 @@ Every checkpoint plifnet trains from or tests arrives through here, whichever wa
   two URLs ending in the same file name are two files (torch.hub keys by the file name alone).
 * :func:`newest` finds the newest *readable* checkpoint for ``--ckpt_path last``, naming the
   unreadable ones it passes over, and removes the temporary files of killed writes.
-* :func:`check_names` refuses a checkpoint whose hyperparameters name code (a neuron, a surrogate, a
-  network's or any ``class_path``) that is not built in, not a registered or installed plug-in and not
-  given by the user in this run: a file of plain tensors and strings must not make plifnet import a
-  module or call a function it names (``neuron: tempfile.mkdtemp``).
+* :func:`check_names` refuses a checkpoint whose hyperparameters name code (under any key, at any
+  depth: wherever the type jsonargparse parses a value with could take a class or a callable) that is
+  not built in, not a registered or installed plug-in and not given by the user in this run: a file
+  of plain tensors and strings must not make plifnet import a module or call a function it names
+  (``net: spymod.EvilNet``, ``lr_scheduler.init_args.lr_lambda: os.umask``).
 """
 
 from __future__ import annotations
 
+import collections.abc
+import enum
 import functools
 import hashlib
+import importlib
 import pickle
+import types
+import typing
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any, Literal, Union
 from urllib.parse import urlparse
 
 import torch
@@ -36,7 +43,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from plifnet.files import WriteFailed, remove_orphans, write_atomically
 
-NAMING_KEYS = ("neuron", "surrogate", "class_path", "_class_path")  # hyperparameters whose strings name code
+INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"  # what LightningCLI records to rebuild the model with
 PLUGIN_GROUPS = ("plifnet.neurons", "plifnet.surrogates", "plifnet.adapters")
 
 
@@ -97,20 +104,6 @@ def read(path, map_location="cpu", mmap: bool = False) -> dict:
     return checkpoint
 
 
-def named_code(tree, prefix: str = "") -> list[tuple[str, str]]:
-    """``(hyperparameter, value)`` for every string of a hyperparameter tree that names code: under a key of
-    :data:`NAMING_KEYS`, at any depth (``net.init_args.neuron``, ``neuron.class_path``)."""
-    found = []
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
-    for key, value in items:
-        name = f"{prefix}{key}"
-        if isinstance(value, str) and key in NAMING_KEYS:
-            found.append((name, value))
-        elif isinstance(value, (dict, list, tuple)):
-            found += named_code(value, f"{name}.")
-    return found
-
-
 def torch_optim_names() -> set[str]:
     """The class paths of torch's optimizers and learning-rate schedulers (``torch.optim.Adam``,
     ``torch.optim.lr_scheduler.CosineAnnealingLR``, and their defining modules' paths)."""
@@ -136,24 +129,111 @@ def known_names() -> set[str]:
     from plifnet.neurons import NEURONS
     from plifnet.surrogates import SURROGATES
 
-    names = set(NEURONS) | set(SURROGATES) | torch_optim_names()
+    names = set(NEURONS) | set(SURROGATES) | torch_optim_names() | {INSTANTIATOR}
     for group in PLUGIN_GROUPS:
         for ep in entry_points(group=group):
             names |= {ep.name, ep.value.replace(":", ".")}
     return names
 
 
-def check_names(hyper_parameters: dict, allowed, how_to_allow: str, source="the checkpoint") -> None:
-    """Raise :class:`CheckpointError` for the first string of ``hyper_parameters`` that names code which is
-    neither :func:`known_names`, a ``plifnet.`` class path, nor in ``allowed`` (the strings this run's user
-    gave); before anything imports it. ``how_to_allow`` completes the message."""
-    known = known_names()
-    for key, value in named_code(hyper_parameters):
-        if value in known or value in allowed or value.startswith("plifnet."):
-            continue
-        raise CheckpointError(f"{source} names code this run did not: hyperparameter {key} = {value!r} is neither "
-                              f"built in, a registered plug-in, an installed package's entry point, nor given in "
-                              f"this run, so plifnet does not import it; {how_to_allow}")
+def check_names(hyper_parameters: dict, allowed, how_to_allow: str, source="the checkpoint", model: type | None = None) -> None:
+    """Raise :class:`CheckpointError` for the first string of ``hyper_parameters`` that jsonargparse could
+    resolve to code (import it, then build or call it) and that is neither :func:`known_names`, a
+    class or function of plifnet's, nor in ``allowed`` (the strings this run's user gave); before anything imports it.
+
+    Which strings could be code is read from the types that jsonargparse parses the values with, the
+    signature of ``model`` (the LightningModule) and, below a ``class_path`` that is allowed, of that
+    class: a string where the type is plain data (``str``, numbers, ``Literal``, paths, and lists,
+    tuples, dicts and unions of them) is data; a string anywhere else (a class or callable type, a
+    union holding one, ``Any``, an unannotated or unknown key, ``**kwargs``, any nesting below them) is
+    a name, whatever its key: ``net: "pkg.Net"``, ``optimizer: "pkg.f"``, a ``class_path``,
+    ``lr_scheduler.init_args.lr_lambda: "os.umask"``. ``how_to_allow`` completes the message."""
+    ok = known_names() | set(allowed)
+    hints = _hints(model) if model is not None else {}
+    for key, value in hyper_parameters.items():
+        if key == "_class_path":  # LightningCLI's model of a subclass: its arguments follow its own signature
+            _check(value, Any, key, ok, source, how_to_allow)
+            hints = _hints(_import(value))
+    for key, value in hyper_parameters.items():
+        if key != "_class_path":
+            _check(value, hints.get(key, Any), key, ok, source, how_to_allow)
+
+
+def _check(value, annotation, key: str, ok: set[str], source: str, how_to_allow: str) -> None:
+    if _plain(annotation):
+        return
+    if isinstance(value, str):
+        if value not in ok and not _defined_in_plifnet(value):
+            raise CheckpointError(f"{source} names code this run did not: hyperparameter {key} = {value!r} is neither "
+                                  f"built in, a registered plug-in, an installed package's entry point, nor given in "
+                                  f"this run, so plifnet does not import it; {how_to_allow}")
+    elif isinstance(value, dict):
+        class_path = value.get("class_path")
+        if class_path is not None:
+            _check(class_path, Any, f"{key}.class_path", ok, source, how_to_allow)
+        hints = _hints(_import(class_path)) if isinstance(class_path, str) else {}
+        for name, item in value.items():
+            if name in ("init_args", "dict_kwargs") and isinstance(item, dict) and class_path is not None:
+                for argument, given in item.items():
+                    _check(given, hints.get(argument, Any), f"{key}.{name}.{argument}", ok, source, how_to_allow)
+            elif name != "class_path":
+                _check(item, _item_type(annotation, 1), f"{key}.{name}", ok, source, how_to_allow)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check(item, _item_type(annotation, 0), f"{key}.{index}", ok, source, how_to_allow)
+
+
+PLAIN_TYPES = (str, bytes, int, float, complex, bool, type(None), PurePath, enum.Enum)
+
+
+def _plain(annotation) -> bool:
+    """Whether jsonargparse parses a value of this type as data alone (never importing a name in it)."""
+    if isinstance(annotation, type) and issubclass(annotation, PLAIN_TYPES):
+        return True
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return True
+    if origin in (Union, types.UnionType, list, tuple, dict, set, frozenset, collections.abc.Sequence,
+                  collections.abc.Mapping) and arguments:
+        return all(_plain(argument) for argument in arguments if argument is not Ellipsis)
+    return False  # a class, a callable, Any, a bare container, a type it cannot read
+
+
+def _item_type(annotation, position: int):
+    """The type of a container's items (``position`` 1: a dict's values); ``Any`` where it is not one."""
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (list, tuple, set, frozenset, collections.abc.Sequence) and arguments:
+        return arguments[0]
+    if typing.get_origin(annotation) in (dict, collections.abc.Mapping) and len(arguments) == 2:
+        return arguments[position]
+    return Any
+
+
+def _defined_in_plifnet(name: str) -> bool:
+    """Whether ``name`` is a class, function or module that plifnet defines (``plifnet.models.SpikingNet``),
+    not merely reachable from it (``plifnet.cli.shutil.rmtree``, which jsonargparse would resolve too)."""
+    if not name.startswith("plifnet."):
+        return False
+    found = _import(name)
+    return getattr(found, "__module__", getattr(found, "__name__", "")).split(".")[0] == "plifnet"
+
+
+def _import(class_path: str):
+    """The class of an allowed ``class_path`` (jsonargparse imports it next anyway), or None."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        return None
+
+
+def _hints(cls) -> dict:
+    """The parameter types of a class's ``__init__`` (or a function's), as jsonargparse reads them; ``{}``
+    (every argument a possible name) where they cannot be read."""
+    try:
+        return typing.get_type_hints(cls.__init__ if isinstance(cls, type) else cls)
+    except Exception:  # a forward reference that does not resolve, a builtin without annotations
+        return {}
 
 
 def strings(tree) -> set[str]:

@@ -151,7 +151,7 @@ class PlifnetCLI(LightningCLI):
         hyper_parameters = checkpoints.read(config.ckpt_path, mmap=True).get("hyper_parameters") or {}
         checkpoints.check_names(hyper_parameters, checkpoints.strings(config), source=f"checkpoint {config.ckpt_path}",
                                 how_to_allow="name it in this run's command line or config (e.g. --model.neuron "
-                                             "VALUE) to allow it")
+                                             "VALUE) to allow it", model=SpikingClassifier)
         for key in sorted(given_model_options(argv) & set(hyper_parameters)):
             value = config.model.get(key)
             value = value.as_dict() if hasattr(value, "as_dict") else value

@@ -201,7 +201,7 @@ class SpikingClassifier(L.LightningModule):
         checkpoints.check_names({k: v for k, v in hyper_parameters.items() if k not in kwargs},
                                 checkpoints.strings(kwargs) | set(allow_class_paths), source=f"checkpoint {checkpoint_path}",
                                 how_to_allow="pass allow_class_paths=[VALUE] (python -m plifnet.export: "
-                                             "--allow_class_path VALUE) to allow it")
+                                             "--allow_class_path VALUE) to allow it", model=cls)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
