@@ -227,13 +227,22 @@ def _import(class_path: str):
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(cls) -> dict:
-    """The parameter types of a class's ``__init__`` (or a function's), as jsonargparse reads them; ``{}``
-    (every argument a possible name) where they cannot be read."""
+    """The types that jsonargparse parses a class's (or a function's) arguments with, by name: its own schema,
+    which follows ``**kwargs`` to where they go; ``{}`` (every argument a possible name) where it has none."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
     try:
-        return typing.get_type_hints(cls.__init__ if isinstance(cls, type) else cls)
-    except Exception:  # a forward reference that does not resolve, a builtin without annotations
+        if isinstance(cls, type):
+            parser.add_class_arguments(cls, "x", fail_untyped=False, sub_configs=True)
+        else:
+            parser.add_function_arguments(cls, "x", fail_untyped=False)
+    except Exception:  # a class jsonargparse cannot read: then it cannot type its arguments either
         return {}
+    return {action.dest[2:]: getattr(action, "_typehint", None) or action.type or Any for action in parser._actions
+            if action.dest.startswith("x.") and "." not in action.dest[2:]}
 
 
 def strings(tree) -> set[str]:

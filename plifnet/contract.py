@@ -25,7 +25,10 @@ Importing this module imports neither Lightning nor any peer library.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -215,9 +218,13 @@ class StateLeak(RuntimeError):
 @torch.no_grad()
 def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
     """Run ``x`` through ``model`` twice in eval mode, :func:`reset_state` before each, and raise
-    :class:`StateLeak` unless the outputs are equal bit for bit; warn once when ``where`` (default:
-    ``model``) holds no spiking neuron. The message names the classes of the modules whose tensors
-    changed during the second run: the state that nothing resets."""
+    :class:`StateLeak` unless the two runs are the same everywhere inside: the output of every module
+    (every tensor it returns: spikes, and a state it hands back), and every tensor that a module keeps
+    outside its parameters (attributes, buffers, and tuples, lists and dicts of them) once each run has
+    been reset. Comparing only the network's output would pass a module that carries its state from
+    batch to batch behind a layer that happens to be silent, as an untrained output layer usually is.
+    Warn once when ``where`` (default: ``model``) holds no spiking neuron. The message names the
+    modules whose state or output differed: the state that nothing resets."""
     where = model if where is None else where
     if not neurons(where) and not getattr(where, "_plifnet_warned_no_neuron", False):
         where._plifnet_warned_no_neuron = True
@@ -228,30 +235,76 @@ def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
     was_training = model.training
     model.eval()
     hooks = _unhook(model)  # the check's runs are not the run's: monitors and counters must not see them
+    paths = {m: name for name, m in model.named_modules()}
+    runs = []
     try:
-        reset_state(model)
-        first = model(x)
-        reset_state(model)
-        before = _tensors(model)
-        second = model(x)
-        changed = [(name, m) for (name, m, key), (tensor, version) in before.items() if _changed(m, key, tensor, version)]
-        changed += [(name, m) for name, m, key in _tensors(model).keys() - before.keys()]
+        for _ in range(2):
+            reset_state(model)
+            outputs, digests = [], {}
+            handles = [m.register_forward_hook(
+                lambda m, args, output: outputs.append((paths[m], _digest(output, digests)))) for m in paths]
+            try:
+                model(x)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            reset_state(model)
+            runs.append((outputs, _kept(model)))
     finally:
         reset_state(model)
         model.train(was_training)
         for m, (forward, pre) in hooks.items():
             m._forward_hooks.update(forward)
             m._forward_pre_hooks.update(pre)
-    if _equal(first, second):
+    (first, kept_first), (second, kept_second) = runs
+    kept = sorted(name for name in kept_first.keys() | kept_second.keys() if kept_first.get(name) != kept_second.get(name))
+    differ = [(a or b)[0] for a, b in itertools.zip_longest(first, second) if a != b]  # module calls in order
+    if not kept and not differ:
         return
-    classes = sorted({type(m).__name__ for _, m in changed}) or ["a module plifnet could not tell"]
-    paths = sorted({name for name, _ in changed})
+    # name the modules that keep it, or else where it shows first (the earliest module whose output changed)
+    names = kept or differ[:1]
+    modules = dict(model.named_modules())
+    classes = list(dict.fromkeys(type(modules[name]).__name__ for name in names if name in modules))
+    shown = ", ".join(name or "the network itself" for name in names[:6])
     raise StateLeak(
-        f"the network keeps state between batches in {', '.join(classes)}"
-        f"{' (' + ', '.join(paths[:6]) + ')' if paths else ''}: the same input gave another output after plifnet "
-        f"reset it, so every batch would depend on the one before. Give the class a reset() that forgets its "
-        f"state (and a v_threshold or tau attribute, so that plifnet finds it), install or write an adapter "
-        f"(entry-point group 'plifnet.adapters', docs/EXTENDING.md), or reset the state at the start of forward")
+        f"the network keeps state between batches in {', '.join(classes)} ({shown}): the same input gave another "
+        f"{'state' if kept else 'output'} there after plifnet reset it, so every batch would depend on "
+        f"the one before. Give the class a reset() that forgets its state (and a v_threshold or tau attribute, so "
+        f"that plifnet finds it), install or write an adapter (entry-point group 'plifnet.adapters', "
+        f"docs/EXTENDING.md), or reset the state at the start of forward")
+
+
+def _digest(value, seen: dict):
+    """A fingerprint of the tensors in a value (a tensor, or tuples, lists and dicts holding tensors), None where it
+    holds none: shape, dtype and a hash of the bytes, so that two runs compare bit for bit without a copy of every
+    activation. A tensor seen already in this run (a container's output is its last child's) is hashed once."""
+    if torch.is_tensor(value):
+        known = seen.get(id(value))  # an id is reused once its tensor is freed: the weak reference tells
+        version = None if value.is_inference() else value._version  # inference tensors keep no counter
+        if known is None or known[0]() is not value or known[1] != version:
+            data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            digest = (tuple(value.shape), str(value.dtype), hashlib.blake2b(data.numpy().data).hexdigest())
+            known = seen[id(value)] = (weakref.ref(value), version, digest)
+        return known[2]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (tuple, list)) else ()
+    digests = tuple((key, digest) for key, item in items if (digest := _digest(item, seen)) is not None)
+    return digests or None
+
+
+MODULE_INTERNALS = frozenset(vars(nn.Module()))  # _parameters, _buffers, _modules, the hook dicts, training
+
+
+def _kept(model: nn.Module) -> dict:
+    """``{module path: fingerprint}`` of the tensors each module holds outside its parameters: its buffers and
+    its attributes, with tensors inside tuples, lists and dicts among them (Norse's state is a named tuple,
+    SpikingJelly's a dict ``_memories``)."""
+    kept, seen = {}, {}
+    for name, m in model.named_modules():
+        held = {key: value for key, value in vars(m).items() if key not in MODULE_INTERNALS}
+        digest = _digest({**held, **m._buffers}, seen)
+        if digest is not None:
+            kept[name] = digest
+    return kept
 
 
 def _unhook(model: nn.Module) -> dict:
@@ -262,28 +315,3 @@ def _unhook(model: nn.Module) -> dict:
         m._forward_hooks.clear()
         m._forward_pre_hooks.clear()
     return hooks
-
-
-def _tensors(model: nn.Module) -> dict:
-    """Every tensor a module holds outside its parameters (plain attributes and buffers), with its
-    version counter, which in-place writes advance (None for tensors made in inference mode, which
-    have none: those are compared by identity alone)."""
-    held = {}
-    for name, m in model.named_modules():
-        for key, value in list(vars(m).items()) + list(m._buffers.items()):
-            if torch.is_tensor(value):
-                held[(name, m, key)] = (value, None if value.is_inference() else value._version)
-    return held
-
-
-def _changed(module, key, tensor, version) -> bool:
-    now = module._buffers.get(key, vars(module).get(key))
-    return now is not tensor or (version is not None and now._version != version)
-
-
-def _equal(a, b) -> bool:
-    if torch.is_tensor(a) and torch.is_tensor(b):
-        return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    return a == b

@@ -3,6 +3,8 @@ test extra), and by hand, wrapped by plifnet: found, reset, their tau read, and 
 gradients as their own libraries' loops; a network that keeps state plifnet cannot reset is refused."""
 
 import copy
+import warnings
+from pathlib import Path
 import csv
 
 import lightning as L
@@ -242,7 +244,7 @@ def test_a_network_that_keeps_state_without_reset_is_refused_before_the_first_ba
             pytest.raises(contract.StateLeak) as error:
         trainer.validate(model, data)  # no ResetState given: the model brings its own
     assert str(error.value).startswith("the network keeps state between batches in Remembers (net.neuron): the same "
-                                       "input gave another output after plifnet reset it")
+                                       "input gave another state there after plifnet reset it")
     assert "Give the class a reset()" in str(error.value) and len(str(error.value).splitlines()) == 1
     assert model.accuracy["val_acc"]._update_count == 0  # stopped before any batch counted
 
@@ -272,7 +274,7 @@ def test_the_refusal_through_cli_is_one_line(run_cli, tiny_digits, tmp_path, mon
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the network keeps state between batches in Remembers (net): the same input gave "
-                           "another output after plifnet reset it"), result.stderr[-3000:]
+                           "another state there after plifnet reset it"), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs" / "lightning_logs" / "version_0").exists()
 
@@ -493,3 +495,101 @@ def test_a_registered_adapter_is_asked_before_the_protocol():
         contract.ADAPTERS.entries.pop("decaying")
         contract._adapters, contract._by_class = None, {}  # as before the registration
     assert contract.tau(neuron) is None
+
+
+class NorseKeepsItsState(nn.Module):
+    """The newcomer's Norse network: the hidden layer's state kept on the module, detached, between calls, and
+    an output layer that an untrained network leaves silent. Its output alone cannot show the leak."""
+
+    classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(28 * 28, 64), nn.Linear(64, 10)
+        self.lif1, self.lif2 = norse.LIFCell(), norse.LIFCell()
+        self.state = None
+
+    def forward(self, x):
+        out, state2 = [], None
+        for _ in range(4):
+            z, state = self.lif1(4 * self.fc1(x.flatten(1)), self.state)
+            self.state = type(state)(*(s.detach() for s in state))
+            spikes, state2 = self.lif2(0.01 * self.fc2(z), state2)
+            out.append(spikes)
+        return torch.stack(out)
+
+
+def test_a_norse_network_keeping_its_state_behind_a_silent_layer_is_refused():
+    net = NorseKeepsItsState()
+    x = images(4)
+    with torch.no_grad():
+        first, second = net(x), net(x)
+        hidden, state = [], None
+        for _ in range(4):
+            z, state = net.lif1(4 * net.fc1(x.flatten(1)), state)
+            hidden.append(z)
+        hidden = torch.stack(hidden)
+    assert torch.equal(first, second) and first.sum() == 0 and hidden.sum() > 0  # silent out, firing inside
+    with pytest.raises(contract.StateLeak) as error:
+        contract.check_forgets(net, x)
+    message = str(error.value)
+    assert message.startswith("the network keeps state between batches in NorseKeepsItsState (the network itself): "
+                              "the same input gave another state there") and len(message.splitlines()) == 1
+    model = SpikingClassifier(net=NorseKeepsItsState())  # and before the first batch of a run
+    data = DataLoader(TensorDataset(x, torch.zeros(4, dtype=torch.long)), batch_size=4)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, max_steps=1)
+    with pytest.raises(contract.StateLeak, match=r"NorseKeepsItsState \(net\)"):
+        trainer.fit(model, data)
+    assert model.net.fc1.weight.grad is None  # no step was taken
+
+
+class MyPLIF(sj_neuron.ParametricLIFNode):
+    """A subclass of SpikingJelly's PLIF, as research code writes them."""
+
+
+def test_a_subclass_of_a_spikingjelly_neuron_is_found_reset_followed_and_counted(tiny_digits):
+    from plifnet.callbacks import FiringRateMonitor, SynapticOps, TauMonitor
+    from plifnet.data import StaticDataModule
+
+    def subclassed():
+        net = spikingjelly_net.Net()
+        for name in ("2", "6", "10"):
+            old = net.features[int(name)]
+            net.features[int(name)] = MyPLIF(init_tau=2.0, surrogate_function=old.surrogate_function, detach_reset=True,
+                                             step_mode="m")
+        return net
+
+    net = driven(subclassed()).eval()
+    layers = spiking_layers(SpikingClassifier(net=net))
+    assert list(layers) == ["features.2", "features.6", "features.10"]  # found
+    assert all(type(m) is MyPLIF and contract.learns_tau(m) for m in layers.values())
+    fresh, x = copy.deepcopy(net), images()
+    with torch.no_grad():
+        first, second = net(x), net(x)
+    assert not torch.equal(first, second)
+    contract.reset_state(net)  # reset
+    with torch.no_grad():
+        assert torch.equal(net(x), fresh(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no spiking neuron found" warning
+        contract.check_forgets(net, x)
+    model = SpikingClassifier(net=driven(subclassed()))
+    groups = model.configure_optimizers()["optimizer"].param_groups
+    assert {id(p) for p in groups[1]["params"]} == {id(m.w) for m in spiking_layers(model).values()}
+    report = estimate(driven(subclassed()), images(2))  # counted: the last layer is fed by the subclass's spikes
+    assert [layer.name for layer in report.layers] == ["conv1", "conv2", "fc1"] and report.layers[2].sops > 0
+    ops = SynapticOps()
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=2, log_every_n_steps=2,
+                        logger=L.pytorch.loggers.CSVLogger(tiny_digits.parent / "logs"), enable_checkpointing=False,
+                        callbacks=[TauMonitor(), FiringRateMonitor(), ops], enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(model, StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0))
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    last_tau = [row for row in rows if row.get("tau/features.2")][-1]
+    for name in layers:  # followed: tau (the last logged is the trained network's) and firing rates
+        assert float(last_tau[f"tau/{name}"]) == pytest.approx(float(contract.tau(dict(model.net.named_modules())[name])))
+        assert any(row.get(f"firing_rate/{name}") for row in rows)
+    with open(Path(trainer.logger.log_dir) / "tau.csv") as f:
+        assert next(csv.reader(f)) == ["step", *layers]
+    assert ops.report is not None and [layer.name for layer in ops.report.layers] == ["conv1", "conv2", "fc1"]

@@ -27,8 +27,8 @@ class Norse(Adapter):
 
         return isinstance(module, (SNNCell, SNN, SNNRecurrentCell, SNNRecurrent))
 
-    def is_neuron(self, module):
-        return "leaky_integrator" not in type(module).__module__
+    def is_neuron(self, module):  # by ancestry: a subclass of LICell integrates too
+        return not any("leaky_integrator" in cls.__module__ for cls in type(module).__mro__)
 
     def keeps_state(self, module):
         return False

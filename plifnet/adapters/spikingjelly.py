@@ -2,7 +2,7 @@
 
 - Every ``base.MemoryModule`` keeps state (neurons, and also ``layer.Dropout``'s mask) and forgets it
   with its own ``reset()``, what ``functional.reset_net`` calls; single- and multi-step mode alike.
-- Neurons are the modules of ``activation_based.neuron``; their output is the spikes.
+- Neurons are the modules of ``activation_based.neuron`` and their subclasses; their output is the spikes.
 - tau in steps: ``ParametricLIFNode`` learns ``w`` with ``1/tau = sigmoid(w)``, so tau = 1/sigmoid(w);
   ``LIFNode`` has a fixed ``tau``; ``IFNode`` has none.
 - NIR: these three with a hard reset compute plifnet's step (both fire at ``H >= v_threshold``), with
@@ -27,7 +27,8 @@ class SpikingJelly(Adapter):
         return isinstance(module, base.MemoryModule)
 
     def is_neuron(self, module):
-        return type(module).__module__.startswith("spikingjelly.activation_based.neuron")
+        # by ancestry: research code subclasses the library's neurons (class MyPLIF(neuron.ParametricLIFNode))
+        return any(cls.__module__.startswith("spikingjelly.activation_based.neuron") for cls in type(module).__mro__)
 
     def tau(self, module):
         if self.learns_tau(module):

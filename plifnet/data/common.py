@@ -9,6 +9,7 @@ that the best test accuracy over epochs (protocol A) can be read off the same ru
 from __future__ import annotations
 
 import signal
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
@@ -168,7 +169,10 @@ class ClassificationDataModule(L.LightningDataModule):
         # run resumed mid-epoch sees the same batches
         if train:
             sampler = EpochSampler(len(dataset), self.seed, self._epoch())
-            return StatefulDataLoader(SeededSamples(dataset, self.seed), sampler=sampler, **self._loader_options(train))
+            with warnings.catch_warnings():  # torchdata calls torch.set_vital, which torch >= 2.14 calls deprecated
+                warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+                return StatefulDataLoader(SeededSamples(dataset, self.seed), sampler=sampler,
+                                          **self._loader_options(train))
         return DataLoader(dataset, **self._loader_options(train))
 
     def _epoch(self) -> int:
