@@ -37,8 +37,10 @@ The report (after a sequential run, or ``--report-only``) writes to OUT:
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import csv
+import difflib
 import fcntl
 import itertools
 import json
@@ -58,6 +60,7 @@ from plifnet.files import WriteFailed, write_atomically, write_failure
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 GRID = ("plif:2", "plif:16", "lif:2", "lif:16")
+SILENT = 1e-4  # a layer's validation firing rate below this is silent (FiringRateMonitor's default warning level)
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,25 @@ def parse_grid(grid: list[str], seeds: list[int]) -> list[Setting]:
 
 def parse_settings(pairs: list[list[str]], seeds: list[int]) -> list[Setting]:
     """``--setting NAME "OVERRIDES"`` pairs."""
-    return [Setting(checked_name(name), tuple(shlex.split(overrides)), seed) for name, overrides in pairs for seed in seeds]
+    settings = []
+    for name, overrides in pairs:
+        try:
+            words = tuple(shlex.split(overrides))
+        except ValueError as error:  # an unbalanced quote
+            raise SystemExit(f"error: setting {name!r}: its overrides {overrides!r} cannot be split into options "
+                             f"({error}); close the quote, or quote a value with spaces as '--option \"a b\"'") from None
+        settings += [Setting(checked_name(name), words, seed) for seed in seeds]
+    return settings
+
+
+def checked_seeds(seeds, where: str) -> list[int]:
+    """Seeds as whole numbers (one number is one seed), or the line that names the bad one."""
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    bad = [seed for seed in seeds if isinstance(seed, bool) or not isinstance(seed, int)]
+    if bad:
+        raise SystemExit(f"error: {where}: seed {bad[0]!r} is not a whole number; give seeds as a list of whole "
+                         f"numbers, e.g. seeds: [2020, 2021]")
+    return seeds
 
 
 class NamedTwice(ValueError):
@@ -147,7 +168,7 @@ def read_settings_file(path: Path, seeds: list[int]) -> list[Setting]:
             or not all(isinstance(spec.get(key) or {}, dict) for key in ("settings", "axes")):
         raise SystemExit(f"error: {path} must be a mapping of settings (name: overrides), axes (option: [values]) "
                          f"and seeds (see README, 'Studies')")
-    seeds = [int(seed) for seed in spec.get("seeds", seeds)]
+    seeds = checked_seeds(spec.get("seeds", seeds), f"{path}")
     named = spec.get("settings") or {}
     pairs = [[name, " ".join(overrides) if isinstance(overrides, list) else str(overrides)] for name, overrides in named.items()]
     settings = parse_settings(pairs, seeds)
@@ -212,15 +233,30 @@ def last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "(empty log)"
 
 
-def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, study: str) -> str:
+def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, study: str, rerun: bool = False) -> str:
     """Run one task to the end, resuming it if an earlier run was interrupted. Returns ``done``, ``skipped``
-    (finished earlier, or running in another process) or ``failed`` (recorded in its ``failed.json``)."""
+    (finished earlier, or running in another process) or ``failed`` (recorded in its ``failed.json``).
+    A task finished by another command (another budget after ``--``, another config) is refused, since its
+    results are not this command's, or with ``rerun`` run again, the old run moved to ``OUT/.replaced/``."""
     folder = out / setting.folder
-    if (folder / "done.json").exists():
-        print(f"{setting.folder}: finished earlier, not run again", flush=True)
-        return "skipped"
     command = fit_command(setting, configs, passed_on, folder)
     recorded = folder / "command.json"
+    if (folder / "done.json").exists():
+        then = json.loads(recorded.read_text()) if recorded.exists() else None
+        if then is None or then == command[1:]:
+            print(f"{setting.folder}: finished earlier, not run again", flush=True)
+            return "skipped"
+        if not rerun:
+            raise SystemExit(f"error: {setting.folder} finished with another command ({changes(then, command[1:])}; "
+                             f"see {recorded}), so its results are not this command's; add --rerun to train it again "
+                             f"(the old run is kept in {out / '.replaced'}), or use another --out")
+        index = 0
+        while (out / ".replaced" / f"{setting.folder}.{index}").exists():
+            index += 1
+        replaced = out / ".replaced" / f"{setting.folder}.{index}"
+        replaced.parent.mkdir(parents=True, exist_ok=True)
+        folder.rename(replaced)
+        print(f"{setting.folder}: finished with another command; that run moved to {replaced}, training again", flush=True)
     with claim(folder) as mine:
         if not mine:
             print(f"{setting.folder}: running in another process, not run here", flush=True)
@@ -248,6 +284,20 @@ def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, s
             return "failed"
         write_atomically(folder / "done.json", lambda path: path.write_text(json.dumps({"exit_code": code})))
         return "done"
+
+
+def changes(then: list[str], now: list[str]) -> str:
+    """What differs between two commands: the arguments this one adds, leaves out, or gives another value."""
+    parts = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=then, b=now, autojunk=False).get_opcodes():
+        option = [then[i1 - 1]] if tag == "replace" and i1 > 0 and then[i1 - 1].startswith("--") else []
+        if tag == "insert":
+            parts.append(f"adds {shlex.join(now[j1:j2])}")
+        elif tag == "delete":
+            parts.append(f"leaves out {shlex.join(then[i1:i2])}")
+        elif tag == "replace":
+            parts.append(f"has {shlex.join(option + now[j1:j2])} instead of {shlex.join(option + then[i1:i2])}")
+    return "this command " + "; ".join(parts[:3]) + ("; ..." if len(parts) > 3 else "")
 
 
 def failures_message(out: Path, failed: list[Setting]) -> str:
@@ -295,6 +345,7 @@ def collect(folder: Path) -> dict:
         "protocol_a": max(test) if test else None,
         "protocol_b": last.get("test/acc_at_best_val"),
         "seconds": last.get("seconds"),
+        "silent": [key.split("/", 1)[1] for key, rate in last.items() if key.startswith("firing_rate/") and rate < SILENT],
         "tau_steps": [int(row["step"]) for row in tau_rows],
         "tau": {name: [row[name] for row in tau_rows] for name in (tau_rows[0] if tau_rows else {}) if name != "step"},
         "status": ("finished" if (folder / "done.json").exists() else "failed" if (folder / "failed.json").exists()
@@ -323,14 +374,21 @@ def report(out: Path, settings: list[Setting]) -> str:
              percent(result["protocol_a"]), percent(result["protocol_b"]),
              *(final_tau(setting, result, layer) for layer in layers), duration(result["seconds"])]
             for setting, result in results.items()]
-    table = "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows])
+    # a layer that never fires makes the accuracy chance, whatever the neuron: said beside the figure (and in
+    # the CSV's last column), not only in the run's fit.log
+    shown = [[row[0], row[1], row[2], row[3] + (f" (silent: {', '.join(result['silent'])})" if result["silent"] else ""),
+              *row[4:]] for row, result in zip(rows, results.values())]
+    table = "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *shown])
+    header, rows = header + ["silent layers"], [row + [" ".join(r["silent"]) or "-"] for row, r in zip(rows, results.values())]
 
     failures = "".join(f"- {setting.folder} failed: {result['failure']}\n" for setting, result in results.items()
                        if result["failure"])
     write_atomically(out / "results.md", lambda path: path.write_text(
         f"# Ablation results\n\nProtocol A: best test accuracy over the epochs run. Protocol B: test accuracy "
         f"at the epoch of the best validation accuracy. tau of PLIF layers at the last step. Wall time: of the "
-        f"fit (training and evaluation), summed over resumed runs.\n\n{table}\n\n"
+        f"fit (training and evaluation), summed over resumed runs. (silent: LAYER): a layer that fired at a rate "
+        f"below {SILENT:g} on the validation set in the last epoch, so that the network's output says nothing of "
+        f"its neuron.\n\n{table}\n\n"
         + (f"{failures}\n" if failures else "") + "![test accuracy](test_acc.png)\n\n![tau](tau.png)\n"))
 
     def write_csv(path):
@@ -357,17 +415,26 @@ def sbatch_script(argv: list[str], tasks: int, out: Path, study: str, sbatch: li
         "#!/bin/bash",
         f"# plifnet study {study}: {tasks} tasks (settings x seeds), one array task each; each writes only its own folder.",
         f"# When all have run: {shlex.join(me + ours + ['--report-only'])}",
-        f"#SBATCH --job-name={study}",
+        f"#SBATCH --job-name={sbatch_value(study, '--study')}",
         f"#SBATCH --array=0-{tasks - 1}",
-        f"#SBATCH --output={out.resolve()}/slurm/%x_%A_%a.log",
+        f"#SBATCH --output={sbatch_value(str(out.resolve()), '--out')}/slurm/%x_%A_%a.log",
         "#SBATCH --open-mode=append",
         "#SBATCH --requeue",
         "#SBATCH --signal=SIGUSR1@120  # before the time limit: Lightning checkpoints and requeues (configs/trainer/slurm.yaml)",
-        *(f"#SBATCH {option if option.startswith('-') else '--' + option}" for option in sbatch),
+        *(f"#SBATCH {option if option.startswith('-') else '--' + option}" for option in map(sbatch_value, sbatch)),
         "set -euo pipefail",
         f"cd {shlex.quote(str(Path.cwd()))}",
         f"srun {task}",
     ]) + "\n"
+
+
+def sbatch_value(value: str, option: str = "--sbatch") -> str:
+    """A value for an ``#SBATCH`` line, which sbatch reads as words without a shell's quoting: refused in one
+    line where it holds white space or a control character (a newline would start a line of the script)."""
+    if not value or any(char.isspace() or ord(char) < 32 for char in value):
+        raise SystemExit(f"error: {option} {value!r}: an #SBATCH line takes a value without spaces, tabs or line "
+                         f"breaks; rename it (a folder or study name without spaces)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -393,13 +460,22 @@ def run_study(argv: list[str]) -> None:
     parser.add_argument("--submit", action="store_true", help="with --slurm-array: submit it with sbatch")
     parser.add_argument("--sbatch", action="append", default=[], help="an #SBATCH option for --slurm-array, e.g. gres=gpu:1 or time=24:00:00 (repeatable)")
     parser.add_argument("--report-only", action="store_true", help="gather the results from the folders already there")
+    parser.add_argument("--rerun", action="store_true", help="train again a task that finished with another command "
+                                                             "(the old run is moved to OUT/.replaced/)")
     args = parser.parse_args(ours)
     settings = parse_grid(args.grid or ([] if args.setting or args.settings else list(GRID)), args.seeds)
     settings += parse_settings(args.setting, args.seeds)
     settings += read_settings_file(args.settings, args.seeds) if args.settings else []
-    duplicates = {s.folder for s in settings if sum(t.folder == s.folder for t in settings) > 1}
+    duplicates = [folder for folder, count in collections.Counter(s.folder for s in settings).items() if count > 1]
     if duplicates:
         raise SystemExit(f"error: settings named twice: {sorted(duplicates)}; every setting needs its own name")
+    if not settings:
+        raise SystemExit("error: the study has no tasks (no settings, or an empty list of seeds); give --grid, --setting, "
+                         "--settings with at least one setting, and at least one seed")
+    for value in [*ours, *passed_on]:  # everything goes into commands and scripts: one line each
+        if any(ord(char) < 32 for char in value):
+            raise SystemExit(f"error: argument {value!r} holds a line break or another control character; a study's "
+                             f"commands and study.sbatch take each argument on one line: remove it")
     study = args.study or args.out.resolve().name
     if args.report_only:
         if not args.out.is_dir():
@@ -432,12 +508,12 @@ def run_study(argv: list[str]) -> None:
         if not 0 <= int(only) < len(settings):
             raise SystemExit(f"error: task {only} does not exist: the study has tasks 0..{len(settings) - 1}")
         setting = settings[int(only)]
-        if run(setting, args.config, passed_on, args.out, study) == "failed":
+        if run(setting, args.config, passed_on, args.out, study, args.rerun) == "failed":
             raise SystemExit(failures_message(args.out, [setting]))
         print(f"task {only} ({setting.folder}) done; when all are: plifnet study --out {args.out} --report-only "
               f"(with the same settings options)")
         return
-    outcomes = {setting: run(setting, args.config, passed_on, args.out, study) for setting in settings}
+    outcomes = {setting: run(setting, args.config, passed_on, args.out, study, args.rerun) for setting in settings}
     print(report(args.out, settings))
     print(f"results: {args.out / 'results.md'}")
     running = [s.folder for s in settings if claimed_elsewhere(args.out / s.folder)]

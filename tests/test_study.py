@@ -80,8 +80,17 @@ def test_default_logger_grid_results_match_the_runs_and_are_not_rerun(run_study,
     assert again.returncode == 0 and again.stdout.count("finished earlier, not run again") == 2
     assert logs == {path: path.stat().st_mtime_ns for path in out.rglob("fit.log")}
 
-    changed = run_study(*args, "--trainer.max_epochs", "2", cwd=tmp_path)  # a finished folder is kept whatever the budget
-    assert changed.returncode == 0
+    # another budget: the finished results are not this command's, refused in one line; --rerun trains again
+    changed = run_study(*args, "--trainer.max_epochs", "1", cwd=tmp_path)
+    assert changed.returncode == 1 and "table" not in changed.stdout, changed.stdout[-2000:]
+    assert changed.stderr.strip().splitlines()[-1].startswith(
+        "error: plif_tau16_seed2020 finished with another command (this command adds --trainer.max_epochs 1; see ")
+    assert "add --rerun to train it again" in changed.stderr and logs == {p: p.stat().st_mtime_ns for p in out.rglob("fit.log")}
+    rerun = run_study("--rerun", *args, "--trainer.max_epochs", "1", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert table_rows(out)["PLIF tau0=16"]["epochs"] == "1" and checkpoint(out / "plif_tau16_seed2020")["epoch"] == 0
+    old = out / ".replaced" / "plif_tau16_seed2020.0"
+    assert (old / "done.json").is_file() and checkpoint(old)["epoch"] == 2  # the earlier run is kept whole
     (out / "plif_tau16_seed2020" / "done.json").unlink()  # an unfinished run of another command: refused
     refused = run_study(*args, "--trainer.max_epochs", "2", cwd=tmp_path)
     assert refused.returncode != 0 and "unfinished run of a different command" in refused.stderr

@@ -160,3 +160,84 @@ def test_the_issue_attacks_through_the_commands(hyper_parameters, shown, spy, ru
     assert not spy.exists() and "spymod" not in sys.modules
     assert ("this" in sys.modules) == this_before and "Beautiful is better" not in result.stdout
     assert os.umask(umask) == umask
+
+
+# --- studies: everything written into a script is escaped or refused; bad study files are one line
+
+
+def study_main(*args):
+    from plifnet import study
+
+    try:
+        study.main([str(arg) for arg in args])
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+@pytest.mark.parametrize("option,value", [("--study", "x\necho pwned"), ("--sbatch", "time=1:00\ntouch /tmp/pwned"),
+                                          ("--sbatch", "gres=gpu:1 --wrap=id"), ("--out", "out\nrm -rf ~")])
+def test_study_sbatch_refuses_line_breaks_and_spaces(option, value, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = [] if option == "--out" else ["--out", tmp_path / "study"]
+    code = study_main("--config", "mnist", *out, "--grid", "plif:2", "--slurm-array", option, value)
+    assert isinstance(code, str) and code.startswith("error: ") and "\n" not in code, code
+    assert repr(value) in code
+    assert not list(tmp_path.rglob("study.sbatch"))
+
+
+def test_study_arguments_after_the_separator_are_quoted_in_the_script(tmp_path, monkeypatch):
+    """A value with shell characters reaches the task as one argument: bash reads the script's line back into
+    exactly the arguments given."""
+    import shlex
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    weird = "$(touch pwned); `id` 'a b' \"c\""
+    assert study_main("--config", "mnist", "--out", tmp_path / "s", "--grid", "plif:2", "--slurm-array", "--",
+                      "--trainer.default_root_dir", weird) == 0
+    line = next(line for line in (tmp_path / "s" / "study.sbatch").read_text().splitlines() if line.startswith("srun "))
+    words = subprocess.run(["bash", "-c", 'for w in "$@"; do printf "%s\\0" "$w"; done', "_",
+                            *shlex.split(line.removeprefix("srun "))], capture_output=True, text=True).stdout
+    assert weird in words.split("\0") and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("settings:\n  a: --model.tau 2\nseeds: [abc]\n", "seed 'abc' is not a whole number"),
+    ("settings:\n  a: --model.tau 2\nseeds: [1.5]\n", "seed 1.5 is not a whole number"),
+    ("settings:\n  a: \"--model.net.layers 'c8 p\"\n", "cannot be split into options (No closing quotation)"),
+    ("settings:\n  a: --model.tau 2\nseeds: []\n", "the study has no tasks"),
+])
+def test_bad_study_files_are_one_line(text, expected, tmp_path):
+    (tmp_path / "study.yaml").write_text(text)
+    code = study_main("--config", "mnist", "--out", tmp_path / "s", "--settings", tmp_path / "study.yaml",
+                      "--slurm-array")
+    assert isinstance(code, str) and code.startswith("error: ") and expected in code and "\n" not in code, code
+    assert not (tmp_path / "s" / "study.sbatch").exists()  # no '#SBATCH --array=0--1'
+
+
+def test_a_single_seed_is_one_task_and_a_large_grid_is_written_at_once(tmp_path):
+    (tmp_path / "one.yaml").write_text("settings:\n  a: --model.tau 2\nseeds: 5\n")
+    assert study_main("--config", "mnist", "--out", tmp_path / "one", "--settings", tmp_path / "one.yaml",
+                      "--slurm-array") == 0
+    assert "#SBATCH --array=0-0" in (tmp_path / "one" / "study.sbatch").read_text()
+    (tmp_path / "big.yaml").write_text("axes:\n  model.tau: [" + ", ".join(str(2 + i) for i in range(1000)) + "]\n"
+                                       "seeds: [" + ", ".join(map(str, range(100))) + "]\n")
+    assert study_main("--config", "mnist", "--out", tmp_path / "big", "--settings", tmp_path / "big.yaml",
+                      "--slurm-array") == 0  # 100,000 tasks: the name check is linear
+    assert "#SBATCH --array=0-99999" in (tmp_path / "big" / "study.sbatch").read_text()
+
+
+def test_a_silent_layer_is_flagged_beside_the_accuracy(tmp_path):
+    from plifnet import study
+
+    folder = tmp_path / "lif_tau16_seed1"
+    folder.mkdir()
+    (folder / "history.csv").write_text("epoch,step,seconds,test/acc,val/acc,firing_rate/conv1,firing_rate/fc2\n"
+                                        "0,10,60,0.1,0.1,0.08,0.0\n")
+    table = study.report(tmp_path, study.parse_grid(["lif:16"], [1]))
+    assert "| LIF tau=16 | 1 | 1 (stopped) | 10.00 (silent: fc2) |" in table
+    assert "(silent: fc2)" in (tmp_path / "results.md").read_text()
+    with open(tmp_path / "results.csv") as f:
+        row = list(__import__("csv").DictReader(f))[0]
+    assert row["A: best test acc (%)"] == "10.00" and row["silent layers"] == "fc2"
