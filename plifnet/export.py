@@ -63,6 +63,8 @@ from plifnet.contract import is_neuron
 from plifnet.neurons import IF, PLIF
 
 POOL_THRESHOLD = 0.5  # any value in (0, 1): a sum of 0/1 spikes exceeds it exactly when one of them is 1
+MAX_BYTES = 1 << 30  # the arrays a NIR file may declare before from_nir reads it (raise with max_bytes=)
+MAX_TIME_STEPS = 1_000_000  # T in a graph's metadata or --time_steps: more would not fit any machine's memory
 
 
 @dataclass(frozen=True)
@@ -151,17 +153,64 @@ def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32,
         if not net.built:
             raise ValueError("to_nir exports SpikingNet networks (the paper's, or layers=...), built; got an unbuilt one")
         modules = [m.module if isinstance(m, TimeDistributed) else m for m in [net.encoder, *net.layers]]
-        return _graph(modules, net.input_shape, int(time_steps or net.time_steps), net.arch.static, dtype,
-                      per_step=False, exported=exported)
+        graph = _graph(modules, net.input_shape, _time_steps(time_steps or net.time_steps, "time_steps"),
+                       net.arch.static, dtype, per_step=False, exported=exported)
+        return _checked(graph, f"at --dt {dt:g} in {np.dtype(dtype).name}: choose a dt for which tau x dt and 1/dt are "
+                               f"finite and positive, or --dtype float64")
     modules = _sequential_layers(net)
     time_steps = time_steps or getattr(net, "time_steps", None)
     if input_shape is None or time_steps is None:
         raise ValueError(f"to_nir({type(net).__name__}): give input_shape (C, H, W) and time_steps (the network has no "
                          f"'time_steps' attribute); python -m plifnet.export takes them from --config")
-    graph = _graph(modules, tuple(input_shape), int(time_steps), True, dtype, per_step=True, exported=exported)
+    time_steps = _time_steps(time_steps, "time_steps")
+    graph = _checked(_graph(modules, tuple(input_shape), time_steps, True, dtype, per_step=True, exported=exported),
+                     f"at --dt {dt:g} in {np.dtype(dtype).name}: choose a dt for which tau x dt and 1/dt are finite "
+                     f"and positive, or --dtype float64")
     _check_reproduces(net, _graph(modules, tuple(input_shape), int(time_steps), True, np.float64, per_step=True,
                                   exported=("nir", TARGETS["nir"], 1.0)))
     return graph
+
+
+def _time_steps(value, where: str) -> int:
+    """T as a whole number from 1 to :data:`MAX_TIME_STEPS`, or ``ValueError`` naming ``where`` it came from."""
+    try:
+        steps = int(np.asarray(value).item())
+    except (TypeError, ValueError, OverflowError):
+        steps = None
+    if steps is None or steps != np.asarray(value).item() or not 1 <= steps <= MAX_TIME_STEPS:
+        shown = _text(np.asarray(value).item()) if np.asarray(value).size == 1 else repr(value)
+        raise ValueError(f"{where} {shown} is not a number of time steps: give a whole number from 1 to "
+                         f"{MAX_TIME_STEPS:,}")
+    return steps
+
+
+def _checked(graph: nir.NIRGraph, fix: str) -> nir.NIRGraph:
+    """The graph, or ``ValueError`` naming the first node whose arrays hold a value that is not finite, a time
+    constant that is not positive, or an IF's r that is not; ``fix`` ends the message."""
+    for name, node in graph.nodes.items():
+        for field, value in vars(node).items():
+            if field in ("input_type", "output_type", "metadata") or isinstance(value, (str, bytes)):
+                continue
+            try:
+                array = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                continue
+            if not np.all(np.isfinite(array)):
+                raise ValueError(f"node {name}: {field} holds {'NaN' if np.isnan(array).any() else 'an infinity'} {fix}")
+            if field in ("tau", "r") and not np.all(array > 0):
+                raise ValueError(f"node {name}: {field} holds {array.min():g}, not a positive number {fix}")
+    return graph
+
+
+def _declared_bytes(path) -> tuple[int, str]:
+    """The bytes of all arrays an HDF5 (NIR) file declares, without reading them, and its largest array."""
+    import h5py
+
+    sizes = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: sizes.__setitem__(f"{name} {item.shape}", item.size * item.dtype.itemsize)
+                     if isinstance(item, h5py.Dataset) else None)
+    return sum(sizes.values()), max(sizes, key=sizes.get, default="none")
 
 
 def _sequential_layers(net: nn.Module) -> list[nn.Module]:
@@ -383,7 +432,7 @@ def _pool_window(module: nn.Module) -> tuple[list[int], list[int]]:
     return pair(module.kernel_size), pair(module.stride if module.stride is not None else module.kernel_size)
 
 
-def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None) -> SpikingNet:
+def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_bytes: int = MAX_BYTES) -> SpikingNet:
     """A :class:`plifnet.models.SpikingNet` from a NIR graph (or file) of the form :func:`to_nir` writes,
     for any target, or another framework writes for such a chain.
 
@@ -395,10 +444,21 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None) -> Spiki
     :class:`plifnet.neurons.IF`; a SumPool2d or AvgPool2d of spikes followed by a node that fires where
     the window holds a spike (:func:`_pool_spike`'s forms) becomes max-pooling, and a final ``Linear`` that
     averages groups of output neurons becomes the vote. ``time_steps`` and the kind of input come from the
-    metadata. Anything else is refused with the node's name.
+    metadata. Anything else is refused with the node's name, and so is a file that declares more than
+    ``max_bytes`` of arrays (before any is read: a small compressed file can declare gigabytes), a dt, T or
+    time constant out of range, and any weight or parameter that is not a finite number.
     """
     if not isinstance(graph, nir.NIRGraph):
-        graph = nir.read(graph)
+        declared, largest = _declared_bytes(graph)
+        if declared > max_bytes:
+            raise ValueError(f"NIR file {graph} declares {declared / 2**20:,.0f} MiB of arrays (the largest: {largest}), "
+                             f"over the limit of {max_bytes / 2**20:,.0f} MiB; if the file is right, raise the limit "
+                             f"(from_nir(path, max_bytes=...), --model.net.max_mib N)")
+        try:
+            graph = nir.read(graph)
+        except KeyError as error:  # nir names an unknown node type by the key alone
+            raise ValueError(f"NIR file {graph}: a node of unknown type {error}; plifnet reads the node types of NIR "
+                             f"{nir.__version__} (Conv2d, LIF, IF, SumPool2d/AvgPool2d, Threshold, Flatten, Linear/Affine)") from None
     chain = _chain(graph)
     metadata = graph.metadata or {}
     if dt is not None:
@@ -407,7 +467,11 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None) -> Spiki
         step = (float(np.asarray(metadata["dt"])), "the graph's metadata")
     else:
         step = (1.0, "the default: the graph's metadata has none")
-    time_steps = int(metadata.get("time_steps", 8))
+    if not (np.isfinite(step[0]) and step[0] > 0):
+        raise ValueError(f"dt = {step[0]:g} ({step[1]}) is not a positive time step; give the graph's dt "
+                         f"(from_nir(path, dt=...), --model.net.dt)")
+    time_steps = _time_steps(metadata.get("time_steps", 8), "the graph's metadata time_steps")
+    _checked(graph, "in the graph; plifnet reads finite weights and positive time constants only")
     static = _text(metadata.get("input", "static")) == "static"
     input_shape = [int(n) for n in graph.nodes[chain[0]].input_type["input"]]
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
@@ -468,9 +532,9 @@ class NIRNet(SpikingNet):
     read again when a checkpoint of it is loaded, before its weights are put back.
     """
 
-    def __init__(self, path: str, dt: float | None = None):
+    def __init__(self, path: str, dt: float | None = None, max_mib: float = MAX_BYTES / 2**20):
         try:
-            read = from_nir(path, dt)
+            read = from_nir(path, dt, max_bytes=int(max_mib * 2**20))
         except (OSError, KeyError) as error:
             raise ValueError(f"--model.net.path {path}: not a readable NIR file ({error})") from None
         super().__init__(layers="", classes=read.classes, time_steps=read.time_steps, static=read.arch.static)
@@ -617,28 +681,50 @@ def _neuron_from_nir(node, name: str, step: tuple[float, str]) -> tuple[nn.Modul
 def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_paths=(),
                options: list[str] = ()) -> tuple[nn.Module, "LightningDataModule | None"]:
     """The trained network of a checkpoint, in eval mode, and the data module of ``configs`` (None without).
-    With ``configs`` (``plifnet fit``'s ``--config`` files or names, with the data module; ``options``: more of
-    its arguments, such as ``--data.root DIR``) the model is built from them first: for networks that take
-    their input shape from the data module."""
+
+    The checkpoint decides the network: it is rebuilt from the hyperparameters the checkpoint recorded (its
+    names of code checked first, :func:`plifnet.checkpoints.check_names`), never from a config, so that a
+    run trained at T = 2 is exported at T = 2 whatever the config says. ``configs`` (``plifnet fit``'s
+    ``--config`` files or names) and ``options`` (more of its arguments, ``--data.root DIR``) give the data
+    module only, and with it the input shape of a network that takes it from the data (``layers=...``); a
+    ``--model.*`` option among them would change nothing and is refused."""
+    from lightning.pytorch.cli import instantiate_module
+
+    from plifnet import checkpoints
+    from plifnet.module import NoInputShape, SpikingClassifier
+
+    given = sorted({arg.split("=")[0] for arg in map(str, options) if arg.startswith("--model.")})
+    if given:
+        raise ValueError(f"{given[0]}: the checkpoint's hyperparameters rebuild the network it was trained with, so a "
+                         f"--model option would not be applied; leave it out")
+    ckpt_path = str(checkpoints.fetch(ckpt_path)) if checkpoints.is_url(ckpt_path) else ckpt_path
+    data = _data_module(configs, options) if configs else None
+    try:
+        model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", allow_class_paths=allow_class_paths)
+    except NoInputShape:  # a network built for the data's input: build it so, then put the weights back
+        if data is None:
+            raise ValueError("the checkpoint's network takes its input shape from the data module, which a checkpoint "
+                             "does not hold: pass the run's config too, --config <run folder>/config.yaml (or the "
+                             "configs it was trained with)") from None
+        checkpoint = checkpoints.read(ckpt_path)
+        hyper_parameters = {k: v for k, v in checkpoint["hyper_parameters"].items() if k != "_instantiator"}
+        model = instantiate_module(SpikingClassifier, hyper_parameters)  # names checked by load_from_checkpoint
+        channels, height, _ = data.input_shape
+        model.net.build(channels, height)
+        model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), data
+
+
+def _data_module(configs: list[str], options: list[str]):
+    """The data module that ``plifnet fit --config CONFIGS OPTIONS`` would train on (read as fit reads them:
+    after the recipe, and not this process's own arguments)."""
     from argparse import ArgumentError
 
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
 
-    from plifnet import checkpoints
     from plifnet.cli import RECIPE, shipped_config
-    from plifnet.module import NoInputShape, SpikingClassifier
-
-    ckpt_path = str(checkpoints.fetch(ckpt_path)) if checkpoints.is_url(ckpt_path) else ckpt_path
-    checkpoint = checkpoints.read(ckpt_path, mmap=True)  # a clear error for a file that is no checkpoint
-    if not configs:
-        try:
-            model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", allow_class_paths=allow_class_paths)
-        except NoInputShape:
-            raise ValueError("the checkpoint's network takes its input shape from the data module, which a checkpoint "
-                             "does not hold: pass the run's config too, --config <run folder>/config.yaml (or the "
-                             "configs it was trained with)") from None
-        return model.eval(), None
+    from plifnet.module import SpikingClassifier
 
     class ConfigReader(LightningCLI):
         def add_arguments_to_parser(self, parser):  # a run's config.yaml holds the options of `fit` itself too
@@ -647,19 +733,14 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
             parser.add_argument("--drop_callbacks", default=[])  # plifnet fit's: callbacks do not matter here
 
     args = [arg for config in configs for arg in ("--config", shipped_config(config))] + list(options)
-    try:  # read as plifnet fit reads them: after the recipe (and not this process's own arguments)
+    try:
         with mock.patch.object(sys, "argv", sys.argv[:1]):
             cli = ConfigReader(SpikingClassifier, LightningDataModule, subclass_mode_data=True, run=False, args=args,
                                save_config_callback=None, parser_kwargs={"exit_on_error": False,
                                                                          "default_config_files": [str(RECIPE)]})
     except ArgumentError as error:
         raise ValueError(f"--config {' '.join(map(str, configs))}: {str(error).strip().splitlines()[0]}") from None
-    model, data = cli.model, cli.datamodule
-    if not getattr(model.net, "built", True):
-        channels, height, _ = data.input_shape
-        model.net.build(channels, height)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), data
+    return cli.datamodule
 
 
 def main(argv: list[str] | None = None) -> Path:

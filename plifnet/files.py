@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -24,11 +25,15 @@ def write_atomically(path: Path, write: Callable[[Path], None], durable: bool = 
     The rename is one step within a filesystem, so ``path`` holds either the old or the new file,
     whatever kills the process. ``durable`` also flushes the file and the folder to disk (fsync)
     before and after the rename, so that a power loss cannot leave the new name with no data.
+    A ``path`` that exists and is not a regular file (``/dev/null``, a folder) is refused, untouched.
     A failure of the write leaves ``path`` as it was; an ``OSError`` of it (a full disk, a read-only
     folder) is raised as :class:`WriteFailed` with the same errno, naming ``path`` (the temporary name
     would mean nothing to a user), also where torch.save turned it into a ``RuntimeError``.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a rename would replace a device (/dev/null), a folder or a pipe
+        raise WriteFailed(errno.EEXIST, "it is not a regular file (a device, a folder or a pipe), which plifnet does "
+                                        "not replace. Fix: give the path of a file", str(path))
     tmp = temporary_name(path)
     try:
         write(tmp)

@@ -2,6 +2,7 @@
 must not or print a number that is not what it says. Each test is one family of attack; every refusal is one
 line naming the input and the fix."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -241,3 +242,123 @@ def test_a_silent_layer_is_flagged_beside_the_accuracy(tmp_path):
     with open(tmp_path / "results.csv") as f:
         row = list(__import__("csv").DictReader(f))[0]
     assert row["A: best test acc (%)"] == "10.00" and row["silent layers"] == "fc2"
+
+
+# --- NIR graphs and exports: sizes checked before anything is allocated, every value in range
+
+
+def small_graph(tmp_path, **metadata) -> Path:
+    import nir
+
+    from plifnet.export import to_nir
+
+    net = SpikingNet(layers="c4 p f20", in_channels=1, size=8, classes=2, time_steps=2).eval()
+    graph = to_nir(net)
+    graph.metadata.update(metadata)
+    path = tmp_path / "small.nir"
+    nir.write(path, graph)
+    return path
+
+
+def edited(path: Path, node: str, field: str, value=None, declare=None) -> Path:
+    """The NIR file with one dataset replaced: by ``value``, or (``declare``) an empty chunked, compressed
+    dataset of that shape, which takes a few KB on disk and its full size when read."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r+") as f:
+        group = f["node"]["nodes"][node]
+        dtype = group[field].dtype
+        del group[field]
+        if declare is not None:
+            group.create_dataset(field, shape=declare, dtype=dtype, chunks=True, compression="gzip")
+        else:
+            group.create_dataset(field, data=np.asarray(value, dtype=dtype))
+    return path
+
+
+def test_a_nir_file_declaring_gigabytes_is_refused_before_reading(tmp_path):
+    import resource
+
+    from plifnet.export import from_nir
+
+    path = edited(small_graph(tmp_path), "fc1", "weight", declare=(1 << 19, 1 << 10))  # 2 GiB of float32
+    assert path.stat().st_size < 1 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=r"declares 2,048 MiB of arrays \(the largest: node/nodes/fc1/weight "
+                                         r"\(524288, 1024\)\), over the limit of 1,024 MiB; .* max_bytes="):
+        from_nir(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing near 2 GiB taken
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda p: small_graph(p, time_steps=10**9), "time_steps 1000000000 is not a number of time steps"),
+    (lambda p: small_graph(p, dt=0.0), "dt = 0 (the graph's metadata) is not a positive time step"),
+    (lambda p: edited(small_graph(p), "conv1_lif", "tau", [float("inf")] * 256), "conv1_lif: tau holds an infinity"),
+    (lambda p: edited(small_graph(p), "fc1", "weight", [[float("nan")] * 64] * 20), "node fc1: weight holds NaN"),
+])
+def test_nir_graphs_out_of_range_are_refused_by_name(change, message, tmp_path, run_cli):
+    from plifnet.export import from_nir
+
+    import nir
+    import numpy as np
+
+    path = change(tmp_path)
+    if "tau holds" in message:  # the same shape as written: [4, 8, 8]
+        edited(path, "conv1_lif", "tau", np.full((4, 8, 8), np.inf))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        from_nir(path)
+    result = run_cli("test", "--config", "mnist", "--model.net", "plifnet.export.NIRNet", "--model.net.path", path,
+                     cwd=tmp_path)  # through a run: one line, no traceback, before any data is read
+    assert result.returncode == 1 and message in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert nir.read  # the file itself stays readable by NIR
+
+
+def test_an_unknown_node_type_is_named(tmp_path):
+    import h5py
+
+    from plifnet.export import from_nir
+
+    path = small_graph(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f["node"]["nodes"]["fc1"]["type"][()] = b"Teleporter"
+    with pytest.raises(ValueError, match=r"a node of unknown type 'Teleporter'"):
+        from_nir(path)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dt", "1e-50"], "tau holds 0, not a positive number at --dt 1e-50 in float32"),
+    (["--dt", "1e40"], "tau holds an infinity at --dt 1e+40 in float32"),
+    (["--time_steps", "-5"], "time_steps -5 is not a number of time steps"),
+    (["--time_steps", "0"], "time_steps 8 "),  # 0 is 'not given': the network's T, said in the message
+])
+def test_export_values_out_of_range_write_nothing(args, message, tmp_path, run_cli):
+    from plifnet.export import main as export_main
+
+    model = SpikingClassifier(arch="mnist", time_steps=2)
+    path = checkpoint_with(tmp_path, {"arch": "mnist", "time_steps": 2})
+    torch.save({**torch.load(path, weights_only=True), "state_dict": model.state_dict()}, path)
+    result = run_cli("--ckpt_path", path, "--out", tmp_path / "m.nir", *args, cwd=tmp_path, main=export_main)
+    if message == "time_steps 8 ":
+        assert result.returncode == 0 and "T = 2" in result.stderr  # the checkpoint's T, not the config's 8
+        return
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "m.nir").exists()
+
+
+def test_export_to_a_device_leaves_the_device(tmp_path, run_cli):
+    import os
+    import stat
+
+    from plifnet.export import main as export_main
+
+    model = SpikingClassifier(arch="mnist", time_steps=2)
+    path = checkpoint_with(tmp_path, {"arch": "mnist", "time_steps": 2})
+    torch.save({**torch.load(path, weights_only=True), "state_dict": model.state_dict()}, path)
+    result = run_cli("--ckpt_path", path, "--out", "/dev/null", cwd=tmp_path, main=export_main)
+    assert result.returncode == 1 and "could not write /dev/null: it is not a regular file" in result.stderr
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    (tmp_path / "folder.nir").mkdir()
+    result = run_cli("--ckpt_path", path, "--out", tmp_path / "folder.nir", cwd=tmp_path, main=export_main)
+    assert result.returncode == 1 and "not a regular file" in result.stderr and (tmp_path / "folder.nir").is_dir()
