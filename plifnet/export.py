@@ -48,6 +48,7 @@ import argparse
 import copy
 import sys
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from unittest import mock
 from pathlib import Path
 
@@ -211,6 +212,21 @@ def _declared_bytes(path) -> tuple[int, str]:
         f.visititems(lambda name, item: sizes.__setitem__(f"{name} {item.shape}", item.size * item.dtype.itemsize)
                      if isinstance(item, h5py.Dataset) else None)
     return sum(sizes.values()), max(sizes, key=sizes.get, default="none")
+
+
+def _node_types(path) -> set[str]:
+    """The ``type`` of every node an HDF5 (NIR) file holds, read without building the nodes."""
+    import h5py
+
+    types = set()
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: types.add(_text(item[()])) if name.endswith("type") and isinstance(
+            item, h5py.Dataset) and item.shape == () else None)
+    return types
+
+
+def _subclasses(cls) -> list[type]:
+    return [cls] + [sub for child in cls.__subclasses__() for sub in _subclasses(child)]
 
 
 def _sequential_layers(net: nn.Module) -> list[nn.Module]:
@@ -454,11 +470,12 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
             raise ValueError(f"NIR file {graph} declares {declared / 2**20:,.0f} MiB of arrays (the largest: {largest}), "
                              f"over the limit of {max_bytes / 2**20:,.0f} MiB; if the file is right, raise the limit "
                              f"(from_nir(path, max_bytes=...), --model.net.max_mib N)")
-        try:
-            graph = nir.read(graph)
-        except KeyError as error:  # nir names an unknown node type by the key alone
-            raise ValueError(f"NIR file {graph}: a node of unknown type {error}; plifnet reads the node types of NIR "
-                             f"{nir.__version__} (Conv2d, LIF, IF, SumPool2d/AvgPool2d, Threshold, Flatten, Linear/Affine)") from None
+        unknown = sorted(_node_types(graph) - {cls.__name__ for cls in _subclasses(nir.NIRNode)})
+        if unknown:  # nir.read would fail on an assert with no message
+            raise ValueError(f"NIR file {graph}: a node of unknown type {unknown[0]!r}, not one of NIR "
+                             f"{version('nir')}'s; plifnet reads Conv2d, LIF, IF, SumPool2d/AvgPool2d, Threshold, "
+                             f"Flatten and Linear/Affine")
+        graph = nir.read(graph)
     chain = _chain(graph)
     metadata = graph.metadata or {}
     if dt is not None:
