@@ -153,7 +153,7 @@ def check_names(hyper_parameters: dict, allowed, how_to_allow: str, source="the 
     for key, value in hyper_parameters.items():
         if key == "_class_path":  # LightningCLI's model of a subclass: its arguments follow its own signature
             _check(value, Any, key, ok, source, how_to_allow)
-            hints = _hints(_import(value))
+            hints = _hints(imported(value))
     for key, value in hyper_parameters.items():
         if key != "_class_path":
             _check(value, hints.get(key, Any), key, ok, source, how_to_allow)
@@ -171,7 +171,7 @@ def _check(value, annotation, key: str, ok: set[str], source: str, how_to_allow:
         class_path = value.get("class_path")
         if class_path is not None:
             _check(class_path, Any, f"{key}.class_path", ok, source, how_to_allow)
-        hints = _hints(_import(class_path)) if isinstance(class_path, str) else {}
+        hints = _hints(imported(class_path)) if isinstance(class_path, str) else {}
         for name, item in value.items():
             if name in ("init_args", "dict_kwargs") and isinstance(item, dict) and class_path is not None:
                 for argument, given in item.items():
@@ -214,12 +214,13 @@ def _defined_in_plifnet(name: str) -> bool:
     not merely reachable from it (``plifnet.cli.shutil.rmtree``, which jsonargparse would resolve too)."""
     if not name.startswith("plifnet."):
         return False
-    found = _import(name)
+    found = imported(name)
     return getattr(found, "__module__", getattr(found, "__name__", "")).split(".")[0] == "plifnet"
 
 
-def _import(class_path: str):
-    """The class of an allowed ``class_path`` (jsonargparse imports it next anyway), or None."""
+def imported(class_path: str):
+    """The class or function at ``class_path``, or None where it cannot be imported. Call it only for a name this
+    run gave or :func:`check_names` allowed (jsonargparse imports it next anyway)."""
     module, _, name = class_path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name) if module else None

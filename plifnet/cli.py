@@ -13,6 +13,7 @@ without a clone.
 
 import errno
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -35,7 +36,7 @@ from plifnet import checkpoints, files
 from plifnet.callbacks import Interrupted
 from plifnet.contract import StateLeak
 from plifnet.kernels import keep_freed_memory_unless_opted_out
-from plifnet.module import CLI_RECORDS_CONFIG, SpikingClassifier
+from plifnet.module import CLI_RECORDS_CONFIG, SpikingClassifier, data_identity
 
 
 CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped as package data
@@ -59,7 +60,7 @@ class FailedStart:
     first training step. Removed after Lightning has finished with them (its loggers' last writes)."""
 
     def __init__(self):
-        self.folders, self.subcommand, self.trainer = [], None, None
+        self.folders, self.claimed, self.subcommand, self.trainer = [], [], None, None
 
     def watch(self, trainer, subcommand: str) -> None:
         self.trainer, self.subcommand = trainer, subcommand
@@ -68,9 +69,9 @@ class FailedStart:
 
     def clean(self) -> None:
         trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or (self.subcommand == "fit" and trainer.global_step > 0):
+        if trainer is not None and (not trainer.is_global_zero or (self.subcommand == "fit" and trainer.global_step > 0)):
             return
-        for folder in self.folders:
+        for folder in [*self.folders, *self.claimed]:  # claimed: made before the trainer existed
             if folder.is_dir() and not any(folder.rglob("*.ckpt")):
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -102,6 +103,7 @@ class PlifnetCLI(LightningCLI):
         if config.trainer.get("default_root_dir"):
             for log in loggers:
                 log.init_args.save_dir = str(Path(config.trainer.default_root_dir) / log.init_args.save_dir)
+        self.failed_start.claimed = claim_versions(loggers)
         argv = args if args is not None else sys.argv[1:]
         if config.model.get("net") is not None:
             self._check_network_options(config, argv)
@@ -111,6 +113,7 @@ class PlifnetCLI(LightningCLI):
             config.ckpt_path = self._checked(config.get("ckpt_path"), loggers, config.trainer.get("default_root_dir") or ".")
             if config.ckpt_path not in (None, "best", "hpc"):
                 self._check_hyperparameters(config, argv)
+                self._check_same_run(config, argv)
                 if self.config.subcommand == "fit" and not checkpoints.resumable(checkpoints.read(config.ckpt_path, mmap=True)):
                     raise checkpoints.CheckpointError(
                         f"checkpoint {config.ckpt_path} holds the weights only (the best epoch's, kept for test, predict "
@@ -173,6 +176,35 @@ class PlifnetCLI(LightningCLI):
                     f"--model.{given[0]} out, or start a new run from its weights without --ckpt_path")
             config.model.optimizer = config.model.lr_scheduler = None
 
+    def _check_same_run(self, config, argv) -> None:
+        """What a ``--config`` file sets (a value other than the recipe's and the signatures' defaults) must agree
+        with the checkpoint, whose hyperparameters would silently replace it: ``fit --config fashion_mnist
+        --ckpt_path last`` beside an MNIST run is refused, not resumed as Fashion-MNIST. fit also refuses a
+        checkpoint of other data (:func:`plifnet.module.data_identity`: its dataset, split or frames)."""
+        checkpoint = checkpoints.read(config.ckpt_path, mmap=True)
+        hyper_parameters, defaults = checkpoint.get("hyper_parameters") or {}, self.defaults().model
+        for key in sorted(set(hyper_parameters) & set(vars(config.model)) - given_model_options(argv)):
+            value = plain(config.model.get(key).as_dict() if hasattr(config.model.get(key), "as_dict") else config.model.get(key))
+            default = plain(defaults.get(key).as_dict() if hasattr(defaults.get(key), "as_dict") else defaults.get(key))
+            if value != default and value != plain(hyper_parameters[key]):
+                raise checkpoints.CheckpointError(
+                    f"checkpoint {config.ckpt_path} was trained with model.{key} {hyper_parameters[key]!r}, and a --config "
+                    f"file of this run sets {value!r}: the checkpoint's value would silently win. Give the configs that "
+                    f"run was trained with, or start a new run (without --ckpt_path, or with another "
+                    f"--trainer.default_root_dir)")
+        recorded, data = checkpoint.get("plifnet_data"), config.get("data")
+        if self.config.subcommand != "fit" or not recorded or not getattr(data, "class_path", None):
+            return
+        cls = checkpoints.imported(data.class_path)  # the run's own config names it
+        ours = data_identity(cls, dict(data.get("init_args") or {})) if cls is not None else {"class_path": data.class_path}
+        differ = [key for key in recorded if key in ours and ours[key] != recorded[key]]
+        if differ:
+            key = differ[0]
+            raise checkpoints.CheckpointError(
+                f"checkpoint {config.ckpt_path} trained on other data ({key} {recorded[key]!r}; this run's is "
+                f"{ours[key]!r}): fit resumes a run on its own data only; give that run's configs, or start a new run "
+                f"(without --ckpt_path, or with another --trainer.default_root_dir)")
+
     def instantiate_classes(self) -> None:
         """A bad value in the config (``--data.batch_size 0``) is one line naming it, not the
         traceback of jsonargparse's attempt at every type of a Union with the reason 60 lines up."""
@@ -232,6 +264,36 @@ class PlifnetCLI(LightningCLI):
         path = checkpoints.fetch(ckpt_path) if checkpoints.is_url(ckpt_path) else Path(ckpt_path)
         checkpoints.read(path, mmap=True)
         return str(path)
+
+
+VERSIONED_LOGGERS = ("CSVLogger", "TensorBoardLogger")  # those whose run folder is <save_dir>/<name>/version_<N>
+
+
+def claim_versions(loggers) -> list[Path]:
+    """Give each CSV or TensorBoard logger config without a ``version`` the next free ``version_N`` folder, made
+    here with ``os.mkdir``, which only one of two processes can make: Lightning picks the number by listing the
+    folder, and two fits started together on one ``--trainer.default_root_dir`` took the same one (and mixed
+    their metrics). Only the process of global rank 0 claims: the others' loggers write nothing. Returns the
+    folders made, which :class:`FailedStart` removes if the run fails before training."""
+    if any(os.environ.get(name, "0") != "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")):
+        return []
+    claimed = []
+    for log in loggers:
+        if not log.class_path.endswith(VERSIONED_LOGGERS) or log.init_args.get("version") is not None:
+            continue
+        folder = Path(log.init_args.save_dir) / (log.init_args.get("name") or "")
+        folder.mkdir(parents=True, exist_ok=True)
+        taken = [int(path.name[8:]) for path in folder.glob("version_*") if path.name[8:].isdigit()]
+        version = max(taken, default=-1) + 1
+        while True:
+            try:
+                (folder / f"version_{version}").mkdir()
+                break
+            except FileExistsError:  # another process took it between the listing and now
+                version += 1
+        log.init_args.version = version
+        claimed.append(folder / f"version_{version}")
+    return claimed
 
 
 # SpikingClassifier's options that build its own network (plifnet.models.SpikingNet)

@@ -290,6 +290,13 @@ class SpikingClassifier(L.LightningModule):
         if "val/acc" in logged and "test/acc" in logged:
             self.log("test/acc_at_best_val", self.test_acc_at_best_val)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record what data the run trained on (:func:`data_identity`), so that resuming it on other data
+        (``--ckpt_path last`` in a folder of another dataset's run) is refused instead of mixing the two."""
+        datamodule = getattr(compat.attached_trainer(self), "datamodule", None)
+        if datamodule is not None:
+            checkpoint["plifnet_data"] = data_identity(type(datamodule), vars(datamodule))
+
     def configure_callbacks(self):
         """:class:`plifnet.callbacks.ResetState`, where the trainer has none: a spiking network's state
         must never leak from batch to batch, whoever builds the trainer."""
@@ -333,3 +340,15 @@ class SpikingClassifier(L.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+DATA_IDENTITY = ("dataset", "val_fraction", "split_seed", "time_steps", "split_by")  # what makes two runs' data differ
+
+
+def data_identity(cls: type, values) -> dict:
+    """The data module's class path and the values of :data:`DATA_IDENTITY` it has (its dataset, its split, its
+    frames): what a resumed run must share with the run it continues. Where it is read from, with how many
+    workers and in what batches are not among them."""
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
+            **{key: values[key] for key in DATA_IDENTITY if isinstance(values.get(key), (str, int, float))}}
+

@@ -362,3 +362,72 @@ def test_export_to_a_device_leaves_the_device(tmp_path, run_cli):
     (tmp_path / "folder.nir").mkdir()
     result = run_cli("--ckpt_path", path, "--out", tmp_path / "folder.nir", cwd=tmp_path, main=export_main)
     assert result.returncode == 1 and "not a regular file" in result.stderr and (tmp_path / "folder.nir").is_dir()
+
+
+# --- a checkpoint decides what it recorded; a resume continues its own run; two runs never share a folder
+
+
+def small_fit(run_cli, digits, folder, *more, config="mnist"):
+    return run_cli("fit", "--config", config, "--data.root", digits, "--data.num_workers", "0", "--data.batch_size", "8",
+                   "--model.time_steps", "2", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                   "--trainer.limit_val_batches", "1", *more, cwd=folder)
+
+
+def test_resuming_another_datasets_run_is_refused_and_leaves_no_folder(run_cli, tiny_digits, tmp_path):
+    assert small_fit(run_cli, tiny_digits, tmp_path).returncode == 0
+    runs = tmp_path / "runs" / "lightning_logs"
+    assert [p.name for p in runs.iterdir()] == ["version_0"]
+    refused = small_fit(run_cli, tiny_digits, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last",
+                        config="fashion_mnist")
+    line = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 1 and line.startswith("error: checkpoint ") and "model.arch 'mnist'" in line \
+        and "sets 'fashion_mnist'" in line, refused.stderr[-2000:]
+    assert [p.name for p in runs.iterdir()] == ["version_0"]  # no new version folder, no copy of last.ckpt
+    # the same network on other data (a config that keeps arch mnist but reads Fashion-MNIST): refused by the data
+    (tmp_path / "other.yaml").write_text("data:\n  init_args:\n    dataset: fashion_mnist\n")
+    refused = small_fit(run_cli, tiny_digits, tmp_path, "--config", tmp_path / "other.yaml", "--trainer.max_epochs", "2",
+                        "--ckpt_path", "last")
+    line = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 1 and "trained on other data (dataset 'mnist'; this run's is 'fashion_mnist')" in line
+    assert [p.name for p in runs.iterdir()] == ["version_0"]
+    resumed = small_fit(run_cli, tiny_digits, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]  # its own data and network: resumed
+
+
+def test_fits_started_together_never_share_a_version_folder(tmp_path, monkeypatch):
+    """Eight claims at once, each listing the folder before any has made its own: every one gets its own."""
+    import threading
+
+    from plifnet import cli
+
+    barrier, versions = threading.Barrier(8), []
+    listed = Path.glob
+
+    def glob_then_wait(self, pattern):  # all eight list the same (empty) folder, then race to make version_0
+        found = list(listed(self, pattern))
+        barrier.wait(timeout=30)
+        return found
+
+    monkeypatch.setattr(Path, "glob", glob_then_wait)
+
+    def claim():
+        log = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                        init_args=Namespace(save_dir=str(tmp_path), name="lightning_logs", version=None))
+        cli.claim_versions([log])
+        versions.append(log.init_args.version)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(versions) == list(range(8))
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == [f"version_{v}" for v in range(8)]
+
+
+def test_a_fit_writes_into_the_folder_it_claimed_and_a_failed_start_removes_it(run_cli, tiny_digits, tmp_path):
+    (tmp_path / "runs" / "lightning_logs" / "version_3").mkdir(parents=True)
+    assert small_fit(run_cli, tiny_digits, tmp_path).returncode == 0
+    assert (tmp_path / "runs" / "lightning_logs" / "version_4" / "checkpoints" / "last.ckpt").is_file()
+    failed = small_fit(run_cli, tiny_digits, tmp_path, "--data.batch_size", "0")
+    assert failed.returncode == 1 and not (tmp_path / "runs" / "lightning_logs" / "version_5").exists()
