@@ -55,8 +55,22 @@ class Dynamics:
     per_channel: bool = False
 
 
+@dataclass(frozen=True)
+class TimeConstant:
+    """One time constant of a neuron in time steps (a tensor: per neuron or per layer, detached), whether it is
+    learnt and through which parameters, and how it is read from the library's own parameter (shown beside
+    the figure: snnTorch's beta is read as 1/(1 - beta), where snnTorch's documentation writes -1/ln(beta))."""
+
+    steps: torch.Tensor | float
+    learned: bool
+    parameters: tuple = ()
+    convention: str = ""
+
+
 class Adapter:
     """How plifnet reads one family of neurons. Subclasses define :meth:`claims` and override what differs."""
+
+    convention = ""  # how tau in steps is read from the family's own parameter, e.g. "1/(1-beta)"
 
     def claims(self, module: nn.Module) -> bool:
         """Whether this adapter speaks for ``module`` (decided by its class)."""
@@ -89,6 +103,14 @@ class Adapter:
         """The parameters that tau is learnt through (the optimizer gives them a group of their own, without
         weight decay): by default the neuron's own parameters where it learns tau (PLIF's ``w``)."""
         return list(module.parameters(recurse=False)) if self.learns_tau(module) else []
+
+    def time_constants(self, module: nn.Module) -> dict[str, TimeConstant]:
+        """Every time constant of the neuron by name: ``tau``, the membrane's (:meth:`tau`), and any other the
+        family has (``tau_syn``, a synaptic current's; ``tau_adapt``, an adaptation's)."""
+        tau = self.tau(module)
+        if tau is None:
+            return {}
+        return {"tau": TimeConstant(tau, self.learns_tau(module), tuple(self.tau_parameters(module)), self.convention)}
 
     def dynamics(self, module: nn.Module) -> Dynamics:
         """The neuron as plifnet's step, for NIR export; ``ValueError`` saying why where it is not one."""
@@ -197,10 +219,17 @@ def learns_tau(module: nn.Module) -> bool:
     return adapter is not None and adapter.learns_tau(module)
 
 
-def tau_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The parameters through which a neuron learns its tau (none where it does not)."""
+def time_constants(module: nn.Module) -> dict[str, TimeConstant]:
+    """Every time constant of a neuron in time steps, by name (``tau`` first); none for a module that is no neuron."""
     adapter = adapter_of(module)
-    return [] if adapter is None else adapter.tau_parameters(module)
+    return {} if adapter is None or not adapter.is_neuron(module) else adapter.time_constants(module)
+
+
+def tau_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters through which a neuron learns its time constants, every one (none where it learns none):
+    the optimizer gives them a group of their own, without weight decay."""
+    found = {id(p): p for constant in time_constants(module).values() if constant.learned for p in constant.parameters}
+    return list(found.values())
 
 
 def dynamics(module: nn.Module) -> Dynamics:

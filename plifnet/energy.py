@@ -64,7 +64,7 @@ TECHNOLOGIES = {
 class LayerEnergy:
     """One Conv2d or Linear layer, per image."""
 
-    name: str  # conv1, conv2, ..., fc1, ...: the i-th Conv2d / Linear of the network
+    name: str  # conv1, ..., fc1: the i-th Conv2d / Linear of a SpikingNet; elsewhere the module path
     input: str  # "spikes", "values", or "mixed" (spikes in some batches only)
     macs: float  # dense MACs of one pass (the same layer in an ANN)
     sops: float  # operations performed over all steps: ACs for spike input, MACs for real-valued input
@@ -170,12 +170,15 @@ class SynapticCounter:
     FIELDS = ("acs", "value_macs", "spikes", "elements", "steps", "spike_batches", "value_batches")
 
     def __init__(self, model: nn.Module):
+        # named as tau and firing rates name the layers (plifnet.callbacks.spiking_layers): conv1, ..., fc1 in a
+        # network of layer tokens, where the i-th Conv2d feeds the i-th conv neuron; the module path elsewhere
+        ordinal = any(callable(getattr(m, "spiking_layers", None)) for m in model.modules())
         layers, counts = {}, {"conv": 0, "fc": 0}
-        for module in model.modules():
+        for path, module in model.named_modules():
             kind = "conv" if isinstance(module, nn.Conv2d) else "fc" if isinstance(module, nn.Linear) else None
             if kind:
                 counts[kind] += 1
-                layers[f"{kind}{counts[kind]}"] = module
+                layers[f"{kind}{counts[kind]}" if ordinal else path.removeprefix("net.")] = module
         self.layers = layers
         self.neurons = [module for module in model.modules() if is_neuron(module)]
         # per layer its FIELDS; NEURONS: the neurons' membrane updates (first field), summed the same way

@@ -703,8 +703,9 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
     names of code checked first, :func:`plifnet.checkpoints.check_names`), never from a config, so that a
     run trained at T = 2 is exported at T = 2 whatever the config says. ``configs`` (``plifnet fit``'s
     ``--config`` files or names) and ``options`` (more of its arguments, ``--data.root DIR``) give the data
-    module only, and with it the input shape of a network that takes it from the data (``layers=...``); a
-    ``--model.*`` option among them would change nothing and is refused."""
+    module, and with it the input shape of a network that takes it from the data (``layers=...``), and the
+    class paths they name are allowed, as for ``plifnet test``; a ``--model.*`` option among them would
+    change nothing and is refused."""
     from lightning.pytorch.cli import instantiate_module
 
     from plifnet import checkpoints
@@ -715,9 +716,10 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
         raise ValueError(f"{given[0]}: the checkpoint's hyperparameters rebuild the network it was trained with, so a "
                          f"--model option would not be applied; leave it out")
     ckpt_path = str(checkpoints.fetch(ckpt_path)) if checkpoints.is_url(ckpt_path) else ckpt_path
-    data = _data_module(configs, options) if configs else None
-    try:
-        model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", allow_class_paths=allow_class_paths)
+    data, named = _data_module(configs, options) if configs else (None, set())
+    try:  # what the configs name is this run's to allow, as for plifnet test
+        model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu",
+                                                       allow_class_paths=[*allow_class_paths, *named])
     except NoInputShape:  # a network built for the data's input: build it so, then put the weights back
         if data is None:
             raise ValueError("the checkpoint's network takes its input shape from the data module, which a checkpoint "
@@ -734,9 +736,10 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
 
 def _data_module(configs: list[str], options: list[str]):
     """The data module that ``plifnet fit --config CONFIGS OPTIONS`` would train on (read as fit reads them:
-    after the recipe, and not this process's own arguments)."""
+    after the recipe, and not this process's own arguments), and every string the configs give."""
     from argparse import ArgumentError
 
+    from plifnet import checkpoints
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
 
@@ -757,7 +760,7 @@ def _data_module(configs: list[str], options: list[str]):
                                                                          "default_config_files": [str(RECIPE)]})
     except ArgumentError as error:
         raise ValueError(f"--config {' '.join(map(str, configs))}: {str(error).strip().splitlines()[0]}") from None
-    return cli.datamodule
+    return cli.datamodule, checkpoints.strings(cli.config)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -19,13 +19,14 @@ from conftest import active_network
 
 
 def recorded_inputs(model, x):
-    """{layer name: [inputs of each call]} of every Conv2d and Linear, named conv<i> / fc<i> in order."""
+    """{layer name: [inputs of each call]} of every Conv2d and Linear, named conv<i> / fc<i> in order in a
+    SpikingNet, by module path in any other network."""
     inputs, counts, hooks = {}, {"conv": 0, "fc": 0}, []
-    for module in model.modules():
+    for path, module in model.named_modules():
         kind = "conv" if isinstance(module, nn.Conv2d) else "fc" if isinstance(module, nn.Linear) else None
         if kind:
             counts[kind] += 1
-            name = f"{kind}{counts[kind]}"
+            name = f"{kind}{counts[kind]}" if isinstance(model, SpikingNet) else path
             inputs[name] = []
             hooks.append(module.register_forward_hook(lambda m, i, o, name=name: inputs[name].append((m, i[0].clone()))))
     with torch.no_grad():
@@ -183,6 +184,7 @@ def test_memory_access_same_precision_ann_and_crossover_rate_against_a_hand_coun
     mac, ac, word = 4.6, 0.9, 5.0
     assert TECHNOLOGIES["45nm_fp32"] == (mac, ac, word)
     rows = {row.name: row for row in report.layers}
+    rows["fc1"], rows["fc2"] = rows.pop("0"), rows.pop("2")  # named by module path, as tau and rates name neurons
     assert (rows["fc1"].sops, rows["fc2"].sops, report.neuron_updates) == (6, 8, 10)
     assert rows["fc1"].energy_pj == pytest.approx(6 * ac) and rows["fc2"].energy_pj == pytest.approx(8 * ac)
     assert rows["fc1"].memory_pj == pytest.approx(3 * 6 * word)  # a weight, a membrane read and write per AC

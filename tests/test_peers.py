@@ -282,7 +282,9 @@ def test_the_refusal_through_cli_is_one_line(run_cli, tiny_digits, tmp_path, mon
 @pytest.mark.parametrize("family", FAMILIES)
 def test_energy_counts_each_familys_layers(family):
     report = estimate(driven(FAMILIES[family].Net()), images(2))
-    assert [layer.name for layer in report.layers] == ["conv1", "conv2", "fc1"]
+    # by module path, as tau and firing rates name the neurons (a numbering would name another layer's weight)
+    expected = ["features.0", "features.4", "features.9"] if family == "spikingjelly" else ["conv1", "conv2", "fc"]
+    assert [layer.name for layer in report.layers] == expected
     assert report.layers[0].input == "values" and report.layers[2].input == "spikes"
     assert 0 < report.layers[2].input_rate < 1 and report.layers[2].sops > 0
 
@@ -577,7 +579,8 @@ def test_a_subclass_of_a_spikingjelly_neuron_is_found_reset_followed_and_counted
     groups = model.configure_optimizers()["optimizer"].param_groups
     assert {id(p) for p in groups[1]["params"]} == {id(m.w) for m in spiking_layers(model).values()}
     report = estimate(driven(subclassed()), images(2))  # counted: the last layer is fed by the subclass's spikes
-    assert [layer.name for layer in report.layers] == ["conv1", "conv2", "fc1"] and report.layers[2].sops > 0
+    assert [layer.name for layer in report.layers] == ["features.0", "features.4", "features.9"]
+    assert report.layers[2].sops > 0
     ops = SynapticOps()
     trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=2, log_every_n_steps=2,
                         logger=L.pytorch.loggers.CSVLogger(tiny_digits.parent / "logs"), enable_checkpointing=False,
@@ -592,4 +595,53 @@ def test_a_subclass_of_a_spikingjelly_neuron_is_found_reset_followed_and_counted
         assert any(row.get(f"firing_rate/{name}") for row in rows)
     with open(Path(trainer.logger.log_dir) / "tau.csv") as f:
         assert next(csv.reader(f)) == ["step", *layers]
-    assert ops.report is not None and [layer.name for layer in ops.report.layers] == ["conv1", "conv2", "fc1"]
+    assert ops.report is not None and [layer.name for layer in ops.report.layers] == ["features.0", "features.4",
+                                                                                         "features.9"]
+
+
+class SynapticNet(nn.Module):
+    """snnTorch's Synaptic neuron with both decays learnt: the synaptic current's alpha and the membrane's beta."""
+
+    classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(28 * 28, 100), nn.Linear(100, 10)
+        self.syn1 = snn.Synaptic(alpha=0.6, beta=0.5, learn_alpha=True, learn_beta=True, init_hidden=True)
+        self.syn2 = snn.Synaptic(alpha=0.6, beta=0.5, learn_alpha=True, learn_beta=True, init_hidden=True,
+                                 output=True)
+
+    def forward(self, x):
+        out = []
+        for _ in range(4):
+            spikes = self.syn1(4 * self.fc1(x.flatten(1)))
+            out.append(self.syn2(4 * self.fc2(spikes))[0])
+        return torch.stack(out)
+
+
+def test_snntorch_synaptics_learnt_alpha_is_followed_in_the_tau_group_and_labelled(tiny_digits):
+    from plifnet.callbacks import TauMonitor
+    from plifnet.data import StaticDataModule
+
+    model = SpikingClassifier(net=SynapticNet())
+    constants = contract.time_constants(model.net.syn1)
+    assert set(constants) == {"tau", "tau_syn"} and all(c.learned for c in constants.values())
+    assert float(constants["tau_syn"].steps) == pytest.approx(1 / (1 - 0.6)) and constants["tau_syn"].convention == "1/(1-alpha)"
+    groups = model.configure_optimizers()["optimizer"].param_groups
+    assert {id(p) for p in groups[1]["params"]} == {id(getattr(n, a)) for n in (model.net.syn1, model.net.syn2)
+                                                     for a in ("alpha", "beta")}  # no weight decay on either
+    monitor = TauMonitor()
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1, log_every_n_steps=2,
+                        logger=L.pytorch.loggers.CSVLogger(tiny_digits.parent / "logs"), enable_checkpointing=False,
+                        callbacks=[monitor], enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0))
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("tau_syn/syn1")]
+    alpha = model.net.syn1.alpha.item()
+    assert float(rows[-1]["tau_syn/syn1"]) == pytest.approx(1 / (1 - alpha)) and alpha != pytest.approx(0.6)
+    assert float(rows[-1]["tau/syn1"]) == pytest.approx(1 / (1 - model.net.syn1.beta.item()))
+    with open(Path(trainer.logger.log_dir) / "tau.csv") as f:
+        assert next(csv.reader(f)) == ["step", "syn1", "syn1:tau_syn", "syn2", "syn2:tau_syn"]
+    # the plot says how each figure is read from snnTorch's parameters (its docs write tau = -1/ln(beta))
+    assert monitor.labels["syn1"] == "syn1 (tau = 1/(1-beta))"
+    assert monitor.labels["syn1:tau_syn"] == "syn1:tau_syn (tau_syn = 1/(1-alpha))"

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from plifnet.contract import Adapter
+from plifnet.contract import Adapter, TimeConstant
 
 
 class Norse(Adapter):
+    convention = "1/(dt*tau_mem_inv)"
+
     def claims(self, module):
         from plifnet.adapters import from_package
 
@@ -45,3 +47,16 @@ class Norse(Adapter):
 
     def tau_parameters(self, module):
         return [module.p.tau_mem_inv] if self.learns_tau(module) else []  # not the other parameters of p
+
+    def time_constants(self, module):
+        """tau, and the synaptic current's ``tau_syn`` = 1/(dt tau_syn_inv) and an adaptive neuron's ``tau_adapt``
+        = 1/(dt tau_adapt_inv) (LSNN), each learnt where the network made it a tensor that requires grad."""
+        constants = super().time_constants(module)
+        p = getattr(module, "p", None)
+        for name, field in (("tau_syn", "tau_syn_inv"), ("tau_adapt", "tau_adapt_inv")):
+            inverse = getattr(p, field, None)
+            if inverse is not None:
+                learned = torch.is_tensor(inverse) and inverse.requires_grad
+                constants[name] = TimeConstant(1 / (module.dt * torch.as_tensor(inverse).detach()), learned,
+                                               (inverse,) if learned else (), f"1/(dt*{field})")
+        return constants

@@ -9,7 +9,8 @@
   other networks' too. With ``init_hidden=False`` the state is the caller's, passed to every call.
 - tau in steps: ``mem[t] = beta mem[t-1] + input[t]`` is the leak ``1 - 1/tau``, so tau = 1/(1 - beta)
   (beta clamped to [0, 1] as snnTorch does; per neuron when beta is a vector), learned with
-  ``learn_beta=True``. Alpha's beta decays a synaptic current, not the membrane: it has no tau here.
+  ``learn_beta=True``; Synaptic's synaptic current likewise, ``tau_syn`` = 1/(1 - alpha) (``learn_alpha=True``).
+  snnTorch's documentation reads beta as exp(-1/tau), tau = -1/ln(beta): plifnet's figures say which they show. Alpha's beta decays a synaptic current, not the membrane: it has no tau here.
 - NIR: ``Leaky(reset_mechanism="zero")`` is plifnet's step with the input not decayed, k = 1 - beta,
   v_reset = 0 (``mem[t] = beta (1 - S[t-1]) mem[t-1] + x[t]``, spike where ``mem > threshold``); the
   default "subtract" reset leaves ``beta mem - threshold``, which no NIR neuron computes.
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import torch
 
-from plifnet.contract import Adapter, Dynamics
+from plifnet.contract import Adapter, Dynamics, TimeConstant
 
 
 class SnnTorch(Adapter):
+    convention = "1/(1-beta)"  # the leak per step; snnTorch's documentation writes -1/ln(beta) (its exp. decay)
+
     def claims(self, module):
         from plifnet.adapters import from_package
 
@@ -54,6 +57,17 @@ class SnnTorch(Adapter):
 
     def tau_parameters(self, module):
         return [module.beta] if self.learns_tau(module) else []  # not a learnt threshold beside it
+
+    def time_constants(self, module):
+        """tau, and ``tau_syn`` = 1/(1 - alpha) of Synaptic and RSynaptic, whose synaptic current decays by alpha a
+        step (``syn[t] = alpha syn[t-1] + input[t]``), learnt with ``learn_alpha=True``."""
+        constants = super().time_constants(module)
+        alpha = getattr(module, "alpha", None)
+        if torch.is_tensor(alpha) and hasattr(module, "syn"):
+            learned = isinstance(alpha, torch.nn.Parameter)
+            constants["tau_syn"] = TimeConstant(1 / (1 - alpha.detach().clamp(0, 1)), learned, (alpha,) if learned else (),
+                                                "1/(1-alpha)")
+        return constants
 
     def dynamics(self, module):
         import snntorch

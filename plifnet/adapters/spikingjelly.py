@@ -17,6 +17,8 @@ from plifnet.contract import Adapter, Dynamics
 
 
 class SpikingJelly(Adapter):
+    convention = "1/sigmoid(w)"  # ParametricLIFNode; LIFNode's tau as it is
+
     def claims(self, module):
         from plifnet.adapters import from_package
 

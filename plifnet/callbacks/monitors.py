@@ -23,6 +23,9 @@ class TauMonitor(Callback):
     """Log the tau of every PLIF layer every ``every_n_steps`` optimiser steps (default: the trainer's
     ``log_every_n_steps``), and plot it at the end.
 
+    Every learnt time constant that the neuron contract finds is followed: the membrane's, and others such as
+    snnTorch Synaptic's synaptic one (``tau_syn/<layer>``; ``<layer>:tau_syn`` in tau.csv), all in time steps,
+    each plotted with how it is read from the library's parameter (``tau = 1/(1-beta)``).
     Scalar tau is logged as ``tau/<layer>``; per-channel tau as ``tau/<layer>/mean|min|max`` and a
     histogram where the logger has one (TensorBoard, wandb): layer by layer, since layers move apart
     (a mean over them would hide it). At the end of fit, ``tau.csv`` (one column per layer, one row per logged step)
@@ -40,7 +43,15 @@ class TauMonitor(Callback):
     def on_fit_start(self, trainer, pl_module):
         if self.every_n_steps is None:  # follow --trainer.log_every_n_steps
             self.every_n_steps = trainer.log_every_n_steps
-        self.layers = {name: m for name, m in spiking_layers(pl_module).items() if contract.learns_tau(m)}
+        # every learnt time constant, by its column: the layer for the membrane's tau, "<layer>:<name>" for another
+        # (snnTorch Synaptic's tau_syn); labels say how each is read from the library's own parameter
+        self.layers, self.labels = {}, {}
+        for name, module in spiking_layers(pl_module).items():
+            for constant, value in contract.time_constants(module).items():
+                if value.learned:
+                    column = name if constant == "tau" else f"{name}:{constant}"
+                    self.layers[column] = (module, constant)
+                    self.labels[column] = f"{column} ({constant} = {value.convention})" if value.convention else column
         if not self.steps or set(self.history) != set(self.layers):  # a resumed run keeps its history
             self.steps, self.history = [], {name: [] for name in self.layers}
             self._record(trainer, pl_module)  # tau0, at step 0
@@ -61,15 +72,16 @@ class TauMonitor(Callback):
         if not self.layers:
             return
         step, metrics = trainer.global_step, {}
-        for name, layer in self.layers.items():
-            tau = contract.tau(layer).float().cpu()
+        for column, (layer, constant) in self.layers.items():
+            tau = torch.as_tensor(contract.time_constants(layer)[constant].steps).float().cpu()
+            key = f"{constant}/{column.split(':')[0]}"  # tau/<layer>, tau_syn/<layer>
             if tau.dim() == 0:
-                metrics[f"tau/{name}"] = tau.item()
+                metrics[key] = tau.item()
             else:
-                metrics.update({f"tau/{name}/mean": tau.mean().item(), f"tau/{name}/min": tau.min().item(),
-                                f"tau/{name}/max": tau.max().item()})
-                self._histogram(trainer, f"tau/{name}/hist", tau, step)
-            self.history[name].append(tau.mean().item())
+                metrics.update({f"{key}/mean": tau.mean().item(), f"{key}/min": tau.min().item(),
+                                f"{key}/max": tau.max().item()})
+                self._histogram(trainer, f"{key}/hist", tau, step)
+            self.history[column].append(tau.mean().item())
         self.steps.append(step)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
@@ -101,7 +113,8 @@ class TauMonitor(Callback):
                     writer.writerow([step, *(f"{values[i]:.8g}" for values in self.history.values())])
 
         write_atomically(folder / "tau.csv", write_csv)
-        write_atomically(folder / "tau.png", lambda path: plots.tau_trajectories(self.steps, self.history, path))
+        write_atomically(folder / "tau.png", lambda path: plots.tau_trajectories(
+            self.steps, {self.labels.get(column, column): values for column, values in self.history.items()}, path))
         log_figure(trainer, "tau_trajectories", folder / "tau.png", trainer.global_step)
 
 
