@@ -81,6 +81,9 @@ def read(path, map_location="cpu", mmap: bool = False) -> dict:
     ``mmap=True`` maps the tensors instead of reading them: a cheap check that a file is usable.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the path of a .ckpt file in it (e.g. "
+                              f"{path}/checkpoints/last.ckpt), or --ckpt_path last for the newest under the run folders")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .ckpt file, or --ckpt_path last")
     if path.stat().st_size == 0 or not zipfile.is_zipfile(path):

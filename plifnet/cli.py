@@ -443,7 +443,7 @@ def main(args=None) -> LightningCLI:
         raise SystemExit(argument_error(error, next((a for a in argv if a in LightningCLI.subcommands()), ""))) from None
     except (StateLeak, FloatingPointError) as error:  # a network that remembers; a run that diverged
         raise SystemExit(f"error: {error}") from None
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, ImportError) as error:  # ImportError: a broken plug-in, named by plifnet
         if isinstance(error, files.WriteFailed) or getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise SystemExit(files.write_failure(error)) from None  # a full disk, a read-only folder
         if raised_by_plifnet(error):  # plifnet's own refusal of an input names it and the fix

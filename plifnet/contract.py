@@ -104,6 +104,12 @@ class Adapter:
         weight decay): by default the neuron's own parameters where it learns tau (PLIF's ``w``)."""
         return list(module.parameters(recurse=False)) if self.learns_tau(module) else []
 
+    def leak_advice(self, module: nn.Module) -> str:
+        """How to stop a network of this family's neurons from carrying state between batches (the leak check's fix)."""
+        return ("give the class a reset() that forgets its state (and a v_threshold or tau attribute, so that plifnet "
+                "finds it), install or write an adapter (entry-point group 'plifnet.adapters', docs/EXTENDING.md), or "
+                "reset the state at the start of forward")
+
     def time_constants(self, module: nn.Module) -> dict[str, TimeConstant]:
         """Every time constant of the neuron by name: ``tau``, the membrane's (:meth:`tau`), and any other the
         family has (``tau_syn``, a synaptic current's; ``tau_adapt``, an adaptation's)."""
@@ -295,12 +301,13 @@ def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
     modules = dict(model.named_modules())
     classes = list(dict.fromkeys(type(modules[name]).__name__ for name in names if name in modules))
     shown = ", ".join(name or "the network itself" for name in names[:6])
+    # the fix depends on the family of the neurons there: snnTorch's and Norse's take their state from the caller
+    inside = [m for name in names if name in modules for m in modules[name].modules() if is_neuron(m)]
+    advice = (adapter_of(inside[0]) if inside else Protocol()).leak_advice(inside[0] if inside else model)
     raise StateLeak(
         f"the network keeps state between batches in {', '.join(classes)} ({shown}): the same input gave another "
         f"{'state' if kept else 'output'} there after plifnet reset it, so every batch would depend on "
-        f"the one before. Give the class a reset() that forgets its state (and a v_threshold or tau attribute, so "
-        f"that plifnet finds it), install or write an adapter (entry-point group 'plifnet.adapters', "
-        f"docs/EXTENDING.md), or reset the state at the start of forward")
+        f"the one before. Fix: {advice}")
 
 
 def _digest(value, seen: dict):

@@ -244,7 +244,14 @@ def _sequential_layers(net: nn.Module) -> list[nn.Module]:
     def flat(sequential):
         return [m for child in sequential for m in (flat(child) if isinstance(child, nn.Sequential) else [child])]
 
-    return flat(chain)
+    layers = flat(chain)
+    for position, module in enumerate(layers):
+        first = next(i for i, other in enumerate(layers) if other is module)  # a stateless one (ReLU) may repeat
+        if first != position and (next(module.parameters(), None) is not None or is_neuron(module)):
+            raise ValueError(f"layers {first} and {position} of {type(net).__name__} are one {type(module).__name__} "
+                             f"object used twice: its weights or state are shared between the two, which a NIR graph "
+                             f"(one node per layer) cannot express; give each layer a module of its own")
+    return layers
 
 
 def _check_reproduces(net: nn.Module, graph: nir.NIRGraph) -> None:
@@ -254,6 +261,7 @@ def _check_reproduces(net: nn.Module, graph: nir.NIRGraph) -> None:
     the other way at a tie (below 1 in 1000 here)."""
     shape = [int(n) for n in graph.nodes["input"].input_type["input"]]
     x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    differ, tolerance = 1.0, 0.0  # where the network runs in no dtype, nothing shows that the graph is right
     for dtype, tolerance in ((torch.float64, 0), (torch.float32, 1e-3)):
         reference = copy.deepcopy(net).to(dtype).eval()
         contract.reset_state(reference)

@@ -291,6 +291,14 @@ class SpikingNet(nn.Module):
             if kind not in "cpdf" or (kind in "cf") != width.isdigit():
                 raise ValueError(f"bad layer token {token!r} in {' '.join(tokens)!r}: use c<n>, p, d or f<n>")
             width = int(width or 0)
+            if kind in "cp" and features is not None:  # the first d or f flattened the maps
+                raise ValueError(f"layer token {token!r} in {' '.join(tokens)!r} comes after the maps were flattened "
+                                 f"(by the first d or f): put every c<n> and p before the first d or f")
+            if kind == "p" and size < 2:
+                raise ValueError(f"layer token 'p' in {' '.join(tokens)!r} halves a {size} x {size} map to nothing "
+                                 f"(input {in_channels} x {self.arch.size} x {self.arch.size}): use fewer p")
+            if kind in "cf" and width < 1:
+                raise ValueError(f"layer token {token!r} in {' '.join(tokens)!r} has no neurons: use c<n> or f<n> with n >= 1")
             if kind == "c":
                 layers += [TimeDistributed(_conv_bn(channels, width)), neuron(width)]
                 channels = width

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--images", type=int, default=1000, help="the first N test images (default: %(default)s)")
     parser.add_argument("--allow_class_path", action="append", default=[])
     args, options = parser.parse_known_args(argv)  # the rest: the data module's options, e.g. --data.root DIR
+    if args.images < 1:
+        raise SystemExit(f"error: --images {args.images}: give the number of test images to measure, at least 1")
     from plifnet.checkpoints import CheckpointError
     from plifnet.energy import estimate
     from plifnet.export import load_model

@@ -245,7 +245,7 @@ def test_a_network_that_keeps_state_without_reset_is_refused_before_the_first_ba
         trainer.validate(model, data)  # no ResetState given: the model brings its own
     assert str(error.value).startswith("the network keeps state between batches in Remembers (net.neuron): the same "
                                        "input gave another state there after plifnet reset it")
-    assert "Give the class a reset()" in str(error.value) and len(str(error.value).splitlines()) == 1
+    assert "Fix: give the class a reset()" in str(error.value) and len(str(error.value).splitlines()) == 1
     assert model.accuracy["val_acc"]._update_count == 0  # stopped before any batch counted
 
 
@@ -537,6 +537,8 @@ def test_a_norse_network_keeping_its_state_behind_a_silent_layer_is_refused():
     message = str(error.value)
     assert message.startswith("the network keeps state between batches in NorseKeepsItsState (the network itself): "
                               "the same input gave another state there") and len(message.splitlines()) == 1
+    assert message.endswith("Fix: Norse's LIFCell takes its state from the caller: pass state=None at the first step "
+                            "of every forward, instead of a state kept on the module between batches")
     model = SpikingClassifier(net=NorseKeepsItsState())  # and before the first batch of a run
     data = DataLoader(TensorDataset(x, torch.zeros(4, dtype=torch.long)), batch_size=4)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, max_steps=1)
@@ -645,3 +647,30 @@ def test_snntorch_synaptics_learnt_alpha_is_followed_in_the_tau_group_and_labell
     # the plot says how each figure is read from snnTorch's parameters (its docs write tau = -1/ln(beta))
     assert monitor.labels["syn1"] == "syn1 (tau = 1/(1-beta))"
     assert monitor.labels["syn1:tau_syn"] == "syn1:tau_syn (tau_syn = 1/(1-alpha))"
+
+
+class SnnTorchKeepsItsMembrane(nn.Module):
+    """snnTorch with init_hidden=False, its membrane kept on the module between calls (a common slip)."""
+
+    classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = nn.Linear(28 * 28, 10), snn.Leaky(beta=0.9)
+        self.mem = None
+
+    def forward(self, x):
+        out, mem = [], self.lif.init_leaky() if self.mem is None else self.mem
+        for _ in range(4):
+            spikes, mem = self.lif(3 * self.fc(x.flatten(1)), mem)
+            out.append(spikes)
+        self.mem = mem.detach()
+        return torch.stack(out)
+
+
+def test_snntorchs_leak_advice_is_to_start_the_membrane_in_forward():
+    with pytest.raises(contract.StateLeak) as error:
+        contract.check_forgets(SnnTorchKeepsItsMembrane(), images(2))
+    assert str(error.value).endswith("Fix: Leaky with init_hidden=False takes its state from the caller: start it afresh "
+                                     "in every forward (mem = None at step 0, or Leaky's init_leaky()/reset_mem()), "
+                                     "instead of keeping it on the module between batches")

@@ -431,3 +431,86 @@ def test_a_fit_writes_into_the_folder_it_claimed_and_a_failed_start_removes_it(r
     assert (tmp_path / "runs" / "lightning_logs" / "version_4" / "checkpoints" / "last.ckpt").is_file()
     failed = small_fit(run_cli, tiny_digits, tmp_path, "--data.batch_size", "0")
     assert failed.returncode == 1 and not (tmp_path / "runs" / "lightning_logs" / "version_5").exists()
+
+
+# --- every bad input one line that names it and the fix
+
+
+def test_a_shared_neuron_object_is_named_not_a_traceback():
+    from torch import nn
+
+    from plifnet.export import to_nir
+    from plifnet.neurons import PLIF
+
+    shared = PLIF()
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), shared, nn.Conv2d(4, 4, 3, padding=1), shared, nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 10), PLIF()).eval()
+    net.time_steps = 2
+    with pytest.raises(ValueError, match=r"layers 1 and 3 of Sequential are one PLIF object used twice"):
+        to_nir(net, input_shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize("layers,message", [
+    ("c8 d p f100", "layer token 'p' in 'c8 d p f100' comes after the maps were flattened"),
+    ("c8 p p p p p f100", "halves a 1 x 1 map to nothing (input 1 x 28 x 28): use fewer p"),
+    ("c0 f100", "layer token 'c0' in 'c0 f100' has no neurons"),
+])
+def test_layer_tokens_that_could_not_run_are_refused_when_built(layers, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SpikingNet(layers=layers, in_channels=1, size=28, classes=10)
+
+
+def test_a_folder_as_ckpt_path_is_named_as_a_folder(run_cli, tmp_path):
+    result = run_cli("test", "--config", "mnist", "--ckpt_path", tmp_path, cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint {tmp_path} is a folder; pass the path of a .ckpt file in it (e.g. {tmp_path}/checkpoints/"
+        f"last.ckpt), or --ckpt_path last for the newest under the run folders")
+
+
+def test_neurobench_of_no_images_is_one_line(run_cli, tmp_path):
+    from plifnet import neurobench
+
+    result = run_cli("--ckpt_path", tmp_path / "x.ckpt", "--config", "mnist", "--images", "0", cwd=tmp_path,
+                     main=neurobench.main)
+    assert result.returncode == 1 and result.stderr.strip() == (
+        "error: --images 0: give the number of test images to measure, at least 1")
+
+
+def test_a_broken_adapter_plugin_is_named_with_its_package(run_cli, tiny_digits, tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from plifnet import contract, registry
+
+    broken = EntryPoint(name="broken", value="no_such_adapter_package.adapter:Adapter", group="plifnet.adapters")
+    real = registry.entry_points
+    monkeypatch.setattr(registry, "entry_points", lambda group=None, **kw: (
+        [broken] if group == "plifnet.adapters" and kw.get("name") in (None, "broken") else real(group=group, **kw)))
+    monkeypatch.setattr(contract, "_adapters", None)
+    monkeypatch.setattr(contract, "_by_class", {})
+    result = small_fit(run_cli, tiny_digits, tmp_path)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert last.startswith("error: the adapter plug-in 'broken' of an installed package "
+                           "(no_such_adapter_package.adapter:Adapter) failed to import: ModuleNotFoundError"), last
+
+
+def test_a_nan_tau_is_said(tmp_path):
+    import warnings
+
+    import lightning as L
+
+    from plifnet.callbacks import TauMonitor
+
+    model = SpikingClassifier(arch="mnist", time_steps=2)
+    monitor = TauMonitor(every_n_steps=1)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    monitor.layers, monitor.labels = {}, {}
+    layer = model.net.spiking_layers()["conv1"]
+    layer.w.data.fill_(float("nan"))
+    monitor.layers["conv1"], monitor.history["conv1"] = (layer, "tau"), []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor._record(trainer, model)
+        monitor._record(trainer, model)
+    said = [str(w.message) for w in caught if "tau/conv1 is nan at step 0" in str(w.message)]
+    assert len(said) == 1 and "--model.tau_lr" in said[0]  # once per layer

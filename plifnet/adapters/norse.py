@@ -35,6 +35,10 @@ class Norse(Adapter):
     def keeps_state(self, module):
         return False
 
+    def leak_advice(self, module):
+        return (f"Norse's {type(module).__name__} takes its state from the caller: pass state=None at the first step "
+                f"of every forward, instead of a state kept on the module between batches")
+
     def tau(self, module):
         inverse = getattr(getattr(module, "p", None), "tau_mem_inv", None)
         if inverse is None:

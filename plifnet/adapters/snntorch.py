@@ -38,6 +38,13 @@ class SnnTorch(Adapter):
     def keeps_state(self, module):
         return bool(module.init_hidden)
 
+    def leak_advice(self, module):
+        if module.init_hidden:
+            return super().leak_advice(module)
+        return (f"{type(module).__name__} with init_hidden=False takes its state from the caller: start it afresh in "
+                f"every forward (mem = None at step 0, or {type(module).__name__}'s init_leaky()/reset_mem()), instead "
+                f"of keeping it on the module between batches")
+
     def reset(self, module):
         for name in module._non_persistent_buffers_set:
             state = getattr(module, name)

@@ -39,6 +39,7 @@ class TauMonitor(Callback):
         self.every_n_steps = every_n_steps
         self.steps: list[int] = []
         self.history: dict[str, list[float]] = {}
+        self.warned: set[str] = set()  # columns whose time constant was logged as NaN or infinite
 
     def on_fit_start(self, trainer, pl_module):
         if self.every_n_steps is None:  # follow --trainer.log_every_n_steps
@@ -75,6 +76,11 @@ class TauMonitor(Callback):
         for column, (layer, constant) in self.layers.items():
             tau = torch.as_tensor(contract.time_constants(layer)[constant].steps).float().cpu()
             key = f"{constant}/{column.split(':')[0]}"  # tau/<layer>, tau_syn/<layer>
+            if not torch.isfinite(tau).all() and column not in self.warned:
+                self.warned.add(column)
+                warnings.warn(f"{key} is {tau[~torch.isfinite(tau)].flatten()[0].item()} at step {step}: the parameter it "
+                              f"is learnt through is not finite, so the run has diverged; lower the time constants' "
+                              f"learning rate (--model.tau_lr) or the learning rate", RuntimeWarning)
             if tau.dim() == 0:
                 metrics[key] = tau.item()
             else:
