@@ -246,6 +246,18 @@ class PlifnetCLI(LightningCLI):
     def before_predict(self):
         self.failed_start.watch(self.trainer, "predict")
 
+    def after_validate(self):
+        self._say_where("validate")
+
+    def after_test(self):
+        self._say_where("test")
+
+    def _say_where(self, subcommand: str) -> None:
+        """The folder an evaluation wrote (its metrics, energy.csv): rank 0's first logger's."""
+        folder = getattr(self.trainer.loggers[0], "log_dir", None) if self.trainer.loggers else None
+        if self.trainer.is_global_zero and folder:
+            print(f"{subcommand} results: {folder}", file=sys.stderr, flush=True)
+
     @staticmethod
     def _checked(ckpt_path: str | None, loggers, root: str) -> str | None:
         if ckpt_path in (None, "best", "hpc"):  # Lightning's own names of a checkpoint it tracks
@@ -403,9 +415,26 @@ def shipped_config(name: str) -> str:
     return name  # LightningCLI says that it does not exist
 
 
+COMMANDS = """usage: plifnet COMMAND [OPTIONS]      plifnet COMMAND --help lists a command's options
+
+commands:
+  fit        train a network: plifnet fit --config mnist --data.root DIR
+  validate   evaluate a checkpoint on the validation split: plifnet validate --config mnist --ckpt_path CKPT
+  test       evaluate a checkpoint on the test set: plifnet test --config mnist --ckpt_path CKPT
+  predict    write predictions.csv for a checkpoint: plifnet predict --config mnist --ckpt_path CKPT
+  study      train a grid of settings and gather their results: plifnet study --config mnist --out DIR
+  export     write a checkpoint's network as a NIR graph: plifnet export --ckpt_path CKPT --out net.nir
+
+and python -m plifnet.neurobench --ckpt_path CKPT --config mnist: NeuroBench's metrics of a checkpoint."""
+
+
 def run(argv: list[str] | None = None) -> None:
-    """The ``plifnet`` command: ``study`` and ``export`` are plifnet's, everything else Lightning's."""
+    """The ``plifnet`` command: ``study`` and ``export`` are plifnet's, everything else Lightning's; with no
+    command, or ``--help``, the list of commands."""
     given, argv = argv, sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in ([], ["-h"], ["--help"]):
+        print(COMMANDS)
+        raise SystemExit(0 if argv else 2)
     if argv[:1] == ["study"]:
         from plifnet import study
         study.main(argv[1:])

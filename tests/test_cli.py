@@ -86,8 +86,9 @@ def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, 
         assert next(csv.reader(f)) == ["step", "conv1", "conv2", "fc1", "fc2"]
     assert list((tmp_path / "runs" / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
 
-    # `test` from the checkpoint gives the accuracy of that model on the 40 test images
-    cli("test", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path)
+    # `test` from the checkpoint gives the accuracy of that model on the 40 test images, and says where it wrote it
+    said = cli("test", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path).stderr
+    assert f"test results: {Path('runs') / 'lightning_logs' / 'version_1'}" in said
     tested = read_metrics(tmp_path / "runs" / "lightning_logs" / "version_1")
     model = SpikingClassifier.load_from_checkpoint(ckpt).eval()
     dm = StaticDataModule("mnist", root=str(tiny_digits), num_workers=0)
@@ -98,16 +99,25 @@ def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, 
     expected = (rates.argmax(-1) == torch.tensor(y)).float().mean().item()
     assert float(tested[-1]["test/acc"]) == pytest.approx(expected)
 
-    # `predict` writes one row of class probabilities per test image, in order
-    cli("predict", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path)
-    with open(tmp_path / "runs" / "lightning_logs" / "version_2" / "predictions.csv") as f:
+    # `predict` writes one row of class probabilities and the true label per test image, in order, and says where
+    said = cli("predict", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path).stderr
+    written = tmp_path / "runs" / "lightning_logs" / "version_2" / "predictions.csv"
+    assert f"predictions of 40 samples: {Path('runs') / 'lightning_logs' / 'version_2' / 'predictions.csv'}" in said
+    with open(written) as f:
         predictions = list(csv.DictReader(f))
     assert len(predictions) == 40
     probabilities = torch.tensor([[float(r[f"p{c}"]) for c in range(10)] for r in predictions])
     torch.testing.assert_close(probabilities.sum(-1), torch.ones(40), atol=1e-4, rtol=0)
     assert [int(r["predicted"]) for r in predictions] == probabilities.argmax(-1).tolist()
+    assert [int(r["label"]) for r in predictions] == list(y)
+    # the trainer's limit bounds it (the smoke config sets one)
+    said = cli("predict", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, "--trainer.limit_predict_batches",
+               "2", cwd=tmp_path).stderr
+    with open(tmp_path / "runs" / "lightning_logs" / "version_3" / "predictions.csv") as f:
+        assert len(list(csv.DictReader(f))) == 16 and "predictions of 16 samples" in said  # 2 batches of 8
 
-    cli("validate", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path)
+    said = cli("validate", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path).stderr
+    assert f"validate results: {Path('runs') / 'lightning_logs' / 'version_4'}" in said
 
 
 def test_neuron_options_from_the_command_line(cli, tiny_digits, quick, tmp_path):
@@ -265,3 +275,14 @@ def test_the_wheel_ships_the_configs_and_the_command(tmp_path):
     shipped = {str(path.relative_to(ROOT)) for path in (ROOT / "plifnet" / "configs").rglob("*.yaml")}
     assert len(shipped) >= 17 and shipped <= names
     assert "plifnet = plifnet.cli:run" in entry_points
+
+
+def test_plifnet_help_lists_every_command(capsys):
+    from plifnet.cli import run
+
+    with pytest.raises(SystemExit) as stop:
+        run(["--help"])
+    listed = capsys.readouterr().out
+    assert stop.value.code == 0
+    for command in ("fit", "validate", "test", "predict", "study", "export", "plifnet.neurobench"):
+        assert f"  {command} " in listed or command in listed.splitlines()[-1], command

@@ -4,6 +4,7 @@ plots) and predictions."""
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from pathlib import Path
 
@@ -90,16 +91,25 @@ class RunHistory(Callback):
 
 class PredictionWriter(BasePredictionWriter):
     """Write ``plifnet predict`` results to ``predictions.csv``: sample index (in the predict set),
-    predicted class and the probability of every class, one row per sample.
+    predicted class, the true class where the data has labels (``label``), and the probability of every
+    class, one row per sample; and say where the file is.
 
     Under DDP every process writes the samples it predicted to ``predictions_rank<r>.csv``, with
     their indices in the whole set. ``output_dir`` defaults to the run's log folder; files are
-    written atomically.
+    written atomically. The trainer's ``limit_predict_batches`` bounds the batches predicted.
     """
 
     def __init__(self, output_dir: str | None = None):
-        super().__init__(write_interval="epoch")
+        super().__init__(write_interval="batch_and_epoch")  # the batches for their labels, the epoch for the file
         self.output_dir = output_dir
+        self.labels: list[torch.Tensor | None] = []
+
+    def on_predict_epoch_start(self, trainer, pl_module):
+        self.labels = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) == 2 else None
+        self.labels.append(labels.detach().cpu() if torch.is_tensor(labels) and not labels.is_floating_point() else None)
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
         # predictions: a list of batches, or one such list per predict loader; batch_indices: always
@@ -113,13 +123,20 @@ class PredictionWriter(BasePredictionWriter):
         folder = Path(self.output_dir) if self.output_dir else run_dir(trainer)
         folder.mkdir(parents=True, exist_ok=True)
 
+        labelled = bool(self.labels) and all(labels is not None for labels in self.labels)
+        labels = torch.cat(self.labels).tolist() if labelled else []
+        labelled = labelled and len(labels) == len(probabilities)
+
         def write_csv(path):
             with open(path, "w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(["index", "predicted"] + [f"p{c}" for c in range(probabilities.shape[1])])
-                for index, row in zip(indices, probabilities.tolist()):
-                    writer.writerow([index, max(range(len(row)), key=row.__getitem__)] + [f"{p:.6g}" for p in row])
+                writer.writerow(["index", "predicted", *(["label"] if labelled else []),
+                                 *(f"p{c}" for c in range(probabilities.shape[1]))])
+                for i, (index, row) in enumerate(zip(indices, probabilities.tolist())):
+                    writer.writerow([index, max(range(len(row)), key=row.__getitem__), *([labels[i]] if labelled else []),
+                                     *(f"{p:.6g}" for p in row)])
 
         name = "predictions.csv" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
         self.path = folder / name
         write_atomically(self.path, write_csv)
+        print(f"predictions of {len(probabilities)} samples: {self.path}", file=sys.stderr, flush=True)
