@@ -12,6 +12,7 @@ without a clone.
 """
 
 import errno
+import json
 import logging
 import os
 import re
@@ -60,16 +61,20 @@ class FailedStart:
     first training step. Removed after Lightning has finished with them (its loggers' last writes)."""
 
     def __init__(self):
-        self.folders, self.claimed, self.subcommand, self.trainer = [], [], None, None
+        self.folders, self.claimed, self.subcommand, self.trainer, self.start_step = [], [], None, None, 0
 
-    def watch(self, trainer, subcommand: str) -> None:
+    def watch(self, trainer, subcommand: str, ckpt_path: str | None = None) -> None:
         self.trainer, self.subcommand = trainer, subcommand
         self.folders = [Path(logger.log_dir) for logger in trainer.loggers
                         if getattr(logger, "log_dir", None) and not Path(logger.log_dir).exists()]
+        # a resumed fit starts at its checkpoint's step: it has trained only once past it
+        resumed = ckpt_path not in (None, "best", "hpc") and Path(ckpt_path).is_file()
+        self.start_step = checkpoints.read(ckpt_path, mmap=True).get("global_step", 0) if resumed else 0
 
     def clean(self) -> None:
         trainer = self.trainer
-        if trainer is not None and (not trainer.is_global_zero or (self.subcommand == "fit" and trainer.global_step > 0)):
+        trained = trainer is not None and self.subcommand == "fit" and trainer.global_step > self.start_step
+        if trained or (trainer is not None and not trainer.is_global_zero):
             return
         for folder in [*self.folders, *self.claimed]:  # claimed: made before the trainer existed
             if folder.is_dir() and not any(folder.rglob("*.ckpt")):
@@ -103,7 +108,6 @@ class PlifnetCLI(LightningCLI):
         if config.trainer.get("default_root_dir"):
             for log in loggers:
                 log.init_args.save_dir = str(Path(config.trainer.default_root_dir) / log.init_args.save_dir)
-        self.failed_start.claimed = claim_versions(loggers)
         argv = args if args is not None else sys.argv[1:]
         if config.model.get("net") is not None:
             self._check_network_options(config, argv)
@@ -111,6 +115,11 @@ class PlifnetCLI(LightningCLI):
             config.trainer.callbacks, config.drop_callbacks = dropped(config.trainer.callbacks, config.drop_callbacks), []
         try:
             config.ckpt_path = self._checked(config.get("ckpt_path"), loggers, config.trainer.get("default_root_dir") or ".")
+            # an evaluation of a run's checkpoint writes into that run's folder (<run>/test/), again each time
+            run = run_folder(config.ckpt_path) if self.config.subcommand in ("validate", "test", "predict") else None
+            self.failed_start.claimed = claim_versions(loggers, run and (run, self.config.subcommand))
+            if run is not None:
+                self.save_config_kwargs["overwrite"] = True  # the evaluation's own config.yaml, in its own folder
             if config.ckpt_path not in (None, "best", "hpc"):
                 self._check_hyperparameters(config, argv)
                 self._check_same_run(config, argv)
@@ -235,7 +244,7 @@ class PlifnetCLI(LightningCLI):
 
     # LightningCLI's hooks before each subcommand: note the run folders it will create
     def before_fit(self):
-        self.failed_start.watch(self.trainer, "fit")
+        self.failed_start.watch(self.trainer, "fit", self.config.fit.get("ckpt_path"))
 
     def before_validate(self):
         self.failed_start.watch(self.trainer, "validate")
@@ -279,21 +288,47 @@ class PlifnetCLI(LightningCLI):
 
 
 VERSIONED_LOGGERS = ("CSVLogger", "TensorBoardLogger")  # those whose run folder is <save_dir>/<name>/version_<N>
+CLAIMED = "PLIFNET_CLAIMED_VERSIONS"  # {logger folder: version} that rank 0 claimed, for the ranks it launches
 
 
-def claim_versions(loggers) -> list[Path]:
+def run_folder(ckpt_path) -> Path | None:
+    """The run folder (``<save_dir>/<name>/version_<N>``) of a checkpoint in its ``checkpoints/`` folder, or None."""
+    if ckpt_path in (None, "best", "hpc"):
+        return None
+    path = Path(ckpt_path)
+    if path.parent.name == "checkpoints" and re.fullmatch(r"version_\d+", path.parent.parent.name):
+        return path.parent.parent
+    return None
+
+
+def claim_versions(loggers, evaluation: tuple[Path, str] | None = None) -> list[Path]:
     """Give each CSV or TensorBoard logger config without a ``version`` the next free ``version_N`` folder, made
     here with ``os.mkdir``, which only one of two processes can make: Lightning picks the number by listing the
     folder, and two fits started together on one ``--trainer.default_root_dir`` took the same one (and mixed
-    their metrics). Only the process of global rank 0 claims: the others' loggers write nothing. Returns the
-    folders made, which :class:`FailedStart` removes if the run fails before training."""
+    their metrics). Only the process of global rank 0 claims; the ranks it launches (DDP) take its numbers from
+    the environment they inherit. ``evaluation`` ``(run folder, subcommand)``: validate, test or predict of a
+    run's checkpoint write into ``<run>/<subcommand>/``, the same folder each time, where the logger has that run.
+    Returns the folders made, which :class:`FailedStart` removes if the run fails before training."""
+    versioned = [log for log in loggers
+                 if log.class_path.endswith(VERSIONED_LOGGERS) and log.init_args.get("version") is None]
+    handed = json.loads(os.environ.get(CLAIMED, "{}"))  # rank 0's claims, inherited by the processes it launched
     if any(os.environ.get(name, "0") != "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")):
+        for log in versioned:
+            folder = str(Path(log.init_args.save_dir) / (log.init_args.get("name") or ""))
+            log.init_args.version = handed.get(folder, log.init_args.version)
         return []
     claimed = []
-    for log in loggers:
-        if not log.class_path.endswith(VERSIONED_LOGGERS) or log.init_args.get("version") is not None:
-            continue
+    for log in versioned:
         folder = Path(log.init_args.save_dir) / (log.init_args.get("name") or "")
+        # <run>/<subcommand>, reused: for the loggers of the run's save_dir (its CSV and TensorBoard folders)
+        if evaluation is not None and (folder / evaluation[0].name).is_dir() \
+                and Path(log.init_args.save_dir).resolve() == evaluation[0].parent.parent.resolve():
+            run, subcommand = evaluation
+            log.init_args.version = handed[str(folder)] = f"{run.name}/{subcommand}"
+            if not (folder / log.init_args.version).is_dir():
+                (folder / log.init_args.version).mkdir()
+                claimed.append(folder / log.init_args.version)
+            continue
         folder.mkdir(parents=True, exist_ok=True)
         taken = [int(path.name[8:]) for path in folder.glob("version_*") if path.name[8:].isdigit()]
         version = max(taken, default=-1) + 1
@@ -303,8 +338,9 @@ def claim_versions(loggers) -> list[Path]:
                 break
             except FileExistsError:  # another process took it between the listing and now
                 version += 1
-        log.init_args.version = version
+        log.init_args.version = handed[str(folder)] = version
         claimed.append(folder / f"version_{version}")
+    os.environ[CLAIMED] = json.dumps(handed)  # DDP's launcher starts the other ranks with this environment
     return claimed
 
 

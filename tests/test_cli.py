@@ -88,8 +88,8 @@ def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, 
 
     # `test` from the checkpoint gives the accuracy of that model on the 40 test images, and says where it wrote it
     said = cli("test", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path).stderr
-    assert f"test results: {Path('runs') / 'lightning_logs' / 'version_1'}" in said
-    tested = read_metrics(tmp_path / "runs" / "lightning_logs" / "version_1")
+    assert f"test results: {Path('runs') / 'lightning_logs' / 'version_0' / 'test'}" in said  # the run's own folder
+    tested = read_metrics(tmp_path / "runs" / "lightning_logs" / "version_0" / "test")
     model = SpikingClassifier.load_from_checkpoint(ckpt).eval()
     dm = StaticDataModule("mnist", root=str(tiny_digits), num_workers=0)
     dm.setup("test")
@@ -101,8 +101,8 @@ def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, 
 
     # `predict` writes one row of class probabilities and the true label per test image, in order, and says where
     said = cli("predict", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path).stderr
-    written = tmp_path / "runs" / "lightning_logs" / "version_2" / "predictions.csv"
-    assert f"predictions of 40 samples: {Path('runs') / 'lightning_logs' / 'version_2' / 'predictions.csv'}" in said
+    written = tmp_path / "runs" / "lightning_logs" / "version_0" / "predict" / "predictions.csv"
+    assert f"predictions of 40 samples: {Path('runs') / 'lightning_logs' / 'version_0' / 'predict' / 'predictions.csv'}" in said
     with open(written) as f:
         predictions = list(csv.DictReader(f))
     assert len(predictions) == 40
@@ -113,11 +113,13 @@ def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, 
     # the trainer's limit bounds it (the smoke config sets one)
     said = cli("predict", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, "--trainer.limit_predict_batches",
                "2", cwd=tmp_path).stderr
-    with open(tmp_path / "runs" / "lightning_logs" / "version_3" / "predictions.csv") as f:
+    with open(written) as f:  # the same folder again: no new version_N for each evaluation
         assert len(list(csv.DictReader(f))) == 16 and "predictions of 16 samples" in said  # 2 batches of 8
 
     said = cli("validate", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path).stderr
-    assert f"validate results: {Path('runs') / 'lightning_logs' / 'version_4'}" in said
+    assert f"validate results: {Path('runs') / 'lightning_logs' / 'version_0' / 'validate'}" in said
+    assert sorted(p.name for p in (tmp_path / "runs" / "lightning_logs").iterdir()) == ["version_0"]
+    assert (tmp_path / "runs" / "tensorboard" / "version_0" / "test").is_dir()  # each logger in its own run folder
 
 
 def test_neuron_options_from_the_command_line(cli, tiny_digits, quick, tmp_path):
@@ -159,7 +161,7 @@ def test_short_run_on_real_mnist(cli, shared_datasets, tmp_path):
     ckpt = next((tmp_path / "runs").rglob("*.ckpt"), None)
     assert ckpt is not None
     cli("test", *args, "--ckpt_path", ckpt, "--trainer.limit_test_batches", "63", cwd=tmp_path)
-    rows = read_metrics(tmp_path / "runs" / "lightning_logs" / "version_1")
+    rows = read_metrics(tmp_path / "runs" / "lightning_logs" / "version_0" / "test")
     assert float(rows[-1]["test/acc"]) > 0.25
 
 

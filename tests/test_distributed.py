@@ -20,11 +20,6 @@ def cli(*args, cwd, env):
     return result
 
 
-def last_test_acc(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return float([r for r in csv.DictReader(f) if r.get("test/acc")][-1]["test/acc"])
-
-
 def test_two_process_ddp_fit_then_single_process_test(run_cli, tiny_digits, tmp_path):
     """The fit compiles the network (--model.compile true) in both processes; test and predict run the
     checkpoint eager."""
@@ -51,13 +46,16 @@ def test_two_process_ddp_fit_then_single_process_test(run_cli, tiny_digits, tmp_
     single = run_cli("test", *common, "--ckpt_path", ckpt, "--trainer.devices", "1", cwd=tmp_path)  # in this process
     assert single.returncode == 0, single.stderr[-3000:]
     runs = tmp_path / "runs" / "lightning_logs"
-    assert last_test_acc(runs / "version_1") == pytest.approx(last_test_acc(runs / "version_2"))
+    # both tests wrote into the run's own folder (appended: the last row is the latest)
+    with open(runs / "version_0" / "test" / "metrics.csv") as f:
+        accuracies = [float(row["test/acc"]) for row in csv.DictReader(f) if row.get("test/acc")]
+    assert len(accuracies) == 2 and accuracies[0] == pytest.approx(accuracies[1])
 
     # predict under DDP: each rank writes the samples it saw, indexed in the whole set
     cli("predict", *common, *ddp, "--ckpt_path", ckpt, cwd=tmp_path, env=env)
     indices = []
     for rank in (0, 1):
-        with open(runs / "version_3" / f"predictions_rank{rank}.csv") as f:
+        with open(runs / "version_0" / "predict" / f"predictions_rank{rank}.csv") as f:
             indices += [int(row["index"]) for row in csv.DictReader(f)]
     assert sorted(indices) == list(range(40))
 

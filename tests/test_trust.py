@@ -514,3 +514,18 @@ def test_a_nan_tau_is_said(tmp_path):
         monitor._record(trainer, model)
     said = [str(w.message) for w in caught if "tau/conv1 is nan at step 0" in str(w.message)]
     assert len(said) == 1 and "--model.tau_lr" in said[0]  # once per layer
+
+
+class FailsAtFirstBatch(__import__("lightning").pytorch.Callback):
+    """A resumed run that stops before its first step, as a refusal at the first batch does."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        raise ValueError("refused at the first batch")
+
+
+def test_a_resume_that_fails_before_its_first_step_leaves_no_folder(run_cli, tiny_digits, tmp_path):
+    assert small_fit(run_cli, tiny_digits, tmp_path).returncode == 0
+    failed = small_fit(run_cli, tiny_digits, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last",
+                       "--trainer.callbacks+=test_trust.FailsAtFirstBatch")
+    assert failed.returncode == 1 and "refused at the first batch" in failed.stderr
+    assert [p.name for p in (tmp_path / "runs" / "lightning_logs").iterdir()] == ["version_0"]
