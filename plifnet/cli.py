@@ -307,7 +307,8 @@ def claim_versions(loggers, evaluation: tuple[Path, str] | None = None) -> list[
     folder, and two fits started together on one ``--trainer.default_root_dir`` took the same one (and mixed
     their metrics). Only the process of global rank 0 claims; the ranks it launches (DDP) take its numbers from
     the environment they inherit. ``evaluation`` ``(run folder, subcommand)``: validate, test or predict of a
-    run's checkpoint write into ``<run>/<subcommand>/``, the same folder each time, where the logger has that run.
+    run's checkpoint write into ``<run>/<subcommand>/``, the same folder each time (the latest evaluation's
+    files replace the previous one's), where the logger has that run.
     Returns the folders made, which :class:`FailedStart` removes if the run fails before training."""
     versioned = [log for log in loggers
                  if log.class_path.endswith(VERSIONED_LOGGERS) and log.init_args.get("version") is None]
@@ -328,6 +329,8 @@ def claim_versions(loggers, evaluation: tuple[Path, str] | None = None) -> list[
             if not (folder / log.init_args.version).is_dir():
                 (folder / log.init_args.version).mkdir()
                 claimed.append(folder / log.init_args.version)
+            # the latest evaluation's metrics replace the previous one's (which CSVLogger would delete with a warning)
+            (folder / log.init_args.version / "metrics.csv").unlink(missing_ok=True)
             continue
         folder.mkdir(parents=True, exist_ok=True)
         taken = [int(path.name[8:]) for path in folder.glob("version_*") if path.name[8:].isdigit()]

@@ -25,6 +25,7 @@ Importing this module imports neither Lightning nor any peer library.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import warnings
@@ -279,7 +280,8 @@ def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
             handles = [m.register_forward_hook(
                 lambda m, args, output: outputs.append((paths[m], _digest(output, digests)))) for m in paths]
             try:
-                model(x)
+                with eager():  # a compiled network would compile the hooks in, once per module's output shape
+                    model(x)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -308,6 +310,13 @@ def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
         f"the network keeps state between batches in {', '.join(classes)} ({shown}): the same input gave another "
         f"{'state' if kept else 'output'} there after plifnet reset it, so every batch would depend on "
         f"the one before. Fix: {advice}")
+
+
+def eager():
+    """A context in which compiled modules and functions run as plain Python (``torch.compiler.set_stance``, torch
+    2.6 and later; before it, nothing changes)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def _digest(value, seen: dict):

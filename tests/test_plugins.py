@@ -66,7 +66,7 @@ def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugi
                      "0", "--ckpt_path", tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
                      cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr[-3000:]
-    config = (tmp_path / "runs" / "lightning_logs" / "version_1" / "config.yaml").read_text()
+    config = (tmp_path / "runs" / "lightning_logs" / "version_0" / "test" / "config.yaml").read_text()
     assert ("neuron: alif" if how == "entry point" else "class_path: plifnet_example.ALIF") in config
 
 
