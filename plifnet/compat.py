@@ -1,4 +1,4 @@
-"""What plifnet asks Lightning where Lightning has no public way to ask it: one place, each with why.
+"""What plifnet asks Lightning (and torch) where they have no public way to ask it: one place, each with why.
 
 Everything else in plifnet uses Lightning's public API only (``tests/test_lightning_api.py`` checks
 that no underscore name of Lightning is used outside this module).
@@ -29,3 +29,13 @@ def cluster_environment(trainer):
     if environment is None and SLURMEnvironment.detect():
         environment = SLURMEnvironment()
     return environment
+
+
+def dispatch_mode_active() -> bool:
+    """Whether a ``TorchDispatchMode`` is active: Lightning's model summary runs its one-sample forward under
+    ``FlopCounterMode`` to count FLOPs, and torch.compile skips every frame there ("found no compiled frames"),
+    which plifnet's compiled neuron loop would take for a neuron it cannot compile. torch has no public way to ask."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+

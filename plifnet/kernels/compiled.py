@@ -24,10 +24,13 @@ from functools import lru_cache
 
 import torch
 
+from plifnet import compat
+
 COST = ("the reference path runs one PyTorch operation per step and variable: about 10x the compiled time in the "
         "neuron layers, 1.3-1.8x on the MNIST network's training step (benchmarks/neuron_api.py)")
 
 _failed: dict[type, str] = {}  # neuron class -> why it could not be compiled
+RECOMPILE_LIMIT = 64  # graphs of the compiled loop per process, over every neuron class
 
 
 def _run_steps(neuron, x_seq, k):
@@ -60,17 +63,23 @@ def multi_step(neuron, x: torch.Tensor, k, *, time_steps: int | None = None) -> 
     flat = flat.expand(steps, -1) if time_steps else flat  # a view: the gradient is summed over time by autograd
     if torch.is_tensor(k) and k.dim() > 0:  # per channel [C, 1, ...]: one k per element of a step
         k = k.expand(step_shape).reshape(-1)
-    if torch.compiler.is_compiling():  # inside torch.compile of a whole network: traced into its graph as it is
+    # inside torch.compile of a whole network: traced into its graph as it is; under a dispatch mode (the model
+    # summary's FLOP count), where nothing compiles: the same loop, run as it is
+    if torch.compiler.is_compiling() or compat.dispatch_mode_active():
         return _run_steps(neuron, flat, k).view(steps, *step_shape)
     run = _compiled_run_steps()
     for tensor in (flat, k):
         if torch.is_tensor(tensor) and tensor.dim() > 0:
             torch._dynamo.maybe_mark_dynamic(tensor, tensor.dim() - 1)  # one graph for every layer width and batch
     try:
-        spikes = run(neuron, flat, k)
+        # one graph per neuron class and variant (training or not, a constant input, a width's size class): one
+        # network meets about 8, dynamo's default limit per function, after which fullgraph=True raises
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            spikes = run(neuron, flat, k)
     except Exception as error:  # noqa: BLE001  (the reference path then runs and raises a genuine error itself)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         _failed[cls] = reason
+        torch.compiler.reset()  # a failed trace can leave dynamo's state half-built, failing the next class's too
         warnings.warn(f"plifnet: neuron {cls.__name__} runs on the reference path, not compiled ({type(error).__name__}: "
                       f"{reason[:300]}); {COST}. Make its hooks elementwise tensor arithmetic, or pass "
                       f"backend='reference' to choose that path without this warning.", stacklevel=3)
