@@ -1,5 +1,4 @@
 import importlib.metadata
-import logging
 import os
 import subprocess
 import sys
@@ -47,10 +46,6 @@ def run_cli(capfd, monkeypatch):
         for key, value in (env or {}).items():
             monkeypatch.setenv(key, value)
         environ = dict(os.environ)  # LightningCLI's seed_everything sets PL_GLOBAL_SEED: keep it to this run
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # their handlers hold the stderr of the
-            for handler in logging.getLogger(name).handlers:  # moment Lightning was imported, which pytest may close
-                if type(handler) is logging.StreamHandler:
-                    monkeypatch.setattr(handler, "stream", sys.stderr)
         capfd.readouterr()
         code = 0
         try:

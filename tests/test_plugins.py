@@ -42,7 +42,10 @@ def logged(cwd) -> set[str]:
 
 
 @pytest.mark.parametrize("how", ["entry point", "class_path"])
-def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugin, tiny_digits, tmp_path):
+def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugin, tiny_digits, tmp_path, monkeypatch):
+    from plifnet.kernels import compiled
+
+    monkeypatch.setattr(compiled, "_failed", {})  # the classes this process could not compile: none, after the fit
     if how == "entry point":
         args = ["--model.neuron", "alif", "--model.surrogate", "gaussian"]
     else:
@@ -50,6 +53,8 @@ def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugi
                 "--model.surrogate", '{"class_path": "plifnet_example.Gaussian", "init_args": {"alpha": 3.0}}']
     result = fit("--data.root", tiny_digits, *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    # compiled all through: the model summary's FLOP count (a dispatch mode) once sent it to the reference path
+    assert compiled._failed == {} and "runs on the reference path" not in result.stderr
     keys = logged(tmp_path)
     assert {"tau/conv1", "tau/fc2", "firing_rate/conv1", "firing_rate/fc2"} <= keys
     checkpoint = torch.load(tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
