@@ -49,6 +49,7 @@ import copy
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 from unittest import mock
 from pathlib import Path
 
@@ -62,6 +63,9 @@ from plifnet.models import MaxPool, SharedDropout, SpikingNet, TimeDistributed, 
 from plifnet import contract
 from plifnet.contract import is_neuron
 from plifnet.neurons import IF, PLIF
+
+if TYPE_CHECKING:  # Lightning is imported by the loader alone: the graph code needs none of it
+    from lightning.pytorch import LightningDataModule
 
 POOL_THRESHOLD = 0.5  # any value in (0, 1): a sum of 0/1 spikes exceeds it exactly when one of them is 1
 MAX_BYTES = 1 << 30  # the arrays a NIR file may declare before from_nir reads it (raise with max_bytes=)
@@ -189,17 +193,17 @@ def _checked(graph: nir.NIRGraph, fix: str) -> nir.NIRGraph:
     """The graph, or ``ValueError`` naming the first node whose arrays hold a value that is not finite, a time
     constant that is not positive, or an IF's r that is not; ``fix`` ends the message."""
     for name, node in graph.nodes.items():
-        for field, value in vars(node).items():
-            if field in ("input_type", "output_type", "metadata") or isinstance(value, (str, bytes)):
+        for key, value in vars(node).items():
+            if key in ("input_type", "output_type", "metadata") or isinstance(value, (str, bytes)):
                 continue
             try:
                 array = np.asarray(value, dtype=np.float64)
             except (TypeError, ValueError):
                 continue
             if not np.all(np.isfinite(array)):
-                raise ValueError(f"node {name}: {field} holds {'NaN' if np.isnan(array).any() else 'an infinity'} {fix}")
-            if field in ("tau", "r") and not np.all(array > 0):
-                raise ValueError(f"node {name}: {field} holds {array.min():g}, not a positive number {fix}")
+                raise ValueError(f"node {name}: {key} holds {'NaN' if np.isnan(array).any() else 'an infinity'} {fix}")
+            if key in ("tau", "r") and not np.all(array > 0):
+                raise ValueError(f"node {name}: {key} holds {array.min():g}, not a positive number {fix}")
     return graph
 
 
@@ -704,7 +708,7 @@ def _neuron_from_nir(node, name: str, step: tuple[float, str]) -> tuple[nn.Modul
 
 
 def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_paths=(),
-               options: list[str] = ()) -> tuple[nn.Module, "LightningDataModule | None"]:
+               options: list[str] = ()) -> tuple[nn.Module, LightningDataModule | None]:
     """The trained network of a checkpoint, in eval mode, and the data module of ``configs`` (None without).
 
     The checkpoint decides the network: it is rebuilt from the hyperparameters the checkpoint recorded (its

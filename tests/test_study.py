@@ -281,7 +281,7 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(run_stud
     assert subprocess.run(["bash", "-n", array / "study.sbatch"]).returncode == 0
     for line in ("#SBATCH --array=0-1", "#SBATCH --requeue", "#SBATCH --signal=SIGUSR1@120", "#SBATCH --time=00:30:00",
                  "#SBATCH --job-name=study"):
-        assert line in script.splitlines() or any(l.startswith(line + " ") for l in script.splitlines()), line
+        assert line in script.splitlines() or any(written.startswith(line + " ") for written in script.splitlines()), line
     task = next(line for line in script.splitlines() if line.startswith("srun ")).removeprefix("srun ")
     assert '--only "$SLURM_ARRAY_TASK_ID"' in task and "slurm.yaml" in task and "--slurm-array" not in task
 

@@ -11,7 +11,6 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
-from conftest import ROOT
 from plifnet import checkpoints
 from plifnet.cli import PlifnetCLI
 from plifnet.models import SpikingNet
