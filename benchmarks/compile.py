@@ -61,6 +61,7 @@ def measure(name, batch, time_steps, rounds, steps, device):
             loss = torch.nn.functional.mse_loss(scores.mean(0) if scores.dim() == 3 else scores, target)
             loss.backward()
             optimizer.step()
+
         return step
 
     eager, fast = trainer(net), trainer(compiled)
@@ -78,9 +79,13 @@ def measure(name, batch, time_steps, rounds, steps, device):
         return (time.perf_counter() - start) / steps
 
     timings = [(seconds(eager), seconds(fast)) for _ in range(rounds)]
-    return {"breaks": breaks, "eager_ms": statistics.median(e for e, _ in timings) * 1e3,
-            "compiled_ms": statistics.median(c for _, c in timings) * 1e3,
-            "ratio": statistics.median(c / e for e, c in timings), "first_s": first}
+    return {
+        "breaks": breaks,
+        "eager_ms": statistics.median(e for e, _ in timings) * 1e3,
+        "compiled_ms": statistics.median(c for _, c in timings) * 1e3,
+        "ratio": statistics.median(c / e for e, c in timings),
+        "first_s": first,
+    }
 
 
 def main():
@@ -96,19 +101,40 @@ def main():
     if args.child:
         print(json.dumps(measure(args.child, args.batch, args.time_steps, args.rounds, args.steps, args.device)))
         return
-    print(f"{args.device}, {torch.get_num_threads()} threads, float32, batch {args.batch}, T {args.time_steps}: one training step; "
-          f"medians of {args.rounds} rounds of {args.steps} steps, eager and compiled alternating")
-    print(f"{'network':16}{'graph breaks':>13}{'eager ms':>10}{'compiled ms':>13}{'compiled/eager':>16}{'first step s':>14}")
+    print(
+        f"{args.device}, {torch.get_num_threads()} threads, float32, batch {args.batch}, T {args.time_steps}: one training step; "
+        f"medians of {args.rounds} rounds of {args.steps} steps, eager and compiled alternating"
+    )
+    print(
+        f"{'network':16}{'graph breaks':>13}{'eager ms':>10}{'compiled ms':>13}{'compiled/eager':>16}{'first step s':>14}"
+    )
     for name in args.only:
-        command = [sys.executable, __file__, "--child", name, "--batch", str(args.batch), "--time-steps",
-                   str(args.time_steps), "--rounds", str(args.rounds), "--steps", str(args.steps), "--device", args.device]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            name,
+            "--batch",
+            str(args.batch),
+            "--time-steps",
+            str(args.time_steps),
+            "--rounds",
+            str(args.rounds),
+            "--steps",
+            str(args.steps),
+            "--device",
+            args.device,
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             print(f"{name:16}failed: {(result.stderr.strip().splitlines() or ['?'])[-1][:100]}", flush=True)
             continue
         r = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"{name:16}{r['breaks']:13d}{r['eager_ms']:10.0f}{r['compiled_ms']:13.0f}{r['ratio']:15.2f}x"
-              f"{r['first_s']:14.1f}", flush=True)
+        print(
+            f"{name:16}{r['breaks']:13d}{r['eager_ms']:10.0f}{r['compiled_ms']:13.0f}{r['ratio']:15.2f}x"
+            f"{r['first_s']:14.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

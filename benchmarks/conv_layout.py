@@ -7,7 +7,6 @@ networks' layer shapes, timed in alternating rounds (ratios taken within a round
 import statistics
 
 import torch
-
 from neuron_kernels import alternating_rounds
 
 # (name, input channels, output channels, images = T x N, size): MNIST's two convolutions at batch
@@ -33,13 +32,17 @@ def step_of(layout, c_in, c_out, images, size):
 def main(rounds=9):
     torch.manual_seed(0)
     for name, *shape in SHAPES:
-        steps = {layout: step_of(fmt, *shape) for layout, fmt in (("NCHW", torch.contiguous_format),
-                                                                    ("channels_last", torch.channels_last))}
+        steps = {
+            layout: step_of(fmt, *shape)
+            for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last))
+        }
         times = alternating_rounds(steps, rounds, "cpu")
         ms = {layout: statistics.median(t[layout] for t in times) * 1e3 for layout in steps}
         speedup = statistics.median(t["NCHW"] / t["channels_last"] for t in times)
-        print(f"{name:14} NCHW {ms['NCHW']:6.1f} ms   channels_last {ms['channels_last']:6.1f} ms   "
-              f"channels_last speed-up {speedup:.2f}x")
+        print(
+            f"{name:14} NCHW {ms['NCHW']:6.1f} ms   channels_last {ms['channels_last']:6.1f} ms   "
+            f"channels_last speed-up {speedup:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import tempfile
 import time
 
 import torch
-
 from neuron_kernels import alternating_rounds
+
 from plifnet.kernels import keep_freed_cpu_memory
 from plifnet.neurons import PLIF
 
@@ -76,8 +76,12 @@ def main():
         with tempfile.TemporaryDirectory() as cache:  # empty caches for the first process, kept for the second
             env = dict(os.environ, NUMBA_CACHE_DIR=cache, TORCHINDUCTOR_CACHE_DIR=cache)
             command = [sys.executable, __file__, "--child", technique]
-            first[technique] = [json.loads(subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-                                           .stdout.splitlines()[-1])["first_s"] for _ in range(2)]
+            first[technique] = [
+                json.loads(
+                    subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout.splitlines()[-1]
+                )["first_s"]
+                for _ in range(2)
+            ]
 
     keep_freed_cpu_memory()
     x = (torch.randn(SHAPE) * 1.5 + 0.5).requires_grad_()
@@ -94,9 +98,13 @@ def main():
         saved[technique] = saved_bytes(lambda: run(x))
     rounds = alternating_rounds(steps, args.repeats, "cpu")
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, PLIF layer {list(SHAPE)}, "
-          f"medians of {args.repeats} alternating rounds")
-    print(f"{'technique':>16}{'cold first s':>14}{'cached first s':>16}{'fwd+bwd ms':>12}{'saved MB':>10}{'speed-up':>10}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, PLIF layer {list(SHAPE)}, "
+        f"medians of {args.repeats} alternating rounds"
+    )
+    print(
+        f"{'technique':>16}{'cold first s':>14}{'cached first s':>16}{'fwd+bwd ms':>12}{'saved MB':>10}{'speed-up':>10}"
+    )
     for technique in techniques:
         ms = median_of(rounds, lambda r: r[technique]) * 1e3
         speedup = median_of(rounds, lambda r: r["reference"] / r[technique])

@@ -60,8 +60,15 @@ def main():
         root = Path(tmp) / "nmnist"
         for i in range(args.files):
             write_nmnist(root / "Test" / str(i % 10) / f"{i:05d}.bin", *random_events(4000, 34, seed=i))
-        dm = EventDataModule("nmnist", root=str(root), time_steps=10, num_workers=0, val_fraction=0,
-                             batch_size=16, cache_dir=str(Path(tmp) / "cache"))
+        dm = EventDataModule(
+            "nmnist",
+            root=str(root),
+            time_steps=10,
+            num_workers=0,
+            val_fraction=0,
+            batch_size=16,
+            cache_dir=str(Path(tmp) / "cache"),
+        )
         dm.setup("test")
         epochs = []
         for _ in range(3):
@@ -71,8 +78,10 @@ def main():
             epochs.append(time.perf_counter() - start)
     print(f"one epoch over {args.files} N-MNIST files (4,000 events each), batch 16, no workers")
     print(f"  first (decode, integrate, cache) {epochs[0] * 1e3:8.1f} ms")
-    print(f"  cached (median of 2)             {statistics.median(epochs[1:]) * 1e3:8.1f} ms   "
-          f"speed-up {epochs[0] / statistics.median(epochs[1:]):.1f}x")
+    print(
+        f"  cached (median of 2)             {statistics.median(epochs[1:]) * 1e3:8.1f} ms   "
+        f"speed-up {epochs[0] / statistics.median(epochs[1:]):.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from neuron_kernels import _release_freed_memory, _status_kb, alternating_rounds, has_spikingjelly, spikingjelly_network
 
 BATCH = {"mnist": 16, "cifar10dvs": 2, "dvs_gesture": 2}  # the event networks: 2, for minutes on 2 CPU cores at T = 32
@@ -46,8 +45,8 @@ def build(implementation, arch, time_steps, x):
         return net, lambda inputs: net(inputs).mean(0)
     net = spikingjelly_network(arch, time_steps=time_steps)
     if "memopt" in implementation:
-        from spikingjelly.activation_based.memopt import optimize_memory
         from neuron_kernels import SpikingJellyBlock
+        from spikingjelly.activation_based.memopt import optimize_memory
 
         optimize_memory(net, SpikingJellyBlock, lambda model: model(x), level=1)
     return net, net
@@ -93,8 +92,11 @@ def measure(implementation, arch, time_steps, batch, steps, measures):
         step()
         times.append(time.perf_counter() - start)
     per_sample_step = batch * time_steps
-    return {"kept_mib": statistics.median(kept) / 1024 / per_sample_step, "peak_mib": statistics.median(peaks) / 1024,
-            "ms": statistics.median(times) * 1e3}
+    return {
+        "kept_mib": statistics.median(kept) / 1024 / per_sample_step,
+        "peak_mib": statistics.median(peaks) / 1024,
+        "ms": statistics.median(times) * 1e3,
+    }
 
 
 def first_block_parts(time_steps=20, batch=2, repeats=5):
@@ -118,11 +120,15 @@ def first_block_parts(time_steps=20, batch=2, repeats=5):
             "max-pooling (fused kernel)": lambda: pool(spikes),
             "copy of the BatchNorm input (limit)": lambda: current.clone(),
             "spikes to bytes, checked (kernel)": lambda: kernels.binary_as_bytes(pooled),
-            "spikes to bytes, checked (torch)": lambda: torch.all((pooled == 0) | (pooled == 1)) and pooled.to(torch.uint8),
+            "spikes to bytes, checked (torch)": lambda: (
+                torch.all((pooled == 0) | (pooled == 1)) and pooled.to(torch.uint8)
+            ),
         }
         rounds = alternating_rounds(parts, repeats, "cpu")
-    print(f"first block of CIFAR10-DVS, T = {time_steps}, batch {batch}: {current.numel() * 4 / 2**20:.0f} MiB per "
-          f"[T*N, 128, 128, 128] tensor; medians of {repeats} alternating rounds after a warm-up")
+    print(
+        f"first block of CIFAR10-DVS, T = {time_steps}, batch {batch}: {current.numel() * 4 / 2**20:.0f} MiB per "
+        f"[T*N, 128, 128, 128] tensor; medians of {repeats} alternating rounds after a warm-up"
+    )
     for name in parts:
         print(f"  {name:40s} {statistics.median(r[name] for r in rounds) * 1e3:7.1f} ms")
 
@@ -161,9 +167,11 @@ def main():
         print(json.dumps(measure(implementation, arch, int(time_steps), int(batch), int(steps), int(measures))))
         return
     implementations = [name for name in IMPLEMENTATIONS if name.startswith("plifnet") or has_spikingjelly()]
-    print(f"{torch.get_num_threads()} threads, float32, one training step; kept: MiB per sample and time step; "
-          f"peak: MiB above the memory before the step (kept and peak: medians of {args.measures} steps); "
-          f"ms: median of {args.steps} steps")
+    print(
+        f"{torch.get_num_threads()} threads, float32, one training step; kept: MiB per sample and time step; "
+        f"peak: MiB above the memory before the step (kept and peak: medians of {args.measures} steps); "
+        f"ms: median of {args.steps} steps"
+    )
     for arch in args.networks:
         batch = BATCH[arch]
         results = {name: [] for name in implementations}

@@ -40,8 +40,13 @@ class Timer(L.Callback):
 SETS = {
     "none": lambda tau_every: [],
     "StopOnNonFinite": lambda tau_every: [StopOnNonFinite()],
-    "all": lambda tau_every: [ResetState(), TauMonitor(every_n_steps=tau_every), FiringRateMonitor(), SynapticOps(),
-                              StopOnNonFinite()],
+    "all": lambda tau_every: [
+        ResetState(),
+        TauMonitor(every_n_steps=tau_every),
+        FiringRateMonitor(),
+        SynapticOps(),
+        StopOnNonFinite(),
+    ],
 }
 
 
@@ -49,10 +54,18 @@ def run(callback_set: str, steps: int, tau_every: int, precision: str, data) -> 
     torch.manual_seed(0)
     timer = Timer()
     callbacks = SETS[callback_set](tau_every)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=steps // 2,
-                        num_sanity_val_steps=0, callbacks=callbacks + [timer], precision=precision,
-                        logger=L.pytorch.loggers.CSVLogger("/tmp/plifnet-bench"),
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=steps,
+        limit_val_batches=steps // 2,
+        num_sanity_val_steps=0,
+        callbacks=callbacks + [timer],
+        precision=precision,
+        logger=L.pytorch.loggers.CSVLogger("/tmp/plifnet-bench"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     loader = DataLoader(data, batch_size=16, shuffle=True, drop_last=True)
     trainer.fit(SpikingClassifier("mnist"), loader, DataLoader(data, batch_size=16))
     return timer
@@ -72,13 +85,22 @@ def main():
             timer = run(name, args.steps, args.tau_every, args.precision, data)
             results[name].train += timer.train[2:]  # the first steps warm up allocators
             results[name].val += timer.val[1:]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MNIST network, batch 16, T = 8, "
-          f"{args.repeats} x {args.steps} steps, TauMonitor every {args.tau_every} step(s), {args.precision}")
-    print(f"{'median (ms)':14}" + "".join(f"{name:>17}" for name in SETS) + "".join(f"{name + '/none':>22}" for name in list(SETS)[1:]))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, MNIST network, batch 16, T = 8, "
+        f"{args.repeats} x {args.steps} steps, TauMonitor every {args.tau_every} step(s), {args.precision}"
+    )
+    print(
+        f"{'median (ms)':14}"
+        + "".join(f"{name:>17}" for name in SETS)
+        + "".join(f"{name + '/none':>22}" for name in list(SETS)[1:])
+    )
     for stage in ("train", "val"):
         times = {name: statistics.median(getattr(results[name], stage)) for name in SETS}
-        print(f"{stage + ' batch':14}" + "".join(f"{t * 1e3:17.1f}" for t in times.values())
-              + "".join(f"{times[name] / times['none']:22.3f}" for name in list(SETS)[1:]))
+        print(
+            f"{stage + ' batch':14}"
+            + "".join(f"{t * 1e3:17.1f}" for t in times.values())
+            + "".join(f"{times[name] / times['none']:22.3f}" for name in list(SETS)[1:])
+        )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,10 @@ def main():
     steps = {name: trainer(**options, precision=args.precision) for name, options in IMPLEMENTATIONS.items()}
     first = {name: seconds(step) for name, step in steps.items()}
     rounds = [{name: seconds(step, args.steps) for name, step in steps.items()} for _ in range(args.rounds)]
-    print(f"MNIST network, batch 16, T 8, {args.precision}, {torch.get_num_threads()} threads: one training step; "
-          f"medians of {args.rounds} rounds of {args.steps} steps")
+    print(
+        f"MNIST network, batch 16, T 8, {args.precision}, {torch.get_num_threads()} threads: one training step; "
+        f"medians of {args.rounds} rounds of {args.steps} steps"
+    )
     print(f"{'neuron':22}{'ms/step':>9}{'vs PLIF fused':>15}{'first step s':>14}")
     for name in steps:
         ms = statistics.median(r[name] for r in rounds) * 1e3

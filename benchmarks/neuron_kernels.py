@@ -78,11 +78,13 @@ def has_spikingjelly() -> bool:
 
 # --- what a child process measures ---------------------------------------------------------------
 
+
 def spikingjelly_plif():
     from spikingjelly.activation_based import neuron, surrogate
 
-    return neuron.ParametricLIFNode(init_tau=2.0, surrogate_function=surrogate.ATan(alpha=2.0), detach_reset=True,
-                                    step_mode="m")
+    return neuron.ParametricLIFNode(
+        init_tau=2.0, surrogate_function=surrogate.ATan(alpha=2.0), detach_reset=True, step_mode="m"
+    )
 
 
 def layer_child(implementation, repeats, device):
@@ -112,8 +114,12 @@ def layer_child(implementation, repeats, device):
 
 
 # The MNIST network's spiking and pooling layers at batch 16, T 8: (name, what it runs on, input shape)
-MNIST_KERNELS = (("neuron 1", "neuron", (16, 128, 28, 28)), ("pool 1", "pool", (8, 16, 128, 28, 28)),
-                 ("neuron 2", "neuron", (8, 16, 128, 14, 14)), ("pool 2", "pool", (8, 16, 128, 14, 14)))
+MNIST_KERNELS = (
+    ("neuron 1", "neuron", (16, 128, 28, 28)),
+    ("pool 1", "pool", (8, 16, 128, 28, 28)),
+    ("neuron 2", "neuron", (8, 16, 128, 14, 14)),
+    ("pool 2", "pool", (8, 16, 128, 14, 14)),
+)
 
 
 def kernels_child(implementation, precision, repeats):
@@ -133,8 +139,11 @@ def kernels_child(implementation, precision, repeats):
             run = (lambda x, neuron=neuron: neuron(x, time_steps=8)) if len(shape) == 4 else neuron
         else:
             x = (x.detach() > 1).to(dtype).requires_grad_()  # spikes
-            run = max_pool2x2 if backend == "auto" else (
-                lambda x: torch.nn.functional.max_pool2d(x.flatten(0, 1), 2, 2).unflatten(0, x.shape[:2]))
+            run = (
+                max_pool2x2
+                if backend == "auto"
+                else (lambda x: torch.nn.functional.max_pool2d(x.flatten(0, 1), 2, 2).unflatten(0, x.shape[:2]))
+            )
         grad = torch.randn(run(x).shape).to(dtype)
 
         def both(run=run, x=x, grad=grad):
@@ -169,8 +178,13 @@ def spikingjelly_network(arch, dropout=0.5, time_steps=None):
     channels, size, blocks = spec.in_channels, spec.size, [[]]
     for token in spec.layers.split():
         if token.startswith("c"):
-            blocks.append([layer.Conv2d(channels, int(token[1:]), 3, padding=1, bias=False),
-                           layer.BatchNorm2d(int(token[1:])), spikingjelly_plif()])
+            blocks.append(
+                [
+                    layer.Conv2d(channels, int(token[1:]), 3, padding=1, bias=False),
+                    layer.BatchNorm2d(int(token[1:])),
+                    spikingjelly_plif(),
+                ]
+            )
             channels = int(token[1:])
         elif token == "p":
             blocks[-1].append(layer.MaxPool2d(2, 2))
@@ -244,8 +258,12 @@ def train_child(implementation, arch, batch, precision, repeats, device):
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else (_status_kb("VmHWM") - baseline) * 1024
     with FlopCounterMode(display=False) as counter:
         loss_of(x, y).backward()
-    return {"images_per_s": batch / seconds, "gflops": counter.get_total_flops() / seconds / 1e9,
-            "peak_mb": peak / 2**20, "gemm_ms": gemm_ms(step) if device == "cpu" else float("nan")}
+    return {
+        "images_per_s": batch / seconds,
+        "gflops": counter.get_total_flops() / seconds / 1e9,
+        "peak_mb": peak / 2**20,
+        "gemm_ms": gemm_ms(step) if device == "cpu" else float("nan"),
+    }
 
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::mkldnn_convolution", "aten::convolution_backward"}
@@ -284,6 +302,7 @@ def _status_kb(field):
 
 # --- the parent: rounds of children, tables -------------------------------------------------------
 
+
 def child(*args):
     command = [sys.executable, __file__, "--child", *map(str, args)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -312,7 +331,9 @@ def layer_table(implementations, repeats, rounds, device):
     print(f"\nPLIF layer {list(LAYER_SHAPE)}, forward + backward, plain script")
     print(f"{'implementation':16}{'ms':>9}{'floor ms':>10}{'x floor':>9}{'vs reference':>14}{'vs SpikingJelly':>17}")
     for name in implementations:
-        ratio = lambda other: (f"{median(runs, lambda r: r[other]['ms'] / r[name]['ms']):.2f}x" if other in implementations else "-")
+        ratio = lambda other: (
+            f"{median(runs, lambda r: r[other]['ms'] / r[name]['ms']):.2f}x" if other in implementations else "-"
+        )
         ms = median(runs, lambda r: r[name]["ms"])
         floor = median(runs, lambda r: r[name]["floor_ms"])
         print(f"{name:16}{ms:9.1f}{floor:10.1f}{ms / floor:9.1f}{ratio('reference'):>14}{ratio('spikingjelly'):>17}")
@@ -320,42 +341,62 @@ def layer_table(implementations, repeats, rounds, device):
 
 def training_table(implementations, repeats, rounds, device, peaks):
     print("\nTraining step (forward, backward, Adam), plain script; GFLOP/s against the matmul peak of the precision")
-    print(f"{'network':24}{'implementation':16}{'precision':>10}{'images/s':>10}{'GFLOP/s':>9}{'of peak':>9}"
-          f"{'step ms':>9}{'GEMM ms':>9}{'peak MB':>9}{'vs fp32':>9}{'vs SJ fp32':>12}")
+    print(
+        f"{'network':24}{'implementation':16}{'precision':>10}{'images/s':>10}{'GFLOP/s':>9}{'of peak':>9}"
+        f"{'step ms':>9}{'GEMM ms':>9}{'peak MB':>9}{'vs fp32':>9}{'vs SJ fp32':>12}"
+    )
     # CIFAR-10 at batch 4 for every implementation (the first measurement), and at the paper's
     # batch 16 (what configs/cifar10.yaml trains with) for plifnet's two precisions only, to keep the run short
-    for arch, batch, names in (("mnist", 16, implementations), ("cifar10", 4, implementations),
-                               ("cifar10", 16, ["fused"])):
-        configurations = {(name, precision): ("train", name, arch, batch, precision, repeats, device)
-                          for name in names for precision in ("fp32", "bf16")
-                          if name == "fused" or precision == "fp32"}
+    for arch, batch, names in (
+        ("mnist", 16, implementations),
+        ("cifar10", 4, implementations),
+        ("cifar10", 16, ["fused"]),
+    ):
+        configurations = {
+            (name, precision): ("train", name, arch, batch, precision, repeats, device)
+            for name in names
+            for precision in ("fp32", "bf16")
+            if name == "fused" or precision == "fp32"
+        }
         runs = rounds_of(configurations, rounds)
-        for (name, precision) in configurations:
+        for name, precision in configurations:
             key = (name, precision)
-            speed = lambda other: (f"{median(runs, lambda r: r[key]['images_per_s'] / r[other]['images_per_s']):.2f}x"
-                                   if other in configurations else "-")
+            speed = lambda other: (
+                f"{median(runs, lambda r: r[key]['images_per_s'] / r[other]['images_per_s']):.2f}x"
+                if other in configurations
+                else "-"
+            )
             gflops = median(runs, lambda r: r[key]["gflops"])
             images_per_s = median(runs, lambda r: r[key]["images_per_s"])
-            print(f"{f'{arch}, batch {batch}, T 8':24}{name:16}{precision:>10}{images_per_s:10.1f}{gflops:9.0f}"
-                  f"{gflops / peaks[precision]:9.0%}{batch / images_per_s * 1e3:9.1f}"
-                  f"{median(runs, lambda r: r[key]['gemm_ms']):9.1f}{median(runs, lambda r: r[key]['peak_mb']):9.0f}"
-                  f"{speed((name, 'fp32')):>9}{speed(('spikingjelly', 'fp32')):>12}")
+            print(
+                f"{f'{arch}, batch {batch}, T 8':24}{name:16}{precision:>10}{images_per_s:10.1f}{gflops:9.0f}"
+                f"{gflops / peaks[precision]:9.0%}{batch / images_per_s * 1e3:9.1f}"
+                f"{median(runs, lambda r: r[key]['gemm_ms']):9.1f}{median(runs, lambda r: r[key]['peak_mb']):9.0f}"
+                f"{speed((name, 'fp32')):>9}{speed(('spikingjelly', 'fp32')):>12}"
+            )
 
 
 def kernels_table(repeats, rounds):
-    configurations = {(name, precision): ("kernels", name, precision, repeats)
-                      for precision in ("fp32", "bf16") for name in ("reference", "fused")}
+    configurations = {
+        (name, precision): ("kernels", name, precision, repeats)
+        for precision in ("fp32", "bf16")
+        for name in ("reference", "fused")
+    }
     runs = rounds_of(configurations, rounds)
     print("\nThe MNIST network's neuron and pooling layers alone (batch 16, T 8), CPU; ms")
-    print(f"{'layer':12}{'precision':>10}{'fused fwd':>11}{'fused both':>12}{'ref fwd':>9}{'ref both':>10}"
-          f"{'both vs ref':>13}")
+    print(
+        f"{'layer':12}{'precision':>10}{'fused fwd':>11}{'fused both':>12}{'ref fwd':>9}{'ref both':>10}"
+        f"{'both vs ref':>13}"
+    )
     for precision in ("fp32", "bf16"):
         fused, ref = ("fused", precision), ("reference", precision)
         for name, _, _ in MNIST_KERNELS:
             figure = lambda key, part: median(runs, lambda r: r[key][name][part])
             ratio = median(runs, lambda r: r[ref][name]["both"] / r[fused][name]["both"])
-            print(f"{name:12}{precision:>10}{figure(fused, 'fwd'):11.2f}{figure(fused, 'both'):12.2f}"
-                  f"{figure(ref, 'fwd'):9.2f}{figure(ref, 'both'):10.2f}{ratio:12.1f}x")
+            print(
+                f"{name:12}{precision:>10}{figure(fused, 'fwd'):11.2f}{figure(fused, 'both'):12.2f}"
+                f"{figure(ref, 'fwd'):9.2f}{figure(ref, 'both'):10.2f}{ratio:12.1f}x"
+            )
 
 
 def main():
@@ -379,11 +420,15 @@ def main():
     # the bf16 peak only where the training table divides by it: on a CPU without fast bf16 it takes minutes
     precisions = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if args.only in (None, "training") else {})}
     peaks = {name: matmul_peak(dtype, args.repeats, args.device) for name, dtype in precisions.items()}
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads; medians of "
-          f"{args.rounds} rounds of child processes, {args.repeats} repeats each; SpikingJelly: "
-          f"{'installed' if 'spikingjelly' in implementations else 'not installed'}")
-    print(f"dense matmul peak (2048^3, fastest of {3 * args.repeats}): "
-          + ", ".join(f"{name} {peak:.0f} GFLOP/s" for name, peak in peaks.items()))
+    print(
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads; medians of "
+        f"{args.rounds} rounds of child processes, {args.repeats} repeats each; SpikingJelly: "
+        f"{'installed' if 'spikingjelly' in implementations else 'not installed'}"
+    )
+    print(
+        f"dense matmul peak (2048^3, fastest of {3 * args.repeats}): "
+        + ", ".join(f"{name} {peak:.0f} GFLOP/s" for name, peak in peaks.items())
+    )
     if args.only in (None, "layer"):
         layer_table(implementations, args.repeats, args.rounds, args.device)
     if args.only in (None, "training"):

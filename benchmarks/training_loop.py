@@ -50,10 +50,26 @@ def command(kind: str, steps: int, precision: str, data_root: str, run_dir: str)
     if kind == "plain":
         return [sys.executable, __file__, "--child", str(steps), precision, data_root]
     bf16 = ["--config", "configs/trainer/bf16.yaml"] if precision == "bf16" else []
-    return [sys.executable, "cli.py", "fit", "--config", "configs/mnist.yaml", *bf16, "--data.root", data_root,
-            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(steps),
-            "--trainer.limit_val_batches", "0", "--data.init_args.eval_test_every_epoch", "false",
-            "--trainer.default_root_dir", run_dir]
+    return [
+        sys.executable,
+        "cli.py",
+        "fit",
+        "--config",
+        "configs/mnist.yaml",
+        *bf16,
+        "--data.root",
+        data_root,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        str(steps),
+        "--trainer.limit_val_batches",
+        "0",
+        "--data.init_args.eval_test_every_epoch",
+        "false",
+        "--trainer.default_root_dir",
+        run_dir,
+    ]
 
 
 def wall_seconds(argv: list[str]) -> float:
@@ -67,24 +83,38 @@ def main():
         plain_loop(int(sys.argv[2]), sys.argv[3], sys.argv[4])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"),
-                        help="a folder with MNIST in torchvision's layout (MNIST/raw)")
+    parser.add_argument(
+        "--data-root",
+        default=str(ROOT.parent / "shared" / "datasets"),
+        help="a folder with MNIST in torchvision's layout (MNIST/raw)",
+    )
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, nargs=2, default=(50, 250), metavar=("N1", "N2"))
     args = parser.parse_args()
     if not (Path(args.data_root) / "MNIST" / "raw").is_dir():
-        raise SystemExit(f"MNIST not found under {args.data_root} (MNIST/raw): give --data-root, or fetch it "
-                         f"with `python cli.py fit --config configs/mnist.yaml --data.download true`")
+        raise SystemExit(
+            f"MNIST not found under {args.data_root} (MNIST/raw): give --data-root, or fetch it "
+            f"with `python cli.py fit --config configs/mnist.yaml --data.download true`"
+        )
     short, long = args.steps
     runs = []
     with tempfile.TemporaryDirectory() as run_dir:
         for _ in range(args.rounds):
-            runs.append({kind: (wall_seconds(command(kind, long, args.precision, args.data_root, run_dir))
-                                - wall_seconds(command(kind, short, args.precision, args.data_root, run_dir)))
-                         / (long - short) for kind in ("plain", "cli")})
-    print(f"MNIST, batch 16, T 8, {args.precision}: one training step with its data loading, from the wall time "
-          f"of {long} - {short} steps; medians of {args.rounds} rounds")
+            runs.append(
+                {
+                    kind: (
+                        wall_seconds(command(kind, long, args.precision, args.data_root, run_dir))
+                        - wall_seconds(command(kind, short, args.precision, args.data_root, run_dir))
+                    )
+                    / (long - short)
+                    for kind in ("plain", "cli")
+                }
+            )
+    print(
+        f"MNIST, batch 16, T 8, {args.precision}: one training step with its data loading, from the wall time "
+        f"of {long} - {short} steps; medians of {args.rounds} rounds"
+    )
     print(f"{'run':28}{'ms/step':>9}{'images/s':>10}{'vs plain loop':>15}")
     for kind, name in (("plain", "plain loop, same data"), ("cli", "cli.py fit")):
         ms = statistics.median(run[kind] for run in runs) * 1e3

@@ -70,8 +70,10 @@ def fetch(url: str) -> Path:
         try:
             torch.hub.download_url_to_file(url, str(path), progress=False)
         except Exception as error:  # urllib's HTTPError, URLError, timeouts: all say why in their text
-            raise CheckpointError(f"could not download checkpoint {url}: {error}. Check the URL and the network, "
-                                  f"or download it yourself and pass the file's path") from error
+            raise CheckpointError(
+                f"could not download checkpoint {url}: {error}. Check the URL and the network, "
+                f"or download it yourself and pass the file's path"
+            ) from error
     return path
 
 
@@ -82,28 +84,42 @@ def read(path, map_location="cpu", mmap: bool = False) -> dict:
     """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder; pass the path of a .ckpt file in it (e.g. "
-                              f"{path}/checkpoints/last.ckpt), or --ckpt_path last for the newest under the run folders")
+        raise CheckpointError(
+            f"checkpoint {path} is a folder; pass the path of a .ckpt file in it (e.g. "
+            f"{path}/checkpoints/last.ckpt), or --ckpt_path last for the newest under the run folders"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .ckpt file, or --ckpt_path last")
     if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint {path} is truncated or is not a checkpoint (no zip directory at its end); "
-                              f"pass another one, e.g. an epoch*.ckpt or step*.ckpt in the same folder")
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or is not a checkpoint (no zip directory at its end); "
+            f"pass another one, e.g. an epoch*.ckpt or step*.ckpt in the same folder"
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} holds Python objects that would run code when loaded, and plifnet "
-                              f"reads checkpoints with weights_only=True ({reason}); use a checkpoint written by "
-                              f"plifnet fit or Trainer.save_checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {path} holds Python objects that would run code when loaded, and plifnet "
+            f"reads checkpoints with weights_only=True ({reason}); use a checkpoint written by "
+            f"plifnet fit or Trainer.save_checkpoint"
+        ) from None
     except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} is a zip archive but not a PyTorch checkpoint "
-                              f"({str(error).strip().splitlines()[0][:200]}); pass a .ckpt written by plifnet fit") from None
-    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path} is a zip archive but not a PyTorch checkpoint "
+            f"({str(error).strip().splitlines()[0][:200]}); pass a .ckpt written by plifnet fit"
+        ) from None
+    if (
+        not isinstance(checkpoint, dict)
+        or "pytorch-lightning_version" not in checkpoint
+        or "state_dict" not in checkpoint
+    ):
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"checkpoint {path} is a PyTorch file but not a Lightning checkpoint (it holds {keys}, "
-                              f"no 'pytorch-lightning_version' and 'state_dict'); pass a .ckpt written by plifnet fit "
-                              f"or Trainer.save_checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} is a PyTorch file but not a Lightning checkpoint (it holds {keys}, "
+            f"no 'pytorch-lightning_version' and 'state_dict'); pass a .ckpt written by plifnet fit "
+            f"or Trainer.save_checkpoint"
+        )
     return checkpoint
 
 
@@ -139,7 +155,9 @@ def known_names() -> set[str]:
     return names
 
 
-def check_names(hyper_parameters: dict, allowed, how_to_allow: str, source="the checkpoint", model: type | None = None) -> None:
+def check_names(
+    hyper_parameters: dict, allowed, how_to_allow: str, source="the checkpoint", model: type | None = None
+) -> None:
     """Raise :class:`CheckpointError` for the first string of ``hyper_parameters`` that jsonargparse could
     resolve to code (import it, then build or call it) and that is neither :func:`known_names`, a
     class or function of plifnet's, nor in ``allowed`` (the strings this run's user gave); before anything imports it.
@@ -167,9 +185,11 @@ def _check(value, annotation, key: str, ok: set[str], source: str, how_to_allow:
         return
     if isinstance(value, str):
         if value not in ok and not _defined_in_plifnet(value):
-            raise CheckpointError(f"{source} names code this run did not: hyperparameter {key} = {value!r} is neither "
-                                  f"built in, a registered plug-in, an installed package's entry point, nor given in "
-                                  f"this run, so plifnet does not import it; {how_to_allow}")
+            raise CheckpointError(
+                f"{source} names code this run did not: hyperparameter {key} = {value!r} is neither "
+                f"built in, a registered plug-in, an installed package's entry point, nor given in "
+                f"this run, so plifnet does not import it; {how_to_allow}"
+            )
     elif isinstance(value, dict):
         class_path = value.get("class_path")
         if class_path is not None:
@@ -196,8 +216,21 @@ def _plain(annotation) -> bool:
     origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         return True
-    if origin in (Union, types.UnionType, list, tuple, dict, set, frozenset, collections.abc.Sequence,
-                  collections.abc.Mapping) and arguments:
+    if (
+        origin
+        in (
+            Union,
+            types.UnionType,
+            list,
+            tuple,
+            dict,
+            set,
+            frozenset,
+            collections.abc.Sequence,
+            collections.abc.Mapping,
+        )
+        and arguments
+    ):
         return all(_plain(argument) for argument in arguments if argument is not Ellipsis)
     return False  # a class, a callable, Any, a bare container, a type it cannot read
 
@@ -245,8 +278,11 @@ def _hints(cls) -> dict:
             parser.add_function_arguments(cls, "x", fail_untyped=False)
     except Exception:  # a class jsonargparse cannot read: then it cannot type its arguments either
         return {}
-    return {action.dest[2:]: getattr(action, "_typehint", None) or action.type or Any for action in parser._actions
-            if action.dest.startswith("x.") and "." not in action.dest[2:]}
+    return {
+        action.dest[2:]: getattr(action, "_typehint", None) or action.type or Any
+        for action in parser._actions
+        if action.dest.startswith("x.") and "." not in action.dest[2:]
+    }
 
 
 def strings(tree) -> set[str]:
@@ -276,8 +312,12 @@ def newest(folders, root=None) -> tuple[Path | None, list[str]]:
     for run in (run for folder in folders for run in Path(folder).glob("*/")):
         for folder in (run, run / "checkpoints"):  # checkpoints, and tau.csv, plots and the like beside them
             remove_orphans(folder)
-    found = [path for folder in folders for path in Path(folder).glob("*/checkpoints/*.ckpt")
-             if not path.name.startswith(".")]  # hidden: a temporary file of a write in progress or killed
+    found = [
+        path
+        for folder in folders
+        for path in Path(folder).glob("*/checkpoints/*.ckpt")
+        if not path.name.startswith(".")
+    ]  # hidden: a temporary file of a write in progress or killed
     found += list(Path(root).glob("hpc_ckpt_*.ckpt")) if root is not None else []
     skipped = []
     for path in sorted(found, key=lambda path: path.stat().st_mtime, reverse=True):
@@ -301,9 +341,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(path, functools.partial(_save, checkpoint), durable=True)
         except OSError as error:
-            raise WriteFailed(error.errno, f"could not save checkpoint {path}: {error.strerror or error}. The previous "
-                              f"file there (if any) is unchanged. Fix: free disk space or make {path.parent} writable, "
-                              f"or write the run elsewhere with --trainer.default_root_dir DIR") from error
+            raise WriteFailed(
+                error.errno,
+                f"could not save checkpoint {path}: {error.strerror or error}. The previous "
+                f"file there (if any) is unchanged. Fix: free disk space or make {path.parent} writable, "
+                f"or write the run elsewhere with --trainer.default_root_dir DIR",
+            ) from error
         remove_orphans(path.parent)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:

@@ -25,9 +25,8 @@ from argparse import ArgumentError
 from pathlib import Path
 
 import yaml
-
-from lightning.pytorch import LightningDataModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
@@ -38,7 +37,6 @@ from plifnet.callbacks import Interrupted
 from plifnet.contract import StateLeak
 from plifnet.kernels import keep_freed_memory_unless_opted_out
 from plifnet.module import CLI_RECORDS_CONFIG, SpikingClassifier, data_identity
-
 
 CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped as package data
 RECIPE = CONFIGS / "recipe.yaml"
@@ -65,8 +63,11 @@ class FailedStart:
 
     def watch(self, trainer, subcommand: str, ckpt_path: str | None = None) -> None:
         self.trainer, self.subcommand = trainer, subcommand
-        self.folders = [Path(logger.log_dir) for logger in trainer.loggers
-                        if getattr(logger, "log_dir", None) and not Path(logger.log_dir).exists()]
+        self.folders = [
+            Path(logger.log_dir)
+            for logger in trainer.loggers
+            if getattr(logger, "log_dir", None) and not Path(logger.log_dir).exists()
+        ]
         # a resumed fit starts at its checkpoint's step: it has trained only once past it
         resumed = ckpt_path not in (None, "best", "hpc") and Path(ckpt_path).is_file()
         self.start_step = checkpoints.read(ckpt_path, mmap=True).get("global_step", 0) if resumed else 0
@@ -103,8 +104,11 @@ class PlifnetCLI(LightningCLI):
         if config is None:
             return
         logger = config.trainer.logger
-        loggers = [log for log in (logger if isinstance(logger, list) else [logger])
-                   if getattr(log, "init_args", None) and log.init_args.get("save_dir")]
+        loggers = [
+            log
+            for log in (logger if isinstance(logger, list) else [logger])
+            if getattr(log, "init_args", None) and log.init_args.get("save_dir")
+        ]
         if config.trainer.get("default_root_dir"):
             for log in loggers:
                 log.init_args.save_dir = str(Path(config.trainer.default_root_dir) / log.init_args.save_dir)
@@ -112,9 +116,14 @@ class PlifnetCLI(LightningCLI):
         if config.model.get("net") is not None:
             self._check_network_options(config, argv)
         if config.get("drop_callbacks"):  # applied once: the run's config.yaml holds the list without them
-            config.trainer.callbacks, config.drop_callbacks = dropped(config.trainer.callbacks, config.drop_callbacks), []
+            config.trainer.callbacks, config.drop_callbacks = (
+                dropped(config.trainer.callbacks, config.drop_callbacks),
+                [],
+            )
         try:
-            config.ckpt_path = self._checked(config.get("ckpt_path"), loggers, config.trainer.get("default_root_dir") or ".")
+            config.ckpt_path = self._checked(
+                config.get("ckpt_path"), loggers, config.trainer.get("default_root_dir") or "."
+            )
             # an evaluation of a run's checkpoint writes into that run's folder (<run>/test/), again each time
             run = run_folder(config.ckpt_path) if self.config.subcommand in ("validate", "test", "predict") else None
             self.failed_start.claimed = claim_versions(loggers, run and (run, self.config.subcommand))
@@ -123,18 +132,25 @@ class PlifnetCLI(LightningCLI):
             if config.ckpt_path not in (None, "best", "hpc"):
                 self._check_hyperparameters(config, argv)
                 self._check_same_run(config, argv)
-                if self.config.subcommand == "fit" and not checkpoints.resumable(checkpoints.read(config.ckpt_path, mmap=True)):
+                if self.config.subcommand == "fit" and not checkpoints.resumable(
+                    checkpoints.read(config.ckpt_path, mmap=True)
+                ):
                     raise checkpoints.CheckpointError(
                         f"checkpoint {config.ckpt_path} holds the weights only (the best epoch's, kept for test, predict "
                         f"and export): fit cannot resume from it; resume from last.ckpt or a step*.ckpt (--ckpt_path "
-                        f"last takes the newest), or test it with plifnet test --ckpt_path {config.ckpt_path}")
+                        f"last takes the newest), or test it with plifnet test --ckpt_path {config.ckpt_path}"
+                    )
         except checkpoints.CheckpointError as error:
             raise SystemExit(f"error: {error}") from None
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--drop_callbacks", type=list[str], default=[],
-                            help="callbacks of the trainer config to leave out, by class name or class path "
-                                 "(--drop_callbacks+=ProgressBar; in a config: drop_callbacks: [SynapticOps])")
+        parser.add_argument(
+            "--drop_callbacks",
+            type=list[str],
+            default=[],
+            help="callbacks of the trainer config to leave out, by class name or class path "
+            "(--drop_callbacks+=ProgressBar; in a config: drop_callbacks: [SynapticOps])",
+        )
         self.defaults = parser.get_defaults  # the same for every subcommand: the recipe's and the signatures'
 
     def _check_network_options(self, config, argv) -> None:
@@ -144,14 +160,19 @@ class PlifnetCLI(LightningCLI):
         if given:
             raise SystemExit(
                 f"error: --model.{given[0]} does nothing when --model.net gives the network; set it on the network "
-                f"(--model.net.init_args.{given[0]}, where its class takes it) or leave it out")
+                f"(--model.net.init_args.{given[0]}, where its class takes it) or leave it out"
+            )
         defaults = self.defaults().model
         changed = [name for name in NETWORK_OPTIONS if plain(config.model.get(name)) != plain(defaults.get(name))]
         if changed:
             values = ", ".join(f"model.{name} {config.model.get(name)!r}" for name in changed)
-            warnings.warn(f"{values} (from a config) {'does' if len(changed) == 1 else 'do'} nothing: model.net gives "
-                          f"the network; set {'it' if len(changed) == 1 else 'them'} on the network, where its class "
-                          f"takes {'it' if len(changed) == 1 else 'them'}", UserWarning, stacklevel=1)
+            warnings.warn(
+                f"{values} (from a config) {'does' if len(changed) == 1 else 'do'} nothing: model.net gives "
+                f"the network; set {'it' if len(changed) == 1 else 'them'} on the network, where its class "
+                f"takes {'it' if len(changed) == 1 else 'them'}",
+                UserWarning,
+                stacklevel=1,
+            )
 
     @staticmethod
     def _check_hyperparameters(config, argv) -> None:
@@ -161,9 +182,13 @@ class PlifnetCLI(LightningCLI):
         differs from the checkpoint's, which the merge would silently replace: the checkpoint's
         hyperparameters rebuild the model it holds, so they win, and saying otherwise is refused."""
         hyper_parameters = checkpoints.read(config.ckpt_path, mmap=True).get("hyper_parameters") or {}
-        checkpoints.check_names(hyper_parameters, checkpoints.strings(config), source=f"checkpoint {config.ckpt_path}",
-                                how_to_allow="name it in this run's command line or config (e.g. --model.neuron "
-                                             "VALUE) to allow it", model=SpikingClassifier)
+        checkpoints.check_names(
+            hyper_parameters,
+            checkpoints.strings(config),
+            source=f"checkpoint {config.ckpt_path}",
+            how_to_allow="name it in this run's command line or config (e.g. --model.neuron VALUE) to allow it",
+            model=SpikingClassifier,
+        )
         for key in sorted(given_model_options(argv) & set(hyper_parameters)):
             value = config.model.get(key)
             value = value.as_dict() if hasattr(value, "as_dict") else value
@@ -171,7 +196,8 @@ class PlifnetCLI(LightningCLI):
                 raise checkpoints.CheckpointError(
                     f"--model.{key} {value!r} differs from the checkpoint's {hyper_parameters[key]!r}: with --ckpt_path "
                     f"the checkpoint's hyperparameters rebuild its model, so --model.{key} would be ignored; leave it "
-                    f"out, or start a new run from the weights without --ckpt_path")
+                    f"out, or start a new run from the weights without --ckpt_path"
+                )
         if "optimizer" not in hyper_parameters and {"lr", "cosine_t_max"} & set(hyper_parameters):
             # a run of an earlier version: its lr and cosine_t_max (merged from the checkpoint) are its recipe,
             # which resumes with its one parameter group; a config file's optimizer gives way to it, one given
@@ -182,7 +208,8 @@ class PlifnetCLI(LightningCLI):
                     f"--model.{given[0]} cannot change the recipe of checkpoint {config.ckpt_path}: it was written "
                     f"by an earlier plifnet (lr {hyper_parameters.get('lr')}, cosine_t_max "
                     f"{hyper_parameters.get('cosine_t_max')}, one parameter group), which it resumes with; leave "
-                    f"--model.{given[0]} out, or start a new run from its weights without --ckpt_path")
+                    f"--model.{given[0]} out, or start a new run from its weights without --ckpt_path"
+                )
             config.model.optimizer = config.model.lr_scheduler = None
 
     def _check_same_run(self, config, argv) -> None:
@@ -193,26 +220,34 @@ class PlifnetCLI(LightningCLI):
         checkpoint = checkpoints.read(config.ckpt_path, mmap=True)
         hyper_parameters, defaults = checkpoint.get("hyper_parameters") or {}, self.defaults().model
         for key in sorted(set(hyper_parameters) & set(vars(config.model)) - given_model_options(argv)):
-            value = plain(config.model.get(key).as_dict() if hasattr(config.model.get(key), "as_dict") else config.model.get(key))
+            value = plain(
+                config.model.get(key).as_dict() if hasattr(config.model.get(key), "as_dict") else config.model.get(key)
+            )
             default = plain(defaults.get(key).as_dict() if hasattr(defaults.get(key), "as_dict") else defaults.get(key))
             if value != default and value != plain(hyper_parameters[key]):
                 raise checkpoints.CheckpointError(
                     f"checkpoint {config.ckpt_path} was trained with model.{key} {hyper_parameters[key]!r}, and a --config "
                     f"file of this run sets {value!r}: the checkpoint's value would silently win. Give the configs that "
                     f"run was trained with, or start a new run (without --ckpt_path, or with another "
-                    f"--trainer.default_root_dir)")
+                    f"--trainer.default_root_dir)"
+                )
         recorded, data = checkpoint.get("plifnet_data"), config.get("data")
         if self.config.subcommand != "fit" or not recorded or not getattr(data, "class_path", None):
             return
         cls = checkpoints.imported(data.class_path)  # the run's own config names it
-        ours = data_identity(cls, dict(data.get("init_args") or {})) if cls is not None else {"class_path": data.class_path}
+        ours = (
+            data_identity(cls, dict(data.get("init_args") or {}))
+            if cls is not None
+            else {"class_path": data.class_path}
+        )
         differ = [key for key in recorded if key in ours and ours[key] != recorded[key]]
         if differ:
             key = differ[0]
             raise checkpoints.CheckpointError(
                 f"checkpoint {config.ckpt_path} trained on other data ({key} {recorded[key]!r}; this run's is "
                 f"{ours[key]!r}): fit resumes a run on its own data only; give that run's configs, or start a new run "
-                f"(without --ckpt_path, or with another --trainer.default_root_dir)")
+                f"(without --ckpt_path, or with another --trainer.default_root_dir)"
+            )
 
     def instantiate_classes(self) -> None:
         """A bad value in the config (``--data.batch_size 0``) is one line naming it, not the
@@ -279,7 +314,8 @@ class PlifnetCLI(LightningCLI):
             if path is None:
                 raise checkpoints.CheckpointError(
                     f"--ckpt_path last: no readable checkpoint in {', '.join(f'{f}/*/checkpoints/' for f in folders) or 'any logger folder'}; "
-                    f"leave out --ckpt_path to start a new run, or pass a checkpoint's path")
+                    f"leave out --ckpt_path to start a new run, or pass a checkpoint's path"
+                )
             print(f"resuming from {path}", file=sys.stderr)
             return str(path)
         path = checkpoints.fetch(ckpt_path) if checkpoints.is_url(ckpt_path) else Path(ckpt_path)
@@ -310,8 +346,9 @@ def claim_versions(loggers, evaluation: tuple[Path, str] | None = None) -> list[
     run's checkpoint write into ``<run>/<subcommand>/``, the same folder each time (the latest evaluation's
     files replace the previous one's), where the logger has that run.
     Returns the folders made, which :class:`FailedStart` removes if the run fails before training."""
-    versioned = [log for log in loggers
-                 if log.class_path.endswith(VERSIONED_LOGGERS) and log.init_args.get("version") is None]
+    versioned = [
+        log for log in loggers if log.class_path.endswith(VERSIONED_LOGGERS) and log.init_args.get("version") is None
+    ]
     handed = json.loads(os.environ.get(CLAIMED, "{}"))  # rank 0's claims, inherited by the processes it launched
     if any(os.environ.get(name, "0") != "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")):
         for log in versioned:
@@ -322,8 +359,11 @@ def claim_versions(loggers, evaluation: tuple[Path, str] | None = None) -> list[
     for log in versioned:
         folder = Path(log.init_args.save_dir) / (log.init_args.get("name") or "")
         # <run>/<subcommand>, reused: for the loggers of the run's save_dir (its CSV and TensorBoard folders)
-        if evaluation is not None and (folder / evaluation[0].name).is_dir() \
-                and Path(log.init_args.save_dir).resolve() == evaluation[0].parent.parent.resolve():
+        if (
+            evaluation is not None
+            and (folder / evaluation[0].name).is_dir()
+            and Path(log.init_args.save_dir).resolve() == evaluation[0].parent.parent.resolve()
+        ):
             run, subcommand = evaluation
             log.init_args.version = handed[str(folder)] = f"{run.name}/{subcommand}"
             if not (folder / log.init_args.version).is_dir():
@@ -348,8 +388,23 @@ def claim_versions(loggers, evaluation: tuple[Path, str] | None = None) -> list[
 
 
 # SpikingClassifier's options that build its own network (plifnet.models.SpikingNet)
-NETWORK_OPTIONS = ("arch", "neuron", "tau", "v_threshold", "v_reset", "detach_reset", "decay_input", "per_channel",
-                   "surrogate", "surrogate_alpha", "variant", "time_steps", "dropout", "backend", "memory")
+NETWORK_OPTIONS = (
+    "arch",
+    "neuron",
+    "tau",
+    "v_threshold",
+    "v_reset",
+    "detach_reset",
+    "decay_input",
+    "per_channel",
+    "surrogate",
+    "surrogate_alpha",
+    "variant",
+    "time_steps",
+    "dropout",
+    "backend",
+    "memory",
+)
 
 
 def dropped(callbacks, names: list[str]) -> list:
@@ -360,10 +415,15 @@ def dropped(callbacks, names: list[str]) -> list:
     for name in names:
         if not any(name in (path, path.rsplit(".", 1)[-1]) for path in paths):
             known = ", ".join(sorted({path.rsplit(".", 1)[-1] for path in paths})) or "none"
-            raise SystemExit(f"error: --drop_callbacks {name}: no such callback in the trainer config (its callbacks: "
-                             f"{known}); give a class name or class path from that list")
-    return [callback for callback, path in zip(callbacks, paths)
-            if not any(name in (path, path.rsplit(".", 1)[-1]) for name in names)]
+            raise SystemExit(
+                f"error: --drop_callbacks {name}: no such callback in the trainer config (its callbacks: "
+                f"{known}); give a class name or class path from that list"
+            )
+    return [
+        callback
+        for callback, path in zip(callbacks, paths)
+        if not any(name in (path, path.rsplit(".", 1)[-1]) for name in names)
+    ]
 
 
 def plain(value):
@@ -378,7 +438,7 @@ def plain(value):
 
 def given_model_options(argv) -> set[str]:
     """The ``--model.NAME`` options on the command line (``--model.net.layers`` is ``net``)."""
-    return {arg.split("=")[0][len("--model."):].split(".")[0] for arg in map(str, argv) if arg.startswith("--model.")}
+    return {arg.split("=")[0][len("--model.") :].split(".")[0] for arg in map(str, argv) if arg.startswith("--model.")}
 
 
 def quiet_console() -> None:
@@ -387,7 +447,8 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("💡 Tip"))
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
 
 
 def resume_command(argv: list[str], path: Path) -> str:
@@ -428,8 +489,10 @@ def argument_error(error: ArgumentError, subcommand: str) -> str:
 
 
 # every subcommand reads the recipe before its --config files; a bad option raises (main says it in one line)
-PARSER_KWARGS = {"exit_on_error": False, **{name: {"exit_on_error": False, "default_config_files": [str(RECIPE)]}
-                                            for name in LightningCLI.subcommands()}}
+PARSER_KWARGS = {
+    "exit_on_error": False,
+    **{name: {"exit_on_error": False, "default_config_files": [str(RECIPE)]} for name in LightningCLI.subcommands()},
+}
 
 
 def shipped(argv: list[str]) -> list[str]:
@@ -440,7 +503,7 @@ def shipped(argv: list[str]) -> list[str]:
         if arg == "--config" and i + 1 < len(argv):
             argv[i + 1] = shipped_config(argv[i + 1])
         elif arg.startswith("--config="):
-            argv[i] = "--config=" + shipped_config(arg[len("--config="):])
+            argv[i] = "--config=" + shipped_config(arg[len("--config=") :])
     return argv
 
 
@@ -476,9 +539,11 @@ def run(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv else 2)
     if argv[:1] == ["study"]:
         from plifnet import study
+
         study.main(argv[1:])
     elif argv[:1] == ["export"]:
         from plifnet import export
+
         export.main(argv[1:])
     else:
         main(given)
@@ -508,11 +573,17 @@ def main(args=None) -> LightningCLI:
             failed_start.clean()
             raise
     except ArgumentError as error:
-        raise SystemExit(argument_error(error, next((a for a in argv if a in LightningCLI.subcommands()), ""))) from None
+        raise SystemExit(
+            argument_error(error, next((a for a in argv if a in LightningCLI.subcommands()), ""))
+        ) from None
     except (StateLeak, FloatingPointError) as error:  # a network that remembers; a run that diverged
         raise SystemExit(f"error: {error}") from None
     except (ValueError, TypeError, OSError, ImportError) as error:  # ImportError: a broken plug-in, named by plifnet
-        if isinstance(error, files.WriteFailed) or getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        if isinstance(error, files.WriteFailed) or getattr(error, "errno", None) in (
+            errno.ENOSPC,
+            errno.EDQUOT,
+            errno.EROFS,
+        ):
             raise SystemExit(files.write_failure(error)) from None  # a full disk, a read-only folder
         if raised_by_plifnet(error):  # plifnet's own refusal of an input names it and the fix
             raise SystemExit(f"error: {error}") from None

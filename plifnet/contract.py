@@ -107,9 +107,11 @@ class Adapter:
 
     def leak_advice(self, module: nn.Module) -> str:
         """How to stop a network of this family's neurons from carrying state between batches (the leak check's fix)."""
-        return ("give the class a reset() that forgets its state (and a v_threshold or tau attribute, so that plifnet "
-                "finds it), install or write an adapter (entry-point group 'plifnet.adapters', docs/EXTENDING.md), or "
-                "reset the state at the start of forward")
+        return (
+            "give the class a reset() that forgets its state (and a v_threshold or tau attribute, so that plifnet "
+            "finds it), install or write an adapter (entry-point group 'plifnet.adapters', docs/EXTENDING.md), or "
+            "reset the state at the start of forward"
+        )
 
     def time_constants(self, module: nn.Module) -> dict[str, TimeConstant]:
         """Every time constant of the neuron by name: ``tau``, the membrane's (:meth:`tau`), and any other the
@@ -121,8 +123,9 @@ class Adapter:
 
     def dynamics(self, module: nn.Module) -> Dynamics:
         """The neuron as plifnet's step, for NIR export; ``ValueError`` saying why where it is not one."""
-        raise ValueError(f"neuron {type(module).__name__} has no mapping onto plifnet's LIF/IF equations here, so no "
-                         f"NIR form")
+        raise ValueError(
+            f"neuron {type(module).__name__} has no mapping onto plifnet's LIF/IF equations here, so no NIR form"
+        )
 
 
 class Protocol(Adapter):
@@ -130,8 +133,7 @@ class Protocol(Adapter):
     (:mod:`plifnet.neurons`) and a hand-written neuron that follows docs/EXTENDING.md."""
 
     def claims(self, module):
-        return callable(getattr(type(module), "reset", None)) and (
-            _has(module, "v_threshold") or _has(module, "tau"))
+        return callable(getattr(type(module), "reset", None)) and (_has(module, "v_threshold") or _has(module, "tau"))
 
     def tau(self, module):
         tau = getattr(module, "tau", None)
@@ -267,7 +269,9 @@ def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
         warnings.warn(
             f"no spiking neuron found in {type(where).__name__}: plifnet cannot reset its state, follow tau or "
             f"firing rates, or count it. Make its neurons visible: follow the protocol (a reset() and a "
-            f"v_threshold or tau attribute), or install or write an adapter (docs/EXTENDING.md)", RuntimeWarning)
+            f"v_threshold or tau attribute), or install or write an adapter (docs/EXTENDING.md)",
+            RuntimeWarning,
+        )
     was_training = model.training
     model.eval()
     hooks = _unhook(model)  # the check's runs are not the run's: monitors and counters must not see them
@@ -277,8 +281,10 @@ def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
         for _ in range(2):
             reset_state(model)
             outputs, digests = [], {}
-            handles = [m.register_forward_hook(
-                lambda m, args, output: outputs.append((paths[m], _digest(output, digests)))) for m in paths]
+            handles = [
+                m.register_forward_hook(lambda m, args, output: outputs.append((paths[m], _digest(output, digests))))
+                for m in paths
+            ]
             try:
                 with eager():  # a compiled network would compile the hooks in, once per module's output shape
                     model(x)
@@ -294,7 +300,9 @@ def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
             m._forward_hooks.update(forward)
             m._forward_pre_hooks.update(pre)
     (first, kept_first), (second, kept_second) = runs
-    kept = sorted(name for name in kept_first.keys() | kept_second.keys() if kept_first.get(name) != kept_second.get(name))
+    kept = sorted(
+        name for name in kept_first.keys() | kept_second.keys() if kept_first.get(name) != kept_second.get(name)
+    )
     differ = [(a or b)[0] for a, b in itertools.zip_longest(first, second) if a != b]  # module calls in order
     if not kept and not differ:
         return
@@ -309,7 +317,8 @@ def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
     raise StateLeak(
         f"the network keeps state between batches in {', '.join(classes)} ({shown}): the same input gave another "
         f"{'state' if kept else 'output'} there after plifnet reset it, so every batch would depend on "
-        f"the one before. Fix: {advice}")
+        f"the one before. Fix: {advice}"
+    )
 
 
 def eager():

@@ -89,8 +89,9 @@ class EnergyReport:
     sops = property(lambda self: sum(layer.sops for layer in self.layers))
     energy_pj = property(lambda self: sum(layer.energy_pj for layer in self.layers))
     ann_energy_pj = property(lambda self: sum(layer.ann_energy_pj for layer in self.layers))
-    with_memory_pj = property(lambda self: sum(layer.energy_pj + layer.memory_pj for layer in self.layers)
-                              + self.neuron_pj)
+    with_memory_pj = property(
+        lambda self: sum(layer.energy_pj + layer.memory_pj for layer in self.layers) + self.neuron_pj
+    )
     ann_with_memory_pj = property(lambda self: sum(layer.ann_energy_pj + layer.ann_memory_pj for layer in self.layers))
 
     def rates(self) -> tuple[float, float]:
@@ -109,40 +110,63 @@ class EnergyReport:
 
     def totals(self) -> dict[str, float]:
         input_rate, crossover = self.rates()
-        return {"macs": self.macs, "sops": self.sops, "energy_uj": self.energy_pj / 1e6,
-                "ann_energy_uj": self.ann_energy_pj / 1e6, "ann_to_snn": self.ann_energy_pj / max(self.energy_pj, 1e-30),
-                "energy_with_memory_uj": self.with_memory_pj / 1e6,
-                "ann_energy_with_memory_uj": self.ann_with_memory_pj / 1e6,
-                "ann_to_snn_with_memory": self.ann_with_memory_pj / max(self.with_memory_pj, 1e-30),
-                "input_rate": input_rate, "crossover_rate": crossover}
+        return {
+            "macs": self.macs,
+            "sops": self.sops,
+            "energy_uj": self.energy_pj / 1e6,
+            "ann_energy_uj": self.ann_energy_pj / 1e6,
+            "ann_to_snn": self.ann_energy_pj / max(self.energy_pj, 1e-30),
+            "energy_with_memory_uj": self.with_memory_pj / 1e6,
+            "ann_energy_with_memory_uj": self.ann_with_memory_pj / 1e6,
+            "ann_to_snn_with_memory": self.ann_with_memory_pj / max(self.with_memory_pj, 1e-30),
+            "input_rate": input_rate,
+            "crossover_rate": crossover,
+        }
 
     def summary(self) -> str:
         t = self.totals()
-        return (f"per image ({self.technology}, {self.images} images): SNN {t['energy_uj']:.4g} uJ "
-                f"({t['sops'] / 1e6:.4g} M ops), ANN {t['ann_energy_uj']:.4g} uJ ({t['macs'] / 1e6:.4g} M MACs): "
-                f"{t['ann_to_snn']:.3g}x less energy; with memory access: SNN {t['energy_with_memory_uj']:.4g} uJ, "
-                f"ANN {t['ann_energy_with_memory_uj']:.4g} uJ ({t['ann_to_snn_with_memory']:.3g}x); the ANN wins above "
-                f"an input firing rate of {t['crossover_rate']:.4g} (now {t['input_rate']:.4g})")
+        return (
+            f"per image ({self.technology}, {self.images} images): SNN {t['energy_uj']:.4g} uJ "
+            f"({t['sops'] / 1e6:.4g} M ops), ANN {t['ann_energy_uj']:.4g} uJ ({t['macs'] / 1e6:.4g} M MACs): "
+            f"{t['ann_to_snn']:.3g}x less energy; with memory access: SNN {t['energy_with_memory_uj']:.4g} uJ, "
+            f"ANN {t['ann_energy_with_memory_uj']:.4g} uJ ({t['ann_to_snn_with_memory']:.3g}x); the ANN wins above "
+            f"an input firing rate of {t['crossover_rate']:.4g} (now {t['input_rate']:.4g})"
+        )
 
     def to_csv(self, path: Path) -> None:
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, list(asdict(self.layers[0])) if self.layers else ["name"])
             writer.writeheader()
             for layer in self.layers:
-                writer.writerow({key: (f"{value:.8g}" if isinstance(value, float) else value)
-                                 for key, value in asdict(layer).items()})
-            writer.writerow({"name": "neurons", "sops": f"{self.neuron_updates:.8g}", "memory_pj": f"{self.neuron_pj:.8g}"})
-            writer.writerow({"name": "total", "macs": f"{self.macs:.8g}", "sops": f"{self.sops:.8g}",
-                             "energy_pj": f"{self.energy_pj:.8g}", "ann_energy_pj": f"{self.ann_energy_pj:.8g}",
-                             "memory_pj": f"{self.with_memory_pj - self.energy_pj:.8g}",
-                             "ann_memory_pj": f"{self.ann_with_memory_pj - self.ann_energy_pj:.8g}"})
+                writer.writerow(
+                    {
+                        key: (f"{value:.8g}" if isinstance(value, float) else value)
+                        for key, value in asdict(layer).items()
+                    }
+                )
+            writer.writerow(
+                {"name": "neurons", "sops": f"{self.neuron_updates:.8g}", "memory_pj": f"{self.neuron_pj:.8g}"}
+            )
+            writer.writerow(
+                {
+                    "name": "total",
+                    "macs": f"{self.macs:.8g}",
+                    "sops": f"{self.sops:.8g}",
+                    "energy_pj": f"{self.energy_pj:.8g}",
+                    "ann_energy_pj": f"{self.ann_energy_pj:.8g}",
+                    "memory_pj": f"{self.with_memory_pj - self.energy_pj:.8g}",
+                    "ann_memory_pj": f"{self.ann_with_memory_pj - self.ann_energy_pj:.8g}",
+                }
+            )
 
     def __str__(self) -> str:
         lines = [f"{'layer':<8} {'input':<7} {'MACs':>12} {'ops':>12} {'rate':>7} {'SNN uJ':>9} {'ANN uJ':>9}"]
         for layer in self.layers:
             rate = "-" if math.isnan(layer.input_rate) else f"{layer.input_rate:.4f}"
-            lines.append(f"{layer.name:<8} {layer.input:<7} {layer.macs:>12.0f} {layer.sops:>12.0f} {rate:>7} "
-                         f"{layer.energy_pj / 1e6:>9.4f} {layer.ann_energy_pj / 1e6:>9.4f}")
+            lines.append(
+                f"{layer.name:<8} {layer.input:<7} {layer.macs:>12.0f} {layer.sops:>12.0f} {rate:>7} "
+                f"{layer.energy_pj / 1e6:>9.4f} {layer.ann_energy_pj / 1e6:>9.4f}"
+            )
         return "\n".join(lines + [self.summary()])
 
 
@@ -151,8 +175,10 @@ def energy_costs(technology: str | tuple[float, ...]) -> tuple[str, float, float
     numbers: ``(MAC, AC)`` (no memory term) or ``(MAC, AC, memory word)``."""
     if isinstance(technology, str):
         if technology not in TECHNOLOGIES:
-            raise ValueError(f"unknown technology {technology!r}; choose one of {sorted(TECHNOLOGIES)} or give "
-                             f"(pJ per MAC, pJ per AC[, pJ per memory word])")
+            raise ValueError(
+                f"unknown technology {technology!r}; choose one of {sorted(TECHNOLOGIES)} or give "
+                f"(pJ per MAC, pJ per AC[, pJ per memory word])"
+            )
         return (technology, *TECHNOLOGIES[technology])
     mac, ac, memory = (*(float(v) for v in technology), 0.0)[:3]
     return f"{mac:g} pJ/MAC, {ac:g} pJ/AC, {memory:g} pJ/word", mac, ac, memory
@@ -182,7 +208,9 @@ class SynapticCounter:
         self.layers = layers
         self.neurons = [module for module in model.modules() if is_neuron(module)]
         # per layer its FIELDS; NEURONS: the neurons' membrane updates (first field), summed the same way
-        self.counts: dict[str, torch.Tensor | float] = dict.fromkeys([*layers, *([NEURONS] if self.neurons else [])], 0.0)
+        self.counts: dict[str, torch.Tensor | float] = dict.fromkeys(
+            [*layers, *([NEURONS] if self.neurons else [])], 0.0
+        )
         self.dense: dict[str, int] = {}  # dense MACs of one sample at one step
         self.outputs: dict[str, int] = {}  # output elements of one sample at one step
         self._fan_out: dict[tuple, torch.Tensor] = {}
@@ -208,6 +236,7 @@ class SynapticCounter:
     def _hook(self, name: str):
         def count(module, inputs, output):
             self.pending.append((name, self._count(module, inputs[0].detach(), output.shape, name)))
+
         return count
 
     def fold(self) -> None:
@@ -225,8 +254,14 @@ class SynapticCounter:
         if isinstance(module, nn.Conv2d):
             per_step = module.in_channels * x.shape[-2] * x.shape[-1]
             out_h, out_w = output_shape[-2:]
-            self.dense[name] = module.out_channels * out_h * out_w * (module.in_channels // module.groups) \
-                * module.kernel_size[0] * module.kernel_size[1]
+            self.dense[name] = (
+                module.out_channels
+                * out_h
+                * out_w
+                * (module.in_channels // module.groups)
+                * module.kernel_size[0]
+                * module.kernel_size[1]
+            )
             self.outputs[name] = module.out_channels * out_h * out_w
         else:
             per_step = module.in_features
@@ -242,13 +277,23 @@ class SynapticCounter:
         counts = x.reshape(steps, -1).sum(0, dtype=torch.float32).double() * spike_fed
         if isinstance(module, nn.Conv2d):
             per_position = counts.view(module.in_channels, *x.shape[-2:]).sum(0)
-            acs = (per_position * self._conv_fan_out(module, tuple(x.shape[-2:]), x.device)).sum() \
-                * (module.out_channels // module.groups)
+            acs = (per_position * self._conv_fan_out(module, tuple(x.shape[-2:]), x.device)).sum() * (
+                module.out_channels // module.groups
+            )
         else:
             acs = counts.sum() * module.out_features
         value_fed = 1 - spike_fed
-        return torch.stack([acs, value_fed * steps * self.dense[name], counts.sum(), spike_fed * x.numel(),
-                            spike_fed.new_tensor(steps), spike_fed, value_fed])
+        return torch.stack(
+            [
+                acs,
+                value_fed * steps * self.dense[name],
+                counts.sum(),
+                spike_fed * x.numel(),
+                spike_fed.new_tensor(steps),
+                spike_fed,
+                value_fed,
+            ]
+        )
 
     def _conv_fan_out(self, conv: nn.Conv2d, size: tuple[int, int], device) -> torch.Tensor:
         """``[H, W]``: how many output positions read each input position: the adjoint of the
@@ -264,9 +309,13 @@ class SynapticCounter:
             else:
                 padding, padded = conv.padding, [size[i] + 2 * conv.padding[i] for i in (0, 1)]
             outputs = [(padded[i] - reach[i] - 1) // stride[i] + 1 for i in (0, 1)]
-            fan_out = F.conv_transpose2d(torch.ones(1, 1, *outputs, dtype=torch.float64, device=device),
-                                         torch.ones(1, 1, *kernel, dtype=torch.float64, device=device),
-                                         stride=stride, padding=padding, dilation=dilation)[0, 0]
+            fan_out = F.conv_transpose2d(
+                torch.ones(1, 1, *outputs, dtype=torch.float64, device=device),
+                torch.ones(1, 1, *kernel, dtype=torch.float64, device=device),
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+            )[0, 0]
             # the last rows and columns that no output reads (a stride that does not divide) read none
             self._fan_out[key] = F.pad(fan_out, (0, size[1] - fan_out.shape[1], 0, size[0] - fan_out.shape[0]))
         return self._fan_out[key]
@@ -275,11 +324,17 @@ class SynapticCounter:
         """Per layer, the ``FIELDS`` counted so far (zeros for a layer that saw no batch), and the neurons'
         updates under ``NEURONS``."""
         self.fold()
-        return {name: value if torch.is_tensor(value) else torch.zeros(len(self.FIELDS), dtype=torch.float64)
-                for name, value in self.counts.items()}
+        return {
+            name: value if torch.is_tensor(value) else torch.zeros(len(self.FIELDS), dtype=torch.float64)
+            for name, value in self.counts.items()
+        }
 
-    def report(self, images: int, technology: str | tuple[float, ...] = "45nm_fp32",
-               totals: dict[str, torch.Tensor] | None = None) -> EnergyReport:
+    def report(
+        self,
+        images: int,
+        technology: str | tuple[float, ...] = "45nm_fp32",
+        totals: dict[str, torch.Tensor] | None = None,
+    ) -> EnergyReport:
         """The per-image report of ``images`` images (``totals``: counts summed over processes, if any)."""
         technology, mac_pj, ac_pj, word_pj = energy_costs(technology)
         totals = dict(totals or self.totals())
@@ -292,12 +347,19 @@ class SynapticCounter:
             kind = "mixed" if spike_batches and value_batches else "spikes" if spike_batches else "values"
             macs, outputs = self.dense.get(name, 0), self.outputs.get(name, 0)
             passes = value_macs / macs if macs else 0.0  # samples x steps fed by values
-            rows.append(LayerEnergy(
-                name=name, input=kind, macs=float(macs), sops=(acs + value_macs) / images,
-                input_rate=spikes / elements if elements and not value_batches else float("nan"),
-                energy_pj=(acs * ac_pj + value_macs * mac_pj) / images, ann_energy_pj=macs * mac_pj,
-                memory_pj=(3 * acs + 2 * value_macs + outputs * passes) * word_pj / images,
-                ann_memory_pj=(2 * macs + outputs) * word_pj))
+            rows.append(
+                LayerEnergy(
+                    name=name,
+                    input=kind,
+                    macs=float(macs),
+                    sops=(acs + value_macs) / images,
+                    input_rate=spikes / elements if elements and not value_batches else float("nan"),
+                    energy_pj=(acs * ac_pj + value_macs * mac_pj) / images,
+                    ann_energy_pj=macs * mac_pj,
+                    memory_pj=(3 * acs + 2 * value_macs + outputs * passes) * word_pj / images,
+                    ann_memory_pj=(2 * macs + outputs) * word_pj,
+                )
+            )
         return EnergyReport(rows, technology, images, updates, updates * (mac_pj + 2 * word_pj))
 
 

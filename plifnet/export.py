@@ -49,9 +49,9 @@ import copy
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING
 from unittest import mock
-from pathlib import Path
 
 import nir
 import numpy as np
@@ -59,9 +59,9 @@ import torch
 from torch import nn
 
 import plifnet
-from plifnet.models import MaxPool, SharedDropout, SpikingNet, TimeDistributed, Vote
 from plifnet import contract
 from plifnet.contract import is_neuron
+from plifnet.models import MaxPool, SharedDropout, SpikingNet, TimeDistributed, Vote
 from plifnet.neurons import IF, PLIF
 
 if TYPE_CHECKING:  # Lightning is imported by the loader alone: the graph code needs none of it
@@ -98,30 +98,64 @@ class Target:
 TARGETS = {
     "nir": Target(dt=1.0),
     "spikingjelly": Target(
-        dt=1e-4, pool=nir.AvgPool2d, pool_spike="if",
-        refuses={"per_channel": "SpikingJelly 2.0's importer takes one tau per LIF node"}),
+        dt=1e-4,
+        pool=nir.AvgPool2d,
+        pool_spike="if",
+        refuses={"per_channel": "SpikingJelly 2.0's importer takes one tau per LIF node"},
+    ),
     "snntorch": Target(
-        dt=1e-4, pool=nir.AvgPool2d, pool_spike="lif", flatten=False, fixed_dt=True,
-        refuses={"if": "snnTorch 1.0 imports nir.IF as a Leaky neuron with beta 0.9 and a subtractive reset",
-                 "per_channel": "snnTorch 1.0 rescales a LIF node's thresholds by one input scale (the first of "
-                                "its dt / tau)",
-                 "v_reset": "snnTorch 1.0 resets to 0 and requires v_leak = 0"}),
+        dt=1e-4,
+        pool=nir.AvgPool2d,
+        pool_spike="lif",
+        flatten=False,
+        fixed_dt=True,
+        refuses={
+            "if": "snnTorch 1.0 imports nir.IF as a Leaky neuron with beta 0.9 and a subtractive reset",
+            "per_channel": "snnTorch 1.0 rescales a LIF node's thresholds by one input scale (the first of "
+            "its dt / tau)",
+            "v_reset": "snnTorch 1.0 resets to 0 and requires v_leak = 0",
+        },
+    ),
     "norse": Target(
-        dt=1e-3, pool=nir.SumPool2d, pool_spike="lif", flatten=False,
-        refuses={"decay_input=False": "Norse 1.1 runs nir.LIF with r = 1 whatever its r (it only warns)",
-                 "v_reset": "Norse 1.1's LIF resets to 0 whatever the node's v_reset"}),
-    "sinabs": Target(dt=1.0, refuses={"network": (
-        "sinabs 3.1 requires nir <= 1.0.4, whose LIF and IF have no v_reset, and builds its IAF/LIF layers with a "
-        "subtractive reset (IF's membrane clipped at -threshold): plifnet's neurons reset to v_reset, so any "
-        "network of them would fire differently there (and sinabs cannot be installed beside plifnet's nir)")}),
-    "rockpool": Target(dt=1.0, refuses={"network": (
-        "Rockpool 3.1's from_nir maps no Conv2d, pooling, Flatten or IF node, and reads nir.LIF's time constant "
-        "as 'tau_mem', which nir.LIF does not have (AttributeError): no spiking network loads there")}),
+        dt=1e-3,
+        pool=nir.SumPool2d,
+        pool_spike="lif",
+        flatten=False,
+        refuses={
+            "decay_input=False": "Norse 1.1 runs nir.LIF with r = 1 whatever its r (it only warns)",
+            "v_reset": "Norse 1.1's LIF resets to 0 whatever the node's v_reset",
+        },
+    ),
+    "sinabs": Target(
+        dt=1.0,
+        refuses={
+            "network": (
+                "sinabs 3.1 requires nir <= 1.0.4, whose LIF and IF have no v_reset, and builds its IAF/LIF layers with a "
+                "subtractive reset (IF's membrane clipped at -threshold): plifnet's neurons reset to v_reset, so any "
+                "network of them would fire differently there (and sinabs cannot be installed beside plifnet's nir)"
+            )
+        },
+    ),
+    "rockpool": Target(
+        dt=1.0,
+        refuses={
+            "network": (
+                "Rockpool 3.1's from_nir maps no Conv2d, pooling, Flatten or IF node, and reads nir.LIF's time constant "
+                "as 'tau_mem', which nir.LIF does not have (AttributeError): no spiking network loads there"
+            )
+        },
+    ),
 }
 
 
-def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32,
-           input_shape: tuple[int, int, int] | None = None, target: str = "nir", dt: float | None = None) -> nir.NIRGraph:
+def to_nir(
+    model: nn.Module,
+    time_steps: int | None = None,
+    dtype=np.float32,
+    input_shape: tuple[int, int, int] | None = None,
+    target: str = "nir",
+    dt: float | None = None,
+) -> nir.NIRGraph:
     """The NIR graph of a :class:`plifnet.module.SpikingClassifier` or :class:`plifnet.models.SpikingNet`,
     or of any network whose layers form one ``nn.Sequential`` (itself, or its only child, run on the
     image at every step: how SpikingJelly and snnTorch networks are often written), of parts with a NIR
@@ -142,37 +176,69 @@ def to_nir(model: nn.Module, time_steps: int | None = None, dtype=np.float32,
         raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
     spec = TARGETS[target]
     if "network" in spec.refuses:
-        raise ValueError(f"--target {target}: {spec.refuses['network']}; export with --target nir for a simulator "
-                         f"that reads NIR as specified")
+        raise ValueError(
+            f"--target {target}: {spec.refuses['network']}; export with --target nir for a simulator "
+            f"that reads NIR as specified"
+        )
     dt = spec.dt if dt is None else float(dt)
     if not (np.isfinite(dt) and dt > 0):
         raise ValueError(f"--dt {dt}: the time step must be a positive number of seconds (or 1: NIR time in steps)")
     if spec.fixed_dt and dt != spec.dt:
-        raise ValueError(f"--target {target} --dt {dt}: its importer assumes dt = {spec.dt:g} and has no option for "
-                         f"another; leave --dt out")
+        raise ValueError(
+            f"--target {target} --dt {dt}: its importer assumes dt = {spec.dt:g} and has no option for "
+            f"another; leave --dt out"
+        )
     exported = (target, spec, dt)
     net = getattr(model, "net", model)
     if net.training:
-        raise ValueError("to_nir exports a network in eval mode (BatchNorm's running statistics, no dropout): call .eval()")
+        raise ValueError(
+            "to_nir exports a network in eval mode (BatchNorm's running statistics, no dropout): call .eval()"
+        )
     if isinstance(net, SpikingNet):
         if not net.built:
-            raise ValueError("to_nir exports SpikingNet networks (the paper's, or layers=...), built; got an unbuilt one")
+            raise ValueError(
+                "to_nir exports SpikingNet networks (the paper's, or layers=...), built; got an unbuilt one"
+            )
         modules = [m.module if isinstance(m, TimeDistributed) else m for m in [net.encoder, *net.layers]]
-        graph = _graph(modules, net.input_shape, _time_steps(time_steps or net.time_steps, "time_steps"),
-                       net.arch.static, dtype, per_step=False, exported=exported)
-        return _checked(graph, f"at --dt {dt:g} in {np.dtype(dtype).name}: choose a dt for which tau x dt and 1/dt are "
-                               f"finite and positive, or --dtype float64")
+        graph = _graph(
+            modules,
+            net.input_shape,
+            _time_steps(time_steps or net.time_steps, "time_steps"),
+            net.arch.static,
+            dtype,
+            per_step=False,
+            exported=exported,
+        )
+        return _checked(
+            graph,
+            f"at --dt {dt:g} in {np.dtype(dtype).name}: choose a dt for which tau x dt and 1/dt are "
+            f"finite and positive, or --dtype float64",
+        )
     modules = _sequential_layers(net)
     time_steps = time_steps or getattr(net, "time_steps", None)
     if input_shape is None or time_steps is None:
-        raise ValueError(f"to_nir({type(net).__name__}): give input_shape (C, H, W) and time_steps (the network has no "
-                         f"'time_steps' attribute); python -m plifnet.export takes them from --config")
+        raise ValueError(
+            f"to_nir({type(net).__name__}): give input_shape (C, H, W) and time_steps (the network has no "
+            f"'time_steps' attribute); python -m plifnet.export takes them from --config"
+        )
     time_steps = _time_steps(time_steps, "time_steps")
-    graph = _checked(_graph(modules, tuple(input_shape), time_steps, True, dtype, per_step=True, exported=exported),
-                     f"at --dt {dt:g} in {np.dtype(dtype).name}: choose a dt for which tau x dt and 1/dt are finite "
-                     f"and positive, or --dtype float64")
-    _check_reproduces(net, _graph(modules, tuple(input_shape), int(time_steps), True, np.float64, per_step=True,
-                                  exported=("nir", TARGETS["nir"], 1.0)))
+    graph = _checked(
+        _graph(modules, tuple(input_shape), time_steps, True, dtype, per_step=True, exported=exported),
+        f"at --dt {dt:g} in {np.dtype(dtype).name}: choose a dt for which tau x dt and 1/dt are finite "
+        f"and positive, or --dtype float64",
+    )
+    _check_reproduces(
+        net,
+        _graph(
+            modules,
+            tuple(input_shape),
+            int(time_steps),
+            True,
+            np.float64,
+            per_step=True,
+            exported=("nir", TARGETS["nir"], 1.0),
+        ),
+    )
     return graph
 
 
@@ -184,8 +250,9 @@ def _time_steps(value, where: str) -> int:
         steps = None
     if steps is None or steps != np.asarray(value).item() or not 1 <= steps <= MAX_TIME_STEPS:
         shown = _text(np.asarray(value).item()) if np.asarray(value).size == 1 else repr(value)
-        raise ValueError(f"{where} {shown} is not a number of time steps: give a whole number from 1 to "
-                         f"{MAX_TIME_STEPS:,}")
+        raise ValueError(
+            f"{where} {shown} is not a number of time steps: give a whole number from 1 to {MAX_TIME_STEPS:,}"
+        )
     return steps
 
 
@@ -213,8 +280,13 @@ def _declared_bytes(path) -> tuple[int, str]:
 
     sizes = {}
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: sizes.__setitem__(f"{name} {item.shape}", item.size * item.dtype.itemsize)
-                     if isinstance(item, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, item: (
+                sizes.__setitem__(f"{name} {item.shape}", item.size * item.dtype.itemsize)
+                if isinstance(item, h5py.Dataset)
+                else None
+            )
+        )
     return sum(sizes.values()), max(sizes, key=sizes.get, default="none")
 
 
@@ -224,8 +296,13 @@ def _node_types(path) -> set[str]:
 
     types = set()
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: types.add(_text(item[()])) if name.endswith("type") and isinstance(
-            item, h5py.Dataset) and item.shape == () else None)
+        f.visititems(
+            lambda name, item: (
+                types.add(_text(item[()]))
+                if name.endswith("type") and isinstance(item, h5py.Dataset) and item.shape == ()
+                else None
+            )
+        )
     return types
 
 
@@ -239,10 +316,12 @@ def _sequential_layers(net: nn.Module) -> list[nn.Module]:
     if not isinstance(net, nn.Sequential):
         children = list(net.named_children())
         if len(children) != 1 or not isinstance(children[0][1], nn.Sequential) or list(net.parameters(recurse=False)):
-            raise ValueError(f"to_nir exports SpikingNet networks and networks whose layers form one nn.Sequential; "
-                             f"{type(net).__name__} runs {len(children)} modules "
-                             f"({', '.join(name for name, _ in children[:6])}) in a forward of its own, whose order "
-                             f"NIR export cannot see: write its layers as one nn.Sequential to export it")
+            raise ValueError(
+                f"to_nir exports SpikingNet networks and networks whose layers form one nn.Sequential; "
+                f"{type(net).__name__} runs {len(children)} modules "
+                f"({', '.join(name for name, _ in children[:6])}) in a forward of its own, whose order "
+                f"NIR export cannot see: write its layers as one nn.Sequential to export it"
+            )
         chain = children[0][1]
 
     def flat(sequential):
@@ -252,9 +331,11 @@ def _sequential_layers(net: nn.Module) -> list[nn.Module]:
     for position, module in enumerate(layers):
         first = next(i for i, other in enumerate(layers) if other is module)  # a stateless one (ReLU) may repeat
         if first != position and (next(module.parameters(), None) is not None or is_neuron(module)):
-            raise ValueError(f"layers {first} and {position} of {type(net).__name__} are one {type(module).__name__} "
-                             f"object used twice: its weights or state are shared between the two, which a NIR graph "
-                             f"(one node per layer) cannot express; give each layer a module of its own")
+            raise ValueError(
+                f"layers {first} and {position} of {type(net).__name__} are one {type(module).__name__} "
+                f"object used twice: its weights or state are shared between the two, which a NIR graph "
+                f"(one node per layer) cannot express; give each layer a module of its own"
+            )
     return layers
 
 
@@ -279,13 +360,22 @@ def _check_reproduces(net: nn.Module, graph: nir.NIRGraph) -> None:
         except RuntimeError:  # a dtype the network does not run in
             continue
     if differ > tolerance:
-        raise ValueError(f"the NIR graph of {type(net).__name__}'s layers does not fire as {type(net).__name__} does "
-                         f"on test images (its forward does more than run its nn.Sequential on the image at every "
-                         f"step), so it is not exported")
+        raise ValueError(
+            f"the NIR graph of {type(net).__name__}'s layers does not fire as {type(net).__name__} does "
+            f"on test images (its forward does more than run its nn.Sequential on the image at every "
+            f"step), so it is not exported"
+        )
 
 
-def _graph(modules: list[nn.Module], input_shape, time_steps: int, static: bool, dtype, per_step: bool,
-           exported: tuple[str, Target, float]) -> nir.NIRGraph:
+def _graph(
+    modules: list[nn.Module],
+    input_shape,
+    time_steps: int,
+    static: bool,
+    dtype,
+    per_step: bool,
+    exported: tuple[str, Target, float],
+) -> nir.NIRGraph:
     """The chain of NIR nodes of ``modules``; ``per_step``: the modules run on one step ``[N, ...]``
     (a peer's chain), else on ``[T, N, ...]`` after the encoder (a SpikingNet); ``exported``: the
     target's name, its :class:`Target` and dt."""
@@ -308,39 +398,55 @@ def _graph(modules: list[nn.Module], input_shape, time_steps: int, static: bool,
             last = graph.add(f"{last}_{'if' if isinstance(node, nir.IF) else 'lif'}", node)
         elif isinstance(module, (MaxPool, nn.MaxPool2d)):
             if not graph.spikes:
-                raise ValueError(f"layer {type(module).__name__} after {last}: max-pooling exports as SumPool2d + "
-                                 f"Threshold only where its input is spikes")
+                raise ValueError(
+                    f"layer {type(module).__name__} after {last}: max-pooling exports as SumPool2d + "
+                    f"Threshold only where its input is spikes"
+                )
             kernel, stride = _pool_window(module)
             counts["pool"] += 1
-            graph.add(f"pool{counts['pool']}", target.pool(kernel_size=np.array(kernel), stride=np.array(stride),
-                                                           padding=np.array([0, 0])))
-            last = graph.add(f"pool{counts['pool']}_{target.pool_spike}",
-                             _pool_spike(target, graph.shape, kernel, dt, dtype))
+            graph.add(
+                f"pool{counts['pool']}",
+                target.pool(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array([0, 0])),
+            )
+            last = graph.add(
+                f"pool{counts['pool']}_{target.pool_spike}", _pool_spike(target, graph.shape, kernel, dt, dtype)
+            )
         elif isinstance(module, (SharedDropout, nn.Dropout)):
             continue  # the identity in eval mode
         elif isinstance(module, nn.Flatten):
             if module.start_dim != (1 if per_step else 2) or module.end_dim != -1:
                 form = "Flatten(1) of a step's [N, ...]" if per_step else "Flatten(2) of [T, N, ...]"
-                raise ValueError(f"nn.Flatten({module.start_dim}, {module.end_dim}) after {last}: only {form} (all "
-                                 f"features of a sample) has a NIR form")
+                raise ValueError(
+                    f"nn.Flatten({module.start_dim}, {module.end_dim}) after {last}: only {form} (all "
+                    f"features of a sample) has a NIR form"
+                )
             if target.flatten:
-                last = graph.add("flatten", nir.Flatten(input_type={"input": np.array(graph.shape)}, start_dim=0,
-                                                        end_dim=-1))
+                last = graph.add(
+                    "flatten", nir.Flatten(input_type={"input": np.array(graph.shape)}, start_dim=0, end_dim=-1)
+                )
         elif isinstance(module, nn.Linear):
             counts["fc"] += 1
             bias = None if module.bias is None else module.bias.detach().double().numpy().astype(dtype)
-            last = graph.add(f"fc{counts['fc']}", _dense(module.weight.detach().double().numpy().astype(dtype), bias,
-                                                         graph.shape))
+            last = graph.add(
+                f"fc{counts['fc']}", _dense(module.weight.detach().double().numpy().astype(dtype), bias, graph.shape)
+            )
         elif isinstance(module, Vote):
             classes = graph.shape[0] // module.votes
             votes = np.kron(np.eye(classes), np.full((1, module.votes), 1 / module.votes)).astype(dtype)
             last = graph.add("vote", _dense(votes, None, graph.shape))
         else:
-            raise ValueError(f"layer {type(module).__name__} after {last} has no NIR form; to_nir exports Conv2d(+BatchNorm2d), "
-                             f"PLIF/LIF/IF neurons, max-pooling of spikes, dropout, Flatten, Linear and the vote")
+            raise ValueError(
+                f"layer {type(module).__name__} after {last} has no NIR form; to_nir exports Conv2d(+BatchNorm2d), "
+                f"PLIF/LIF/IF neurons, max-pooling of spikes, dropout, Flatten, Linear and the vote"
+            )
     graph.add("output", nir.Output(output_type=np.array(graph.shape)))
-    metadata = {"time_steps": time_steps, "input": "static" if static else "events", "dt": dt, "target": name,
-                "producer": f"plifnet {plifnet.__version__}"}
+    metadata = {
+        "time_steps": time_steps,
+        "input": "static" if static else "events",
+        "dt": dt,
+        "target": name,
+        "producer": f"plifnet {plifnet.__version__}",
+    }
     return nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata=metadata)
 
 
@@ -361,7 +467,9 @@ class _GraphBuilder:
             kernel, stride = node.kernel_size, node.stride
             output = (c, (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1)
         self.shape = tuple(int(n) for n in output) if output is not None else self.shape
-        self.spikes = isinstance(node, (nir.LIF, nir.IF, nir.Threshold)) or (self.spikes and isinstance(node, nir.Flatten))
+        self.spikes = isinstance(node, (nir.LIF, nir.IF, nir.Threshold)) or (
+            self.spikes and isinstance(node, nir.Flatten)
+        )
         return name
 
 
@@ -369,8 +477,12 @@ def _conv_and_norm(module: nn.Module):
     """``(conv, batch_norm or None)`` for a Conv2d, or a Sequential of Conv2d then BatchNorm2d; else None."""
     if isinstance(module, nn.Conv2d):
         return module, None
-    if isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[0], nn.Conv2d) \
-            and isinstance(module[1], nn.BatchNorm2d):
+    if (
+        isinstance(module, nn.Sequential)
+        and len(module) == 2
+        and isinstance(module[0], nn.Conv2d)
+        and isinstance(module[1], nn.BatchNorm2d)
+    ):
         return module[0], module[1]
     return None
 
@@ -382,14 +494,23 @@ def _folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, shape, dtype) -> 
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
     if norm is not None:
         if norm.running_var is None:
-            raise ValueError("BatchNorm2d without running statistics (track_running_stats=False) cannot be folded into NIR")
+            raise ValueError(
+                "BatchNorm2d without running statistics (track_running_stats=False) cannot be folded into NIR"
+            )
         gain = norm.weight.detach().double() if norm.weight is not None else torch.ones_like(bias)
         shift = norm.bias.detach().double() if norm.bias is not None else torch.zeros_like(bias)
         scale = gain / torch.sqrt(norm.running_var.double() + norm.eps)
         weight = weight * scale.view(-1, 1, 1, 1)
         bias = (bias - norm.running_mean.double()) * scale + shift
-    return nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight.numpy().astype(dtype), stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=bias.numpy().astype(dtype))
+    return nir.Conv2d(
+        input_shape=tuple(shape[1:]),
+        weight=weight.numpy().astype(dtype),
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=bias.numpy().astype(dtype),
+    )
 
 
 def _neuron(neuron: nn.Module, name: str, shape, dtype, exported: tuple[str, Target, float]):
@@ -408,19 +529,30 @@ def _neuron(neuron: nn.Module, name: str, shape, dtype, exported: tuple[str, Tar
     threshold, reset = full(step.v_threshold), full(step.v_reset)
     k = step.k.detach().double().cpu().numpy() if torch.is_tensor(step.k) else np.float64(step.k)
     is_if = not np.any(k) and not step.decay_input
-    features = {"if": is_if, "decay_input=False": not is_if and not step.decay_input,
-                "per_channel": bool(step.per_channel), "v_reset": bool(np.any(reset))}
+    features = {
+        "if": is_if,
+        "decay_input=False": not is_if and not step.decay_input,
+        "per_channel": bool(step.per_channel),
+        "v_reset": bool(np.any(reset)),
+    }
     for feature, present in features.items():
         if present and feature in target.refuses:
-            raise ValueError(f"layer {name} ({feature}): --target {target_name}: {target.refuses[feature]}, so it "
-                             f"would run differently there; export with --target nir, or train without {feature}")
+            raise ValueError(
+                f"layer {name} ({feature}): --target {target_name}: {target.refuses[feature]}, so it "
+                f"would run differently there; export with --target nir, or train without {feature}"
+            )
     if is_if:
         return nir.IF(r=full(1 / dt), v_threshold=threshold, v_reset=reset)
     if step.per_channel:  # one tau per channel: dim 0 of a sample's [C, H, W] or [F]
         k = k.reshape(-1, *([1] * (len(shape) - 1)))
     steps = 1 / np.asarray(k, dtype=np.float64)  # tau in time steps
-    return nir.LIF(tau=full(steps * dt), r=full(1.0 if step.decay_input else steps), v_leak=reset,
-                   v_threshold=threshold, v_reset=reset.copy())
+    return nir.LIF(
+        tau=full(steps * dt),
+        r=full(1.0 if step.decay_input else steps),
+        v_leak=reset,
+        v_threshold=threshold,
+        v_reset=reset.copy(),
+    )
 
 
 def _pool_spike(target: Target, shape, kernel, dt: float, dtype):
@@ -435,8 +567,13 @@ def _pool_spike(target: Target, shape, kernel, dt: float, dtype):
         return nir.Threshold(threshold=threshold)
     if target.pool_spike == "if":
         return nir.IF(r=np.full(shape, 1 / dt, dtype=dtype), v_threshold=threshold, v_reset=zero)
-    return nir.LIF(tau=np.full(shape, dt, dtype=dtype), r=np.ones(shape, dtype=dtype), v_leak=zero,
-                   v_threshold=threshold, v_reset=zero.copy())
+    return nir.LIF(
+        tau=np.full(shape, dt, dtype=dtype),
+        r=np.ones(shape, dtype=dtype),
+        v_leak=zero,
+        v_threshold=threshold,
+        v_reset=zero.copy(),
+    )
 
 
 def _dense(weight: np.ndarray, bias: np.ndarray | None, shape):
@@ -446,9 +583,15 @@ def _dense(weight: np.ndarray, bias: np.ndarray | None, shape):
     if len(shape) == 1:
         return nir.Linear(weight=weight) if bias is None else nir.Affine(weight=weight, bias=bias)
     channels, height, width = shape
-    return nir.Conv2d(input_shape=(height, width), weight=weight.reshape(len(weight), channels, height, width),
-                      stride=1, padding=0, dilation=1, groups=1,
-                      bias=np.zeros(len(weight), weight.dtype) if bias is None else bias)
+    return nir.Conv2d(
+        input_shape=(height, width),
+        weight=weight.reshape(len(weight), channels, height, width),
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=np.zeros(len(weight), weight.dtype) if bias is None else bias,
+    )
 
 
 def _pool_window(module: nn.Module) -> tuple[list[int], list[int]]:
@@ -479,14 +622,18 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
     if not isinstance(graph, nir.NIRGraph):
         declared, largest = _declared_bytes(graph)
         if declared > max_bytes:
-            raise ValueError(f"NIR file {graph} declares {declared / 2**20:,.0f} MiB of arrays (the largest: {largest}), "
-                             f"over the limit of {max_bytes / 2**20:,.0f} MiB; if the file is right, raise the limit "
-                             f"(from_nir(path, max_bytes=...), --model.net.max_mib N)")
+            raise ValueError(
+                f"NIR file {graph} declares {declared / 2**20:,.0f} MiB of arrays (the largest: {largest}), "
+                f"over the limit of {max_bytes / 2**20:,.0f} MiB; if the file is right, raise the limit "
+                f"(from_nir(path, max_bytes=...), --model.net.max_mib N)"
+            )
         unknown = sorted(_node_types(graph) - {cls.__name__ for cls in _subclasses(nir.NIRNode)})
         if unknown:  # nir.read would fail on an assert with no message
-            raise ValueError(f"NIR file {graph}: a node of unknown type {unknown[0]!r}, not one of NIR "
-                             f"{version('nir')}'s; plifnet reads Conv2d, LIF, IF, SumPool2d/AvgPool2d, Threshold, "
-                             f"Flatten and Linear/Affine")
+            raise ValueError(
+                f"NIR file {graph}: a node of unknown type {unknown[0]!r}, not one of NIR "
+                f"{version('nir')}'s; plifnet reads Conv2d, LIF, IF, SumPool2d/AvgPool2d, Threshold, "
+                f"Flatten and Linear/Affine"
+            )
         graph = nir.read(graph)
     chain = _chain(graph)
     metadata = graph.metadata or {}
@@ -497,8 +644,10 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
     else:
         step = (1.0, "the default: the graph's metadata has none")
     if not (np.isfinite(step[0]) and step[0] > 0):
-        raise ValueError(f"dt = {step[0]:g} ({step[1]}) is not a positive time step; give the graph's dt "
-                         f"(from_nir(path, dt=...), --model.net.dt)")
+        raise ValueError(
+            f"dt = {step[0]:g} ({step[1]}) is not a positive time step; give the graph's dt "
+            f"(from_nir(path, dt=...), --model.net.dt)"
+        )
     time_steps = _time_steps(metadata.get("time_steps", 8), "the graph's metadata time_steps")
     _checked(graph, "in the graph; plifnet reads finite weights and positive time constants only")
     static = _text(metadata.get("input", "static")) == "static"
@@ -512,7 +661,9 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
         name, node = names[position], graph.nodes[names[position]]
         following = graph.nodes[names[position + 1]] if position + 1 < len(names) else None
         position += 1
-        dense = isinstance(node, (nir.Linear, nir.Affine)) or (isinstance(node, nir.Conv2d) and layers and _is_dense(node))
+        dense = isinstance(node, (nir.Linear, nir.Affine)) or (
+            isinstance(node, nir.Conv2d) and layers and _is_dense(node)
+        )
         if dense:
             if not flat:  # a Linear written as a Conv2d over the whole map: the features of the map, flattened
                 layers.append(nn.Flatten(2))
@@ -537,9 +688,11 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
             flat = True
             continue  # a flattened spike map is still spikes
         else:
-            raise ValueError(f"node {name} ({type(node).__name__}) has no plifnet form here; from_nir reads chains of "
-                             f"Conv2d, LIF/IF, SumPool2d/AvgPool2d of spikes + a spike node, Flatten and "
-                             f"Linear/Affine, as to_nir writes them")
+            raise ValueError(
+                f"node {name} ({type(node).__name__}) has no plifnet form here; from_nir reads chains of "
+                f"Conv2d, LIF/IF, SumPool2d/AvgPool2d of spikes + a spike node, Flatten and "
+                f"Linear/Affine, as to_nir writes them"
+            )
         spikes = isinstance(layers[-1], (PLIF, IF))
     if not layers or not isinstance(layers[0], nn.Conv2d):
         raise ValueError("from_nir: the graph must start with a Conv2d (the encoder) after its input")
@@ -583,16 +736,25 @@ def _max_pool(pool, spike, name: str, step: tuple[float, str]) -> nn.Module:
         value = np.unique(spike.threshold)
     elif isinstance(spike, nir.IF) and np.allclose(np.asarray(spike.r) * dt, 1) and not np.any(spike.v_reset):
         value = np.unique(spike.v_threshold)
-    elif (isinstance(spike, nir.LIF) and np.allclose(spike.tau, dt) and np.allclose(spike.r, 1)
-          and not np.any(spike.v_reset) and not np.any(spike.v_leak)):
+    elif (
+        isinstance(spike, nir.LIF)
+        and np.allclose(spike.tau, dt)
+        and np.allclose(spike.r, 1)
+        and not np.any(spike.v_reset)
+        and not np.any(spike.v_leak)
+    ):
         value = np.unique(spike.v_threshold)
     else:
-        raise ValueError(f"node {name}: a {kind} of spikes is max-pooling only before a Threshold, an IF with r = 1/dt "
-                         f"or a LIF with tau = dt (both resetting to 0); the next node is {type(spike).__name__}"
-                         f" (dt = {dt:g}: {step[1]})")
+        raise ValueError(
+            f"node {name}: a {kind} of spikes is max-pooling only before a Threshold, an IF with r = 1/dt "
+            f"or a LIF with tau = dt (both resetting to 0); the next node is {type(spike).__name__}"
+            f" (dt = {dt:g}: {step[1]})"
+        )
     if value.size != 1 or not 0 < value[0] * window < 1:
-        raise ValueError(f"node {name}: a {kind} of spikes is max-pooling only with one threshold in (0, 1)"
-                         f"{' / ' + str(window) if window > 1 else ''}")
+        raise ValueError(
+            f"node {name}: a {kind} of spikes is max-pooling only with one threshold in (0, 1)"
+            f"{' / ' + str(window) if window > 1 else ''}"
+        )
     if np.any(np.asarray(pool.padding) != 0):
         raise ValueError(f"node {name}: {kind} with padding has no max-pooling form here")
     return MaxPool() if kernel == stride == (2, 2) else TimeDistributed(nn.MaxPool2d(kernel, stride))
@@ -619,7 +781,9 @@ def _chain(graph: nir.NIRGraph) -> list[str]:
     chain = start
     while following.get(chain[-1]):
         if len(following[chain[-1]]) > 1 or following[chain[-1]][0] in chain:
-            raise ValueError(f"node {chain[-1]} branches or loops back; from_nir reads chains (one path, input to output)")
+            raise ValueError(
+                f"node {chain[-1]} branches or loops back; from_nir reads chains (one path, input to output)"
+            )
         chain.append(following[chain[-1]][0])
     if not isinstance(graph.nodes[chain[-1]], nir.Output) or len(chain) != len(graph.nodes):
         raise ValueError("from_nir reads chains from the Input to the Output that visit every node")
@@ -634,8 +798,17 @@ def _conv_from_nir(node: nir.Conv2d) -> nn.Conv2d:
     weight = torch.from_numpy(np.array(node.weight))
     pair = lambda v: tuple(int(n) for n in np.broadcast_to(v, (2,)))  # noqa: E731
     padding = _text(node.padding) if isinstance(node.padding, (str, bytes)) else pair(node.padding)
-    conv = nn.Conv2d(weight.shape[1] * int(node.groups), weight.shape[0], tuple(weight.shape[2:]), pair(node.stride),
-                     padding, pair(node.dilation), int(node.groups), bias=True, dtype=weight.dtype)
+    conv = nn.Conv2d(
+        weight.shape[1] * int(node.groups),
+        weight.shape[0],
+        tuple(weight.shape[2:]),
+        pair(node.stride),
+        padding,
+        pair(node.dilation),
+        int(node.groups),
+        bias=True,
+        dtype=weight.dtype,
+    )
     conv.weight.data.copy_(weight)
     conv.bias.data.copy_(torch.from_numpy(np.array(node.bias)))
     return conv
@@ -671,15 +844,19 @@ def _neuron_from_nir(node, name: str, step: tuple[float, str]) -> tuple[nn.Modul
     """The neuron of a LIF or IF node at time step ``step`` ``(dt, where dt came from)``, and for PLIF the
     values of its ``w`` (None for IF)."""
     dt, source = step
-    other = (f"at dt = {dt:g} ({source}); a graph written for another time step (SpikingJelly, snnTorch: 1e-4; "
-             f"Norse: 1e-3) is read with it: from_nir(path, dt=...), --model.net.dt")
+    other = (
+        f"at dt = {dt:g} ({source}); a graph written for another time step (SpikingJelly, snnTorch: 1e-4; "
+        f"Norse: 1e-3) is read with it: from_nir(path, dt=...), --model.net.dt"
+    )
     threshold = _uniform(node.v_threshold, "v_threshold", name)
     reset = _uniform(node.v_reset, "v_reset", name)
     if isinstance(node, nir.IF):
         r = np.asarray(node.r, dtype=np.float64)
         if not np.allclose(r * dt, 1.0):
-            raise ValueError(f"node {name}: IF with r = {_uniform(r, 'r', name):g} charges v += r dt I = "
-                             f"{_uniform(r, 'r', name) * dt:g} I, not plifnet's H = V + X (r = 1/dt), {other}")
+            raise ValueError(
+                f"node {name}: IF with r = {_uniform(r, 'r', name):g} charges v += r dt I = "
+                f"{_uniform(r, 'r', name) * dt:g} I, not plifnet's H = V + X (r = 1/dt), {other}"
+            )
         return IF(v_threshold=threshold, v_reset=reset), None
     tau = np.asarray(node.tau, dtype=np.float64) / dt  # in time steps
     if not np.allclose(node.v_leak, node.v_reset):
@@ -689,26 +866,38 @@ def _neuron_from_nir(node, name: str, step: tuple[float, str]) -> tuple[nn.Modul
     elif np.allclose(node.r, tau):
         decay_input = False
     else:
-        raise ValueError(f"node {name}: LIF with r = {np.ravel(node.r)[0]:g}, neither 1 (decay_input=True) nor "
-                         f"tau / dt = {tau.ravel()[0]:g} (decay_input=False), {other}")
+        raise ValueError(
+            f"node {name}: LIF with r = {np.ravel(node.r)[0]:g}, neither 1 (decay_input=True) nor "
+            f"tau / dt = {tau.ravel()[0]:g} (decay_input=False), {other}"
+        )
     per_channel = np.unique(tau).size > 1
     if per_channel:  # one tau per channel (dim 0) is PLIF(per_channel); any other pattern is not a plifnet layer
         channel_tau = tau.reshape(tau.shape[0], -1)
         if not np.all(channel_tau == channel_tau[:, :1]):
-            raise ValueError(f"node {name}: tau varies within a channel; plifnet's PLIF has one tau per layer or channel")
+            raise ValueError(
+                f"node {name}: tau varies within a channel; plifnet's PLIF has one tau per layer or channel"
+            )
         tau_values = channel_tau[:, 0]
     else:
         tau_values = tau.reshape(-1)[:1]
     if not np.all(tau_values > 1):
-        raise ValueError(f"node {name}: tau / dt must be > 1 (the leak dt / tau in (0, 1)), got {tau_values.min():g} "
-                         f"{other}")
-    neuron = PLIF(tau=float(tau_values[0]), v_threshold=threshold, v_reset=reset, decay_input=decay_input,
-                  per_channel=per_channel, channels=len(tau_values) if per_channel else None)
+        raise ValueError(
+            f"node {name}: tau / dt must be > 1 (the leak dt / tau in (0, 1)), got {tau_values.min():g} {other}"
+        )
+    neuron = PLIF(
+        tau=float(tau_values[0]),
+        v_threshold=threshold,
+        v_reset=reset,
+        decay_input=decay_input,
+        per_channel=per_channel,
+        channels=len(tau_values) if per_channel else None,
+    )
     return neuron, -np.log(tau_values - 1)
 
 
-def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_paths=(),
-               options: list[str] = ()) -> tuple[nn.Module, LightningDataModule | None]:
+def load_model(
+    ckpt_path: str, configs: list[str] | None = None, allow_class_paths=(), options: list[str] = ()
+) -> tuple[nn.Module, LightningDataModule | None]:
     """The trained network of a checkpoint, in eval mode, and the data module of ``configs`` (None without).
 
     The checkpoint decides the network: it is rebuilt from the hyperparameters the checkpoint recorded (its
@@ -725,18 +914,23 @@ def load_model(ckpt_path: str, configs: list[str] | None = None, allow_class_pat
 
     given = sorted({arg.split("=")[0] for arg in map(str, options) if arg.startswith("--model.")})
     if given:
-        raise ValueError(f"{given[0]}: the checkpoint's hyperparameters rebuild the network it was trained with, so a "
-                         f"--model option would not be applied; leave it out")
+        raise ValueError(
+            f"{given[0]}: the checkpoint's hyperparameters rebuild the network it was trained with, so a "
+            f"--model option would not be applied; leave it out"
+        )
     ckpt_path = str(checkpoints.fetch(ckpt_path)) if checkpoints.is_url(ckpt_path) else ckpt_path
     data, named = _data_module(configs, options) if configs else (None, set())
     try:  # what the configs name is this run's to allow, as for plifnet test
-        model = SpikingClassifier.load_from_checkpoint(ckpt_path, map_location="cpu",
-                                                       allow_class_paths=[*allow_class_paths, *named])
+        model = SpikingClassifier.load_from_checkpoint(
+            ckpt_path, map_location="cpu", allow_class_paths=[*allow_class_paths, *named]
+        )
     except NoInputShape:  # a network built for the data's input: build it so, then put the weights back
         if data is None:
-            raise ValueError("the checkpoint's network takes its input shape from the data module, which a checkpoint "
-                             "does not hold: pass the run's config too, --config <run folder>/config.yaml (or the "
-                             "configs it was trained with)") from None
+            raise ValueError(
+                "the checkpoint's network takes its input shape from the data module, which a checkpoint "
+                "does not hold: pass the run's config too, --config <run folder>/config.yaml (or the "
+                "configs it was trained with)"
+            ) from None
         checkpoint = checkpoints.read(ckpt_path)
         hyper_parameters = {k: v for k, v in checkpoint["hyper_parameters"].items() if k != "_instantiator"}
         model = instantiate_module(SpikingClassifier, hyper_parameters)  # names checked by load_from_checkpoint
@@ -751,10 +945,10 @@ def _data_module(configs: list[str], options: list[str]):
     after the recipe, and not this process's own arguments), and every string the configs give."""
     from argparse import ArgumentError
 
-    from plifnet import checkpoints
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
 
+    from plifnet import checkpoints
     from plifnet.cli import RECIPE, shipped_config
     from plifnet.module import SpikingClassifier
 
@@ -767,9 +961,15 @@ def _data_module(configs: list[str], options: list[str]):
     args = [arg for config in configs for arg in ("--config", shipped_config(config))] + list(options)
     try:
         with mock.patch.object(sys, "argv", sys.argv[:1]):
-            cli = ConfigReader(SpikingClassifier, LightningDataModule, subclass_mode_data=True, run=False, args=args,
-                               save_config_callback=None, parser_kwargs={"exit_on_error": False,
-                                                                         "default_config_files": [str(RECIPE)]})
+            cli = ConfigReader(
+                SpikingClassifier,
+                LightningDataModule,
+                subclass_mode_data=True,
+                run=False,
+                args=args,
+                save_config_callback=None,
+                parser_kwargs={"exit_on_error": False, "default_config_files": [str(RECIPE)]},
+            )
     except ArgumentError as error:
         raise ValueError(f"--config {' '.join(map(str, configs))}: {str(error).strip().splitlines()[0]}") from None
     return cli.datamodule, checkpoints.strings(cli.config)
@@ -779,27 +979,48 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="plifnet export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by plifnet fit")
     parser.add_argument("--out", required=True, type=Path, help="the NIR file to write (HDF5), e.g. mnist.nir")
-    parser.add_argument("--config", action="append", help="plifnet fit's config(s), where the checkpoint alone cannot "
-                                                          "rebuild the network (repeatable)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        help="plifnet fit's config(s), where the checkpoint alone cannot rebuild the network (repeatable)",
+    )
     parser.add_argument("--time_steps", type=int, help="T in the metadata (default: the network's)")
-    parser.add_argument("--allow_class_path", action="append", default=[],
-                        help="a class path the checkpoint names that is not plifnet's or an installed plug-in's, "
-                             "to be imported all the same (repeatable)")
+    parser.add_argument(
+        "--allow_class_path",
+        action="append",
+        default=[],
+        help="a class path the checkpoint names that is not plifnet's or an installed plug-in's, "
+        "to be imported all the same (repeatable)",
+    )
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--target", choices=tuple(TARGETS), default="nir",
-                        help="the toolchain whose NIR importer will read the file: only what it maps, by exact "
-                             "rewrites (README's table); nir: the graph as NIR specifies it (default)")
-    parser.add_argument("--dt", type=float, help="seconds per time step: NIR's tau is tau in steps x dt (default: the "
-                                                 "target's importer's: 1 for nir, 1e-4 SpikingJelly and snnTorch, "
-                                                 "1e-3 Norse)")
+    parser.add_argument(
+        "--target",
+        choices=tuple(TARGETS),
+        default="nir",
+        help="the toolchain whose NIR importer will read the file: only what it maps, by exact "
+        "rewrites (README's table); nir: the graph as NIR specifies it (default)",
+    )
+    parser.add_argument(
+        "--dt",
+        type=float,
+        help="seconds per time step: NIR's tau is tau in steps x dt (default: the "
+        "target's importer's: 1 for nir, 1e-4 SpikingJelly and snnTorch, "
+        "1e-3 Norse)",
+    )
     args = parser.parse_args(argv)
     from plifnet.checkpoints import CheckpointError
     from plifnet.files import WriteFailed, write_atomically, write_failure
 
     try:
         model, data = load_model(args.ckpt_path, args.config, args.allow_class_path)
-        graph = to_nir(model, args.time_steps, np.dtype(args.dtype).type, getattr(data, "input_shape", None),
-                       target=args.target, dt=args.dt)
+        graph = to_nir(
+            model,
+            args.time_steps,
+            np.dtype(args.dtype).type,
+            getattr(data, "input_shape", None),
+            target=args.target,
+            dt=args.dt,
+        )
     except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     try:
@@ -808,9 +1029,12 @@ def main(argv: list[str] | None = None) -> Path:
     except WriteFailed as error:
         raise SystemExit(write_failure(error, elsewhere="--out PATH")) from None
     neurons = sum(is_neuron(module) for module in model.modules())  # the graph has spike nodes for max-pooling too
-    print(f"wrote {args.out}: {len(graph.nodes)} NIR nodes ({neurons} spiking layers), "
-          f"T = {graph.metadata['time_steps']}, {graph.metadata['input']} input, for {args.target} at "
-          f"dt = {graph.metadata['dt']:g}", file=sys.stderr)
+    print(
+        f"wrote {args.out}: {len(graph.nodes)} NIR nodes ({neurons} spiking layers), "
+        f"T = {graph.metadata['time_steps']}, {graph.metadata['input']} input, for {args.target} at "
+        f"dt = {graph.metadata['dt']:g}",
+        file=sys.stderr,
+    )
     return args.out
 
 

@@ -32,8 +32,12 @@ def write_atomically(path: Path, write: Callable[[Path], None], durable: bool = 
     """
     path = Path(path)
     if path.exists() and not path.is_file():  # a rename would replace a device (/dev/null), a folder or a pipe
-        raise WriteFailed(errno.EEXIST, "it is not a regular file (a device, a folder or a pipe), which plifnet does "
-                                        "not replace. Fix: give the path of a file", str(path))
+        raise WriteFailed(
+            errno.EEXIST,
+            "it is not a regular file (a device, a folder or a pipe), which plifnet does "
+            "not replace. Fix: give the path of a file",
+            str(path),
+        )
     tmp = temporary_name(path)
     try:
         write(tmp)
@@ -88,5 +92,7 @@ def write_failure(error: OSError, elsewhere: str = "--trainer.default_root_dir D
     what = f"could not write {error.filename}: {error.strerror}" if error.filename else error.strerror or str(error)
     if "Fix:" in what:  # a message of its own (a checkpoint's names the file and the fix)
         return f"error: {what}"
-    return (f"error: {what}. The files written before are intact; free disk space or make the folder writable, "
-            f"or write elsewhere with {elsewhere}")
+    return (
+        f"error: {what}. The files written before are intact; free disk space or make the folder writable, "
+        f"or write elsewhere with {elsewhere}"
+    )

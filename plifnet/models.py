@@ -50,13 +50,21 @@ ARCHS = {
     "mnist": Arch(1, 28, 10, 8, True, "c128 p c128 p d f2048 d f100"),
     "fashion_mnist": Arch(1, 28, 10, 8, True, "c128 p c128 p d f2048 d f100"),
     "cifar10": Arch(
-        3, 32, 10, 8, True,
+        3,
+        32,
+        10,
+        8,
+        True,
         "c256 c256 c256 p c256 c256 c256 p d f2048 f100",
         paper_layers="c256 c256 c256 p c256 c256 c256 p d f2048 d f100",
     ),
     "nmnist": Arch(2, 34, 10, 10, False, "c128 p c128 p d f2048 d f100"),
     "cifar10dvs": Arch(
-        2, 128, 10, 20, False,
+        2,
+        128,
+        10,
+        20,
+        False,
         "c128 p c128 p c128 p c128 p d f2048 d f100",
         paper_layers="c128 p c128 p c128 p c128 p d f512 d f100",
     ),
@@ -172,9 +180,14 @@ def _channel_slice(module: nn.Module, channels: int, group: slice, before: dict)
     A counter such as BatchNorm's ``num_batches_tracked`` moves in the first group only: the others
     get a copy of its value in ``before``, so that it moves once per call, as without groups."""
     tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    return {name: tensor[group] if tensor.dim() and tensor.shape[0] == channels
-            else tensor if group.start == 0 or name not in before else before[name].clone()
-            for name, tensor in tensors.items()}
+    return {
+        name: tensor[group]
+        if tensor.dim() and tensor.shape[0] == channels
+        else tensor
+        if group.start == 0 or name not in before
+        else before[name].clone()
+        for name, tensor in tensors.items()
+    }
 
 
 def _with_tensors(module: nn.Module, tensors: dict) -> Callable:
@@ -191,8 +204,10 @@ def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
 
 def nonempty_layers(tokens: list[str]) -> list[str]:
     if not tokens:
-        raise ValueError("layers is empty: give the network as tokens, e.g. layers='c128 p c128 p d f2048 d f100' "
-                         "(c<n> convolution, p max-pooling, d dropout, f<n> linear; 10 output neurons per class)")
+        raise ValueError(
+            "layers is empty: give the network as tokens, e.g. layers='c128 p c128 p d f2048 d f100' "
+            "(c<n> convolution, p max-pooling, d dropout, f<n> linear; 10 output neurons per class)"
+        )
     return tokens
 
 
@@ -269,7 +284,12 @@ class SpikingNet(nn.Module):
         if self.time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
         neuron = neuron_factory(neuron or "plif") if neuron is None or isinstance(neuron, str) else neuron
-        self._build_options = (neuron, ((variant == "paper" and spec.paper_layers) or spec.layers).split(), dropout, backend)
+        self._build_options = (
+            neuron,
+            ((variant == "paper" and spec.paper_layers) or spec.layers).split(),
+            dropout,
+            backend,
+        )
         if spec.in_channels and spec.size:
             self.build(spec.in_channels, spec.size)
 
@@ -292,13 +312,19 @@ class SpikingNet(nn.Module):
                 raise ValueError(f"bad layer token {token!r} in {' '.join(tokens)!r}: use c<n>, p, d or f<n>")
             width = int(width or 0)
             if kind in "cp" and features is not None:  # the first d or f flattened the maps
-                raise ValueError(f"layer token {token!r} in {' '.join(tokens)!r} comes after the maps were flattened "
-                                 f"(by the first d or f): put every c<n> and p before the first d or f")
+                raise ValueError(
+                    f"layer token {token!r} in {' '.join(tokens)!r} comes after the maps were flattened "
+                    f"(by the first d or f): put every c<n> and p before the first d or f"
+                )
             if kind == "p" and size < 2:
-                raise ValueError(f"layer token 'p' in {' '.join(tokens)!r} halves a {size} x {size} map to nothing "
-                                 f"(input {in_channels} x {self.arch.size} x {self.arch.size}): use fewer p")
+                raise ValueError(
+                    f"layer token 'p' in {' '.join(tokens)!r} halves a {size} x {size} map to nothing "
+                    f"(input {in_channels} x {self.arch.size} x {self.arch.size}): use fewer p"
+                )
             if kind in "cf" and width < 1:
-                raise ValueError(f"layer token {token!r} in {' '.join(tokens)!r} has no neurons: use c<n> or f<n> with n >= 1")
+                raise ValueError(
+                    f"layer token {token!r} in {' '.join(tokens)!r} has no neurons: use c<n> or f<n> with n >= 1"
+                )
             if kind == "c":
                 layers += [TimeDistributed(_conv_bn(channels, width)), neuron(width)]
                 channels = width
@@ -316,14 +342,17 @@ class SpikingNet(nn.Module):
         if not isinstance(layers[0], TimeDistributed):
             raise ValueError(f"{self.arch_name}: the first layer must be a convolution (c<n>), the learned encoder")
         if not self.classes or features != self.classes * VOTES_PER_CLASS:
-            raise ValueError(f"{self.arch_name}: the last layer must be f<10 x classes> (10 neurons per class), "
-                             f"got {features} neurons for {self.classes} classes")
+            raise ValueError(
+                f"{self.arch_name}: the last layer must be f<10 x classes> (10 neurons per class), "
+                f"got {features} neurons for {self.classes} classes"
+            )
         layers.append(Vote())
         self._set_layers(layers)
 
     @classmethod
-    def assemble(cls, layers: list[nn.Module], in_channels: int, size: int, classes: int, time_steps: int,
-                 static: bool) -> "SpikingNet":
+    def assemble(
+        cls, layers: list[nn.Module], in_channels: int, size: int, classes: int, time_steps: int, static: bool
+    ) -> "SpikingNet":
         """A network of ready modules, in the order the tokens would build them: the encoder (any module
         mapping ``[N, C, H, W]``), then modules on ``[T, N, ...]``. :func:`plifnet.export.from_nir` builds
         networks this way."""
@@ -369,8 +398,9 @@ class SpikingNet(nn.Module):
 
     def _recomputed(self, function: Callable, *args) -> torch.Tensor:
         """``function(*args)``, its saved tensors recomputed in backward (torch.utils.checkpoint)."""
-        return checkpoint(function, *args, use_reentrant=False,
-                          context_fn=lambda: (nullcontext(), running_statistics_kept(self)))
+        return checkpoint(
+            function, *args, use_reentrant=False, context_fn=lambda: (nullcontext(), running_statistics_kept(self))
+        )
 
     def _first_block_recomputed(self, x: torch.Tensor, stop: int) -> torch.Tensor:
         """The first block, recomputed in backward: its stages that treat every channel alone (Conv2d +
@@ -378,13 +408,16 @@ class SpikingNet(nn.Module):
         group its own recomputation, so that backward holds a group's activations, not the block's."""
         reason = self._why_not_split()
         if reason:  # recomputed whole: less kept, but the backward's peak is the block's, as with store
-            warnings.warn(f"memory {self.memory!r}: the first block is recomputed whole, not {CHANNEL_GROUP} channels "
-                          f"at a time, because {reason}; its backward peak stays that of memory 'store'", stacklevel=3)
+            warnings.warn(
+                f"memory {self.memory!r}: the first block is recomputed whole, not {CHANNEL_GROUP} channels "
+                f"at a time, because {reason}; its backward peak stays that of memory 'store'",
+                stacklevel=3,
+            )
         channels = 0 if reason else self.encoder[0].out_channels
         if channels <= CHANNEL_GROUP:  # nothing to split: the block recomputed whole
             return self._recomputed(self._run_stages, x, 0, stop)
         stages = 3 if len(self.layers) > 1 and isinstance(self.layers[1], MaxPool) else 2
-        modules = [self.encoder, *self.layers[:stages - 1]]
+        modules = [self.encoder, *self.layers[: stages - 1]]
         before = [{name: b.clone() for name, b in m.named_buffers() if not b.dim()} for m in modules]
 
         def run_group(x: torch.Tensor, group: slice) -> torch.Tensor:
@@ -398,14 +431,19 @@ class SpikingNet(nn.Module):
     def _why_not_split(self) -> str | None:
         """Why the first block's stages may not compute each channel from that channel alone (None: they do)."""
         encoder, neuron = self.encoder, self.layers[0]
-        if not (isinstance(encoder, nn.Sequential) and [type(m) for m in encoder] == [nn.Conv2d, nn.BatchNorm2d]
-                and encoder[0].groups == 1):
+        if not (
+            isinstance(encoder, nn.Sequential)
+            and [type(m) for m in encoder] == [nn.Conv2d, nn.BatchNorm2d]
+            and encoder[0].groups == 1
+        ):
             return "its encoder is not plifnet's Conv2d + BatchNorm2d"
         if not isinstance(neuron, BaseNode):
             return f"its first neuron, {type(neuron).__name__}, is not a plifnet neuron"
         if neuron.own_hooks:
-            return (f"its first neuron, {type(neuron).__name__}, has hooks of its own ({', '.join(neuron.own_hooks)}), "
-                    f"which may mix channels")
+            return (
+                f"its first neuron, {type(neuron).__name__}, has hooks of its own ({', '.join(neuron.own_hooks)}), "
+                f"which may mix channels"
+            )
         return None
 
     def _run_stages(self, x: torch.Tensor, start: int, stop: int, modules: list | None = None) -> torch.Tensor:
@@ -418,8 +456,11 @@ class SpikingNet(nn.Module):
             elif stage == 0:
                 x = module(x.flatten(0, 1)).unflatten(0, x.shape[:2])
             elif stage == 1 and self.arch.static:  # the first neuron takes the constant current once
-                x = module(x, time_steps=self.time_steps) if self._constant_input else \
-                    module(x.expand(self.time_steps, *x.shape))
+                x = (
+                    module(x, time_steps=self.time_steps)
+                    if self._constant_input
+                    else module(x.expand(self.time_steps, *x.shape))
+                )
             else:
                 x = module(x)
         return x

@@ -17,10 +17,10 @@ from functools import partial
 from typing import Callable, Literal
 
 import lightning as L
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.trainer.states import TrainerFn
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -31,7 +31,6 @@ from plifnet.neurons import neuron_factory
 from plifnet.options import NeuronOptions
 from plifnet.schedules import CosineToEnd
 from plifnet.surrogates import Surrogate, surrogate as make_surrogate
-
 
 # Set by plifnet.cli while LightningCLI builds the model: LightningCLI then saves the model's hyperparameters as
 # the config gave them (objects as their class_path and init_args), so nothing needs leaving out.
@@ -120,26 +119,52 @@ class SpikingClassifier(L.LightningModule):
         # checkpoint. Under plifnet's CLI, Lightning records their class_path config instead (its "given"
         # hyperparameters), which rebuilds them; built in a script, they are left out and passed
         # again to load_from_checkpoint.
-        objects = [name for name, value in (("net", net), ("neuron", neuron), ("surrogate", surrogate),
-                                            ("optimizer", optimizer), ("lr_scheduler", lr_scheduler))
-                   if value is not None and not isinstance(value, str)]
+        objects = [
+            name
+            for name, value in (
+                ("net", net),
+                ("neuron", neuron),
+                ("surrogate", surrogate),
+                ("optimizer", optimizer),
+                ("lr_scheduler", lr_scheduler),
+            )
+            if value is not None and not isinstance(value, str)
+        ]
         if (optimizer is not None and lr is not None) or (lr_scheduler is not None and cosine_t_max is not None):
-            raise ValueError("lr and cosine_t_max set the earlier versions' Adam and cosine schedule: with optimizer and "
-                             "lr_scheduler give them there (--model.optimizer.lr, --model.lr_scheduler.T_max)")
+            raise ValueError(
+                "lr and cosine_t_max set the earlier versions' Adam and cosine schedule: with optimizer and "
+                "lr_scheduler give them there (--model.optimizer.lr, --model.lr_scheduler.T_max)"
+            )
         if lr_interval not in ("epoch", "step"):
             raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.save_hyperparameters(ignore=[] if CLI_RECORDS_CONFIG.get() else objects)
         if net is None:
-            options = NeuronOptions(tau=tau, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
-                                    decay_input=decay_input, surrogate=make_surrogate(surrogate, surrogate_alpha),
-                                    per_channel=per_channel, backend=backend)
-            net = SpikingNet(arch, neuron=neuron_factory(neuron, options=options), variant=variant, dropout=dropout,
-                             time_steps=time_steps, backend=backend, memory=memory)
+            options = NeuronOptions(
+                tau=tau,
+                v_threshold=v_threshold,
+                v_reset=v_reset,
+                detach_reset=detach_reset,
+                decay_input=decay_input,
+                surrogate=make_surrogate(surrogate, surrogate_alpha),
+                per_channel=per_channel,
+                backend=backend,
+            )
+            net = SpikingNet(
+                arch,
+                neuron=neuron_factory(neuron, options=options),
+                variant=variant,
+                dropout=dropout,
+                time_steps=time_steps,
+                backend=backend,
+                memory=memory,
+            )
         if compile and getattr(net, "memory", "store") != "store":
-            raise ValueError(f"compile and memory {net.memory!r} do not combine: torch.compile cannot trace the "
-                             "recomputation (its BatchNorm-statistics context); choose one (--model.compile false, or "
-                             "--model.memory store)")
+            raise ValueError(
+                f"compile and memory {net.memory!r} do not combine: torch.compile cannot trace the "
+                "recomputation (its BatchNorm-statistics context); choose one (--model.compile false, or "
+                "--model.memory store)"
+            )
         self.net = net
         self._compiled = False
         self.num_classes = classes or getattr(net, "classes", None)
@@ -149,7 +174,10 @@ class SpikingClassifier(L.LightningModule):
             raise ValueError(f"loss must be 'rate_mse' or 'cross_entropy', got {loss!r}")
         # ModuleDict keys may not shadow Module methods such as train(): hence the suffixes.
         self.accuracy = torch.nn.ModuleDict(
-            {f"{stage}_acc": MulticlassAccuracy(self.num_classes, average="micro") for stage in ("train", "val", "test")}
+            {
+                f"{stage}_acc": MulticlassAccuracy(self.num_classes, average="micro")
+                for stage in ("train", "val", "test")
+            }
         )
         self.best = torch.nn.ModuleDict({"val_acc": MaxMetric(), "test_acc": MaxMetric()})
         for metric in self.best.values():
@@ -179,17 +207,27 @@ class SpikingClassifier(L.LightningModule):
     def _build_net(self, datamodule) -> None:
         shape = getattr(datamodule, "input_shape", None)
         if shape is None:
-            raise NoInputShape(f"{type(self.net).__name__}(layers=...) has no in_channels and size, and there is no data "
-                               f"module with an input_shape to take them from; give them (--model.net.in_channels C "
-                               f"--model.net.size H)")
+            raise NoInputShape(
+                f"{type(self.net).__name__}(layers=...) has no in_channels and size, and there is no data "
+                f"module with an input_shape to take them from; give them (--model.net.in_channels C "
+                f"--model.net.size H)"
+            )
         channels, height, width = shape
         if height != width:
             raise ValueError(f"{type(self.net).__name__} takes square inputs; the data module gives {shape}")
         self.net.build(channels, height)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
-                             weights_only: bool = True, allow_class_paths=(), **kwargs):
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path,
+        map_location=None,
+        hparams_file=None,
+        strict=None,
+        weights_only: bool = True,
+        allow_class_paths=(),
+        **kwargs,
+    ):
         """Lightning's, with ``weights_only=True`` for every checkpoint (Lightning's default for a URL
         unpickles code), URLs downloaded by :func:`plifnet.checkpoints.fetch` (cached by the whole URL),
         and the checkpoint's names of code checked before anything imports them
@@ -198,10 +236,14 @@ class SpikingClassifier(L.LightningModule):
         if checkpoints.is_url(checkpoint_path):
             checkpoint_path = checkpoints.fetch(str(checkpoint_path))
         hyper_parameters = checkpoints.read(checkpoint_path, mmap=True).get("hyper_parameters") or {}
-        checkpoints.check_names({k: v for k, v in hyper_parameters.items() if k not in kwargs},
-                                checkpoints.strings(kwargs) | set(allow_class_paths), source=f"checkpoint {checkpoint_path}",
-                                how_to_allow="pass allow_class_paths=[VALUE] (python -m plifnet.export: "
-                                             "--allow_class_path VALUE) to allow it", model=cls)
+        checkpoints.check_names(
+            {k: v for k, v in hyper_parameters.items() if k not in kwargs},
+            checkpoints.strings(kwargs) | set(allow_class_paths),
+            source=f"checkpoint {checkpoint_path}",
+            how_to_allow="pass allow_class_paths=[VALUE] (python -m plifnet.export: "
+            "--allow_class_path VALUE) to allow it",
+            model=cls,
+        )
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,9 +252,11 @@ class SpikingClassifier(L.LightningModule):
         scores = self.net(x)
         rates = scores.mean(0) if scores.dim() == 3 else scores
         if rates.dim() != 2 or rates.shape[1] != self.num_classes:
-            raise ValueError(f"{type(self.net).__name__} returned scores of shape {tuple(scores.shape)} for input "
-                             f"{tuple(x.shape)}; expected [T, N, {self.num_classes}] or [N, {self.num_classes}] "
-                             f"({self.num_classes} classes)")
+            raise ValueError(
+                f"{type(self.net).__name__} returned scores of shape {tuple(scores.shape)} for input "
+                f"{tuple(x.shape)}; expected [T, N, {self.num_classes}] or [N, {self.num_classes}] "
+                f"({self.num_classes} classes)"
+            )
         return rates
 
     def _loss(self, rates: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -227,8 +271,10 @@ class SpikingClassifier(L.LightningModule):
         if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
             bad = int(y.max() if y.max() >= self.num_classes else y.min())
             name = getattr(self.net, "arch_name", type(self.net).__name__)
-            raise ValueError(f"label {bad} is outside the {self.num_classes} classes of the {name} network "
-                             f"(labels must be 0..{self.num_classes - 1})")
+            raise ValueError(
+                f"label {bad} is outside the {self.num_classes} classes of the {name} network "
+                f"(labels must be 0..{self.num_classes - 1})"
+            )
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
@@ -316,16 +362,26 @@ class SpikingClassifier(L.LightningModule):
             groups = [{"params": list(self.parameters())}]
         else:
             own = {id(p) for p in self.parameters()}
-            taus = {id(p): p for module in contract.neurons(self.net).values() for p in contract.tau_parameters(module)
-                    if id(p) in own}
+            taus = {
+                id(p): p
+                for module in contract.neurons(self.net).values()
+                for p in contract.tau_parameters(module)
+                if id(p) in own
+            }
             groups = [{"params": [p for p in self.parameters() if id(p) not in taus]}]
             if taus:
-                groups.append({"params": list(taus.values()), "weight_decay": hp.tau_weight_decay,
-                               **({"lr": hp.tau_lr} if hp.tau_lr is not None else {})})
+                groups.append(
+                    {
+                        "params": list(taus.values()),
+                        "weight_decay": hp.tau_weight_decay,
+                        **({"lr": hp.tau_lr} if hp.tau_lr is not None else {}),
+                    }
+                )
         # fused: one pass over each parameter instead of one kernel per operation and temporaries
         # (MNIST network on the CPU: 8 ms instead of 34 per step)
-        optimizer = (self.optimizer or partial(torch.optim.Adam, lr=1e-3 if hp.get("lr") is None else hp.lr,
-                                               fused=True))(groups)
+        optimizer = (
+            self.optimizer or partial(torch.optim.Adam, lr=1e-3 if hp.get("lr") is None else hp.lr, fused=True)
+        )(groups)
         if self.lr_scheduler is None:
             t_max = 64 if hp.get("cosine_t_max") is None else hp.cosine_t_max
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
@@ -335,8 +391,12 @@ class SpikingClassifier(L.LightningModule):
         if isinstance(scheduler, CosineToEnd):
             trainer = compat.attached_trainer(self)
             if trainer is None:
-                raise RuntimeError("CosineToEnd needs the trainer's run length: configure the optimizers under a Trainer")
-            scheduler.set_total(trainer.max_epochs if config["interval"] == "epoch" else trainer.estimated_stepping_batches)
+                raise RuntimeError(
+                    "CosineToEnd needs the trainer's run length: configure the optimizers under a Trainer"
+                )
+            scheduler.set_total(
+                trainer.max_epochs if config["interval"] == "epoch" else trainer.estimated_stepping_batches
+            )
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
@@ -349,6 +409,7 @@ def data_identity(cls: type, values) -> dict:
     """The data module's class path and the values of :data:`DATA_IDENTITY` it has (its dataset, its split, its
     frames): what a resumed run must share with the run it continues. Where it is read from, with how many
     workers and in what batches are not among them."""
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
-            **{key: values[key] for key in DATA_IDENTITY if isinstance(values.get(key), (str, int, float))}}
-
+    return {
+        "class_path": f"{cls.__module__}.{cls.__qualname__}",
+        **{key: values[key] for key in DATA_IDENTITY if isinstance(values.get(key), (str, int, float))},
+    }

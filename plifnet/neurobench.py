@@ -76,8 +76,12 @@ def batch_first(batch):
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m plifnet.neurobench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by plifnet fit")
-    parser.add_argument("--config", action="append", required=True,
-                        help="plifnet fit's config(s) with the data module (repeatable), e.g. mnist")
+    parser.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        help="plifnet fit's config(s) with the data module (repeatable), e.g. mnist",
+    )
     parser.add_argument("--images", type=int, default=1000, help="the first N test images (default: %(default)s)")
     parser.add_argument("--allow_class_path", action="append", default=[])
     args, options = parser.parse_known_args(argv)  # the rest: the data module's options, e.g. --data.root DIR
@@ -97,8 +101,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     events = getattr(data, "collate_fn", None) is not None  # event frames are stacked time first
     images = Subset(test.dataset, range(min(args.images, len(test.dataset))))
     collate = test.collate_fn
-    loader = DataLoader(images, batch_size=test.batch_size,
-                        collate_fn=(lambda b: batch_first(collate(b))) if events else collate)
+    loader = DataLoader(
+        images, batch_size=test.batch_size, collate_fn=(lambda b: batch_first(collate(b))) if events else collate
+    )
     results = benchmark(net, loader, events)
     ours = {"acs": 0.0, "value_macs": 0.0}
     for frames, _ in DataLoader(images, batch_size=test.batch_size, collate_fn=collate):
@@ -108,9 +113,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"NeuroBench 2.3 on {len(images)} test images of {args.ckpt_path}:", file=sys.stderr)
     for key, value in results.items():
         print(f"  {key}: {value:.10g}" if isinstance(value, float) else f"  {key}: {value}", file=sys.stderr)
-    print(f"plifnet SynapticOps per image: ACs {ours['acs']:.10g}, MACs {ours['value_macs']:.10g} "
-          f"(NeuroBench: {results['SynapticOperations/Effective_ACs']:.10g}, "
-          f"{results['SynapticOperations/Effective_MACs']:.10g})", file=sys.stderr)
+    print(
+        f"plifnet SynapticOps per image: ACs {ours['acs']:.10g}, MACs {ours['value_macs']:.10g} "
+        f"(NeuroBench: {results['SynapticOperations/Effective_ACs']:.10g}, "
+        f"{results['SynapticOperations/Effective_MACs']:.10g})",
+        file=sys.stderr,
+    )
     return {**results, "plifnet/ACs": ours["acs"], "plifnet/MACs": ours["value_macs"]}
 
 

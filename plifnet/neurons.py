@@ -108,22 +108,45 @@ class BaseNode(nn.Module):
 
     per_channel_tau = False  # whether options.per_channel applies (PLIF)
 
-    def __init__(self, *, tau: float = 2.0, v_threshold: float = 1.0, v_reset: float | None = 0.0,
-                 detach_reset: bool = True, decay_input: bool = True, surrogate: Surrogate | str = "atan",
-                 per_channel: bool = False, backend: str = "auto", options: NeuronOptions | None = None,
-                 channels: int | None = None, step_mode: str = "multi"):
+    def __init__(
+        self,
+        *,
+        tau: float = 2.0,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        detach_reset: bool = True,
+        decay_input: bool = True,
+        surrogate: Surrogate | str = "atan",
+        per_channel: bool = False,
+        backend: str = "auto",
+        options: NeuronOptions | None = None,
+        channels: int | None = None,
+        step_mode: str = "multi",
+    ):
         # The fields are spelled out (not **changes) so that a config's init_args, and a reader, see them.
         super().__init__()
         if step_mode not in STEP_MODES:
             raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
-        given = NeuronOptions(tau=tau, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
-                              decay_input=decay_input, surrogate=surrogate, per_channel=per_channel, backend=backend)
+        given = NeuronOptions(
+            tau=tau,
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            detach_reset=detach_reset,
+            decay_input=decay_input,
+            surrogate=surrogate,
+            per_channel=per_channel,
+            backend=backend,
+        )
         if options is not None and given != NeuronOptions():
-            raise ValueError(f"{type(self).__name__}: give the options as options=NeuronOptions(...) or field by field "
-                             f"(tau=..., v_threshold=...), not both")
+            raise ValueError(
+                f"{type(self).__name__}: give the options as options=NeuronOptions(...) or field by field "
+                f"(tau=..., v_threshold=...), not both"
+            )
         self.options = given if options is None else options
         if self.options.per_channel and not self.per_channel_tau:
-            raise ValueError(f"per_channel applies to neurons with a per-channel tau (plif), not to {type(self).__name__}")
+            raise ValueError(
+                f"per_channel applies to neurons with a per-channel tau (plif), not to {type(self).__name__}"
+            )
         self.channels = channels
         self.step_mode = step_mode
         self.state: dict | None = None  # single-step state after the last step; None: initial_state
@@ -196,8 +219,10 @@ class BaseNode(nn.Module):
             spike, self.state = self.step(self.state, x, self.decay(x))
             return spike
         if x.dim() < (1 if time_steps else 2):
-            raise ValueError(f"{type(self).__name__}: multi-step input must be [T, N, ...] (or [N, ...] with "
-                             f"time_steps), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: multi-step input must be [T, N, ...] (or [N, ...] with "
+                f"time_steps), got shape {tuple(x.shape)}"
+            )
         k = self.decay(x if time_steps else x[0])
         backend = self._backend(x)
         if backend in ("cpu", "triton"):
@@ -207,7 +232,7 @@ class BaseNode(nn.Module):
             if spikes is not None:
                 return spikes
         # half precision is computed in float32 here too, as the kernels and the compiled step do
-        x_seq = (x.expand(time_steps, *x.shape) if time_steps else x)
+        x_seq = x.expand(time_steps, *x.shape) if time_steps else x
         x_seq = x_seq.float() if x.dtype in (torch.float16, torch.bfloat16) else x_seq
         spikes = run_steps(x_seq, self.initial_state(x_seq[0]), lambda state, x_t: self.step(state, x_t, k))
         return spikes.to(x.dtype)
@@ -220,8 +245,10 @@ class BaseNode(nn.Module):
             if fused != "reference" or requested == "reference":
                 return fused  # the built-in step has no fused form here (a plug-in surrogate, float64, ...): compile it
         elif requested in ("cpu", "triton"):
-            raise ValueError(f"backend {requested!r} fuses the built-in step only, and {type(self).__name__} overrides "
-                             f"{', '.join(own)}: use backend 'auto' (compiled) or 'reference'")
+            raise ValueError(
+                f"backend {requested!r} fuses the built-in step only, and {type(self).__name__} overrides "
+                f"{', '.join(own)}: use backend 'auto' (compiled) or 'reference'"
+            )
         if x.dtype == torch.float64 and requested == "compile":
             raise ValueError("backend 'compile' computes in float32; use 'reference' (or 'auto') for float64 input")
         if requested == "reference" or x.dtype == torch.float64:  # float64: a check, exact per step
@@ -240,12 +267,18 @@ class BaseNode(nn.Module):
         """This neuron's step as :class:`plifnet.contract.Dynamics`, for NIR export: the built-in step
         with the hard reset only (hooks of its own are equations of its own)."""
         if self.own_hooks:
-            raise ValueError(f"neuron {type(self).__name__} overrides the step ({', '.join(self.own_hooks)}): its own "
-                             f"equations have no NIR form here (NIR has nodes for PLIF, LIF and IF)")
+            raise ValueError(
+                f"neuron {type(self).__name__} overrides the step ({', '.join(self.own_hooks)}): its own "
+                f"equations have no NIR form here (NIR has nodes for PLIF, LIF and IF)"
+            )
         if self.v_reset is None:
-            raise ValueError("the soft reset (v_reset=None, V = H - v_threshold) has no NIR form (NIR's neurons reset "
-                             "to v_reset); train with a hard reset (v_reset = 0) to export")
-        return Dynamics(self.leak(), self.decay_input, self.v_threshold, self.v_reset, per_channel=self.options.per_channel)
+            raise ValueError(
+                "the soft reset (v_reset=None, V = H - v_threshold) has no NIR form (NIR's neurons reset "
+                "to v_reset); train with a hard reset (v_reset = 0) to export"
+            )
+        return Dynamics(
+            self.leak(), self.decay_input, self.v_threshold, self.v_reset, per_channel=self.options.per_channel
+        )
 
     def extra_repr(self) -> str:
         options = ", ".join(f"{name}={value!r}" for name, value in self.options.as_dict().items())
@@ -328,8 +361,10 @@ for _name, _cls in (("plif", PLIF), ("lif", LIF), ("if", IF)):
     NEURONS.register(_name, _cls)
 register_neuron = NEURONS.register
 
-def neuron_factory(kind: str | type | Callable[[], nn.Module] = "plif", *, options: NeuronOptions | None = None,
-                   **changes):
+
+def neuron_factory(
+    kind: str | type | Callable[[], nn.Module] = "plif", *, options: NeuronOptions | None = None, **changes
+):
     """A function ``make(channels) -> neuron`` that builds one fresh neuron per spiking layer.
 
     ``options`` (default :class:`~plifnet.options.NeuronOptions`), with ``changes`` to its fields by
@@ -353,8 +388,10 @@ def neuron_factory(kind: str | type | Callable[[], nn.Module] = "plif", *, optio
     if isinstance(kind, str):
         name, kind = kind, NEURONS.get(kind)
         if not (isinstance(kind, type) and issubclass(kind, nn.Module)):
-            raise TypeError(f"neuron {name!r} is {kind!r}, not a torch.nn.Module class (a name or class path must "
-                            f"name a neuron class; see docs/EXTENDING.md)")
+            raise TypeError(
+                f"neuron {name!r} is {kind!r}, not a torch.nn.Module class (a name or class path must "
+                f"name a neuron class; see docs/EXTENDING.md)"
+            )
     if isinstance(kind, type) and issubclass(kind, BaseNode):
         cls = kind
 
@@ -381,11 +418,15 @@ def neuron_factory(kind: str | type | Callable[[], nn.Module] = "plif", *, optio
         if not isinstance(neuron, nn.Module):
             raise TypeError(f"the neuron factory built a {type(neuron).__name__}, not a torch.nn.Module")
         if not callable(getattr(neuron, "reset", None)):
-            raise TypeError(f"neuron {type(neuron).__name__} has no reset() method: a neuron must forget its "
-                            f"state between batches (see docs/EXTENDING.md)")
+            raise TypeError(
+                f"neuron {type(neuron).__name__} has no reset() method: a neuron must forget its "
+                f"state between batches (see docs/EXTENDING.md)"
+            )
         if not is_neuron(neuron):
-            raise TypeError(f"neuron {type(neuron).__name__} has a reset() but neither v_threshold nor tau: give it "
-                            f"one, so that plifnet finds it as a neuron (see docs/EXTENDING.md)")
+            raise TypeError(
+                f"neuron {type(neuron).__name__} has a reset() but neither v_threshold nor tau: give it "
+                f"one, so that plifnet finds it as a neuron (see docs/EXTENDING.md)"
+            )
         return neuron
 
     make(1)  # validate the options once (e.g. v_reset >= v_threshold) before any network is built

@@ -33,9 +33,15 @@ def firing_rates(history: dict[int, dict[str, float]], path: Path) -> None:
     epochs = sorted(history)
     layers = list(dict.fromkeys(name for rates in history.values() for name in rates))
     for name in layers:
-        ax.plot(epochs, [history[e].get(name, np.nan) for e in epochs], label=name, marker="o" if len(epochs) < 30 else None)
-    ax.set(xlabel="epoch", ylabel="firing rate", title="firing rate per layer (validation)",
-           ylim=(0, max(0.05, 1.1 * max((r for rates in history.values() for r in rates.values()), default=0))))
+        ax.plot(
+            epochs, [history[e].get(name, np.nan) for e in epochs], label=name, marker="o" if len(epochs) < 30 else None
+        )
+    ax.set(
+        xlabel="epoch",
+        ylabel="firing rate",
+        title="firing rate per layer (validation)",
+        ylim=(0, max(0.05, 1.1 * max((r for rates in history.values() for r in rates.values()), default=0))),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -61,8 +67,12 @@ def test_accuracy(curves: dict[str, list[float]], path: Path) -> None:
     fig.savefig(path, format="png")
 
 
-def tau_per_layer(layers: list[str], trajectories: dict[str, tuple[list[int], dict[str, list[float]]]],
-                  fixed: dict[str, float], path: Path) -> None:
+def tau_per_layer(
+    layers: list[str],
+    trajectories: dict[str, tuple[list[int], dict[str, list[float]]]],
+    fixed: dict[str, float],
+    path: Path,
+) -> None:
     """One panel per layer: tau against step for each learnable-tau run, a dashed line for each fixed tau."""
     columns = min(4, max(1, len(layers)))
     rows = -(-max(1, len(layers)) // columns)
@@ -77,7 +87,7 @@ def tau_per_layer(layers: list[str], trajectories: dict[str, tuple[list[int], di
             ax.axhline(tau, color=colors[j % len(colors)], linestyle="--", label=label)
         ax.set(title=layer, xlabel="step", ylabel="tau")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(layers):]:
+    for ax in list(axes.flat)[len(layers) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize="small")
@@ -93,8 +103,12 @@ def energy_per_layer(report, title: str, path: Path) -> None:
     ax = fig.subplots()
     ax.bar(x - 0.2, [layer.energy_pj / 1e6 for layer in report.layers], 0.4, label="SNN")
     ax.bar(x + 0.2, [layer.ann_energy_pj / 1e6 for layer in report.layers], 0.4, label="ANN", color="tab:gray")
-    ax.set(xticks=x, xticklabels=names, ylabel="energy per image (uJ)",
-           title=f"energy per layer ({report.technology}), {title}")
+    ax.set(
+        xticks=x,
+        xticklabels=names,
+        ylabel="energy per image (uJ)",
+        title=f"energy per layer ({report.technology}), {title}",
+    )
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, format="png")

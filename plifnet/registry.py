@@ -51,8 +51,10 @@ class Registry:
                 cls = ep.load()
             except Exception as error:
                 package = ep.dist.name if ep.dist else "an installed package"
-                raise ImportError(f"the {self.kind} plug-in {name!r} of {package} ({ep.value}) failed to import: "
-                                  f"{type(error).__name__}: {error}") from error
+                raise ImportError(
+                    f"the {self.kind} plug-in {name!r} of {package} ({ep.value}) failed to import: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
             return self.register(name, cls)
         if "." in name:
             module, _, attribute = name.rpartition(".")
@@ -60,6 +62,8 @@ class Registry:
                 return getattr(importlib.import_module(module), attribute)
             except (ImportError, AttributeError) as error:
                 raise ValueError(f"{self.kind} class {name!r} cannot be imported: {error}") from error
-        raise ValueError(f"unknown {self.kind} {name!r}; choose one of {self.names()}, give a class path "
-                         f"(package.module.Class), or install a package that declares it in the entry-point "
-                         f"group {self.group!r}")
+        raise ValueError(
+            f"unknown {self.kind} {name!r}; choose one of {self.names()}, give a class path "
+            f"(package.module.Class), or install a package that declares it in the entry-point "
+            f"group {self.group!r}"
+        )

@@ -28,8 +28,10 @@ class CosineToEnd(torch.optim.lr_scheduler.LRScheduler):
 
     def set_total(self, total: int | float) -> None:
         if not (isinstance(total, int) or float(total).is_integer()) or total < 1:
-            raise ValueError(f"CosineToEnd anneals over the run's length, but the run has no finite length "
-                             f"({total}): set --trainer.max_epochs (or --trainer.max_steps)")
+            raise ValueError(
+                f"CosineToEnd anneals over the run's length, but the run has no finite length "
+                f"({total}): set --trainer.max_epochs (or --trainer.max_steps)"
+            )
         self.total = int(total)
 
     def state_dict(self) -> dict:

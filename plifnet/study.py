@@ -109,8 +109,10 @@ def parse_grid(grid: list[str], seeds: list[int]) -> list[Setting]:
         except ValueError:
             raise SystemExit(f"error: grid entry {item!r}: tau {tau!r} is not a number") from None
         label = f"{neuron.upper()} tau{'0' if neuron == 'plif' else ''}={value:g}"
-        settings += [Setting(f"{neuron}_tau{value:g}", ("--model.neuron", neuron, "--model.tau", f"{value:g}"), seed, label)
-                     for seed in seeds]
+        settings += [
+            Setting(f"{neuron}_tau{value:g}", ("--model.neuron", neuron, "--model.tau", f"{value:g}"), seed, label)
+            for seed in seeds
+        ]
     return settings
 
 
@@ -121,8 +123,10 @@ def parse_settings(pairs: list[list[str]], seeds: list[int]) -> list[Setting]:
         try:
             words = tuple(shlex.split(overrides))
         except ValueError as error:  # an unbalanced quote
-            raise SystemExit(f"error: setting {name!r}: its overrides {overrides!r} cannot be split into options "
-                             f"({error}); close the quote, or quote a value with spaces as '--option \"a b\"'") from None
+            raise SystemExit(
+                f"error: setting {name!r}: its overrides {overrides!r} cannot be split into options "
+                f"({error}); close the quote, or quote a value with spaces as '--option \"a b\"'"
+            ) from None
         settings += [Setting(checked_name(name), words, seed) for seed in seeds]
     return settings
 
@@ -132,8 +136,10 @@ def checked_seeds(seeds, where: str) -> list[int]:
     seeds = seeds if isinstance(seeds, list) else [seeds]
     bad = [seed for seed in seeds if isinstance(seed, bool) or not isinstance(seed, int)]
     if bad:
-        raise SystemExit(f"error: {where}: seed {bad[0]!r} is not a whole number; give seeds as a list of whole "
-                         f"numbers, e.g. seeds: [2020, 2021]")
+        raise SystemExit(
+            f"error: {where}: seed {bad[0]!r} is not a whole number; give seeds as a list of whole "
+            f"numbers, e.g. seeds: [2020, 2021]"
+        )
     return seeds
 
 
@@ -164,19 +170,29 @@ def read_settings_file(path: Path, seeds: list[int]) -> list[Setting]:
         raise SystemExit(f"error: {path}: {error}; every setting and option needs its own name") from None
     except (OSError, yaml.YAMLError) as error:
         raise SystemExit(f"error: cannot read the settings file {path}: {error}") from None
-    if not isinstance(spec, dict) or not set(spec) <= {"settings", "axes", "seeds"} \
-            or not all(isinstance(spec.get(key) or {}, dict) for key in ("settings", "axes")):
-        raise SystemExit(f"error: {path} must be a mapping of settings (name: overrides), axes (option: [values]) "
-                         f"and seeds (see README, 'Studies')")
+    if (
+        not isinstance(spec, dict)
+        or not set(spec) <= {"settings", "axes", "seeds"}
+        or not all(isinstance(spec.get(key) or {}, dict) for key in ("settings", "axes"))
+    ):
+        raise SystemExit(
+            f"error: {path} must be a mapping of settings (name: overrides), axes (option: [values]) "
+            f"and seeds (see README, 'Studies')"
+        )
     seeds = checked_seeds(spec.get("seeds", seeds), f"{path}")
     named = spec.get("settings") or {}
-    pairs = [[name, " ".join(overrides) if isinstance(overrides, list) else str(overrides)] for name, overrides in named.items()]
+    pairs = [
+        [name, " ".join(overrides) if isinstance(overrides, list) else str(overrides)]
+        for name, overrides in named.items()
+    ]
     settings = parse_settings(pairs, seeds)
     axes = spec.get("axes") or {}
     combinations = itertools.product(*(axes[key] if isinstance(axes[key], list) else [axes[key]] for key in axes))
     for values in combinations if axes else ():  # the product of no axes is one empty setting, not none
-        parts = [str(value) if key.split(".")[-1] == "neuron" else f"{key.split('.')[-1]}{value}"
-                 for key, value in zip(axes, values)]
+        parts = [
+            str(value) if key.split(".")[-1] == "neuron" else f"{key.split('.')[-1]}{value}"
+            for key, value in zip(axes, values)
+        ]
         overrides = tuple(arg for key, value in zip(axes, values) for arg in (f"--{key}", str(value)))
         settings += [Setting(checked_name("_".join(parts)), overrides, seed) for seed in seeds]
     return settings
@@ -186,10 +202,20 @@ def fit_command(setting: Setting, configs: list[str], passed_on: list[str], fold
     command = [sys.executable, "-m", "plifnet", "fit"]
     for config in configs:  # a file, or the name of a config shipped with plifnet
         command += ["--config", str(Path(config).resolve()) if Path(config).exists() else config]
-    return command + passed_on + list(setting.overrides) + [
-        "--seed_everything", str(setting.seed), "--trainer.default_root_dir", str(folder),
-        "--trainer.callbacks+=plifnet.callbacks.RunHistory", "--trainer.callbacks.path", str(folder / "history.csv"),
-    ]
+    return (
+        command
+        + passed_on
+        + list(setting.overrides)
+        + [
+            "--seed_everything",
+            str(setting.seed),
+            "--trainer.default_root_dir",
+            str(folder),
+            "--trainer.callbacks+=plifnet.callbacks.RunHistory",
+            "--trainer.callbacks.path",
+            str(folder / "history.csv"),
+        ]
+    )
 
 
 def wandb_environment(setting: Setting, study: str) -> dict[str, str]:
@@ -197,8 +223,12 @@ def wandb_environment(setting: Setting, study: str) -> dict[str, str]:
     run's name, its neuron as the job type, and tags for neuron, tau and seed."""
     neuron, tau = setting.option("neuron"), setting.option("tau")
     tags = [tag for tag in (neuron and f"neuron={neuron}", tau and f"tau={tau}", f"seed={setting.seed}") if tag]
-    return {"WANDB_RUN_GROUP": study, "WANDB_NAME": setting.name, "WANDB_JOB_TYPE": neuron or setting.name,
-            "WANDB_TAGS": ",".join(tags)}
+    return {
+        "WANDB_RUN_GROUP": study,
+        "WANDB_NAME": setting.name,
+        "WANDB_JOB_TYPE": neuron or setting.name,
+        "WANDB_TAGS": ",".join(tags),
+    }
 
 
 def newest(folder: Path, pattern: str) -> Path | None:
@@ -247,16 +277,20 @@ def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, s
             print(f"{setting.folder}: finished earlier, not run again", flush=True)
             return "skipped"
         if not rerun:
-            raise SystemExit(f"error: {setting.folder} finished with another command ({changes(then, command[1:])}; "
-                             f"see {recorded}), so its results are not this command's; add --rerun to train it again "
-                             f"(the old run is kept in {out / '.replaced'}), or use another --out")
+            raise SystemExit(
+                f"error: {setting.folder} finished with another command ({changes(then, command[1:])}; "
+                f"see {recorded}), so its results are not this command's; add --rerun to train it again "
+                f"(the old run is kept in {out / '.replaced'}), or use another --out"
+            )
         index = 0
         while (out / ".replaced" / f"{setting.folder}.{index}").exists():
             index += 1
         replaced = out / ".replaced" / f"{setting.folder}.{index}"
         replaced.parent.mkdir(parents=True, exist_ok=True)
         folder.rename(replaced)
-        print(f"{setting.folder}: finished with another command; that run moved to {replaced}, training again", flush=True)
+        print(
+            f"{setting.folder}: finished with another command; that run moved to {replaced}, training again", flush=True
+        )
     with claim(folder) as mine:
         if not mine:
             print(f"{setting.folder}: running in another process, not run here", flush=True)
@@ -271,7 +305,9 @@ def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, s
                 f"rerun with the same options, or use another --out folder"
             )
         write_atomically(recorded, lambda path: path.write_text(json.dumps(command[1:], indent=1)))
-        if checkpointed:  # plifnet fit takes the newest readable checkpoint under the setting's folder, naming broken ones
+        if (
+            checkpointed
+        ):  # plifnet fit takes the newest readable checkpoint under the setting's folder, naming broken ones
             command += ["--ckpt_path", "last"]
         print(f"{setting.folder}: {'resuming' if checkpointed else 'starting'} (log: {folder / 'fit.log'})", flush=True)
         (folder / "failed.json").unlink(missing_ok=True)
@@ -306,10 +342,14 @@ def failures_message(out: Path, failed: list[Setting]) -> str:
     for setting in failed:
         folder = out / setting.folder
         record = json.loads((folder / "failed.json").read_text())
-        lines.append(f"error: {setting.folder} failed (exit code {record['exit_code']}): {record['last_line']} "
-                     f"(log: {folder / 'fit.log'})")
-    return "\n".join(lines) + ("\nfix what the log says and run the same command again: finished settings are not run "
-                               "again, the others run again (from their newest checkpoint where they have one)")
+        lines.append(
+            f"error: {setting.folder} failed (exit code {record['exit_code']}): {record['last_line']} "
+            f"(log: {folder / 'fit.log'})"
+        )
+    return "\n".join(lines) + (
+        "\nfix what the log says and run the same command again: finished settings are not run "
+        "again, the others run again (from their newest checkpoint where they have one)"
+    )
 
 
 def call_forwarding_signals(command: list[str], log, env: dict[str, str]) -> int:
@@ -327,7 +367,9 @@ def call_forwarding_signals(command: list[str], log, env: dict[str, str]) -> int
 
 def read_csv(path: Path) -> list[dict[str, float]]:
     with open(path, newline="") as f:
-        return [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in csv.DictReader(f)]
+        return [
+            {key: float(value) for key, value in row.items() if value not in ("", None)} for row in csv.DictReader(f)
+        ]
 
 
 def collect(folder: Path) -> dict:
@@ -345,11 +387,22 @@ def collect(folder: Path) -> dict:
         "protocol_a": max(test) if test else None,
         "protocol_b": last.get("test/acc_at_best_val"),
         "seconds": last.get("seconds"),
-        "silent": [key.split("/", 1)[1] for key, rate in last.items() if key.startswith("firing_rate/") and rate < SILENT],
+        "silent": [
+            key.split("/", 1)[1] for key, rate in last.items() if key.startswith("firing_rate/") and rate < SILENT
+        ],
         "tau_steps": [int(row["step"]) for row in tau_rows],
         "tau": {name: [row[name] for row in tau_rows] for name in (tau_rows[0] if tau_rows else {}) if name != "step"},
-        "status": ("finished" if (folder / "done.json").exists() else "failed" if (folder / "failed.json").exists()
-                   else "running" if claimed_elsewhere(folder) else "stopped" if folder.is_dir() else "not started"),
+        "status": (
+            "finished"
+            if (folder / "done.json").exists()
+            else "failed"
+            if (folder / "failed.json").exists()
+            else "running"
+            if claimed_elsewhere(folder)
+            else "stopped"
+            if folder.is_dir()
+            else "not started"
+        ),
     }
 
 
@@ -363,33 +416,67 @@ def report(out: Path, settings: list[Setting]) -> str:
     def final_tau(setting, result, layer):
         if layer in result["tau"]:
             return f"{result['tau'][layer][-1]:.3f}"
-        return f"{setting.option('tau')} (fixed)" if setting.option("neuron") == "lif" and setting.option("tau") else "-"
+        return (
+            f"{setting.option('tau')} (fixed)" if setting.option("neuron") == "lif" and setting.option("tau") else "-"
+        )
 
     def duration(seconds):
         return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
-    header = ["setting", "seed", "epochs", "A: best test acc (%)", "B: test acc at best val (%)",
-              *(f"final tau {layer}" for layer in layers), "wall time"]
-    rows = [[setting.title, str(setting.seed), str(result["epochs"]) + ("" if result["status"] == "finished" else f" ({result['status']})"),
-             percent(result["protocol_a"]), percent(result["protocol_b"]),
-             *(final_tau(setting, result, layer) for layer in layers), duration(result["seconds"])]
-            for setting, result in results.items()]
+    header = [
+        "setting",
+        "seed",
+        "epochs",
+        "A: best test acc (%)",
+        "B: test acc at best val (%)",
+        *(f"final tau {layer}" for layer in layers),
+        "wall time",
+    ]
+    rows = [
+        [
+            setting.title,
+            str(setting.seed),
+            str(result["epochs"]) + ("" if result["status"] == "finished" else f" ({result['status']})"),
+            percent(result["protocol_a"]),
+            percent(result["protocol_b"]),
+            *(final_tau(setting, result, layer) for layer in layers),
+            duration(result["seconds"]),
+        ]
+        for setting, result in results.items()
+    ]
     # a layer that never fires makes the accuracy chance, whatever the neuron: said beside the figure (and in
     # the CSV's last column), not only in the run's fit.log
-    shown = [[row[0], row[1], row[2], row[3] + (f" (silent: {', '.join(result['silent'])})" if result["silent"] else ""),
-              *row[4:]] for row, result in zip(rows, results.values())]
+    shown = [
+        [
+            row[0],
+            row[1],
+            row[2],
+            row[3] + (f" (silent: {', '.join(result['silent'])})" if result["silent"] else ""),
+            *row[4:],
+        ]
+        for row, result in zip(rows, results.values())
+    ]
     table = "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *shown])
-    header, rows = header + ["silent layers"], [row + [" ".join(r["silent"]) or "-"] for row, r in zip(rows, results.values())]
+    header, rows = (
+        header + ["silent layers"],
+        [row + [" ".join(r["silent"]) or "-"] for row, r in zip(rows, results.values())],
+    )
 
-    failures = "".join(f"- {setting.folder} failed: {result['failure']}\n" for setting, result in results.items()
-                       if result["failure"])
-    write_atomically(out / "results.md", lambda path: path.write_text(
-        f"# Ablation results\n\nProtocol A: best test accuracy over the epochs run. Protocol B: test accuracy "
-        f"at the epoch of the best validation accuracy. tau of PLIF layers at the last step. Wall time: of the "
-        f"fit (training and evaluation), summed over resumed runs. (silent: LAYER): a layer that fired at a rate "
-        f"below {SILENT:g} on the validation set in the last epoch, so that the network's output says nothing of "
-        f"its neuron.\n\n{table}\n\n"
-        + (f"{failures}\n" if failures else "") + "![test accuracy](test_acc.png)\n\n![tau](tau.png)\n"))
+    failures = "".join(
+        f"- {setting.folder} failed: {result['failure']}\n" for setting, result in results.items() if result["failure"]
+    )
+    write_atomically(
+        out / "results.md",
+        lambda path: path.write_text(
+            f"# Ablation results\n\nProtocol A: best test accuracy over the epochs run. Protocol B: test accuracy "
+            f"at the epoch of the best validation accuracy. tau of PLIF layers at the last step. Wall time: of the "
+            f"fit (training and evaluation), summed over resumed runs. (silent: LAYER): a layer that fired at a rate "
+            f"below {SILENT:g} on the validation set in the last epoch, so that the network's output says nothing of "
+            f"its neuron.\n\n{table}\n\n"
+            + (f"{failures}\n" if failures else "")
+            + "![test accuracy](test_acc.png)\n\n![tau](tau.png)\n"
+        ),
+    )
 
     def write_csv(path):
         with open(path, "w", newline="") as f:
@@ -399,8 +486,11 @@ def report(out: Path, settings: list[Setting]) -> str:
     curves = {f"{s.title}, seed {s.seed}": r["test_acc"] for s, r in results.items()}
     write_atomically(out / "test_acc.png", lambda path: plots.test_accuracy(curves, path))
     trajectories = {f"{s.title}, seed {s.seed}": (r["tau_steps"], r["tau"]) for s, r in results.items() if r["tau"]}
-    fixed = {f"{s.title}, seed {s.seed}": float(s.option("tau")) for s, r in results.items()
-             if not r["tau"] and s.option("neuron") == "lif" and s.option("tau")}
+    fixed = {
+        f"{s.title}, seed {s.seed}": float(s.option("tau"))
+        for s, r in results.items()
+        if not r["tau"] and s.option("neuron") == "lif" and s.option("tau")
+    }
     write_atomically(out / "tau.png", lambda path: plots.tau_per_layer(layers, trajectories, fixed, path))
     return table
 
@@ -408,32 +498,42 @@ def report(out: Path, settings: list[Setting]) -> str:
 def sbatch_script(argv: list[str], tasks: int, out: Path, study: str, sbatch: list[str]) -> str:
     """An array job of ``tasks`` tasks, task i running ``plifnet study ARGV --only i`` (``argv``: this
     command's arguments without ``--slurm-array``/``--submit``/``--sbatch``)."""
-    ours, passed_on = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
+    ours, passed_on = (argv[: argv.index("--")], argv[argv.index("--") :]) if "--" in argv else (argv, [])
     me = [sys.executable, "-m", "plifnet", "study"]
     task = shlex.join(me + ours) + ' --only "$SLURM_ARRAY_TASK_ID"' + (" " + shlex.join(passed_on) if passed_on else "")
-    return "\n".join([
-        "#!/bin/bash",
-        f"# plifnet study {study}: {tasks} tasks (settings x seeds), one array task each; each writes only its own folder.",
-        f"# When all have run: {shlex.join(me + ours + ['--report-only'])}",
-        f"#SBATCH --job-name={sbatch_value(study, '--study')}",
-        f"#SBATCH --array=0-{tasks - 1}",
-        f"#SBATCH --output={sbatch_value(str(out.resolve()), '--out')}/slurm/%x_%A_%a.log",
-        "#SBATCH --open-mode=append",
-        "#SBATCH --requeue",
-        "#SBATCH --signal=SIGUSR1@120  # before the time limit: Lightning checkpoints and requeues (configs/trainer/slurm.yaml)",
-        *(f"#SBATCH {option if option.startswith('-') else '--' + option}" for option in map(sbatch_value, sbatch)),
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(Path.cwd()))}",
-        f"srun {task}",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "#!/bin/bash",
+                f"# plifnet study {study}: {tasks} tasks (settings x seeds), one array task each; each writes only its own folder.",
+                f"# When all have run: {shlex.join(me + ours + ['--report-only'])}",
+                f"#SBATCH --job-name={sbatch_value(study, '--study')}",
+                f"#SBATCH --array=0-{tasks - 1}",
+                f"#SBATCH --output={sbatch_value(str(out.resolve()), '--out')}/slurm/%x_%A_%a.log",
+                "#SBATCH --open-mode=append",
+                "#SBATCH --requeue",
+                "#SBATCH --signal=SIGUSR1@120  # before the time limit: Lightning checkpoints and requeues (configs/trainer/slurm.yaml)",
+                *(
+                    f"#SBATCH {option if option.startswith('-') else '--' + option}"
+                    for option in map(sbatch_value, sbatch)
+                ),
+                "set -euo pipefail",
+                f"cd {shlex.quote(str(Path.cwd()))}",
+                f"srun {task}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def sbatch_value(value: str, option: str = "--sbatch") -> str:
     """A value for an ``#SBATCH`` line, which sbatch reads as words without a shell's quoting: refused in one
     line where it holds white space or a control character (a newline would start a line of the script)."""
     if not value or any(char.isspace() or ord(char) < 32 for char in value):
-        raise SystemExit(f"error: {option} {value!r}: an #SBATCH line takes a value without spaces, tabs or line "
-                         f"breaks; rename it (a folder or study name without spaces)")
+        raise SystemExit(
+            f"error: {option} {value!r}: an #SBATCH line takes a value without spaces, tabs or line "
+            f"breaks; rename it (a folder or study name without spaces)"
+        )
     return value
 
 
@@ -445,23 +545,48 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_study(argv: list[str]) -> None:
-    ours, passed_on = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ours, passed_on = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", action="append", default=[], help="a plifnet fit config (a file or a shipped name such as mnist); repeat to add e.g. trainer/ddp")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="a plifnet fit config (a file or a shipped name such as mnist); repeat to add e.g. trainer/ddp",
+    )
     parser.add_argument("--out", required=True, type=Path, help="the results folder")
-    parser.add_argument("--grid", nargs="+", default=[], help=f"NEURON:TAU settings (default, with no other settings: {' '.join(GRID)})")
-    parser.add_argument("--setting", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
-                        help='a named set of plifnet fit overrides, e.g. --setting alif "--model.neuron alif" (repeatable)')
+    parser.add_argument(
+        "--grid", nargs="+", default=[], help=f"NEURON:TAU settings (default, with no other settings: {' '.join(GRID)})"
+    )
+    parser.add_argument(
+        "--setting",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "OVERRIDES"),
+        help='a named set of plifnet fit overrides, e.g. --setting alif "--model.neuron alif" (repeatable)',
+    )
     parser.add_argument("--settings", type=Path, help="a YAML file of settings and/or axes (and seeds)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[2020], help="one run per seed per setting")
     parser.add_argument("--study", help="the study's name: wandb group, SLURM job name (default: the name of --out)")
-    parser.add_argument("--only", type=int, help="run task INDEX alone (default in a SLURM array job: SLURM_ARRAY_TASK_ID)")
-    parser.add_argument("--slurm-array", action="store_true", help="write OUT/study.sbatch: one array task per setting and seed")
+    parser.add_argument(
+        "--only", type=int, help="run task INDEX alone (default in a SLURM array job: SLURM_ARRAY_TASK_ID)"
+    )
+    parser.add_argument(
+        "--slurm-array", action="store_true", help="write OUT/study.sbatch: one array task per setting and seed"
+    )
     parser.add_argument("--submit", action="store_true", help="with --slurm-array: submit it with sbatch")
-    parser.add_argument("--sbatch", action="append", default=[], help="an #SBATCH option for --slurm-array, e.g. gres=gpu:1 or time=24:00:00 (repeatable)")
+    parser.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        help="an #SBATCH option for --slurm-array, e.g. gres=gpu:1 or time=24:00:00 (repeatable)",
+    )
     parser.add_argument("--report-only", action="store_true", help="gather the results from the folders already there")
-    parser.add_argument("--rerun", action="store_true", help="train again a task that finished with another command "
-                                                             "(the old run is moved to OUT/.replaced/)")
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="train again a task that finished with another command (the old run is moved to OUT/.replaced/)",
+    )
     args = parser.parse_args(ours)
     settings = parse_grid(args.grid or ([] if args.setting or args.settings else list(GRID)), args.seeds)
     settings += parse_settings(args.setting, args.seeds)
@@ -470,17 +595,23 @@ def run_study(argv: list[str]) -> None:
     if duplicates:
         raise SystemExit(f"error: settings named twice: {sorted(duplicates)}; every setting needs its own name")
     if not settings:
-        raise SystemExit("error: the study has no tasks (no settings, or an empty list of seeds); give --grid, --setting, "
-                         "--settings with at least one setting, and at least one seed")
+        raise SystemExit(
+            "error: the study has no tasks (no settings, or an empty list of seeds); give --grid, --setting, "
+            "--settings with at least one setting, and at least one seed"
+        )
     for value in [*ours, *passed_on]:  # everything goes into commands and scripts: one line each
         if any(ord(char) < 32 for char in value):
-            raise SystemExit(f"error: argument {value!r} holds a line break or another control character; a study's "
-                             f"commands and study.sbatch take each argument on one line: remove it")
+            raise SystemExit(
+                f"error: argument {value!r} holds a line break or another control character; a study's "
+                f"commands and study.sbatch take each argument on one line: remove it"
+            )
     study = args.study or args.out.resolve().name
     if args.report_only:
         if not args.out.is_dir():
-            raise SystemExit(f"error: --out {args.out} does not exist: run the study first (the same command without "
-                             f"--report-only), or name the folder it wrote")
+            raise SystemExit(
+                f"error: --out {args.out} does not exist: run the study first (the same command without "
+                f"--report-only), or name the folder it wrote"
+            )
         print(report(args.out, settings))
         print(f"results: {args.out / 'results.md'}")
         return
@@ -510,16 +641,20 @@ def run_study(argv: list[str]) -> None:
         setting = settings[int(only)]
         if run(setting, args.config, passed_on, args.out, study, args.rerun) == "failed":
             raise SystemExit(failures_message(args.out, [setting]))
-        print(f"task {only} ({setting.folder}) done; when all are: plifnet study --out {args.out} --report-only "
-              f"(with the same settings options)")
+        print(
+            f"task {only} ({setting.folder}) done; when all are: plifnet study --out {args.out} --report-only "
+            f"(with the same settings options)"
+        )
         return
     outcomes = {setting: run(setting, args.config, passed_on, args.out, study, args.rerun) for setting in settings}
     print(report(args.out, settings))
     print(f"results: {args.out / 'results.md'}")
     running = [s.folder for s in settings if claimed_elsewhere(args.out / s.folder)]
     if running:
-        print(f"still running in another process: {', '.join(running)}; when they end: plifnet study --out {args.out} "
-              f"--report-only (with the same settings options)")
+        print(
+            f"still running in another process: {', '.join(running)}; when they end: plifnet study --out {args.out} "
+            f"--report-only (with the same settings options)"
+        )
     failed = [setting for setting, outcome in outcomes.items() if outcome == "failed"]
     if failed:
         raise SystemExit(failures_message(args.out, failed))

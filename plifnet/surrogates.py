@@ -142,8 +142,13 @@ class Rectangle(Surrogate):
 
 
 SURROGATES = Registry("surrogate", "plifnet.surrogates")
-for _name, _cls in (("atan", ATan), ("sigmoid", Sigmoid), ("piecewise_quadratic", PiecewiseQuadratic),
-                    ("fast_sigmoid", FastSigmoid), ("rectangle", Rectangle)):
+for _name, _cls in (
+    ("atan", ATan),
+    ("sigmoid", Sigmoid),
+    ("piecewise_quadratic", PiecewiseQuadratic),
+    ("fast_sigmoid", FastSigmoid),
+    ("rectangle", Rectangle),
+):
     SURROGATES.register(_name, _cls)
 register_surrogate = SURROGATES.register
 
@@ -155,6 +160,8 @@ def surrogate(name: "str | Surrogate", alpha: float | None = None) -> Surrogate:
         return name
     cls = SURROGATES.get(name)
     if not (isinstance(cls, type) and issubclass(cls, Surrogate)):
-        raise TypeError(f"surrogate {name!r} is {cls!r}, not a subclass of plifnet.surrogates.Surrogate "
-                        f"(which gives derivative(x); see docs/EXTENDING.md)")
+        raise TypeError(
+            f"surrogate {name!r} is {cls!r}, not a subclass of plifnet.surrogates.Surrogate "
+            f"(which gives derivative(x); see docs/EXTENDING.md)"
+        )
     return cls() if alpha is None else cls(alpha)

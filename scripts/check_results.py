@@ -46,7 +46,11 @@ def rows_at(table: Path, key: str, value: int, needs: str | None = None) -> dict
     first such row with a value in column ``needs`` (metrics.csv has a row per logging call)."""
     with open(table) as file:
         for row in csv.DictReader(file):
-            if row.get(key) not in (None, "") and int(float(row[key])) == value and row.get(needs or key) not in (None, ""):
+            if (
+                row.get(key) not in (None, "")
+                and int(float(row[key])) == value
+                and row.get(needs or key) not in (None, "")
+            ):
                 return {name: float(cell) for name, cell in row.items() if cell not in ("", None) and name != key}
     raise SystemExit(f"error: {table} has no row with {key} = {value}" + (f" and a {needs}" if needs else ""))
 
@@ -58,9 +62,12 @@ def logged_loss(metrics: Path, step: int) -> dict[str, float]:
 
 
 # the /proc/cpuinfo flags that each of oneDNN's instruction-set limits needs
-ISA_FLAGS = {"AVX2": {"avx2"}, "AVX512_CORE": {"avx512f", "avx512bw", "avx512vl", "avx512dq"},
-             "AVX512_CORE_BF16": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"},
-             "AVX512_CORE_AMX": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_bf16", "amx_tile"}}
+ISA_FLAGS = {
+    "AVX2": {"avx2"},
+    "AVX512_CORE": {"avx512f", "avx512bw", "avx512vl", "avx512dq"},
+    "AVX512_CORE_BF16": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"},
+    "AVX512_CORE_AMX": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_bf16", "amx_tile"},
+}
 
 
 def cpu_flags() -> set[str]:
@@ -81,18 +88,36 @@ def rerun(name: str, run: dict, commit: str, datasets: Path, scratch: Path) -> t
     """(recorded, re-run) values of one run, re-run at ``commit``."""
     tree, out = scratch / f"tree-{commit[:7]}", scratch / f"{name.replace('/', '-')}-{commit[:7]}"
     if not tree.exists():
-        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", tree, commit], check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", ROOT, "worktree", "add", "--detach", tree, commit], check=True, capture_output=True
+        )
     shutil.rmtree(out, ignore_errors=True)  # a run left by an earlier check would be read instead
     check = run["check"]
     epoch = check.get("epoch", 1)  # a run whose output is silent after epoch 1 is compared after a later one
-    stop = (["--trainer.max_steps", str(check["step"])] if "step" in check else
-            ["--trainer.max_epochs", str(epoch)])
-    command = [sys.executable, "cli.py", "fit", *shlex.split(run["fit"].replace("DATASETS", str(datasets))),
-               "--trainer.default_root_dir", str(out), *stop]
+    stop = ["--trainer.max_steps", str(check["step"])] if "step" in check else ["--trainer.max_epochs", str(epoch)]
+    command = [
+        sys.executable,
+        "cli.py",
+        "fit",
+        *shlex.split(run["fit"].replace("DATASETS", str(datasets))),
+        "--trainer.default_root_dir",
+        str(out),
+        *stop,
+    ]
     with open(out.with_suffix(".log"), "w") as log:
-        code = subprocess.call(command, cwd=tree, stdout=log, stderr=subprocess.STDOUT,
-                               env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
-                                    "WANDB_MODE": "offline", "ONEDNN_MAX_CPU_ISA": run["onednn_isa"]})
+        code = subprocess.call(
+            command,
+            cwd=tree,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                "PYTHONPATH": str(tree),
+                "PATH": "/usr/bin:/bin",
+                "HOME": str(Path.home()),
+                "WANDB_MODE": "offline",
+                "ONEDNN_MAX_CPU_ISA": run["onednn_isa"],
+            },
+        )
     if code != 0:
         raise SystemExit(f"error: {name}: the re-run failed (exit {code}); its log is {log.name}")
     record = ROOT / "docs" / "results" / name
@@ -106,8 +131,11 @@ def rerun(name: str, run: dict, commit: str, datasets: Path, scratch: Path) -> t
             again |= logged_loss(next(out.rglob("metrics.csv")), check["step"])
     else:  # the test accuracy after that epoch, as the record's table gives it (percent, two decimals)
         recorded = {"test/acc": check["test_acc"]}
-        again = {"test/acc": round(100 * rows_at(next(out.rglob("metrics.csv")), "epoch", epoch - 1,
-                                                 needs="test/acc")["test/acc"], 2)}
+        again = {
+            "test/acc": round(
+                100 * rows_at(next(out.rglob("metrics.csv")), "epoch", epoch - 1, needs="test/acc")["test/acc"], 2
+            )
+        }
     return recorded, {key: again.get(key, math.nan) for key in recorded}
 
 
@@ -116,7 +144,9 @@ def main(argv=None) -> int:
     parser.add_argument("names", nargs="*", help="runs of docs/results/runs.yaml (default: all)")
     parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--at", help="re-run at this commit instead of each run's own (e.g. main)")
-    parser.add_argument("--keep", type=Path, help="a folder for the worktrees, runs and logs (default: a temporary one, removed)")
+    parser.add_argument(
+        "--keep", type=Path, help="a folder for the worktrees, runs and logs (default: a temporary one, removed)"
+    )
     args = parser.parse_args(argv)
     runs = yaml.safe_load(MANIFEST.read_text())
     unknown = sorted(set(args.names) - set(runs))
@@ -130,12 +160,19 @@ def main(argv=None) -> int:
         try:
             for name in args.names or runs:
                 run = runs[name]
-                commit = run["commit"] if args.at is None else subprocess.run(
-                    ["git", "-C", ROOT, "rev-parse", args.at], check=True, capture_output=True, text=True).stdout.strip()
+                commit = (
+                    run["commit"]
+                    if args.at is None
+                    else subprocess.run(
+                        ["git", "-C", ROOT, "rev-parse", args.at], check=True, capture_output=True, text=True
+                    ).stdout.strip()
+                )
                 recorded, again = rerun(name, run, commit, args.datasets.resolve(), scratch)
                 by_step = "step" in run["check"]
-                worst = max(math.inf if math.isnan(again[k]) else abs(again[k] - v) / (abs(v) if by_step else 1)
-                            for k, v in recorded.items())  # a value the re-run did not log agrees with nothing
+                worst = max(
+                    math.inf if math.isnan(again[k]) else abs(again[k] - v) / (abs(v) if by_step else 1)
+                    for k, v in recorded.items()
+                )  # a value the re-run did not log agrees with nothing
                 exact = ISA_FLAGS[run["onednn_isa"]] <= flags
                 allowed = tolerance(run, exact)
                 agrees = worst <= allowed
@@ -143,9 +180,12 @@ def main(argv=None) -> int:
                 where = f"step {run['check']['step']}" if by_step else f"epoch {run['check'].get('epoch', 1)}"
                 recorded_at = "" if commit == run["commit"] else f" (recorded at {run['commit'][:7]})"
                 kernels = "its kernels" if exact else f"other kernels (this CPU lacks {run['onednn_isa']})"
-                print(f"{'agrees ' if agrees else 'DIFFERS'} {name} at {commit[:7]}{recorded_at}, {where}, with {kernels}: "
-                      f"{'relative' if by_step else 'points'} difference {worst:.2g} (allowed {allowed:g}); "
-                      + ", ".join(f"{k} {v:g} (re-run {again[k]:g})" for k, v in recorded.items()), flush=True)
+                print(
+                    f"{'agrees ' if agrees else 'DIFFERS'} {name} at {commit[:7]}{recorded_at}, {where}, with {kernels}: "
+                    f"{'relative' if by_step else 'points'} difference {worst:.2g} (allowed {allowed:g}); "
+                    + ", ".join(f"{k} {v:g} (re-run {again[k]:g})" for k, v in recorded.items()),
+                    flush=True,
+                )
         finally:
             if args.keep is None:
                 for tree in scratch.glob("tree-*"):

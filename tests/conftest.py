@@ -53,8 +53,9 @@ def run_cli(capfd, monkeypatch):
                 warnings.simplefilter("default")  # and Python's default filters:
                 for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
                     warnings.filterwarnings("ignore", category=category)
-                warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
-                    warnings.formatwarning(message, category, filename, lineno, line))
+                warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
+                    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+                )
                 (main or cli.main)([str(arg) for arg in args])
         except SystemExit as stop:  # what the interpreter does with it
             code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1

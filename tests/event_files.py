@@ -9,8 +9,16 @@ def write_nmnist(path: Path, x, y, t, p) -> Path:
     """5 bytes per event: x, y, then 24 bits big-endian: polarity (bit 23) | timestamp (bits 22..0)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     word = (np.asarray(p, np.uint32) << 23) | np.asarray(t, np.uint32)
-    raw = np.stack([np.asarray(x, np.uint8), np.asarray(y, np.uint8),
-                    (word >> 16).astype(np.uint8), (word >> 8).astype(np.uint8), word.astype(np.uint8)], axis=1)
+    raw = np.stack(
+        [
+            np.asarray(x, np.uint8),
+            np.asarray(y, np.uint8),
+            (word >> 16).astype(np.uint8),
+            (word >> 8).astype(np.uint8),
+            word.astype(np.uint8),
+        ],
+        axis=1,
+    )
     path.write_bytes(raw.tobytes())
     return path
 
@@ -31,7 +39,9 @@ def aedat31_packet(x, y, t, p, overflow=0, kind=1, valid=None) -> bytes:
     n = len(t)
     valid = np.ones(n, np.uint32) if valid is None else np.asarray(valid, np.uint32)
     events = np.empty(n, np.dtype([("d", "<u4"), ("t", "<u4")]))
-    events["d"] = (np.asarray(x, np.uint32) << 17) | (np.asarray(y, np.uint32) << 2) | (np.asarray(p, np.uint32) << 1) | valid
+    events["d"] = (
+        (np.asarray(x, np.uint32) << 17) | (np.asarray(y, np.uint32) << 2) | (np.asarray(p, np.uint32) << 1) | valid
+    )
     events["t"] = t
     header = np.array([(kind, 1, 8, 4, overflow, n, n, int(valid.sum()))], "<u2,<u2,<i4,<i4,<i4,<i4,<i4,<i4")
     return header.tobytes() + events.tobytes()

@@ -81,8 +81,9 @@ class RequeueFromParentAtStep(Callback):
     Does nothing where $PLIFNET_REQUEUE_AT is unset or names another task ($PLIFNET_REQUEUE_TASK)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if os.environ.get("PLIFNET_REQUEUE_TASK") != os.environ.get("SLURM_ARRAY_TASK_ID") \
-                or trainer.global_step != int(os.environ.get("PLIFNET_REQUEUE_AT", -1)):
+        if os.environ.get("PLIFNET_REQUEUE_TASK") != os.environ.get(
+            "SLURM_ARRAY_TASK_ID"
+        ) or trainer.global_step != int(os.environ.get("PLIFNET_REQUEUE_AT", -1)):
             return
         received, handler = [], signal.getsignal(signal.SIGUSR1)
 

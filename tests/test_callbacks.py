@@ -9,18 +9,18 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import wandb_files
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-import wandb_files
 from plifnet.callbacks import FiringRateMonitor, ProgressBar, ResetState, TauMonitor, exact_sum
 from plifnet.data.static import StaticDataModule
 from plifnet.module import SpikingClassifier
 from plifnet.neurons import IF, PLIF
 
-
 # --- ResetState ----------------------------------------------------------------------------------
+
 
 class SingleStepModel(L.LightningModule):
     """Steps a single-step PLIF layer through [T, N, F] by hand, so its state survives between calls
@@ -60,8 +60,15 @@ def loader(sizes):
 
 
 def trainer(callbacks, **kwargs):
-    return L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, callbacks=callbacks, **kwargs)
+    return L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **kwargs,
+    )
 
 
 def test_reset_state_between_batches_of_different_sizes_and_stages():
@@ -86,6 +93,7 @@ def test_reset_state_after_an_exception_mid_batch():
 
 
 # --- TauMonitor with every logger ----------------------------------------------------------------
+
 
 class TauProbe(L.Callback):
     """The modules' tau after every optimiser step (runs after TauMonitor in the callback list)."""
@@ -124,9 +132,14 @@ def test_tau_monitor_logs_every_plif_layer(kind, tiny_digits, tmp_path, monkeypa
     dm = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0)
     probe = TauProbe()
     trainer_ = L.Trainer(
-        max_epochs=2, limit_train_batches=4, log_every_n_steps=3, logger=make_logger(kind, tmp_path),
+        max_epochs=2,
+        limit_train_batches=4,
+        log_every_n_steps=3,
+        logger=make_logger(kind, tmp_path),
         callbacks=[ResetState(), TauMonitor(every_n_steps=3), probe, FiringRateMonitor()],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer_.fit(model, dm)
     layers = ["conv1", "conv2", "fc1", "fc2"]
@@ -179,10 +192,16 @@ def test_tau_monitor_logs_every_plif_layer(kind, tiny_digits, tmp_path, monkeypa
 def test_per_channel_tau_logs_mean_min_max(tiny_digits, tmp_path):
     model = SpikingClassifier("mnist", time_steps=2, per_channel=True, lr=0.05)
     dm = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0, val_fraction=0)
-    trainer_ = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0,
-                         logger=[CSVLogger(tmp_path), TensorBoardLogger(tmp_path, name="tb")],
-                         callbacks=[TauMonitor(every_n_steps=1)], enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer_ = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        logger=[CSVLogger(tmp_path), TensorBoardLogger(tmp_path, name="tb")],
+        callbacks=[TauMonitor(every_n_steps=1)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer_.fit(model, dm)
     with open(Path(trainer_.log_dir) / "metrics.csv") as f:
         last = [r for r in csv.DictReader(f) if r.get("tau/fc1/mean")][-1]
@@ -198,6 +217,7 @@ def test_per_channel_tau_logs_mean_min_max(tiny_digits, tmp_path):
 
 
 # --- FiringRateMonitor ---------------------------------------------------------------------------
+
 
 class ThreeIF(L.LightningModule):
     """Three IF layers fed constant currents 0.5, 0.25 and 0: they fire every 2nd, every 4th step, never."""
@@ -234,8 +254,9 @@ def test_firing_rates_match_a_direct_count(tmp_path):
         expected[name] = IF()(x.transpose(0, 1) * scale).mean().item()
     assert expected["every2"] == pytest.approx((4 + 1) / 2 / 8)  # full input: 4 spikes; cut input: 1 spike
     monitor = FiringRateMonitor()
-    trainer_ = L.Trainer(logger=CSVLogger(tmp_path), callbacks=[monitor], enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer_ = L.Trainer(
+        logger=CSVLogger(tmp_path), callbacks=[monitor], enable_progress_bar=False, enable_model_summary=False
+    )
     with pytest.warns(RuntimeWarning, match="spiking layer silent was silent for a whole validation epoch"):
         trainer_.validate(ThreeIF(), DataLoader(TensorDataset(x), batch_size=5))
     assert monitor.rates == pytest.approx(expected)
@@ -252,8 +273,9 @@ def test_monitors_keep_no_activations(tiny_digits, tmp_path):
     monitor = FiringRateMonitor()
     model = SpikingClassifier("mnist", time_steps=2)
     dm = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0)
-    L.Trainer(logger=CSVLogger(tmp_path), callbacks=[monitor], enable_progress_bar=False,
-              enable_model_summary=False).validate(model, dm)
+    L.Trainer(
+        logger=CSVLogger(tmp_path), callbacks=[monitor], enable_progress_bar=False, enable_model_summary=False
+    ).validate(model, dm)
     held = [v for v in vars(monitor).values() if torch.is_tensor(v)]
     held += [v for d in (monitor.sums,) for v in d.values()]
     assert all(t.numel() == 1 for t in held)
@@ -267,13 +289,23 @@ def test_the_progress_bar_is_one_line_of_an_80_column_terminal(tiny_digits, tmp_
     bar = ProgressBar(console_kwargs={"file": console, "force_terminal": True, "width": 80, "color_system": None})
     model = SpikingClassifier("mnist", time_steps=2)
     data = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0)
-    trainer = L.Trainer(max_epochs=1024, max_steps=8, limit_train_batches=4, limit_val_batches=2, logger=False,
-                        callbacks=[ResetState(), TauMonitor(every_n_steps=1), bar], enable_checkpointing=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)  # where tau.csv goes
+    trainer = L.Trainer(
+        max_epochs=1024,
+        max_steps=8,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        logger=False,
+        callbacks=[ResetState(), TauMonitor(every_n_steps=1), bar],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # where tau.csv goes
     trainer.fit(model, data)
     lines = [line for line in re.split(r"\x1b\[[0-9;?]*[A-Za-z]|[\r\n]", console.getvalue()) if line.strip()]
     training = [line for line in lines if line.startswith("Epoch ")]
-    assert training and all(line.startswith(("Sanity Checking ", "Epoch ", "Validation ")) for line in lines), "\n".join(lines)  # none wrapped
+    assert training and all(line.startswith(("Sanity Checking ", "Epoch ", "Validation ")) for line in lines), (
+        "\n".join(lines)
+    )  # none wrapped
     assert max(map(len, lines)) <= 80
     assert re.search(r"^Epoch 1/1023 .* 4/4 .* loss: \d\.\d+ acc: \d\.\d+ *$", training[-1]), training[-1]
     assert "v_num" not in console.getvalue() and "tau" not in console.getvalue()

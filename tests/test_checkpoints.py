@@ -20,9 +20,22 @@ import torch
 from conftest import ROOT
 from plifnet.module import SpikingClassifier
 
-QUICK = ["--config", ROOT / "configs" / "mnist.yaml", "--data.num_workers", "0", "--data.batch_size", "4",
-         "--model.time_steps", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0",
-         "--trainer.enable_model_summary", "false"]
+QUICK = [
+    "--config",
+    ROOT / "configs" / "mnist.yaml",
+    "--data.num_workers",
+    "0",
+    "--data.batch_size",
+    "4",
+    "--model.time_steps",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "0",
+    "--trainer.enable_model_summary",
+    "false",
+]
 
 
 def cli(*args, cwd, env=None, wait=True, prefix=()):
@@ -77,8 +90,9 @@ def test_a_checkpoint_write_killed_half_way_leaves_the_previous_one(tmp_path, ti
 
 
 def test_ckpt_path_last_skips_unreadable_checkpoints_and_refuses_when_there_is_none(run_cli, tmp_path, tiny_digits):
-    empty = run_cli("fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--ckpt_path", "last",
-                    cwd=tmp_path)
+    empty = run_cli(
+        "fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--ckpt_path", "last", cwd=tmp_path
+    )
     assert empty.returncode != 0
     assert "--ckpt_path last: no readable checkpoint in runs/lightning_logs/*/checkpoints/" in empty.stderr
     assert not (tmp_path / "runs" / "lightning_logs" / "version_0").exists()  # nothing was trained
@@ -98,10 +112,14 @@ def test_ckpt_path_last_skips_unreadable_checkpoints_and_refuses_when_there_is_n
     writing = folder / f".step0000009.{os.getpid()}.tmp.ckpt"  # a write in progress (this process)
     for path in [*left, writing]:
         path.write_bytes(b"partial")
-    resumed = run_cli("fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--ckpt_path", "last",
-                      cwd=tmp_path)
+    resumed = run_cli(
+        "fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--ckpt_path", "last", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"skipping an unreadable checkpoint: checkpoint {Path('runs/lightning_logs/version_0/checkpoints/epoch005.ckpt')} is truncated" in resumed.stderr
+    assert (
+        f"skipping an unreadable checkpoint: checkpoint {Path('runs/lightning_logs/version_0/checkpoints/epoch005.ckpt')} is truncated"
+        in resumed.stderr
+    )
     assert "checkpoints/last.ckpt is truncated" in resumed.stderr
     assert "resuming from runs/lightning_logs/version_0/checkpoints/step0000004.ckpt" in resumed.stderr
     assert "epoch006" not in resumed.stderr
@@ -119,17 +137,31 @@ def without_file_permission_override():
 
 def test_a_save_that_fails_stops_the_run_with_the_path_and_the_reason(tmp_path, tiny_digits):
     """The checkpoint folder turns read-only before epoch 1, whose end only last.ckpt is due at."""
-    result = cli("fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "2",
-                 "--trainer.callbacks+=kill_probe.ReadOnlyCheckpoints", cwd=tmp_path,
-                 env={"PLIFNET_READ_ONLY_AT": "1"}, prefix=without_file_permission_override())
+    result = cli(
+        "fit",
+        *QUICK,
+        "--data.root",
+        tiny_digits,
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.callbacks+=kill_probe.ReadOnlyCheckpoints",
+        cwd=tmp_path,
+        env={"PLIFNET_READ_ONLY_AT": "1"},
+        prefix=without_file_permission_override(),
+    )
     folder = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints"
     folder.chmod(0o755)
     assert result.returncode != 0, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: could not save checkpoint {Path('runs/lightning_logs/version_0/checkpoints/last.ckpt')}: Permission "
-        f"denied. The previous file there (if any) is unchanged. Fix: free disk space or make "
-        f"{Path('runs/lightning_logs/version_0/checkpoints')} writable, or write the run elsewhere with "
-        f"--trainer.default_root_dir DIR") and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == (
+            f"error: could not save checkpoint {Path('runs/lightning_logs/version_0/checkpoints/last.ckpt')}: Permission "
+            f"denied. The previous file there (if any) is unchanged. Fix: free disk space or make "
+            f"{Path('runs/lightning_logs/version_0/checkpoints')} writable, or write the run elsewhere with "
+            f"--trainer.default_root_dir DIR"
+        )
+        and "Traceback" not in result.stderr
+    )
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2  # epoch 0's, unchanged
 
 
@@ -137,19 +169,31 @@ def test_a_save_that_fails_stops_the_run_with_the_path_and_the_reason(tmp_path, 
 def test_a_full_disk_is_one_line_naming_the_file_and_the_earlier_files_stay(file, run_cli, tmp_path, tiny_digits):
     """From epoch 1 on, a write of the file fails with the kernel's ENOSPC (kill_probe.FullDiskAt): the
     checkpoint due at epoch 1's end, or tau.csv at the end of the fit."""
-    result = run_cli("fit", *QUICK, "--data.root", tiny_digits, "--trainer.max_epochs", "2",
-                     "--trainer.callbacks+=kill_probe.FullDiskAt", cwd=tmp_path,
-                     env={"PLIFNET_FULL_AT": "1", "PLIFNET_FULL_FILE": file})
+    result = run_cli(
+        "fit",
+        *QUICK,
+        "--data.root",
+        tiny_digits,
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.callbacks+=kill_probe.FullDiskAt",
+        cwd=tmp_path,
+        env={"PLIFNET_FULL_AT": "1", "PLIFNET_FULL_FILE": file},
+    )
     run = Path("runs") / "lightning_logs" / "version_0"
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     if file == "tau.csv":
-        expected = (f"error: could not write {run / file}: No space left on device. The files written before are "
-                    f"intact; free disk space or make the folder writable, or write elsewhere with "
-                    f"--trainer.default_root_dir DIR")
+        expected = (
+            f"error: could not write {run / file}: No space left on device. The files written before are "
+            f"intact; free disk space or make the folder writable, or write elsewhere with "
+            f"--trainer.default_root_dir DIR"
+        )
     else:
-        expected = (f"error: could not save checkpoint {run / file}: No space left on device. The previous file there "
-                    f"(if any) is unchanged. Fix: free disk space or make {run / 'checkpoints'} writable, or write the "
-                    f"run elsewhere with --trainer.default_root_dir DIR")
+        expected = (
+            f"error: could not save checkpoint {run / file}: No space left on device. The previous file there "
+            f"(if any) is unchanged. Fix: free disk space or make {run / 'checkpoints'} writable, or write the "
+            f"run elsewhere with --trainer.default_root_dir DIR"
+        )
     assert result.stderr.strip().splitlines()[-1] == expected
     saved = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)  # the one before: whole
     assert saved["global_step"] == (2 if file.endswith(".ckpt") else 4)
@@ -180,23 +224,48 @@ def test_checkpoint_urls_run_no_code_and_are_cached_by_the_whole_url(run_cli, tm
         def __reduce__(self):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
-    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {}, "payload": Payload()},
-               served / "evil" / "model.ckpt")
+    torch.save(
+        {"pytorch-lightning_version": "2.6.0", "state_dict": {}, "payload": Payload()}, served / "evil" / "model.ckpt"
+    )
     save(SpikingClassifier("mnist", time_steps=1), served / "a" / "model.ckpt")
     save(SpikingClassifier("cifar10", time_steps=1), served / "b" / "model.ckpt")  # same file name, other network
     server = Server(served)
     env = {"TORCH_HOME": str(tmp_path / "torch_home")}
     try:
-        evil = run_cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", f"{server.url}/evil/model.ckpt",
-                       cwd=tmp_path, env=env)
+        evil = run_cli(
+            "test",
+            *QUICK,
+            "--data.root",
+            tiny_digits,
+            "--ckpt_path",
+            f"{server.url}/evil/model.ckpt",
+            cwd=tmp_path,
+            env=env,
+        )
         assert evil.returncode != 0 and not (tmp_path / "pwned").exists()
         assert "would run code when loaded" in evil.stderr and "weights_only=True" in evil.stderr
 
-        first = run_cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", f"{server.url}/a/model.ckpt",
-                        cwd=tmp_path, env=env)
+        first = run_cli(
+            "test",
+            *QUICK,
+            "--data.root",
+            tiny_digits,
+            "--ckpt_path",
+            f"{server.url}/a/model.ckpt",
+            cwd=tmp_path,
+            env=env,
+        )
         assert first.returncode == 0, first.stderr[-2000:]
-        second = run_cli("test", *QUICK, "--data.root", tiny_digits, "--ckpt_path", f"{server.url}/b/model.ckpt",
-                         cwd=tmp_path, env=env)
+        second = run_cli(
+            "test",
+            *QUICK,
+            "--data.root",
+            tiny_digits,
+            "--ckpt_path",
+            f"{server.url}/b/model.ckpt",
+            cwd=tmp_path,
+            env=env,
+        )
         # the second URL's own file (a CIFAR-10 network), not the first one's cached under the same name
         assert second.returncode != 0
         assert "the cifar10 network takes [N, C, H, W] images with C, H, W = 3, 32, 32" in second.stderr
@@ -239,13 +308,32 @@ def test_slurm_requeue_saves_atomically_and_the_requeued_job_ends_like_an_uninte
     a run that was never interrupted."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
     (bin_dir / "scontrol").chmod(0o755)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "plifnet",
-           "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-           "SLURM_NODEID": "0", "PLIFNET_KILL_AT": "5"}
-    args = [*QUICK, "--data.root", tiny_digits, "--config", ROOT / "configs" / "trainer" / "slurm.yaml",
-            "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "6", "--model.optimizer.lr", "0.01"]
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "plifnet",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "PLIFNET_KILL_AT": "5",
+    }
+    args = [
+        *QUICK,
+        "--data.root",
+        tiny_digits,
+        "--config",
+        ROOT / "configs" / "trainer" / "slurm.yaml",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "6",
+        "--model.optimizer.lr",
+        "0.01",
+    ]
     for name in ("whole", "requeued"):
         (tmp_path / name).mkdir()
     whole = cli("fit", *args, cwd=tmp_path / "whole", env=env)
@@ -258,8 +346,12 @@ def test_slurm_requeue_saves_atomically_and_the_requeued_job_ends_like_an_uninte
     assert not [p for p in (tmp_path / "requeued").iterdir() if p.name.startswith(".hpc")]  # no temporary left
     again = cli("fit", *args, cwd=tmp_path / "requeued", env=env)
     assert again.returncode == 0, again.stderr[-2000:]
-    final = [torch.load(tmp_path / name / "runs" / "lightning_logs" / version / "checkpoints" / "last.ckpt", weights_only=True)
-             for name, version in (("whole", "version_0"), ("requeued", "version_1"))]
+    final = [
+        torch.load(
+            tmp_path / name / "runs" / "lightning_logs" / version / "checkpoints" / "last.ckpt", weights_only=True
+        )
+        for name, version in (("whole", "version_0"), ("requeued", "version_1"))
+    ]
     assert final[0]["global_step"] == final[1]["global_step"] == 12
     for key, value in final[0]["state_dict"].items():
         torch.testing.assert_close(final[1]["state_dict"][key], value, rtol=0, atol=0, msg=key)
@@ -267,19 +359,45 @@ def test_slurm_requeue_saves_atomically_and_the_requeued_job_ends_like_an_uninte
 
 def test_async_checkpoints_go_through_the_atomic_writer_and_resume(run_cli, tmp_path, tiny_digits):
     from plifnet import cli as plifnet_cli
-
     from plifnet.checkpoints import AtomicCheckpointIO
 
     config = ROOT / "configs" / "trainer" / "async_checkpoint.yaml"
-    done = plifnet_cli.main(["fit", "--config", str(ROOT / "configs" / "mnist.yaml"), "--config", str(config),
-                             "--data.root", str(tiny_digits), "--trainer.max_epochs", "0", "--data.num_workers", "0",
-                             "--trainer.default_root_dir", str(tmp_path / "in_process")])
+    done = plifnet_cli.main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "mnist.yaml"),
+            "--config",
+            str(config),
+            "--data.root",
+            str(tiny_digits),
+            "--trainer.max_epochs",
+            "0",
+            "--data.num_workers",
+            "0",
+            "--trainer.default_root_dir",
+            str(tmp_path / "in_process"),
+        ]
+    )
     assert type(done.trainer.strategy.checkpoint_io.checkpoint_io) is AtomicCheckpointIO
 
-    first = run_cli("fit", *QUICK, "--data.root", tiny_digits, "--config", config, "--trainer.max_epochs", "1", cwd=tmp_path)
+    first = run_cli(
+        "fit", *QUICK, "--data.root", tiny_digits, "--config", config, "--trainer.max_epochs", "1", cwd=tmp_path
+    )
     assert first.returncode == 0, first.stderr[-2000:]
-    resumed = run_cli("fit", *QUICK, "--data.root", tiny_digits, "--config", config, "--trainer.max_epochs", "2",
-                      "--ckpt_path", "last", cwd=tmp_path)
+    resumed = run_cli(
+        "fit",
+        *QUICK,
+        "--data.root",
+        tiny_digits,
+        "--config",
+        config,
+        "--trainer.max_epochs",
+        "2",
+        "--ckpt_path",
+        "last",
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from runs/lightning_logs/version_0/checkpoints/last.ckpt" in resumed.stderr
     last = tmp_path / "runs" / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"

@@ -9,10 +9,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-import yaml
-
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT
 from plifnet import cli as plifnet_cli
@@ -45,9 +44,14 @@ def epoch_rows(rows, key):
 def quick(tmp_path):
     """Flags that shrink the paper's MNIST recipe to seconds."""
     return [
-        "--config", ROOT / "configs" / "mnist.yaml",
-        "--data.num_workers", "0", "--data.batch_size", "8",
-        "--model.time_steps", "2",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "8",
+        "--model.time_steps",
+        "2",
     ]
 
 
@@ -56,7 +60,15 @@ def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, 
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     rows = read_metrics(run)
     # protocol A and B are logged every epoch, beside validation and test accuracy
-    for key in ("val/acc", "test/acc", "val/acc_best", "test/acc_best", "test/acc_at_best_val", "train/loss_epoch", "train/acc"):
+    for key in (
+        "val/acc",
+        "test/acc",
+        "val/acc_best",
+        "test/acc_best",
+        "test/acc_at_best_val",
+        "train/loss_epoch",
+        "train/acc",
+    ):
         assert key in rows[0], key
     assert len(epoch_rows(rows, "test/acc")) == 2
     test_acc = epoch_rows(rows, "test/acc")
@@ -76,7 +88,8 @@ def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, 
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: checkpoint {best} holds the weights only (the best epoch's, kept for test, predict and export): fit "
         f"cannot resume from it; resume from last.ckpt or a step*.ckpt (--ckpt_path last takes the newest), or test it "
-        f"with plifnet test --ckpt_path {best}")
+        f"with plifnet test --ckpt_path {best}"
+    )
     assert sorted(p.name for p in (tmp_path / "runs" / "lightning_logs").iterdir()) == ["version_0"]  # none left
     # the default monitors and loggers: tau per PLIF layer, firing rates, plots, TensorBoard events
     for key in ("tau/conv1", "tau/fc2", "firing_rate/conv1", "firing_rate/fc2"):
@@ -102,7 +115,10 @@ def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, 
     # `predict` writes one row of class probabilities and the true label per test image, in order, and says where
     said = cli("predict", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, cwd=tmp_path).stderr
     written = tmp_path / "runs" / "lightning_logs" / "version_0" / "predict" / "predictions.csv"
-    assert f"predictions of 40 samples: {Path('runs') / 'lightning_logs' / 'version_0' / 'predict' / 'predictions.csv'}" in said
+    assert (
+        f"predictions of 40 samples: {Path('runs') / 'lightning_logs' / 'version_0' / 'predict' / 'predictions.csv'}"
+        in said
+    )
     with open(written) as f:
         predictions = list(csv.DictReader(f))
     assert len(predictions) == 40
@@ -111,8 +127,17 @@ def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, 
     assert [int(r["predicted"]) for r in predictions] == probabilities.argmax(-1).tolist()
     assert [int(r["label"]) for r in predictions] == list(y)
     # the trainer's limit bounds it (the smoke config sets one)
-    said = cli("predict", *quick, "--data.root", tiny_digits, "--ckpt_path", ckpt, "--trainer.limit_predict_batches",
-               "2", cwd=tmp_path).stderr
+    said = cli(
+        "predict",
+        *quick,
+        "--data.root",
+        tiny_digits,
+        "--ckpt_path",
+        ckpt,
+        "--trainer.limit_predict_batches",
+        "2",
+        cwd=tmp_path,
+    ).stderr
     with open(written) as f:  # the same folder again: no new version_N for each evaluation
         assert len(list(csv.DictReader(f))) == 16 and "predictions of 16 samples" in said  # 2 batches of 8
 
@@ -123,19 +148,45 @@ def test_fit_test_predict_on_generated_images(cli, run_cli, tiny_digits, quick, 
 
 
 def test_neuron_options_from_the_command_line(cli, tiny_digits, quick, tmp_path):
-    out = cli("fit", *quick, "--data.root", tiny_digits, "--model.neuron", "lif", "--model.tau", "16",
-              "--model.v_reset", "null", "--print_config", cwd=tmp_path).stdout
+    out = cli(
+        "fit",
+        *quick,
+        "--data.root",
+        tiny_digits,
+        "--model.neuron",
+        "lif",
+        "--model.tau",
+        "16",
+        "--model.v_reset",
+        "null",
+        "--print_config",
+        cwd=tmp_path,
+    ).stdout
     assert "neuron: lif" in out and "tau: 16.0" in out and "v_reset: null" in out
 
 
 @pytest.mark.parametrize("surrogate,built", [("sigmoid", "Sigmoid(alpha=4.0)"), ("atan", "ATan(alpha=2.0)")])
-def test_a_surrogate_chosen_on_the_command_line_keeps_its_own_alpha(surrogate, built, cli, tiny_digits, quick, tmp_path):
+def test_a_surrogate_chosen_on_the_command_line_keeps_its_own_alpha(
+    surrogate, built, cli, tiny_digits, quick, tmp_path
+):
     """The configs leave surrogate_alpha unset: a sigmoid chosen by name trains at its own 4.0, not at the
     arc-tangent's 2.0 (which stays the paper's)."""
-    cli("fit", *quick, "--data.root", tiny_digits, "--model.surrogate", surrogate, "--trainer.max_steps", "1",
-        "--trainer.limit_val_batches", "0", cwd=tmp_path)
-    model = SpikingClassifier.load_from_checkpoint(tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" /
-                                                   "last.ckpt")
+    cli(
+        "fit",
+        *quick,
+        "--data.root",
+        tiny_digits,
+        "--model.surrogate",
+        surrogate,
+        "--trainer.max_steps",
+        "1",
+        "--trainer.limit_val_batches",
+        "0",
+        cwd=tmp_path,
+    )
+    model = SpikingClassifier.load_from_checkpoint(
+        tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    )
     assert {repr(m.surrogate) for m in model.net.spiking_layers().values()} == {built}
 
 
@@ -151,11 +202,22 @@ def test_short_run_on_real_mnist(cli, shared_datasets, tmp_path):
     accuracy between 0.34 and 0.50 (seeds 2020-2023), and rounding-level changes move it within that
     range, so the bound only says that the real-data pipeline learns (chance is 0.1)."""
     args = [
-        "--config", ROOT / "configs" / "mnist.yaml", "--data.root", shared_datasets,
-        "--data.num_workers", "1", "--data.val_fraction", "0",
-        "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "60", "--trainer.limit_val_batches", "0",
-        "--trainer.callbacks", "[]",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--data.root",
+        shared_datasets,
+        "--data.num_workers",
+        "1",
+        "--data.val_fraction",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "60",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.callbacks",
+        "[]",
     ]
     cli("fit", *args, cwd=tmp_path)
     ckpt = next((tmp_path / "runs").rglob("*.ckpt"), None)
@@ -169,22 +231,33 @@ def test_short_run_on_real_mnist(cli, shared_datasets, tmp_path):
 def test_the_smoke_preset_is_a_run_of_seconds_with_everything_a_full_run_writes(cli, shared_datasets, tmp_path):
     """README's quick first run: configs/trainer/smoke.yaml after the dataset config trains 20 batches of one
     epoch and validates and tests on 5 batches each, with the run folder of a full run."""
-    cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--config", ROOT / "configs" / "trainer" / "smoke.yaml",
-        "--data.root", shared_datasets, cwd=tmp_path)
+    cli(
+        "fit",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--config",
+        ROOT / "configs" / "trainer" / "smoke.yaml",
+        "--data.root",
+        shared_datasets,
+        cwd=tmp_path,
+    )
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (0, 20)
     rows = read_metrics(run)
     assert epoch_rows(rows, "val/acc") and epoch_rows(rows, "test/acc") and epoch_rows(rows, "tau/conv1")
-    assert all((run / name).is_file() for name in ("tau.csv", "tau.png", "firing_rates.csv", "energy.csv", "config.yaml"))
-
+    assert all(
+        (run / name).is_file() for name in ("tau.csv", "tau.png", "firing_rates.csv", "energy.csv", "config.yaml")
+    )
 
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "nmnist", "cifar10dvs", "dvs_gesture")
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
-def test_a_dataset_config_holds_its_data_and_network_and_every_run_reads_the_papers_recipe_first(dataset, run_cli, tmp_path):
+def test_a_dataset_config_holds_its_data_and_network_and_every_run_reads_the_papers_recipe_first(
+    dataset, run_cli, tmp_path
+):
     held = yaml.safe_load((ROOT / "configs" / f"{dataset}.yaml").read_text())
     assert set(held) == {"model", "data"} and set(held["model"]) <= {"arch", "time_steps", "variant", "dropout"}
     result = run_cli("fit", "--config", dataset, "--print_config", cwd=tmp_path)  # a shipped config by its name
@@ -193,10 +266,17 @@ def test_a_dataset_config_holds_its_data_and_network_and_every_run_reads_the_pap
     model = config["model"]
     # SPEC section 3: PLIF, tau0 = 2, ATan surrogate at its own alpha, Adam lr 1e-3, cosine over 64 epochs
     assert (model["arch"], model["neuron"], model["tau"], model["surrogate"], model["surrogate_alpha"]) == (
-        dataset, "plif", 2.0, "atan", None)
+        dataset,
+        "plif",
+        2.0,
+        "atan",
+        None,
+    )
     assert (model["optimizer"]["class_path"], model["optimizer"]["init_args"]["lr"]) == ("torch.optim.Adam", 0.001)
     assert (model["lr_scheduler"]["class_path"], model["lr_scheduler"]["init_args"]["T_max"]) == (
-        "torch.optim.lr_scheduler.CosineAnnealingLR", 64)
+        "torch.optim.lr_scheduler.CosineAnnealingLR",
+        64,
+    )
     assert config["seed_everything"] == 2020 and config["trainer"]["max_epochs"] == 1024
     assert config["data"]["init_args"]["dataset"] == dataset
     if config["data"]["class_path"].endswith("StaticDataModule"):  # the network repeats each image T = 8 times
@@ -207,40 +287,81 @@ def test_a_dataset_config_holds_its_data_and_network_and_every_run_reads_the_pap
 
 
 def test_a_later_config_overrides_the_recipe(run_cli, tmp_path):
-    (tmp_path / "sgd.yaml").write_text("model:\n  neuron: lif\n  optimizer:\n    class_path: torch.optim.SGD\n"
-                                      "    init_args: {lr: 0.1}\n")
-    result = run_cli("fit", "--config", "mnist", "--config", tmp_path / "sgd.yaml", "--model.tau", "16",
-                     "--print_config", cwd=tmp_path)
+    (tmp_path / "sgd.yaml").write_text(
+        "model:\n  neuron: lif\n  optimizer:\n    class_path: torch.optim.SGD\n    init_args: {lr: 0.1}\n"
+    )
+    result = run_cli(
+        "fit",
+        "--config",
+        "mnist",
+        "--config",
+        tmp_path / "sgd.yaml",
+        "--model.tau",
+        "16",
+        "--print_config",
+        cwd=tmp_path,
+    )
     model = yaml.safe_load(result.stdout)["model"]
     assert (model["neuron"], model["tau"], model["optimizer"]["class_path"], model["optimizer"]["init_args"]["lr"]) == (
-        "lif", 16.0, "torch.optim.SGD", 0.1)
+        "lif",
+        16.0,
+        "torch.optim.SGD",
+        0.1,
+    )
     assert model["lr_scheduler"]["init_args"]["T_max"] == 64  # the rest of the recipe stays
 
 
 def test_a_callback_is_added_and_one_dropped_from_the_command_line(cli, run_cli, tiny_digits, quick, tmp_path):
-    cli("fit", *quick, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "1",
-        "--drop_callbacks+=SynapticOps", "--drop_callbacks+=plifnet.callbacks.ProgressBar",
-        "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping", "--trainer.callbacks.monitor", "val/acc",
-        "--trainer.callbacks.mode", "max", cwd=tmp_path)
+    cli(
+        "fit",
+        *quick,
+        "--data.root",
+        tiny_digits,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--drop_callbacks+=SynapticOps",
+        "--drop_callbacks+=plifnet.callbacks.ProgressBar",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping",
+        "--trainer.callbacks.monitor",
+        "val/acc",
+        "--trainer.callbacks.mode",
+        "max",
+        cwd=tmp_path,
+    )
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     paths = [callback["class_path"] for callback in saved["trainer"]["callbacks"]]
     default = yaml.safe_load((ROOT / "configs" / "trainer" / "default.yaml").read_text())["callbacks"]
     expected = [c["class_path"] for c in default if not c["class_path"].endswith(("SynapticOps", "ProgressBar"))]
     assert paths == expected + ["lightning.pytorch.callbacks.EarlyStopping"]
-    assert not (run / "energy.csv").exists() and (run / "tau.csv").is_file()  # SynapticOps wrote nothing, TauMonitor did
+    assert (
+        not (run / "energy.csv").exists() and (run / "tau.csv").is_file()
+    )  # SynapticOps wrote nothing, TauMonitor did
     refused = run_cli("fit", *quick, "--data.root", tiny_digits, "--drop_callbacks+=EarlyStop", cwd=tmp_path)
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
-        "error: --drop_callbacks EarlyStop: no such callback in the trainer config (its callbacks: FiringRateMonitor,")
+        "error: --drop_callbacks EarlyStop: no such callback in the trainer config (its callbacks: FiringRateMonitor,"
+    )
     assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize("dataset, named", [("cifar10", "model.arch 'cifar10'"), ("mnist", None)])
-def test_network_options_a_config_sets_beside_a_network_of_ones_own_are_named(dataset, named, run_cli, example_plugin,
-                                                                               tmp_path):
-    result = run_cli("fit", "--config", dataset, "--config", ROOT / "examples" / "plugin" / "configs" / "handwritten.yaml",
-                     "--data.root", tmp_path / "absent", cwd=tmp_path)  # the warning comes before the data are read
+def test_network_options_a_config_sets_beside_a_network_of_ones_own_are_named(
+    dataset, named, run_cli, example_plugin, tmp_path
+):
+    result = run_cli(
+        "fit",
+        "--config",
+        dataset,
+        "--config",
+        ROOT / "examples" / "plugin" / "configs" / "handwritten.yaml",
+        "--data.root",
+        tmp_path / "absent",
+        cwd=tmp_path,
+    )  # the warning comes before the data are read
     assert result.returncode == 1 and "was not found in" in result.stderr
     warned = [line for line in result.stderr.splitlines() if "(from a config) does nothing" in line]
     if named:
@@ -253,13 +374,38 @@ def test_the_plifnet_command_trains_exports_and_reports_outside_a_clone(run_cli,
     """The console script of the package: shipped configs by name, from a folder that holds no configs."""
     plifnet = Path(sys.executable).with_name("plifnet")
     env = dict(os.environ, PYTHONPATH="")  # the installed package, not this checkout's folder on sys.path
-    result = subprocess.run([plifnet, "fit", "--config", "mnist", "--config", "trainer/smoke", "--data.root", tiny_digits,
-                             "--data.num_workers", "0", "--model.time_steps", "2", "--trainer.limit_train_batches", "2",
-                             "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            plifnet,
+            "fit",
+            "--config",
+            "mnist",
+            "--config",
+            "trainer/smoke",
+            "--data.root",
+            tiny_digits,
+            "--data.num_workers",
+            "0",
+            "--model.time_steps",
+            "2",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.limit_test_batches",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    exported = run_cli("export", "--ckpt_path", ckpt, "--out", tmp_path / "mnist.nir", cwd=tmp_path, main=plifnet_cli.run)
+    exported = run_cli(
+        "export", "--ckpt_path", ckpt, "--out", tmp_path / "mnist.nir", cwd=tmp_path, main=plifnet_cli.run
+    )
     assert exported.returncode == 0 and (tmp_path / "mnist.nir").stat().st_size > 0, exported.stderr[-2000:]
     absent = run_cli("study", "--out", tmp_path / "none", "--report-only", cwd=tmp_path, main=plifnet_cli.run)
     assert absent.returncode == 1 and "run the study first" in absent.stderr
@@ -269,8 +415,23 @@ def test_the_wheel_ships_the_configs_and_the_command(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "plifnet", tmp_path / "plifnet", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
-                    tmp_path], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            tmp_path / "dist",
+            tmp_path,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     with zipfile.ZipFile(next((tmp_path / "dist").glob("plifnet-*.whl"))) as wheel:
         names = set(wheel.namelist())
         entry_points = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))

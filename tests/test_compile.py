@@ -17,11 +17,11 @@ import importlib
 
 import pytest
 import torch
+from test_cli import read_metrics
 
 from conftest import ROOT, active_network
 from plifnet import SpikingNet, contract, kernels
 from plifnet.models import ARCHS
-from test_cli import read_metrics
 
 PEERS = {"spikingjelly": "spikingjelly", "snntorch": "snntorch", "norse": "norse", "handwritten": None}
 
@@ -63,8 +63,14 @@ def test_a_compiled_network_gives_the_eager_spikes_and_gradients_without_graph_b
         assert kernels.available("cpu")
         net = SpikingNet("mnist", time_steps=2)
     else:  # ALIF's own hooks, traced into the network's graph
-        net = SpikingNet(layers="c8 p f100", in_channels=1, size=28, static=True, time_steps=4,
-                         neuron=lambda channels: example_plugin.ALIF(beta=0.3))
+        net = SpikingNet(
+            layers="c8 p f100",
+            in_channels=1,
+            size=28,
+            static=True,
+            time_steps=4,
+            neuron=lambda channels: example_plugin.ALIF(beta=0.3),
+        )
     active_network(net, x)  # eval mode: BatchNorm from its running statistics, the same arithmetic compiled
     (eager, compiled), explained = eager_and_compiled(net, x)
     assert explained.graph_break_count == 0
@@ -111,9 +117,22 @@ def test_model_compile_trains_and_validates_as_the_eager_network(run_cli, tiny_d
     """``--model.compile true``: a compiled fit logs tau and firing rates and checkpoints the eager
     network's names; validating its checkpoint compiled gives the eager validation's metrics exactly,
     the monitors' included (their forward hooks, added at each validation, run in the compiled network)."""
-    quick = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
-             "--data.batch_size", "8", "--model.time_steps", "2", "--trainer.logger", "CSVLogger",
-             "--trainer.logger.save_dir", "runs"]
+    quick = [
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--data.root",
+        tiny_digits,
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "8",
+        "--model.time_steps",
+        "2",
+        "--trainer.logger",
+        "CSVLogger",
+        "--trainer.logger.save_dir",
+        "runs",
+    ]
 
     def cli(subcommand, *args):
         torch._dynamo.reset()  # as in a new process: the runs here share one, and dynamo's cache per function
@@ -121,8 +140,17 @@ def test_model_compile_trains_and_validates_as_the_eager_network(run_cli, tiny_d
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "recompile_limit" not in result.stderr  # nothing falls back to eager after too many compiles
 
-    cli("fit", "--model.compile", "true", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "10",
-        "--model.optimizer.lr", "0.01")
+    cli(
+        "fit",
+        "--model.compile",
+        "true",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "10",
+        "--model.optimizer.lr",
+        "0.01",
+    )
     runs = tmp_path / "runs" / "lightning_logs"
     fitted = read_metrics(runs / "version_0")
     assert any(r.get("tau/conv1") and float(r["tau/conv1"]) != 2.0 for r in fitted)  # trained

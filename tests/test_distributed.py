@@ -14,8 +14,14 @@ pytestmark = pytest.mark.multiprocess
 
 
 def cli(*args, cwd, env):
-    result = subprocess.run([sys.executable, ROOT / "cli.py", *map(str, args)], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, ROOT / "cli.py", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -23,14 +29,47 @@ def cli(*args, cwd, env):
 def test_two_process_ddp_fit_then_single_process_test(tiny_digits, tmp_path):
     """The fit compiles the network (--model.compile true) in both processes; test and predict run the
     checkpoint eager."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"),
-               PYTHONUNBUFFERED="1")
-    common = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
-              "--data.batch_size", "4", "--model.time_steps", "2", "--model.optimizer.lr", "0.01"]
-    ddp = ["--config", ROOT / "configs" / "trainer" / "ddp.yaml", "--trainer.accelerator", "cpu",
-           "--trainer.devices", "2"]
-    cli("fit", *common, *ddp, "--model.compile", "true", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5",
-        "--trainer.limit_val_batches", "2", "--trainer.callbacks+=ddp_probe.RankProbe", cwd=tmp_path, env=env)
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"), PYTHONUNBUFFERED="1"
+    )
+    common = [
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--data.root",
+        tiny_digits,
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "4",
+        "--model.time_steps",
+        "2",
+        "--model.optimizer.lr",
+        "0.01",
+    ]
+    ddp = [
+        "--config",
+        ROOT / "configs" / "trainer" / "ddp.yaml",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+    ]
+    cli(
+        "fit",
+        *common,
+        *ddp,
+        "--model.compile",
+        "true",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "5",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.callbacks+=ddp_probe.RankProbe",
+        cwd=tmp_path,
+        env=env,
+    )
 
     ranks = [torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2 and len(ranks[0]["taus"]) == 5
@@ -62,13 +101,41 @@ def test_two_process_ddp_fit_then_single_process_test(tiny_digits, tmp_path):
 def test_two_process_ddp_fit_with_the_first_block_recomputed_in_groups(tiny_digits, tmp_path):
     """memory first_block under DDP: every parameter of the first block is used once per group and again
     in the recomputation; the ranks' gradients still meet once per step, and tau and weights agree."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"),
-               PYTHONUNBUFFERED="1")
-    cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0",
-        "--data.batch_size", "4", "--model.time_steps", "2", "--model.optimizer.lr", "0.01", "--model.memory",
-        "first_block", "--config", ROOT / "configs" / "trainer" / "ddp.yaml", "--trainer.accelerator", "cpu",
-        "--trainer.devices", "2", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-        "--trainer.limit_val_batches", "0", "--trainer.callbacks+=ddp_probe.RankProbe", cwd=tmp_path, env=env)
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"), PYTHONUNBUFFERED="1"
+    )
+    cli(
+        "fit",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--data.root",
+        tiny_digits,
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "4",
+        "--model.time_steps",
+        "2",
+        "--model.optimizer.lr",
+        "0.01",
+        "--model.memory",
+        "first_block",
+        "--config",
+        ROOT / "configs" / "trainer" / "ddp.yaml",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.callbacks+=ddp_probe.RankProbe",
+        cwd=tmp_path,
+        env=env,
+    )
     ranks = [torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2 and len(ranks[0]["taus"]) == 3
     for step0, step1 in zip(ranks[0]["taus"], ranks[1]["taus"]):
@@ -84,13 +151,39 @@ def test_two_process_ddp_fit_of_a_peer_network(family, tiny_digits, tmp_path):
     either way, tau, the neurons' buffers (snnTorch's state, reset: empty on both ranks) and the weights agree
     at every step."""
     pytest.importorskip(family)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"),
-               PYTHONUNBUFFERED="1")
-    cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--config", ROOT / "examples" / "plugin" / "configs" / f"{family}.yaml",
-        "--data.root", tiny_digits, "--data.num_workers", "0", "--data.batch_size", "4", "--model.optimizer.lr", "0.01",
-        "--config", ROOT / "configs" / "trainer" / "ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
-        "--trainer.callbacks+=ddp_probe.RankProbe", cwd=tmp_path, env=env)
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"), PYTHONUNBUFFERED="1"
+    )
+    cli(
+        "fit",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--config",
+        ROOT / "examples" / "plugin" / "configs" / f"{family}.yaml",
+        "--data.root",
+        tiny_digits,
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "4",
+        "--model.optimizer.lr",
+        "0.01",
+        "--config",
+        ROOT / "configs" / "trainer" / "ddp.yaml",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "4",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.callbacks+=ddp_probe.RankProbe",
+        cwd=tmp_path,
+        env=env,
+    )
     ranks = [torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2 and len(ranks[0]["taus"]) == 4 and len(ranks[0]["taus"][0]) == 3
     for step0, step1 in zip(ranks[0]["taus"], ranks[1]["taus"]):

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import active_network
 from plifnet import PLIF, SpikingClassifier, SpikingNet
-from plifnet.neurons import IF
 from plifnet.callbacks import SynapticOps
 from plifnet.data.static import StaticDataModule
 from plifnet.energy import TECHNOLOGIES, SynapticCounter, estimate
-from conftest import active_network
+from plifnet.neurons import IF
 
 
 def recorded_inputs(model, x):
@@ -28,7 +28,9 @@ def recorded_inputs(model, x):
             counts[kind] += 1
             name = f"{kind}{counts[kind]}" if isinstance(model, SpikingNet) else path
             inputs[name] = []
-            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: inputs[name].append((m, i[0].clone()))))
+            hooks.append(
+                module.register_forward_hook(lambda m, i, o, name=name: inputs[name].append((m, i[0].clone())))
+            )
     with torch.no_grad():
         model.eval()(x)
     for hook in hooks:
@@ -55,8 +57,13 @@ class BorderNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.convs = nn.ModuleList([nn.Conv2d(2, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4),
-                                    nn.Conv2d(8, 6, (3, 5), padding="same")])
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(2, 8, 3, stride=2, padding=1),
+                nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4),
+                nn.Conv2d(8, 6, (3, 5), padding="same"),
+            ]
+        )
         self.neurons = nn.ModuleList([PLIF() for _ in range(4)])
         self.fc = nn.Linear(6 * 7 * 7, 3)
         for conv in self.convs:
@@ -82,7 +89,7 @@ def test_sops_of_every_layer_equal_a_brute_force_count(case):
     images = x.shape[1] if x.dim() == 5 else x.shape[0]
     spike_fed = 0
     for row in report.layers:
-        (module, layer_input), = inputs[row.name]
+        ((module, layer_input),) = inputs[row.name]
         binary = bool(((layer_input == 0) | (layer_input == 1)).all())
         assert row.input == ("spikes" if binary else "values")
         if binary:
@@ -119,7 +126,11 @@ def test_a_layer_counts_as_spike_fed_exactly_when_every_input_is_0_or_1(dtype, o
 def test_dense_macs_are_those_of_the_paper_network():
     report = estimate(SpikingNet("mnist"), torch.randn(2, 1, 28, 28))
     assert [row.macs for row in report.layers] == [
-        128 * 28 * 28 * 1 * 9, 128 * 14 * 14 * 128 * 9, 128 * 7 * 7 * 2048, 2048 * 100]
+        128 * 28 * 28 * 1 * 9,
+        128 * 14 * 14 * 128 * 9,
+        128 * 7 * 7 * 2048,
+        2048 * 100,
+    ]
     assert report.macs == sum(row.macs for row in report.layers)
     encoder = report.layers[0]
     assert encoder.sops == encoder.macs  # static images: the encoder runs once per image, not T times
@@ -131,7 +142,9 @@ def test_technology_tables_and_errors():
     custom = estimate(model, x, (2.0, 1.0))
     assert int8.sops == fp32.sops
     encoder, conv2 = int8.layers[0], int8.layers[1]
-    assert encoder.energy_pj == pytest.approx(encoder.macs * 0.23) and conv2.energy_pj == pytest.approx(conv2.sops * 0.03)
+    assert encoder.energy_pj == pytest.approx(encoder.macs * 0.23) and conv2.energy_pj == pytest.approx(
+        conv2.sops * 0.03
+    )
     assert custom.layers[1].energy_pj == pytest.approx(custom.layers[1].sops)
     assert fp32.totals()["ann_to_snn"] == pytest.approx(fp32.ann_energy_pj / fp32.energy_pj)
     with pytest.raises(ValueError, match="unknown technology 'tsmc3'"):
@@ -144,8 +157,15 @@ def test_callback_logs_writes_energy_csv_and_prints_totals_on_test(tiny_digits, 
     data = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0, val_fraction=0.0)
     model = SpikingClassifier("mnist")
     callback = SynapticOps()
-    trainer = L.Trainer(default_root_dir=tmp_path, logger=L.pytorch.loggers.CSVLogger(tmp_path), callbacks=[callback],
-                        enable_progress_bar=False, enable_model_summary=False, max_epochs=1, limit_train_batches=2)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        logger=L.pytorch.loggers.CSVLogger(tmp_path),
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=1,
+        limit_train_batches=2,
+    )
     trainer.fit(model, data)
     assert "val/sops_per_image" in trainer.callback_metrics  # validation: the first loader
     results = trainer.test(model, data)[0]

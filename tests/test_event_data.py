@@ -4,13 +4,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from event_files import (
+    aedat31_packet,
+    hand_frames,
+    random_events,
+    write_aedat2,
+    write_aedat4,
+    write_aedat31,
+    write_nmnist,
+)
 
 from conftest import ROOT
-from event_files import (aedat31_packet, hand_frames, random_events, write_aedat2, write_aedat4, write_aedat31,
-                         write_nmnist)
 from plifnet.data.events import EventDataModule, to_frames
-from plifnet.data.recordings import (CorruptRecording, read_aedat2_dvs128, read_aedat4, read_aedat31_polarity,
-                                     read_gesture_npy, read_nmnist)
+from plifnet.data.recordings import (
+    CorruptRecording,
+    read_aedat2_dvs128,
+    read_aedat4,
+    read_aedat31_polarity,
+    read_gesture_npy,
+    read_nmnist,
+)
 from plifnet.files import temporary_name
 
 
@@ -23,24 +36,48 @@ def fields(events):
 # Each decoder is checked against what we did not write: bytes encoded by hand from the format's
 # published description, or another library's reader of the same file.
 
+
 def test_nmnist_decoder_against_the_published_layout(tmp_path):
     """N-MNIST (Orchard et al. 2015, the dataset's README): 40 bits per event, big-endian: bits 39-32
     X, 31-24 Y, bit 23 polarity (1 = ON), bits 22-0 the timestamp in microseconds."""
-    raw = bytes([0x05, 0x0A, 0x80, 0x01, 0x02,   # x 5, y 10, ON, t 0x000102
-                 0x21, 0x00, 0x7F, 0xFF, 0xFF,   # x 33, y 0, OFF, t 2^23 - 1
-                 0x00, 0x21, 0xFF, 0xFF, 0xFF])  # x 0, y 33, ON, t 2^23 - 1
+    raw = bytes(
+        [
+            0x05,
+            0x0A,
+            0x80,
+            0x01,
+            0x02,  # x 5, y 10, ON, t 0x000102
+            0x21,
+            0x00,
+            0x7F,
+            0xFF,
+            0xFF,  # x 33, y 0, OFF, t 2^23 - 1
+            0x00,
+            0x21,
+            0xFF,
+            0xFF,
+            0xFF,
+        ]
+    )  # x 0, y 33, ON, t 2^23 - 1
     (tmp_path / "00001.bin").write_bytes(raw)
-    assert fields(read_nmnist(tmp_path / "00001.bin")) == [[5, 33, 0], [10, 0, 33], [258, 2**23 - 1, 2**23 - 1], [1, 0, 1]]
+    assert fields(read_nmnist(tmp_path / "00001.bin")) == [
+        [5, 33, 0],
+        [10, 0, 33],
+        [258, 2**23 - 1, 2**23 - 1],
+        [1, 0, 1],
+    ]
 
 
 def test_aedat2_decoder_against_the_dvs128_address_layout(tmp_path):
     """AEDAT 2.0 (jAER): '#' header lines, then big-endian (uint32 address, uint32 timestamp); a
     DVS128 address holds the polarity in bit 0, x in bits 1-7 and y in bits 8-14. CIFAR10-DVS is
     read as SpikingJelly reads it: x = 127 - y_raw, y = 127 - x_raw, p = 1 - bit 0."""
-    raw = (b"#!AER-DAT2.0\r\n# created by hand\r\n"
-           + bytes.fromhex("00007F0B" "FFFFFFF0")    # y_raw 127, x_raw 5, bit 0 = 1 -> (0, 122, p 0), t 2^32 - 16
-           + bytes.fromhex("00000100" "00000007")    # y_raw 1, x_raw 0, bit 0 = 0 -> (126, 127, p 1), t 7
-           + bytes.fromhex("00004AFE" "80000000"))   # y_raw 74, x_raw 127, bit 0 = 0 -> (53, 0, p 1), t 2^31
+    raw = (
+        b"#!AER-DAT2.0\r\n# created by hand\r\n"
+        + bytes.fromhex("00007F0BFFFFFFF0")  # y_raw 127, x_raw 5, bit 0 = 1 -> (0, 122, p 0), t 2^32 - 16
+        + bytes.fromhex("0000010000000007")  # y_raw 1, x_raw 0, bit 0 = 0 -> (126, 127, p 1), t 7
+        + bytes.fromhex("00004AFE80000000")
+    )  # y_raw 74, x_raw 127, bit 0 = 0 -> (53, 0, p 1), t 2^31
     (tmp_path / "cifar10_cat_0.aedat").write_bytes(raw)
     events = read_aedat2_dvs128(tmp_path / "cifar10_cat_0.aedat")
     assert fields(events) == [[0, 126, 53], [122, 127, 0], [2**32 - 16, 7, 2**31], [0, 1, 1]]
@@ -76,24 +113,36 @@ def test_aedat4_decoder_against_dv_processing(tmp_path):
         if batch is not None and len(batch):
             batches.append(batch.numpy())
     theirs = np.concatenate(batches)
-    assert fields(read_aedat4(path)) == [theirs[k].astype(np.int64).tolist() for k in ("x", "y", "timestamp", "polarity")]
+    assert fields(read_aedat4(path)) == [
+        theirs[k].astype(np.int64).tolist() for k in ("x", "y", "timestamp", "polarity")
+    ]
     assert set(theirs["polarity"].tolist()) == {0, 1} and theirs["timestamp"].min() > 2**32
 
 
 def test_gesture_npy_decoder_against_tonic(tmp_path):
     """tonic's DVS Gesture files, read by tonic's own ``DVSGesture.__getitem__`` and by ours."""
-    import tonic
     from types import SimpleNamespace
+
+    import tonic
 
     rows = np.array([[1, 2, 1, 5], [127, 0, 0, 7], [3, 127, 1, 6_000_000]])
     np.save(tmp_path / "3.npy", rows)
-    dataset = SimpleNamespace(data=[tmp_path / "3.npy"], targets=[3], dtype=tonic.datasets.DVSGesture.dtype,
-                              transform=None, target_transform=None, transforms=None)
+    dataset = SimpleNamespace(
+        data=[tmp_path / "3.npy"],
+        targets=[3],
+        dtype=tonic.datasets.DVSGesture.dtype,
+        transform=None,
+        target_transform=None,
+        transforms=None,
+    )
     theirs, _ = tonic.datasets.DVSGesture.__getitem__(dataset, 0)
-    assert fields(read_gesture_npy(tmp_path / "3.npy")) == [theirs[k].astype(np.int64).tolist() for k in ("x", "y", "t", "p")]
+    assert fields(read_gesture_npy(tmp_path / "3.npy")) == [
+        theirs[k].astype(np.int64).tolist() for k in ("x", "y", "t", "p")
+    ]
 
 
 # --- frames ---------------------------------------------------------------------------------------
+
 
 def events_of(x, y, t, p):
     from plifnet.data.recordings import _events
@@ -146,13 +195,16 @@ def test_events_outside_the_sensor_are_an_error():
 
 # --- data modules ---------------------------------------------------------------------------------
 
+
 def make_nmnist(root: Path, per_digit=3, test_per_digit=1):
     """A subset of N-MNIST in its original layout; returns the written events by path."""
     written = {}
     for split, count in (("Train", per_digit), ("Test", test_per_digit)):
         for digit in range(10):
             for i in range(count):
-                x, y, t, p = random_events(50 + 37 * i + digit, 34, seed=digit * 100 + i + (1000 if split == "Test" else 0))
+                x, y, t, p = random_events(
+                    50 + 37 * i + digit, 34, seed=digit * 100 + i + (1000 if split == "Test" else 0)
+                )
                 path = write_nmnist(root / split / str(digit) / f"{i:05d}.bin", x, y, t, p)
                 written[path] = (x, y, t, p)
     return written
@@ -160,8 +212,15 @@ def make_nmnist(root: Path, per_digit=3, test_per_digit=1):
 
 def test_nmnist_subset_folder_loads_with_frames_of_the_paper(tmp_path):
     written = make_nmnist(tmp_path / "N-MNIST")
-    dm = EventDataModule("nmnist", root=str(tmp_path / "N-MNIST"), time_steps=10, num_workers=0, batch_size=4,
-                         cache_dir=str(tmp_path / "cache"), val_fraction=0.3)
+    dm = EventDataModule(
+        "nmnist",
+        root=str(tmp_path / "N-MNIST"),
+        time_steps=10,
+        num_workers=0,
+        batch_size=4,
+        cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.3,
+    )
     dm.setup("fit")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (20, 10, 10)  # round(0.3 * 3) = 1 per digit
     frames, label = dm.test_set[7]
@@ -180,9 +239,16 @@ def test_cifar10dvs_split_by_recording_number(tmp_path):
     dm = EventDataModule("cifar10dvs", root=str(root), time_steps=4, num_workers=0, val_fraction=0, cache=False)
     dm.setup("fit")
     train = [(r.path.name, r.label) for r in dm.train_set.recordings]
-    assert train == [("cifar10_airplane_0.aedat", 0), ("cifar10_airplane_899.aedat", 0),
-                     ("cifar10_truck_0.aedat", 9), ("cifar10_truck_899.aedat", 9)]
-    assert [r.path.name for r in dm.test_set.recordings][:2] == ["cifar10_airplane_900.aedat", "cifar10_airplane_999.aedat"]
+    assert train == [
+        ("cifar10_airplane_0.aedat", 0),
+        ("cifar10_airplane_899.aedat", 0),
+        ("cifar10_truck_0.aedat", 9),
+        ("cifar10_truck_899.aedat", 9),
+    ]
+    assert [r.path.name for r in dm.test_set.recordings][:2] == [
+        "cifar10_airplane_900.aedat",
+        "cifar10_airplane_999.aedat",
+    ]
     assert dm.test_set[0][0].shape == (4, 2, 128, 128)
 
 
@@ -201,7 +267,8 @@ def test_dvs_gesture_labels_cut_at_csv_boundaries(tmp_path):
     x = np.arange(9) * 10
     write_aedat31(tmp_path / "user01_fluorescent.aedat", [aedat31_packet(x, np.zeros(9), t, np.ones(9))])
     (tmp_path / "user01_fluorescent_labels.csv").write_text(
-        "class,startTime_usec,endTime_usec\n3,1000,2000\n11,3000,4000\n")
+        "class,startTime_usec,endTime_usec\n3,1000,2000\n11,3000,4000\n"
+    )
     (tmp_path / "trials_to_train.txt").write_text("user01_fluorescent.aedat\nuser02_led.aedat\n")  # user02: not here
     (tmp_path / "trials_to_test.txt").write_text("user01_fluorescent.aedat\n")
     dm = EventDataModule("dvs_gesture", root=str(tmp_path), time_steps=1, num_workers=0, val_fraction=0, cache=False)
@@ -227,8 +294,15 @@ def test_cache_is_keyed_reused_and_never_stale(tmp_path):
     cache = tmp_path / "cache"
 
     def build(time_steps, split_by="number"):
-        dm = EventDataModule("nmnist", root=str(tmp_path / "d"), time_steps=time_steps, split_by=split_by,
-                             num_workers=0, val_fraction=0, cache_dir=str(cache))
+        dm = EventDataModule(
+            "nmnist",
+            root=str(tmp_path / "d"),
+            time_steps=time_steps,
+            split_by=split_by,
+            num_workers=0,
+            val_fraction=0,
+            cache_dir=str(cache),
+        )
         dm.setup("fit")
         return dm
 
@@ -252,8 +326,14 @@ def test_cache_is_keyed_reused_and_never_stale(tmp_path):
 
 def test_cache_write_is_atomic(tmp_path, monkeypatch):
     make_nmnist(tmp_path / "d", per_digit=1, test_per_digit=1)
-    dm = EventDataModule("nmnist", root=str(tmp_path / "d"), time_steps=10, num_workers=0, val_fraction=0,
-                         cache_dir=str(tmp_path / "cache"))
+    dm = EventDataModule(
+        "nmnist",
+        root=str(tmp_path / "d"),
+        time_steps=10,
+        num_workers=0,
+        val_fraction=0,
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm.setup("fit")
 
     def crash(file, array):
@@ -279,18 +359,35 @@ def test_a_full_disk_under_the_frame_cache_is_one_line_and_the_cached_files_stay
     dm.test_set.frames(0)
     kept = cached_before.read_bytes()
     full = [dm.train_set._cache_file(r) for r in dm.train_set.recordings] + [
-        dm.test_set._cache_file(r) for r in dm.test_set.recordings[1:]]
+        dm.test_set._cache_file(r) for r in dm.test_set.recordings[1:]
+    ]
     for path in full:
         temporary_name(path).symlink_to("/dev/full")  # in-process, so this pid's temporary names
-    result = run_cli("fit", "--config", ROOT / "configs" / "nmnist.yaml", "--data.root", tmp_path / "data",
-                     "--data.num_workers", "0", "--data.batch_size", "2", "--data.time_steps", "2",
-                     "--data.val_fraction", "0", "--trainer.max_epochs", "1", cwd=tmp_path)
+    result = run_cli(
+        "fit",
+        "--config",
+        ROOT / "configs" / "nmnist.yaml",
+        "--data.root",
+        tmp_path / "data",
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "2",
+        "--data.time_steps",
+        "2",
+        "--data.val_fraction",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     failed = next(path for path in full if not temporary_name(path).is_symlink())  # the write that was tried
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: could not write the frame cache file {failed}: No space left on device. The files cached before "
         f"are intact. Fix: free disk space or make {dm.test_set.cache} writable, cache elsewhere with "
-        f"--data.cache_dir DIR, or not at all with --data.cache false")
+        f"--data.cache_dir DIR, or not at all with --data.cache false"
+    )
     assert cached_before.read_bytes() == kept and not failed.exists()
     assert sorted(p.name for p in dm.test_set.cache.glob("*.npy") if not p.is_symlink()) == [cached_before.name]
 
@@ -314,8 +411,9 @@ def test_corrupt_truncated_and_empty_recordings(tmp_path):
     with pytest.raises(CorruptRecording, match=rf"{truncated}: .* not a whole number of 5-byte N-MNIST events"):
         dm.train_set[index]
 
-    skipping = EventDataModule("nmnist", root=str(tmp_path / "d"), num_workers=0, val_fraction=0, cache=False,
-                               on_error="skip")
+    skipping = EventDataModule(
+        "nmnist", root=str(tmp_path / "d"), num_workers=0, val_fraction=0, cache=False, on_error="skip"
+    )
     with pytest.warns(RuntimeWarning, match="skipped 2 corrupt recording"):
         skipping.setup("fit")
     assert len(skipping.train_set) == 18 and len(skipping.skipped) == 2
@@ -351,20 +449,40 @@ def make_dvs_gesture(root: Path):
         x, y, t, p = random_events(300, 128, seed=len(user), t0=1_000_000)
         write_aedat31(root / f"{user}.aedat", [aedat31_packet(x, y, t, p)])
         (root / f"{user}_labels.csv").write_text(
-            "class,startTime_usec,endTime_usec\n1,1000000,1100000\n5,1100000,1200000\n11,1200000,1300000\n")
+            "class,startTime_usec,endTime_usec\n1,1000000,1100000\n5,1100000,1200000\n11,1200000,1300000\n"
+        )
     (root / "trials_to_train.txt").write_text("user01_fluorescent.aedat\n")
     (root / "trials_to_test.txt").write_text("user24_led.aedat\n")
 
 
-@pytest.mark.parametrize("config,make", [("nmnist", make_nmnist), ("cifar10dvs", make_cifar10dvs),
-                                         ("dvs_gesture", make_dvs_gesture)])
+@pytest.mark.parametrize(
+    "config,make", [("nmnist", make_nmnist), ("cifar10dvs", make_cifar10dvs), ("dvs_gesture", make_dvs_gesture)]
+)
 def test_cli_fit_on_generated_recordings(config, make, run_cli, tmp_path):
     """Each event config trains with one command on files written in its original format."""
     make(tmp_path / "data")
-    result = run_cli("fit", "--config", ROOT / "configs" / f"{config}.yaml", "--data.root", tmp_path / "data",
-                     "--data.num_workers", "0", "--data.batch_size", "2", "--data.time_steps", "2",
-                     "--data.val_fraction", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-                     "--trainer.limit_val_batches", "2", cwd=tmp_path)
+    result = run_cli(
+        "fit",
+        "--config",
+        ROOT / "configs" / f"{config}.yaml",
+        "--data.root",
+        tmp_path / "data",
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "2",
+        "--data.time_steps",
+        "2",
+        "--data.val_fraction",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "2",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -13,7 +13,6 @@ from plifnet import ARCHS, SpikingNet, neuron_factory
 from plifnet.export import from_nir, main as export_main, to_nir
 from plifnet.neurons import BaseNode
 
-
 # ---- an independent NIR runner: nirtorch wires the graph; the neuron steps are NIR's equations at dt = 1
 
 
@@ -58,7 +57,10 @@ class NIRThreshold(nn.Module):
 def affine(node):
     """NIR's Affine, y = W x + b (nirtorch 2.6's default map leaves the bias at its random initial value)."""
     linear = nn.Linear(*node.weight.shape[::-1])
-    linear.weight.data, linear.bias.data = torch.from_numpy(np.array(node.weight)), torch.from_numpy(np.array(node.bias))
+    linear.weight.data, linear.bias.data = (
+        torch.from_numpy(np.array(node.weight)),
+        torch.from_numpy(np.array(node.bias)),
+    )
     return linear
 
 
@@ -80,8 +82,10 @@ def run_nir(graph, x, dtype=torch.float64):
     static = graph.metadata["input"] == "static"
     steps = int(graph.metadata["time_steps"]) if static else x.shape[0]
     spikes = {name: [] for name in neurons}
-    hooks = [getattr(module, name).register_forward_hook(lambda m, i, out, name=name: spikes[name].append(out[0]))
-             for name in neurons]
+    hooks = [
+        getattr(module, name).register_forward_hook(lambda m, i, out, name=name: spikes[name].append(out[0]))
+        for name in neurons
+    ]
     scores, state = [], None
     with torch.no_grad():
         for t in range(steps):
@@ -96,8 +100,10 @@ def plifnet_spikes(net, x):
     """Class scores and {layer: spikes [T, N, ...]} of a plifnet network, in the order of its neurons."""
     layers = net.spiking_layers()
     spikes = {}
-    hooks = [layer.register_forward_hook(lambda m, i, out, name=name: spikes.__setitem__(name, out))
-             for name, layer in layers.items()]
+    hooks = [
+        layer.register_forward_hook(lambda m, i, out, name=name: spikes.__setitem__(name, out))
+        for name, layer in layers.items()
+    ]
     with torch.no_grad():
         scores = net(x)
     for hook in hooks:
@@ -140,23 +146,42 @@ def test_an_independent_nir_runner_gives_the_same_spikes(arch):
     net = active_network(SpikingNet(arch).double(), x)
     graph = to_nir(net, dtype=np.float64)
     assert [type(node).__name__ for node in graph.nodes.values()] == [
-        "Input", "Conv2d", "LIF", "SumPool2d", "Threshold", "Conv2d", "LIF", "SumPool2d", "Threshold",
-        "Flatten", "Linear", "LIF", "Linear", "LIF", "Linear", "Output"]
+        "Input",
+        "Conv2d",
+        "LIF",
+        "SumPool2d",
+        "Threshold",
+        "Conv2d",
+        "LIF",
+        "SumPool2d",
+        "Threshold",
+        "Flatten",
+        "Linear",
+        "LIF",
+        "Linear",
+        "LIF",
+        "Linear",
+        "Output",
+    ]
     scores, spikes = plifnet_spikes(net, x)
     nir_scores, nir_spikes = run_nir(graph, x)
     assert_same_spikes(spikes, list(nir_spikes.values()))
     torch.testing.assert_close(nir_scores, scores, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("neuron", [
-    dict(kind="plif", per_channel=True),
-    dict(kind="plif", decay_input=False),
-    dict(kind="lif", tau=3.0, v_threshold=0.8, v_reset=-0.2),
-    dict(kind="if"),
-])
+@pytest.mark.parametrize(
+    "neuron",
+    [
+        dict(kind="plif", per_channel=True),
+        dict(kind="plif", decay_input=False),
+        dict(kind="lif", tau=3.0, v_threshold=0.8, v_reset=-0.2),
+        dict(kind="if"),
+    ],
+)
 def test_every_neuron_variant_exports_exactly(neuron, tmp_path):
-    net = SpikingNet(layers="c16 p c16 p d f64 f20", in_channels=2, size=12, classes=2, static=False,
-                     neuron=neuron_factory(**neuron))
+    net = SpikingNet(
+        layers="c16 p c16 p d f64 f20", in_channels=2, size=12, classes=2, static=False, neuron=neuron_factory(**neuron)
+    )
     x = torch.poisson(torch.full((7, 3, 2, 12, 12), 0.3)).double()
     net = active_network(net.double(), x)
     if neuron.get("per_channel"):  # a different tau in every channel
@@ -170,8 +195,10 @@ def test_every_neuron_variant_exports_exactly(neuron, tmp_path):
         np.testing.assert_array_equal(lif.r, lif.tau)
     nir.write(tmp_path / "net.nir", graph)
     scores, spikes = plifnet_spikes(net, x)
-    for name, (got_scores, got_spikes) in {"from_nir": plifnet_spikes(from_nir(tmp_path / "net.nir"), x),
-                                           "nirtorch": run_nir(nir.read(tmp_path / "net.nir"), x)}.items():
+    for name, (got_scores, got_spikes) in {
+        "from_nir": plifnet_spikes(from_nir(tmp_path / "net.nir"), x),
+        "nirtorch": run_nir(nir.read(tmp_path / "net.nir"), x),
+    }.items():
         assert_same_spikes(spikes, list(got_spikes.values()) if isinstance(got_spikes, dict) else got_spikes)
         torch.testing.assert_close(got_scores, scores, rtol=0, atol=1e-12, msg=name)
 
@@ -189,15 +216,18 @@ def test_what_has_no_nir_form_is_refused_by_name():
             return super().step(state, x, k)
 
     plugin = SpikingNet("mnist", neuron=lambda channels: Adaptive()).eval()
-    with pytest.raises(ValueError, match=r"conv1: neuron Adaptive overrides the step \(step\): its own equations have no NIR form"):
+    with pytest.raises(
+        ValueError, match=r"conv1: neuron Adaptive overrides the step \(step\): its own equations have no NIR form"
+    ):
         to_nir(plugin)
     with pytest.raises(ValueError, match="eval mode"):
         to_nir(SpikingNet("mnist"))
     with pytest.raises(ValueError, match="SpikingNet networks and networks whose layers form one nn.Sequential"):
         to_nir(nn.Linear(2, 2).eval())
     graph = to_nir(SpikingNet("mnist").eval())
-    graph.nodes["conv1_lif"] = nir.CubaLIF(tau_syn=np.ones(1), tau_mem=np.full(1, 2.0), r=np.ones(1), v_leak=np.zeros(1),
-                                           v_threshold=np.ones(1))
+    graph.nodes["conv1_lif"] = nir.CubaLIF(
+        tau_syn=np.ones(1), tau_mem=np.full(1, 2.0), r=np.ones(1), v_leak=np.zeros(1), v_threshold=np.ones(1)
+    )
     with pytest.raises(ValueError, match="node conv1_lif .CubaLIF. has no plifnet form"):
         from_nir(graph)
 
@@ -217,8 +247,9 @@ def test_graph_metadata_and_float32_file(tmp_path):
 
 
 def test_export_command_writes_a_file_and_refuses_a_bad_checkpoint(tmp_path, capsys):
-    from plifnet import SpikingClassifier
     import lightning as L
+
+    from plifnet import SpikingClassifier
 
     model = SpikingClassifier(arch="mnist")
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -232,8 +263,17 @@ def test_export_command_writes_a_file_and_refuses_a_bad_checkpoint(tmp_path, cap
     assert graph.nodes["conv1"].weight.shape == tuple(state.shape)
     # the model built from cli.py's config first (for networks that take their shape from the data module)
     from conftest import ROOT
-    configured = export_main(["--ckpt_path", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "c.nir"),
-                              "--config", str(ROOT / "configs" / "mnist.yaml")])
+
+    configured = export_main(
+        [
+            "--ckpt_path",
+            str(tmp_path / "m.ckpt"),
+            "--out",
+            str(tmp_path / "c.nir"),
+            "--config",
+            str(ROOT / "configs" / "mnist.yaml"),
+        ]
+    )
     fc1 = [m for m in model.net.layers if isinstance(m, nn.Linear)][0].weight.detach().numpy()
     assert np.array_equal(nir.read(configured).nodes["fc1"].weight, fc1)
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
@@ -252,16 +292,18 @@ def spike_counts_and_predictions(spikes: list, classes: int):
 def compare_on(net, path, x, dtype, chunk=250, runs=("from_nir", "nirtorch")):
     """Per-layer spike counts and predictions of plifnet's network and of ``runs`` (from_nir's, the
     independent runner's) on ``x`` (in chunks), all in ``dtype``."""
-    implementations = {"plifnet": lambda x: plifnet_spikes(net, x)[1],
-                       "from_nir": lambda x, back=from_nir(path).to(dtype): plifnet_spikes(back, x)[1],
-                       "nirtorch": lambda x, graph=nir.read(path): list(run_nir(graph, x, dtype)[1].values())}
+    implementations = {
+        "plifnet": lambda x: plifnet_spikes(net, x)[1],
+        "from_nir": lambda x, back=from_nir(path).to(dtype): plifnet_spikes(back, x)[1],
+        "nirtorch": lambda x, graph=nir.read(path): list(run_nir(graph, x, dtype)[1].values()),
+    }
     results = {}
     for name, run in implementations.items():
         if name != "plifnet" and name not in runs:
             continue
         counts, predictions = None, []
         for start in range(0, len(x) if x.dim() == 4 else x.shape[1], chunk):
-            part = x[start:start + chunk] if x.dim() == 4 else x[:, start:start + chunk]
+            part = x[start : start + chunk] if x.dim() == 4 else x[:, start : start + chunk]
             c, p = spike_counts_and_predictions(run(part.to(dtype)), net.classes)
             counts = c if counts is None else [a + b for a, b in zip(counts, c)]
             predictions.append(p)
@@ -280,13 +322,27 @@ def test_a_trained_mnist_network_agrees_on_1000_real_test_images(shared_datasets
 
     data = StaticDataModule("mnist", root=str(shared_datasets), num_workers=0, batch_size=16)
     model = SpikingClassifier("mnist")
-    trainer = L.Trainer(max_steps=60, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=60,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, data)
     trainer.save_checkpoint(tmp_path / "mnist.ckpt")
     for dtype in ("float32", "float64"):
-        export_main(["--ckpt_path", str(tmp_path / "mnist.ckpt"), "--out", str(tmp_path / f"mnist-{dtype}.nir"),
-                     "--dtype", dtype])
+        export_main(
+            [
+                "--ckpt_path",
+                str(tmp_path / "mnist.ckpt"),
+                "--out",
+                str(tmp_path / f"mnist-{dtype}.nir"),
+                "--dtype",
+                dtype,
+            ]
+        )
     data.setup("test")
     x = torch.stack([data.test_set[i][0] for i in range(1000)])
     labels = torch.tensor([data.test_set[i][1] for i in range(1000)])
@@ -303,25 +359,37 @@ def test_a_trained_mnist_network_agrees_on_1000_real_test_images(shared_datasets
     # float32, 1000 images, against the independent runner (from_nir is the same code as plifnet's)
     single = compare_on(net, tmp_path / "mnist-float32.nir", x, torch.float32, runs=("nirtorch",))
     counts32, predictions32 = single["plifnet"]
-    lines = [f"MNIST, 60 training steps, 1000 test images: accuracy {(predictions32 == labels).float().mean():.1%}; "
-             f"spikes per layer {counts32}"]
+    lines = [
+        f"MNIST, 60 training steps, 1000 test images: accuracy {(predictions32 == labels).float().mean():.1%}; "
+        f"spikes per layer {counts32}"
+    ]
     for name in ("nirtorch",):
         agree = (single[name][1] == predictions32).float().mean().item()
         worst = max(abs(a - b) / a for a, b in zip(single[name][0], counts32))
-        lines.append(f"float32 {name}: classes agree on {agree:.1%}, spike counts within {worst:.2e}; "
-                     f"float64 (100 images): equal to the last spike")
+        lines.append(
+            f"float32 {name}: classes agree on {agree:.1%}, spike counts within {worst:.2e}; "
+            f"float64 (100 images): equal to the last spike"
+        )
         assert agree >= 0.995 and worst < 1e-3, lines[-1]
     with capsys.disabled():
         print("\n" + "\n".join(lines))
 
 
 def test_an_nmnist_network_on_generated_recordings_exports_exactly(tmp_path):
-    from plifnet.data.events import EventDataModule
     from test_event_data import make_nmnist
 
+    from plifnet.data.events import EventDataModule
+
     make_nmnist(tmp_path / "N-MNIST", per_digit=1, test_per_digit=2)
-    data = EventDataModule("nmnist", root=str(tmp_path / "N-MNIST"), time_steps=10, num_workers=0, batch_size=4,
-                           cache_dir=str(tmp_path / "cache"), val_fraction=0.0)
+    data = EventDataModule(
+        "nmnist",
+        root=str(tmp_path / "N-MNIST"),
+        time_steps=10,
+        num_workers=0,
+        batch_size=4,
+        cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.0,
+    )
     data.setup("test")
     frames = torch.stack([data.test_set[i][0] for i in range(len(data.test_set))], dim=1)  # [T, N, 2, 34, 34]
     net = active_network(SpikingNet("nmnist").double(), frames.double())

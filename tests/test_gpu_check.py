@@ -15,9 +15,10 @@ pytestmark = pytest.mark.multiprocess  # its fits, and a 2-process DDP fit
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     env = dict(os.environ, PLIFNET_CHECK_DEVICE="cpu", PLIFNET_CHECK_LOGS=str(tmp_path / "logs"), PYTHON=sys.executable)
-    result = subprocess.run(["bash", ROOT / "scripts" / "gpu_check.sh"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=900)
-    summary = result.stdout[result.stdout.index("== gpu_check summary"):]
+    result = subprocess.run(
+        ["bash", ROOT / "scripts" / "gpu_check.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    summary = result.stdout[result.stdout.index("== gpu_check summary") :]
     assert result.returncode == 0, summary + result.stderr[-2000:]
     for step in ("triton_vs_reference", "benchmarks", "fit_bf16_mixed", "fit_ddp_2_processes"):
         assert any(line.startswith(step) and " ok " in line for line in summary.splitlines()), summary

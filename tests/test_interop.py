@@ -7,13 +7,13 @@ import nir
 import numpy as np
 import pytest
 import torch
+from test_export import plifnet_spikes, sample_input, spike_counts_and_predictions
 from torch import nn
 
 from conftest import SHARED_DATASETS, active_network
 from plifnet import SpikingClassifier, SpikingNet  # Lightning's loggers bind stderr on import: before run_cli
 from plifnet.export import TARGETS, from_nir, main as export_main, to_nir
 from plifnet.neurons import IF, PLIF
-from test_export import plifnet_spikes, sample_input, spike_counts_and_predictions
 
 
 def import_spikingjelly(graph, dtype):
@@ -47,11 +47,18 @@ def run_imported(target: str, graph: nir.NIRGraph, x: torch.Tensor, dtype=torch.
     module = IMPORTERS[target](graph, dtype)
     static = graph.metadata["input"] == "static"
     steps, batch = (int(graph.metadata["time_steps"]), len(x)) if static else x.shape[:2]
-    names = [name for name, node in graph.nodes.items()
-             if isinstance(node, (nir.LIF, nir.IF)) and not name.startswith("pool")]
+    names = [
+        name
+        for name, node in graph.nodes.items()
+        if isinstance(node, (nir.LIF, nir.IF)) and not name.startswith("pool")
+    ]
     spikes = {name: [] for name in names}
-    hooks = [getattr(module, name).register_forward_hook(
-        lambda m, i, out, name=name: spikes[name].append(out[0] if isinstance(out, tuple) else out)) for name in names]
+    hooks = [
+        getattr(module, name).register_forward_hook(
+            lambda m, i, out, name=name: spikes[name].append(out[0] if isinstance(out, tuple) else out)
+        )
+        for name in names
+    ]
     state = None
     with torch.no_grad():
         for t in range(steps):
@@ -87,8 +94,10 @@ def test_a_target_export_runs_in_that_targets_own_importer(target, arch, tmp_pat
 
 def test_each_targets_rewrites_are_in_the_graph():
     net = active_network(SpikingNet("mnist"), torch.rand(4, 1, 28, 28))
-    kinds = {target: [type(node).__name__ for node in to_nir(net, target=target).nodes.values()]
-             for target in ("nir", "spikingjelly", "snntorch", "norse")}
+    kinds = {
+        target: [type(node).__name__ for node in to_nir(net, target=target).nodes.values()]
+        for target in ("nir", "spikingjelly", "snntorch", "norse")
+    }
     assert kinds["nir"][3:5] == ["SumPool2d", "Threshold"] and "Flatten" in kinds["nir"]
     assert kinds["spikingjelly"][3:5] == ["AvgPool2d", "IF"] and "Flatten" in kinds["spikingjelly"]
     for target, pool in (("snntorch", "AvgPool2d"), ("norse", "SumPool2d")):  # their importers flatten the batch
@@ -112,8 +121,14 @@ def test_a_trained_mnist_network_runs_in_each_toolchain_on_1000_real_test_images
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     data = StaticDataModule("mnist", root=str(SHARED_DATASETS), num_workers=0, batch_size=16)
     model = SpikingClassifier("mnist")
-    L.Trainer(max_steps=60, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False).fit(model, data)
+    L.Trainer(
+        max_steps=60,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(model, data)
     checkpoint = tmp_path / "mnist.ckpt"
     model.trainer.save_checkpoint(checkpoint)
     data.setup("test")
@@ -155,32 +170,55 @@ def test_targets_that_cannot_run_plifnet_networks_are_refused_in_one_line(tmp_pa
             export_main(["--ckpt_path", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "m.nir"), "--target", target])
         assert "\n" not in str(raised.value) and not (tmp_path / "m.nir").exists()
     with pytest.raises(SystemExit, match="assumes dt = 0.0001 and has no option"):
-        export_main(["--ckpt_path", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "m.nir"), "--target", "snntorch",
-                     "--dt", "1e-3"])
+        export_main(
+            [
+                "--ckpt_path",
+                str(tmp_path / "m.ckpt"),
+                "--out",
+                str(tmp_path / "m.nir"),
+                "--target",
+                "snntorch",
+                "--dt",
+                "1e-3",
+            ]
+        )
 
 
 def test_rockpool_cannot_import_a_lif_graph_or_a_convolution():
     from rockpool.nn.modules.torch.nir import from_nir as rockpool_from_nir
 
-    lif = nir.NIRGraph.from_list(nir.Affine(weight=np.ones((3, 2)), bias=np.zeros(3)),
-                                 nir.LIF(tau=np.full(3, 2e-3), r=np.ones(3), v_leak=np.zeros(3),
-                                         v_threshold=np.ones(3), v_reset=np.zeros(3)))
+    lif = nir.NIRGraph.from_list(
+        nir.Affine(weight=np.ones((3, 2)), bias=np.zeros(3)),
+        nir.LIF(tau=np.full(3, 2e-3), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3), v_reset=np.zeros(3)),
+    )
     with pytest.raises(AttributeError, match="tau_mem"):
         rockpool_from_nir(lif)
-    conv = nir.NIRGraph.from_list(nir.Conv2d(input_shape=(4, 4), weight=np.ones((2, 1, 3, 3)), stride=1, padding=0,
-                                             dilation=1, groups=1, bias=np.zeros(2)))
+    conv = nir.NIRGraph.from_list(
+        nir.Conv2d(
+            input_shape=(4, 4),
+            weight=np.ones((2, 1, 3, 3)),
+            stride=1,
+            padding=0,
+            dilation=1,
+            groups=1,
+            bias=np.zeros(2),
+        )
+    )
     with pytest.raises(NotImplementedError, match="Conv2d"):
         rockpool_from_nir(conv)
 
 
-@pytest.mark.parametrize("target, neuron, feature", [
-    ("snntorch", lambda channels: IF(), "if"),
-    ("snntorch", lambda channels: PLIF(tau=2.0, per_channel=True, channels=channels), "per_channel"),
-    ("spikingjelly", lambda channels: PLIF(tau=2.0, per_channel=True, channels=channels), "per_channel"),
-    ("snntorch", lambda channels: PLIF(tau=2.0, v_reset=0.1), "v_reset"),
-    ("norse", lambda channels: PLIF(tau=2.0, decay_input=False), "decay_input=False"),
-    ("norse", lambda channels: PLIF(tau=2.0, v_reset=-0.2), "v_reset"),
-])
+@pytest.mark.parametrize(
+    "target, neuron, feature",
+    [
+        ("snntorch", lambda channels: IF(), "if"),
+        ("snntorch", lambda channels: PLIF(tau=2.0, per_channel=True, channels=channels), "per_channel"),
+        ("spikingjelly", lambda channels: PLIF(tau=2.0, per_channel=True, channels=channels), "per_channel"),
+        ("snntorch", lambda channels: PLIF(tau=2.0, v_reset=0.1), "v_reset"),
+        ("norse", lambda channels: PLIF(tau=2.0, decay_input=False), "decay_input=False"),
+        ("norse", lambda channels: PLIF(tau=2.0, v_reset=-0.2), "v_reset"),
+    ],
+)
 def test_a_neuron_feature_the_importer_would_run_wrongly_is_refused_with_its_reason(target, neuron, feature):
     net = SpikingNet("mnist", neuron=neuron).eval()
     with pytest.raises(ValueError, match=f"layer conv1 \\({feature}\\): --target {target}: "):
@@ -202,16 +240,26 @@ def test_the_importer_behaviours_behind_the_refusals():
 
     from spikingjelly.activation_based.nir_exchange import import_from_nir
 
-    per_channel = nir.NIRGraph.from_list(nir.LIF(tau=np.array([2e-4, 3e-4]), r=np.ones(2), v_leak=np.zeros(2),
-                                                 v_threshold=np.ones(2), v_reset=np.zeros(2)))
+    per_channel = nir.NIRGraph.from_list(
+        nir.LIF(
+            tau=np.array([2e-4, 3e-4]), r=np.ones(2), v_leak=np.zeros(2), v_threshold=np.ones(2), v_reset=np.zeros(2)
+        )
+    )
     with pytest.raises(ValueError, match="tau"):
         import_from_nir(per_channel)
 
     import norse.torch
 
     def norse_output(r, v_reset):
-        graph = nir.NIRGraph.from_list(nir.LIF(tau=np.full(3, 2e-3), r=np.full(3, r), v_leak=np.full(3, v_reset),
-                                               v_threshold=np.full(3, 0.5), v_reset=np.full(3, v_reset)))
+        graph = nir.NIRGraph.from_list(
+            nir.LIF(
+                tau=np.full(3, 2e-3),
+                r=np.full(3, r),
+                v_leak=np.full(3, v_reset),
+                v_threshold=np.full(3, 0.5),
+                v_reset=np.full(3, v_reset),
+            )
+        )
         module, state, out = norse.torch.from_nir(graph, ignore_warnings=True), None, []
         for t in range(4):
             z, state = module(torch.full((1, 3), 0.8), state)
@@ -243,8 +291,13 @@ def test_spikingjellys_export_is_read_by_from_nir_with_equal_output_spikes(decay
     from spikingjelly.activation_based.nir_exchange import export_to_nir
 
     x = active_input()
-    net = nn.Sequential(layer.Conv2d(1, 4, 3), neuron.LIFNode(tau=3.0, decay_input=decay_input), layer.Flatten(),
-                        layer.Linear(400, 10), neuron.LIFNode(tau=2.5, decay_input=decay_input))
+    net = nn.Sequential(
+        layer.Conv2d(1, 4, 3),
+        neuron.LIFNode(tau=3.0, decay_input=decay_input),
+        layer.Flatten(),
+        layer.Linear(400, 10),
+        neuron.LIFNode(tau=2.5, decay_input=decay_input),
+    )
     net[3].weight.data *= 12 if decay_input else 4  # the output layer fires, not always
     graph = export_to_nir(net, x)  # dt = 1e-4, its default; nothing in the graph says so
     functional.reset_net(net)
@@ -264,10 +317,13 @@ def test_snntorchs_export_is_read_by_from_nir_with_equal_output_spikes():
     x = active_input()
 
     def leaky(shape, beta):  # parameters per neuron: its export of scalar ones fails NIR's type inference (below)
-        return snn.Leaky(beta=torch.full(shape, beta), threshold=torch.ones(shape), init_hidden=True,
-                         reset_mechanism="zero")
+        return snn.Leaky(
+            beta=torch.full(shape, beta), threshold=torch.ones(shape), init_hidden=True, reset_mechanism="zero"
+        )
 
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), leaky((4, 10, 10), 0.7), nn.Flatten(), nn.Linear(400, 10), leaky((10,), 0.6))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), leaky((4, 10, 10), 0.7), nn.Flatten(), nn.Linear(400, 10), leaky((10,), 0.6)
+    )
     net[3].weight.data *= 4
     graph = export_to_nir(net, x[:1], ignore_dims=[0])  # dt = 1e-4, fixed
     snntorch.utils.reset(net)
@@ -284,8 +340,9 @@ def test_snntorchs_export_is_read_by_from_nir_with_equal_output_spikes():
 def test_norses_export_writes_tau_in_the_wrong_unit_and_from_nir_refuses_its_graph():
     import norse.torch as norse
 
-    net = norse.SequentialState(nn.Conv2d(1, 4, 3), norse.LIFBoxCell(), nn.Flatten(), nn.Linear(400, 10),
-                                norse.LIFBoxCell())
+    net = norse.SequentialState(
+        nn.Conv2d(1, 4, 3), norse.LIFBoxCell(), nn.Flatten(), nn.Linear(400, 10), norse.LIFBoxCell()
+    )
     graph = norse.to_nir(net, active_input()[:1], dt=1e-3)
     lif = graph.nodes["1"]
     # tau_mem_inv = 100 / s is a time constant of 10 ms (10 steps of 1 ms); Norse writes dt / tau_mem_inv
@@ -319,7 +376,9 @@ def test_dt_scales_the_time_constants_and_from_nir_reads_it_from_the_metadata(tm
     assert from_nir(graph) is not None
 
 
-def test_a_graph_from_another_framework_is_evaluated_and_fine_tuned_from_the_command_line(run_cli, tiny_digits, tmp_path):
+def test_a_graph_from_another_framework_is_evaluated_and_fine_tuned_from_the_command_line(
+    run_cli, tiny_digits, tmp_path
+):
     """SpikingJelly's export of a 28 x 28 network, read with --model.net plifnet.export.NIRNet at its dt:
     ``test`` gives the accuracy of from_nir's network on the same images; ``fit`` fine-tunes it and its
     checkpoint tests; without the dt, one line says which dt was assumed and how to give another."""
@@ -329,26 +388,54 @@ def test_a_graph_from_another_framework_is_evaluated_and_fine_tuned_from_the_com
     from plifnet.data.static import StaticDataModule
 
     torch.manual_seed(0)
-    net = nn.Sequential(layer.Conv2d(1, 4, 3), neuron.LIFNode(tau=3.0), layer.Flatten(), layer.Linear(4 * 26 * 26, 10),
-                        neuron.LIFNode(tau=2.0))
+    net = nn.Sequential(
+        layer.Conv2d(1, 4, 3),
+        neuron.LIFNode(tau=3.0),
+        layer.Flatten(),
+        layer.Linear(4 * 26 * 26, 10),
+        neuron.LIFNode(tau=2.0),
+    )
     net[0].weight.data *= 8  # fires on the generated digits, with more than one class predicted
     net[3].weight.data *= 6
     nir.write(tmp_path / "sj.nir", export_to_nir(net, torch.rand(2, 1, 28, 28)))
-    common = ["--config", "mnist", "--data.root", tiny_digits, "--data.num_workers", "0", "--data.batch_size", "8",
-              "--model.net", "plifnet.export.NIRNet", "--model.net.path", tmp_path / "sj.nir"]
+    common = [
+        "--config",
+        "mnist",
+        "--data.root",
+        tiny_digits,
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "8",
+        "--model.net",
+        "plifnet.export.NIRNet",
+        "--model.net.path",
+        tmp_path / "sj.nir",
+    ]
     tested = run_cli("test", *common, "--model.net.dt", "1e-4", cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr[-2000:]
     data = StaticDataModule("mnist", root=str(tiny_digits), num_workers=0)
     data.setup("test")
-    x, labels = (torch.stack(column) if i == 0 else torch.tensor(column) for i, column in enumerate(zip(*data.test_set)))
+    x, labels = (
+        torch.stack(column) if i == 0 else torch.tensor(column) for i, column in enumerate(zip(*data.test_set))
+    )
     with torch.no_grad():
         scores = from_nir(tmp_path / "sj.nir", dt=1e-4).eval()(x).mean(0)
     assert 0 < scores.mean() < 1 and len(set(scores.argmax(-1).tolist())) > 1
     expected = (scores.argmax(-1) == labels).float().mean().item()
     assert f"test/acc │ {expected:.16g}".replace(" ", "") in tested.stdout.replace(" ", "").replace("\u2502", "│")
 
-    fitted = run_cli("fit", *common, "--model.net.dt", "1e-4", "--trainer.max_steps", "2",
-                     "--trainer.limit_val_batches", "0", cwd=tmp_path)
+    fitted = run_cli(
+        "fit",
+        *common,
+        "--model.net.dt",
+        "1e-4",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.limit_val_batches",
+        "0",
+        cwd=tmp_path,
+    )
     assert fitted.returncode == 0, fitted.stderr[-2000:]
     (checkpoint,) = (tmp_path / "runs").rglob("last.ckpt")
     again = run_cli("test", *common, "--model.net.dt", "1e-4", "--ckpt_path", checkpoint, cwd=tmp_path)

@@ -18,11 +18,12 @@ from plifnet.options import NeuronOptions
 from plifnet.surrogates import SURROGATES, ATan, surrogate
 
 
-
 def make(kind, backend, v_reset, detach_reset, decay_input, spike_fn, per_channel=0):
     options = dict(v_reset=v_reset, detach_reset=detach_reset, surrogate=spike_fn, backend=backend)
     if kind == "plif":
-        return PLIF(tau=2.5, decay_input=decay_input, per_channel=bool(per_channel), channels=per_channel or None, **options)
+        return PLIF(
+            tau=2.5, decay_input=decay_input, per_channel=bool(per_channel), channels=per_channel or None, **options
+        )
     if kind == "lif":
         return LIF(tau=3.0, decay_input=decay_input, **options)
     return IF(**options)
@@ -45,7 +46,10 @@ def run(neuron, x, grad, time_steps=None):
 
 def compare(kind, v_reset, detach_reset, decay_input, spike_fn, shape, seed=0, per_channel=0, time_steps=None):
     """``time_steps``: the input is one step's ``shape[1:]``, the same at each of ``time_steps`` = shape[0] steps."""
-    x, grad = inputs(shape[1:] if time_steps else shape, seed), torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
+    x, grad = (
+        inputs(shape[1:] if time_steps else shape, seed),
+        torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)),
+    )
     ref = run(make(kind, "reference", v_reset, detach_reset, decay_input, spike_fn, per_channel), x, grad, time_steps)
     fused = run(make(kind, "cpu", v_reset, detach_reset, decay_input, spike_fn, per_channel), x, grad, time_steps)
     assert torch.equal(fused[0], ref[0]), "spikes differ"
@@ -55,8 +59,10 @@ def compare(kind, v_reset, detach_reset, decay_input, spike_fn, shape, seed=0, p
         torch.testing.assert_close(fused[2], ref[2], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind,v_reset,detach_reset,decay_input",
-                         list(itertools.product(["plif", "lif", "if"], [0.0, None, -0.4], [True, False], [True, False])))
+@pytest.mark.parametrize(
+    "kind,v_reset,detach_reset,decay_input",
+    list(itertools.product(["plif", "lif", "if"], [0.0, None, -0.4], [True, False], [True, False])),
+)
 def test_cpu_kernel_every_neuron_option(kind, v_reset, detach_reset, decay_input):
     compare(kind, v_reset, detach_reset, decay_input, ATan(), (6, 3, 7, 5))
 
@@ -82,9 +88,11 @@ def test_cpu_kernel_per_channel_tau():
     compare("plif", None, False, False, ATan(), (4, 3, 6), per_channel=6)
 
 
-@pytest.mark.parametrize("kind,v_reset,detach_reset,decay_input",
-                         [("plif", *options) for options in itertools.product([0.0, None], [True, False], [True, False])]
-                         + [("if", 0.0, True, False), ("lif", -0.4, False, True)])
+@pytest.mark.parametrize(
+    "kind,v_reset,detach_reset,decay_input",
+    [("plif", *options) for options in itertools.product([0.0, None], [True, False], [True, False])]
+    + [("if", 0.0, True, False), ("lif", -0.4, False, True)],
+)
 def test_cpu_kernel_constant_input(kind, v_reset, detach_reset, decay_input):
     """A static image's current, given once for all steps: same spikes, and its gradient (summed
     over time in the kernel) equal to the reference's gradient through ``x.expand(T, ...)``."""
@@ -211,8 +219,13 @@ def test_the_fused_kernels_of_this_platform_are_installed():
 def test_triton_kernel_under_the_interpreter():
     """The GPU kernels' numerics, run on the CPU by Triton's interpreter (TRITON_INTERPRET=1)."""
     script = ROOT / "tests" / "triton_check.py"
-    result = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=900,
-                            env=dict(os.environ, TRITON_INTERPRET="1"))
+    result = subprocess.run(
+        [sys.executable, script],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, TRITON_INTERPRET="1"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "triton kernels match the reference" in result.stdout
 
@@ -277,8 +290,9 @@ def test_cpu_kernel_tau_gradient_at_vanishing_leak(k, time_steps):
             x_seq = xr.expand(time_steps, *xr.shape) if time_steps else xr
             out = multi_step(x_seq, kr, options=NeuronOptions(v_threshold=0.3))
         else:
-            out = kernels.fused_multi_step(xr, kr, options=NeuronOptions(v_threshold=0.3), backend=backend,
-                                           time_steps=time_steps)
+            out = kernels.fused_multi_step(
+                xr, kr, options=NeuronOptions(v_threshold=0.3), backend=backend, time_steps=time_steps
+            )
         out.backward(grad)
         results.append((out.detach(), xr.grad, kr.grad))
     (s_ref, gx_ref, gk_ref), (s, gx, gk) = results

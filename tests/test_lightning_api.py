@@ -31,7 +31,9 @@ def lightning_private_names() -> set[str]:
 def our_files() -> list[Path]:
     folders = ["plifnet", "tests", "benchmarks", "scripts", "examples"]
     files = [path for folder in folders for path in (ROOT / folder).rglob("*.py")]
-    return [path for path in files + list(ROOT.glob("*.py")) if path.name != "compat.py" or path.parent.name != "plifnet"]
+    return [
+        path for path in files + list(ROOT.glob("*.py")) if path.name != "compat.py" or path.parent.name != "plifnet"
+    ]
 
 
 def test_no_private_lightning_name_outside_the_compat_module():
@@ -51,14 +53,21 @@ def test_no_private_lightning_name_outside_the_compat_module():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(LIGHTNING):
                 if any(part.startswith("_") for part in node.module.split(".")):
                     found.append(f"{where}:{node.lineno} from {node.module}")
-                found += [f"{where}:{node.lineno} import {alias.name}" for alias in node.names if alias.name.startswith("_")]
+                found += [
+                    f"{where}:{node.lineno} import {alias.name}" for alias in node.names if alias.name.startswith("_")
+                ]
             elif isinstance(node, ast.Attribute) and node.attr in private and node.attr not in ours:
                 found.append(f"{where}:{node.lineno} .{node.attr}")
             elif isinstance(node, ast.ClassDef):
                 bases = [base for base in lightning_bases(node, tree) if base is not None]
-                found += [f"{where}:{item.lineno} {node.name}.{item.name} overrides Lightning's"
-                          for item in node.body if isinstance(item, ast.FunctionDef) and item.name.startswith("_")
-                          and not item.name.startswith("__") and any(hasattr(base, item.name) for base in bases)]
+                found += [
+                    f"{where}:{item.lineno} {node.name}.{item.name} overrides Lightning's"
+                    for item in node.body
+                    if isinstance(item, ast.FunctionDef)
+                    and item.name.startswith("_")
+                    and not item.name.startswith("__")
+                    and any(hasattr(base, item.name) for base in bases)
+                ]
     assert not found, "\n".join(found)
 
 
@@ -91,10 +100,12 @@ def test_the_check_finds_what_it_looks_for(tmp_path, monkeypatch):
     """The three kinds of private use, in a file of their own, are found (the check can fail)."""
     bad = tmp_path / "plifnet" / "bad.py"
     bad.parent.mkdir()
-    bad.write_text("from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters\n"
-                   "from lightning.pytorch.cli import LightningCLI\n"
-                   "def f(trainer):\n    return trainer._accelerator_connector\n"
-                   "class CLI(LightningCLI):\n    def _run_subcommand(self, subcommand):\n        pass\n")
+    bad.write_text(
+        "from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters\n"
+        "from lightning.pytorch.cli import LightningCLI\n"
+        "def f(trainer):\n    return trainer._accelerator_connector\n"
+        "class CLI(LightningCLI):\n    def _run_subcommand(self, subcommand):\n        pass\n"
+    )
     import test_lightning_api as this
 
     monkeypatch.setattr(this, "ROOT", tmp_path)

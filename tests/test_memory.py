@@ -24,8 +24,10 @@ from plifnet.neurons import LIF, neuron_factory
 
 
 def events(channels, **options):
-    return (lambda: (torch.rand(5, 3, 2, 32, 32) < 0.3).float(),
-            lambda: SpikingNet(layers=f"c{channels} p c16 p d f64 d f100", in_channels=2, size=32, **options))
+    return (
+        lambda: (torch.rand(5, 3, 2, 32, 32) < 0.3).float(),
+        lambda: SpikingNet(layers=f"c{channels} p c16 p d f64 d f100", in_channels=2, size=32, **options),
+    )
 
 
 # [input], network, whether the first block is split into groups of channels
@@ -44,8 +46,11 @@ def step(net, x, precision):
     with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
         out = net(x)
     out.float().square().sum().backward()
-    return (out.detach(), {name: p.grad.clone() for name, p in net.named_parameters()},
-            {name: b.clone() for name, b in net.named_buffers()})
+    return (
+        out.detach(),
+        {name: p.grad.clone() for name, p in net.named_parameters()},
+        {name: b.clone() for name, b in net.named_buffers()},
+    )
 
 
 @pytest.mark.parametrize("memory", ["first_block", "checkpoint"])
@@ -71,7 +76,9 @@ def test_recomputation_gives_the_stored_paths_spikes_statistics_and_gradients(ne
     assert all(grads[name].abs().sum() > 0 for name in grads), "a layer got no gradient"
     for name in grads:
         if split:
-            torch.testing.assert_close(grads_r[name], grads[name], rtol=1e-5, atol=1e-6 * grads[name].abs().max().item())
+            torch.testing.assert_close(
+                grads_r[name], grads[name], rtol=1e-5, atol=1e-6 * grads[name].abs().max().item()
+            )
         else:
             assert torch.equal(grads_r[name], grads[name]), name
 
@@ -80,8 +87,10 @@ def resident_kib():
     return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())[1])
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists() or not ctypes.util.find_library("c"),
-                    reason="resident memory is read from Linux's /proc and glibc's malloc_trim")
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists() or not ctypes.util.find_library("c"),
+    reason="resident memory is read from Linux's /proc and glibc's malloc_trim",
+)
 def test_what_the_forward_keeps_for_backward_on_an_event_network():
     """Measured as benchmarks/memory.py does (the saved tensors are out of reach of Python: the
     recomputation and the byte packing hold them under saved-tensor hooks of their own)."""
@@ -161,8 +170,11 @@ def test_a_neuron_with_hooks_of_its_own_is_recomputed_whole_not_split():
     recomputed = copy.deepcopy(stored)
     recomputed.memory = "first_block"
     out, grads, _ = step(stored.train(), x, "fp32")
-    with pytest.warns(UserWarning, match="the first block is recomputed whole, not 16 channels at a time, because its "
-                                         "first neuron, ChannelMeanThreshold, has hooks of its own \\(threshold\\)"):
+    with pytest.warns(
+        UserWarning,
+        match="the first block is recomputed whole, not 16 channels at a time, because its "
+        "first neuron, ChannelMeanThreshold, has hooks of its own \\(threshold\\)",
+    ):
         out_r, grads_r, _ = step(recomputed.train(), x, "fp32")
     assert torch.equal(out_r, out) and 0 < out.mean() < 1
     assert all(torch.equal(grads_r[name], grads[name]) for name in grads)
@@ -180,8 +192,18 @@ def test_memory_is_an_option_of_the_module_and_a_bad_value_says_which_exist(memo
 
 
 def test_compile_with_recomputation_is_refused_in_one_line(run_cli, tiny_digits, tmp_path):
-    result = run_cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits,
-                     "--model.memory", "checkpoint", "--model.compile", "true", cwd=tmp_path)
+    result = run_cli(
+        "fit",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--data.root",
+        tiny_digits,
+        "--model.memory",
+        "checkpoint",
+        "--model.compile",
+        "true",
+        cwd=tmp_path,
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "compile and memory 'checkpoint' do not combine" in result.stderr.strip().splitlines()[-1]
 

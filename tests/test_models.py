@@ -20,8 +20,14 @@ EXPECTED = {
     "dvs_gesture": conv_bn(2, 128) + 4 * conv_bn(128, 128) + 128 * 4 * 4 * 512 + 512 * 110,
 }
 SPIKING = {"mnist": 4, "fashion_mnist": 4, "cifar10": 8, "nmnist": 4, "cifar10dvs": 6, "dvs_gesture": 7}
-INPUT = {"mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "nmnist": (2, 34),
-         "cifar10dvs": (2, 128), "dvs_gesture": (2, 128)}
+INPUT = {
+    "mnist": (1, 28),
+    "fashion_mnist": (1, 28),
+    "cifar10": (3, 32),
+    "nmnist": (2, 34),
+    "cifar10dvs": (2, 128),
+    "dvs_gesture": (2, 128),
+}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -49,7 +55,9 @@ def test_paper_variant_switches():
     dropouts = lambda net: sum(isinstance(m, SharedDropout) for m in net.modules())
     assert (dropouts(code), dropouts(paper)) == (1, 2)
     with torch.device("meta"):
-        widths = [m.out_features for m in SpikingNet("cifar10dvs", variant="paper").modules() if isinstance(m, nn.Linear)]
+        widths = [
+            m.out_features for m in SpikingNet("cifar10dvs", variant="paper").modules() if isinstance(m, nn.Linear)
+        ]
     assert widths == [512, 100]
     with pytest.raises(ValueError, match="variant must be"):
         SpikingNet("mnist", variant="table")
@@ -119,7 +127,10 @@ def test_event_network_takes_frame_t_at_step_t():
 
 def test_input_of_the_wrong_shape_names_the_problem():
     net = SpikingNet("mnist")
-    with pytest.raises(ValueError, match=r"mnist network takes \[N, C, H, W\] images with C, H, W = 1, 28, 28; got shape \(2, 3, 32, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"mnist network takes \[N, C, H, W\] images with C, H, W = 1, 28, 28; got shape \(2, 3, 32, 32\)",
+    ):
         net(torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="unknown network 'imagenet'"):
         SpikingNet("imagenet")

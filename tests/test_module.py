@@ -25,8 +25,7 @@ class FixedScores(torch.nn.Module):
 
 def test_rates_and_losses_on_values_worked_out_by_hand():
     # T = 2, N = 2, 3 classes: the votes of the two steps average to the rates
-    scores = torch.tensor([[[0.0, 1.0, 1.0], [0.2, 0.0, 0.0]],
-                           [[1.0, 1.0, 0.0], [0.6, 0.0, 0.4]]])
+    scores = torch.tensor([[[0.0, 1.0, 1.0], [0.2, 0.0, 0.0]], [[1.0, 1.0, 0.0], [0.6, 0.0, 0.4]]])
     y = torch.tensor([1, 0])
     model = SpikingClassifier(net=FixedScores(scores))
     rates = model(torch.zeros(2, 1))
@@ -35,18 +34,24 @@ def test_rates_and_losses_on_values_worked_out_by_hand():
     torch.testing.assert_close(model._loss(rates, y), torch.tensor(0.15))
     # cross-entropy: -log(e^1 / (2 e^0.5 + e^1)) and -log(e^0.4 / (e^0.4 + e^0 + e^0.2)), averaged
     ce = SpikingClassifier(net=FixedScores(scores), loss="cross_entropy")
-    expected = (-math.log(math.e / (2 * math.exp(0.5) + math.e)) - math.log(math.exp(0.4) / (math.exp(0.4) + 1 + math.exp(0.2)))) / 2
+    expected = (
+        -math.log(math.e / (2 * math.exp(0.5) + math.e)) - math.log(math.exp(0.4) / (math.exp(0.4) + 1 + math.exp(0.2)))
+    ) / 2
     torch.testing.assert_close(ce._loss(rates, y), torch.tensor(expected))
 
 
 def test_predict_returns_the_rates_normalised_and_uniform_where_nothing_fired():
-    scores = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])  # rates 0.5 1 0; silent
+    scores = torch.tensor(
+        [[[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]
+    )  # rates 0.5 1 0; silent
     model = SpikingClassifier(net=FixedScores(scores))
     probabilities = model.predict_step(torch.zeros(2, 1), 0)
     torch.testing.assert_close(probabilities, torch.tensor([[1 / 3, 2 / 3, 0.0], [1 / 3, 1 / 3, 1 / 3]]))
     ce = SpikingClassifier(net=FixedScores(scores), loss="cross_entropy")
-    e = math.e ** 0.5
-    torch.testing.assert_close(ce.predict_step(torch.zeros(2, 1), 0)[0], torch.tensor([e, math.e, 1]) / (e + math.e + 1))
+    e = math.e**0.5
+    torch.testing.assert_close(
+        ce.predict_step(torch.zeros(2, 1), 0)[0], torch.tensor([e, math.e, 1]) / (e + math.e + 1)
+    )
 
 
 def test_hyperparameters_choose_the_neuron():
@@ -73,10 +78,18 @@ def test_a_training_step_updates_tau():
 def test_labels_outside_the_classes_are_rejected_before_the_step(tmp_path):
     model = SpikingClassifier("mnist", time_steps=1)
     data = torch.utils.data.TensorDataset(torch.randn(4, 1, 28, 28), torch.tensor([1, 2, 10, 3]))
-    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     w = model.net.spiking_layers()["conv1"].w.clone()
-    with pytest.raises(ValueError, match=r"label 10 is outside the 10 classes of the mnist network \(labels must be 0..9\)"):
+    with pytest.raises(
+        ValueError, match=r"label 10 is outside the 10 classes of the mnist network \(labels must be 0..9\)"
+    ):
         trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=2))
     assert model.net.spiking_layers()["conv1"].w.item() != w.item()  # the first batch trained, the second stopped
 
@@ -140,8 +153,15 @@ def test_protocol_b_takes_the_epoch_of_the_best_checkpoint_and_evaluation_change
     net = ScriptedNet({0: [0.5, 0.7, 0.7, 0.6, 1.0], 1: [0.4, 0.6, 0.9, 0.3, 1.0]})
     model = SpikingClassifier(net=net)
     best = ModelCheckpoint(tmp_path, monitor="monitor/acc", mode="max", filename="{epoch}")
-    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=4, logger=False, callbacks=[best, FollowEpoch()],
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=4,
+        logger=False,
+        callbacks=[best, FollowEpoch()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=ScriptedData())
     assert Path(best.best_model_path).name == "epoch=1.ckpt"
     records = {"test/acc_at_best_val": 0.6, "val/acc_best": 0.7, "test/acc_best": 0.9}
@@ -149,8 +169,9 @@ def test_protocol_b_takes_the_epoch_of_the_best_checkpoint_and_evaluation_change
 
     state = {key: value.clone() for key, value in model.state_dict().items()}
     net.epoch = 4  # all right from here: a validate run would raise every best accuracy
-    evaluator = L.Trainer(default_root_dir=tmp_path, logger=False, callbacks=[], enable_progress_bar=False,
-                          enable_model_summary=False)
+    evaluator = L.Trainer(
+        default_root_dir=tmp_path, logger=False, callbacks=[], enable_progress_bar=False, enable_model_summary=False
+    )
     evaluator.validate(model, datamodule=ScriptedData())
     assert evaluator.callback_metrics["val/acc"].item() == 1.0  # it did evaluate the better network
     evaluator.test(model, datamodule=ScriptedData())

@@ -3,6 +3,7 @@ operations equal plifnet's SynapticOps per image, its sparsities and accuracy wh
 
 import pytest
 import torch
+from test_export import plifnet_spikes, sample_input
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -10,7 +11,6 @@ from conftest import active_network
 from plifnet import SpikingClassifier, SpikingNet
 from plifnet.energy import estimate
 from plifnet.neurobench import batch_first, benchmark, main
-from test_export import plifnet_spikes, sample_input
 
 
 def plifnet_counts(net, x) -> dict[str, float]:
@@ -53,8 +53,9 @@ def test_neurobench_counts_the_synaptic_operations_that_plifnet_counts(arch):
         predictions = net(x).mean(0).argmax(-1)
     assert results["ClassificationAccuracy"] == pytest.approx((predictions == labels).float().mean().item())
     weights = [m.weight for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert results["ConnectionSparsity"] == pytest.approx(sum(float((w == 0).sum()) for w in weights) /
-                                                          sum(w.numel() for w in weights))
+    assert results["ConnectionSparsity"] == pytest.approx(
+        sum(float((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    )
     tensors = [*net.parameters(), *net.buffers()]
     assert results["Footprint"] == sum(t.numel() * t.element_size() for t in tensors)
 
@@ -78,8 +79,20 @@ def test_the_command_runs_a_checkpoint_on_test_images(tiny_digits, tmp_path, cap
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
-    results = main(["--ckpt_path", str(tmp_path / "m.ckpt"), "--config", "mnist", "--data.root", str(tiny_digits),
-                    "--data.num_workers", "0", "--images", "15"])
+    results = main(
+        [
+            "--ckpt_path",
+            str(tmp_path / "m.ckpt"),
+            "--config",
+            "mnist",
+            "--data.root",
+            str(tiny_digits),
+            "--data.num_workers",
+            "0",
+            "--images",
+            "15",
+        ]
+    )
     printed = capsys.readouterr().err
     assert "NeuroBench 2.3 on 15 test images" in printed and "plifnet SynapticOps per image" in printed
     assert results["SynapticOperations/Effective_ACs"] == pytest.approx(results["plifnet/ACs"], rel=1e-9)

@@ -15,9 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from plifnet import kernels
+from plifnet import kernels, neurons
 from plifnet.kernels import compiled, cpu, cpu_ops, gpu
-from plifnet import neurons
 from plifnet.neurons import LIF, PLIF, BaseNode, neuron_factory
 from plifnet.options import FIELDS, NeuronOptions
 from plifnet.surrogates import ATan, Sigmoid
@@ -77,8 +76,11 @@ def test_alif_runs_compiled_with_the_spikes_and_gradients_of_a_plain_loop(exampl
 def test_the_compiled_step_serves_every_layer_shape_and_a_constant_input(example_plugin):
     """One graph for all layer widths (the step flattened, E dynamic); per-channel tau and a constant
     input (``time_steps``) against the reference path of the same neuron."""
-    for make, shape, time_steps in [(lambda **o: example_plugin.ALIF(per_channel=True, channels=4, **o), SHAPE, None),
-                                    (example_plugin.ALIF, (5, 7), None), (example_plugin.ALIF, SHAPE, T)]:
+    for make, shape, time_steps in [
+        (lambda **o: example_plugin.ALIF(per_channel=True, channels=4, **o), SHAPE, None),
+        (example_plugin.ALIF, (5, 7), None),
+        (example_plugin.ALIF, SHAPE, T),
+    ]:
         fast, slow = make(tau=3.0), make(tau=3.0, backend="reference")
         x = torch.rand(shape if time_steps else (T, *shape), generator=torch.Generator().manual_seed(3)) * 2
         grad = torch.randn(T, *shape, generator=torch.Generator().manual_seed(4))
@@ -90,7 +92,10 @@ def test_the_compiled_step_serves_every_layer_shape_and_a_constant_input(example
 
 
 def test_a_plugin_surrogate_on_the_builtin_step_runs_compiled(example_plugin):
-    fast, slow = PLIF(surrogate=example_plugin.Gaussian(3.0)), PLIF(surrogate=example_plugin.Gaussian(3.0), backend="reference")
+    fast, slow = (
+        PLIF(surrogate=example_plugin.Gaussian(3.0)),
+        PLIF(surrogate=example_plugin.Gaussian(3.0), backend="reference"),
+    )
     x, grad = inputs(5), torch.randn(T, *SHAPE, generator=torch.Generator().manual_seed(6))
     assert fast._backend(x) == "compile" and PLIF()._backend(x) == ("cpu" if kernels.available("cpu") else "reference")
     got, want = spikes_and_grads(fast, x, grad), spikes_and_grads(slow, x, grad)
@@ -105,8 +110,11 @@ def test_a_neuron_that_cannot_compile_says_why_once_and_runs_the_reference():
             return 0.5 if float(state["v"].mean()) > 0.3 else 1.0
 
     x = inputs(7)
-    with pytest.warns(UserWarning, match=r"neuron Moody runs on the reference path, not compiled \(.*\); the reference "
-                                         r"path runs one PyTorch operation per step"):
+    with pytest.warns(
+        UserWarning,
+        match=r"neuron Moody runs on the reference path, not compiled \(.*\); the reference "
+        r"path runs one PyTorch operation per step",
+    ):
         first = Moody()(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -182,11 +190,20 @@ def test_options_are_one_frozen_object_passed_whole_to_basenode_subclasses():
 def test_the_module_builds_every_neuron_from_one_options_object():
     from plifnet.module import SpikingClassifier
 
-    model = SpikingClassifier("mnist", tau=3.0, v_reset=None, surrogate="sigmoid", surrogate_alpha=3.0, per_channel=True,
-                              backend="reference", time_steps=2)
+    model = SpikingClassifier(
+        "mnist",
+        tau=3.0,
+        v_reset=None,
+        surrogate="sigmoid",
+        surrogate_alpha=3.0,
+        per_channel=True,
+        backend="reference",
+        time_steps=2,
+    )
     found = [module.options for module in model.modules() if isinstance(module, BaseNode)]
-    assert len(found) == 4 and set(found) == {NeuronOptions(tau=3.0, v_reset=None, surrogate=Sigmoid(3.0), per_channel=True,
-                                                             backend="reference")}
+    assert len(found) == 4 and set(found) == {
+        NeuronOptions(tau=3.0, v_reset=None, surrogate=Sigmoid(3.0), per_channel=True, backend="reference")
+    }
 
 
 OPTION_NAMES = set(FIELDS) | {"options", "v_th", "rest", "soft", "code", "alpha", "static", "per_element", "bf16"}
@@ -204,12 +221,18 @@ def test_no_function_takes_neuron_options_positionally():
         functions = [value for value in vars(module).values() if getattr(value, "__module__", None) == module.__name__]
         functions += [member for cls in functions if inspect.isclass(cls) for member in vars(cls).values()]
         for function in functions:
-            if isinstance(function, numba.core.dispatcher.Dispatcher) or not inspect.isfunction(
-                    getattr(function, "__wrapped__", function)) or function.__qualname__ in EXEMPT:
+            if (
+                isinstance(function, numba.core.dispatcher.Dispatcher)
+                or not inspect.isfunction(getattr(function, "__wrapped__", function))
+                or function.__qualname__ in EXEMPT
+            ):
                 continue  # numba and triton kernels, classes (their methods are listed)
             function = getattr(function, "__wrapped__", function)  # lru_cache
-            positional = [p.name for p in inspect.signature(function).parameters.values()
-                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name in OPTION_NAMES]
+            positional = [
+                p.name
+                for p in inspect.signature(function).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name in OPTION_NAMES
+            ]
             if positional:
                 offenders.append(f"{module.__name__}.{function.__qualname__}({', '.join(positional)})")
     assert offenders == []

@@ -190,7 +190,9 @@ def test_multi_step_calls_are_independent():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="unknown neuron 'alfi'; choose one of .*'plif'.*entry-point group 'plifnet.neurons'"):
+    with pytest.raises(
+        ValueError, match="unknown neuron 'alfi'; choose one of .*'plif'.*entry-point group 'plifnet.neurons'"
+    ):
         neuron_factory("alfi")
     with pytest.raises(ValueError, match="per_channel applies to neurons with a per-channel tau"):
         neuron_factory("lif", per_channel=True)
@@ -210,11 +212,14 @@ def test_the_neurons_import_without_lightning_and_figures_leave_the_backend_alon
 
     from conftest import ROOT
 
-    code = ("import sys, matplotlib; matplotlib.use('pdf'); import plifnet.neurons; "
-            "print('lightning' in sys.modules); from plifnet import plots; "
-            "plots.tau_trajectories([0, 1], {'conv1': [2.0, 2.1]}, sys.argv[1]); print(matplotlib.get_backend())")
-    result = subprocess.run([sys.executable, "-c", code, tmp_path / "tau.png"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    code = (
+        "import sys, matplotlib; matplotlib.use('pdf'); import plifnet.neurons; "
+        "print('lightning' in sys.modules); from plifnet import plots; "
+        "plots.tau_trajectories([0, 1], {'conv1': [2.0, 2.1]}, sys.argv[1]); print(matplotlib.get_backend())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, tmp_path / "tau.png"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["False", "pdf"]
     assert (tmp_path / "tau.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

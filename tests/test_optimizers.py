@@ -13,20 +13,54 @@ import torch
 from conftest import ROOT, active_network
 from plifnet.module import SpikingClassifier
 
-RUN = ["--config", ROOT / "configs" / "mnist.yaml", "--data.num_workers", "0", "--data.batch_size", "8",
-       "--model.time_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
+RUN = [
+    "--config",
+    ROOT / "configs" / "mnist.yaml",
+    "--data.num_workers",
+    "0",
+    "--data.batch_size",
+    "8",
+    "--model.time_steps",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.limit_test_batches",
+    "1",
+]
 
 
 def last_checkpoint(root, version=0):
-    return torch.load(root / "runs" / "lightning_logs" / f"version_{version}" / "checkpoints" / "last.ckpt",
-                      weights_only=True)
+    return torch.load(
+        root / "runs" / "lightning_logs" / f"version_{version}" / "checkpoints" / "last.ckpt", weights_only=True
+    )
 
 
-def test_adamw_and_onecycle_from_the_command_line_with_tau_in_a_group_without_weight_decay(run_cli, tiny_digits, tmp_path):
-    result = run_cli("fit", *RUN, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
-                     "4", "--model.optimizer", "AdamW", "--model.optimizer.weight_decay", "0.01",
-                     "--model.lr_scheduler", "OneCycleLR", "--model.lr_scheduler.max_lr", "0.01",
-                     "--model.lr_scheduler.total_steps", "10", "--model.lr_interval", "step", cwd=tmp_path)
+def test_adamw_and_onecycle_from_the_command_line_with_tau_in_a_group_without_weight_decay(
+    run_cli, tiny_digits, tmp_path
+):
+    result = run_cli(
+        "fit",
+        *RUN,
+        "--data.root",
+        tiny_digits,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "4",
+        "--model.optimizer",
+        "AdamW",
+        "--model.optimizer.weight_decay",
+        "0.01",
+        "--model.lr_scheduler",
+        "OneCycleLR",
+        "--model.lr_scheduler.max_lr",
+        "0.01",
+        "--model.lr_scheduler.total_steps",
+        "10",
+        "--model.lr_interval",
+        "step",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = last_checkpoint(tmp_path)
     weights, taus = checkpoint["optimizer_states"][0]["param_groups"]
@@ -39,8 +73,15 @@ def test_adamw_and_onecycle_from_the_command_line_with_tau_in_a_group_without_we
     assert scheduler["total_steps"] == 10 and scheduler["last_epoch"] == 4  # OneCycleLR, stepped per batch
     saved = checkpoint["hyper_parameters"]
     assert saved["optimizer"]["class_path"] == "torch.optim.AdamW" and saved["lr_interval"] == "step"
-    tested = run_cli("test", *RUN, "--data.root", tiny_digits, "--ckpt_path",
-                     tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", cwd=tmp_path)
+    tested = run_cli(
+        "test",
+        *RUN,
+        "--data.root",
+        tiny_digits,
+        "--ckpt_path",
+        tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
+        cwd=tmp_path,
+    )
     assert tested.returncode == 0, tested.stderr[-3000:]
 
 
@@ -76,8 +117,13 @@ def test_the_papers_recipe_gives_the_losses_of_the_earlier_one_group_adam():
 
 
 def test_an_optimizer_from_python_and_the_old_options_beside_it_are_refused():
-    sgd = SpikingClassifier("mnist", time_steps=2, optimizer=partial(torch.optim.SGD, lr=0.1, weight_decay=1e-4),
-                            tau_weight_decay=1e-5, tau_lr=0.5)
+    sgd = SpikingClassifier(
+        "mnist",
+        time_steps=2,
+        optimizer=partial(torch.optim.SGD, lr=0.1, weight_decay=1e-4),
+        tau_weight_decay=1e-5,
+        tau_lr=0.5,
+    )
     optimizer = sgd.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.SGD)
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.1, 1e-4), (0.5, 1e-5)]
@@ -88,28 +134,57 @@ def test_an_optimizer_from_python_and_the_old_options_beside_it_are_refused():
 def test_a_run_of_an_earlier_version_resumes_with_todays_config(run_cli, tiny_digits, tmp_path):
     """A checkpoint whose hyperparameters are an earlier version's (lr, cosine_t_max; no optimizer):
     fit resumes it with configs/mnist.yaml (which names an optimizer) on its one-group Adam, and test loads it."""
-    first = run_cli("fit", *RUN, "--data.root", tiny_digits, "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
-                    "2", "--model.optimizer", "null", "--model.lr_scheduler", "null", "--model.lr", "0.002",
-                    "--model.cosine_t_max", "8", cwd=tmp_path)
+    first = run_cli(
+        "fit",
+        *RUN,
+        "--data.root",
+        tiny_digits,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--model.optimizer",
+        "null",
+        "--model.lr_scheduler",
+        "null",
+        "--model.lr",
+        "0.002",
+        "--model.cosine_t_max",
+        "8",
+        cwd=tmp_path,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     path = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(path, weights_only=True)
     for key in ("optimizer", "lr_scheduler", "lr_interval", "tau_lr", "tau_weight_decay"):  # not there before
         del checkpoint["hyper_parameters"][key]
     torch.save(checkpoint, path)
-    resumed = run_cli("fit", *RUN, "--data.root", tiny_digits, "--trainer.max_epochs", "2", "--trainer.limit_train_batches",
-                      "2", "--ckpt_path", path, cwd=tmp_path)
+    resumed = run_cli(
+        "fit",
+        *RUN,
+        "--data.root",
+        tiny_digits,
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "2",
+        "--ckpt_path",
+        path,
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = last_checkpoint(tmp_path, version=1)
     (group,) = after["optimizer_states"][0]["param_groups"]
     assert group["initial_lr"] == 0.002 and after["lr_schedulers"][0]["T_max"] == 8 and after["global_step"] == 4
     tested = run_cli("test", *RUN, "--data.root", tiny_digits, "--ckpt_path", path, cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr[-3000:]
-    refused = run_cli("fit", *RUN, "--data.root", tiny_digits, "--ckpt_path", path, "--model.optimizer", "SGD",
-                      cwd=tmp_path)  # said on the command line: refused, not dropped for the checkpoint's recipe
+    refused = run_cli(
+        "fit", *RUN, "--data.root", tiny_digits, "--ckpt_path", path, "--model.optimizer", "SGD", cwd=tmp_path
+    )  # said on the command line: refused, not dropped for the checkpoint's recipe
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
         f"error: --model.optimizer cannot change the recipe of checkpoint {path}: it was written by an earlier plifnet "
-        f"(lr 0.002, cosine_t_max 8, one parameter group)")
+        f"(lr 0.002, cosine_t_max 8, one parameter group)"
+    )
 
 
 @pytest.mark.parametrize("family", ["spikingjelly_net", "snntorch_net", "norse_net", "net"])
@@ -123,8 +198,12 @@ def test_a_peer_networks_time_constants_get_the_tau_group(example_plugin, family
     weights, taus = model.configure_optimizers()["optimizer"].param_groups
     names = {id(p): name for name, p in model.named_parameters()}
     tau_names = sorted(names[id(p)] for p in taus["params"])
-    expected = {"spikingjelly_net": r"net\.features\.\d+\.w", "snntorch_net": r"net\.lif\d\.beta",
-                "norse_net": r"net\.tau_mem_inv\.\d", "net": r"net\.lif\d\.w"}[family]  # Norse: its ParameterList
+    expected = {
+        "spikingjelly_net": r"net\.features\.\d+\.w",
+        "snntorch_net": r"net\.lif\d\.beta",
+        "norse_net": r"net\.tau_mem_inv\.\d",
+        "net": r"net\.lif\d\.w",
+    }[family]  # Norse: its ParameterList
     assert len(tau_names) >= 2 and all(re.fullmatch(expected, name) for name in tau_names), tau_names
     assert taus["weight_decay"] == 0.0
     assert len(weights["params"]) + len(taus["params"]) == len(names)
@@ -164,15 +243,35 @@ def test_the_budget_recipe_anneals_over_max_epochs_as_torchs_cosine_does(run_cli
     extended.mkdir()
     assert run_cli("fit", *budget, "--trainer.max_epochs", "2", cwd=extended).returncode == 0
     assert logged_lrs(extended, 1) == pytest.approx(cosine_lrs(2), rel=1e-12)
-    resumed = run_cli("fit", *budget, "--trainer.max_epochs", "4", "--ckpt_path",
-                      extended / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", cwd=extended)
+    resumed = run_cli(
+        "fit",
+        *budget,
+        "--trainer.max_epochs",
+        "4",
+        "--ckpt_path",
+        extended / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
+        cwd=extended,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert logged_lrs(extended, 1, version=1) == pytest.approx(expected[2:], rel=1e-12)
 
 
 def test_the_budget_recipe_refuses_a_run_without_an_end(run_cli, tiny_digits, tmp_path):
-    result = run_cli("fit", *RUN, "--config", "recipe/budget", "--data.root", tiny_digits, "--trainer.max_epochs", "-1",
-                     "--trainer.limit_train_batches", "2", cwd=tmp_path)
+    result = run_cli(
+        "fit",
+        *RUN,
+        "--config",
+        "recipe/budget",
+        "--data.root",
+        tiny_digits,
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.limit_train_batches",
+        "2",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == ("error: CosineToEnd anneals over the run's length, but the run has no "
-                                                      "finite length (-1): set --trainer.max_epochs (or --trainer.max_steps)")
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: CosineToEnd anneals over the run's length, but the run has no "
+        "finite length (-1): set --trainer.max_epochs (or --trainer.max_steps)"
+    )

@@ -3,9 +3,9 @@ test extra), and by hand, wrapped by plifnet: found, reset, their tau read, and 
 gradients as their own libraries' loops; a network that keeps state plifnet cannot reset is refused."""
 
 import copy
+import csv
 import warnings
 from pathlib import Path
-import csv
 
 import lightning as L
 import numpy as np
@@ -30,7 +30,12 @@ from spikingjelly.activation_based import functional as sj_functional, neuron as
 
 from plifnet_example import handwritten_net, norse_net, snntorch_net, spikingjelly_net  # noqa: E402
 
-FAMILIES = {"spikingjelly": spikingjelly_net, "snntorch": snntorch_net, "norse": norse_net, "handwritten": handwritten_net}
+FAMILIES = {
+    "spikingjelly": spikingjelly_net,
+    "snntorch": snntorch_net,
+    "norse": norse_net,
+    "handwritten": handwritten_net,
+}
 NEURON_CLASSES = {"spikingjelly": "ParametricLIFNode", "snntorch": "Leaky", "norse": "LIFCell", "handwritten": "LIF"}
 
 
@@ -125,7 +130,9 @@ def test_norse_tau_gives_plifnets_spikes():
     """tau = 1/(dt tau_mem_inv) read from Norse's LIFCell: with the synaptic current gone each step
     (dt tau_syn_inv = 1) Norse's membrane is plifnet's LIF with that tau."""
     x = torch.rand(12, 4, 7, generator=torch.Generator().manual_seed(3)) * 3
-    cell = norse.LIFCell(norse.LIFParameters(tau_mem_inv=torch.tensor(250.0), tau_syn_inv=torch.tensor(1000.0)), dt=1e-3)
+    cell = norse.LIFCell(
+        norse.LIFParameters(tau_mem_inv=torch.tensor(250.0), tau_syn_inv=torch.tensor(1000.0)), dt=1e-3
+    )
     state, spikes = None, []
     for x_t in x:
         z, state = cell(x_t, state)
@@ -147,8 +154,9 @@ class Grads(L.Callback):
 
 def batches(n=3, size=4):
     generator = torch.Generator().manual_seed(7)
-    return TensorDataset(torch.rand(n * size, 1, 28, 28, generator=generator) * 2,
-                         torch.randint(0, 10, (n * size,), generator=generator))
+    return TensorDataset(
+        torch.rand(n * size, 1, 28, 28, generator=generator) * 2, torch.randint(0, 10, (n * size,), generator=generator)
+    )
 
 
 @pytest.mark.parametrize("family", ["spikingjelly", "snntorch"])
@@ -161,9 +169,14 @@ def test_training_through_plifnet_equals_the_libraries_own_loop(family):
     theirs.load_state_dict(net.state_dict())
     data = batches()
     grads = Grads()
-    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, callbacks=[ResetState(), grads]).fit(
-        SpikingClassifier(net=net), DataLoader(data, batch_size=4))
+    L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ResetState(), grads],
+    ).fit(SpikingClassifier(net=net), DataLoader(data, batch_size=4))
 
     optimizer = torch.optim.Adam(theirs.parameters(), lr=1e-3, fused=True)
     reset = (lambda: sj_functional.reset_net(theirs)) if family == "spikingjelly" else (lambda: snn_utils.reset(theirs))
@@ -198,8 +211,9 @@ def test_validating_the_same_batch_twice_gives_a_fresh_networks_answer(family):
     x = images(4)
     data = TensorDataset(torch.cat([x, x]), torch.zeros(8, dtype=torch.long))
     outputs = Outputs()
-    L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-              callbacks=[ResetState(), outputs]).validate(SpikingClassifier(net=net), DataLoader(data, batch_size=4))
+    L.Trainer(
+        logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[ResetState(), outputs]
+    ).validate(SpikingClassifier(net=net), DataLoader(data, batch_size=4))
     with torch.no_grad():
         expected = fresh(x)
     assert len(outputs.seen) == 2 and expected.sum() > 0
@@ -240,11 +254,15 @@ def test_a_network_that_keeps_state_without_reset_is_refused_before_the_first_ba
     model = SpikingClassifier(net=RemembersNet())
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     data = DataLoader(TensorDataset(images(4), torch.zeros(4, dtype=torch.long)), batch_size=4)
-    with pytest.warns(RuntimeWarning, match="no spiking neuron found in RemembersNet"), \
-            pytest.raises(contract.StateLeak) as error:
+    with (
+        pytest.warns(RuntimeWarning, match="no spiking neuron found in RemembersNet"),
+        pytest.raises(contract.StateLeak) as error,
+    ):
         trainer.validate(model, data)  # no ResetState given: the model brings its own
-    assert str(error.value).startswith("the network keeps state between batches in Remembers (net.neuron): the same "
-                                       "input gave another state there after plifnet reset it")
+    assert str(error.value).startswith(
+        "the network keeps state between batches in Remembers (net.neuron): the same "
+        "input gave another state there after plifnet reset it"
+    )
     assert "Fix: give the class a reset()" in str(error.value) and len(str(error.value).splitlines()) == 1
     assert model.accuracy["val_acc"]._update_count == 0  # stopped before any batch counted
 
@@ -266,15 +284,35 @@ def test_the_refusal_through_cli_is_one_line(run_cli, tiny_digits, tmp_path, mon
         "    def forward(self, x):\n"
         "        v = self.fc(x.flatten(1)) * 3 + (0 if self.v is None else self.v)\n"
         "        self.v = v.detach() / 2\n"
-        "        return (v >= 1).float().expand(2, -1, -1)\n")
+        "        return (v >= 1).float().expand(2, -1, -1)\n"
+    )
     monkeypatch.syspath_prepend(tmp_path)
-    result = run_cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers",
-                     "0", "--model.net", "bad_net.Remembers", "--model.classes", "10", "--trainer.max_epochs", "1",
-                     "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", cwd=tmp_path)
+    result = run_cli(
+        "fit",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--data.root",
+        tiny_digits,
+        "--data.num_workers",
+        "0",
+        "--model.net",
+        "bad_net.Remembers",
+        "--model.classes",
+        "10",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: the network keeps state between batches in Remembers (net): the same input gave "
-                           "another state there after plifnet reset it"), result.stderr[-3000:]
+    assert last.startswith(
+        "error: the network keeps state between batches in Remembers (net): the same input gave "
+        "another state there after plifnet reset it"
+    ), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs" / "lightning_logs" / "version_0").exists()
 
@@ -297,19 +335,32 @@ def digits(tiny_digits):
 
     if (SHARED_DATASETS / "MNIST" / "raw").is_dir():
         return ["--data.root", SHARED_DATASETS, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "100"]
-    return ["--data.root", tiny_digits, "--trainer.max_steps", "100",
-            "--trainer.max_epochs", "-1"]
+    return ["--data.root", tiny_digits, "--trainer.max_steps", "100", "--trainer.max_epochs", "-1"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_each_family_trains_through_cli_and_is_followed_and_tested_from_its_checkpoint(family, run_cli, digits, tmp_path):
+def test_each_family_trains_through_cli_and_is_followed_and_tested_from_its_checkpoint(
+    family, run_cli, digits, tmp_path
+):
     """By class path, as written by its users, the paper's MNIST recipe for 100 batches of 16: the loss falls,
     the validation accuracy is above chance, tau and firing rates of its 3 neuron layers are logged, tau.csv,
     tau.png and energy.csv are written; then `cli.py test` rebuilds it from the checkpoint."""
     config = ROOT / "examples" / "plugin" / "configs" / f"{family}.yaml"
-    result = run_cli("fit", "--config", ROOT / "configs" / "mnist.yaml", "--config", config, *digits,
-                 "--data.num_workers", "0", "--trainer.limit_val_batches", "20", "--trainer.log_every_n_steps", "5",
-                 cwd=tmp_path)
+    result = run_cli(
+        "fit",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--config",
+        config,
+        *digits,
+        "--data.num_workers",
+        "0",
+        "--trainer.limit_val_batches",
+        "20",
+        "--trainer.log_every_n_steps",
+        "5",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     with open(run / "metrics.csv") as f:
@@ -318,32 +369,61 @@ def test_each_family_trains_through_cli_and_is_followed_and_tested_from_its_chec
     assert len(losses) == 20 and sum(losses[-5:]) < sum(losses[:5]), losses
     assert float([r for r in rows if r.get("val/acc")][-1]["val/acc"]) > 0.15  # chance: 0.1
     layers = list(spiking_layers(SpikingClassifier(net=FAMILIES[family].Net())))
-    assert len(layers) == 3 and {f"tau/{name}" for name in layers} | {f"firing_rate/{name}" for name in layers} <= set(rows[0])
+    assert len(layers) == 3 and {f"tau/{name}" for name in layers} | {f"firing_rate/{name}" for name in layers} <= set(
+        rows[0]
+    )
     taus = [float(r[f"tau/{layers[0]}"]) for r in rows if r.get(f"tau/{layers[0]}")]
     assert taus[0] == pytest.approx(2.0, abs=1e-6) and taus[-1] != taus[0]  # learnt
     with open(run / "tau.csv") as f:
         assert next(csv.reader(f)) == ["step", *layers]
     assert (run / "tau.png").read_bytes()[:4] == b"\x89PNG" and (run / "energy.csv").is_file()
 
-    tested = run_cli("test", "--config", ROOT / "configs" / "mnist.yaml", "--config", config, *digits[:2],
-                 "--data.num_workers", "0", "--trainer.limit_test_batches", "10", "--ckpt_path",
-                 run / "checkpoints" / "last.ckpt", cwd=tmp_path)
+    tested = run_cli(
+        "test",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--config",
+        config,
+        *digits[:2],
+        "--data.num_workers",
+        "0",
+        "--trainer.limit_test_batches",
+        "10",
+        "--ckpt_path",
+        run / "checkpoints" / "last.ckpt",
+        cwd=tmp_path,
+    )
     assert tested.returncode == 0, tested.stderr[-3000:]
     assert "energy per image" in tested.stdout
 
     # NIR export: the Sequential SpikingJelly network leaves whole; the others, written as loops over time, are
     # refused in one line that names the network and its modules
-    exported = run_cli("--ckpt_path", run / "checkpoints" / "last.ckpt", "--config", ROOT / "configs" / "mnist.yaml",
-                       "--config", config, "--out", tmp_path / "net.nir", cwd=ROOT, main=export.main)
+    exported = run_cli(
+        "--ckpt_path",
+        run / "checkpoints" / "last.ckpt",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--config",
+        config,
+        "--out",
+        tmp_path / "net.nir",
+        cwd=ROOT,
+        main=export.main,
+    )
     if family == "spikingjelly":
         assert exported.returncode == 0, exported.stderr[-3000:]
         assert "3 spiking layers" in exported.stderr and (tmp_path / "net.nir").is_file()
     else:
         assert exported.returncode == 1 and "Traceback" not in exported.stderr
         modules = {"snntorch": 6, "norse": 7, "handwritten": 8}[family]  # Norse's: its ParameterList too
-        assert exported.stderr.strip().splitlines()[-1].startswith(
-            f"error: to_nir exports SpikingNet networks and networks whose layers form one nn.Sequential; Net runs "
-            f"{modules} modules")
+        assert (
+            exported.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                f"error: to_nir exports SpikingNet networks and networks whose layers form one nn.Sequential; Net runs "
+                f"{modules} modules"
+            )
+        )
 
 
 class SequentialLeaky(nn.Module):
@@ -354,11 +434,20 @@ class SequentialLeaky(nn.Module):
     def __init__(self, reset_mechanism="zero", spike_grad=None):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4),
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
             snn.Leaky(beta=0.7, reset_mechanism=reset_mechanism, init_hidden=True, spike_grad=spike_grad),
-            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 14 * 14, 10),
-            snn.Leaky(beta=torch.linspace(0.3, 0.9, 10), learn_beta=True, reset_mechanism="zero", init_hidden=True,
-                      spike_grad=spike_grad))
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(4 * 14 * 14, 10),
+            snn.Leaky(
+                beta=torch.linspace(0.3, 0.9, 10),
+                learn_beta=True,
+                reset_mechanism="zero",
+                init_hidden=True,
+                spike_grad=spike_grad,
+            ),
+        )
 
     def forward(self, x):
         return torch.stack([self.layers(x) for _ in range(self.time_steps)])
@@ -412,15 +501,22 @@ def test_snntorchs_float32_spikes_are_checked_in_float32():
     net = with_statistics(driven(SequentialLeaky()))
     graph = to_nir(net, input_shape=(1, 28, 28))
     assert graph.nodes["conv1_lif"].tau.dtype == np.float32 and isinstance(graph.nodes["fc1_lif"], nir.LIF)
-    torch.testing.assert_close(torch.from_numpy(graph.nodes["fc1_lif"].tau[:3].astype(np.float64)),
-                               1 / (1 - torch.linspace(0.3, 0.9, 10)[:3].double()), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(graph.nodes["fc1_lif"].tau[:3].astype(np.float64)),
+        1 / (1 - torch.linspace(0.3, 0.9, 10)[:3].double()),
+        rtol=1e-6,
+        atol=0,
+    )
 
 
 def test_peer_networks_without_a_nir_form_are_refused_by_name():
     from plifnet.export import to_nir
 
-    with pytest.raises(ValueError, match=r"Net runs 6 modules \(conv1, lif1, conv2, lif2, fc, lif3\) in a forward of "
-                                         r"its own, whose order NIR export cannot see"):
+    with pytest.raises(
+        ValueError,
+        match=r"Net runs 6 modules \(conv1, lif1, conv2, lif2, fc, lif3\) in a forward of "
+        r"its own, whose order NIR export cannot see",
+    ):
         to_nir(snntorch_net.Net().eval(), input_shape=(1, 28, 28))
     with pytest.raises(ValueError, match=r"layer conv1: Leaky with reset_mechanism='subtract' has no NIR form"):
         to_nir(SequentialLeaky("subtract").eval(), input_shape=(1, 28, 28))
@@ -448,10 +544,17 @@ def test_a_peer_networks_tau_and_firing_rates_reach_wandb(tiny_digits, tmp_path,
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     model = SpikingClassifier(net=snntorch_net.Net(), lr=0.05)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=2, log_every_n_steps=2,
-                        logger=WandbLogger(save_dir=str(tmp_path), offline=True, project="plifnet-test"),
-                        callbacks=[TauMonitor(), FiringRateMonitor()], enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        log_every_n_steps=2,
+        logger=WandbLogger(save_dir=str(tmp_path), offline=True, project="plifnet-test"),
+        callbacks=[TauMonitor(), FiringRateMonitor()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0))
     import wandb
 
@@ -460,7 +563,9 @@ def test_a_peer_networks_tau_and_firing_rates_reach_wandb(tiny_digits, tmp_path,
     last = [row for row in rows if "tau/lif1" in row][-1]
     for name in ("lif1", "lif2", "lif3"):
         beta = getattr(model.net, name).beta.item()
-        assert last[f"tau/{name}"] == pytest.approx(1 / (1 - beta), rel=1e-6) and last[f"tau/{name}"] != pytest.approx(2.0)
+        assert last[f"tau/{name}"] == pytest.approx(1 / (1 - beta), rel=1e-6) and last[f"tau/{name}"] != pytest.approx(
+            2.0
+        )
         assert any(f"firing_rate/{name}" in row for row in rows)
 
 
@@ -535,10 +640,17 @@ def test_a_norse_network_keeping_its_state_behind_a_silent_layer_is_refused():
     with pytest.raises(contract.StateLeak) as error:
         contract.check_forgets(net, x)
     message = str(error.value)
-    assert message.startswith("the network keeps state between batches in NorseKeepsItsState (the network itself): "
-                              "the same input gave another state there") and len(message.splitlines()) == 1
-    assert message.endswith("Fix: Norse's LIFCell takes its state from the caller: pass state=None at the first step "
-                            "of every forward, instead of a state kept on the module between batches")
+    assert (
+        message.startswith(
+            "the network keeps state between batches in NorseKeepsItsState (the network itself): "
+            "the same input gave another state there"
+        )
+        and len(message.splitlines()) == 1
+    )
+    assert message.endswith(
+        "Fix: Norse's LIFCell takes its state from the caller: pass state=None at the first step "
+        "of every forward, instead of a state kept on the module between batches"
+    )
     model = SpikingClassifier(net=NorseKeepsItsState())  # and before the first batch of a run
     data = DataLoader(TensorDataset(x, torch.zeros(4, dtype=torch.long)), batch_size=4)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, max_steps=1)
@@ -559,8 +671,9 @@ def test_a_subclass_of_a_spikingjelly_neuron_is_found_reset_followed_and_counted
         net = spikingjelly_net.Net()
         for name in ("2", "6", "10"):
             old = net.features[int(name)]
-            net.features[int(name)] = MyPLIF(init_tau=2.0, surrogate_function=old.surrogate_function, detach_reset=True,
-                                             step_mode="m")
+            net.features[int(name)] = MyPLIF(
+                init_tau=2.0, surrogate_function=old.surrogate_function, detach_reset=True, step_mode="m"
+            )
         return net
 
     net = driven(subclassed()).eval()
@@ -584,21 +697,33 @@ def test_a_subclass_of_a_spikingjelly_neuron_is_found_reset_followed_and_counted
     assert [layer.name for layer in report.layers] == ["features.0", "features.4", "features.9"]
     assert report.layers[2].sops > 0
     ops = SynapticOps()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=2, log_every_n_steps=2,
-                        logger=L.pytorch.loggers.CSVLogger(tiny_digits.parent / "logs"), enable_checkpointing=False,
-                        callbacks=[TauMonitor(), FiringRateMonitor(), ops], enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        log_every_n_steps=2,
+        logger=L.pytorch.loggers.CSVLogger(tiny_digits.parent / "logs"),
+        enable_checkpointing=False,
+        callbacks=[TauMonitor(), FiringRateMonitor(), ops],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0))
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     last_tau = [row for row in rows if row.get("tau/features.2")][-1]
     for name in layers:  # followed: tau (the last logged is the trained network's) and firing rates
-        assert float(last_tau[f"tau/{name}"]) == pytest.approx(float(contract.tau(dict(model.net.named_modules())[name])))
+        assert float(last_tau[f"tau/{name}"]) == pytest.approx(
+            float(contract.tau(dict(model.net.named_modules())[name]))
+        )
         assert any(row.get(f"firing_rate/{name}") for row in rows)
     with open(Path(trainer.logger.log_dir) / "tau.csv") as f:
         assert next(csv.reader(f)) == ["step", *layers]
-    assert ops.report is not None and [layer.name for layer in ops.report.layers] == ["features.0", "features.4",
-                                                                                         "features.9"]
+    assert ops.report is not None and [layer.name for layer in ops.report.layers] == [
+        "features.0",
+        "features.4",
+        "features.9",
+    ]
 
 
 class SynapticNet(nn.Module):
@@ -610,8 +735,7 @@ class SynapticNet(nn.Module):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(28 * 28, 100), nn.Linear(100, 10)
         self.syn1 = snn.Synaptic(alpha=0.6, beta=0.5, learn_alpha=True, learn_beta=True, init_hidden=True)
-        self.syn2 = snn.Synaptic(alpha=0.6, beta=0.5, learn_alpha=True, learn_beta=True, init_hidden=True,
-                                 output=True)
+        self.syn2 = snn.Synaptic(alpha=0.6, beta=0.5, learn_alpha=True, learn_beta=True, init_hidden=True, output=True)
 
     def forward(self, x):
         out = []
@@ -628,14 +752,26 @@ def test_snntorch_synaptics_learnt_alpha_is_followed_in_the_tau_group_and_labell
     model = SpikingClassifier(net=SynapticNet())
     constants = contract.time_constants(model.net.syn1)
     assert set(constants) == {"tau", "tau_syn"} and all(c.learned for c in constants.values())
-    assert float(constants["tau_syn"].steps) == pytest.approx(1 / (1 - 0.6)) and constants["tau_syn"].convention == "1/(1-alpha)"
+    assert (
+        float(constants["tau_syn"].steps) == pytest.approx(1 / (1 - 0.6))
+        and constants["tau_syn"].convention == "1/(1-alpha)"
+    )
     groups = model.configure_optimizers()["optimizer"].param_groups
-    assert {id(p) for p in groups[1]["params"]} == {id(getattr(n, a)) for n in (model.net.syn1, model.net.syn2)
-                                                     for a in ("alpha", "beta")}  # no weight decay on either
+    assert {id(p) for p in groups[1]["params"]} == {
+        id(getattr(n, a)) for n in (model.net.syn1, model.net.syn2) for a in ("alpha", "beta")
+    }  # no weight decay on either
     monitor = TauMonitor()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1, log_every_n_steps=2,
-                        logger=L.pytorch.loggers.CSVLogger(tiny_digits.parent / "logs"), enable_checkpointing=False,
-                        callbacks=[monitor], enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        log_every_n_steps=2,
+        logger=L.pytorch.loggers.CSVLogger(tiny_digits.parent / "logs"),
+        enable_checkpointing=False,
+        callbacks=[monitor],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0))
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
         rows = [row for row in csv.DictReader(f) if row.get("tau_syn/syn1")]
@@ -671,6 +807,8 @@ class SnnTorchKeepsItsMembrane(nn.Module):
 def test_snntorchs_leak_advice_is_to_start_the_membrane_in_forward():
     with pytest.raises(contract.StateLeak) as error:
         contract.check_forgets(SnnTorchKeepsItsMembrane(), images(2))
-    assert str(error.value).endswith("Fix: Leaky with init_hidden=False takes its state from the caller: start it afresh "
-                                     "in every forward (mem = None at step 0, or Leaky's init_leaky()/reset_mem()), "
-                                     "instead of keeping it on the module between batches")
+    assert str(error.value).endswith(
+        "Fix: Leaky with init_hidden=False takes its state from the caller: start it afresh "
+        "in every forward (mem = None at step 0, or Leaky's init_leaky()/reset_mem()), "
+        "instead of keeping it on the module between batches"
+    )

@@ -5,9 +5,9 @@ import csv
 import importlib.metadata
 import re
 import shlex
-import tomllib
 
 import pytest
+import tomllib
 import torch
 import yaml
 
@@ -18,9 +18,20 @@ from plifnet.models import SpikingNet
 from plifnet.neurons import NEURONS, neuron_factory
 from plifnet.surrogates import SURROGATES, surrogate
 
-
-QUICK = ["--data.num_workers", "0", "--data.batch_size", "4", "--trainer.max_epochs", "1",
-         "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1"]
+QUICK = [
+    "--data.num_workers",
+    "0",
+    "--data.batch_size",
+    "4",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.log_every_n_steps",
+    "1",
+]
 
 
 @pytest.fixture
@@ -49,16 +60,21 @@ def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugi
     if how == "entry point":
         args = ["--model.neuron", "alif", "--model.surrogate", "gaussian"]
     else:
-        args = ["--model.neuron", '{"class_path": "plifnet_example.ALIF", "init_args": {"beta": 0.5, "tau": 3.0}}',
-                "--model.surrogate", '{"class_path": "plifnet_example.Gaussian", "init_args": {"alpha": 3.0}}']
+        args = [
+            "--model.neuron",
+            '{"class_path": "plifnet_example.ALIF", "init_args": {"beta": 0.5, "tau": 3.0}}',
+            "--model.surrogate",
+            '{"class_path": "plifnet_example.Gaussian", "init_args": {"alpha": 3.0}}',
+        ]
     result = fit("--data.root", tiny_digits, *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     # compiled all through: the model summary's FLOP count (a dispatch mode) once sent it to the reference path
     assert compiled._failed == {} and "runs on the reference path" not in result.stderr
     keys = logged(tmp_path)
     assert {"tau/conv1", "tau/fc2", "firing_rate/conv1", "firing_rate/fc2"} <= keys
-    checkpoint = torch.load(tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
-                            weights_only=True)
+    checkpoint = torch.load(
+        tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
     neuron = checkpoint["hyper_parameters"]["neuron"]  # what `cli.py test --ckpt_path` rebuilds the network from
     if how == "entry point":
         assert neuron == "alif"
@@ -67,29 +83,50 @@ def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugi
         assert (neuron["init_args"]["beta"], neuron["init_args"]["tau"]) == (0.5, 3.0)
         # init_args reached the neurons: tau0 = 3 is w0 = -ln 2, which 3 steps at lr 1e-3 barely move
         assert checkpoint["state_dict"]["net.layers.0.w"].item() == pytest.approx(-0.6931, abs=0.01)
-    tested = run_cli("test", "--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers",
-                     "0", "--ckpt_path", tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
-                     cwd=tmp_path)
+    tested = run_cli(
+        "test",
+        "--config",
+        ROOT / "configs" / "mnist.yaml",
+        "--data.root",
+        tiny_digits,
+        "--data.num_workers",
+        "0",
+        "--ckpt_path",
+        tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt",
+        cwd=tmp_path,
+    )
     assert tested.returncode == 0, tested.stderr[-3000:]
     config = (tmp_path / "runs" / "lightning_logs" / "version_0" / "test" / "config.yaml").read_text()
     assert ("neuron: alif" if how == "entry point" else "class_path: plifnet_example.ALIF") in config
 
 
-def test_networks_from_yaml_and_from_a_users_package_train_with_their_neurons_monitored(fit, example_plugin, tiny_digits, tmp_path):
+def test_networks_from_yaml_and_from_a_users_package_train_with_their_neurons_monitored(
+    fit, example_plugin, tiny_digits, tmp_path
+):
     (tmp_path / "yaml").mkdir()
     (tmp_path / "yaml" / "net.yaml").write_text(
         "model:\n  net:\n    class_path: plifnet.models.SpikingNet\n    init_args:\n"
-        "      layers: c16 p c16 p d f100\n      static: true\n      time_steps: 2\n      neuron: lif\n")
+        "      layers: c16 p c16 p d f100\n      static: true\n      time_steps: 2\n      neuron: lif\n"
+    )
     # no in_channels, size or classes: the data module's input_shape (1, 28, 28) and the output layer give them
-    result = fit("--data.root", tiny_digits, "--config", tmp_path / "yaml" / "net.yaml", cwd=tmp_path / "yaml",
-                 own_network=True)
+    result = fit(
+        "--data.root", tiny_digits, "--config", tmp_path / "yaml" / "net.yaml", cwd=tmp_path / "yaml", own_network=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"firing_rate/conv1", "firing_rate/conv2", "firing_rate/fc1"} <= logged(tmp_path / "yaml")
     assert not any(key.startswith("tau/") for key in logged(tmp_path / "yaml"))  # LIF: tau is fixed
 
     (tmp_path / "own").mkdir()
-    result = fit("--data.root", tiny_digits, "--model.net", "plifnet_example.net.TinySNN", "--model.net.time_steps", "3",
-                 cwd=tmp_path / "own", own_network=True)
+    result = fit(
+        "--data.root",
+        tiny_digits,
+        "--model.net",
+        "plifnet_example.net.TinySNN",
+        "--model.net.time_steps",
+        "3",
+        cwd=tmp_path / "own",
+        own_network=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"tau/lif1", "tau/lif2", "firing_rate/lif1", "firing_rate/lif2"} <= logged(tmp_path / "own")
 
@@ -120,19 +157,37 @@ def test_bad_plugins_get_clear_errors(example_plugin, tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[plifnet.neurons]\nbroken = broken_plugin:Neuron\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ImportError, match=r"the neuron plug-in 'broken' of broken-plugin \(broken_plugin:Neuron\) "
-                                          r"failed to import: RuntimeError: missing CUDA toolkit"):
+    with pytest.raises(
+        ImportError,
+        match=r"the neuron plug-in 'broken' of broken-plugin \(broken_plugin:Neuron\) "
+        r"failed to import: RuntimeError: missing CUDA toolkit",
+    ):
         NEURONS.get("broken")
     assert "broken" in NEURONS.names() and "gaussian" in SURROGATES.names()
 
 
 def test_a_network_whose_output_does_not_match_the_classes_is_named(fit, tiny_digits, tmp_path):
-    result = fit("--data.root", tiny_digits, "--model.net", "torch.nn.Linear", "--model.net.in_features", "28",
-                 "--model.net.out_features", "5", "--model.classes", "10", cwd=tmp_path, own_network=True)
+    result = fit(
+        "--data.root",
+        tiny_digits,
+        "--model.net",
+        "torch.nn.Linear",
+        "--model.net.in_features",
+        "28",
+        "--model.net.out_features",
+        "5",
+        "--model.classes",
+        "10",
+        cwd=tmp_path,
+        own_network=True,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     # found by the model summary's one-sample forward, before any training step; one line
-    assert re.fullmatch(r"error: Linear returned scores of shape \((\d+), 1, 28, 5\) for input \(\1, 1, 28, 28\); "
-                        r"expected \[T, N, 10\] or \[N, 10\].*", result.stderr.strip().splitlines()[-1]), result.stderr[-2000:]
+    assert re.fullmatch(
+        r"error: Linear returned scores of shape \((\d+), 1, 28, 5\) for input \(\1, 1, 28, 28\); "
+        r"expected \[T, N, 10\] or \[N, 10\].*",
+        result.stderr.strip().splitlines()[-1],
+    ), result.stderr[-2000:]
     assert not (tmp_path / "runs" / "lightning_logs" / "version_0").exists()
 
 
@@ -168,13 +223,17 @@ def test_every_code_block_of_extending_md_runs_or_matches_the_example_package(ex
         if language == "python":
             exec(compile(text, "docs/EXTENDING.md", "exec"), {"__name__": "extending_md"})
         elif language == "toml":
-            declared = tomllib.loads((ROOT / "examples" / "plugin" / "pyproject.toml").read_text())["project"]["entry-points"]
+            declared = tomllib.loads((ROOT / "examples" / "plugin" / "pyproject.toml").read_text())["project"][
+                "entry-points"
+            ]
             for group, entries in tomllib.loads(text)["project"]["entry-points"].items():
                 assert entries.items() <= declared[group].items(), text
                 for name in entries:
                     assert importlib.metadata.entry_points(group=group)[name].load() is not None
         elif language == "yaml":
-            configs = [yaml.safe_load(path.read_text()) for path in (ROOT / "examples" / "plugin" / "configs").glob("*.yaml")]
+            configs = [
+                yaml.safe_load(path.read_text()) for path in (ROOT / "examples" / "plugin" / "configs").glob("*.yaml")
+            ]
             assert yaml.safe_load(text) in configs, text
         else:
             lines = [line for line in text.splitlines() if line.strip()]
@@ -189,7 +248,9 @@ def test_a_network_without_an_input_shape_takes_it_from_the_data_module():
     net = SpikingNet(layers="c8 p d f100", static=True, time_steps=2)
     assert not net.built and net.classes == 10
     model = SpikingClassifier(net=net)
-    with pytest.raises(ValueError, match=r"has no in_channels and size, and there is no data module with an input_shape"):
+    with pytest.raises(
+        ValueError, match=r"has no in_channels and size, and there is no data module with an input_shape"
+    ):
         model.configure_model()
 
     class Frames(ClassificationDataModule):

@@ -23,7 +23,9 @@ def test_every_committed_run_is_in_the_manifest_with_its_record_and_an_existing_
     text = (ROOT / "docs" / "RESULTS.md").read_text()
     for name, run in runs.items():
         assert re.fullmatch(r"[0-9a-f]{40}", run["commit"]), name
-        found = subprocess.run(["git", "-C", ROOT, "cat-file", "-e", f"{run['commit']}^{{commit}}"], capture_output=True)
+        found = subprocess.run(
+            ["git", "-C", ROOT, "cat-file", "-e", f"{run['commit']}^{{commit}}"], capture_output=True
+        )
         assert found.returncode == 0, f"{name}: commit {run['commit']} is not in this repository"
         assert run["commit"][:7] in text, f"RESULTS.md does not name {name}'s commit {run['commit'][:7]}"
         assert run["onednn_isa"] in check_results.ISA_FLAGS and "--seed_everything" in run["fit"], name
@@ -33,7 +35,9 @@ def test_every_committed_run_is_in_the_manifest_with_its_record_and_an_existing_
                 record = RESULTS / name / {"tau": "tau.csv", "loss": "loss.csv"}[kind]
                 assert record.is_file(), f"{name}: no {record.name} to compare with"
         else:
-            assert f"{check['test_acc']:.2f}" in text, f"{name}: its test accuracy after epoch {check.get('epoch', 1)}, {check['test_acc']:.2f}, is not in RESULTS.md"
+            assert f"{check['test_acc']:.2f}" in text, (
+                f"{name}: its test accuracy after epoch {check.get('epoch', 1)}, {check['test_acc']:.2f}, is not in RESULTS.md"
+            )
 
 
 def test_the_check_reads_a_logged_value_at_its_step_and_refuses_a_missing_one(tmp_path):

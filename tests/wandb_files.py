@@ -30,10 +30,10 @@ def records(run_file: Path, kind: str = "history") -> list:
         if left < 7:  # a block's tail too short for a chunk header is padding
             position += left
             continue
-        length, chunk = struct.unpack("<HB", data[position + 4:position + 7])
+        length, chunk = struct.unpack("<HB", data[position + 4 : position + 7])
         if position + 7 + length > len(data):  # a chunk not written yet, or cut short by a killed writer
             break
-        pending += data[position + 7:position + 7 + length]
+        pending += data[position + 7 : position + 7 + length]
         position += 7 + length
         if chunk in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -46,12 +46,15 @@ def records(run_file: Path, kind: str = "history") -> list:
 
 def history(run_file: Path) -> list[dict]:
     """The logged rows, ``{key: value}``."""
-    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.item}
-            for record in records(run_file, "history")]
+    return [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.item}
+        for record in records(run_file, "history")
+    ]
 
 
-def wait_for(run_files: Callable[[], list[Path]], done: Callable[[Path], bool] = lambda path: True,
-             timeout: float = 120.0) -> Path:
+def wait_for(
+    run_files: Callable[[], list[Path]], done: Callable[[Path], bool] = lambda path: True, timeout: float = 120.0
+) -> Path:
     """The one run file, of those ``run_files()`` lists, that holds an exit record and satisfies ``done``,
     once it does (the files are read again every half second until then)."""
     deadline = time.monotonic() + timeout

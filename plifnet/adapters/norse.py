@@ -36,8 +36,10 @@ class Norse(Adapter):
         return False
 
     def leak_advice(self, module):
-        return (f"Norse's {type(module).__name__} takes its state from the caller: pass state=None at the first step "
-                f"of every forward, instead of a state kept on the module between batches")
+        return (
+            f"Norse's {type(module).__name__} takes its state from the caller: pass state=None at the first step "
+            f"of every forward, instead of a state kept on the module between batches"
+        )
 
     def tau(self, module):
         inverse = getattr(getattr(module, "p", None), "tau_mem_inv", None)
@@ -61,6 +63,10 @@ class Norse(Adapter):
             inverse = getattr(p, field, None)
             if inverse is not None:
                 learned = torch.is_tensor(inverse) and inverse.requires_grad
-                constants[name] = TimeConstant(1 / (module.dt * torch.as_tensor(inverse).detach()), learned,
-                                               (inverse,) if learned else (), f"1/(dt*{field})")
+                constants[name] = TimeConstant(
+                    1 / (module.dt * torch.as_tensor(inverse).detach()),
+                    learned,
+                    (inverse,) if learned else (),
+                    f"1/(dt*{field})",
+                )
         return constants

@@ -41,9 +41,11 @@ class SnnTorch(Adapter):
     def leak_advice(self, module):
         if module.init_hidden:
             return super().leak_advice(module)
-        return (f"{type(module).__name__} with init_hidden=False takes its state from the caller: start it afresh in "
-                f"every forward (mem = None at step 0, or {type(module).__name__}'s init_leaky()/reset_mem()), instead "
-                f"of keeping it on the module between batches")
+        return (
+            f"{type(module).__name__} with init_hidden=False takes its state from the caller: start it afresh in "
+            f"every forward (mem = None at step 0, or {type(module).__name__}'s init_leaky()/reset_mem()), instead "
+            f"of keeping it on the module between batches"
+        )
 
     def reset(self, module):
         for name in module._non_persistent_buffers_set:
@@ -72,8 +74,9 @@ class SnnTorch(Adapter):
         alpha = getattr(module, "alpha", None)
         if torch.is_tensor(alpha) and hasattr(module, "syn"):
             learned = isinstance(alpha, torch.nn.Parameter)
-            constants["tau_syn"] = TimeConstant(1 / (1 - alpha.detach().clamp(0, 1)), learned, (alpha,) if learned else (),
-                                                "1/(1-alpha)")
+            constants["tau_syn"] = TimeConstant(
+                1 / (1 - alpha.detach().clamp(0, 1)), learned, (alpha,) if learned else (), "1/(1-alpha)"
+            )
         return constants
 
     def dynamics(self, module):
@@ -83,10 +86,17 @@ class SnnTorch(Adapter):
         if type(module) is not snntorch.Leaky:
             return super().dynamics(module)
         if module.reset_mechanism != "zero" or not module.reset_delay:
-            raise ValueError(f"{name} with reset_mechanism={module.reset_mechanism!r} has no NIR form: only the reset to "
-                             f"zero (reset_mechanism='zero', reset_delay=True) is a NIR LIF")
-        if module.inhibition or module.state_quant or float(module.graded_spikes_factor) != 1 \
-                or module.threshold.numel() != 1:
-            raise ValueError(f"{name} with inhibition, state quantisation, graded spikes or a threshold per neuron has "
-                             f"no NIR form")
+            raise ValueError(
+                f"{name} with reset_mechanism={module.reset_mechanism!r} has no NIR form: only the reset to "
+                f"zero (reset_mechanism='zero', reset_delay=True) is a NIR LIF"
+            )
+        if (
+            module.inhibition
+            or module.state_quant
+            or float(module.graded_spikes_factor) != 1
+            or module.threshold.numel() != 1
+        ):
+            raise ValueError(
+                f"{name} with inhibition, state quantisation, graded spikes or a threshold per neuron has no NIR form"
+            )
         return Dynamics(1 - module.beta.detach().clamp(0, 1), False, float(module.threshold), 0.0)

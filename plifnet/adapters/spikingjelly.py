@@ -50,8 +50,10 @@ class SpikingJelly(Adapter):
         if type(module) not in (ParametricLIFNode, LIFNode, IFNode):
             return super().dynamics(module)
         if module.v_reset is None:
-            raise ValueError(f"{name} with the soft reset (v_reset=None) has no NIR form (NIR's neurons reset to "
-                             f"v_reset); train with v_reset=0.0 to export")
+            raise ValueError(
+                f"{name} with the soft reset (v_reset=None) has no NIR form (NIR's neurons reset to "
+                f"v_reset); train with v_reset=0.0 to export"
+            )
         if isinstance(module, IFNode):
             return Dynamics(0.0, False, float(module.v_threshold), float(module.v_reset))
         k = torch.sigmoid(module.w.detach()) if isinstance(module, ParametricLIFNode) else 1 / module.tau

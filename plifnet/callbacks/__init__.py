@@ -16,5 +16,18 @@ from plifnet.callbacks.outputs import PredictionWriter, ProgressBar, RunHistory
 from plifnet.callbacks.safety import Interrupted, SaveOnInterrupt, StopOnNonFinite
 from plifnet.callbacks.state import ResetState, ResumeRandomState
 
-__all__ = ["FiringRateMonitor", "Interrupted", "PredictionWriter", "ProgressBar", "ResetState", "ResumeRandomState", "RunHistory",
-           "SaveOnInterrupt", "StopOnNonFinite", "SynapticOps", "TauMonitor", "exact_sum", "spiking_layers"]
+__all__ = [
+    "FiringRateMonitor",
+    "Interrupted",
+    "PredictionWriter",
+    "ProgressBar",
+    "ResetState",
+    "ResumeRandomState",
+    "RunHistory",
+    "SaveOnInterrupt",
+    "StopOnNonFinite",
+    "SynapticOps",
+    "TauMonitor",
+    "exact_sum",
+    "spiking_layers",
+]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import csv
 import warnings
 
-from lightning.pytorch.callbacks import Callback
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from plifnet import contract, plots
 from plifnet.callbacks.common import exact_sum, log_figure, run_dir, spiking_layers
@@ -78,14 +78,18 @@ class TauMonitor(Callback):
             key = f"{constant}/{column.split(':')[0]}"  # tau/<layer>, tau_syn/<layer>
             if not torch.isfinite(tau).all() and column not in self.warned:
                 self.warned.add(column)
-                warnings.warn(f"{key} is {tau[~torch.isfinite(tau)].flatten()[0].item()} at step {step}: the parameter it "
-                              f"is learnt through is not finite, so the run has diverged; lower the time constants' "
-                              f"learning rate (--model.tau_lr) or the learning rate", RuntimeWarning)
+                warnings.warn(
+                    f"{key} is {tau[~torch.isfinite(tau)].flatten()[0].item()} at step {step}: the parameter it "
+                    f"is learnt through is not finite, so the run has diverged; lower the time constants' "
+                    f"learning rate (--model.tau_lr) or the learning rate",
+                    RuntimeWarning,
+                )
             if tau.dim() == 0:
                 metrics[key] = tau.item()
             else:
-                metrics.update({f"{key}/mean": tau.mean().item(), f"{key}/min": tau.min().item(),
-                                f"{key}/max": tau.max().item()})
+                metrics.update(
+                    {f"{key}/mean": tau.mean().item(), f"{key}/min": tau.min().item(), f"{key}/max": tau.max().item()}
+                )
                 self._histogram(trainer, f"{key}/hist", tau, step)
             self.history[column].append(tau.mean().item())
         self.steps.append(step)
@@ -119,8 +123,12 @@ class TauMonitor(Callback):
                     writer.writerow([step, *(f"{values[i]:.8g}" for values in self.history.values())])
 
         write_atomically(folder / "tau.csv", write_csv)
-        write_atomically(folder / "tau.png", lambda path: plots.tau_trajectories(
-            self.steps, {self.labels.get(column, column): values for column, values in self.history.items()}, path))
+        write_atomically(
+            folder / "tau.png",
+            lambda path: plots.tau_trajectories(
+                self.steps, {self.labels.get(column, column): values for column, values in self.history.items()}, path
+            ),
+        )
         log_figure(trainer, "tau_trajectories", folder / "tau.png", trainer.global_step)
 
 
@@ -239,24 +247,33 @@ class SynapticOps(Callback):
         totals = self.counter.totals()
         if trainer.sanity_checking or not self.images or not totals:  # no batch, or no Conv2d/Linear to count
             return
-        counts = torch.stack([value.to(pl_module.device) for value in totals.values()]
-                             + [torch.full_like(next(iter(totals.values())), self.images, device=pl_module.device)])
+        counts = torch.stack(
+            [value.to(pl_module.device) for value in totals.values()]
+            + [torch.full_like(next(iter(totals.values())), self.images, device=pl_module.device)]
+        )
         counts = trainer.strategy.reduce(counts, reduce_op="sum")  # every process's share of the images
         totals = dict(zip(totals, counts[:-1]))
         self.report = report = self.counter.report(int(counts[-1, 0]), self.technology, totals)
         figures = report.totals()
-        for key, value in (("sops_per_image", figures["sops"]), ("energy_uj_per_image", figures["energy_uj"]),
-                           ("ann_energy_uj_per_image", figures["ann_energy_uj"]), ("ann_to_snn", figures["ann_to_snn"]),
-                           ("energy_with_memory_uj_per_image", figures["energy_with_memory_uj"]),
-                           ("ann_energy_with_memory_uj_per_image", figures["ann_energy_with_memory_uj"]),
-                           ("crossover_rate", figures["crossover_rate"])):
+        for key, value in (
+            ("sops_per_image", figures["sops"]),
+            ("energy_uj_per_image", figures["energy_uj"]),
+            ("ann_energy_uj_per_image", figures["ann_energy_uj"]),
+            ("ann_to_snn", figures["ann_to_snn"]),
+            ("energy_with_memory_uj_per_image", figures["energy_with_memory_uj"]),
+            ("ann_energy_with_memory_uj_per_image", figures["ann_energy_with_memory_uj"]),
+            ("crossover_rate", figures["crossover_rate"]),
+        ):
             pl_module.log(f"{stage}/{key}", value, sync_dist=True)
         for layer in report.layers:
             pl_module.log(f"{stage}/sops/{layer.name}", layer.sops, sync_dist=True)
         if trainer.is_global_zero:
             folder = run_dir(trainer)
             write_atomically(folder / "energy.csv", report.to_csv)
-            write_atomically(folder / "energy.png", lambda path: plots.energy_per_layer(report, f"{stage}, epoch {trainer.current_epoch}", path))
+            write_atomically(
+                folder / "energy.png",
+                lambda path: plots.energy_per_layer(report, f"{stage}, epoch {trainer.current_epoch}", path),
+            )
             log_figure(trainer, "energy", folder / "energy.png", trainer.global_step)
             if stage == "test":
                 print(f"energy {report.summary()}", flush=True)

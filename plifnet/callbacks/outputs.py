@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import CustomTimeColumn
 from rich.progress import BarColumn, TimeRemainingColumn
-import torch
 
 from plifnet.callbacks.common import run_dir
 from plifnet.files import write_atomically
@@ -32,8 +32,10 @@ class ProgressBar(RichProgressBar):
         for column in columns:
             if isinstance(column, BarColumn):
                 column.bar_width = 10
-        return [TimeRemainingColumn(elapsed_when_finished=True)
-                if isinstance(column, CustomTimeColumn) else column for column in columns]
+        return [
+            TimeRemainingColumn(elapsed_when_finished=True) if isinstance(column, CustomTimeColumn) else column
+            for column in columns
+        ]
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
@@ -73,10 +75,19 @@ class RunHistory(Callback):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        scalars = {key: value.item() for key, value in sorted(trainer.callback_metrics.items())
-                   if value.numel() == 1 and not key.startswith("train/")}
-        self.rows.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
-                          "seconds": round(self.seconds(), 3), **scalars})
+        scalars = {
+            key: value.item()
+            for key, value in sorted(trainer.callback_metrics.items())
+            if value.numel() == 1 and not key.startswith("train/")
+        }
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "seconds": round(self.seconds(), 3),
+                **scalars,
+            }
+        )
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(self.path, self._write)
@@ -109,7 +120,9 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) == 2 else None
-        self.labels.append(labels.detach().cpu() if torch.is_tensor(labels) and not labels.is_floating_point() else None)
+        self.labels.append(
+            labels.detach().cpu() if torch.is_tensor(labels) and not labels.is_floating_point() else None
+        )
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
         # predictions: a list of batches, or one such list per predict loader; batch_indices: always
@@ -130,11 +143,23 @@ class PredictionWriter(BasePredictionWriter):
         def write_csv(path):
             with open(path, "w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(["index", "predicted", *(["label"] if labelled else []),
-                                 *(f"p{c}" for c in range(probabilities.shape[1]))])
+                writer.writerow(
+                    [
+                        "index",
+                        "predicted",
+                        *(["label"] if labelled else []),
+                        *(f"p{c}" for c in range(probabilities.shape[1])),
+                    ]
+                )
                 for i, (index, row) in enumerate(zip(indices, probabilities.tolist())):
-                    writer.writerow([index, max(range(len(row)), key=row.__getitem__), *([labels[i]] if labelled else []),
-                                     *(f"{p:.6g}" for p in row)])
+                    writer.writerow(
+                        [
+                            index,
+                            max(range(len(row)), key=row.__getitem__),
+                            *([labels[i]] if labelled else []),
+                            *(f"{p:.6g}" for p in row),
+                        ]
+                    )
 
         name = "predictions.csv" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
         self.path = folder / name

@@ -8,9 +8,9 @@ import sys
 import threading
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-import torch
 
 from plifnet import compat
 from plifnet.callbacks.common import run_dir
@@ -44,7 +44,11 @@ class StopOnNonFinite(Callback):
         # for the MNIST network, where an infinity norm's abs() copy takes 18); a finite sum that
         # overflowed is told apart by the exact check below
         if grads and not torch.isfinite(torch.stack([grad.sum() for grad in grads]).sum()):
-            bad = [name for name, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            bad = [
+                name
+                for name, p in pl_module.named_parameters()
+                if p.grad is not None and not torch.isfinite(p.grad).all()
+            ]
             if bad:
                 self._stop(trainer, f"the gradient of {bad[0]} is not finite")
 
@@ -62,14 +66,21 @@ class StopOnNonFinite(Callback):
         network = dict(pl_module.named_parameters()) | dict(pl_module.named_buffers())
         bad = [name for name, value in network.items() if value.is_floating_point() and not torch.isfinite(value).all()]
         if bad:
-            self._stop(trainer, f"{bad[0]} (and {len(bad) - 1} more tensors) holds non-finite values, so the "
-                                f"checkpoint was not written")
+            self._stop(
+                trainer,
+                f"{bad[0]} (and {len(bad) - 1} more tensors) holds non-finite values, so the "
+                f"checkpoint was not written",
+            )
 
     @staticmethod
     def _stop(trainer, what: str):
         # ModelCheckpoint names a file before it is written, so the refused one may be among its paths:
         # the newest of them that is on disk is the last good one
-        named = {path for c in trainer.checkpoint_callbacks for path in (c.last_model_path, c.best_model_path, *c.best_k_models)}
+        named = {
+            path
+            for c in trainer.checkpoint_callbacks
+            for path in (c.last_model_path, c.best_model_path, *c.best_k_models)
+        }
         saved = [Path(path) for path in named if path and Path(path).is_file()]
         kept = max(saved, key=lambda path: path.stat().st_mtime, default=None)
         raise FloatingPointError(
@@ -121,8 +132,12 @@ class SaveOnInterrupt(Callback):
         if self.received is not None and number == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = number
-        print(f"\n{signal.Signals(number).name}: stopping after this training batch, with its state saved"
-              f"{' (Ctrl-C again: stop now, unsaved)' if number == signal.SIGINT else ''}", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(number).name}: stopping after this training batch, with its state saved"
+            f"{' (Ctrl-C again: stop now, unsaved)' if number == signal.SIGINT else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         stop = self.received is not None
@@ -131,7 +146,9 @@ class SaveOnInterrupt(Callback):
         if not stop:
             return
         callback = trainer.checkpoint_callback
-        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else run_dir(trainer) / "checkpoints"
+        folder = (
+            Path(callback.dirpath) if callback is not None and callback.dirpath else run_dir(trainer) / "checkpoints"
+        )
         path = folder / f"{self.filename}.ckpt"
         trainer.save_checkpoint(path, weights_only=False)  # the whole state: optimiser, loops, callbacks
         name = signal.Signals(self.received).name if self.received is not None else "SIGTERM"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import random
 
-from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import Callback
 import numpy as np
 import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Callback
 
 from plifnet import contract
 

@@ -97,7 +97,9 @@ class ClassificationDataModule(L.LightningDataModule):
     """
 
     collate_fn = None  # the DataLoader's default; event data stacks time first
-    input_shape: tuple[int, int, int] | None = None  # (C, H, W) of an image or frame: networks built for the data read it
+    input_shape: tuple[int, int, int] | None = (
+        None  # (C, H, W) of an image or frame: networks built for the data read it
+    )
 
     def __init__(
         self,
@@ -153,7 +155,12 @@ class ClassificationDataModule(L.LightningDataModule):
         # wait for the device); on the CPU the module's step checks them
         module = self.trainer.lightning_module if self.trainer else None
         check = getattr(module, "check_labels", None)
-        if check is not None and module.device.type != "cpu" and isinstance(batch, (list, tuple)) and not self.trainer.predicting:
+        if (
+            check is not None
+            and module.device.type != "cpu"
+            and isinstance(batch, (list, tuple))
+            and not self.trainer.predicting
+        ):
             check(batch[1])
         return batch
 
@@ -171,8 +178,9 @@ class ClassificationDataModule(L.LightningDataModule):
             sampler = EpochSampler(len(dataset), self.seed, self._epoch())
             with warnings.catch_warnings():  # torchdata calls torch.set_vital, which torch >= 2.14 calls deprecated
                 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
-                return StatefulDataLoader(SeededSamples(dataset, self.seed), sampler=sampler,
-                                          **self._loader_options(train))
+                return StatefulDataLoader(
+                    SeededSamples(dataset, self.seed), sampler=sampler, **self._loader_options(train)
+                )
         return DataLoader(dataset, **self._loader_options(train))
 
     def _epoch(self) -> int:

@@ -27,8 +27,9 @@ from plifnet.files import WriteFailed, write_atomically
 CACHE_FORMAT = 1  # bump when the frame computation changes, so old caches are not served
 
 
-def to_frames(events: np.ndarray, time_steps: int, sensor_size: tuple[int, int],
-              split_by: Literal["number", "time"] = "number") -> np.ndarray:
+def to_frames(
+    events: np.ndarray, time_steps: int, sensor_size: tuple[int, int], split_by: Literal["number", "time"] = "number"
+) -> np.ndarray:
     """Integrate events into ``[T, 2, H, W]`` float32 counts (channel 0: OFF, p <= 0; channel 1: ON, p > 0).
 
     ``split_by="number"`` (the paper's): with N events, ``d = N // T``; frame j holds events
@@ -63,17 +64,28 @@ def to_frames(events: np.ndarray, time_steps: int, sensor_size: tuple[int, int],
 
 # --- datasets --------------------------------------------------------------------------------------
 
+
 class EventFrames(Dataset):
     """Recordings as ``(frames [T, 2, H, W], label)``, cached on disk when ``cache_dir`` is given."""
 
-    def __init__(self, recordings: list[Recording], read: Callable[[Path], np.ndarray], time_steps: int,
-                 sensor_size: tuple[int, int], split_by: str, cache_dir: Path | None, cache_key: dict):
+    def __init__(
+        self,
+        recordings: list[Recording],
+        read: Callable[[Path], np.ndarray],
+        time_steps: int,
+        sensor_size: tuple[int, int],
+        split_by: str,
+        cache_dir: Path | None,
+        cache_key: dict,
+    ):
         self.recordings, self.read = recordings, read
         self.time_steps, self.sensor_size, self.split_by = time_steps, sensor_size, split_by
         self.targets = [r.label for r in recordings]
         self.cache = None
         if cache_dir is not None:
-            key = dict(cache_key, time_steps=time_steps, split_by=split_by, sensor_size=list(sensor_size), format=CACHE_FORMAT)
+            key = dict(
+                cache_key, time_steps=time_steps, split_by=split_by, sensor_size=list(sensor_size), format=CACHE_FORMAT
+            )
             digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
             self.cache = Path(cache_dir) / f"{cache_key['dataset']}-{digest}"
             self.cache.mkdir(parents=True, exist_ok=True)
@@ -108,10 +120,12 @@ class EventFrames(Dataset):
             try:
                 write_atomically(cached, lambda tmp: np.save(tmp, frames))
             except WriteFailed as error:  # the fix is a data option, not the run folder's
-                raise WriteFailed(error.errno, f"could not write the frame cache file {cached}: {error.strerror}. The "
-                                  f"files cached before are intact. Fix: free disk space or make {self.cache} writable, "
-                                  f"cache elsewhere with --data.cache_dir DIR, or not at all with --data.cache false"
-                                  ) from None
+                raise WriteFailed(
+                    error.errno,
+                    f"could not write the frame cache file {cached}: {error.strerror}. The "
+                    f"files cached before are intact. Fix: free disk space or make {self.cache} writable, "
+                    f"cache elsewhere with --data.cache_dir DIR, or not at all with --data.cache false",
+                ) from None
         return frames
 
     def _load_cached(self, cached: Path, recording: Recording) -> np.ndarray | None:
@@ -125,8 +139,10 @@ class EventFrames(Dataset):
             problem = f"frames of shape {frames.shape} instead of {shape}"
         except (ValueError, OSError, EOFError) as error:
             problem = str(error) or type(error).__name__
-        warnings.warn(f"damaged frames cache file {cached} ({problem}) of {recording.path}: rebuilt from the recording",
-                      RuntimeWarning)
+        warnings.warn(
+            f"damaged frames cache file {cached} ({problem}) of {recording.path}: rebuilt from the recording",
+            RuntimeWarning,
+        )
         cached.unlink(missing_ok=True)
         return None
 
@@ -210,8 +226,9 @@ class EventDataModule(ClassificationDataModule):
                 for train in (True, False):
                     getattr(tonic.datasets, self.spec.tonic_class)(str(self.root), train=train)
             except Exception as error:
-                raise FileNotFoundError(f"could not download {self.dataset} into {self.root}: {error}. "
-                                        + self._missing_message()) from error
+                raise FileNotFoundError(
+                    f"could not download {self.dataset} into {self.root}: {error}. " + self._missing_message()
+                ) from error
 
     def _frames(self, train: bool) -> EventFrames:
         root = self._find()
@@ -219,7 +236,9 @@ class EventDataModule(ClassificationDataModule):
             raise FileNotFoundError(self._missing_message())
         recordings, read = self.spec.layout(root, train) or ([], None)
         key = dict(dataset=self.dataset, split="train" if train else "test", reader=getattr(read, "__name__", None))
-        frames = EventFrames(recordings, read, self.time_steps, self.spec.sensor_size, self.split_by, self.cache_dir, key)
+        frames = EventFrames(
+            recordings, read, self.time_steps, self.spec.sensor_size, self.split_by, self.cache_dir, key
+        )
         if self.on_error == "skip":
             frames = self._without_corrupt(frames)
         return frames
@@ -234,12 +253,17 @@ class EventDataModule(ClassificationDataModule):
             except CorruptRecording as error:
                 self.skipped.append(str(error))
         if frames.recordings and not good:
-            raise CorruptRecording(f"{self.dataset}: all {len(frames.recordings)} recordings of a split are corrupt, so "
-                                   f"there is nothing to load; e.g. {self.skipped[-1]}. Fix: "
-                                   f"check or download the files again (--data.on_error skip leaves out some, not all)")
+            raise CorruptRecording(
+                f"{self.dataset}: all {len(frames.recordings)} recordings of a split are corrupt, so "
+                f"there is nothing to load; e.g. {self.skipped[-1]}. Fix: "
+                f"check or download the files again (--data.on_error skip leaves out some, not all)"
+            )
         if len(good) < len(frames.recordings):
-            warnings.warn(f"{self.dataset}: skipped {len(frames.recordings) - len(good)} corrupt recording(s) "
-                          f"of {len(frames.recordings)}, e.g. {self.skipped[-1]}", RuntimeWarning)
+            warnings.warn(
+                f"{self.dataset}: skipped {len(frames.recordings) - len(good)} corrupt recording(s) "
+                f"of {len(frames.recordings)}, e.g. {self.skipped[-1]}",
+                RuntimeWarning,
+            )
         frames.recordings, frames.targets = good, [r.label for r in good]
         return frames
 

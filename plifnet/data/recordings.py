@@ -32,6 +32,7 @@ class CorruptRecording(ValueError):
 
 # --- readers: one recording -> events ------------------------------------------------------------
 
+
 def _events(x, y, t, p) -> np.ndarray:
     events = np.empty(len(t), EVENTS)
     events["x"], events["y"], events["t"], events["p"] = x, y, t, p
@@ -100,15 +101,23 @@ def read_aedat31_polarity(path: Path) -> np.ndarray:
     while position < len(data):
         if position + 28 > len(data):
             raise CorruptRecording(f"{path}: a packet header is cut off at byte {position} (truncated?)")
-        kind, _, size, _, overflow, _, number, _ = np.frombuffer(data, "<u2,<u2,<i4,<i4,<i4,<i4,<i4,<i4", 1, position)[0]
+        kind, _, size, _, overflow, _, number, _ = np.frombuffer(data, "<u2,<u2,<i4,<i4,<i4,<i4,<i4,<i4", 1, position)[
+            0
+        ]
         body, position = position + 28, position + 28 + size * number
         if position > len(data):
             raise CorruptRecording(f"{path}: a packet of {number} events runs past the end of the file (truncated?)")
         if kind == 1:
             events = np.frombuffer(data, np.dtype([("data", "<u4"), ("t", "<u4")]), number, body)
             valid = events[events["data"] & 1 == 1]
-            chunks.append(_events((valid["data"] >> 17) & 0x7FFF, (valid["data"] >> 2) & 0x7FFF,
-                                  valid["t"].astype(np.int64) | (int(overflow) << 31), (valid["data"] >> 1) & 1))
+            chunks.append(
+                _events(
+                    (valid["data"] >> 17) & 0x7FFF,
+                    (valid["data"] >> 2) & 0x7FFF,
+                    valid["t"].astype(np.int64) | (int(overflow) << 31),
+                    (valid["data"] >> 1) & 1,
+                )
+            )
     return np.concatenate(chunks) if chunks else np.empty(0, EVENTS)
 
 
@@ -194,12 +203,28 @@ class EventDataset:
 
 
 EVENT_DATASETS = {
-    "nmnist": EventDataset(nmnist_layout, (34, 34), 10, "Train/<digit>/*.bin and Test/<digit>/*.bin", "NMNIST",
-                           "https://www.garrickorchard.com/datasets/n-mnist"),
-    "cifar10dvs": EventDataset(cifar10dvs_layout, (128, 128), 10, "<class>/*.aedat (AEDAT 2.0) or <class>/*.aedat4",
-                               "CIFAR10DVS", "https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671"),
+    "nmnist": EventDataset(
+        nmnist_layout,
+        (34, 34),
+        10,
+        "Train/<digit>/*.bin and Test/<digit>/*.bin",
+        "NMNIST",
+        "https://www.garrickorchard.com/datasets/n-mnist",
+    ),
+    "cifar10dvs": EventDataset(
+        cifar10dvs_layout,
+        (128, 128),
+        10,
+        "<class>/*.aedat (AEDAT 2.0) or <class>/*.aedat4",
+        "CIFAR10DVS",
+        "https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671",
+    ),
     "dvs_gesture": EventDataset(
-        dvs_gesture_layout, (128, 128), 11,
+        dvs_gesture_layout,
+        (128, 128),
+        11,
         "userNN_<lighting>.aedat + _labels.csv + trials_to_train.txt/trials_to_test.txt, or ibmGestureTrain|Test/userNN_<lighting>/<label>.npy",
-        "DVSGesture", "https://research.ibm.com/interactive/dvsgesture/"),
+        "DVSGesture",
+        "https://research.ibm.com/interactive/dvsgesture/",
+    ),
 }

@@ -42,12 +42,22 @@ CLASSES = 10  # all three datasets
 
 DATASETS = {
     "mnist": ImageDataset(
-        datasets.MNIST, "MNIST", 1, 28, (0.1307,), (0.3081,),
+        datasets.MNIST,
+        "MNIST",
+        1,
+        28,
+        (0.1307,),
+        (0.3081,),
         augment=lambda: [T.RandomAffine(degrees=30, translate=(0.15, 0.15), scale=(0.85, 1.11))],
     ),
     "fashion_mnist": ImageDataset(datasets.FashionMNIST, "FashionMNIST", 1, 28, (0.2860,), (0.3530,)),
     "cifar10": ImageDataset(
-        datasets.CIFAR10, "cifar-10-batches-py", 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+        datasets.CIFAR10,
+        "cifar-10-batches-py",
+        3,
+        32,
+        (0.4914, 0.4822, 0.4465),
+        (0.2023, 0.1994, 0.2010),
         augment=lambda: [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()],
     ),
 }
@@ -138,18 +148,24 @@ class StaticDataModule(ClassificationDataModule):
         except RuntimeError as error:  # torchvision: "Dataset not found or corrupted", or a size mismatch
             damaged = self._damaged_file()
             if damaged:
-                raise ValueError(f"{self.dataset}: {damaged}. Fix: delete it and pass --data.download true (needs "
-                                 f"network), or copy it again from your source") from error
+                raise ValueError(
+                    f"{self.dataset}: {damaged}. Fix: delete it and pass --data.download true (needs "
+                    f"network), or copy it again from your source"
+                ) from error
             raise FileNotFoundError(self._missing_message()) from error
         except OSError as error:  # no network, host down, disk full while downloading
-            raise FileNotFoundError(f"could not download {self.dataset} into {self.root}: {error}. " + self._missing_message()) from error
+            raise FileNotFoundError(
+                f"could not download {self.dataset} into {self.root}: {error}. " + self._missing_message()
+            ) from error
 
     def _damaged_file(self) -> str | None:
         """What is wrong with the first damaged file of torchvision's layout, if one is: CIFAR-10's
         against the checksums that torchvision publishes, the MNIST family's (IDX files) against the
         size that their own header announces."""
         folder = self.root / self.spec.torchvision_folder
-        published = getattr(self.spec.torchvision_class, "train_list", []) + getattr(self.spec.torchvision_class, "test_list", [])
+        published = getattr(self.spec.torchvision_class, "train_list", []) + getattr(
+            self.spec.torchvision_class, "test_list", []
+        )
         for name, md5 in published:
             if (folder / name).is_file() and not check_integrity(str(folder / name), md5):
                 return f"{folder / name} does not match its published checksum (md5 {md5}): truncated or damaged"

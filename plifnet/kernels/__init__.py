@@ -32,8 +32,12 @@ FUSED_SURROGATES = {ATan: 0, Sigmoid: 1, PiecewiseQuadratic: 2, FastSigmoid: 3, 
 
 # Looked up once, at import (find_spec imports nothing): asked at every forward of every layer, and
 # read as a constant where torch.compile traces a network.
-AVAILABLE = {"reference": True, "compile": True, "cpu": importlib.util.find_spec("numba") is not None,
-             "triton": importlib.util.find_spec("triton") is not None and torch.cuda.is_available()}
+AVAILABLE = {
+    "reference": True,
+    "compile": True,
+    "cpu": importlib.util.find_spec("numba") is not None,
+    "triton": importlib.util.find_spec("triton") is not None and torch.cuda.is_available(),
+}
 
 
 def available(backend: str) -> bool:
@@ -49,7 +53,9 @@ def resolve(x: torch.Tensor, *, options: NeuronOptions) -> str:
         return "reference"
     if type(options.surrogate) not in FUSED_SURROGATES:
         if backend != "auto":
-            raise ValueError(f"the fused kernels know the built-in surrogates only, not {type(options.surrogate).__name__}")
+            raise ValueError(
+                f"the fused kernels know the built-in surrogates only, not {type(options.surrogate).__name__}"
+            )
         return "reference"
     if x.dtype == torch.float64:  # the kernels compute in float32
         if backend != "auto":
@@ -60,7 +66,9 @@ def resolve(x: torch.Tensor, *, options: NeuronOptions) -> str:
         if not device_ok:
             raise ValueError(f"backend {backend!r} cannot run tensors on {x.device}")
         if not available(backend):
-            raise RuntimeError(f"backend {backend!r} is not available here: install {'numba' if backend == 'cpu' else 'triton'}")
+            raise RuntimeError(
+                f"backend {backend!r} is not available here: install {'numba' if backend == 'cpu' else 'triton'}"
+            )
         return backend
     if x.device.type == "cpu" and available("cpu"):
         return "cpu"
@@ -101,11 +109,13 @@ class FusedMultiStep(torch.autograd.Function):
         shape, dtype, native, rows, channels, inner, options, backend, k_shape = ctx.meta
         grad = grad_spikes.reshape(grad_spikes.shape[0], -1).to(native).contiguous()
         if backend == "cpu":
-            grad_x, grad_k_parts = _kernels(backend).backward(grad, x, k_vec, channels=channels, inner=inner,
-                                                              options=options)
+            grad_x, grad_k_parts = _kernels(backend).backward(
+                grad, x, k_vec, channels=channels, inner=inner, options=options
+            )
         else:
-            grad_x, grad_k_parts = _kernels(backend).backward(grad, h[0], x, k_vec, input_steps=rows, channels=channels,
-                                                              inner=inner, options=options)
+            grad_x, grad_k_parts = _kernels(backend).backward(
+                grad, h[0], x, k_vec, input_steps=rows, channels=channels, inner=inner, options=options
+            )
         grad_k = None
         if ctx.needs_input_grad[1]:
             if channels > 1:
@@ -155,11 +165,17 @@ class MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (index,) = ctx.saved_tensors
-        grad = grad_out.reshape(index.shape).to(torch.bfloat16 if ctx.dtype == torch.bfloat16 else torch.float32).contiguous()
+        grad = (
+            grad_out.reshape(index.shape)
+            .to(torch.bfloat16 if ctx.dtype == torch.bfloat16 else torch.float32)
+            .contiguous()
+        )
         grad_in = _kernels("cpu").max_pool2x2_backward(grad, index)
         grad_in = grad_in.view(*ctx.shape[:-2], *grad_in.shape[-2:])
         if grad_in.shape != ctx.shape:
-            grad_in = torch.nn.functional.pad(grad_in, (0, ctx.shape[-1] - grad_in.shape[-1], 0, ctx.shape[-2] - grad_in.shape[-2]))
+            grad_in = torch.nn.functional.pad(
+                grad_in, (0, ctx.shape[-1] - grad_in.shape[-1], 0, ctx.shape[-2] - grad_in.shape[-2])
+            )
         return grad_in.to(ctx.dtype)
 
 

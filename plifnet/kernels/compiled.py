@@ -26,8 +26,10 @@ import torch
 
 from plifnet import compat
 
-COST = ("the reference path runs one PyTorch operation per step and variable: about 10x the compiled time in the "
-        "neuron layers, 1.3-1.8x on the MNIST network's training step (benchmarks/neuron_api.py)")
+COST = (
+    "the reference path runs one PyTorch operation per step and variable: about 10x the compiled time in the "
+    "neuron layers, 1.3-1.8x on the MNIST network's training step (benchmarks/neuron_api.py)"
+)
 
 _failed: dict[type, str] = {}  # neuron class -> why it could not be compiled
 RECOMPILE_LIMIT = 64  # graphs of the compiled loop per process, over every neuron class
@@ -80,8 +82,11 @@ def multi_step(neuron, x: torch.Tensor, k, *, time_steps: int | None = None) -> 
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         _failed[cls] = reason
         torch.compiler.reset()  # a failed trace can leave dynamo's state half-built, failing the next class's too
-        warnings.warn(f"plifnet: neuron {cls.__name__} runs on the reference path, not compiled ({type(error).__name__}: "
-                      f"{reason[:300]}); {COST}. Make its hooks elementwise tensor arithmetic, or pass "
-                      f"backend='reference' to choose that path without this warning.", stacklevel=3)
+        warnings.warn(
+            f"plifnet: neuron {cls.__name__} runs on the reference path, not compiled ({type(error).__name__}: "
+            f"{reason[:300]}); {COST}. Make its hooks elementwise tensor arithmetic, or pass "
+            f"backend='reference' to choose that path without this warning.",
+            stacklevel=3,
+        )
         return None
     return spikes.view(steps, *step_shape)

@@ -140,14 +140,20 @@ def forward_kernel(*, soft: bool, decay_input: bool, static: bool, per_element: 
         for block in prange((elements + BLOCK - 1) // BLOCK):
             start = block * BLOCK
             size = min(BLOCK, elements - start)
-            kb = k[start:start + size] if per_element else k
+            kb = k[start : start + size] if per_element else k
             v = np.full(size, rest, np.float32)
             for t in range(steps):
-                xt, st = x[0 if static else t, start:start + size], spikes[t, start:start + size]
+                xt, st = x[0 if static else t, start : start + size], spikes[t, start : start + size]
                 for j in range(size):
-                    _, fired, v[j] = neuron_step(v=v[j], k=kb[j] if per_element else kb[0],
-                                                 x=as_float32(xt[j], bf16=bf16_input), v_th=v_th, rest=rest, soft=soft,
-                                                 decay_input=decay_input)
+                    _, fired, v[j] = neuron_step(
+                        v=v[j],
+                        k=kb[j] if per_element else kb[0],
+                        x=as_float32(xt[j], bf16=bf16_input),
+                        v_th=v_th,
+                        rest=rest,
+                        soft=soft,
+                        decay_input=decay_input,
+                    )
                     if bf16:
                         st[j] = BF16_ONE if fired else np.int16(0)
                     else:
@@ -157,8 +163,9 @@ def forward_kernel(*, soft: bool, decay_input: bool, static: bool, per_element: 
 
 
 @lru_cache(maxsize=None)
-def backward_kernel(*, soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool, per_element: bool,
-                    bf16: bool = False):
+def backward_kernel(
+    *, soft: bool, decay_input: bool, detach_reset: bool, code: int, static: bool, per_element: bool, bf16: bool = False
+):
     """Reverse pass: grad_x [T, E] (static: [1, E], zeroed by the caller, summed over time) and dL/dk
     summed over time: per element, grad_k [E], with per_element k; else one sum per block, in order.
 
@@ -180,21 +187,28 @@ def backward_kernel(*, soft: bool, decay_input: bool, detach_reset: bool, code: 
         for block in prange((elements + BLOCK - 1) // BLOCK):
             start = block * BLOCK
             size = min(BLOCK, elements - start)
-            kb = k[start:start + size] if per_element else k
+            kb = k[start : start + size] if per_element else k
             h_replay = np.empty((steps, size), np.float32)
             dh_dk = np.empty((steps, size), np.float32)
             v = np.full(size, rest, np.float32)
             for t in range(steps):
-                xt = x[0 if static else t, start:start + size]
+                xt = x[0 if static else t, start : start + size]
                 for j in range(size):
                     v_prev, xj = v[j], as_float32(xt[j], bf16=bf16_input)
-                    h_replay[t, j], _, v[j] = neuron_step(v=v_prev, k=kb[j] if per_element else kb[0], x=xj,
-                                                          v_th=v_th, rest=rest, soft=soft, decay_input=decay_input)
+                    h_replay[t, j], _, v[j] = neuron_step(
+                        v=v_prev,
+                        k=kb[j] if per_element else kb[0],
+                        x=xj,
+                        v_th=v_th,
+                        rest=rest,
+                        soft=soft,
+                        decay_input=decay_input,
+                    )
                     dh_dk[t, j] = xj - (v_prev - rest) if decay_input else -(v_prev - rest)
             grad_v = np.zeros(size, np.float32)
             acc = np.zeros(size, np.float32)
             for t in range(steps - 1, -1, -1):
-                gt, gxt = grad_spikes[t, start:start + size], grad_x[0 if static else t, start:start + size]
+                gt, gxt = grad_spikes[t, start : start + size], grad_x[0 if static else t, start : start + size]
                 for j in range(size):
                     h, kj = h_replay[t, j], kb[j] if per_element else kb[0]
                     sg = surrogate_grad(h - v_th, code=code, alpha=alpha)
@@ -247,8 +261,14 @@ def max_pool2x2_forward_kernel(*, bf16: bool):
             for i in range(height):
                 top, bottom = x[b, 2 * i], x[b, 2 * i + 1]
                 for j in range(width):
-                    a, c = (bf16_order(top[2 * j]), bf16_order(top[2 * j + 1])) if bf16 else (top[2 * j], top[2 * j + 1])
-                    d, e = (bf16_order(bottom[2 * j]), bf16_order(bottom[2 * j + 1])) if bf16 else (bottom[2 * j], bottom[2 * j + 1])
+                    a, c = (
+                        (bf16_order(top[2 * j]), bf16_order(top[2 * j + 1])) if bf16 else (top[2 * j], top[2 * j + 1])
+                    )
+                    d, e = (
+                        (bf16_order(bottom[2 * j]), bf16_order(bottom[2 * j + 1]))
+                        if bf16
+                        else (bottom[2 * j], bottom[2 * j + 1])
+                    )
                     best, where, value = a, 0, top[2 * j]
                     if c > best:
                         best, where, value = c, 1, top[2 * j + 1]

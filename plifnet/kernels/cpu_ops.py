@@ -28,7 +28,9 @@ def k_array(k, elements, channels, inner):
     """
     if channels == 1:
         return k.reshape(1).numpy()
-    return k.view(1, channels, 1).expand(elements // (channels * inner), channels, inner).reshape(-1).contiguous().numpy()
+    return (
+        k.view(1, channels, 1).expand(elements // (channels * inner), channels, inner).reshape(-1).contiguous().numpy()
+    )
 
 
 def _array(tensor):
@@ -41,21 +43,46 @@ def forward(x, k, *, steps: int, channels: int, inner: int, options: NeuronOptio
     """x [T, E] float32, or bfloat16 with ``dtype=torch.bfloat16`` (a constant input [1, E] repeated
     over ``steps`` is float32 always) -> spikes [T, E] in ``dtype``. Nothing else is kept: the
     backward replays the forward from x."""
-    return torch.ops.plifnet.neuron_forward(x, k, steps=steps, channels=channels, inner=inner,
-                                            v_threshold=options.v_threshold, rest=options.rest,
-                                            soft=options.soft_reset, decay_input=options.decay_input,
-                                            bf16=dtype == torch.bfloat16)
+    return torch.ops.plifnet.neuron_forward(
+        x,
+        k,
+        steps=steps,
+        channels=channels,
+        inner=inner,
+        v_threshold=options.v_threshold,
+        rest=options.rest,
+        soft=options.soft_reset,
+        decay_input=options.decay_input,
+        bf16=dtype == torch.bfloat16,
+    )
 
 
 @torch.library.custom_op("plifnet::neuron_forward", mutates_args=(), device_types="cpu")
-def _neuron_forward(x: Tensor, k: Tensor, *, steps: int, channels: int, inner: int, v_threshold: float, rest: float,
-                    soft: bool, decay_input: bool, bf16: bool) -> Tensor:
+def _neuron_forward(
+    x: Tensor,
+    k: Tensor,
+    *,
+    steps: int,
+    channels: int,
+    inner: int,
+    v_threshold: float,
+    rest: float,
+    soft: bool,
+    decay_input: bool,
+    bf16: bool,
+) -> Tensor:
     keep_freed_memory_unless_opted_out()
     spikes = torch.empty(steps, x.shape[1], dtype=torch.bfloat16 if bf16 else torch.float32)
-    kernel = cpu.forward_kernel(soft=soft, decay_input=decay_input, static=x.shape[0] < steps, per_element=channels > 1,
-                                bf16=bf16)
-    kernel(x=_array(x), k=k_array(k, x.shape[1], channels, inner), v_th=np.float32(v_threshold), rest=np.float32(rest),
-           spikes=_array(spikes))
+    kernel = cpu.forward_kernel(
+        soft=soft, decay_input=decay_input, static=x.shape[0] < steps, per_element=channels > 1, bf16=bf16
+    )
+    kernel(
+        x=_array(x),
+        k=k_array(k, x.shape[1], channels, inner),
+        v_th=np.float32(v_threshold),
+        rest=np.float32(rest),
+        spikes=_array(spikes),
+    )
     return spikes
 
 
@@ -68,12 +95,20 @@ def backward(grad_spikes, x, k, *, channels: int, inner: int, options: NeuronOpt
     """grad_x [T, E] (or [1, E] summed over time when the input was constant, x [1, E]) and grad_k:
     dL/dk per element with per-channel k, else per block of elements (sum it either way).
     ``x``: the forward's input as the forward read it."""
-    return torch.ops.plifnet.neuron_backward(grad_spikes, x, k, channels=channels, inner=inner,
-                                             v_threshold=options.v_threshold, rest=options.rest,
-                                             soft=options.soft_reset, decay_input=options.decay_input,
-                                             detach_reset=options.detach_reset,
-                                             surrogate=FUSED_SURROGATES[type(options.surrogate)],
-                                             alpha=options.surrogate.alpha)
+    return torch.ops.plifnet.neuron_backward(
+        grad_spikes,
+        x,
+        k,
+        channels=channels,
+        inner=inner,
+        v_threshold=options.v_threshold,
+        rest=options.rest,
+        soft=options.soft_reset,
+        decay_input=options.decay_input,
+        detach_reset=options.detach_reset,
+        surrogate=FUSED_SURROGATES[type(options.surrogate)],
+        alpha=options.surrogate.alpha,
+    )
 
 
 def _backward_shapes(grad_spikes, x, channels):
@@ -84,18 +119,44 @@ def _backward_shapes(grad_spikes, x, channels):
 
 
 @torch.library.custom_op("plifnet::neuron_backward", mutates_args=(), device_types="cpu")
-def _neuron_backward(grad_spikes: Tensor, x: Tensor, k: Tensor, *, channels: int, inner: int, v_threshold: float,
-                     rest: float, soft: bool, decay_input: bool, detach_reset: bool, surrogate: int,
-                     alpha: float) -> tuple[Tensor, Tensor]:
+def _neuron_backward(
+    grad_spikes: Tensor,
+    x: Tensor,
+    k: Tensor,
+    *,
+    channels: int,
+    inner: int,
+    v_threshold: float,
+    rest: float,
+    soft: bool,
+    decay_input: bool,
+    detach_reset: bool,
+    surrogate: int,
+    alpha: float,
+) -> tuple[Tensor, Tensor]:
     static, grad_x_shape, grad_k_shape = _backward_shapes(grad_spikes, x, channels)
     bf16 = grad_spikes.dtype == torch.bfloat16  # then x and grad_x (unless static) are bfloat16 too
     grad_x = torch.zeros(grad_x_shape) if static else torch.empty_like(grad_spikes)
     grad_k = torch.empty(grad_k_shape, dtype=torch.float32)
-    kernel = cpu.backward_kernel(soft=soft, decay_input=decay_input, detach_reset=detach_reset, code=surrogate,
-                                 static=static, per_element=channels > 1, bf16=bf16)
-    kernel(grad_spikes=_array(grad_spikes), x=_array(x), k=k_array(k, grad_spikes.shape[1], channels, inner),
-           v_th=np.float32(v_threshold), rest=np.float32(rest), alpha=np.float32(alpha), grad_x=_array(grad_x),
-           grad_k=grad_k.numpy())
+    kernel = cpu.backward_kernel(
+        soft=soft,
+        decay_input=decay_input,
+        detach_reset=detach_reset,
+        code=surrogate,
+        static=static,
+        per_element=channels > 1,
+        bf16=bf16,
+    )
+    kernel(
+        grad_spikes=_array(grad_spikes),
+        x=_array(x),
+        k=k_array(k, grad_spikes.shape[1], channels, inner),
+        v_th=np.float32(v_threshold),
+        rest=np.float32(rest),
+        alpha=np.float32(alpha),
+        grad_x=_array(grad_x),
+        grad_k=grad_k.numpy(),
+    )
     return grad_x, grad_k
 
 

@@ -38,8 +38,22 @@ def _surrogate_grad(z, alpha, CODE: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, k_ptr, spikes_ptr, h_ptr, steps, elements, channels, inner, v_th, rest,
-                    SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr, STATIC: tl.constexpr, BLOCK: tl.constexpr):
+def _forward_kernel(
+    x_ptr,
+    k_ptr,
+    spikes_ptr,
+    h_ptr,
+    steps,
+    elements,
+    channels,
+    inner,
+    v_th,
+    rest,
+    SOFT: tl.constexpr,
+    DECAY_INPUT: tl.constexpr,
+    STATIC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < elements
     k = tl.load(k_ptr + (offsets // inner) % channels, mask=mask, other=0.0)
@@ -64,9 +78,27 @@ def _forward_kernel(x_ptr, k_ptr, spikes_ptr, h_ptr, steps, elements, channels, 
 
 
 @triton.jit
-def _backward_kernel(grad_ptr, h_ptr, x_ptr, k_ptr, grad_x_ptr, grad_k_ptr, steps, elements, channels, inner, v_th,
-                     rest, alpha, SOFT: tl.constexpr, DECAY_INPUT: tl.constexpr,
-                     DETACH_RESET: tl.constexpr, CODE: tl.constexpr, STATIC: tl.constexpr, BLOCK: tl.constexpr):
+def _backward_kernel(
+    grad_ptr,
+    h_ptr,
+    x_ptr,
+    k_ptr,
+    grad_x_ptr,
+    grad_k_ptr,
+    steps,
+    elements,
+    channels,
+    inner,
+    v_th,
+    rest,
+    alpha,
+    SOFT: tl.constexpr,
+    DECAY_INPUT: tl.constexpr,
+    DETACH_RESET: tl.constexpr,
+    CODE: tl.constexpr,
+    STATIC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < elements
     k = tl.load(k_ptr + (offsets // inner) % channels, mask=mask, other=0.0)
@@ -126,10 +158,23 @@ def forward(x, k, *, steps: int, channels: int, inner: int, options: NeuronOptio
     elements = x.shape[1]
     spikes = torch.empty(steps, elements, dtype=x.dtype, device=x.device)
     h = torch.empty(steps, elements, dtype=torch.float32, device=x.device)
-    _forward_kernel[_grid(elements)](x_ptr=x, k_ptr=k, spikes_ptr=spikes, h_ptr=h, steps=steps, elements=elements,
-                                     channels=channels, inner=inner, v_th=options.v_threshold, rest=options.rest,
-                                     SOFT=options.soft_reset, DECAY_INPUT=options.decay_input,
-                                     STATIC=x.shape[0] < steps, BLOCK=BLOCK, enable_fp_fusion=False)
+    _forward_kernel[_grid(elements)](
+        x_ptr=x,
+        k_ptr=k,
+        spikes_ptr=spikes,
+        h_ptr=h,
+        steps=steps,
+        elements=elements,
+        channels=channels,
+        inner=inner,
+        v_th=options.v_threshold,
+        rest=options.rest,
+        SOFT=options.soft_reset,
+        DECAY_INPUT=options.decay_input,
+        STATIC=x.shape[0] < steps,
+        BLOCK=BLOCK,
+        enable_fp_fusion=False,
+    )
     return spikes, h
 
 
@@ -141,11 +186,26 @@ def backward(grad_spikes, h, x, k, *, input_steps: int, channels: int, inner: in
     grad_x = torch.empty(1 if static else steps, elements, dtype=grad_spikes.dtype, device=grad_spikes.device)
     grad_k = torch.empty(elements, dtype=torch.float32, device=grad_spikes.device)
     x = h if x is None else x  # not read without decay_input
-    _backward_kernel[_grid(elements)](grad_ptr=grad_spikes, h_ptr=h, x_ptr=x, k_ptr=k, grad_x_ptr=grad_x,
-                                      grad_k_ptr=grad_k, steps=steps, elements=elements, channels=channels,
-                                      inner=inner, v_th=options.v_threshold, rest=options.rest,
-                                      alpha=options.surrogate.alpha, SOFT=options.soft_reset,
-                                      DECAY_INPUT=options.decay_input, DETACH_RESET=options.detach_reset,
-                                      CODE=FUSED_SURROGATES[type(options.surrogate)], STATIC=static, BLOCK=BLOCK,
-                                      enable_fp_fusion=False)
+    _backward_kernel[_grid(elements)](
+        grad_ptr=grad_spikes,
+        h_ptr=h,
+        x_ptr=x,
+        k_ptr=k,
+        grad_x_ptr=grad_x,
+        grad_k_ptr=grad_k,
+        steps=steps,
+        elements=elements,
+        channels=channels,
+        inner=inner,
+        v_th=options.v_threshold,
+        rest=options.rest,
+        alpha=options.surrogate.alpha,
+        SOFT=options.soft_reset,
+        DECAY_INPUT=options.decay_input,
+        DETACH_RESET=options.detach_reset,
+        CODE=FUSED_SURROGATES[type(options.surrogate)],
+        STATIC=static,
+        BLOCK=BLOCK,
+        enable_fp_fusion=False,
+    )
     return grad_x, grad_k

@@ -43,16 +43,23 @@ class Net(nn.Module):
     def __init__(self, time_steps: int = 4, channels: int = 8):
         super().__init__()
         self.time_steps = time_steps
-        self.conv1, self.bn1, self.lif1 = nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), LIF()
-        self.conv2, self.bn2, self.lif2 = (nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-                                           nn.BatchNorm2d(channels), LIF())
+        self.conv1, self.bn1, self.lif1 = (
+            nn.Conv2d(1, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            LIF(),
+        )
+        self.conv2, self.bn2, self.lif2 = (
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            LIF(),
+        )
         self.fc, self.lif3 = nn.Linear(channels * 7 * 7, self.classes, bias=False), LIF()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = self.time_steps
         current = self.bn1(self.conv1(x))
-        spikes = self.lif1(current.expand(T, *current.shape))                 # [T, N, C, 28, 28]
-        pooled = F.max_pool2d(spikes.flatten(0, 1), 2)                         # [T N, C, 14, 14]
+        spikes = self.lif1(current.expand(T, *current.shape))  # [T, N, C, 28, 28]
+        pooled = F.max_pool2d(spikes.flatten(0, 1), 2)  # [T N, C, 14, 14]
         spikes = self.lif2(self.bn2(self.conv2(pooled)).unflatten(0, (T, -1)))  # [T, N, C, 14, 14]
-        pooled = F.max_pool2d(spikes.flatten(0, 1), 2).unflatten(0, (T, -1))   # [T, N, C, 7, 7]
-        return self.lif3(self.fc(pooled.flatten(2)))                           # [T, N, 10]
+        pooled = F.max_pool2d(spikes.flatten(0, 1), 2).unflatten(0, (T, -1))  # [T, N, C, 7, 7]
+        return self.lif3(self.fc(pooled.flatten(2)))  # [T, N, 10]

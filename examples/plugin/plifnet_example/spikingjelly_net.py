@@ -20,10 +20,17 @@ class Net(nn.Module):
             return neuron.ParametricLIFNode(init_tau=tau, surrogate_function=surrogate.ATan(), detach_reset=True)
 
         self.features = nn.Sequential(
-            layer.Conv2d(1, channels, 3, padding=1, bias=False), layer.BatchNorm2d(channels), plif(), layer.MaxPool2d(2),
-            layer.Conv2d(channels, channels, 3, padding=1, bias=False), layer.BatchNorm2d(channels), plif(),
+            layer.Conv2d(1, channels, 3, padding=1, bias=False),
+            layer.BatchNorm2d(channels),
+            plif(),
             layer.MaxPool2d(2),
-            layer.Flatten(), layer.Linear(channels * 7 * 7, self.classes, bias=False), plif(),
+            layer.Conv2d(channels, channels, 3, padding=1, bias=False),
+            layer.BatchNorm2d(channels),
+            plif(),
+            layer.MaxPool2d(2),
+            layer.Flatten(),
+            layer.Linear(channels * 7 * 7, self.classes, bias=False),
+            plif(),
         )
         functional.set_step_mode(self, "m")
 
