@@ -130,11 +130,10 @@ class PlifnetCLI(LightningCLI):
             if run is not None:
                 self.save_config_kwargs["overwrite"] = True  # the evaluation's own config.yaml, in its own folder
             if config.ckpt_path not in (None, "best", "hpc"):
-                self._check_hyperparameters(config, argv)
-                self._check_same_run(config, argv)
-                if self.config.subcommand == "fit" and not checkpoints.resumable(
-                    checkpoints.read(config.ckpt_path, mmap=True)
-                ):
+                checkpoint = checkpoints.read(config.ckpt_path, mmap=True)  # read once for every check below
+                self._check_hyperparameters(config, argv, checkpoint)
+                self._check_same_run(config, argv, checkpoint)
+                if self.config.subcommand == "fit" and not checkpoints.resumable(checkpoint):
                     raise checkpoints.CheckpointError(
                         f"checkpoint {config.ckpt_path} holds the weights only (the best epoch's, kept for test, predict "
                         f"and export): fit cannot resume from it; resume from last.ckpt or a step*.ckpt (--ckpt_path "
@@ -175,13 +174,13 @@ class PlifnetCLI(LightningCLI):
             )
 
     @staticmethod
-    def _check_hyperparameters(config, argv) -> None:
+    def _check_hyperparameters(config, argv, checkpoint: dict) -> None:
         """Before Lightning merges the checkpoint's model hyperparameters into the configuration: refuse
         names of code that neither plifnet nor this run's command line and config files give
         (:func:`plifnet.checkpoints.check_names`), and a ``--model.*`` value on the command line that
         differs from the checkpoint's, which the merge would silently replace: the checkpoint's
         hyperparameters rebuild the model it holds, so they win, and saying otherwise is refused."""
-        hyper_parameters = checkpoints.read(config.ckpt_path, mmap=True).get("hyper_parameters") or {}
+        hyper_parameters = checkpoint.get("hyper_parameters") or {}
         checkpoints.check_names(
             hyper_parameters,
             checkpoints.strings(config),
@@ -190,9 +189,8 @@ class PlifnetCLI(LightningCLI):
             model=SpikingClassifier,
         )
         for key in sorted(given_model_options(argv) & set(hyper_parameters)):
-            value = config.model.get(key)
-            value = value.as_dict() if hasattr(value, "as_dict") else value
-            if plain(value) != plain(hyper_parameters[key]):
+            value = plain(config.model.get(key))
+            if value != plain(hyper_parameters[key]):
                 raise checkpoints.CheckpointError(
                     f"--model.{key} {value!r} differs from the checkpoint's {hyper_parameters[key]!r}: with --ckpt_path "
                     f"the checkpoint's hyperparameters rebuild its model, so --model.{key} would be ignored; leave it "
@@ -212,18 +210,14 @@ class PlifnetCLI(LightningCLI):
                 )
             config.model.optimizer = config.model.lr_scheduler = None
 
-    def _check_same_run(self, config, argv) -> None:
+    def _check_same_run(self, config, argv, checkpoint: dict) -> None:
         """What a ``--config`` file sets (a value other than the recipe's and the signatures' defaults) must agree
         with the checkpoint, whose hyperparameters would silently replace it: ``fit --config fashion_mnist
         --ckpt_path last`` beside an MNIST run is refused, not resumed as Fashion-MNIST. fit also refuses a
         checkpoint of other data (:func:`plifnet.module.data_identity`: its dataset, split or frames)."""
-        checkpoint = checkpoints.read(config.ckpt_path, mmap=True)
         hyper_parameters, defaults = checkpoint.get("hyper_parameters") or {}, self.defaults().model
         for key in sorted(set(hyper_parameters) & set(vars(config.model)) - given_model_options(argv)):
-            value = plain(
-                config.model.get(key).as_dict() if hasattr(config.model.get(key), "as_dict") else config.model.get(key)
-            )
-            default = plain(defaults.get(key).as_dict() if hasattr(defaults.get(key), "as_dict") else defaults.get(key))
+            value, default = plain(config.model.get(key)), plain(defaults.get(key))
             if value != default and value != plain(hyper_parameters[key]):
                 raise checkpoints.CheckpointError(
                     f"checkpoint {config.ckpt_path} was trained with model.{key} {hyper_parameters[key]!r}, and a --config "
@@ -427,8 +421,9 @@ def dropped(callbacks, names: list[str]) -> list:
 
 
 def plain(value):
-    """A configuration value with its tuples as lists, as a checkpoint's hyperparameters hold them
+    """A configuration value as a checkpoint's hyperparameters hold it: namespaces as dicts, tuples as lists
     (``betas: (0.9, 0.999)`` parsed, ``[0.9, 0.999]`` saved)."""
+    value = value.as_dict() if hasattr(value, "as_dict") else value  # a jsonargparse Namespace
     if isinstance(value, dict):
         return {key: plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

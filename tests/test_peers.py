@@ -756,6 +756,8 @@ def test_snntorch_synaptics_learnt_alpha_is_followed_in_the_tau_group_and_labell
         float(constants["tau_syn"].steps) == pytest.approx(1 / (1 - 0.6))
         and constants["tau_syn"].convention == "1/(1-alpha)"
     )
+    caller_state = snn.Synaptic(alpha=0.7, beta=0.5, learn_alpha=True)  # init_hidden=False: found the same way
+    assert float(contract.time_constants(caller_state)["tau_syn"].steps) == pytest.approx(1 / (1 - 0.7))
     groups = model.configure_optimizers()["optimizer"].param_groups
     assert {id(p) for p in groups[1]["params"]} == {
         id(getattr(n, a)) for n in (model.net.syn1, model.net.syn2) for a in ("alpha", "beta")

@@ -128,7 +128,7 @@ def test_a_checkpoint_names_no_code_under_any_key(where, hyper_parameters, spy, 
     config = Namespace(ckpt_path=str(path), model=Namespace())
     refused = None
     try:
-        PlifnetCLI._check_hyperparameters(config, [])
+        PlifnetCLI._check_hyperparameters(config, [], checkpoints.read(path))
     except checkpoints.CheckpointError as error:
         refused = str(error)
     try:

@@ -70,9 +70,11 @@ class SnnTorch(Adapter):
     def time_constants(self, module):
         """tau, and ``tau_syn`` = 1/(1 - alpha) of Synaptic and RSynaptic, whose synaptic current decays by alpha a
         step (``syn[t] = alpha syn[t-1] + input[t]``), learnt with ``learn_alpha=True``."""
+        import snntorch
+
         constants = super().time_constants(module)
         alpha = getattr(module, "alpha", None)
-        if torch.is_tensor(alpha) and hasattr(module, "syn"):
+        if torch.is_tensor(alpha) and isinstance(module, (snntorch.Synaptic, snntorch.RSynaptic)):
             learned = isinstance(alpha, torch.nn.Parameter)
             constants["tau_syn"] = TimeConstant(
                 1 / (1 - alpha.detach().clamp(0, 1)), learned, (alpha,) if learned else (), "1/(1-alpha)"

@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import torch
 
-from plifnet import compat
+from plifnet.compat import dispatch_mode_active
 
 COST = (
     "the reference path runs one PyTorch operation per step and variable: about 10x the compiled time in the "
@@ -67,7 +67,7 @@ def multi_step(neuron, x: torch.Tensor, k, *, time_steps: int | None = None) -> 
         k = k.expand(step_shape).reshape(-1)
     # inside torch.compile of a whole network: traced into its graph as it is; under a dispatch mode (the model
     # summary's FLOP count), where nothing compiles: the same loop, run as it is
-    if torch.compiler.is_compiling() or compat.dispatch_mode_active():
+    if torch.compiler.is_compiling() or dispatch_mode_active():
         return _run_steps(neuron, flat, k).view(steps, *step_shape)
     run = _compiled_run_steps()
     for tensor in (flat, k):
