@@ -33,7 +33,7 @@ def network(name, batch, time_steps):
         from plifnet.models import ARCHS
 
         spec = ARCHS[name]
-        net = SpikingNet(name, time_steps=time_steps)
+        net = SpikingNet.paper(name, time_steps=time_steps)
         if spec.static:
             return net, torch.rand(batch, spec.in_channels, spec.size, spec.size), spec.classes
         return net, (torch.rand(time_steps, batch, spec.in_channels, spec.size, spec.size) < 0.2).float(), spec.classes

@@ -41,7 +41,7 @@ def build(implementation, arch, time_steps, x):
     if implementation.startswith("plifnet"):
         from plifnet import SpikingNet
 
-        net = SpikingNet(arch, time_steps=time_steps, memory=(implementation.split()[1:] or ["store"])[0])
+        net = SpikingNet.paper(arch, time_steps=time_steps, memory=(implementation.split()[1:] or ["store"])[0])
         return net, lambda inputs: net(inputs).mean(0)
     net = spikingjelly_network(arch, time_steps=time_steps)
     if "memopt" in implementation:
@@ -105,7 +105,7 @@ def first_block_parts(time_steps=20, batch=2, repeats=5):
     from plifnet import SpikingNet, kernels
 
     torch.manual_seed(0)
-    net = SpikingNet("cifar10dvs").train()
+    net = SpikingNet.paper("cifar10dvs").train()
     frames = (torch.rand(time_steps, batch, 2, 128, 128) < 0.2).float()
     conv, norm, neuron, pool = net.encoder[0], net.encoder[1], net.layers[0], net.layers[1]
     with torch.no_grad():

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from plifnet.callbacks import FiringRateMonitor, ResetState, StopOnNonFinite, SynapticOps, TauMonitor
+from plifnet.models import SpikingNet
 from plifnet.module import SpikingClassifier
 
 
@@ -67,7 +68,7 @@ def run(callback_set: str, steps: int, tau_every: int, precision: str, data) -> 
         enable_model_summary=False,
     )
     loader = DataLoader(data, batch_size=16, shuffle=True, drop_last=True)
-    trainer.fit(SpikingClassifier("mnist"), loader, DataLoader(data, batch_size=16))
+    trainer.fit(SpikingClassifier(SpikingNet.paper("mnist")), loader, DataLoader(data, batch_size=16))
     return timer
 
 

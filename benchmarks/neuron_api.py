@@ -36,7 +36,7 @@ def trainer(kind, backend="auto", precision="fp32", compile_net=False):
     """One training step of the MNIST network; ``compile_net``: the whole network under torch.compile
     (the fused kernels as custom operators, a neuron's own hooks traced into its graph)."""
     torch.manual_seed(0)
-    net = SpikingNet("mnist", neuron=neuron_factory(kind, backend=backend))
+    net = SpikingNet.paper("mnist", neuron=neuron_factory(kind, backend=backend))
     run = torch.compile(net) if compile_net else net
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     images, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))

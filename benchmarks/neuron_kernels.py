@@ -34,6 +34,9 @@ from pathlib import Path
 
 import torch
 
+from plifnet.models import SpikingNet
+from plifnet.options import NeuronOptions
+
 LAYER_SHAPE = (8, 16, 128, 28, 28)
 
 
@@ -226,7 +229,11 @@ def train_child(implementation, arch, batch, precision, repeats, device):
     from plifnet.module import SpikingClassifier
 
     torch.manual_seed(0)
-    model = SpikingClassifier(arch, backend=implementation if implementation == "reference" else "auto")
+    model = SpikingClassifier(
+        SpikingNet.paper(
+            arch, options=NeuronOptions(backend=implementation if implementation == "reference" else "auto")
+        )
+    )
     net = (spikingjelly_network(arch) if implementation == "spikingjelly" else model.net).to(device)
     params = net.parameters() if implementation == "spikingjelly" else model.parameters()
     optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)

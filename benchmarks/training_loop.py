@@ -21,6 +21,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from plifnet.models import SpikingNet
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,7 +35,7 @@ def plain_loop(steps: int, precision: str, data_root: str) -> None:
     torch.manual_seed(2020)
     data = StaticDataModule("mnist", root=data_root, augment=True, batch_size=16, num_workers=2)
     data.setup("fit")
-    model = SpikingClassifier("mnist")
+    model = SpikingClassifier(SpikingNet.paper("mnist"))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     for step, (x, y) in enumerate(data.train_dataloader()):

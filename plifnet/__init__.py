@@ -8,7 +8,7 @@ Where things live: neuron equations and tau in :mod:`plifnet.neurons`, surrogate
 from plifnet.models import ARCHS, SpikingNet
 from plifnet.neurons import IF, LIF, PLIF, neuron_factory, reset_state
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["ARCHS", "IF", "LIF", "PLIF", "SpikingClassifier", "SpikingNet", "neuron_factory", "reset_state"]
 
 

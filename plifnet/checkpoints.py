@@ -24,6 +24,7 @@ Every checkpoint plifnet trains from or tests arrives through here, whichever wa
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import enum
 import functools
 import hashlib
@@ -32,6 +33,7 @@ import pickle
 import types
 import typing
 import zipfile
+from importlib.metadata import version
 from pathlib import Path, PurePath
 from typing import Any, Literal, Union
 from urllib.parse import urlparse
@@ -169,6 +171,7 @@ def check_names(
     union holding one, ``Any``, an unannotated or unknown key, ``**kwargs``, any nesting below them) is
     a name, whatever its key: ``net: "pkg.Net"``, ``optimizer: "pkg.f"``, a ``class_path``,
     ``lr_scheduler.init_args.lr_lambda: "os.umask"``. ``how_to_allow`` completes the message."""
+    refuse_old_layout(hyper_parameters, source)
     ok = known_names() | set(allowed)
     hints = _hints(model) if model is not None else {}
     for key, value in hyper_parameters.items():
@@ -195,10 +198,13 @@ def _check(value, annotation, key: str, ok: set[str], source: str, how_to_allow:
         if class_path is not None:
             _check(class_path, Any, f"{key}.class_path", ok, source, how_to_allow)
         hints = _hints(imported(class_path)) if isinstance(class_path, str) else {}
+        fields = _hints(_dataclass(annotation)) if class_path is None and _dataclass(annotation) else None
         for name, item in value.items():
             if name in ("init_args", "dict_kwargs") and isinstance(item, dict) and class_path is not None:
                 for argument, given in item.items():
                     _check(given, hints.get(argument, Any), f"{key}.{name}.{argument}", ok, source, how_to_allow)
+            elif fields is not None:  # a dataclass's fields (NeuronOptions), typed by the dataclass
+                _check(item, fields.get(name, Any), f"{key}.{name}", ok, source, how_to_allow)
             elif name != "class_path":
                 _check(item, _item_type(annotation, 1), f"{key}.{name}", ok, source, how_to_allow)
     elif isinstance(value, (list, tuple)):
@@ -235,6 +241,15 @@ def _plain(annotation) -> bool:
     return False  # a class, a callable, Any, a bare container, a type it cannot read
 
 
+def _dataclass(annotation) -> type | None:
+    """The dataclass that ``annotation`` is, or holds in a union with None (``NeuronOptions | None``)."""
+    members = (
+        typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    )
+    found = [m for m in members if m is not type(None)]
+    return found[0] if len(found) == 1 and dataclasses.is_dataclass(found[0]) else None
+
+
 def _item_type(annotation, position: int):
     """The type of a container's items (``position`` 1: a dict's values); ``Any`` where it is not one."""
     arguments = typing.get_args(annotation)
@@ -255,13 +270,34 @@ def _defined_in_plifnet(name: str) -> bool:
 
 
 def imported(class_path: str):
-    """The class or function at ``class_path``, or None where it cannot be imported. Call it only for a name this
+    """The class or function at ``class_path`` (a module's attribute, or one of its classes' own, as
+    ``plifnet.models.SpikingNet.paper``), or None where it cannot be imported. Call it only for a name this
     run gave or :func:`check_names` allowed (jsonargparse imports it next anyway)."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name) if module else None
-    except (ImportError, AttributeError):
-        return None
+    parts = class_path.split(".")
+    for split in range(len(parts) - 1, 0, -1):  # the longest module path, then attributes down from it
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        try:
+            return functools.reduce(getattr, parts[split:], found)
+        except AttributeError:
+            return None
+    return None
+
+
+OLD_LAYOUT = {"arch", "neuron", "tau", "variant", "backend", "memory", "lr", "cosine_t_max"}  # plifnet 0.1's model keys
+
+
+def refuse_old_layout(hyper_parameters: dict, source) -> None:
+    """Refuse a checkpoint of plifnet 0.1, whose model built the paper's network from its own options
+    (``model.arch``, ``model.neuron``, ``model.tau``, ...): this plifnet takes the network as ``model.net``."""
+    old = sorted(OLD_LAYOUT & set(hyper_parameters))
+    if old:
+        raise CheckpointError(
+            f"{source} was written by plifnet 0.1.0 (its model options {', '.join(old)}); this plifnet "
+            f"{version('plifnet')} takes the network as model.net: evaluate it with plifnet 0.1.0, or train it again"
+        )
 
 
 @functools.lru_cache(maxsize=None)
@@ -278,11 +314,18 @@ def _hints(cls) -> dict:
             parser.add_function_arguments(cls, "x", fail_untyped=False)
     except Exception:  # a class jsonargparse cannot read: then it cannot type its arguments either
         return {}
-    return {
+    hints = {
         action.dest[2:]: getattr(action, "_typehint", None) or action.type or Any
         for action in parser._actions
         if action.dest.startswith("x.") and "." not in action.dest[2:]
     }
+    # a dataclass argument is a group of its fields' actions (x.options.tau): typed by the dataclass itself
+    groups = {action.dest[2:].split(".")[0] for action in parser._actions if action.dest.count(".") > 1}
+    try:
+        signature = typing.get_type_hints(cls.__init__ if isinstance(cls, type) else cls)
+    except Exception:  # annotations it cannot resolve: those arguments stay untyped (possible names)
+        signature = {}
+    return hints | {name: signature[name] for name in groups | set(hints) if _dataclass(signature.get(name))}
 
 
 def strings(tree) -> set[str]:

@@ -4,7 +4,7 @@
 Training is Lightning's ``LightningCLI``. Every run reads the paper's recipe first
 (``plifnet/configs/recipe.yaml``: neuron, optimizer, schedule, seed, trainer), then its ``--config``
 files (a dataset config holds the data and the network), then the command line: any ``model.*``,
-``data.*`` or ``trainer.*`` value can be overridden (``--model.neuron lif --model.tau 16``), a callback
+``data.*`` or ``trainer.*`` value can be overridden (``--model.net.neuron lif --model.net.options.tau 16``), a callback
 added (``--trainer.callbacks+=CLASS``) or dropped (``--drop_callbacks+=NAME``), and ``--print_config``
 shows the complete resolved configuration. ``--config NAME`` that is not a file is one of the configs
 shipped with plifnet (``mnist``, ``trainer/smoke``, ``logger/wandb``), so an installed plifnet trains
@@ -60,9 +60,10 @@ class FailedStart:
 
     def __init__(self):
         self.folders, self.claimed, self.subcommand, self.trainer, self.start_step = [], [], None, None, 0
+        self.ckpt_path = None
 
     def watch(self, trainer, subcommand: str, ckpt_path: str | None = None) -> None:
-        self.trainer, self.subcommand = trainer, subcommand
+        self.trainer, self.subcommand, self.ckpt_path = trainer, subcommand, ckpt_path
         self.folders = [
             Path(logger.log_dir)
             for logger in trainer.loggers
@@ -113,8 +114,6 @@ class PlifnetCLI(LightningCLI):
             for log in loggers:
                 log.init_args.save_dir = str(Path(config.trainer.default_root_dir) / log.init_args.save_dir)
         argv = args if args is not None else sys.argv[1:]
-        if config.model.get("net") is not None:
-            self._check_network_options(config, argv)
         if config.get("drop_callbacks"):  # applied once: the run's config.yaml holds the list without them
             config.trainer.callbacks, config.drop_callbacks = (
                 dropped(config.trainer.callbacks, config.drop_callbacks),
@@ -150,28 +149,9 @@ class PlifnetCLI(LightningCLI):
             help="callbacks of the trainer config to leave out, by class name or class path "
             "(--drop_callbacks+=ProgressBar; in a config: drop_callbacks: [SynapticOps])",
         )
-        self.defaults = parser.get_defaults  # the same for every subcommand: the recipe's and the signatures'
-
-    def _check_network_options(self, config, argv) -> None:
-        """SpikingClassifier builds its own network from NETWORK_OPTIONS only without ``--model.net``: one
-        given on the command line with it is refused, one a config file changed from the recipe is named."""
-        given = sorted(given_model_options(argv) & set(NETWORK_OPTIONS))
-        if given:
-            raise SystemExit(
-                f"error: --model.{given[0]} does nothing when --model.net gives the network; set it on the network "
-                f"(--model.net.init_args.{given[0]}, where its class takes it) or leave it out"
-            )
-        defaults = self.defaults().model
-        changed = [name for name in NETWORK_OPTIONS if plain(config.model.get(name)) != plain(defaults.get(name))]
-        if changed:
-            values = ", ".join(f"model.{name} {config.model.get(name)!r}" for name in changed)
-            warnings.warn(
-                f"{values} (from a config) {'does' if len(changed) == 1 else 'do'} nothing: model.net gives "
-                f"the network; set {'it' if len(changed) == 1 else 'them'} on the network, where its class "
-                f"takes {'it' if len(changed) == 1 else 'them'}",
-                UserWarning,
-                stacklevel=1,
-            )
+        self.defaults = lambda: parser.get_defaults(
+            skip_validation=True
+        )  # the recipe's and the signatures' (the recipe gives no net.arch)
 
     @staticmethod
     def _check_hyperparameters(config, argv, checkpoint: dict) -> None:
@@ -185,44 +165,33 @@ class PlifnetCLI(LightningCLI):
             hyper_parameters,
             checkpoints.strings(config),
             source=f"checkpoint {config.ckpt_path}",
-            how_to_allow="name it in this run's command line or config (e.g. --model.neuron VALUE) to allow it",
+            how_to_allow="name it in this run's command line or config (e.g. --model.net.neuron VALUE) to allow it",
             model=SpikingClassifier,
         )
-        for key in sorted(given_model_options(argv) & set(hyper_parameters)):
-            value = plain(config.model.get(key))
-            if value != plain(hyper_parameters[key]):
+        ours, theirs, given = leaves(config.model), leaves(hyper_parameters), given_model_options(argv)
+        for key in sorted(key for key in set(ours) & set(theirs) if under(key, given)):
+            if ours[key] != theirs[key]:
+                name = next(option for option in sorted(given) if under(key, {option}))
+                said = f"--model.{key} {ours[key]!r}" if name == key else f"--model.{name} (model.{key} {ours[key]!r})"
                 raise checkpoints.CheckpointError(
-                    f"--model.{key} {value!r} differs from the checkpoint's {hyper_parameters[key]!r}: with --ckpt_path "
-                    f"the checkpoint's hyperparameters rebuild its model, so --model.{key} would be ignored; leave it "
-                    f"out, or start a new run from the weights without --ckpt_path"
+                    f"{said} differs from the checkpoint's {theirs[key]!r}: with --ckpt_path the checkpoint's "
+                    f"hyperparameters rebuild its model, so --model.{name} would be ignored; leave it out, or start a "
+                    f"new run from the weights without --ckpt_path"
                 )
-        if "optimizer" not in hyper_parameters and {"lr", "cosine_t_max"} & set(hyper_parameters):
-            # a run of an earlier version: its lr and cosine_t_max (merged from the checkpoint) are its recipe,
-            # which resumes with its one parameter group; a config file's optimizer gives way to it, one given
-            # on the command line is refused rather than dropped
-            given = sorted(given_model_options(argv) & {"optimizer", "lr_scheduler"})
-            if given:
-                raise checkpoints.CheckpointError(
-                    f"--model.{given[0]} cannot change the recipe of checkpoint {config.ckpt_path}: it was written "
-                    f"by an earlier plifnet (lr {hyper_parameters.get('lr')}, cosine_t_max "
-                    f"{hyper_parameters.get('cosine_t_max')}, one parameter group), which it resumes with; leave "
-                    f"--model.{given[0]} out, or start a new run from its weights without --ckpt_path"
-                )
-            config.model.optimizer = config.model.lr_scheduler = None
 
     def _check_same_run(self, config, argv, checkpoint: dict) -> None:
         """What a ``--config`` file sets (a value other than the recipe's and the signatures' defaults) must agree
         with the checkpoint, whose hyperparameters would silently replace it: ``fit --config fashion_mnist
         --ckpt_path last`` beside an MNIST run is refused, not resumed as Fashion-MNIST. fit also refuses a
         checkpoint of other data (:func:`plifnet.module.data_identity`: its dataset, split or frames)."""
-        hyper_parameters, defaults = checkpoint.get("hyper_parameters") or {}, self.defaults().model
-        for key in sorted(set(hyper_parameters) & set(vars(config.model)) - given_model_options(argv)):
-            value, default = plain(config.model.get(key)), plain(defaults.get(key))
-            if value != default and value != plain(hyper_parameters[key]):
+        theirs, ours = leaves(checkpoint.get("hyper_parameters") or {}), leaves(config.model)
+        defaults, given = leaves(self.defaults().model), given_model_options(argv)
+        for key in sorted(key for key in set(theirs) & set(ours) if not under(key, given)):
+            if ours[key] != defaults.get(key, MISSING) and ours[key] != theirs[key]:
                 raise checkpoints.CheckpointError(
-                    f"checkpoint {config.ckpt_path} was trained with model.{key} {hyper_parameters[key]!r}, and a --config "
-                    f"file of this run sets {value!r}: the checkpoint's value would silently win. Give the configs that "
-                    f"run was trained with, or start a new run (without --ckpt_path, or with another "
+                    f"checkpoint {config.ckpt_path} was trained with model.{key} {theirs[key]!r}, and a --config "
+                    f"file of this run sets {ours[key]!r}: the checkpoint's value would silently win. Give the configs "
+                    f"that run was trained with, or start a new run (without --ckpt_path, or with another "
                     f"--trainer.default_root_dir)"
                 )
         recorded, data = checkpoint.get("plifnet_data"), config.get("data")
@@ -250,9 +219,15 @@ class PlifnetCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, MisconfigurationException) as error:
-            while isinstance(error.__cause__ or error.__context__, (ValueError, TypeError, MisconfigurationException)):
-                error = error.__cause__ or error.__context__
-            raise SystemExit(f"error: bad configuration value: {error}") from None
+            chain = [error]
+            while isinstance(chain[-1].__cause__ or chain[-1].__context__, Exception):
+                chain.append(chain[-1].__cause__ or chain[-1].__context__)
+            ours = next((cause for cause in chain if isinstance(cause, ImportError) and raised_by_plifnet(cause)), None)
+            if ours is not None:  # a plug-in that failed to import, named by plifnet
+                raise SystemExit(f"error: {ours}") from None
+            kinds = (ValueError, TypeError, MisconfigurationException)
+            innermost = next(cause for cause in reversed(chain) if isinstance(cause, kinds))
+            raise SystemExit(f"error: bad configuration value: {innermost}") from None
         finally:
             CLI_RECORDS_CONFIG.reset(recording)
 
@@ -276,13 +251,13 @@ class PlifnetCLI(LightningCLI):
         self.failed_start.watch(self.trainer, "fit", self.config.fit.get("ckpt_path"))
 
     def before_validate(self):
-        self.failed_start.watch(self.trainer, "validate")
+        self.failed_start.watch(self.trainer, "validate", self.config.validate.get("ckpt_path"))
 
     def before_test(self):
-        self.failed_start.watch(self.trainer, "test")
+        self.failed_start.watch(self.trainer, "test", self.config.test.get("ckpt_path"))
 
     def before_predict(self):
-        self.failed_start.watch(self.trainer, "predict")
+        self.failed_start.watch(self.trainer, "predict", self.config.predict.get("ckpt_path"))
 
     def after_validate(self):
         self._say_where("validate")
@@ -381,24 +356,17 @@ def claim_versions(loggers, evaluation: tuple[Path, str] | None = None) -> list[
     return claimed
 
 
-# SpikingClassifier's options that build its own network (plifnet.models.SpikingNet)
-NETWORK_OPTIONS = (
-    "arch",
-    "neuron",
-    "tau",
-    "v_threshold",
-    "v_reset",
-    "detach_reset",
-    "decay_input",
-    "per_channel",
-    "surrogate",
-    "surrogate_alpha",
-    "variant",
-    "time_steps",
-    "dropout",
-    "backend",
-    "memory",
-)
+def weights_mismatch(message: str) -> str:
+    """torch's ``load_state_dict`` refusal (a line per kind, listing every key) in a few words: the first tensor
+    of another shape, else how many keys are missing and unexpected."""
+    lines = [line.strip() for line in message.splitlines()[1:]]
+    sizes = [line.split(":")[0] for line in lines if line.startswith("size mismatch for")]
+    if sizes:
+        return sizes[0]
+    counts = {
+        kind: line.count('"') // 2 for line in lines for kind in ("Missing", "Unexpected") if line.startswith(kind)
+    }
+    return ", ".join(f"{count} {kind.lower()} keys" for kind, count in counts.items()) or lines[0]
 
 
 def dropped(callbacks, names: list[str]) -> list:
@@ -431,9 +399,34 @@ def plain(value):
     return value
 
 
+MISSING = object()
+
+
+def leaves(tree, prefix: str = "") -> dict:
+    """A model configuration (or a checkpoint's hyperparameters) as ``{dotted key: value}`` of its leaves,
+    ``init_args`` left out of the keys as the command line leaves it out (``net.options.tau``)."""
+    tree = plain(tree)
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree} if prefix else {}
+    found = {}
+    for key, value in tree.items():
+        found |= leaves(value, prefix if key == "init_args" else f"{prefix}.{key}".lstrip("."))
+    return found
+
+
+def under(key: str, options: set[str]) -> bool:
+    """Whether the leaf ``key`` is one of ``options`` or lies below one (``net.options.tau`` below ``net``)."""
+    return any(key == option or key.startswith(f"{option}.") for option in options)
+
+
 def given_model_options(argv) -> set[str]:
-    """The ``--model.NAME`` options on the command line (``--model.net.layers`` is ``net``)."""
-    return {arg.split("=")[0][len("--model.") :].split(".")[0] for arg in map(str, argv) if arg.startswith("--model.")}
+    """The ``--model.NAME`` options on the command line, without ``init_args`` (``--model.net.options.tau``
+    is ``net.options.tau``)."""
+    return {
+        arg.split("=")[0][len("--model.") :].replace(".init_args", "")
+        for arg in map(str, argv)
+        if arg.startswith("--model.")
+    }
 
 
 def quiet_console() -> None:
@@ -573,6 +566,13 @@ def main(args=None) -> LightningCLI:
         ) from None
     except (StateLeak, FloatingPointError) as error:  # a network that remembers; a run that diverged
         raise SystemExit(f"error: {error}") from None
+    except RuntimeError as error:  # a checkpoint's weights for another network than the run's config builds
+        if not str(error).startswith("Error(s) in loading state_dict"):
+            raise
+        raise SystemExit(
+            f"error: the weights of checkpoint {failed_start.ckpt_path} do not fit this run's network "
+            f"({weights_mismatch(str(error))}): give the configs that it was trained with"
+        ) from None
     except (ValueError, TypeError, OSError, ImportError) as error:  # ImportError: a broken plug-in, named by plifnet
         if isinstance(error, files.WriteFailed) or getattr(error, "errno", None) in (
             errno.ENOSPC,

@@ -698,7 +698,9 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
         raise ValueError("from_nir: the graph must start with a Conv2d (the encoder) after its input")
     classes = int(np.prod(graph.nodes[chain[-1]].output_type["output"]))
     dtype = layers[0].weight.dtype
-    net = SpikingNet.assemble(layers, input_shape[0], input_shape[1], classes, time_steps, static).to(dtype)
+    net = SpikingNet(_tokens(layers), classes=classes, static=static, time_steps=time_steps)
+    net.build(input_shape[0], input_shape[1], modules=layers)
+    net = net.to(dtype)
     for neuron, w in leaks:  # exactly -ln(tau - 1) in the file's precision, not rounded through float32
         neuron.w.data = torch.as_tensor(w, dtype=dtype).reshape(neuron.w.shape)
     return net
@@ -719,9 +721,22 @@ class NIRNet(SpikingNet):
             read = from_nir(path, dt, max_bytes=int(max_mib * 2**20))
         except (OSError, KeyError) as error:
             raise ValueError(f"--model.net.path {path}: not a readable NIR file ({error})") from None
-        super().__init__(layers="", classes=read.classes, time_steps=read.time_steps, static=read.arch.static)
-        self.arch = read.arch
-        self._set_layers([read.encoder, *read.layers])
+        super().__init__(read.arch.layers, classes=read.classes, static=read.arch.static, time_steps=read.time_steps)
+        self.build(read.arch.in_channels, read.arch.size, modules=[read.encoder, *read.layers])
+
+
+def _tokens(layers: list[nn.Module]) -> str:
+    """The layer tokens (:mod:`plifnet.models`) that describe modules read from a graph: its network's ``layers``."""
+    tokens = []
+    for module in layers:
+        inner = module.module if isinstance(module, TimeDistributed) else module
+        if isinstance(inner, nn.Conv2d):
+            tokens.append(f"c{inner.out_channels}")
+        elif isinstance(inner, (MaxPool, nn.MaxPool2d)):
+            tokens.append("p")
+        elif isinstance(inner, nn.Linear):
+            tokens.append(f"f{inner.out_features}")
+    return " ".join(tokens)
 
 
 def _max_pool(pool, spike, name: str, step: tuple[float, str]) -> nn.Module:

@@ -1,4 +1,4 @@
-"""The LightningModule: trains any of the paper's networks with the paper's recipe (SPEC section 3).
+"""The LightningModule: trains the network it is given with the paper's recipe (SPEC section 3).
 
 Loss: ``rate_mse``, the mean squared error between each class's firing rate (the time average of the
 vote output) and the one-hot label, or ``cross_entropy`` on those rates.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextvars
 from functools import partial
-from typing import Callable, Literal
+from typing import Literal
 
 import lightning as L
 import torch
@@ -26,11 +26,7 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from plifnet import checkpoints, compat, contract
-from plifnet.models import SpikingNet
-from plifnet.neurons import neuron_factory
-from plifnet.options import NeuronOptions
 from plifnet.schedules import CosineToEnd
-from plifnet.surrogates import Surrogate, surrogate as make_surrogate
 
 # Set by plifnet.cli while LightningCLI builds the model: LightningCLI then saves the model's hyperparameters as
 # the config gave them (objects as their class_path and init_args), so nothing needs leaving out.
@@ -42,26 +38,15 @@ class NoInputShape(ValueError):
 
 
 class SpikingClassifier(L.LightningModule):
-    """A spiking classifier: one of the paper's networks (:data:`plifnet.models.ARCHS`), or any network.
+    """A spiking classifier: trains the network it is given (``net``) with the paper's recipe, or yours.
 
     Args:
-        arch: the paper's network by name (``mnist``, ``fashion_mnist``, ``cifar10``, ``nmnist``,
-            ``cifar10dvs``, ``dvs_gesture``); ignored when ``net`` is given.
         net: any ``torch.nn.Module`` mapping a batch's input to class scores ``[T, N, classes]`` (or
-            rates ``[N, classes]``), e.g. ``SpikingNet(layers=...)`` or your own class, by
-            ``class_path`` in a config. Its neurons are found by the callbacks (state reset, tau,
-            firing rates) wherever they sit.
-        classes: the number of classes, for ``net`` (default: ``net.classes``).
-        neuron: ``plif`` (learnable tau), ``lif`` (fixed tau), ``if`` (no leak), a plug-in's name or
-            class path, or a ``class_path`` with ``init_args`` (see :func:`plifnet.neurons.neuron_factory`).
-        tau: the initial tau of PLIF, the fixed tau of LIF (must be > 1).
-        v_threshold, v_reset, detach_reset, decay_input, per_channel: see :class:`plifnet.neurons.PLIF`;
-            ``v_reset: null`` selects the soft reset.
-        surrogate, surrogate_alpha: the surrogate gradient by name (or ``class_path``) and its alpha
-            (None: its default).
-        variant: ``code`` (the authors' code, default) or ``paper`` (the paper's table).
-        time_steps: T for static images (None: the paper's T for ``arch``).
-        dropout: probability of every dropout layer.
+            rates ``[N, classes]``): one of the paper's networks (``SpikingNet.paper("mnist")``; in a config
+            ``class_path: plifnet.models.SpikingNet.paper``), ``SpikingNet(layers)``, a peer's network through
+            an adapter, a NIR graph (:class:`plifnet.nir.NIRNet`) or your own class. Its neurons, and their
+            options, belong to it; the callbacks (state reset, tau, firing rates) find them wherever they sit.
+        classes: the number of classes (default: ``net.classes``).
         loss: ``rate_mse`` (the paper) or ``cross_entropy``.
         optimizer: the optimizer, given the parameter groups (LightningCLI's ``OptimizerCallable``: a
             ``class_path`` such as ``torch.optim.AdamW`` with its ``init_args``, or in Python
@@ -71,14 +56,6 @@ class SpikingClassifier(L.LightningModule):
         tau_lr, tau_weight_decay: the learning rate (None: the optimizer's) and weight decay (default 0,
             so that AdamW does not pull every tau back towards its initial value) of the parameter group
             that holds the neurons' time constants (PLIF's ``w``; a peer's, through the neuron contract).
-        lr, cosine_t_max: the recipe of plifnet's earlier versions (Adam's lr, the cosine's period, one
-            parameter group), which their configs and checkpoints name; not with optimizer/lr_scheduler.
-        backend: ``auto`` (the fused kernels of the device where installed; a neuron with hooks of its
-            own, compiled), ``reference`` (plain per-step PyTorch), ``compile``, ``cpu`` or ``triton``
-            (:data:`plifnet.options.BACKENDS`).
-        memory: what training keeps for backward (:data:`plifnet.models.MEMORY`): ``store`` (all),
-            ``first_block`` (the first block recomputed in backward in groups of channels: the event
-            networks' peak at about a third) or ``checkpoint`` (each block's input; every block recomputed).
         compile: compile the network with ``torch.compile`` (TorchInductor: C++ on the CPU, Triton on
             CUDA) before training; the fused kernels are custom operators, so no neuron breaks the graph.
             The parameters and checkpoints keep their names (``net.compile()``, not a wrapper), and
@@ -87,83 +64,39 @@ class SpikingClassifier(L.LightningModule):
 
     def __init__(
         self,
-        arch: str = "mnist",
-        neuron: str | Callable[[], nn.Module] = "plif",
-        tau: float = 2.0,
-        v_threshold: float = 1.0,
-        v_reset: float | None = 0.0,
-        detach_reset: bool = True,
-        decay_input: bool = True,
-        per_channel: bool = False,
-        surrogate: str | Surrogate = "atan",
-        surrogate_alpha: float | None = None,
-        variant: Literal["code", "paper"] = "code",
-        time_steps: int | None = None,
-        dropout: float = 0.5,
+        net: nn.Module,
+        classes: int | None = None,
         loss: Literal["rate_mse", "cross_entropy"] = "rate_mse",
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_interval: Literal["epoch", "step"] = "epoch",
         tau_lr: float | None = None,
         tau_weight_decay: float = 0.0,
-        lr: float | None = None,
-        cosine_t_max: int | None = None,
-        backend: Literal["auto", "reference", "compile", "cpu", "triton"] = "auto",
-        memory: Literal["store", "first_block", "checkpoint"] = "store",
         compile: bool = False,
-        net: nn.Module | None = None,
-        classes: int | None = None,
     ):
         super().__init__()
-        # Objects (a network, a neuron factory, a surrogate instance) would need pickled code in a
-        # checkpoint. Under plifnet's CLI, Lightning records their class_path config instead (its "given"
-        # hyperparameters), which rebuilds them; built in a script, they are left out and passed
-        # again to load_from_checkpoint.
+        # Objects (a network, an optimizer's partial) would need pickled code in a checkpoint. Under plifnet's
+        # CLI, Lightning records their class_path config instead (its "given" hyperparameters), which rebuilds
+        # them; built in a script, they are left out and passed again to load_from_checkpoint.
         objects = [
             name
-            for name, value in (
-                ("net", net),
-                ("neuron", neuron),
-                ("surrogate", surrogate),
-                ("optimizer", optimizer),
-                ("lr_scheduler", lr_scheduler),
-            )
+            for name, value in (("net", net), ("optimizer", optimizer), ("lr_scheduler", lr_scheduler))
             if value is not None and not isinstance(value, str)
         ]
-        if (optimizer is not None and lr is not None) or (lr_scheduler is not None and cosine_t_max is not None):
+        if isinstance(net, dict):  # a checkpoint's config of the network, loaded without LightningCLI's instantiator
             raise ValueError(
-                "lr and cosine_t_max set the earlier versions' Adam and cosine schedule: with optimizer and "
-                "lr_scheduler give them there (--model.optimizer.lr, --model.lr_scheduler.T_max)"
+                f"net is a configuration ({net.get('class_path', 'no class_path')}), not a network: load this "
+                f"checkpoint with plifnet test/export (which build it), or pass net= to load_from_checkpoint"
             )
         if lr_interval not in ("epoch", "step"):
             raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.save_hyperparameters(ignore=[] if CLI_RECORDS_CONFIG.get() else objects)
-        if net is None:
-            options = NeuronOptions(
-                tau=tau,
-                v_threshold=v_threshold,
-                v_reset=v_reset,
-                detach_reset=detach_reset,
-                decay_input=decay_input,
-                surrogate=make_surrogate(surrogate, surrogate_alpha),
-                per_channel=per_channel,
-                backend=backend,
-            )
-            net = SpikingNet(
-                arch,
-                neuron=neuron_factory(neuron, options=options),
-                variant=variant,
-                dropout=dropout,
-                time_steps=time_steps,
-                backend=backend,
-                memory=memory,
-            )
         if compile and getattr(net, "memory", "store") != "store":
             raise ValueError(
                 f"compile and memory {net.memory!r} do not combine: torch.compile cannot trace the "
                 "recomputation (its BatchNorm-statistics context); choose one (--model.compile false, or "
-                "--model.memory store)"
+                "--model.net.memory store)"
             )
         self.net = net
         self._compiled = False
@@ -354,40 +287,33 @@ class SpikingClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         """The optimizer over two parameter groups, the neurons' time constants (``tau_lr``,
-        ``tau_weight_decay``) and everything else, and its schedule. A model of an earlier version
-        (``lr``/``cosine_t_max`` set) keeps its one group, so that its optimizer state resumes."""
+        ``tau_weight_decay``) and everything else, and its schedule."""
         hp = self.hparams
-        legacy = hp.get("lr") is not None or hp.get("cosine_t_max") is not None
-        if legacy:
-            groups = [{"params": list(self.parameters())}]
-        else:
-            own = {id(p) for p in self.parameters()}
-            taus = {
-                id(p): p
-                for module in contract.neurons(self.net).values()
-                for p in contract.tau_parameters(module)
-                if id(p) in own
-            }
-            groups = [{"params": [p for p in self.parameters() if id(p) not in taus]}]
-            if taus:
-                groups.append(
-                    {
-                        "params": list(taus.values()),
-                        "weight_decay": hp.tau_weight_decay,
-                        **({"lr": hp.tau_lr} if hp.tau_lr is not None else {}),
-                    }
-                )
+        own = {id(p) for p in self.parameters()}
+        taus = {
+            id(p): p
+            for module in contract.neurons(self.net).values()
+            for p in contract.tau_parameters(module)
+            if id(p) in own
+        }
+        groups = [{"params": [p for p in self.parameters() if id(p) not in taus]}]
+        if taus:
+            groups.append(
+                {
+                    "params": list(taus.values()),
+                    "weight_decay": hp.tau_weight_decay,
+                    **({"lr": hp.tau_lr} if hp.tau_lr is not None else {}),
+                }
+            )
         # fused: one pass over each parameter instead of one kernel per operation and temporaries
         # (MNIST network on the CPU: 8 ms instead of 34 per step)
-        optimizer = (
-            self.optimizer or partial(torch.optim.Adam, lr=1e-3 if hp.get("lr") is None else hp.lr, fused=True)
-        )(groups)
-        if self.lr_scheduler is None:
-            t_max = 64 if hp.get("cosine_t_max") is None else hp.cosine_t_max
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
-        else:
-            scheduler = self.lr_scheduler(optimizer)
-        config = {"scheduler": scheduler, "interval": "epoch" if legacy else hp.lr_interval}
+        optimizer = (self.optimizer or partial(torch.optim.Adam, lr=1e-3, fused=True))(groups)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=64)
+            if self.lr_scheduler is None
+            else self.lr_scheduler(optimizer)
+        )
+        config = {"scheduler": scheduler, "interval": hp.lr_interval}
         if isinstance(scheduler, CosineToEnd):
             trainer = compat.attached_trainer(self)
             if trainer is None:

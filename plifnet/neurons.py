@@ -376,8 +376,8 @@ def neuron_factory(
     * any other ``nn.Module`` class gets those fields of the options (and ``channels``) that its
       ``__init__`` names, or all of them where it takes ``**kwargs``.
 
-    ``kind`` may also be a ready factory taking no arguments (what a ``class_path`` with ``init_args``
-    in a config gives), called as it is. Bad values and bad plug-ins fail here, before any layer is built.
+    ``kind`` may also be a ready factory: of no arguments (what a ``class_path`` with ``init_args`` in a
+    config gives), called as it is, or of one, ``make(channels)``, called with the layer's width. Bad values and bad plug-ins fail here, before any layer is built.
 
     The protocol a neuron follows (:mod:`plifnet.contract`): a ``torch.nn.Module`` mapping
     ``[T, N, ...]`` to spikes ``[T, N, ...]``, optionally ``forward(x [N, ...], time_steps=T)`` for a
@@ -406,10 +406,10 @@ def neuron_factory(
             given = dict(options.as_dict(), channels=channels)
             return cls(**(given if accepted is None else {k: v for k, v in given.items() if k in accepted}))
     elif callable(kind):
-        factory = kind
+        factory, takes_channels = kind, _required_positional(kind) == 1
 
         def build(channels: int) -> nn.Module:
-            return factory()
+            return factory(channels) if takes_channels else factory()
     else:
         raise TypeError(f"neuron must be a name, a class or a factory, got {kind!r}")
 
@@ -430,7 +430,18 @@ def neuron_factory(
         return neuron
 
     make(1)  # validate the options once (e.g. v_reset >= v_threshold) before any network is built
+    make.options = options  # what SpikingNet(neuron=...) reads: these layers' options (and backend)
     return make
+
+
+def _required_positional(function) -> int:
+    """How many positional arguments ``function`` needs: 1 for ``make(channels)``, 0 for a config's
+    ``class_path`` with ``init_args`` (a factory of no arguments)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
 
 
 def _parameters(cls: type) -> set[str] | None:

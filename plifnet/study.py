@@ -10,7 +10,7 @@ or as one SLURM array task per setting, then gather the results into one folder.
 
 A setting is a name and a set of ``plifnet fit`` overrides. ``--grid plif:2 lif:16`` is the shorthand for the
 paper's neuron x tau settings (default: PLIF tau0 in {2, 16}, LIF tau in {2, 16});
-``--setting NAME "OVERRIDES"`` adds any other (``--setting alif "--model.neuron alif --model.tau 2"``);
+``--setting NAME "OVERRIDES"`` adds any other (``--setting alif "--model.net.neuron alif --model.net.options.tau 2"``);
 ``--settings study.yaml`` reads named settings and/or a product of axes (``study.yaml`` in the README).
 Every setting and seed (``--seeds``) is one task: one ``plifnet fit`` process with its overrides and
 ``--seed_everything``, everything after ``--`` passed on unchanged (budget, data root, logger, a DDP or
@@ -63,6 +63,9 @@ GRID = ("plif:2", "plif:16", "lif:2", "lif:16")
 SILENT = 1e-4  # a layer's validation firing rate below this is silent (FiringRateMonitor's default warning level)
 
 
+NEURON, TAU = "--model.net.neuron", "--model.net.options.tau"  # the options of the grid's shorthand NEURON:TAU
+
+
 @dataclass(frozen=True)
 class Setting:
     """One task of a study: a named set of ``plifnet fit`` overrides, run with one seed."""
@@ -80,13 +83,13 @@ class Setting:
     def title(self) -> str:
         return self.label or self.name
 
-    def option(self, key: str) -> str | None:
-        """The value the overrides give ``--model.<key>`` (the last one), or None."""
+    def option(self, name: str) -> str | None:
+        """The value the overrides give the option ``name`` (:data:`NEURON`, :data:`TAU`; the last one), or None."""
         value = None
         for i, arg in enumerate(self.overrides):
-            if arg == f"--model.{key}" and i + 1 < len(self.overrides):
+            if arg == name and i + 1 < len(self.overrides):
                 value = self.overrides[i + 1]
-            elif arg.startswith(f"--model.{key}="):
+            elif arg.startswith(f"{name}="):
                 value = arg.partition("=")[2]
         return value
 
@@ -98,7 +101,7 @@ def checked_name(name: str) -> str:
 
 
 def parse_grid(grid: list[str], seeds: list[int]) -> list[Setting]:
-    """The shorthand ``NEURON:TAU`` (``plif:2``): ``--model.neuron NEURON --model.tau TAU``."""
+    """The shorthand ``NEURON:TAU`` (``plif:2``): ``--model.net.neuron NEURON --model.net.options.tau TAU``."""
     settings = []
     for item in grid:
         neuron, _, tau = item.partition(":")
@@ -110,8 +113,7 @@ def parse_grid(grid: list[str], seeds: list[int]) -> list[Setting]:
             raise SystemExit(f"error: grid entry {item!r}: tau {tau!r} is not a number") from None
         label = f"{neuron.upper()} tau{'0' if neuron == 'plif' else ''}={value:g}"
         settings += [
-            Setting(f"{neuron}_tau{value:g}", ("--model.neuron", neuron, "--model.tau", f"{value:g}"), seed, label)
-            for seed in seeds
+            Setting(f"{neuron}_tau{value:g}", (NEURON, neuron, TAU, f"{value:g}"), seed, label) for seed in seeds
         ]
     return settings
 
@@ -162,7 +164,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_settings_file(path: Path, seeds: list[int]) -> list[Setting]:
-    """A YAML file of ``settings`` (name: overrides), ``axes`` (a product: ``model.tau: [2, 16]``, every
+    """A YAML file of ``settings`` (name: overrides), ``axes`` (a product: ``model.net.options.tau: [2, 16]``, every
     combination one setting named after its values, ``plif_tau2``) and ``seeds`` (replacing ``--seeds``)."""
     try:
         spec = yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader) or {}
@@ -221,7 +223,7 @@ def fit_command(setting: Setting, configs: list[str], passed_on: list[str], fold
 def wandb_environment(setting: Setting, study: str) -> dict[str, str]:
     """What wandb reads when the logger leaves them unset: the study as the group, the setting as the
     run's name, its neuron as the job type, and tags for neuron, tau and seed."""
-    neuron, tau = setting.option("neuron"), setting.option("tau")
+    neuron, tau = setting.option(NEURON), setting.option(TAU)
     tags = [tag for tag in (neuron and f"neuron={neuron}", tau and f"tau={tau}", f"seed={setting.seed}") if tag]
     return {
         "WANDB_RUN_GROUP": study,
@@ -416,9 +418,7 @@ def report(out: Path, settings: list[Setting]) -> str:
     def final_tau(setting, result, layer):
         if layer in result["tau"]:
             return f"{result['tau'][layer][-1]:.3f}"
-        return (
-            f"{setting.option('tau')} (fixed)" if setting.option("neuron") == "lif" and setting.option("tau") else "-"
-        )
+        return f"{setting.option(TAU)} (fixed)" if setting.option(NEURON) == "lif" and setting.option(TAU) else "-"
 
     def duration(seconds):
         return "-" if seconds is None else f"{seconds / 60:.1f} min"
@@ -487,9 +487,9 @@ def report(out: Path, settings: list[Setting]) -> str:
     write_atomically(out / "test_acc.png", lambda path: plots.test_accuracy(curves, path))
     trajectories = {f"{s.title}, seed {s.seed}": (r["tau_steps"], r["tau"]) for s, r in results.items() if r["tau"]}
     fixed = {
-        f"{s.title}, seed {s.seed}": float(s.option("tau"))
+        f"{s.title}, seed {s.seed}": float(s.option(TAU))
         for s, r in results.items()
-        if not r["tau"] and s.option("neuron") == "lif" and s.option("tau")
+        if not r["tau"] and s.option(NEURON) == "lif" and s.option(TAU)
     }
     write_atomically(out / "tau.png", lambda path: plots.tau_per_layer(layers, trajectories, fixed, path))
     return table
@@ -563,7 +563,7 @@ def run_study(argv: list[str]) -> None:
         action="append",
         default=[],
         metavar=("NAME", "OVERRIDES"),
-        help='a named set of plifnet fit overrides, e.g. --setting alif "--model.neuron alif" (repeatable)',
+        help='a named set of plifnet fit overrides, e.g. --setting alif "--model.net.neuron alif" (repeatable)',
     )
     parser.add_argument("--settings", type=Path, help="a YAML file of settings and/or axes (and seeds)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[2020], help="one run per seed per setting")

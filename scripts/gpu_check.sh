@@ -59,7 +59,7 @@ if not Path(sys.argv[1], "test").is_dir():
     make_image_folder(Path(sys.argv[1]), per_class=20, test_per_class=4)
 EOF
 FIT=(cli.py fit --config configs/mnist.yaml --data.root "$DATA" --data.num_workers 0 --data.batch_size 8
-     --model.time_steps 4 --trainer.max_epochs 1 --trainer.limit_train_batches 6 --trainer.limit_val_batches 2
+     --model.net.time_steps 4 --trainer.max_epochs 1 --trainer.limit_train_batches 6 --trainer.limit_val_batches 2
      --trainer.default_root_dir "$LOGS/runs"
      --trainer.accelerator "$([ "$DEVICE" = cuda ] && echo gpu || echo cpu)")
 

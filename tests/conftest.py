@@ -145,3 +145,17 @@ def example_plugin():
     import plifnet_example
 
     return plifnet_example
+
+
+def paper_net(arch: str, time_steps: int) -> dict:
+    """The config of ``SpikingNet.paper(arch, time_steps=...)`` as plifnet fit records it in a checkpoint."""
+    return {"class_path": "plifnet.models.SpikingNet.paper", "init_args": {"arch": arch, "time_steps": time_steps}}
+
+
+def record_network(path: Path, net: dict) -> Path:
+    """A checkpoint saved from a script (whose network, an object, is not among its hyperparameters) given the
+    network's config as plifnet fit records it, so that the CLI and the exporter rebuild that network."""
+    state = torch.load(path, weights_only=True)
+    state["hyper_parameters"].update(net=net, _instantiator="lightning.pytorch.cli.instantiate_module")
+    torch.save(state, path)
+    return path

@@ -4,6 +4,7 @@ import csv
 import io
 import re
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -16,8 +17,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from plifnet.callbacks import FiringRateMonitor, ProgressBar, ResetState, TauMonitor, exact_sum
 from plifnet.data.static import StaticDataModule
+from plifnet.models import SpikingNet
 from plifnet.module import SpikingClassifier
 from plifnet.neurons import IF, PLIF
+from plifnet.options import NeuronOptions
 
 # --- ResetState ----------------------------------------------------------------------------------
 
@@ -128,7 +131,9 @@ def is_png(path: Path) -> bool:
 def test_tau_monitor_logs_every_plif_layer(kind, tiny_digits, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    model = SpikingClassifier("mnist", time_steps=2, lr=0.05)  # a large lr so that tau visibly moves
+    model = SpikingClassifier(
+        SpikingNet.paper("mnist", time_steps=2), optimizer=partial(torch.optim.Adam, lr=0.05)
+    )  # a large lr so that tau visibly moves
     dm = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0)
     probe = TauProbe()
     trainer_ = L.Trainer(
@@ -190,7 +195,10 @@ def test_tau_monitor_logs_every_plif_layer(kind, tiny_digits, tmp_path, monkeypa
 
 
 def test_per_channel_tau_logs_mean_min_max(tiny_digits, tmp_path):
-    model = SpikingClassifier("mnist", time_steps=2, per_channel=True, lr=0.05)
+    model = SpikingClassifier(
+        SpikingNet.paper("mnist", time_steps=2, options=NeuronOptions(per_channel=True)),
+        optimizer=partial(torch.optim.Adam, lr=0.05),
+    )
     dm = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0, val_fraction=0)
     trainer_ = L.Trainer(
         max_epochs=1,
@@ -271,7 +279,7 @@ def test_firing_rates_match_a_direct_count(tmp_path):
 
 def test_monitors_keep_no_activations(tiny_digits, tmp_path):
     monitor = FiringRateMonitor()
-    model = SpikingClassifier("mnist", time_steps=2)
+    model = SpikingClassifier(SpikingNet.paper("mnist", time_steps=2))
     dm = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0)
     L.Trainer(
         logger=CSVLogger(tmp_path), callbacks=[monitor], enable_progress_bar=False, enable_model_summary=False
@@ -287,7 +295,7 @@ def test_the_progress_bar_is_one_line_of_an_80_column_terminal(tiny_digits, tmp_
     validation accuracy, without wrapping at 80 columns (Lightning's own bar took 4 lines there)."""
     console = io.StringIO()
     bar = ProgressBar(console_kwargs={"file": console, "force_terminal": True, "width": 80, "color_system": None})
-    model = SpikingClassifier("mnist", time_steps=2)
+    model = SpikingClassifier(SpikingNet.paper("mnist", time_steps=2))
     data = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0)
     trainer = L.Trainer(
         max_epochs=1024,

@@ -17,7 +17,8 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, paper_net, record_network
+from plifnet.models import SpikingNet
 from plifnet.module import SpikingClassifier
 
 QUICK = [
@@ -27,7 +28,7 @@ QUICK = [
     "0",
     "--data.batch_size",
     "4",
-    "--model.time_steps",
+    "--model.net.time_steps",
     "1",
     "--trainer.limit_train_batches",
     "2",
@@ -99,10 +100,14 @@ def test_ckpt_path_last_skips_unreadable_checkpoints_and_refuses_when_there_is_n
 
     folder = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints"
     folder.mkdir(parents=True)
-    step = save(SpikingClassifier("mnist", time_steps=1), folder / "step0000004.ckpt")
+    step = save(SpikingClassifier(SpikingNet.paper("mnist", time_steps=1)), folder / "step0000004.ckpt")
     (folder / "last.ckpt").write_bytes(step.read_bytes()[:100_000])  # newer, and truncated
     (folder / "epoch005.ckpt").write_bytes(b"")  # newer, and empty
-    best = save(SpikingClassifier("mnist", time_steps=1), folder / "epoch006-acc0.5000.ckpt", weights_only=True)
+    best = save(
+        SpikingClassifier(SpikingNet.paper("mnist", time_steps=1)),
+        folder / "epoch006-acc0.5000.ckpt",
+        weights_only=True,
+    )
     os.utime(folder / "last.ckpt", (time.time() + 5,) * 2)
     os.utime(folder / "epoch005.ckpt", (time.time() + 10,) * 2)
     os.utime(best, (time.time() + 15,) * 2)  # newest, readable, and no state to resume: passed over without a word
@@ -227,8 +232,12 @@ def test_checkpoint_urls_run_no_code_and_are_cached_by_the_whole_url(run_cli, tm
     torch.save(
         {"pytorch-lightning_version": "2.6.0", "state_dict": {}, "payload": Payload()}, served / "evil" / "model.ckpt"
     )
-    save(SpikingClassifier("mnist", time_steps=1), served / "a" / "model.ckpt")
-    save(SpikingClassifier("cifar10", time_steps=1), served / "b" / "model.ckpt")  # same file name, other network
+    record_network(
+        save(SpikingClassifier(SpikingNet.paper("mnist", time_steps=1)), served / "a" / "model.ckpt"),
+        paper_net("mnist", 1),
+    )
+    cifar = save(SpikingClassifier(SpikingNet.paper("cifar10", time_steps=1)), served / "b" / "model.ckpt")
+    record_network(cifar, paper_net("cifar10", 1))  # same file name, other network
     server = Server(served)
     env = {"TORCH_HOME": str(tmp_path / "torch_home")}
     try:
@@ -268,14 +277,16 @@ def test_checkpoint_urls_run_no_code_and_are_cached_by_the_whole_url(run_cli, tm
         )
         # the second URL's own file (a CIFAR-10 network), not the first one's cached under the same name
         assert second.returncode != 0
-        assert "the cifar10 network takes [N, C, H, W] images with C, H, W = 3, 32, 32" in second.stderr
+        assert (
+            "was trained with model.net.arch 'cifar10', and a --config file of this run sets 'mnist'" in second.stderr
+        )
 
         # in a script: load_from_checkpoint of a URL reads with weights_only too
         os.environ["TORCH_HOME"] = env["TORCH_HOME"]
         with pytest.raises(Exception, match="would run code|Weights only load failed"):
             SpikingClassifier.load_from_checkpoint(f"{server.url}/evil/model.ckpt")
         assert not (tmp_path / "pwned").exists()
-        assert SpikingClassifier.load_from_checkpoint(f"{server.url}/b/model.ckpt").hparams.arch == "cifar10"
+        assert SpikingClassifier.load_from_checkpoint(f"{server.url}/b/model.ckpt").net.arch_name == "cifar10"
     finally:
         os.environ.pop("TORCH_HOME", None)
         server.close()

@@ -61,7 +61,7 @@ def test_a_compiled_network_gives_the_eager_spikes_and_gradients_without_graph_b
     x = torch.rand(4, 1, 28, 28)
     if network == "mnist":  # PLIF's fused kernel and the fused max-pooling
         assert kernels.available("cpu")
-        net = SpikingNet("mnist", time_steps=2)
+        net = SpikingNet.paper("mnist", time_steps=2)
     else:  # ALIF's own hooks, traced into the network's graph
         net = SpikingNet(
             layers="c8 p f100",
@@ -82,7 +82,7 @@ def test_every_paper_network_compiles_into_one_graph_with_the_eager_spikes_and_g
     torch._dynamo.reset()
     torch.manual_seed(0)
     x = paper_input(arch)
-    net = active_network(SpikingNet(arch, time_steps=2), x)
+    net = active_network(SpikingNet.paper(arch, time_steps=2), x)
     (eager, compiled), explained = eager_and_compiled(net, x, backend="aot_eager")
     assert explained.graph_break_count == 0 and explained.graph_count == 1
     assert_same(eager, compiled)
@@ -126,7 +126,7 @@ def test_model_compile_trains_and_validates_as_the_eager_network(run_cli, tiny_d
         "0",
         "--data.batch_size",
         "8",
-        "--model.time_steps",
+        "--model.net.time_steps",
         "2",
         "--trainer.logger",
         "CSVLogger",
@@ -156,7 +156,9 @@ def test_model_compile_trains_and_validates_as_the_eager_network(run_cli, tiny_d
     assert any(r.get("tau/conv1") and float(r["tau/conv1"]) != 2.0 for r in fitted)  # trained
     ckpt = runs / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True)["state_dict"]
-    assert {k.removeprefix("net.") for k in state if k.startswith("net.")} == set(SpikingNet("mnist").state_dict())
+    assert {k.removeprefix("net.") for k in state if k.startswith("net.")} == set(
+        SpikingNet.paper("mnist").state_dict()
+    )
 
     results = []
     for given in ([], ["--model.compile", "true"]):  # each validation writes the run's <run>/validate/, the latest kept

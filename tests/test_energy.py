@@ -80,9 +80,9 @@ def test_sops_of_every_layer_equal_a_brute_force_count(case):
     if case == "borders":
         model, x = BorderNet(), (torch.rand(5, 3, 2, 13, 13) < 0.4).float()  # binary events: conv1 is spike-fed too
     else:
-        shape = SpikingNet(case).input_shape
+        shape = SpikingNet.paper(case).input_shape
         x = torch.randn(3, *shape) if case == "mnist" else torch.poisson(torch.full((6, 3, *shape), 0.3))
-        model = active_network(SpikingNet(case), x)  # every layer fires
+        model = active_network(SpikingNet.paper(case), x)  # every layer fires
     report = estimate(model, x)
     inputs = recorded_inputs(model, x)
     assert [row.name for row in report.layers] == list(inputs)
@@ -124,7 +124,7 @@ def test_a_layer_counts_as_spike_fed_exactly_when_every_input_is_0_or_1(dtype, o
 
 
 def test_dense_macs_are_those_of_the_paper_network():
-    report = estimate(SpikingNet("mnist"), torch.randn(2, 1, 28, 28))
+    report = estimate(SpikingNet.paper("mnist"), torch.randn(2, 1, 28, 28))
     assert [row.macs for row in report.layers] == [
         128 * 28 * 28 * 1 * 9,
         128 * 14 * 14 * 128 * 9,
@@ -137,7 +137,7 @@ def test_dense_macs_are_those_of_the_paper_network():
 
 
 def test_technology_tables_and_errors():
-    model, x = SpikingNet("mnist"), torch.randn(2, 1, 28, 28)
+    model, x = SpikingNet.paper("mnist"), torch.randn(2, 1, 28, 28)
     fp32, int8 = estimate(model, x), estimate(model, x, "45nm_int8")
     custom = estimate(model, x, (2.0, 1.0))
     assert int8.sops == fp32.sops
@@ -155,7 +155,7 @@ def test_technology_tables_and_errors():
 
 def test_callback_logs_writes_energy_csv_and_prints_totals_on_test(tiny_digits, tmp_path, capsys):
     data = StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0, val_fraction=0.0)
-    model = SpikingClassifier("mnist")
+    model = SpikingClassifier(SpikingNet.paper("mnist"))
     callback = SynapticOps()
     trainer = L.Trainer(
         default_root_dir=tmp_path,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import active_network
+from conftest import active_network, paper_net, record_network
 from plifnet import ARCHS, SpikingNet, neuron_factory
 from plifnet.export import from_nir, main as export_main, to_nir
 from plifnet.neurons import BaseNode
@@ -129,7 +129,7 @@ def assert_same_spikes(expected: list, got: list):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_each_paper_network_round_trips_through_a_file_with_equal_spikes(arch, tmp_path):
     x = sample_input(arch).double()
-    net = active_network(SpikingNet(arch).double(), x)
+    net = active_network(SpikingNet.paper(arch).double(), x)
     path = tmp_path / f"{arch}.nir"
     nir.write(path, to_nir(net, dtype=np.float64))
     back = from_nir(path)
@@ -143,7 +143,7 @@ def test_each_paper_network_round_trips_through_a_file_with_equal_spikes(arch, t
 @pytest.mark.parametrize("arch", ["mnist", "nmnist"])
 def test_an_independent_nir_runner_gives_the_same_spikes(arch):
     x = sample_input(arch).double()
-    net = active_network(SpikingNet(arch).double(), x)
+    net = active_network(SpikingNet.paper(arch).double(), x)
     graph = to_nir(net, dtype=np.float64)
     assert [type(node).__name__ for node in graph.nodes.values()] == [
         "Input",
@@ -204,7 +204,7 @@ def test_every_neuron_variant_exports_exactly(neuron, tmp_path):
 
 
 def test_what_has_no_nir_form_is_refused_by_name():
-    soft = SpikingNet("mnist", neuron=neuron_factory("plif", v_reset=None)).eval()
+    soft = SpikingNet.paper("mnist", neuron=neuron_factory("plif", v_reset=None)).eval()
     with pytest.raises(ValueError, match="conv1: the soft reset .* has no NIR form"):
         to_nir(soft)
 
@@ -215,16 +215,16 @@ def test_what_has_no_nir_form_is_refused_by_name():
         def step(self, state, x, k):
             return super().step(state, x, k)
 
-    plugin = SpikingNet("mnist", neuron=lambda channels: Adaptive()).eval()
+    plugin = SpikingNet.paper("mnist", neuron=lambda channels: Adaptive()).eval()
     with pytest.raises(
         ValueError, match=r"conv1: neuron Adaptive overrides the step \(step\): its own equations have no NIR form"
     ):
         to_nir(plugin)
     with pytest.raises(ValueError, match="eval mode"):
-        to_nir(SpikingNet("mnist"))
+        to_nir(SpikingNet.paper("mnist"))
     with pytest.raises(ValueError, match="SpikingNet networks and networks whose layers form one nn.Sequential"):
         to_nir(nn.Linear(2, 2).eval())
-    graph = to_nir(SpikingNet("mnist").eval())
+    graph = to_nir(SpikingNet.paper("mnist").eval())
     graph.nodes["conv1_lif"] = nir.CubaLIF(
         tau_syn=np.ones(1), tau_mem=np.full(1, 2.0), r=np.ones(1), v_leak=np.zeros(1), v_threshold=np.ones(1)
     )
@@ -233,7 +233,7 @@ def test_what_has_no_nir_form_is_refused_by_name():
 
 
 def test_graph_metadata_and_float32_file(tmp_path):
-    net = SpikingNet("nmnist").eval()
+    net = SpikingNet.paper("nmnist").eval()
     path = tmp_path / "n.nir"
     nir.write(path, to_nir(net, time_steps=12))
     graph = nir.read(path)
@@ -251,10 +251,11 @@ def test_export_command_writes_a_file_and_refuses_a_bad_checkpoint(tmp_path, cap
 
     from plifnet import SpikingClassifier
 
-    model = SpikingClassifier(arch="mnist")
+    model = SpikingClassifier(SpikingNet.paper("mnist"))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
+    record_network(tmp_path / "m.ckpt", paper_net("mnist", 8))
     out = export_main(["--ckpt_path", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "out" / "m.nir")])
     assert out.is_file() and "wrote" in capsys.readouterr().err
     graph = nir.read(out)
@@ -321,7 +322,7 @@ def test_a_trained_mnist_network_agrees_on_1000_real_test_images(shared_datasets
     from plifnet.data.static import StaticDataModule
 
     data = StaticDataModule("mnist", root=str(shared_datasets), num_workers=0, batch_size=16)
-    model = SpikingClassifier("mnist")
+    model = SpikingClassifier(SpikingNet.paper("mnist"))
     trainer = L.Trainer(
         max_steps=60,
         limit_val_batches=0,
@@ -332,6 +333,7 @@ def test_a_trained_mnist_network_agrees_on_1000_real_test_images(shared_datasets
     )
     trainer.fit(model, data)
     trainer.save_checkpoint(tmp_path / "mnist.ckpt")
+    record_network(tmp_path / "mnist.ckpt", paper_net("mnist", 8))
     for dtype in ("float32", "float64"):
         export_main(
             [
@@ -392,7 +394,7 @@ def test_an_nmnist_network_on_generated_recordings_exports_exactly(tmp_path):
     )
     data.setup("test")
     frames = torch.stack([data.test_set[i][0] for i in range(len(data.test_set))], dim=1)  # [T, N, 2, 34, 34]
-    net = active_network(SpikingNet("nmnist").double(), frames.double())
+    net = active_network(SpikingNet.paper("nmnist").double(), frames.double())
     nir.write(tmp_path / "nmnist.nir", to_nir(net, dtype=np.float64))
     results = compare_on(net, tmp_path / "nmnist.nir", frames, torch.float64)
     counts, predictions = results["plifnet"]

@@ -1,6 +1,7 @@
 """Failures: a NaN loss stops the run and keeps the checkpoints; bad input gets a clear error."""
 
 import csv
+import functools
 import os
 import re
 import shlex
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import ROOT, make_image_folder
 from plifnet.callbacks import StopOnNonFinite
+from plifnet.models import SpikingNet
 from plifnet.module import SpikingClassifier
 
 
@@ -28,7 +30,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path
             return loss * float("nan") if self.global_step == 6 else loss
 
     x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
-    model = DivergesAtStep6("mnist", time_steps=2)
+    model = DivergesAtStep6(SpikingNet.paper("mnist", time_steps=2))
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=0, save_last=True)
     trainer = L.Trainer(
         max_epochs=1,
@@ -69,7 +71,7 @@ OWN_NET = [
     "--trainer.limit_val_batches",
     "1",
 ]  # for a --model.net of one's own
-BASE = [*OWN_NET, "--model.time_steps", "1"]  # the paper's network at T = 1
+BASE = [*OWN_NET, "--model.net.time_steps", "1"]  # the paper's network at T = 1
 
 CHOOSE = "give a class path (package.module.Class), or install a package that declares it in the entry-point group"
 BAD_INPUTS = {  # what is wrong: (extra arguments, the one line it must print; {empty}: an empty folder)
@@ -78,26 +80,26 @@ BAD_INPUTS = {  # what is wrong: (extra arguments, the one line it must print; {
         "error: unrecognized arguments: --model.tua 16. Accepted options: plifnet fit --help",
     ),
     "unknown neuron": (
-        ["--model.neuron", "alfi"],
+        ["--model.net.neuron", "alfi"],
         f"error: bad configuration value: unknown neuron 'alfi'; choose one of ['alif', 'if', 'lif', "
         f"'plif'], {CHOOSE} 'plifnet.neurons'",
     ),
     "unknown surrogate": (
-        ["--model.surrogate", "tanh"],
+        ["--model.net.options.surrogate", "tanh"],
         f"error: bad configuration value: unknown surrogate 'tanh'; choose one of ['atan', "
         f"'fast_sigmoid', 'gaussian', 'piecewise_quadratic', 'rectangle', 'sigmoid'], {CHOOSE} "
         f"'plifnet.surrogates'",
     ),
     "tau <= 1": (
-        ["--model.tau", "1.0"],
+        ["--model.net.options.tau", "1.0"],
         "error: bad configuration value: tau must be > 1 (the leak k = 1/tau must lie in (0, 1)), got tau=1.0",
     ),
-    "T < 1": (["--model.time_steps", "0"], "error: bad configuration value: time_steps must be >= 1, got 0"),
+    "T < 1": (["--model.net.time_steps", "0"], "error: bad configuration value: time_steps must be >= 1, got 0"),
     "CIFAR-10 images into the MNIST network": (
         ["--data.dataset", "cifar10"],
         "error: the mnist network takes [N, C, H, W] images with C, H, W = 1, "
         "28, 28; got shape (1, 3, 32, 32). Check that the data module matches "
-        "the network (--model.arch).",
+        "the network (--model.net).",
     ),
     "empty data folder": (
         ["--data.root", "{empty}"],
@@ -126,10 +128,9 @@ BAD_INPUTS = {  # what is wrong: (extra arguments, the one line it must print; {
         ["--model.net", "plifnet.models.SpikingNet", "--model.net.layers", "c8x", "--model.net.classes", "10"],
         "error: bad layer token 'c8x' in 'c8x': use c<n>, p, d or f<n>",
     ),
-    "a model option that a network of one's own ignores": (
-        ["--model.net", "plifnet.models.SpikingNet", "--model.net.layers", "c8 p f100", "--model.neuron", "lif"],
-        "error: --model.neuron does nothing when --model.net gives the network; set it on the network "
-        "(--model.net.init_args.neuron, where its class takes it) or leave it out",
+    "an option that the network's class does not take": (
+        ["--model.net", "plifnet.models.SpikingNet", "--model.net.layers", "c8 p f100", "--model.net.arch", "mnist"],
+        "error: --model.net: plifnet.models.SpikingNet: Option 'arch' is not accepted. Accepted options: plifnet fit --help",
     ),
 }
 LIGHTNING_INFO = ("Seed set to ", "GPU available: ", "TPU available: ", "HPU available: ", "`Trainer(limit_")
@@ -209,15 +210,34 @@ def test_the_exporter_names_what_it_needs_reads_a_runs_own_config_and_keeps_a_ur
 
 
 def test_checkpoints_of_another_network_or_truncated_are_refused(run_cli, tmp_path, tiny_digits):
-    cifar = SpikingClassifier("cifar10", time_steps=1)
+    cifar = SpikingClassifier(SpikingNet.paper("cifar10", time_steps=1))
     trainer = L.Trainer(logger=False, max_epochs=0)
     trainer.strategy.connect(cifar)
-    trainer.save_checkpoint(tmp_path / "cifar.ckpt")
-    result = run_cli("test", *BASE, "--data.root", tiny_digits, "--ckpt_path", tmp_path / "cifar.ckpt", cwd=tmp_path)
-    # cli.py rebuilds the model from the checkpoint's hyperparameters, so the mismatch is named as such
+    trainer.save_checkpoint(tmp_path / "script.ckpt")
+    # a network built in a script is not among the hyperparameters: the run's config builds one, and the
+    # checkpoint's weights that do not fit it are named in one line
+    result = run_cli("test", *BASE, "--data.root", tiny_digits, "--ckpt_path", tmp_path / "script.ckpt", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     assert (
-        result.returncode != 0
-        and "the cifar10 network takes [N, C, H, W] images with C, H, W = 3, 32, 32" in result.stderr
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: the weights of checkpoint {tmp_path / 'script.ckpt'} do not fit this run's network "
+            f"(size mismatch for net.encoder.0.weight): give the configs that it was trained with"
+        )
+    )
+    checkpoint = torch.load(tmp_path / "script.ckpt", weights_only=True)  # as plifnet fit records the network
+    checkpoint["hyper_parameters"]["net"] = {
+        "class_path": "plifnet.models.SpikingNet.paper",
+        "init_args": {"arch": "cifar10", "time_steps": 1},
+    }
+    torch.save(checkpoint, tmp_path / "cifar.ckpt")
+    result = run_cli("test", *BASE, "--data.root", tiny_digits, "--ckpt_path", tmp_path / "cifar.ckpt", cwd=tmp_path)
+    # the checkpoint's network (which its hyperparameters would rebuild) is not the config's: named before any data
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        f"error: checkpoint {tmp_path / 'cifar.ckpt'} was trained with model.net.arch 'cifar10', and a --config file "
+        f"of this run sets 'mnist'" in result.stderr
     )
 
     truncated = tmp_path / "truncated.ckpt"
@@ -276,7 +296,7 @@ def test_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(run_cli, tm
         "0",
         "--data.batch_size",
         "4",
-        "--model.time_steps",
+        "--model.net.time_steps",
         "2",
         "--model.optimizer.lr",
         "0.01",
@@ -328,7 +348,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_readable(tmp_pa
     """A write that dies half-way (disk full, kill) must not replace the last good checkpoint."""
     from fsspec.implementations.local import LocalFileOpener
 
-    model = SpikingClassifier("mnist", time_steps=1)
+    model = SpikingClassifier(SpikingNet.paper("mnist", time_steps=1))
     trainer = L.Trainer(logger=False, max_epochs=0)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
@@ -365,7 +385,7 @@ def test_resume_is_exact_with_loader_workers_and_validation(run_cli, tmp_path, t
         "2",
         "--data.batch_size",
         "4",
-        "--model.time_steps",
+        "--model.net.time_steps",
         "2",
         "--model.optimizer.lr",
         "0.01",
@@ -521,7 +541,7 @@ def test_a_damaged_frames_cache_file_is_rebuilt_and_all_corrupt_recordings_stop_
 
 
 def test_a_checkpoint_of_a_non_finite_state_is_never_written(tmp_path):
-    model = SpikingClassifier("mnist", time_steps=1)
+    model = SpikingClassifier(SpikingNet.paper("mnist", time_steps=1))
     trainer = L.Trainer(logger=False, max_epochs=0, callbacks=[StopOnNonFinite()])
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "good.ckpt")
@@ -553,7 +573,7 @@ def test_resume_keeps_protocols_a_and_b(run_cli, tmp_path, tiny_digits):
         "0",
         "--data.batch_size",
         "17",
-        "--model.time_steps",
+        "--model.net.time_steps",
         "2",
         "--model.optimizer.lr",
         "0.01",
@@ -598,7 +618,7 @@ def uninterrupted(tmp_path_factory):
         "2",
         "--data.batch_size",
         "4",
-        "--model.time_steps",
+        "--model.net.time_steps",
         "2",
         "--model.optimizer.lr",
         "0.01",
@@ -692,7 +712,7 @@ def trained_checkpoint(tmp_path_factory):
         "0",
         "--data.batch_size",
         "4",
-        "--model.time_steps",
+        "--model.net.time_steps",
         "2",
         "--trainer.max_epochs",
         "1",
@@ -706,9 +726,9 @@ def trained_checkpoint(tmp_path_factory):
     return root, digits, root / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
-CRAFTED = {  # hyperparameter -> the value a crafted checkpoint gives it: each would call tempfile.mkdtemp
-    "neuron": "tempfile.mkdtemp",
-    "surrogate": "tempfile.mkdtemp",
+CRAFTED = {  # hyperparameter (a path into the network's config) -> the value a crafted checkpoint gives it:
+    "net.init_args.neuron": "tempfile.mkdtemp",  # each would call tempfile.mkdtemp
+    "net.init_args.options.surrogate": "tempfile.mkdtemp",
     "net": {"class_path": "tempfile.TemporaryDirectory", "init_args": {}},
 }
 
@@ -719,8 +739,9 @@ def crafted(checkpoint: Path, folder: Path, key: str, value) -> Path:
     if key == "data":  # what a data module would be rebuilt from
         state["datamodule_hyper_parameters"] = {"class_path": "tempfile.TemporaryDirectory"}
     else:
-        state["hyper_parameters"][key] = value
-    path = folder / f"crafted_{key}.ckpt"
+        *above, name = key.split(".")
+        functools.reduce(lambda tree, part: tree[part], above, state["hyper_parameters"])[name] = value
+    path = folder / f"crafted_{key.replace('.', '_')}.ckpt"
     torch.save(state, path)
     torch.load(path, weights_only=True)  # weights_only-clean
     return path
@@ -740,7 +761,7 @@ def test_a_checkpoint_that_names_code_runs_nothing(key, run_cli, trained_checkpo
     spy.mkdir()
     monkeypatch.setenv("TMPDIR", str(spy))
     monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
-    data = ["--data.root", digits, "--data.num_workers", "0", "--data.batch_size", "4", "--model.time_steps", "2"]
+    data = ["--data.root", digits, "--data.num_workers", "0", "--data.batch_size", "4", "--model.net.time_steps", "2"]
     runs = {
         "test": (
             None,
@@ -782,11 +803,11 @@ def test_a_checkpoint_that_names_code_runs_nothing(key, run_cli, trained_checkpo
         else:
             assert result.returncode == 1, (name, result.stderr[-3000:])
             assert "Traceback" not in result.stderr, result.stderr[-3000:]
-            fix = "--allow_class_path VALUE" if name == "export" else "--model.neuron VALUE"
+            fix = "--allow_class_path VALUE" if name == "export" else "--model.net.neuron VALUE"
             shown = CRAFTED[key] if isinstance(CRAFTED[key], str) else CRAFTED[key]["class_path"]
             where = key if isinstance(CRAFTED[key], str) else f"{key}.class_path"
             assert re.fullmatch(
-                rf"error: checkpoint .*crafted_{key}\.ckpt names code this run did not: hyperparameter "
+                rf"error: checkpoint .*crafted_{key.replace('.', '_')}\.ckpt names code this run did not: hyperparameter "
                 rf"{re.escape(where)} = '{re.escape(shown)}' is neither built in, a registered plug-in, an "
                 rf"installed package's entry point, nor given in this run, so plifnet does not import "
                 rf"it; .*{re.escape(fix)}.* to allow it",
@@ -797,7 +818,8 @@ def test_a_checkpoint_that_names_code_runs_nothing(key, run_cli, trained_checkpo
         SpikingClassifier.load_from_checkpoint(path)
     else:
         with pytest.raises(
-            ValueError, match=rf"hyperparameter {key}.* so plifnet does not import it; pass allow_class_paths"
+            ValueError,
+            match=rf"hyperparameter {re.escape(key)}.* so plifnet does not import it; pass allow_class_paths",
         ):
             SpikingClassifier.load_from_checkpoint(path)
     assert not list(spy.iterdir())
@@ -805,7 +827,7 @@ def test_a_checkpoint_that_names_code_runs_nothing(key, run_cli, trained_checkpo
 
 def test_a_named_class_must_be_of_the_right_kind_even_when_allowed(trained_checkpoint, tmp_path):
     _, _, checkpoint = trained_checkpoint
-    path = crafted(checkpoint, tmp_path, "neuron", "tempfile.mkdtemp")
+    path = crafted(checkpoint, tmp_path, "net.init_args.neuron", "tempfile.mkdtemp")
     with pytest.raises(
         TypeError, match=r"neuron 'tempfile.mkdtemp' is <function mkdtemp .*>, not a torch.nn.Module class"
     ):
@@ -836,5 +858,5 @@ def test_model_options_given_with_ckpt_path_are_refused_where_the_checkpoint_dec
         "hyperparameters rebuild its model, so --model.loss would be ignored; leave it out, or start a new run from the "
         "weights without --ckpt_path"
     )
-    same = run_cli(*common, "--model.time_steps", "2", cwd=tmp_path)
+    same = run_cli(*common, "--model.net.time_steps", "2", cwd=tmp_path)
     assert same.returncode == 0, same.stderr[-3000:]  # the checkpoint's own value: nothing is dropped

@@ -10,7 +10,7 @@ import torch
 from test_export import plifnet_spikes, sample_input, spike_counts_and_predictions
 from torch import nn
 
-from conftest import SHARED_DATASETS, active_network
+from conftest import SHARED_DATASETS, active_network, paper_net, record_network
 from plifnet import SpikingClassifier, SpikingNet  # Lightning's loggers bind stderr on import: before run_cli
 from plifnet.export import TARGETS, from_nir, main as export_main, to_nir
 from plifnet.neurons import IF, PLIF
@@ -80,7 +80,7 @@ def test_a_target_export_runs_in_that_targets_own_importer(target, arch, tmp_pat
     every spike of every layer equal, SpikingJelly in float64, snnTorch and Norse (float32 only) too."""
     dtype = torch.float64 if target == "spikingjelly" else torch.float32
     x = sample_input(arch, batch=6, time_steps=5).to(dtype)
-    net = active_network(SpikingNet(arch, time_steps=5).to(dtype), x)
+    net = active_network(SpikingNet.paper(arch, time_steps=5).to(dtype), x)
     path = tmp_path / f"{arch}.nir"
     nir.write(path, to_nir(net, target=target, dtype=np.float64 if dtype == torch.float64 else np.float32))
     graph = nir.read(path)
@@ -93,7 +93,7 @@ def test_a_target_export_runs_in_that_targets_own_importer(target, arch, tmp_pat
 
 
 def test_each_targets_rewrites_are_in_the_graph():
-    net = active_network(SpikingNet("mnist"), torch.rand(4, 1, 28, 28))
+    net = active_network(SpikingNet.paper("mnist"), torch.rand(4, 1, 28, 28))
     kinds = {
         target: [type(node).__name__ for node in to_nir(net, target=target).nodes.values()]
         for target in ("nir", "spikingjelly", "snntorch", "norse")
@@ -120,7 +120,7 @@ def test_a_trained_mnist_network_runs_in_each_toolchain_on_1000_real_test_images
     if not (SHARED_DATASETS / "MNIST" / "raw").is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     data = StaticDataModule("mnist", root=str(SHARED_DATASETS), num_workers=0, batch_size=16)
-    model = SpikingClassifier("mnist")
+    model = SpikingClassifier(SpikingNet.paper("mnist"))
     L.Trainer(
         max_steps=60,
         limit_val_batches=0,
@@ -131,6 +131,7 @@ def test_a_trained_mnist_network_runs_in_each_toolchain_on_1000_real_test_images
     ).fit(model, data)
     checkpoint = tmp_path / "mnist.ckpt"
     model.trainer.save_checkpoint(checkpoint)
+    record_network(checkpoint, paper_net("mnist", 8))
     data.setup("test")
     x = torch.stack([data.test_set[i][0] for i in range(1000)])
     labels = torch.tensor([data.test_set[i][1] for i in range(1000)])
@@ -161,10 +162,11 @@ def test_a_trained_mnist_network_runs_in_each_toolchain_on_1000_real_test_images
 def test_targets_that_cannot_run_plifnet_networks_are_refused_in_one_line(tmp_path):
     import lightning as L
 
-    model = SpikingClassifier(arch="mnist")
+    model = SpikingClassifier(SpikingNet.paper("mnist"))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
+    record_network(tmp_path / "m.ckpt", paper_net("mnist", 8))
     for target, reason in (("sinabs", "subtractive reset"), ("rockpool", "'tau_mem'")):
         with pytest.raises(SystemExit, match=f"error: --target {target}: .*{reason}") as raised:
             export_main(["--ckpt_path", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "m.nir"), "--target", target])
@@ -220,7 +222,7 @@ def test_rockpool_cannot_import_a_lif_graph_or_a_convolution():
     ],
 )
 def test_a_neuron_feature_the_importer_would_run_wrongly_is_refused_with_its_reason(target, neuron, feature):
-    net = SpikingNet("mnist", neuron=neuron).eval()
+    net = SpikingNet.paper("mnist", neuron=neuron).eval()
     with pytest.raises(ValueError, match=f"layer conv1 \\({feature}\\): --target {target}: "):
         to_nir(net, target=target)
     to_nir(net)  # NIR itself has the feature
@@ -356,7 +358,9 @@ def test_norses_export_writes_tau_in_the_wrong_unit_and_from_nir_refuses_its_gra
 
 
 def test_dt_scales_the_time_constants_and_from_nir_reads_it_from_the_metadata(tmp_path):
-    net = active_network(SpikingNet("mnist", neuron="plif").double(), torch.rand(4, 1, 28, 28, dtype=torch.float64))
+    net = active_network(
+        SpikingNet.paper("mnist", neuron="plif").double(), torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    )
     x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
     for dt in (1.0, 1e-3):
         path = tmp_path / f"dt{dt}.nir"
@@ -368,7 +372,7 @@ def test_dt_scales_the_time_constants_and_from_nir_reads_it_from_the_metadata(tm
         assert torch.equal(back(x), net(x))
     with pytest.raises(ValueError, match=r"tau / dt must be > 1 .* at dt = 1 \(given\)"):
         from_nir(tmp_path / "dt0.001.nir", dt=1.0)
-    net_if = SpikingNet("mnist", neuron="if").eval()
+    net_if = SpikingNet.paper("mnist", neuron="if").eval()
     graph = to_nir(net_if, dt=1e-3)
     assert np.all(graph.nodes["conv1_if"].r == 1000)
     with pytest.raises(ValueError, match=r"IF with r = 1000 .* at dt = 1 \(given\)"):

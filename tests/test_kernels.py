@@ -13,6 +13,7 @@ import torch
 
 from conftest import ROOT
 from plifnet import kernels
+from plifnet.models import SpikingNet
 from plifnet.neurons import IF, LIF, PLIF, multi_step
 from plifnet.options import NeuronOptions
 from plifnet.surrogates import SURROGATES, ATan, surrogate
@@ -162,7 +163,7 @@ def test_network_trains_under_bf16_autocast():
     from plifnet.module import SpikingClassifier
 
     torch.manual_seed(0)
-    model = SpikingClassifier("mnist", time_steps=3)
+    model = SpikingClassifier(SpikingNet.paper("mnist", time_steps=3))
     seen = []
     model.net.layers[0].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -256,7 +257,7 @@ def test_networks_give_the_same_result_on_every_backend():
     results = []
     for backend in ("reference", "auto"):
         torch.manual_seed(0)
-        model = SpikingClassifier("mnist", time_steps=3, backend=backend)
+        model = SpikingClassifier(SpikingNet.paper("mnist", time_steps=3, options=NeuronOptions(backend=backend)))
         torch.manual_seed(1)
         rates = model(x)
         model._loss(rates, y).backward()

@@ -18,9 +18,9 @@ from torch import nn
 
 from conftest import ROOT, active_network
 from plifnet import SpikingNet, kernels
-from plifnet.models import CHANNEL_GROUP, spikes_kept_as_bytes
 from plifnet.module import SpikingClassifier
 from plifnet.neurons import LIF, neuron_factory
+from plifnet.recompute import CHANNEL_GROUP, spikes_kept_as_bytes
 
 
 def events(channels, **options):
@@ -32,7 +32,7 @@ def events(channels, **options):
 
 # [input], network, whether the first block is split into groups of channels
 NETWORKS = {
-    "mnist": (lambda: torch.rand(4, 1, 28, 28), lambda: SpikingNet("mnist", time_steps=4), True),  # encoder once
+    "mnist": (lambda: torch.rand(4, 1, 28, 28), lambda: SpikingNet.paper("mnist", time_steps=4), True),  # encoder once
     "events": (*events(16), False),  # one group: recomputed whole
     "events, 40 channels": (*events(40), True),  # groups of 16, 16 and 8 channels; dropout
     "events, per-channel tau": (*events(40, neuron=neuron_factory("plif", per_channel=True)), True),
@@ -99,7 +99,7 @@ def test_what_the_forward_keeps_for_backward_on_an_event_network():
     x = (torch.rand(2, 1, 2, 128, 128) < 0.2).float()
     kept = {}
     for memory in ("store", "first_block", "checkpoint"):
-        net = SpikingNet("cifar10dvs", memory=memory).train()
+        net = SpikingNet.paper("cifar10dvs", memory=memory).train()
         net(x).sum().backward()  # kernels compiled, gradients allocated
         libc.malloc_trim(0)
         before = resident_kib()
@@ -184,11 +184,11 @@ def test_a_neuron_with_hooks_of_its_own_is_recomputed_whole_not_split():
 
 @pytest.mark.parametrize("memory", ["first_block", "checkpoint"])
 def test_memory_is_an_option_of_the_module_and_a_bad_value_says_which_exist(memory):
-    assert SpikingClassifier("mnist", memory=memory).net.memory == memory
+    assert SpikingClassifier(SpikingNet.paper("mnist", memory=memory)).net.memory == memory
     with pytest.raises(ValueError, match="memory must be one of store, first_block, checkpoint, got 'bits'"):
-        SpikingNet("mnist", memory="bits")
+        SpikingNet.paper("mnist", memory="bits")
     with pytest.raises(ValueError, match=f"compile and memory '{memory}' do not combine"):  # dynamo fails inside
-        SpikingClassifier("mnist", memory=memory, compile=True)
+        SpikingClassifier(SpikingNet.paper("mnist", memory=memory), compile=True)
 
 
 def test_compile_with_recomputation_is_refused_in_one_line(run_cli, tiny_digits, tmp_path):
@@ -198,7 +198,7 @@ def test_compile_with_recomputation_is_refused_in_one_line(run_cli, tiny_digits,
         ROOT / "configs" / "mnist.yaml",
         "--data.root",
         tiny_digits,
-        "--model.memory",
+        "--model.net.memory",
         "checkpoint",
         "--model.compile",
         "true",

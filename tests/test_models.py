@@ -33,7 +33,7 @@ INPUT = {
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_output_shape_and_parameter_count(arch):
     with torch.device("meta"):  # shapes without the arithmetic
-        net = SpikingNet(arch)
+        net = SpikingNet.paper(arch)
         channels, size = INPUT[arch]
         if net.arch.static:
             x = torch.empty(3, channels, size, size)
@@ -51,33 +51,35 @@ def test_output_shape_and_parameter_count(arch):
 
 
 def test_paper_variant_switches():
-    code, paper = SpikingNet("cifar10", variant="code"), SpikingNet("cifar10", variant="paper")
+    code, paper = SpikingNet.paper("cifar10", variant="code"), SpikingNet.paper("cifar10", variant="paper")
     dropouts = lambda net: sum(isinstance(m, SharedDropout) for m in net.modules())
     assert (dropouts(code), dropouts(paper)) == (1, 2)
     with torch.device("meta"):
         widths = [
-            m.out_features for m in SpikingNet("cifar10dvs", variant="paper").modules() if isinstance(m, nn.Linear)
+            m.out_features
+            for m in SpikingNet.paper("cifar10dvs", variant="paper").modules()
+            if isinstance(m, nn.Linear)
         ]
     assert widths == [512, 100]
     with pytest.raises(ValueError, match="variant must be"):
-        SpikingNet("mnist", variant="table")
+        SpikingNet.paper("mnist", variant="table")
 
 
 def test_neuron_is_a_constructor_argument():
     with torch.device("meta"):
-        lif = SpikingNet("mnist", neuron=neuron_factory("lif", tau=16.0))
-        plif = SpikingNet("mnist", neuron=neuron_factory("plif", tau=16.0, per_channel=True))
-        if_net = SpikingNet("mnist", neuron=neuron_factory("if"))
+        lif = SpikingNet.paper("mnist", neuron=neuron_factory("lif", tau=16.0))
+        plif = SpikingNet.paper("mnist", neuron=neuron_factory("plif", tau=16.0, per_channel=True))
+        if_net = SpikingNet.paper("mnist", neuron=neuron_factory("if"))
     assert all(isinstance(m, LIF) and m.tau == 16.0 for m in lif.spiking_layers().values())
     assert all(isinstance(m, IF) for m in if_net.spiking_layers().values())
     assert [m.w.shape[0] for m in plif.spiking_layers().values()] == [128, 128, 2048, 100]
     assert list(plif.spiking_layers()) == ["conv1", "conv2", "fc1", "fc2"]
-    assert isinstance(SpikingNet("mnist").spiking_layers()["fc1"], PLIF)
+    assert isinstance(SpikingNet.paper("mnist").spiking_layers()["fc1"], PLIF)
 
 
 @pytest.mark.parametrize("train", [False, True])
 def test_static_encoder_once_equals_encoder_every_step(train):
-    net = SpikingNet("mnist", time_steps=4).train(train)
+    net = SpikingNet.paper("mnist", time_steps=4).train(train)
     x = torch.randn(3, 1, 28, 28)
     torch.manual_seed(1)
     once = net(x)
@@ -115,7 +117,7 @@ def test_vote_averages_groups_of_ten():
 
 
 def test_event_network_takes_frame_t_at_step_t():
-    net = SpikingNet("nmnist").eval()
+    net = SpikingNet.paper("nmnist").eval()
     x = torch.rand(3, 2, 2, 34, 34)
     out = net(x)
     assert out.shape == (3, 2, 10)
@@ -126,13 +128,13 @@ def test_event_network_takes_frame_t_at_step_t():
 
 
 def test_input_of_the_wrong_shape_names_the_problem():
-    net = SpikingNet("mnist")
+    net = SpikingNet.paper("mnist")
     with pytest.raises(
         ValueError,
         match=r"mnist network takes \[N, C, H, W\] images with C, H, W = 1, 28, 28; got shape \(2, 3, 32, 32\)",
     ):
         net(torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="unknown network 'imagenet'"):
-        SpikingNet("imagenet")
+        SpikingNet.paper("imagenet")
     with pytest.raises(ValueError, match="time_steps must be >= 1"):
-        SpikingNet("mnist", time_steps=0)
+        SpikingNet.paper("mnist", time_steps=0)

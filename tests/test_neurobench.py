@@ -7,7 +7,7 @@ from test_export import plifnet_spikes, sample_input
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import active_network
+from conftest import active_network, paper_net, record_network
 from plifnet import SpikingClassifier, SpikingNet
 from plifnet.energy import estimate
 from plifnet.neurobench import batch_first, benchmark, main
@@ -25,7 +25,7 @@ def plifnet_counts(net, x) -> dict[str, float]:
 @pytest.mark.parametrize("arch", ["mnist", "nmnist"])
 def test_neurobench_counts_the_synaptic_operations_that_plifnet_counts(arch):
     x = sample_input(arch, batch=12, time_steps=4)
-    net = active_network(SpikingNet(arch, time_steps=4), x)
+    net = active_network(SpikingNet.paper(arch, time_steps=4), x)
     events = x.dim() == 5
     labels = torch.randint(0, 10, (12,), generator=torch.Generator().manual_seed(0))
     dataset = TensorDataset(x.transpose(0, 1) if events else x, labels)  # NeuroBench: samples on dim 0
@@ -64,7 +64,7 @@ def test_state_does_not_carry_over_between_neurobench_batches():
     """NeuroBench calls the network once per batch: the same images give the same results whichever batch
     they are in (a membrane carried over from the batch before would change the second batch's spikes)."""
     x = sample_input("mnist", batch=8, time_steps=4)
-    net = active_network(SpikingNet("mnist", time_steps=4), x)
+    net = active_network(SpikingNet.paper("mnist", time_steps=4), x)
     labels = torch.zeros(8, dtype=torch.long)
     once = benchmark(net, DataLoader(TensorDataset(x, labels), batch_size=8))
     twice = benchmark(net, DataLoader(TensorDataset(torch.cat([x, x]), torch.cat([labels, labels])), batch_size=8))
@@ -75,10 +75,11 @@ def test_state_does_not_carry_over_between_neurobench_batches():
 def test_the_command_runs_a_checkpoint_on_test_images(tiny_digits, tmp_path, capsys):
     import lightning as L
 
-    model = SpikingClassifier(arch="mnist", time_steps=2)
+    model = SpikingClassifier(SpikingNet.paper("mnist", time_steps=2))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
+    record_network(tmp_path / "m.ckpt", paper_net("mnist", 2))
     results = main(
         [
             "--ckpt_path",

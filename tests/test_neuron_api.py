@@ -17,6 +17,7 @@ from torch import nn
 
 from plifnet import kernels, neurons
 from plifnet.kernels import compiled, cpu, cpu_ops, gpu
+from plifnet.models import SpikingNet
 from plifnet.neurons import LIF, PLIF, BaseNode, neuron_factory
 from plifnet.options import FIELDS, NeuronOptions
 from plifnet.surrogates import ATan, Sigmoid
@@ -187,18 +188,11 @@ def test_options_are_one_frozen_object_passed_whole_to_basenode_subclasses():
     assert neuron_factory("plif", tau=3.0, per_channel=True)(6).w.shape == (6,)
 
 
-def test_the_module_builds_every_neuron_from_one_options_object():
-    from plifnet.module import SpikingClassifier
-
-    model = SpikingClassifier(
+def test_the_network_builds_every_neuron_from_one_options_object():
+    model = SpikingNet.paper(
         "mnist",
-        tau=3.0,
-        v_reset=None,
-        surrogate="sigmoid",
-        surrogate_alpha=3.0,
-        per_channel=True,
-        backend="reference",
         time_steps=2,
+        options=NeuronOptions(tau=3.0, v_reset=None, surrogate=Sigmoid(3.0), per_channel=True, backend="reference"),
     )
     found = [module.options for module in model.modules() if isinstance(module, BaseNode)]
     assert len(found) == 4 and set(found) == {

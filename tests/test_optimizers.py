@@ -1,6 +1,6 @@
 """The optimizer and schedule from the config (LightningCLI's OptimizerCallable / LRSchedulerCallable),
-the neurons' time constants in a group of their own, the paper's recipe unchanged, and runs of earlier
-versions (``lr``, ``cosine_t_max``) still loading and resuming."""
+the neurons' time constants in a group of their own, the paper's recipe unchanged, and checkpoints of
+plifnet 0.1 (whose model built its own network) refused in one line."""
 
 import csv
 import re
@@ -10,7 +10,8 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import ROOT, active_network
+from conftest import ROOT
+from plifnet.models import SpikingNet
 from plifnet.module import SpikingClassifier
 
 RUN = [
@@ -20,7 +21,7 @@ RUN = [
     "0",
     "--data.batch_size",
     "8",
-    "--model.time_steps",
+    "--model.net.time_steps",
     "2",
     "--trainer.limit_val_batches",
     "1",
@@ -101,25 +102,9 @@ def train(model, steps=4):
     return losses, optimizer
 
 
-def test_the_papers_recipe_gives_the_losses_of_the_earlier_one_group_adam():
-    """The default (Adam lr 1e-3, cosine 64; tau in its own group, no weight decay) against the recipe
-    of earlier versions (lr=1e-3, cosine_t_max=64: one group): the same losses to the bit."""
-    torch.manual_seed(0)
-    new = SpikingClassifier("mnist", time_steps=2)
-    active_network(new.net, torch.rand(8, 1, 28, 28)).train()  # it fires, so the losses move
-    old = SpikingClassifier("mnist", time_steps=2, lr=1e-3, cosine_t_max=64)
-    old.load_state_dict(new.state_dict())
-    new_losses, new_optimizer = train(new)
-    old_losses, old_optimizer = train(old)
-    assert [len(g["params"]) for g in new_optimizer.param_groups] == [len(list(new.parameters())) - 4, 4]
-    assert len(old_optimizer.param_groups) == 1 and isinstance(new_optimizer, torch.optim.Adam)
-    assert new_losses == old_losses and len(set(new_losses)) > 1
-
-
-def test_an_optimizer_from_python_and_the_old_options_beside_it_are_refused():
+def test_an_optimizer_from_python_gets_the_two_groups():
     sgd = SpikingClassifier(
-        "mnist",
-        time_steps=2,
+        SpikingNet.paper("mnist", time_steps=2),
         optimizer=partial(torch.optim.SGD, lr=0.1, weight_decay=1e-4),
         tau_weight_decay=1e-5,
         tau_lr=0.5,
@@ -127,13 +112,11 @@ def test_an_optimizer_from_python_and_the_old_options_beside_it_are_refused():
     optimizer = sgd.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.SGD)
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.1, 1e-4), (0.5, 1e-5)]
-    with pytest.raises(ValueError, match="with optimizer and lr_scheduler give them there"):
-        SpikingClassifier("mnist", optimizer=partial(torch.optim.SGD, lr=0.1), lr=0.01)
 
 
-def test_a_run_of_an_earlier_version_resumes_with_todays_config(run_cli, tiny_digits, tmp_path):
-    """A checkpoint whose hyperparameters are an earlier version's (lr, cosine_t_max; no optimizer):
-    fit resumes it with configs/mnist.yaml (which names an optimizer) on its one-group Adam, and test loads it."""
+def test_a_checkpoint_of_plifnet_0_1_is_refused_in_one_line_naming_its_version(run_cli, tiny_digits, tmp_path):
+    """plifnet 0.1's model built the paper's network from its own options (arch, neuron, tau, lr, ...): such a
+    checkpoint is refused by fit --ckpt_path, test and load_from_checkpoint, naming the version that wrote it."""
     first = run_cli(
         "fit",
         *RUN,
@@ -143,48 +126,22 @@ def test_a_run_of_an_earlier_version_resumes_with_todays_config(run_cli, tiny_di
         "1",
         "--trainer.limit_train_batches",
         "2",
-        "--model.optimizer",
-        "null",
-        "--model.lr_scheduler",
-        "null",
-        "--model.lr",
-        "0.002",
-        "--model.cosine_t_max",
-        "8",
         cwd=tmp_path,
     )
     assert first.returncode == 0, first.stderr[-3000:]
     path = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(path, weights_only=True)
-    for key in ("optimizer", "lr_scheduler", "lr_interval", "tau_lr", "tau_weight_decay"):  # not there before
-        del checkpoint["hyper_parameters"][key]
+    hyper_parameters = checkpoint["hyper_parameters"]
+    del hyper_parameters["net"]
+    hyper_parameters.update(arch="mnist", neuron="plif", tau=2.0, time_steps=2, lr=0.002, cosine_t_max=8)
     torch.save(checkpoint, path)
-    resumed = run_cli(
-        "fit",
-        *RUN,
-        "--data.root",
-        tiny_digits,
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.limit_train_batches",
-        "2",
-        "--ckpt_path",
-        path,
-        cwd=tmp_path,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = last_checkpoint(tmp_path, version=1)
-    (group,) = after["optimizer_states"][0]["param_groups"]
-    assert group["initial_lr"] == 0.002 and after["lr_schedulers"][0]["T_max"] == 8 and after["global_step"] == 4
-    tested = run_cli("test", *RUN, "--data.root", tiny_digits, "--ckpt_path", path, cwd=tmp_path)
-    assert tested.returncode == 0, tested.stderr[-3000:]
-    refused = run_cli(
-        "fit", *RUN, "--data.root", tiny_digits, "--ckpt_path", path, "--model.optimizer", "SGD", cwd=tmp_path
-    )  # said on the command line: refused, not dropped for the checkpoint's recipe
-    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
-        f"error: --model.optimizer cannot change the recipe of checkpoint {path}: it was written by an earlier plifnet "
-        f"(lr 0.002, cosine_t_max 8, one parameter group)"
-    )
+    said = f"checkpoint {path} was written by plifnet 0.1.0 (its model options arch, cosine_t_max, lr, neuron, tau)"
+    for subcommand in ("fit", "test"):
+        refused = run_cli(subcommand, *RUN, "--data.root", tiny_digits, "--ckpt_path", path, cwd=tmp_path)
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(f"error: {said}")
+        assert "Traceback" not in refused.stderr
+    with pytest.raises(ValueError, match=re.escape(said)):
+        SpikingClassifier.load_from_checkpoint(path)
 
 
 @pytest.mark.parametrize("family", ["spikingjelly_net", "snntorch_net", "norse_net", "net"])

@@ -5,6 +5,7 @@ gradients as their own libraries' loops; a network that keeps state plifnet cann
 import copy
 import csv
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -543,7 +544,7 @@ def test_a_peer_networks_tau_and_firing_rates_reach_wandb(tiny_digits, tmp_path,
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    model = SpikingClassifier(net=snntorch_net.Net(), lr=0.05)
+    model = SpikingClassifier(net=snntorch_net.Net(), optimizer=partial(torch.optim.Adam, lr=0.05))
     trainer = L.Trainer(
         max_epochs=1,
         limit_train_batches=4,

@@ -38,10 +38,10 @@ QUICK = [
 def fit(run_cli):
     """``fit(*ARGS, cwd=..., config=..., own_network=...)``: ``cli.py fit`` of a config (None: ARGS bring theirs),
     shrunk to seconds by QUICK, and the paper's network to T = 2 (not with a network of one's own, which
-    takes its own options: cli.py refuses --model.time_steps there)."""
+    takes its own options: cli.py refuses --model.net.time_steps there)."""
 
     def run(*args, cwd, config=ROOT / "configs" / "mnist.yaml", own_network=False):
-        shorter = [] if own_network else ["--model.time_steps", "2"]
+        shorter = [] if own_network else ["--model.net.time_steps", "2"]
         return run_cli("fit", *(["--config", config] if config else []), *args, *QUICK, *shorter, cwd=cwd)
 
     return run
@@ -58,12 +58,12 @@ def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugi
 
     monkeypatch.setattr(compiled, "_failed", {})  # the classes this process could not compile: none, after the fit
     if how == "entry point":
-        args = ["--model.neuron", "alif", "--model.surrogate", "gaussian"]
+        args = ["--model.net.neuron", "alif", "--model.net.options.surrogate", "gaussian"]
     else:
         args = [
-            "--model.neuron",
+            "--model.net.neuron",
             '{"class_path": "plifnet_example.ALIF", "init_args": {"beta": 0.5, "tau": 3.0}}',
-            "--model.surrogate",
+            "--model.net.options.surrogate",
             '{"class_path": "plifnet_example.Gaussian", "init_args": {"alpha": 3.0}}',
         ]
     result = fit("--data.root", tiny_digits, *args, cwd=tmp_path)
@@ -75,7 +75,9 @@ def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugi
     checkpoint = torch.load(
         tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
     )
-    neuron = checkpoint["hyper_parameters"]["neuron"]  # what `cli.py test --ckpt_path` rebuilds the network from
+    neuron = checkpoint["hyper_parameters"]["net"]["init_args"][
+        "neuron"
+    ]  # what `cli.py test --ckpt_path` rebuilds it from
     if how == "entry point":
         assert neuron == "alif"
     else:
@@ -135,7 +137,7 @@ def test_paper_networks_still_use_the_fused_kernels(monkeypatch):
     calls = []
     original = kernels.fused_multi_step
     monkeypatch.setattr(kernels, "fused_multi_step", lambda *a, **k: calls.append(1) or original(*a, **k))
-    net = SpikingNet("mnist", time_steps=2)
+    net = SpikingNet.paper("mnist", time_steps=2)
     net(torch.rand(2, 1, 28, 28))
     assert len(calls) == 4  # every PLIF layer of the MNIST network
 

@@ -15,6 +15,7 @@ import wandb_files
 
 from conftest import ROOT
 from plifnet import study
+from plifnet.study import NEURON, TAU
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def quick(data_root, epochs, paper_network=True):
         "0",
         "--data.batch_size",
         "8",
-        *(["--model.time_steps", "2"] if paper_network else []),
+        *(["--model.net.time_steps", "2"] if paper_network else []),
         "--trainer.max_epochs",
         epochs,
         "--trainer.log_every_n_steps",
@@ -77,7 +78,8 @@ def test_default_logger_grid_results_match_the_runs_and_are_not_rerun(run_study,
     ):
         folder = out / name
         state = checkpoint(folder)
-        assert state["hyper_parameters"]["neuron"] == neuron and state["hyper_parameters"]["tau"] == 16
+        net = state["hyper_parameters"]["net"]["init_args"]
+        assert net["neuron"] == neuron and net["options"]["tau"] == 16
         assert state["epoch"] == 2 and (folder / "done.json").is_file()
         # protocols A and B against the CSV logger's own record of the same run
         with open(next(folder.rglob("metrics.csv"))) as f:
@@ -251,8 +253,8 @@ def test_a_full_disk_under_out_is_one_line_and_the_last_results_stay(tmp_path):
 
 def test_settings_file_names_a_product_of_axes_and_named_settings(tmp_path):
     (tmp_path / "study.yaml").write_text(
-        "settings:\n  alif: --model.neuron plifnet_example.ALIF --model.tau 2\n"
-        "axes:\n  model.neuron: [plif, lif]\n  model.tau: [2, 16]\nseeds: [1, 2]\n"
+        "settings:\n  alif: --model.net.neuron plifnet_example.ALIF --model.net.options.tau 2\n"
+        "axes:\n  model.net.neuron: [plif, lif]\n  model.net.options.tau: [2, 16]\nseeds: [1, 2]\n"
     )
     settings = study.read_settings_file(tmp_path / "study.yaml", [2020])
     assert [s.folder for s in settings] == [
@@ -267,11 +269,11 @@ def test_settings_file_names_a_product_of_axes_and_named_settings(tmp_path):
         "lif_tau16_seed1",
         "lif_tau16_seed2",
     ]
-    assert settings[-1].overrides == ("--model.neuron", "lif", "--model.tau", "16")
-    assert settings[0].option("neuron") == "plifnet_example.ALIF" and settings[0].option("tau") == "2"
+    assert settings[-1].overrides == ("--model.net.neuron", "lif", "--model.net.options.tau", "16")
+    assert settings[0].option(NEURON) == "plifnet_example.ALIF" and settings[0].option(TAU) == "2"
     for bad, message in (
         ("axes: [1, 2]\n", "must be a mapping"),
-        ("settings:\n  a/b: --model.tau 2\n", "must be a folder name"),
+        ("settings:\n  a/b: --model.net.options.tau 2\n", "must be a folder name"),
     ):
         (tmp_path / "bad.yaml").write_text(bad)
         with pytest.raises(SystemExit, match=message):
@@ -284,12 +286,14 @@ def test_settings_file_names_a_product_of_axes_and_named_settings(tmp_path):
 
 def test_settings_files_of_settings_alone_or_axes_alone_and_names_given_twice(tmp_path):
     (tmp_path / "named.yaml").write_text(
-        "settings:\n  plif2: --model.tau 2\n  lif16: --model.neuron lif --model.tau 16\n"
+        "settings:\n  plif2: --model.net.options.tau 2\n  lif16: --model.net.neuron lif --model.net.options.tau 16\n"
     )
     assert [s.folder for s in study.read_settings_file(tmp_path / "named.yaml", [7])] == ["plif2_seed7", "lif16_seed7"]
-    (tmp_path / "axes.yaml").write_text("axes:\n  model.tau: [2, 16]\n")
+    (tmp_path / "axes.yaml").write_text("axes:\n  model.net.options.tau: [2, 16]\n")
     assert [s.folder for s in study.read_settings_file(tmp_path / "axes.yaml", [7])] == ["tau2_seed7", "tau16_seed7"]
-    (tmp_path / "twice.yaml").write_text("settings:\n  a: --model.tau 2\n  b: --model.tau 4\n  a: --model.tau 16\n")
+    (tmp_path / "twice.yaml").write_text(
+        "settings:\n  a: --model.net.options.tau 2\n  b: --model.net.options.tau 4\n  a: --model.net.options.tau 16\n"
+    )
     with pytest.raises(SystemExit) as refused:
         study.read_settings_file(tmp_path / "twice.yaml", [7])
     assert (
@@ -318,7 +322,7 @@ def test_a_failing_setting_is_recorded_and_the_study_goes_on(run_study, tiny_dig
         out,
         "--setting",
         "good",
-        "--model.tau 4",
+        "--model.net.options.tau 4",
         *quick(tiny_digits, 1),
         "--trainer.limit_train_batches",
         "2",
@@ -341,7 +345,7 @@ def test_a_failing_setting_is_recorded_and_the_study_goes_on(run_study, tiny_dig
     assert f"- bad_seed2020 failed: exit code 1: {reason['last_line']}" in (out / "results.md").read_text()
     assert table_rows(out)["bad"]["epochs"] == "0 (failed)" and table_rows(out)["good"]["epochs"] == "1"
 
-    fixed = run_study("--setting", "bad", "--model.tau 3", *common, cwd=tmp_path)
+    fixed = run_study("--setting", "bad", "--model.net.options.tau 3", *common, cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
     assert "good_seed2020: finished earlier, not run again" in fixed.stdout
     assert (out / "bad_seed2020" / "done.json").is_file() and not (out / "bad_seed2020" / "failed.json").exists()
@@ -388,7 +392,7 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(run_stud
     after another, and as the SLURM array that --slurm-array writes, each task's command run as SLURM would
     (SLURM_ARRAY_TASK_ID set; task 1 signalled for requeue mid-epoch, killed, run again). The reports are
     equal bit for bit but for wall time, and wandb holds one group with a run per setting."""
-    settings = ["--grid", "plif:2", "--setting", "alif", "--model.neuron plifnet_example.ALIF"]
+    settings = ["--grid", "plif:2", "--setting", "alif", "--model.net.neuron plifnet_example.ALIF"]
     fit = [
         *quick(tiny_digits, 1),
         "--trainer.limit_train_batches",
@@ -505,7 +509,8 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(run_stud
             for item in record.update
         }
         config.update({item.key: json.loads(item.value_json) for item in run.config.update})
-        assert config["cli"]["model"]["neuron"] == neuron and config["cli"]["seed_everything"] == 2020
+        assert config["cli"]["model"]["net"]["init_args"]["neuron"] == neuron
+        assert config["cli"]["seed_everything"] == 2020
         keys = set().union(*wandb_files.history(run_file))
         assert {"tau/conv1", "tau/fc2", "firing_rate/conv1", "val/acc", "test/acc"} <= keys
 

@@ -2,6 +2,7 @@
 must not or print a number that is not what it says. Each test is one family of attack; every refusal is one
 line naming the input and the fix."""
 
+import functools
 import re
 import sys
 from pathlib import Path
@@ -66,7 +67,10 @@ def checkpoint_with(folder: Path, hyper_parameters: dict, name="crafted.ckpt") -
 def schema(cls, prefix: str) -> dict:
     """The keys that the CLI's parser builds for ``cls`` (as LightningCLI adds the model) with their types."""
     parser = LightningArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(cls, prefix, fail_untyped=False, sub_configs=True)  # add_lightning_class_args' call
+    if isinstance(cls, type):
+        parser.add_class_arguments(cls, prefix, fail_untyped=False, sub_configs=True)  # add_lightning_class_args' call
+    else:  # a builder such as SpikingNet.paper, named by a config's class_path
+        parser.add_function_arguments(cls, prefix, fail_untyped=False, sub_configs=True)
     return {
         action.dest[len(prefix) + 1 :]: getattr(action, "_typehint", None)
         for action in parser._actions
@@ -80,13 +84,15 @@ def spy_placements() -> list[tuple[str, dict]]:
     placements = []
     for key in schema(SpikingClassifier, "model"):
         placements += [(key, {key: "spymod.Evil"}), (f"{key}.class_path", {key: {"class_path": "spymod.Evil"}})]
-    for key in schema(SpikingNet, "net"):
-        placements.append(
-            (
-                f"net.init_args.{key}",
-                {"net": {"class_path": "plifnet.models.SpikingNet", "init_args": {key: "spymod.evil"}}},
+    for class_path, builder in (
+        ("plifnet.models.SpikingNet", SpikingNet),
+        ("plifnet.models.SpikingNet.paper", SpikingNet.paper),
+    ):
+        for key in schema(builder, "net"):  # options.tau: a field of the network's NeuronOptions
+            argument = functools.reduce(lambda value, name: {name: value}, reversed(key.split(".")), "spymod.evil")
+            placements.append(
+                (f"{class_path}: net.init_args.{key}", {"net": {"class_path": class_path, "init_args": argument}})
             )
-        )
     placements += [
         (
             "lr_scheduler.init_args.lr_lambda",
@@ -115,8 +121,9 @@ def spy_placements() -> list[tuple[str, dict]]:
 
 def test_the_schema_walk_reaches_the_keys_that_name_code():
     keys = schema(SpikingClassifier, "model")
-    assert {"net", "neuron", "surrogate", "optimizer", "lr_scheduler", "tau", "arch"} <= set(keys)
-    assert "layers" in schema(SpikingNet, "net")
+    assert {"net", "loss", "optimizer", "lr_scheduler", "tau_lr"} <= set(keys)
+    assert {"layers", "neuron", "options.surrogate", "options.tau"} <= set(schema(SpikingNet, "net"))
+    assert {"arch", "neuron", "options.surrogate", "options.backend"} <= set(schema(SpikingNet.paper, "net"))
 
 
 @pytest.mark.parametrize("where,hyper_parameters", spy_placements(), ids=lambda v: v if isinstance(v, str) else "")
@@ -135,7 +142,7 @@ def test_a_checkpoint_names_no_code_under_any_key(where, hyper_parameters, spy, 
         SpikingClassifier.load_from_checkpoint(path)
     except Exception as error:  # refused, or (a value that is data) failed as data would
         assert refused is None or str(error) == refused.replace(
-            "name it in this run's command line or config (e.g. --model.neuron VALUE)",
+            "name it in this run's command line or config (e.g. --model.net.neuron VALUE)",
             "pass allow_class_paths=[VALUE] (python -m plifnet.export: --allow_class_path VALUE)",
         )
     assert not spy.exists() and "spymod" not in sys.modules, f"{where}: the checkpoint ran {spy.read_text()}"
@@ -198,7 +205,7 @@ def test_the_issue_attacks_through_the_commands(hyper_parameters, shown, spy, ru
         result = run_cli(*args, cwd=tmp_path)
         assert result.returncode == 1, (name, result.stderr[-2000:])
         line = result.stderr.strip().splitlines()[-1]
-        assert line.startswith("error: checkpoint ") and shown in line and "--model.neuron VALUE" in line, line
+        assert line.startswith("error: checkpoint ") and shown in line and "--model.net.neuron VALUE" in line, line
         assert "Traceback" not in result.stderr
     result = run_cli("--ckpt_path", path, "--out", tmp_path / "net.nir", cwd=tmp_path, main=export.main)
     assert result.returncode == 1 and shown in result.stderr and "--allow_class_path VALUE" in result.stderr
@@ -274,10 +281,10 @@ def test_study_arguments_after_the_separator_are_quoted_in_the_script(tmp_path, 
 @pytest.mark.parametrize(
     "text,expected",
     [
-        ("settings:\n  a: --model.tau 2\nseeds: [abc]\n", "seed 'abc' is not a whole number"),
-        ("settings:\n  a: --model.tau 2\nseeds: [1.5]\n", "seed 1.5 is not a whole number"),
+        ("settings:\n  a: --model.net.options.tau 2\nseeds: [abc]\n", "seed 'abc' is not a whole number"),
+        ("settings:\n  a: --model.net.options.tau 2\nseeds: [1.5]\n", "seed 1.5 is not a whole number"),
         ('settings:\n  a: "--model.net.layers \'c8 p"\n', "cannot be split into options (No closing quotation)"),
-        ("settings:\n  a: --model.tau 2\nseeds: []\n", "the study has no tasks"),
+        ("settings:\n  a: --model.net.options.tau 2\nseeds: []\n", "the study has no tasks"),
     ],
 )
 def test_bad_study_files_are_one_line(text, expected, tmp_path):
@@ -290,14 +297,14 @@ def test_bad_study_files_are_one_line(text, expected, tmp_path):
 
 
 def test_a_single_seed_is_one_task_and_a_large_grid_is_written_at_once(tmp_path):
-    (tmp_path / "one.yaml").write_text("settings:\n  a: --model.tau 2\nseeds: 5\n")
+    (tmp_path / "one.yaml").write_text("settings:\n  a: --model.net.options.tau 2\nseeds: 5\n")
     assert (
         study_main("--config", "mnist", "--out", tmp_path / "one", "--settings", tmp_path / "one.yaml", "--slurm-array")
         == 0
     )
     assert "#SBATCH --array=0-0" in (tmp_path / "one" / "study.sbatch").read_text()
     (tmp_path / "big.yaml").write_text(
-        "axes:\n  model.tau: [" + ", ".join(str(2 + i) for i in range(1000)) + "]\n"
+        "axes:\n  model.net.options.tau: [" + ", ".join(str(2 + i) for i in range(1000)) + "]\n"
         "seeds: [" + ", ".join(map(str, range(100))) + "]\n"
     )
     assert (
@@ -416,6 +423,10 @@ def test_an_unknown_node_type_is_named(tmp_path):
         from_nir(path)
 
 
+PAPER_MNIST_T2 = {"class_path": "plifnet.models.SpikingNet.paper", "init_args": {"arch": "mnist", "time_steps": 2}}
+INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"  # what plifnet fit records to rebuild net from its config
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -428,8 +439,8 @@ def test_an_unknown_node_type_is_named(tmp_path):
 def test_export_values_out_of_range_write_nothing(args, message, tmp_path, run_cli):
     from plifnet.export import main as export_main
 
-    model = SpikingClassifier(arch="mnist", time_steps=2)
-    path = checkpoint_with(tmp_path, {"arch": "mnist", "time_steps": 2})
+    model = SpikingClassifier(SpikingNet.paper("mnist", time_steps=2))
+    path = checkpoint_with(tmp_path, {"net": PAPER_MNIST_T2, "_instantiator": INSTANTIATOR})
     torch.save({**torch.load(path, weights_only=True), "state_dict": model.state_dict()}, path)
     result = run_cli("--ckpt_path", path, "--out", tmp_path / "m.nir", *args, cwd=tmp_path, main=export_main)
     if message == "time_steps 8 ":
@@ -445,8 +456,8 @@ def test_export_to_a_device_leaves_the_device(tmp_path, run_cli):
 
     from plifnet.export import main as export_main
 
-    model = SpikingClassifier(arch="mnist", time_steps=2)
-    path = checkpoint_with(tmp_path, {"arch": "mnist", "time_steps": 2})
+    model = SpikingClassifier(SpikingNet.paper("mnist", time_steps=2))
+    path = checkpoint_with(tmp_path, {"net": PAPER_MNIST_T2, "_instantiator": INSTANTIATOR})
     torch.save({**torch.load(path, weights_only=True), "state_dict": model.state_dict()}, path)
     result = run_cli("--ckpt_path", path, "--out", "/dev/null", cwd=tmp_path, main=export_main)
     assert result.returncode == 1 and "could not write /dev/null: it is not a regular file" in result.stderr
@@ -470,7 +481,7 @@ def small_fit(run_cli, digits, folder, *more, config="mnist"):
         "0",
         "--data.batch_size",
         "8",
-        "--model.time_steps",
+        "--model.net.time_steps",
         "2",
         "--trainer.max_epochs",
         "1",
@@ -494,7 +505,7 @@ def test_resuming_another_datasets_run_is_refused_and_leaves_no_folder(run_cli, 
     assert (
         refused.returncode == 1
         and line.startswith("error: checkpoint ")
-        and "model.arch 'mnist'" in line
+        and "model.net.arch 'mnist'" in line
         and "sets 'fashion_mnist'" in line
     ), refused.stderr[-2000:]
     assert [p.name for p in runs.iterdir()] == ["version_0"]  # no new version folder, no copy of last.ckpt
@@ -647,7 +658,7 @@ def test_a_nan_tau_is_said(tmp_path):
 
     from plifnet.callbacks import TauMonitor
 
-    model = SpikingClassifier(arch="mnist", time_steps=2)
+    model = SpikingClassifier(SpikingNet.paper("mnist", time_steps=2))
     monitor = TauMonitor(every_n_steps=1)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
     monitor.layers, monitor.labels = {}, {}

@@ -1,5 +1,5 @@
 """Example plug-ins for plifnet: a neuron model and a surrogate gradient, declared as entry points
-(``pyproject.toml``) so that ``--model.neuron alif`` and ``--model.surrogate gaussian`` find them."""
+(``pyproject.toml``) so that ``--model.net.neuron alif`` and ``--model.net.options.surrogate gaussian`` find them."""
 
 from __future__ import annotations
 
