@@ -23,7 +23,7 @@ import time
 import torch
 from neuron_kernels import alternating_rounds
 
-from plifnet.kernels import keep_freed_cpu_memory
+from plifnet.kernels.memory import keep_freed_cpu_memory
 from plifnet.neurons import PLIF
 
 SHAPE = (8, 16, 128, 28, 28)

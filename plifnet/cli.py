@@ -35,7 +35,7 @@ import plifnet
 from plifnet import checkpoints, files
 from plifnet.callbacks import Interrupted
 from plifnet.contract import StateLeak
-from plifnet.kernels import keep_freed_memory_unless_opted_out
+from plifnet.kernels.memory import keep_freed_memory_unless_opted_out
 from plifnet.module import CLI_RECORDS_CONFIG, SpikingClassifier, data_identity
 
 CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped as package data

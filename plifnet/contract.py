@@ -177,11 +177,15 @@ def register_adapter(name: str, cls: type | None = None):
 def adapters() -> list[Adapter]:
     """The adapters in the order they are asked: registered and installed ones, then the protocol."""
     global _adapters
-    if _adapters is None:
-        import plifnet.adapters  # noqa: F401  (registers the built-in adapters)
-
+    if _adapters is None:  # plifnet's own adapters are entry points too (pyproject.toml)
         _adapters = [cls() for cls in ADAPTERS.load_all()] + [Protocol()]
     return _adapters
+
+
+def from_package(module, package: str) -> bool:
+    """Whether ``module``'s class, or a class it derives from, belongs to ``package``: the cheap test
+    that keeps a peer library unimported until a network holds its modules."""
+    return any(cls.__module__.split(".")[0] == package for cls in type(module).__mro__)
 
 
 def adapter_of(module: nn.Module) -> Adapter | None:

@@ -8,8 +8,8 @@ the backward pass with a smooth bump ``g(x)``; the forward pass stays the exact 
 Each surrogate documents ``g`` (:meth:`derivative`) and a smooth ``primitive`` whose derivative is
 ``g``, so the backward can be checked against autograd of the primitive. A plug-in surrogate is a
 subclass that defines ``derivative``, registered with :func:`register_surrogate` or an entry point
-in the group ``plifnet.surrogates``; the fused kernels know the surrogates of
-:data:`plifnet.kernels.FUSED_SURROGATES`, and with any other the step runs compiled
+in the group ``plifnet.surrogates``; the fused kernels know the surrogates whose class declares a
+``kernel_code`` (:func:`kernel_code`), and with any other the step runs compiled
 (:mod:`plifnet.kernels.compiled`).
 """
 
@@ -39,6 +39,8 @@ class _Heaviside(torch.autograd.Function):
 
 class Surrogate:
     """Base class: ``surrogate(x)`` is ``heaviside(x)`` with ``derivative(x)`` as its gradient."""
+
+    kernel_code: int | None = None  # the fused kernels' switch on the derivative (kernels/cpu.py, kernels/gpu.py)
 
     def __init__(self, alpha: float):
         if not alpha > 0:
@@ -70,6 +72,8 @@ class ATan(Surrogate):
     ``g(x) = alpha / (2 * (1 + (pi/2 * alpha * x)^2))``, primitive ``arctan(pi/2 * alpha * x) / pi + 1/2``.
     """
 
+    kernel_code = 0
+
     def __init__(self, alpha: float = 2.0):
         super().__init__(alpha)
 
@@ -82,6 +86,8 @@ class ATan(Surrogate):
 
 class Sigmoid(Surrogate):
     """Logistic surrogate: ``g(x) = alpha * s * (1 - s)``, ``s = sigmoid(alpha * x)`` (primitive ``s``)."""
+
+    kernel_code = 1
 
     def __init__(self, alpha: float = 4.0):
         super().__init__(alpha)
@@ -99,6 +105,8 @@ class PiecewiseQuadratic(Surrogate):
 
     ``g(x) = alpha - alpha^2 * |x|`` for ``|x| <= 1/alpha``, else 0.
     """
+
+    kernel_code = 2
 
     def __init__(self, alpha: float = 1.0):
         super().__init__(alpha)
@@ -118,6 +126,8 @@ class FastSigmoid(Surrogate):
     Primitive ``x / (1 + alpha * |x|)`` (its derivative is ``g``; it is not normalised to [0, 1]).
     """
 
+    kernel_code = 3
+
     def __init__(self, alpha: float = 25.0):
         super().__init__(alpha)
 
@@ -130,6 +140,8 @@ class FastSigmoid(Surrogate):
 
 class Rectangle(Surrogate):
     """Rectangular window (Wu et al. 2018, STBP): ``g(x) = alpha`` for ``|x| < 1/(2*alpha)``, else 0."""
+
+    kernel_code = 4
 
     def __init__(self, alpha: float = 1.0):
         super().__init__(alpha)
@@ -165,3 +177,9 @@ def surrogate(name: "str | Surrogate", alpha: float | None = None) -> Surrogate:
             f"(which gives derivative(x); see docs/EXTENDING.md)"
         )
     return cls() if alpha is None else cls(alpha)
+
+
+def kernel_code(surrogate: Surrogate) -> int | None:
+    """The fused kernels' code of ``surrogate``, declared by its own class (a subclass may change the
+    derivative, so it does not inherit its parent's), or None: the step then runs compiled."""
+    return vars(type(surrogate)).get("kernel_code")

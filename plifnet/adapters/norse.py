@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from plifnet.contract import Adapter, TimeConstant
+from plifnet.contract import Adapter, TimeConstant, from_package
 
 
 class Norse(Adapter):
     convention = "1/(dt*tau_mem_inv)"
 
     def claims(self, module):
-        from plifnet.adapters import from_package
-
         if not from_package(module, "norse"):
             return False
         from norse.torch.module.snn import SNN, SNNCell, SNNRecurrent, SNNRecurrentCell

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import torch
 
-from plifnet.contract import Adapter, Dynamics, TimeConstant
+from plifnet.contract import Adapter, Dynamics, TimeConstant, from_package
 
 
 class SnnTorch(Adapter):
     convention = "1/(1-beta)"  # the leak per step; snnTorch's documentation writes -1/ln(beta) (its exp. decay)
 
     def claims(self, module):
-        from plifnet.adapters import from_package
-
         if not from_package(module, "snntorch"):
             return False
         import snntorch

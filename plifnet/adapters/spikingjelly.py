@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from plifnet.contract import Adapter, Dynamics
+from plifnet.contract import Adapter, Dynamics, from_package
 
 
 class SpikingJelly(Adapter):
     convention = "1/sigmoid(w)"  # ParametricLIFNode; LIFNode's tau as it is
 
     def claims(self, module):
-        from plifnet.adapters import from_package
-
         if not from_package(module, "spikingjelly"):
             return False
         from spikingjelly.activation_based import base

@@ -16,19 +16,12 @@ every run.
 from __future__ import annotations
 
 import importlib.util
-import os
-from functools import lru_cache
 
 import torch
 
+from plifnet.kernels.memory import keep_freed_memory_unless_opted_out  # noqa: F401  (re-exported)
 from plifnet.options import BACKENDS, NeuronOptions  # noqa: F401  (BACKENDS: re-exported)
-from plifnet.surrogates import ATan, FastSigmoid, PiecewiseQuadratic, Rectangle, Sigmoid
-
-# The surrogates with a fused form, and the code that each backend's kernel switches on
-# (cpu.surrogate_grad, gpu._surrogate_grad). Any other surrogate (a plug-in, or a subclass of one of
-# these) runs through the compiled step (plifnet.kernels.compiled), with its own derivative.
-FUSED_SURROGATES = {ATan: 0, Sigmoid: 1, PiecewiseQuadratic: 2, FastSigmoid: 3, Rectangle: 4}
-
+from plifnet.surrogates import kernel_code
 
 # Looked up once, at import (find_spec imports nothing): asked at every forward of every layer, and
 # read as a constant where torch.compile traces a network.
@@ -51,7 +44,7 @@ def resolve(x: torch.Tensor, *, options: NeuronOptions) -> str:
     backend = options.backend
     if backend in ("reference", "compile"):
         return "reference"
-    if type(options.surrogate) not in FUSED_SURROGATES:
+    if kernel_code(options.surrogate) is None:  # a plug-in's derivative runs through the compiled step
         if backend != "auto":
             raise ValueError(
                 f"the fused kernels know the built-in surrogates only, not {type(options.surrogate).__name__}"
@@ -197,34 +190,3 @@ def binary_as_bytes(x: torch.Tensor) -> torch.Tensor | None:
         other = cpu.binary_to_bytes(x.reshape(x.shape[0], -1).numpy(), out.view(x.shape[0], -1).numpy())
         return out if other == 0 else None
     return x.to(torch.uint8) if torch.all((x == 0) | (x == 1)) else None
-
-
-@lru_cache(maxsize=None)
-def keep_freed_memory_unless_opted_out() -> bool:
-    """:func:`keep_freed_cpu_memory`, once per process, unless ``PLIFNET_KEEP_FREED_MEMORY=0``: called by
-    the first run of a CPU kernel (so a plain script gets the kernels' speed) and by ``cli.py``."""
-    if os.environ.get("PLIFNET_KEEP_FREED_MEMORY", "1") == "0":
-        return False
-    return keep_freed_cpu_memory()
-
-
-def keep_freed_cpu_memory(limit_bytes: int = 1 << 30) -> bool:
-    """Let glibc reuse freed blocks of up to ``limit_bytes`` instead of returning them to the OS.
-
-    By default glibc unmaps every freed block above 32 MiB, so each training step on the CPU
-    page-faults its activations in again; keeping them makes a PLIF layer's forward + backward about
-    1.4x (reference) to 4.6x (fused) faster (``benchmarks/neuron_kernels.py``). The cost: the process
-    keeps its peak memory. ``cli.py`` calls it at start, and the CPU kernels at their first run
-    (opt out with the environment variable ``PLIFNET_KEEP_FREED_MEMORY=0``). Returns whether it took
-    effect (glibc only).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, limit_bytes)) and bool(mallopt(m_trim_threshold, 2 * limit_bytes))

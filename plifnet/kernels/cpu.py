@@ -33,8 +33,13 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from plifnet.surrogates import ATan, FastSigmoid, PiecewiseQuadratic, Sigmoid
+
 BLOCK = 2048  # the backward's [T, BLOCK] replay buffers stay in the L2 cache (512 to 4096 measured alike)
-ATAN, SIGMOID, PIECEWISE_QUADRATIC, FAST_SIGMOID, RECTANGLE = range(5)
+# the codes that surrogate_grad switches on, as the surrogate classes declare them
+ATAN, SIGMOID, PIECEWISE_QUADRATIC, FAST_SIGMOID = (
+    cls.kernel_code for cls in (ATan, Sigmoid, PiecewiseQuadratic, FastSigmoid)
+)
 
 ZERO, ONE, HALF = np.float32(0.0), np.float32(1.0), np.float32(0.5)
 HALF_PI = np.float32(np.pi / 2)

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from plifnet.kernels import FUSED_SURROGATES, cpu, keep_freed_memory_unless_opted_out
+from plifnet.kernels import cpu
+from plifnet.kernels.memory import keep_freed_memory_unless_opted_out
 from plifnet.options import NeuronOptions
+from plifnet.surrogates import kernel_code
 
 
 def k_array(k, elements, channels, inner):
@@ -106,7 +108,7 @@ def backward(grad_spikes, x, k, *, channels: int, inner: int, options: NeuronOpt
         soft=options.soft_reset,
         decay_input=options.decay_input,
         detach_reset=options.detach_reset,
-        surrogate=FUSED_SURROGATES[type(options.surrogate)],
+        surrogate=kernel_code(options.surrogate),
         alpha=options.surrogate.alpha,
     )
 

@@ -13,23 +13,27 @@ import torch
 import triton
 import triton.language as tl
 
-from plifnet.kernels import FUSED_SURROGATES
 from plifnet.options import NeuronOptions
+from plifnet.surrogates import ATan, FastSigmoid, PiecewiseQuadratic, Sigmoid, kernel_code
+
+# the codes that _surrogate_grad switches on, as the surrogate classes declare them
+ATAN, SIGMOID = tl.constexpr(ATan.kernel_code), tl.constexpr(Sigmoid.kernel_code)
+PIECEWISE_QUADRATIC, FAST_SIGMOID = tl.constexpr(PiecewiseQuadratic.kernel_code), tl.constexpr(FastSigmoid.kernel_code)
 
 BLOCK = 1024
 
 
 @triton.jit
 def _surrogate_grad(z, alpha, CODE: tl.constexpr):
-    if CODE == 0:  # ATan
+    if CODE == ATAN:
         u = 1.5707963267948966 * alpha * z
         g = alpha * 0.5 / (1.0 + u * u)
-    elif CODE == 1:  # Sigmoid
+    elif CODE == SIGMOID:
         s = 1.0 / (1.0 + tl.exp(-alpha * z))
         g = alpha * s * (1.0 - s)
-    elif CODE == 2:  # PiecewiseQuadratic
+    elif CODE == PIECEWISE_QUADRATIC:
         g = tl.maximum(alpha - alpha * alpha * tl.abs(z), 0.0)
-    elif CODE == 3:  # FastSigmoid
+    elif CODE == FAST_SIGMOID:
         d = 1.0 + alpha * tl.abs(z)
         g = 1.0 / (d * d)
     else:  # Rectangle
@@ -203,7 +207,7 @@ def backward(grad_spikes, h, x, k, *, input_steps: int, channels: int, inner: in
         SOFT=options.soft_reset,
         DECAY_INPUT=options.decay_input,
         DETACH_RESET=options.detach_reset,
-        CODE=FUSED_SURROGATES[type(options.surrogate)],
+        CODE=kernel_code(options.surrogate),
         STATIC=static,
         BLOCK=BLOCK,
         enable_fp_fusion=False,
