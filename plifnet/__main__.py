@@ -1,6 +1,6 @@
-"""``python -m plifnet`` is the ``plifnet`` command (:func:`plifnet.cli.run`)."""
+"""``python -m plifnet`` is the ``plifnet`` command (:func:`plifnet.commands.run`)."""
 
-from plifnet.cli import run
+from plifnet.commands import run
 
 if __name__ == "__main__":
     run()

@@ -12,12 +12,8 @@ without a clone.
 """
 
 import errno
-import json
 import logging
-import os
 import re
-import shlex
-import shutil
 import sys
 import traceback
 import warnings
@@ -27,7 +23,7 @@ from pathlib import Path
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback, instantiate_module
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
@@ -36,7 +32,15 @@ from plifnet import checkpoints, files
 from plifnet.callbacks import Interrupted
 from plifnet.contract import StateLeak
 from plifnet.kernels.memory import keep_freed_memory_unless_opted_out
-from plifnet.module import CLI_RECORDS_CONFIG, SpikingClassifier, data_identity
+from plifnet.module import CLI_RECORDS_CONFIG, NoInputShape, SpikingClassifier
+from plifnet.runs import (
+    FailedStart,
+    check_hyperparameters,
+    check_same_run,
+    claim_versions,
+    resume_command,
+    run_folder,
+)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped as package data
 RECIPE = CONFIGS / "recipe.yaml"
@@ -51,36 +55,6 @@ class SaveConfig(SaveConfigCallback):
             if isinstance(logger, WandbLogger):
                 config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
                 logger.experiment.config.update({"cli": config}, allow_val_change=True)
-
-
-class FailedStart:
-    """The run folders that a subcommand is about to create, so that :func:`main` removes them (those
-    holding no checkpoint) when the run fails: validate, test and predict at any point, fit before its
-    first training step. Removed after Lightning has finished with them (its loggers' last writes)."""
-
-    def __init__(self):
-        self.folders, self.claimed, self.subcommand, self.trainer, self.start_step = [], [], None, None, 0
-        self.ckpt_path = None
-
-    def watch(self, trainer, subcommand: str, ckpt_path: str | None = None) -> None:
-        self.trainer, self.subcommand, self.ckpt_path = trainer, subcommand, ckpt_path
-        self.folders = [
-            Path(logger.log_dir)
-            for logger in trainer.loggers
-            if getattr(logger, "log_dir", None) and not Path(logger.log_dir).exists()
-        ]
-        # a resumed fit starts at its checkpoint's step: it has trained only once past it
-        resumed = ckpt_path not in (None, "best", "hpc") and Path(ckpt_path).is_file()
-        self.start_step = checkpoints.read(ckpt_path, mmap=True).get("global_step", 0) if resumed else 0
-
-    def clean(self) -> None:
-        trainer = self.trainer
-        trained = trainer is not None and self.subcommand == "fit" and trainer.global_step > self.start_step
-        if trained or (trainer is not None and not trainer.is_global_zero):
-            return
-        for folder in [*self.folders, *self.claimed]:  # claimed: made before the trainer existed
-            if folder.is_dir() and not any(folder.rglob("*.ckpt")):
-                shutil.rmtree(folder, ignore_errors=True)
 
 
 class PlifnetCLI(LightningCLI):
@@ -130,8 +104,8 @@ class PlifnetCLI(LightningCLI):
                 self.save_config_kwargs["overwrite"] = True  # the evaluation's own config.yaml, in its own folder
             if config.ckpt_path not in (None, "best", "hpc"):
                 checkpoint = checkpoints.read(config.ckpt_path, mmap=True)  # read once for every check below
-                self._check_hyperparameters(config, argv, checkpoint)
-                self._check_same_run(config, argv, checkpoint)
+                check_hyperparameters(config, argv, checkpoint)
+                check_same_run(config, argv, checkpoint, self.defaults().model, self.config.subcommand)
                 if self.config.subcommand == "fit" and not checkpoints.resumable(checkpoint):
                     raise checkpoints.CheckpointError(
                         f"checkpoint {config.ckpt_path} holds the weights only (the best epoch's, kept for test, predict "
@@ -149,68 +123,11 @@ class PlifnetCLI(LightningCLI):
             help="callbacks of the trainer config to leave out, by class name or class path "
             "(--drop_callbacks+=ProgressBar; in a config: drop_callbacks: [SynapticOps])",
         )
-        self.defaults = lambda: parser.get_defaults(
-            skip_validation=True
-        )  # the recipe's and the signatures' (the recipe gives no net.arch)
-
-    @staticmethod
-    def _check_hyperparameters(config, argv, checkpoint: dict) -> None:
-        """Before Lightning merges the checkpoint's model hyperparameters into the configuration: refuse
-        names of code that neither plifnet nor this run's command line and config files give
-        (:func:`plifnet.checkpoints.check_names`), and a ``--model.*`` value on the command line that
-        differs from the checkpoint's, which the merge would silently replace: the checkpoint's
-        hyperparameters rebuild the model it holds, so they win, and saying otherwise is refused."""
-        hyper_parameters = checkpoint.get("hyper_parameters") or {}
-        checkpoints.check_names(
-            hyper_parameters,
-            checkpoints.strings(config),
-            source=f"checkpoint {config.ckpt_path}",
-            how_to_allow="name it in this run's command line or config (e.g. --model.net.neuron VALUE) to allow it",
-            model=SpikingClassifier,
-        )
-        ours, theirs, given = leaves(config.model), leaves(hyper_parameters), given_model_options(argv)
-        for key in sorted(key for key in set(ours) & set(theirs) if under(key, given)):
-            if ours[key] != theirs[key]:
-                name = next(option for option in sorted(given) if under(key, {option}))
-                said = f"--model.{key} {ours[key]!r}" if name == key else f"--model.{name} (model.{key} {ours[key]!r})"
-                raise checkpoints.CheckpointError(
-                    f"{said} differs from the checkpoint's {theirs[key]!r}: with --ckpt_path the checkpoint's "
-                    f"hyperparameters rebuild its model, so --model.{name} would be ignored; leave it out, or start a "
-                    f"new run from the weights without --ckpt_path"
-                )
-
-    def _check_same_run(self, config, argv, checkpoint: dict) -> None:
-        """What a ``--config`` file sets (a value other than the recipe's and the signatures' defaults) must agree
-        with the checkpoint, whose hyperparameters would silently replace it: ``fit --config fashion_mnist
-        --ckpt_path last`` beside an MNIST run is refused, not resumed as Fashion-MNIST. fit also refuses a
-        checkpoint of other data (:func:`plifnet.module.data_identity`: its dataset, split or frames)."""
-        theirs, ours = leaves(checkpoint.get("hyper_parameters") or {}), leaves(config.model)
-        defaults, given = leaves(self.defaults().model), given_model_options(argv)
-        for key in sorted(key for key in set(theirs) & set(ours) if not under(key, given)):
-            if ours[key] != defaults.get(key, MISSING) and ours[key] != theirs[key]:
-                raise checkpoints.CheckpointError(
-                    f"checkpoint {config.ckpt_path} was trained with model.{key} {theirs[key]!r}, and a --config "
-                    f"file of this run sets {ours[key]!r}: the checkpoint's value would silently win. Give the configs "
-                    f"that run was trained with, or start a new run (without --ckpt_path, or with another "
-                    f"--trainer.default_root_dir)"
-                )
-        recorded, data = checkpoint.get("plifnet_data"), config.get("data")
-        if self.config.subcommand != "fit" or not recorded or not getattr(data, "class_path", None):
-            return
-        cls = checkpoints.imported(data.class_path)  # the run's own config names it
-        ours = (
-            data_identity(cls, dict(data.get("init_args") or {}))
-            if cls is not None
-            else {"class_path": data.class_path}
-        )
-        differ = [key for key in recorded if key in ours and ours[key] != recorded[key]]
-        if differ:
-            key = differ[0]
-            raise checkpoints.CheckpointError(
-                f"checkpoint {config.ckpt_path} trained on other data ({key} {recorded[key]!r}; this run's is "
-                f"{ours[key]!r}): fit resumes a run on its own data only; give that run's configs, or start a new run "
-                f"(without --ckpt_path, or with another --trainer.default_root_dir)"
-            )
+        if self.reads_a_run:  # a run's config.yaml holds fit's own options too: read, not used
+            parser.add_argument("--ckpt_path", default=None)
+            parser.add_argument("--weights_only", default=None)
+        # the recipe's and the signatures' defaults (unvalidated: the recipe's network has no arch)
+        self.defaults = lambda: parser.get_defaults(skip_validation=True)
 
     def instantiate_classes(self) -> None:
         """A bad value in the config (``--data.batch_size 0``) is one line naming it, not the
@@ -244,6 +161,7 @@ class PlifnetCLI(LightningCLI):
 
     def __init__(self, *args, failed_start: FailedStart | None = None, **kwargs):
         self.failed_start = failed_start or FailedStart()
+        self.reads_a_run = not kwargs.get("run", True)  # run=False: a run's configs read for its data (run_data)
         super().__init__(*args, **kwargs)
 
     # LightningCLI's hooks before each subcommand: note the run folders it will create
@@ -292,70 +210,6 @@ class PlifnetCLI(LightningCLI):
         return str(path)
 
 
-VERSIONED_LOGGERS = ("CSVLogger", "TensorBoardLogger")  # those whose run folder is <save_dir>/<name>/version_<N>
-CLAIMED = "PLIFNET_CLAIMED_VERSIONS"  # {logger folder: version} that rank 0 claimed, for the ranks it launches
-
-
-def run_folder(ckpt_path) -> Path | None:
-    """The run folder (``<save_dir>/<name>/version_<N>``) of a checkpoint in its ``checkpoints/`` folder, or None."""
-    if ckpt_path in (None, "best", "hpc"):
-        return None
-    path = Path(ckpt_path)
-    if path.parent.name == "checkpoints" and re.fullmatch(r"version_\d+", path.parent.parent.name):
-        return path.parent.parent
-    return None
-
-
-def claim_versions(loggers, evaluation: tuple[Path, str] | None = None) -> list[Path]:
-    """Give each CSV or TensorBoard logger config without a ``version`` the next free ``version_N`` folder, made
-    here with ``os.mkdir``, which only one of two processes can make: Lightning picks the number by listing the
-    folder, and two fits started together on one ``--trainer.default_root_dir`` took the same one (and mixed
-    their metrics). Only the process of global rank 0 claims; the ranks it launches (DDP) take its numbers from
-    the environment they inherit. ``evaluation`` ``(run folder, subcommand)``: validate, test or predict of a
-    run's checkpoint write into ``<run>/<subcommand>/``, the same folder each time (the latest evaluation's
-    files replace the previous one's), where the logger has that run.
-    Returns the folders made, which :class:`FailedStart` removes if the run fails before training."""
-    versioned = [
-        log for log in loggers if log.class_path.endswith(VERSIONED_LOGGERS) and log.init_args.get("version") is None
-    ]
-    handed = json.loads(os.environ.get(CLAIMED, "{}"))  # rank 0's claims, inherited by the processes it launched
-    if any(os.environ.get(name, "0") != "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")):
-        for log in versioned:
-            folder = str(Path(log.init_args.save_dir) / (log.init_args.get("name") or ""))
-            log.init_args.version = handed.get(folder, log.init_args.version)
-        return []
-    claimed = []
-    for log in versioned:
-        folder = Path(log.init_args.save_dir) / (log.init_args.get("name") or "")
-        # <run>/<subcommand>, reused: for the loggers of the run's save_dir (its CSV and TensorBoard folders)
-        if (
-            evaluation is not None
-            and (folder / evaluation[0].name).is_dir()
-            and Path(log.init_args.save_dir).resolve() == evaluation[0].parent.parent.resolve()
-        ):
-            run, subcommand = evaluation
-            log.init_args.version = handed[str(folder)] = f"{run.name}/{subcommand}"
-            if not (folder / log.init_args.version).is_dir():
-                (folder / log.init_args.version).mkdir()
-                claimed.append(folder / log.init_args.version)
-            # the latest evaluation's metrics replace the previous one's (which CSVLogger would delete with a warning)
-            (folder / log.init_args.version / "metrics.csv").unlink(missing_ok=True)
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        taken = [int(path.name[8:]) for path in folder.glob("version_*") if path.name[8:].isdigit()]
-        version = max(taken, default=-1) + 1
-        while True:
-            try:
-                (folder / f"version_{version}").mkdir()
-                break
-            except FileExistsError:  # another process took it between the listing and now
-                version += 1
-        log.init_args.version = handed[str(folder)] = version
-        claimed.append(folder / f"version_{version}")
-    os.environ[CLAIMED] = json.dumps(handed)  # DDP's launcher starts the other ranks with this environment
-    return claimed
-
-
 def weights_mismatch(message: str) -> str:
     """torch's ``load_state_dict`` refusal (a line per kind, listing every key) in a few words: the first tensor
     of another shape, else how many keys are missing and unexpected."""
@@ -388,47 +242,6 @@ def dropped(callbacks, names: list[str]) -> list:
     ]
 
 
-def plain(value):
-    """A configuration value as a checkpoint's hyperparameters hold it: namespaces as dicts, tuples as lists
-    (``betas: (0.9, 0.999)`` parsed, ``[0.9, 0.999]`` saved)."""
-    value = value.as_dict() if hasattr(value, "as_dict") else value  # a jsonargparse Namespace
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(item) for item in value]
-    return value
-
-
-MISSING = object()
-
-
-def leaves(tree, prefix: str = "") -> dict:
-    """A model configuration (or a checkpoint's hyperparameters) as ``{dotted key: value}`` of its leaves,
-    ``init_args`` left out of the keys as the command line leaves it out (``net.options.tau``)."""
-    tree = plain(tree)
-    if not isinstance(tree, dict) or not tree:
-        return {prefix: tree} if prefix else {}
-    found = {}
-    for key, value in tree.items():
-        found |= leaves(value, prefix if key == "init_args" else f"{prefix}.{key}".lstrip("."))
-    return found
-
-
-def under(key: str, options: set[str]) -> bool:
-    """Whether the leaf ``key`` is one of ``options`` or lies below one (``net.options.tau`` below ``net``)."""
-    return any(key == option or key.startswith(f"{option}.") for option in options)
-
-
-def given_model_options(argv) -> set[str]:
-    """The ``--model.NAME`` options on the command line, without ``init_args`` (``--model.net.options.tau``
-    is ``net.options.tau``)."""
-    return {
-        arg.split("=")[0][len("--model.") :].replace(".init_args", "")
-        for arg in map(str, argv)
-        if arg.startswith("--model.")
-    }
-
-
 def quiet_console() -> None:
     """Silence what a user can do nothing about: deprecation notices raised inside Lightning and
     torchdata by their own calls, and Lightning's advertisement for its cloud logger."""
@@ -437,19 +250,6 @@ def quiet_console() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: not str(record.msg).startswith("💡 Tip")
     )
-
-
-def resume_command(argv: list[str], path: Path) -> str:
-    """The command line that continues an interrupted run: the same arguments, ``--ckpt_path path``."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip or arg.startswith("--ckpt_path="):
-            skip = False
-            continue
-        skip = arg == "--ckpt_path"
-        if not skip:
-            kept.append(arg)
-    return shlex.join([sys.executable, sys.argv[0], *kept, "--ckpt_path", str(path)])  # the interpreter that ran
 
 
 def raised_by_plifnet(error: BaseException) -> bool:
@@ -505,36 +305,68 @@ def shipped_config(name: str) -> str:
     return name  # LightningCLI says that it does not exist
 
 
-COMMANDS = """usage: plifnet COMMAND [OPTIONS]      plifnet COMMAND --help lists a command's options
+def load_model(
+    ckpt_path: str, configs: list[str] | None = None, allow_class_paths=(), options: list[str] = ()
+) -> tuple[SpikingClassifier, LightningDataModule | None]:
+    """The trained model of a checkpoint, in eval mode, and the data module of ``configs`` (None without), for
+    ``plifnet export`` and NeuroBench.
 
-commands:
-  fit        train a network: plifnet fit --config mnist --data.root DIR
-  validate   evaluate a checkpoint on the validation split: plifnet validate --config mnist --ckpt_path CKPT
-  test       evaluate a checkpoint on the test set: plifnet test --config mnist --ckpt_path CKPT
-  predict    write predictions.csv for a checkpoint: plifnet predict --config mnist --ckpt_path CKPT
-  study      train a grid of settings and gather their results: plifnet study --config mnist --out DIR
-  export     write a checkpoint's network as a NIR graph: plifnet export --ckpt_path CKPT --out net.nir
+    The checkpoint decides the network: it is rebuilt from the hyperparameters the checkpoint recorded (its
+    names of code checked first, :func:`plifnet.checkpoints.check_names`), never from a config, so that a
+    run trained at T = 2 is exported at T = 2 whatever the config says. ``configs`` (``plifnet fit``'s
+    ``--config`` files or names) and ``options`` (more of its arguments, ``--data.root DIR``) give the data
+    module, and with it the input shape of a network that takes it from the data (``layers=...``), and the
+    class paths they name are allowed, as for ``plifnet test``; a ``--model.*`` option among them would
+    change nothing and is refused."""
+    given = sorted({arg.split("=")[0] for arg in map(str, options) if arg.startswith("--model.")})
+    if given:
+        raise ValueError(
+            f"{given[0]}: the checkpoint's hyperparameters rebuild the network it was trained with, so a "
+            f"--model option would not be applied; leave it out"
+        )
+    ckpt_path = str(checkpoints.fetch(ckpt_path)) if checkpoints.is_url(ckpt_path) else ckpt_path
+    data, named = run_data(configs, options) if configs else (None, set())
+    try:  # what the configs name is this run's to allow, as for plifnet test
+        model = SpikingClassifier.load_from_checkpoint(
+            ckpt_path, map_location="cpu", allow_class_paths=[*allow_class_paths, *named]
+        )
+    except NoInputShape:  # a network built for the data's input: build it so, then put the weights back
+        if data is None:
+            raise ValueError(
+                "the checkpoint's network takes its input shape from the data module, which a checkpoint "
+                "does not hold: pass the run's config too, --config <run folder>/config.yaml (or the "
+                "configs it was trained with)"
+            ) from None
+        checkpoint = checkpoints.read(ckpt_path)
+        hyper_parameters = {k: v for k, v in checkpoint["hyper_parameters"].items() if k != "_instantiator"}
+        model = instantiate_module(SpikingClassifier, hyper_parameters)  # names checked by load_from_checkpoint
+        channels, height, _ = data.input_shape
+        model.net.build(channels, height)
+        model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), data
 
-and python -m plifnet.neurobench --ckpt_path CKPT --config mnist: NeuroBench's metrics of a checkpoint."""
 
-
-def run(argv: list[str] | None = None) -> None:
-    """The ``plifnet`` command: ``study`` and ``export`` are plifnet's, everything else Lightning's; with no
-    command, or ``--help``, the list of commands."""
-    given, argv = argv, sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in ([], ["-h"], ["--help"]):
-        print(COMMANDS)
-        raise SystemExit(0 if argv else 2)
-    if argv[:1] == ["study"]:
-        from plifnet import study
-
-        study.main(argv[1:])
-    elif argv[:1] == ["export"]:
-        from plifnet import export
-
-        export.main(argv[1:])
-    else:
-        main(given)
+def run_data(configs: list[str], options: list[str]) -> tuple[LightningDataModule, set[str]]:
+    """The data module that ``plifnet fit --config CONFIGS OPTIONS`` would train on, read by the same
+    :class:`PlifnetCLI` (after the recipe; a run's ``config.yaml``, with fit's own options, reads too), and every
+    string the configs give."""
+    args = [arg for config in configs for arg in ("--config", shipped_config(config))] + list(options)
+    try:
+        with warnings.catch_warnings():  # the arguments are given: the process's own (plifnet export's) are not fit's
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            cli = PlifnetCLI(
+                SpikingClassifier,
+                LightningDataModule,
+                subclass_mode_data=True,
+                run=False,
+                args=args,
+                save_config_callback=None,
+                auto_configure_optimizers=False,
+                parser_kwargs={"exit_on_error": False, "default_config_files": [str(RECIPE)]},
+            )
+    except ArgumentError as error:
+        raise ValueError(f"--config {' '.join(map(str, configs))}: {str(error).strip().splitlines()[0]}") from None
+    return cli.datamodule, checkpoints.strings(cli.config)
 
 
 def main(args=None) -> LightningCLI:

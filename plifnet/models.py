@@ -1,4 +1,4 @@
-"""The six networks of Fang et al., ICCV 2021 (SPEC section 2), built from one table, and your own
+"""The six networks of Fang et al., ICCV 2021 (docs/paper.md section 2), built from one table, and your own
 networks from the same layer tokens.
 
 Each network is a string of layer tokens read left to right:
@@ -37,7 +37,7 @@ class Arch:
     in_channels: int
     size: int  # input height = width
     classes: int
-    time_steps: int  # the paper's T for this dataset (SPEC section 3)
+    time_steps: int  # the paper's T for this dataset (docs/paper.md section 3)
     static: bool  # True: images encoded once; False: event frames, one per step
     layers: str  # the authors' code
     paper_layers: str | None = None  # the paper's Table, where it differs from the code

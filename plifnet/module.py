@@ -1,4 +1,4 @@
-"""The LightningModule: trains the network it is given with the paper's recipe (SPEC section 3).
+"""The LightningModule: trains the network it is given with the paper's recipe (docs/paper.md section 3).
 
 Loss: ``rate_mse``, the mean squared error between each class's firing rate (the time average of the
 vote output) and the one-hot label, or ``cross_entropy`` on those rates.

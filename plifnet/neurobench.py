@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.images < 1:
         raise SystemExit(f"error: --images {args.images}: give the number of test images to measure, at least 1")
     from plifnet.checkpoints import CheckpointError
+    from plifnet.cli import load_model
     from plifnet.energy import estimate
-    from plifnet.export import load_model
 
     try:
         model, data = load_model(args.ckpt_path, args.config, args.allow_class_path, options)

@@ -1,6 +1,6 @@
 """Spiking neurons: PLIF (learnable tau), LIF (fixed tau) and IF (no leak), and the hooks to write your own.
 
-One step of every neuron here (Fang et al., ICCV 2021, eqs. 3-6; SPEC section 1), one hook each::
+One step of every neuron here (Fang et al., ICCV 2021, eqs. 3-6; docs/paper.md section 1), one hook each::
 
     charge  H[t] = V[t-1] + k * (X[t] - (V[t-1] - V_reset))      decay_input=True  (default)
             H[t] = V[t-1] - k * (V[t-1] - V_reset) + X[t]        decay_input=False
@@ -56,9 +56,7 @@ def leaky_charge(v, x, k, *, options: NeuronOptions):
 
 def reset_potential(h, s, *, options: NeuronOptions):
     """Reset: ``V[t]`` from ``H[t]`` and the spike ``s`` as the reset sees it (detached with detach_reset)."""
-    if options.soft_reset:
-        return h - options.v_threshold * s
-    return h * (1 - s) + options.v_reset * s
+    return h - options.v_threshold * s if options.soft_reset else h * (1 - s) + options.v_reset * s
 
 
 def neuron_step(v, x, k, *, options: NeuronOptions):
@@ -435,11 +433,10 @@ def neuron_factory(
 
 
 def _required_positional(function) -> int:
-    """How many positional arguments ``function`` needs: 1 for ``make(channels)``, 0 for a config's
-    ``class_path`` with ``init_args`` (a factory of no arguments)."""
+    """The positional arguments ``function`` needs: 1 for ``make(channels)``, 0 for a config's class_path factory."""
     try:
         parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # a builtin without a signature: called as it is
         return 0
     return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
 

@@ -38,166 +38,20 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import csv
 import difflib
-import fcntl
-import itertools
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from plifnet import plots
 from plifnet.files import WriteFailed, write_atomically, write_failure
+from plifnet.grid import GRID, NEURON, TAU, Setting, parse_grid, parse_settings, read_settings_file
+from plifnet.report import claim, claimed_elsewhere, report
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-GRID = ("plif:2", "plif:16", "lif:2", "lif:16")
-SILENT = 1e-4  # a layer's validation firing rate below this is silent (FiringRateMonitor's default warning level)
-
-
-NEURON, TAU = "--model.net.neuron", "--model.net.options.tau"  # the options of the grid's shorthand NEURON:TAU
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One task of a study: a named set of ``plifnet fit`` overrides, run with one seed."""
-
-    name: str  # folder name (with the seed), wandb run name
-    overrides: tuple[str, ...]
-    seed: int
-    label: str = ""  # the row of the results table and the curve of the plots (default: the name)
-
-    @property
-    def folder(self) -> str:
-        return f"{self.name}_seed{self.seed}"
-
-    @property
-    def title(self) -> str:
-        return self.label or self.name
-
-    def option(self, name: str) -> str | None:
-        """The value the overrides give the option ``name`` (:data:`NEURON`, :data:`TAU`; the last one), or None."""
-        value = None
-        for i, arg in enumerate(self.overrides):
-            if arg == name and i + 1 < len(self.overrides):
-                value = self.overrides[i + 1]
-            elif arg.startswith(f"{name}="):
-                value = arg.partition("=")[2]
-        return value
-
-
-def checked_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
-        raise SystemExit(f"error: setting name {name!r} must be a folder name: letters, digits and _ . + - only")
-    return name
-
-
-def parse_grid(grid: list[str], seeds: list[int]) -> list[Setting]:
-    """The shorthand ``NEURON:TAU`` (``plif:2``): ``--model.net.neuron NEURON --model.net.options.tau TAU``."""
-    settings = []
-    for item in grid:
-        neuron, _, tau = item.partition(":")
-        if neuron not in ("plif", "lif") or not tau:
-            raise SystemExit(f"error: grid entry {item!r} is not NEURON:TAU with NEURON plif or lif, e.g. plif:2")
-        try:
-            value = float(tau)
-        except ValueError:
-            raise SystemExit(f"error: grid entry {item!r}: tau {tau!r} is not a number") from None
-        label = f"{neuron.upper()} tau{'0' if neuron == 'plif' else ''}={value:g}"
-        settings += [
-            Setting(f"{neuron}_tau{value:g}", (NEURON, neuron, TAU, f"{value:g}"), seed, label) for seed in seeds
-        ]
-    return settings
-
-
-def parse_settings(pairs: list[list[str]], seeds: list[int]) -> list[Setting]:
-    """``--setting NAME "OVERRIDES"`` pairs."""
-    settings = []
-    for name, overrides in pairs:
-        try:
-            words = tuple(shlex.split(overrides))
-        except ValueError as error:  # an unbalanced quote
-            raise SystemExit(
-                f"error: setting {name!r}: its overrides {overrides!r} cannot be split into options "
-                f"({error}); close the quote, or quote a value with spaces as '--option \"a b\"'"
-            ) from None
-        settings += [Setting(checked_name(name), words, seed) for seed in seeds]
-    return settings
-
-
-def checked_seeds(seeds, where: str) -> list[int]:
-    """Seeds as whole numbers (one number is one seed), or the line that names the bad one."""
-    seeds = seeds if isinstance(seeds, list) else [seeds]
-    bad = [seed for seed in seeds if isinstance(seed, bool) or not isinstance(seed, int)]
-    if bad:
-        raise SystemExit(
-            f"error: {where}: seed {bad[0]!r} is not a whole number; give seeds as a list of whole "
-            f"numbers, e.g. seeds: [2020, 2021]"
-        )
-    return seeds
-
-
-class NamedTwice(ValueError):
-    pass
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one, so a
-    setting written twice would silently be one)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise NamedTwice(f"{key!r} is given twice (line {key_node.start_mark.line + 1})")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def read_settings_file(path: Path, seeds: list[int]) -> list[Setting]:
-    """A YAML file of ``settings`` (name: overrides), ``axes`` (a product: ``model.net.options.tau: [2, 16]``, every
-    combination one setting named after its values, ``plif_tau2``) and ``seeds`` (replacing ``--seeds``)."""
-    try:
-        spec = yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader) or {}
-    except NamedTwice as error:
-        raise SystemExit(f"error: {path}: {error}; every setting and option needs its own name") from None
-    except (OSError, yaml.YAMLError) as error:
-        raise SystemExit(f"error: cannot read the settings file {path}: {error}") from None
-    if (
-        not isinstance(spec, dict)
-        or not set(spec) <= {"settings", "axes", "seeds"}
-        or not all(isinstance(spec.get(key) or {}, dict) for key in ("settings", "axes"))
-    ):
-        raise SystemExit(
-            f"error: {path} must be a mapping of settings (name: overrides), axes (option: [values]) "
-            f"and seeds (see README, 'Studies')"
-        )
-    seeds = checked_seeds(spec.get("seeds", seeds), f"{path}")
-    named = spec.get("settings") or {}
-    pairs = [
-        [name, " ".join(overrides) if isinstance(overrides, list) else str(overrides)]
-        for name, overrides in named.items()
-    ]
-    settings = parse_settings(pairs, seeds)
-    axes = spec.get("axes") or {}
-    combinations = itertools.product(*(axes[key] if isinstance(axes[key], list) else [axes[key]] for key in axes))
-    for values in combinations if axes else ():  # the product of no axes is one empty setting, not none
-        parts = [
-            str(value) if key.split(".")[-1] == "neuron" else f"{key.split('.')[-1]}{value}"
-            for key, value in zip(axes, values)
-        ]
-        overrides = tuple(arg for key, value in zip(axes, values) for arg in (f"--{key}", str(value)))
-        settings += [Setting(checked_name("_".join(parts)), overrides, seed) for seed in seeds]
-    return settings
 
 
 def fit_command(setting: Setting, configs: list[str], passed_on: list[str], folder: Path) -> list[str]:
@@ -231,33 +85,6 @@ def wandb_environment(setting: Setting, study: str) -> dict[str, str]:
         "WANDB_JOB_TYPE": neuron or setting.name,
         "WANDB_TAGS": ",".join(tags),
     }
-
-
-def newest(folder: Path, pattern: str) -> Path | None:
-    found = list(folder.rglob(pattern))
-    return max(found, key=lambda path: path.stat().st_mtime) if found else None
-
-
-@contextlib.contextmanager
-def claim(folder: Path):
-    """Yield whether this process holds the task's claim: an exclusive lock on ``folder/.claim``, kept while
-    the task runs and released by the kernel when this process ends, however it ends. A second runner on the
-    same ``--out`` (another shell, a requeued array task) skips a claimed task instead of training it too."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".claim", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-        else:
-            yield True
-
-
-def claimed_elsewhere(folder: Path) -> bool:
-    if not (folder / ".claim").exists():
-        return False
-    with claim(folder) as mine:
-        return not mine
 
 
 def last_line(path: Path) -> str:
@@ -365,134 +192,6 @@ def call_forwarding_signals(command: list[str], log, env: dict[str, str]) -> int
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-
-
-def read_csv(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [
-            {key: float(value) for key, value in row.items() if value not in ("", None)} for row in csv.DictReader(f)
-        ]
-
-
-def collect(folder: Path) -> dict:
-    """One setting's results from its folder: history.csv (per epoch) and tau.csv (per logged step)."""
-    history = read_csv(folder / "history.csv") if (folder / "history.csv").exists() else []
-    tau_csv = newest(folder, "tau.csv")
-    tau_rows = read_csv(tau_csv) if tau_csv else []
-    test = [row["test/acc"] for row in history if "test/acc" in row]
-    last = history[-1] if history else {}
-    failed = json.loads((folder / "failed.json").read_text()) if (folder / "failed.json").exists() else None
-    return {
-        "failure": failed and f"exit code {failed['exit_code']}: {failed.get('last_line', '')}",
-        "epochs": len(history),
-        "test_acc": test,
-        "protocol_a": max(test) if test else None,
-        "protocol_b": last.get("test/acc_at_best_val"),
-        "seconds": last.get("seconds"),
-        "silent": [
-            key.split("/", 1)[1] for key, rate in last.items() if key.startswith("firing_rate/") and rate < SILENT
-        ],
-        "tau_steps": [int(row["step"]) for row in tau_rows],
-        "tau": {name: [row[name] for row in tau_rows] for name in (tau_rows[0] if tau_rows else {}) if name != "step"},
-        "status": (
-            "finished"
-            if (folder / "done.json").exists()
-            else "failed"
-            if (folder / "failed.json").exists()
-            else "running"
-            if claimed_elsewhere(folder)
-            else "stopped"
-            if folder.is_dir()
-            else "not started"
-        ),
-    }
-
-
-def report(out: Path, settings: list[Setting]) -> str:
-    results = {setting: collect(out / setting.folder) for setting in settings}
-    layers = list(dict.fromkeys(name for result in results.values() for name in result["tau"]))
-
-    def percent(value):
-        return "-" if value is None else f"{100 * value:.2f}"
-
-    def final_tau(setting, result, layer):
-        if layer in result["tau"]:
-            return f"{result['tau'][layer][-1]:.3f}"
-        return f"{setting.option(TAU)} (fixed)" if setting.option(NEURON) == "lif" and setting.option(TAU) else "-"
-
-    def duration(seconds):
-        return "-" if seconds is None else f"{seconds / 60:.1f} min"
-
-    header = [
-        "setting",
-        "seed",
-        "epochs",
-        "A: best test acc (%)",
-        "B: test acc at best val (%)",
-        *(f"final tau {layer}" for layer in layers),
-        "wall time",
-    ]
-    rows = [
-        [
-            setting.title,
-            str(setting.seed),
-            str(result["epochs"]) + ("" if result["status"] == "finished" else f" ({result['status']})"),
-            percent(result["protocol_a"]),
-            percent(result["protocol_b"]),
-            *(final_tau(setting, result, layer) for layer in layers),
-            duration(result["seconds"]),
-        ]
-        for setting, result in results.items()
-    ]
-    # a layer that never fires makes the accuracy chance, whatever the neuron: said beside the figure (and in
-    # the CSV's last column), not only in the run's fit.log
-    shown = [
-        [
-            row[0],
-            row[1],
-            row[2],
-            row[3] + (f" (silent: {', '.join(result['silent'])})" if result["silent"] else ""),
-            *row[4:],
-        ]
-        for row, result in zip(rows, results.values())
-    ]
-    table = "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *shown])
-    header, rows = (
-        header + ["silent layers"],
-        [row + [" ".join(r["silent"]) or "-"] for row, r in zip(rows, results.values())],
-    )
-
-    failures = "".join(
-        f"- {setting.folder} failed: {result['failure']}\n" for setting, result in results.items() if result["failure"]
-    )
-    write_atomically(
-        out / "results.md",
-        lambda path: path.write_text(
-            f"# Ablation results\n\nProtocol A: best test accuracy over the epochs run. Protocol B: test accuracy "
-            f"at the epoch of the best validation accuracy. tau of PLIF layers at the last step. Wall time: of the "
-            f"fit (training and evaluation), summed over resumed runs. (silent: LAYER): a layer that fired at a rate "
-            f"below {SILENT:g} on the validation set in the last epoch, so that the network's output says nothing of "
-            f"its neuron.\n\n{table}\n\n"
-            + (f"{failures}\n" if failures else "")
-            + "![test accuracy](test_acc.png)\n\n![tau](tau.png)\n"
-        ),
-    )
-
-    def write_csv(path):
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerows([header, *rows])
-
-    write_atomically(out / "results.csv", write_csv)
-    curves = {f"{s.title}, seed {s.seed}": r["test_acc"] for s, r in results.items()}
-    write_atomically(out / "test_acc.png", lambda path: plots.test_accuracy(curves, path))
-    trajectories = {f"{s.title}, seed {s.seed}": (r["tau_steps"], r["tau"]) for s, r in results.items() if r["tau"]}
-    fixed = {
-        f"{s.title}, seed {s.seed}": float(s.option(TAU))
-        for s, r in results.items()
-        if not r["tau"] and s.option(NEURON) == "lif" and s.option(TAU)
-    }
-    write_atomically(out / "tau.png", lambda path: plots.tau_per_layer(layers, trajectories, fixed, path))
-    return table
 
 
 def sbatch_script(argv: list[str], tasks: int, out: Path, study: str, sbatch: list[str]) -> str:

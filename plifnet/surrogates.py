@@ -3,7 +3,7 @@
 A spiking neuron fires with the Heaviside step ``S = heaviside(x)``, ``x = H - v_threshold``, whose
 derivative is zero almost everywhere. Training by backprop through time replaces that derivative in
 the backward pass with a smooth bump ``g(x)``; the forward pass stays the exact step, with
-``heaviside(0) = 1`` (SPEC section 1).
+``heaviside(0) = 1`` (docs/paper.md section 1).
 
 Each surrogate documents ``g`` (:meth:`derivative`) and a smooth ``primitive`` whose derivative is
 ``g``, so the backward can be checked against autograd of the primitive. A plug-in surrogate is a
@@ -41,6 +41,12 @@ class Surrogate:
     """Base class: ``surrogate(x)`` is ``heaviside(x)`` with ``derivative(x)`` as its gradient."""
 
     kernel_code: int | None = None  # the fused kernels' switch on the derivative (kernels/cpu.py, kernels/gpu.py)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # a subclass may change the derivative: it has a fused form only where it declares one itself (read
+        # as a plain attribute, which torch.compile traces without a break)
+        cls.kernel_code = cls.__dict__.get("kernel_code")
 
     def __init__(self, alpha: float):
         if not alpha > 0:
@@ -180,6 +186,5 @@ def surrogate(name: "str | Surrogate", alpha: float | None = None) -> Surrogate:
 
 
 def kernel_code(surrogate: Surrogate) -> int | None:
-    """The fused kernels' code of ``surrogate``, declared by its own class (a subclass may change the
-    derivative, so it does not inherit its parent's), or None: the step then runs compiled."""
-    return vars(type(surrogate)).get("kernel_code")
+    """The fused kernels' code of ``surrogate``, as its own class declares it, or None: the step then runs compiled."""
+    return type(surrogate).kernel_code

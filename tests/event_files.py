@@ -1,4 +1,4 @@
-"""Writers of small event files in each original format (SPEC section 5), for the tests."""
+"""Writers of small event files in each original format (docs/paper.md section 5), for the tests."""
 
 from pathlib import Path
 

@@ -16,7 +16,7 @@ import yaml
 from lightning.pytorch import Callback
 
 from conftest import ROOT
-from plifnet import cli as plifnet_cli
+from plifnet import commands as plifnet_commands
 from plifnet.data.static import StaticDataModule
 from plifnet.models import SpikingNet
 from plifnet.module import SpikingClassifier
@@ -337,7 +337,7 @@ def test_a_dataset_config_holds_its_data_and_network_and_every_run_reads_the_pap
     assert result.returncode == 0, result.stderr[-3000:]
     config = yaml.safe_load(result.stdout)
     model, net = config["model"], config["model"]["net"]
-    # SPEC section 3: PLIF, tau0 = 2, ATan surrogate at its own alpha, Adam lr 1e-3, cosine over 64 epochs
+    # docs/paper.md section 3: PLIF, tau0 = 2, ATan surrogate at its own alpha, Adam lr 1e-3, cosine over 64 epochs
     assert net["class_path"] == "plifnet.models.SpikingNet.paper" and net["init_args"]["arch"] == dataset
     options = net["init_args"]["options"]
     assert (net["init_args"]["neuron"], options["tau"], options["surrogate"]) == ("plif", 2.0, "atan")
@@ -477,10 +477,10 @@ def test_the_plifnet_command_trains_exports_and_reports_outside_a_clone(run_cli,
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     exported = run_cli(
-        "export", "--ckpt_path", ckpt, "--out", tmp_path / "mnist.nir", cwd=tmp_path, main=plifnet_cli.run
+        "export", "--ckpt_path", ckpt, "--out", tmp_path / "mnist.nir", cwd=tmp_path, main=plifnet_commands.run
     )
     assert exported.returncode == 0 and (tmp_path / "mnist.nir").stat().st_size > 0, exported.stderr[-2000:]
-    absent = run_cli("study", "--out", tmp_path / "none", "--report-only", cwd=tmp_path, main=plifnet_cli.run)
+    absent = run_cli("study", "--out", tmp_path / "none", "--report-only", cwd=tmp_path, main=plifnet_commands.run)
     assert absent.returncode == 1 and "run the study first" in absent.stderr
 
 
@@ -510,11 +510,11 @@ def test_the_wheel_ships_the_configs_and_the_command(tmp_path):
         entry_points = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
     shipped = {str(path.relative_to(ROOT)) for path in (ROOT / "plifnet" / "configs").rglob("*.yaml")}
     assert len(shipped) >= 17 and shipped <= names
-    assert "plifnet = plifnet.cli:run" in entry_points
+    assert "plifnet = plifnet.commands:run" in entry_points
 
 
 def test_plifnet_help_lists_every_command(capsys):
-    from plifnet.cli import run
+    from plifnet.commands import run
 
     with pytest.raises(SystemExit) as stop:
         run(["--help"])

@@ -1,4 +1,4 @@
-"""NIR export and import (plifnet/export.py), checked against a NIR runner written here from NIR's
+"""NIR export and import (plifnet/nir/), checked against a NIR runner written here from NIR's
 published equations and executed by nirtorch (neither is plifnet's code), and through from_nir."""
 
 import nir
@@ -10,8 +10,9 @@ from torch import nn
 
 from conftest import active_network, paper_net, record_network
 from plifnet import ARCHS, SpikingNet, neuron_factory
-from plifnet.export import from_nir, main as export_main, to_nir
+from plifnet.export import main as export_main
 from plifnet.neurons import BaseNode
+from plifnet.nir import from_nir, to_nir
 
 # ---- an independent NIR runner: nirtorch wires the graph; the neuron steps are NIR's equations at dt = 1
 

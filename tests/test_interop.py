@@ -12,8 +12,9 @@ from torch import nn
 
 from conftest import SHARED_DATASETS, active_network, paper_net, record_network
 from plifnet import SpikingClassifier, SpikingNet  # Lightning's loggers bind stderr on import: before run_cli
-from plifnet.export import TARGETS, from_nir, main as export_main, to_nir
+from plifnet.export import main as export_main
 from plifnet.neurons import IF, PLIF
+from plifnet.nir import TARGETS, from_nir, to_nir
 
 
 def import_spikingjelly(graph, dtype):
@@ -383,7 +384,7 @@ def test_dt_scales_the_time_constants_and_from_nir_reads_it_from_the_metadata(tm
 def test_a_graph_from_another_framework_is_evaluated_and_fine_tuned_from_the_command_line(
     run_cli, tiny_digits, tmp_path
 ):
-    """SpikingJelly's export of a 28 x 28 network, read with --model.net plifnet.export.NIRNet at its dt:
+    """SpikingJelly's export of a 28 x 28 network, read with --model.net plifnet.nir.NIRNet at its dt:
     ``test`` gives the accuracy of from_nir's network on the same images; ``fit`` fine-tunes it and its
     checkpoint tests; without the dt, one line says which dt was assumed and how to give another."""
     from spikingjelly.activation_based import layer, neuron
@@ -412,7 +413,7 @@ def test_a_graph_from_another_framework_is_evaluated_and_fine_tuned_from_the_com
         "--data.batch_size",
         "8",
         "--model.net",
-        "plifnet.export.NIRNet",
+        "plifnet.nir.NIRNet",
         "--model.net.path",
         tmp_path / "sj.nir",
     ]

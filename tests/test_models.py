@@ -10,7 +10,7 @@ def conv_bn(cin, cout):
     return cin * cout * 9 + 2 * cout  # conv k3 without bias, BN weight and bias
 
 
-# Parameter counts written out from SPEC section 2, independently of the layer table.
+# Parameter counts written out from docs/paper.md section 2, independently of the layer table.
 EXPECTED = {
     "mnist": conv_bn(1, 128) + conv_bn(128, 128) + 128 * 7 * 7 * 2048 + 2048 * 100,
     "fashion_mnist": conv_bn(1, 128) + conv_bn(128, 128) + 128 * 7 * 7 * 2048 + 2048 * 100,

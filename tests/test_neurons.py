@@ -1,6 +1,6 @@
 """Neurons against an independent step-by-step reference and against hand computation.
 
-The reference below writes SPEC section 1 directly and gets the surrogate gradient without any
+The reference below writes docs/paper.md section 1 directly and gets the surrogate gradient without any
 custom autograd Function: ``S = step(x) + primitive(x) - primitive(x).detach()`` has the exact step
 as its value and the surrogate as its derivative.
 """

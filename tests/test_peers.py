@@ -478,7 +478,7 @@ def test_a_sequential_peer_network_exports_to_nir_with_its_own_spikes(family, tm
     import nir
     from test_export import run_nir
 
-    from plifnet.export import to_nir
+    from plifnet.nir import to_nir
 
     net = spikingjelly_net.Net() if family == "spikingjelly" else SequentialLeaky(spike_grad=spike_keeping_dtype)
     net = with_statistics(driven(net))
@@ -497,7 +497,7 @@ def test_snntorchs_float32_spikes_are_checked_in_float32():
     """With snnTorch's own spike function the network runs in float32 only: the export's check runs there."""
     import nir
 
-    from plifnet.export import to_nir
+    from plifnet.nir import to_nir
 
     net = with_statistics(driven(SequentialLeaky()))
     graph = to_nir(net, input_shape=(1, 28, 28))
@@ -511,7 +511,7 @@ def test_snntorchs_float32_spikes_are_checked_in_float32():
 
 
 def test_peer_networks_without_a_nir_form_are_refused_by_name():
-    from plifnet.export import to_nir
+    from plifnet.nir import to_nir
 
     with pytest.raises(
         ValueError,

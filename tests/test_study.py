@@ -14,8 +14,8 @@ import torch
 import wandb_files
 
 from conftest import ROOT
-from plifnet import study
-from plifnet.study import NEURON, TAU
+from plifnet import grid, report, study
+from plifnet.grid import NEURON, TAU
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def table_rows(out: Path) -> dict[str, dict[str, str]]:
 
 
 def checkpoint(folder: Path) -> dict:
-    return torch.load(study.newest(folder, "last.ckpt"), map_location="cpu", weights_only=False)
+    return torch.load(report.newest(folder, "last.ckpt"), map_location="cpu", weights_only=False)
 
 
 def test_default_logger_grid_results_match_the_runs_and_are_not_rerun(run_study, tiny_digits, tmp_path):
@@ -215,7 +215,7 @@ def test_bad_grid_entries_are_refused_with_the_form_expected():
         ("lif:x", "is not a number"),
     ):
         with pytest.raises(SystemExit, match=message):
-            study.parse_grid([entry], [1])
+            grid.parse_grid([entry], [1])
 
 
 def test_report_only_reads_existing_folders(tmp_path):
@@ -226,7 +226,7 @@ def test_report_only_reads_existing_folders(tmp_path):
     )
     (folder / "runs").mkdir()
     (folder / "runs" / "tau.csv").write_text("step,conv1,fc1\n0,2,2\n10,1.9,2.5\n20,1.8,3.25\n")
-    table = study.report(tmp_path, study.parse_grid(["plif:2"], [1]))
+    table = report.report(tmp_path, grid.parse_grid(["plif:2"], [1]))
     assert "| PLIF tau0=2 | 1 | 2 (stopped) | 70.00 | 50.00 | 1.800 | 3.250 | 2.0 min |" in table
     assert json.loads(json.dumps(table_rows(tmp_path)))["PLIF tau0=2"]["final tau fc1"] == "3.250"
 
@@ -256,7 +256,7 @@ def test_settings_file_names_a_product_of_axes_and_named_settings(tmp_path):
         "settings:\n  alif: --model.net.neuron plifnet_example.ALIF --model.net.options.tau 2\n"
         "axes:\n  model.net.neuron: [plif, lif]\n  model.net.options.tau: [2, 16]\nseeds: [1, 2]\n"
     )
-    settings = study.read_settings_file(tmp_path / "study.yaml", [2020])
+    settings = grid.read_settings_file(tmp_path / "study.yaml", [2020])
     assert [s.folder for s in settings] == [
         "alif_seed1",
         "alif_seed2",
@@ -277,7 +277,7 @@ def test_settings_file_names_a_product_of_axes_and_named_settings(tmp_path):
     ):
         (tmp_path / "bad.yaml").write_text(bad)
         with pytest.raises(SystemExit, match=message):
-            study.read_settings_file(tmp_path / "bad.yaml", [1])
+            grid.read_settings_file(tmp_path / "bad.yaml", [1])
     with pytest.raises(SystemExit, match="task 5 does not exist: the study has tasks 0..1"):
         study.main(["--config", "c.yaml", "--out", str(tmp_path / "o"), "--grid", "plif:2", "lif:2", "--only", "5"])
     with pytest.raises(SystemExit, match="settings named twice"):
@@ -288,14 +288,14 @@ def test_settings_files_of_settings_alone_or_axes_alone_and_names_given_twice(tm
     (tmp_path / "named.yaml").write_text(
         "settings:\n  plif2: --model.net.options.tau 2\n  lif16: --model.net.neuron lif --model.net.options.tau 16\n"
     )
-    assert [s.folder for s in study.read_settings_file(tmp_path / "named.yaml", [7])] == ["plif2_seed7", "lif16_seed7"]
+    assert [s.folder for s in grid.read_settings_file(tmp_path / "named.yaml", [7])] == ["plif2_seed7", "lif16_seed7"]
     (tmp_path / "axes.yaml").write_text("axes:\n  model.net.options.tau: [2, 16]\n")
-    assert [s.folder for s in study.read_settings_file(tmp_path / "axes.yaml", [7])] == ["tau2_seed7", "tau16_seed7"]
+    assert [s.folder for s in grid.read_settings_file(tmp_path / "axes.yaml", [7])] == ["tau2_seed7", "tau16_seed7"]
     (tmp_path / "twice.yaml").write_text(
         "settings:\n  a: --model.net.options.tau 2\n  b: --model.net.options.tau 4\n  a: --model.net.options.tau 16\n"
     )
     with pytest.raises(SystemExit) as refused:
-        study.read_settings_file(tmp_path / "twice.yaml", [7])
+        grid.read_settings_file(tmp_path / "twice.yaml", [7])
     assert (
         str(refused.value) == f"error: {tmp_path / 'twice.yaml'}: 'a' is given twice (line 4); every setting and "
         f"option needs its own name"
@@ -355,7 +355,7 @@ def test_a_second_runner_on_the_same_out_leaves_a_claimed_setting_alone(run_stud
     """This test holds the claim of the first setting, as a runner training it would; plifnet study trains the
     other one only, reports the first as running and says so."""
     out = tmp_path / "study"
-    with study.claim(out / "plif_tau2_seed2020") as mine:
+    with report.claim(out / "plif_tau2_seed2020") as mine:
         assert mine
         result = run_study(
             "--config",
@@ -383,7 +383,7 @@ def test_a_second_runner_on_the_same_out_leaves_a_claimed_setting_alone(run_stud
             and (out / "lif_tau2_seed2020" / "done.json").is_file()
         )
         assert table_rows(out)["PLIF tau0=2"]["epochs"] == "0 (running)"
-    assert study.collect(out / "plif_tau2_seed2020")["status"] == "stopped"  # the claim ends with its holder
+    assert report.collect(out / "plif_tau2_seed2020")["status"] == "stopped"  # the claim ends with its holder
 
 
 @pytest.mark.multiprocess

@@ -12,8 +12,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
-from plifnet import checkpoints
-from plifnet.cli import PlifnetCLI
+from plifnet import checkpoints, runs
 from plifnet.models import SpikingNet
 from plifnet.module import SpikingClassifier
 
@@ -135,7 +134,7 @@ def test_a_checkpoint_names_no_code_under_any_key(where, hyper_parameters, spy, 
     config = Namespace(ckpt_path=str(path), model=Namespace())
     refused = None
     try:
-        PlifnetCLI._check_hyperparameters(config, [], checkpoints.read(path))
+        runs.check_hyperparameters(config, [], checkpoints.read(path))
     except checkpoints.CheckpointError as error:
         refused = str(error)
     try:
@@ -315,14 +314,14 @@ def test_a_single_seed_is_one_task_and_a_large_grid_is_written_at_once(tmp_path)
 
 
 def test_a_silent_layer_is_flagged_beside_the_accuracy(tmp_path):
-    from plifnet import study
+    from plifnet import grid, report
 
     folder = tmp_path / "lif_tau16_seed1"
     folder.mkdir()
     (folder / "history.csv").write_text(
         "epoch,step,seconds,test/acc,val/acc,firing_rate/conv1,firing_rate/fc2\n0,10,60,0.1,0.1,0.08,0.0\n"
     )
-    table = study.report(tmp_path, study.parse_grid(["lif:16"], [1]))
+    table = report.report(tmp_path, grid.parse_grid(["lif:16"], [1]))
     assert "| LIF tau=16 | 1 | 1 (stopped) | 10.00 (silent: fc2) |" in table
     assert "(silent: fc2)" in (tmp_path / "results.md").read_text()
     with open(tmp_path / "results.csv") as f:
@@ -336,7 +335,7 @@ def test_a_silent_layer_is_flagged_beside_the_accuracy(tmp_path):
 def small_graph(tmp_path, **metadata) -> Path:
     import nir
 
-    from plifnet.export import to_nir
+    from plifnet.nir import to_nir
 
     net = SpikingNet(layers="c4 p f20", in_channels=1, size=8, classes=2, time_steps=2).eval()
     graph = to_nir(net)
@@ -366,7 +365,7 @@ def edited(path: Path, node: str, field: str, value=None, declare=None) -> Path:
 def test_a_nir_file_declaring_gigabytes_is_refused_before_reading(tmp_path):
     import resource
 
-    from plifnet.export import from_nir
+    from plifnet.nir import from_nir
 
     path = edited(small_graph(tmp_path), "fc1", "weight", declare=(1 << 19, 1 << 10))  # 2 GiB of float32
     assert path.stat().st_size < 1 << 20
@@ -396,7 +395,7 @@ def test_nir_graphs_out_of_range_are_refused_by_name(change, message, tmp_path, 
     import nir
     import numpy as np
 
-    from plifnet.export import from_nir
+    from plifnet.nir import from_nir
 
     path = change(tmp_path)
     if "tau holds" in message:  # the same shape as written: [4, 8, 8]
@@ -404,7 +403,7 @@ def test_nir_graphs_out_of_range_are_refused_by_name(change, message, tmp_path, 
     with pytest.raises(ValueError, match=re.escape(message)):
         from_nir(path)
     result = run_cli(
-        "test", "--config", "mnist", "--model.net", "plifnet.export.NIRNet", "--model.net.path", path, cwd=tmp_path
+        "test", "--config", "mnist", "--model.net", "plifnet.nir.NIRNet", "--model.net.path", path, cwd=tmp_path
     )  # through a run: one line, no traceback, before any data is read
     assert result.returncode == 1 and message in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -414,7 +413,7 @@ def test_nir_graphs_out_of_range_are_refused_by_name(change, message, tmp_path, 
 def test_an_unknown_node_type_is_named(tmp_path):
     import h5py
 
-    from plifnet.export import from_nir
+    from plifnet.nir import from_nir
 
     path = small_graph(tmp_path)
     with h5py.File(path, "r+") as f:
@@ -576,8 +575,8 @@ def test_a_fit_writes_into_the_folder_it_claimed_and_a_failed_start_removes_it(r
 def test_a_shared_neuron_object_is_named_not_a_traceback():
     from torch import nn
 
-    from plifnet.export import to_nir
     from plifnet.neurons import PLIF
+    from plifnet.nir import to_nir
 
     shared = PLIF()
     net = nn.Sequential(

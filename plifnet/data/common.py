@@ -1,6 +1,6 @@
 """What every data module shares: the per-class validation split and the loaders.
 
-Evaluation follows both protocols of the paper (SPEC section 4). With ``val_fraction > 0`` each class
+Evaluation follows both protocols of the paper (docs/paper.md section 4). With ``val_fraction > 0`` each class
 of the training set is split ``1 - val_fraction`` / ``val_fraction`` (85/15 by default) for model
 selection (protocol B); with ``eval_test_every_epoch`` the test set is a second validation loader, so
 that the best test accuracy over epochs (protocol A) can be read off the same run.

@@ -1,4 +1,4 @@
-"""Event-camera data as frames: N-MNIST, CIFAR10-DVS and DVS128 Gesture (SPEC sections 3 and 5).
+"""Event-camera data as frames: N-MNIST, CIFAR10-DVS and DVS128 Gesture (docs/paper.md sections 3 and 5).
 
 Each recording (read by :mod:`plifnet.data.recordings`, which also finds the layouts under ``root``)
 is a stream of events ``(x, y, t, p)``; the network sees ``T`` frames ``[2, H, W]`` (one channel per

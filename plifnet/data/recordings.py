@@ -1,5 +1,5 @@
 """Event-camera recordings on disk: the readers of their five file formats (one recording -> events
-``(x, y, t, p)``) and the layouts of the three releases (SPEC section 5) that :mod:`plifnet.data.events`
+``(x, y, t, p)``) and the layouts of the three releases (docs/paper.md section 5) that :mod:`plifnet.data.events`
 turns into frames:
 
 * N-MNIST: ``Train|Test/<digit>/<id>.bin`` (the original release), read by tonic's reader.

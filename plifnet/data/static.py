@@ -1,4 +1,4 @@
-"""Static image data: MNIST, Fashion-MNIST and CIFAR-10 with the paper's augmentations (SPEC section 3).
+"""Static image data: MNIST, Fashion-MNIST and CIFAR-10 with the paper's augmentations (docs/paper.md section 3).
 
 Two on-disk layouts are served from ``root``:
 
