@@ -167,7 +167,7 @@ class SpikingJellyBlock(torch.nn.Sequential):
 
 
 def spikingjelly_network(arch, dropout=0.5, time_steps=None):
-    """One of the paper's networks (SPEC section 2) in SpikingJelly's layers, multi-step, as plifnet
+    """One of the paper's networks (docs/paper.md section 2) in SpikingJelly's layers, multi-step, as plifnet
     builds it: for images the first Conv+BN once per image, its output repeated at every one of
     ``time_steps`` steps (default: the paper's T); for event frames ``[T, N, 2, H, W]`` frame t at step t.
     The layers after the first Conv+BN are grouped into :class:`SpikingJellyBlock`. Returns the rates
