@@ -5,10 +5,13 @@ Where things live: neuron equations and tau in :mod:`plifnet.neurons`, surrogate
 :mod:`plifnet.module`, data in :mod:`plifnet.data`.
 """
 
+from pathlib import Path
+
 from plifnet.models import ARCHS, SpikingNet
 from plifnet.neurons import IF, LIF, PLIF, neuron_factory, reset_state
 
 __version__ = "0.2.0"
+CONFIGS = Path(__file__).resolve().parent / "configs"  # the configs shipped as package data (configs/ in a clone)
 __all__ = ["ARCHS", "IF", "LIF", "PLIF", "SpikingClassifier", "SpikingNet", "neuron_factory", "reset_state"]
 
 

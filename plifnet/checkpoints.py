@@ -43,13 +43,14 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from plifnet.errors import UserError
 from plifnet.files import WriteFailed, remove_orphans, write_atomically
 
 INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"  # what LightningCLI records to rebuild the model with
 PLUGIN_GROUPS = ("plifnet.neurons", "plifnet.surrogates", "plifnet.adapters")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used: the message names the file, what is wrong and what to do."""
 
 

@@ -15,7 +15,6 @@ import errno
 import logging
 import re
 import sys
-import traceback
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
@@ -27,10 +26,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback, instantiate_
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
-import plifnet
-from plifnet import checkpoints, files
+from plifnet import CONFIGS, checkpoints, files
 from plifnet.callbacks import Interrupted
-from plifnet.contract import StateLeak
+from plifnet.errors import PluginError, UserError
 from plifnet.kernels.memory import keep_freed_memory_unless_opted_out
 from plifnet.module import CLI_RECORDS_CONFIG, NoInputShape, SpikingClassifier
 from plifnet.runs import (
@@ -42,7 +40,6 @@ from plifnet.runs import (
     run_folder,
 )
 
-CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped as package data
 RECIPE = CONFIGS / "recipe.yaml"
 
 
@@ -139,7 +136,7 @@ class PlifnetCLI(LightningCLI):
             chain = [error]
             while isinstance(chain[-1].__cause__ or chain[-1].__context__, Exception):
                 chain.append(chain[-1].__cause__ or chain[-1].__context__)
-            ours = next((cause for cause in chain if isinstance(cause, ImportError) and raised_by_plifnet(cause)), None)
+            ours = next((cause for cause in chain if isinstance(cause, PluginError)), None)
             if ours is not None:  # a plug-in that failed to import, named by plifnet
                 raise SystemExit(f"error: {ours}") from None
             kinds = (ValueError, TypeError, MisconfigurationException)
@@ -252,13 +249,6 @@ def quiet_console() -> None:
     )
 
 
-def raised_by_plifnet(error: BaseException) -> bool:
-    """Whether plifnet's own code raised ``error``: its messages are written for the user (the input and
-    the fix), so the traceback would only bury them; an error from deeper down keeps its traceback."""
-    frames = traceback.extract_tb(error.__traceback__)
-    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(Path(plifnet.__file__).resolve().parent)
-
-
 def argument_error(error: ArgumentError, subcommand: str) -> str:
     """jsonargparse's refusal of an option (after a usage screen, every type of a Union it tried, nested)
     as one line: the option, the innermost reason, and where the accepted options are listed."""
@@ -320,7 +310,7 @@ def load_model(
     change nothing and is refused."""
     given = sorted({arg.split("=")[0] for arg in map(str, options) if arg.startswith("--model.")})
     if given:
-        raise ValueError(
+        raise UserError(
             f"{given[0]}: the checkpoint's hyperparameters rebuild the network it was trained with, so a "
             f"--model option would not be applied; leave it out"
         )
@@ -332,7 +322,7 @@ def load_model(
         )
     except NoInputShape:  # a network built for the data's input: build it so, then put the weights back
         if data is None:
-            raise ValueError(
+            raise UserError(
                 "the checkpoint's network takes its input shape from the data module, which a checkpoint "
                 "does not hold: pass the run's config too, --config <run folder>/config.yaml (or the "
                 "configs it was trained with)"
@@ -365,7 +355,7 @@ def run_data(configs: list[str], options: list[str]) -> tuple[LightningDataModul
                 parser_kwargs={"exit_on_error": False, "default_config_files": [str(RECIPE)]},
             )
     except ArgumentError as error:
-        raise ValueError(f"--config {' '.join(map(str, configs))}: {str(error).strip().splitlines()[0]}") from None
+        raise UserError(f"--config {' '.join(map(str, configs))}: {str(error).strip().splitlines()[0]}") from None
     return cli.datamodule, checkpoints.strings(cli.config)
 
 
@@ -396,7 +386,7 @@ def main(args=None) -> LightningCLI:
         raise SystemExit(
             argument_error(error, next((a for a in argv if a in LightningCLI.subcommands()), ""))
         ) from None
-    except (StateLeak, FloatingPointError) as error:  # a network that remembers; a run that diverged
+    except (UserError, FloatingPointError) as error:  # plifnet's refusal of an input (it names the fix); a divergence
         raise SystemExit(f"error: {error}") from None
     except RuntimeError as error:  # a checkpoint's weights for another network than the run's config builds
         if not str(error).startswith("Error(s) in loading state_dict"):
@@ -405,15 +395,9 @@ def main(args=None) -> LightningCLI:
             f"error: the weights of checkpoint {failed_start.ckpt_path} do not fit this run's network "
             f"({weights_mismatch(str(error))}): give the configs that it was trained with"
         ) from None
-    except (ValueError, TypeError, OSError, ImportError) as error:  # ImportError: a broken plug-in, named by plifnet
-        if isinstance(error, files.WriteFailed) or getattr(error, "errno", None) in (
-            errno.ENOSPC,
-            errno.EDQUOT,
-            errno.EROFS,
-        ):
-            raise SystemExit(files.write_failure(error)) from None  # a full disk, a read-only folder
-        if raised_by_plifnet(error):  # plifnet's own refusal of an input names it and the fix
-            raise SystemExit(f"error: {error}") from None
+    except OSError as error:  # a full disk, a read-only folder: said in one line; anything else keeps its traceback
+        if isinstance(error, files.WriteFailed) or error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise SystemExit(files.write_failure(error)) from None
         raise
     except Interrupted as stop:
         print(f"{stop}; resume with: {resume_command(argv, stop.path)}", file=sys.stderr)

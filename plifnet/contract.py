@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from plifnet import compat
+from plifnet.errors import UserError
 from plifnet.registry import Registry
 
 
@@ -123,7 +125,7 @@ class Adapter:
 
     def dynamics(self, module: nn.Module) -> Dynamics:
         """The neuron as plifnet's step, for NIR export; ``ValueError`` saying why where it is not one."""
-        raise ValueError(
+        raise UserError(
             f"neuron {type(module).__name__} has no mapping onto plifnet's LIF/IF equations here, so no NIR form"
         )
 
@@ -249,11 +251,11 @@ def dynamics(module: nn.Module) -> Dynamics:
     """A neuron as plifnet's LIF step (for NIR export); ``ValueError`` naming why where it is not one."""
     adapter = adapter_of(module)
     if adapter is None or not adapter.is_neuron(module):
-        raise ValueError(f"{type(module).__name__} is not a spiking neuron")
+        raise UserError(f"{type(module).__name__} is not a spiking neuron")
     return adapter.dynamics(module)
 
 
-class StateLeak(RuntimeError):
+class StateLeak(UserError, RuntimeError):
     """The network does not forget: the same input gives another output after :func:`reset_state`."""
 
 
@@ -278,10 +280,13 @@ def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
         )
     was_training = model.training
     model.eval()
-    hooks = _unhook(model)  # the check's runs are not the run's: monitors and counters must not see them
     paths = {m: name for name, m in model.named_modules()}
     runs = []
-    try:
+    # the check's runs are not the run's: monitors and counters must not see them
+    with contextlib.ExitStack() as stack:
+        stack.callback(model.train, was_training)
+        stack.callback(reset_state, model)
+        stack.enter_context(compat.forward_hooks_off(model))
         for _ in range(2):
             reset_state(model)
             outputs, digests = [], {}
@@ -297,12 +302,6 @@ def check_forgets(model: nn.Module, x, where: nn.Module | None = None) -> None:
                     handle.remove()
             reset_state(model)
             runs.append((outputs, _kept(model)))
-    finally:
-        reset_state(model)
-        model.train(was_training)
-        for m, (forward, pre) in hooks.items():
-            m._forward_hooks.update(forward)
-            m._forward_pre_hooks.update(pre)
     (first, kept_first), (second, kept_second) = runs
     kept = sorted(
         name for name in kept_first.keys() | kept_second.keys() if kept_first.get(name) != kept_second.get(name)
@@ -359,17 +358,7 @@ def _kept(model: nn.Module) -> dict:
     kept, seen = {}, {}
     for name, m in model.named_modules():
         held = {key: value for key, value in vars(m).items() if key not in MODULE_INTERNALS}
-        digest = _digest({**held, **m._buffers}, seen)
+        digest = _digest({**held, **dict(m.named_buffers(recurse=False))}, seen)
         if digest is not None:
             kept[name] = digest
     return kept
-
-
-def _unhook(model: nn.Module) -> dict:
-    """Take the forward hooks off every module of ``model``; returns them to put back."""
-    hooks = {}
-    for m in model.modules():
-        hooks[m] = (dict(m._forward_hooks), dict(m._forward_pre_hooks))
-        m._forward_hooks.clear()
-        m._forward_pre_hooks.clear()
-    return hooks

@@ -46,7 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plifnet import contract
 from plifnet.contract import is_neuron, reset_state
+from plifnet.errors import UserError
+from plifnet.models import LayerNames
 
 NEURONS = "neurons"  # the key of the neurons' membrane updates among a counter's totals
 
@@ -175,7 +178,7 @@ def energy_costs(technology: str | tuple[float, ...]) -> tuple[str, float, float
     numbers: ``(MAC, AC)`` (no memory term) or ``(MAC, AC, memory word)``."""
     if isinstance(technology, str):
         if technology not in TECHNOLOGIES:
-            raise ValueError(
+            raise UserError(
                 f"unknown technology {technology!r}; choose one of {sorted(TECHNOLOGIES)} or give "
                 f"(pJ per MAC, pJ per AC[, pJ per memory word])"
             )
@@ -199,12 +202,11 @@ class SynapticCounter:
         # named as tau and firing rates name the layers (plifnet.callbacks.spiking_layers): conv1, ..., fc1 in a
         # network of layer tokens, where the i-th Conv2d feeds the i-th conv neuron; the module path elsewhere
         ordinal = any(callable(getattr(m, "spiking_layers", None)) for m in model.modules())
-        layers, counts = {}, {"conv": 0, "fc": 0}
+        layers, name = {}, LayerNames()
         for path, module in model.named_modules():
             kind = "conv" if isinstance(module, nn.Conv2d) else "fc" if isinstance(module, nn.Linear) else None
             if kind:
-                counts[kind] += 1
-                layers[f"{kind}{counts[kind]}" if ordinal else path.removeprefix("net.")] = module
+                layers[name(kind) if ordinal else path.removeprefix("net.")] = module
         self.layers = layers
         self.neurons = [module for module in model.modules() if is_neuron(module)]
         # per layer its FIELDS; NEURONS: the neurons' membrane updates (first field), summed the same way
@@ -223,7 +225,7 @@ class SynapticCounter:
         return self
 
     def _count_updates(self, module, inputs, output):
-        spikes = output[0] if isinstance(output, (tuple, list)) else output
+        spikes = contract.spikes(module, output)
         updates = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=spikes.device)
         updates[0] = spikes.numel()
         self.pending.append((NEURONS, updates))

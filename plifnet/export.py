@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> Path:
         "1e-3 Norse)",
     )
     args = parser.parse_args(argv)
-    from plifnet.checkpoints import CheckpointError
+    from plifnet.errors import UserError
     from plifnet.files import WriteFailed, write_atomically, write_failure
 
     try:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
             target=args.target,
             dt=args.dt,
         )
-    except (CheckpointError, ValueError) as error:
+    except UserError as error:
         raise SystemExit(f"error: {error}") from None
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)

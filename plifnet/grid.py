@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from plifnet.errors import UserError
+
 GRID = ("plif:2", "plif:16", "lif:2", "lif:16")  # the paper's ablation: PLIF tau0 and LIF tau in {2, 16}
 NEURON, TAU = "--model.net.neuron", "--model.net.options.tau"  # the options of the grid's shorthand NEURON:TAU
 
@@ -94,7 +96,7 @@ def checked_seeds(seeds, where: str) -> list[int]:
     return seeds
 
 
-class NamedTwice(ValueError):
+class NamedTwice(UserError):
     pass
 
 

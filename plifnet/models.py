@@ -28,6 +28,7 @@ from torch import nn
 
 from plifnet import kernels, recompute
 from plifnet.contract import is_neuron
+from plifnet.errors import UserError
 from plifnet.neurons import BaseNode, neuron_factory
 from plifnet.options import NeuronOptions
 
@@ -103,7 +104,7 @@ class SharedDropout(nn.Module):
     def __init__(self, p: float = 0.5):
         super().__init__()
         if not 0 <= p < 1:
-            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+            raise UserError(f"dropout p must be in [0, 1), got {p}")
         self.p = p
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
@@ -138,7 +139,7 @@ def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
 
 def nonempty_layers(tokens: list[str]) -> list[str]:
     if not tokens:
-        raise ValueError(
+        raise UserError(
             "layers is empty: give the network as tokens, e.g. layers='c128 p c128 p d f2048 d f100' "
             "(c<n> convolution, p max-pooling, d dropout, f<n> linear; 10 output neurons per class)"
         )
@@ -185,7 +186,7 @@ class SpikingNet(nn.Module):
         super().__init__()
         tokens = nonempty_layers(layers.split())
         if memory not in recompute.MEMORY:
-            raise ValueError(f"memory must be one of {', '.join(recompute.MEMORY)}, got {memory!r}")
+            raise UserError(f"memory must be one of {', '.join(recompute.MEMORY)}, got {memory!r}")
         if classes is None:  # from the output layer: 10 neurons per class
             last = tokens[-1]
             classes = int(last[1:]) // VOTES_PER_CLASS if last[:1] == "f" and last[1:].isdigit() else 0
@@ -195,7 +196,7 @@ class SpikingNet(nn.Module):
         self.classes = classes
         self.time_steps = int(time_steps)
         if self.time_steps < 1:
-            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+            raise UserError(f"time_steps must be >= 1, got {time_steps}")
         self.make_neuron = neuron_layers(neuron, options)
         self.dropout = dropout
         if in_channels and size:
@@ -216,9 +217,9 @@ class SpikingNet(nn.Module):
         ``variant``: ``code`` (the authors' released code, which produced the published numbers) or ``paper``
         (the paper's table), where the two differ (CIFAR-10, CIFAR10-DVS). The other arguments as above."""
         if arch not in ARCHS:
-            raise ValueError(f"unknown network {arch!r}; choose one of {sorted(ARCHS)}, or give SpikingNet layers")
+            raise UserError(f"unknown network {arch!r}; choose one of {sorted(ARCHS)}, or give SpikingNet layers")
         if variant not in ("code", "paper"):
-            raise ValueError(f"variant must be 'code' or 'paper', got {variant!r}")
+            raise UserError(f"variant must be 'code' or 'paper', got {variant!r}")
         spec = ARCHS[arch]
         net = cls(
             (variant == "paper" and spec.paper_layers) or spec.layers,
@@ -255,7 +256,7 @@ class SpikingNet(nn.Module):
         if not modules:
             outputs = layers[-2].out_features  # the output layer's Linear, before its neuron
             if not self.classes or outputs != self.classes * VOTES_PER_CLASS:
-                raise ValueError(
+                raise UserError(
                     f"{self.arch_name}: the last layer must be f<10 x classes> (10 neurons per class), "
                     f"got {outputs} neurons for {self.classes} classes"
                 )
@@ -277,7 +278,7 @@ class SpikingNet(nn.Module):
         expected = "[N, C, H, W] images" if self.arch.static else "[T, N, C, H, W] event frames"
         if x.dim() != (4 if self.arch.static else 5) or tuple(x.shape[-3:]) != self.input_shape:
             c, h, w = self.input_shape
-            raise ValueError(
+            raise UserError(
                 f"the {self.arch_name} network takes {expected} with C, H, W = {c}, {h}, {w}; "
                 f"got shape {tuple(x.shape)}. Check that the data module matches the network (--model.net)."
             )
@@ -326,15 +327,25 @@ class SpikingNet(nn.Module):
 
     def spiking_layers(self) -> dict[str, nn.Module]:
         """The neurons by a readable name: ``conv1``, ``conv2``, ..., ``fc1``, ``fc2`` (the output)."""
-        names, counts = {}, {"conv": 0, "fc": 0}
-        previous = None
+        names, name, previous = {}, LayerNames(), None
         for module in [self.encoder, *self.layers]:
             if is_neuron(module):
-                kind = "fc" if isinstance(previous, nn.Linear) else "conv"
-                counts[kind] += 1
-                names[f"{kind}{counts[kind]}"] = module
+                names[name("fc" if isinstance(previous, nn.Linear) else "conv")] = module
             previous = module
         return names
+
+
+class LayerNames:
+    """Readable layer names, numbered by kind in the order asked (``conv1``, ``conv2``, ``fc1``, ``pool1``): the
+    one naming that tau, firing rates, synaptic operations and NIR nodes share, so that ``conv2`` is the same
+    layer in tau.csv, energy.csv and an exported graph."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, kind: str) -> str:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        return f"{kind}{self.counts[kind]}"
 
 
 def neuron_layers(neuron, options: NeuronOptions) -> Callable[[int], nn.Module]:
@@ -342,7 +353,7 @@ def neuron_layers(neuron, options: NeuronOptions) -> Callable[[int], nn.Module]:
     :func:`plifnet.neurons.neuron_factory` as it is (it holds its options), anything else through it."""
     if callable(neuron) and isinstance(getattr(neuron, "options", None), NeuronOptions):
         if options != NeuronOptions():
-            raise ValueError("give the neurons' options once: in neuron_factory(...) or as options=, not both")
+            raise UserError("give the neurons' options once: in neuron_factory(...) or as options=, not both")
         return neuron
     return neuron_factory(neuron, options=options)
 
@@ -358,23 +369,23 @@ def make_layers(
     for index, token in enumerate(tokens):
         kind, width = token[0], token[1:]
         if kind not in "cpdf" or (kind in "cf") != width.isdigit():
-            raise ValueError(f"bad layer token {token!r} in {' '.join(tokens)!r}: use c<n>, p, d or f<n>")
+            raise UserError(f"bad layer token {token!r} in {' '.join(tokens)!r}: use c<n>, p, d or f<n>")
         width = int(width or 0)
         if kind in "cp" and features is not None:  # the first d or f flattened the maps
-            raise ValueError(
+            raise UserError(
                 f"layer token {token!r} in {' '.join(tokens)!r} comes after the maps were flattened "
                 f"(by the first d or f): put every c<n> and p before the first d or f"
             )
         if kind == "p" and size < 2:
-            raise ValueError(
+            raise UserError(
                 f"layer token 'p' in {' '.join(tokens)!r} halves a {size} x {size} map to nothing ({shape}): use fewer p"
             )
         if kind in "cf" and width < 1:
-            raise ValueError(
+            raise UserError(
                 f"layer token {token!r} in {' '.join(tokens)!r} has no neurons: use c<n> or f<n> with n >= 1"
             )
         if index == 0 and kind != "c":
-            raise ValueError(f"{' '.join(tokens)!r}: the first layer must be a convolution (c<n>), the learned encoder")
+            raise UserError(f"{' '.join(tokens)!r}: the first layer must be a convolution (c<n>), the learned encoder")
         if kind == "c":
             layers += [TimeDistributed(_conv_bn(channels, width)), neuron(width)]
             channels = width
@@ -390,5 +401,5 @@ def make_layers(
             layers += [nn.Linear(features, width, bias=False), neuron(width)]
             features = width
     if tokens[-1][:1] != "f":
-        raise ValueError(f"{' '.join(tokens)!r}: the last layer must be f<10 x classes> (10 neurons per class)")
+        raise UserError(f"{' '.join(tokens)!r}: the last layer must be f<10 x classes> (10 neurons per class)")
     return layers

@@ -26,6 +26,7 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from plifnet import checkpoints, compat, contract
+from plifnet.errors import UserError
 from plifnet.schedules import CosineToEnd
 
 # Set by plifnet.cli while LightningCLI builds the model: LightningCLI then saves the model's hyperparameters as
@@ -33,7 +34,7 @@ from plifnet.schedules import CosineToEnd
 CLI_RECORDS_CONFIG = contextvars.ContextVar("plifnet_cli_records_config", default=False)
 
 
-class NoInputShape(ValueError):
+class NoInputShape(UserError):
     """A network that takes its input shape from the data module, built without one."""
 
 
@@ -84,16 +85,16 @@ class SpikingClassifier(L.LightningModule):
             if value is not None and not isinstance(value, str)
         ]
         if isinstance(net, dict):  # a checkpoint's config of the network, loaded without LightningCLI's instantiator
-            raise ValueError(
+            raise UserError(
                 f"net is a configuration ({net.get('class_path', 'no class_path')}), not a network: load this "
                 f"checkpoint with plifnet test/export (which build it), or pass net= to load_from_checkpoint"
             )
         if lr_interval not in ("epoch", "step"):
-            raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
+            raise UserError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}")
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.save_hyperparameters(ignore=[] if CLI_RECORDS_CONFIG.get() else objects)
         if compile and getattr(net, "memory", "store") != "store":
-            raise ValueError(
+            raise UserError(
                 f"compile and memory {net.memory!r} do not combine: torch.compile cannot trace the "
                 "recomputation (its BatchNorm-statistics context); choose one (--model.compile false, or "
                 "--model.net.memory store)"
@@ -102,9 +103,9 @@ class SpikingClassifier(L.LightningModule):
         self._compiled = False
         self.num_classes = classes or getattr(net, "classes", None)
         if not self.num_classes:
-            raise ValueError(f"{type(net).__name__} has no 'classes' attribute: pass --model.classes N")
+            raise UserError(f"{type(net).__name__} has no 'classes' attribute: pass --model.classes N")
         if loss not in ("rate_mse", "cross_entropy"):
-            raise ValueError(f"loss must be 'rate_mse' or 'cross_entropy', got {loss!r}")
+            raise UserError(f"loss must be 'rate_mse' or 'cross_entropy', got {loss!r}")
         # ModuleDict keys may not shadow Module methods such as train(): hence the suffixes.
         self.accuracy = torch.nn.ModuleDict(
             {
@@ -128,13 +129,7 @@ class SpikingClassifier(L.LightningModule):
         if not getattr(self.net, "built", True):
             self._build_net(datamodule)
         if self.hparams.get("compile") and not self._compiled:
-            # dynamo by default ignores forward hooks added after compiling (skip_nnmodule_hook_guards):
-            # the firing-rate monitor and the synaptic-operation counter would then count nothing, and
-            # say nothing. With the guard, adding or removing hooks compiles the graph again, with them in.
-            torch._dynamo.config.skip_nnmodule_hook_guards = False
-            # one graph per batch shape (the training batch, the last batch of each evaluation set): a
-            # graph of dynamic shapes fails in Inductor's stride ordering here (a symbolic 128*s*t < 128)
-            self.net.compile(dynamic=False)
+            compat.compile_with_hook_guards(self.net)  # hooks added later (the monitors) run compiled
             self._compiled = True
 
     def _build_net(self, datamodule) -> None:
@@ -147,7 +142,7 @@ class SpikingClassifier(L.LightningModule):
             )
         channels, height, width = shape
         if height != width:
-            raise ValueError(f"{type(self.net).__name__} takes square inputs; the data module gives {shape}")
+            raise UserError(f"{type(self.net).__name__} takes square inputs; the data module gives {shape}")
         self.net.build(channels, height)
 
     @classmethod
@@ -185,7 +180,7 @@ class SpikingClassifier(L.LightningModule):
         scores = self.net(x)
         rates = scores.mean(0) if scores.dim() == 3 else scores
         if rates.dim() != 2 or rates.shape[1] != self.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"{type(self.net).__name__} returned scores of shape {tuple(scores.shape)} for input "
                 f"{tuple(x.shape)}; expected [T, N, {self.num_classes}] or [N, {self.num_classes}] "
                 f"({self.num_classes} classes)"
@@ -204,7 +199,7 @@ class SpikingClassifier(L.LightningModule):
         if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
             bad = int(y.max() if y.max() >= self.num_classes else y.min())
             name = getattr(self.net, "arch_name", type(self.net).__name__)
-            raise ValueError(
+            raise UserError(
                 f"label {bad} is outside the {self.num_classes} classes of the {name} network "
                 f"(labels must be 0..{self.num_classes - 1})"
             )

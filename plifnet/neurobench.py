@@ -87,14 +87,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args, options = parser.parse_known_args(argv)  # the rest: the data module's options, e.g. --data.root DIR
     if args.images < 1:
         raise SystemExit(f"error: --images {args.images}: give the number of test images to measure, at least 1")
-    from plifnet.checkpoints import CheckpointError
     from plifnet.cli import load_model
     from plifnet.energy import estimate
+    from plifnet.errors import UserError
 
     try:
         model, data = load_model(args.ckpt_path, args.config, args.allow_class_path, options)
         data.setup("test")
-    except (CheckpointError, ValueError, FileNotFoundError) as error:
+    except UserError as error:
         raise SystemExit(f"error: {error}") from None
     net = model.net
     test = data.test_dataloader()

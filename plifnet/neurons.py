@@ -39,7 +39,9 @@ from torch import nn
 
 from plifnet import kernels
 from plifnet.contract import Dynamics, is_neuron, reset_state  # noqa: F401  (reset_state: plifnet's public name)
+from plifnet.errors import UserError
 from plifnet.kernels import compiled
+from plifnet.kernels.compiled import run_steps
 from plifnet.options import NeuronOptions
 from plifnet.registry import Registry
 from plifnet.surrogates import Surrogate
@@ -74,15 +76,6 @@ def multi_step(x_seq, k, *, options: NeuronOptions):
     """
     v = torch.full_like(x_seq[0], options.rest)
     return run_steps(x_seq, v, lambda v, x: neuron_step(v, x, k, options=options))
-
-
-def run_steps(x_seq, state, step):
-    """``step(state, X[t]) -> (S[t], state)`` over ``x_seq [T, N, ...]``; returns the spikes ``[T, N, ...]``."""
-    spikes = []
-    for x in x_seq:
-        spike, state = step(state, x)
-        spikes.append(spike)
-    return torch.stack(spikes)
 
 
 class BaseNode(nn.Module):
@@ -124,7 +117,7 @@ class BaseNode(nn.Module):
         # The fields are spelled out (not **changes) so that a config's init_args, and a reader, see them.
         super().__init__()
         if step_mode not in STEP_MODES:
-            raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
+            raise UserError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
         given = NeuronOptions(
             tau=tau,
             v_threshold=v_threshold,
@@ -136,13 +129,13 @@ class BaseNode(nn.Module):
             backend=backend,
         )
         if options is not None and given != NeuronOptions():
-            raise ValueError(
+            raise UserError(
                 f"{type(self).__name__}: give the options as options=NeuronOptions(...) or field by field "
                 f"(tau=..., v_threshold=...), not both"
             )
         self.options = given if options is None else options
         if self.options.per_channel and not self.per_channel_tau:
-            raise ValueError(
+            raise UserError(
                 f"per_channel applies to neurons with a per-channel tau (plif), not to {type(self).__name__}"
             )
         self.channels = channels
@@ -210,14 +203,14 @@ class BaseNode(nn.Module):
         """Multi-step: ``x [T, N, ...]``, or with ``time_steps`` one input ``x [N, ...]`` applied at each
         of ``time_steps`` steps; returns spikes ``[T, N, ...]``. Single-step: ``x [N, ...]``."""
         if time_steps is not None and (self.step_mode != "multi" or time_steps < 1):
-            raise ValueError(f"time_steps (got {time_steps}) needs step_mode='multi' and must be >= 1")
+            raise UserError(f"time_steps (got {time_steps}) needs step_mode='multi' and must be >= 1")
         if self.step_mode == "single":
             if self.state is None:
                 self.state = self.initial_state(x)
             spike, self.state = self.step(self.state, x, self.decay(x))
             return spike
         if x.dim() < (1 if time_steps else 2):
-            raise ValueError(
+            raise UserError(
                 f"{type(self).__name__}: multi-step input must be [T, N, ...] (or [N, ...] with "
                 f"time_steps), got shape {tuple(x.shape)}"
             )
@@ -243,12 +236,12 @@ class BaseNode(nn.Module):
             if fused != "reference" or requested == "reference":
                 return fused  # the built-in step has no fused form here (a plug-in surrogate, float64, ...): compile it
         elif requested in ("cpu", "triton"):
-            raise ValueError(
+            raise UserError(
                 f"backend {requested!r} fuses the built-in step only, and {type(self).__name__} overrides "
                 f"{', '.join(own)}: use backend 'auto' (compiled) or 'reference'"
             )
         if x.dtype == torch.float64 and requested == "compile":
-            raise ValueError("backend 'compile' computes in float32; use 'reference' (or 'auto') for float64 input")
+            raise UserError("backend 'compile' computes in float32; use 'reference' (or 'auto') for float64 input")
         if requested == "reference" or x.dtype == torch.float64:  # float64: a check, exact per step
             return "reference"
         return "compile"
@@ -265,12 +258,12 @@ class BaseNode(nn.Module):
         """This neuron's step as :class:`plifnet.contract.Dynamics`, for NIR export: the built-in step
         with the hard reset only (hooks of its own are equations of its own)."""
         if self.own_hooks:
-            raise ValueError(
+            raise UserError(
                 f"neuron {type(self).__name__} overrides the step ({', '.join(self.own_hooks)}): its own "
                 f"equations have no NIR form here (NIR has nodes for PLIF, LIF and IF)"
             )
         if self.v_reset is None:
-            raise ValueError(
+            raise UserError(
                 "the soft reset (v_reset=None, V = H - v_threshold) has no NIR form (NIR's neurons reset "
                 "to v_reset); train with a hard reset (v_reset = 0) to export"
             )
@@ -327,7 +320,7 @@ class PLIF(BaseNode):
                 self.w.materialize((x.shape[1],), dtype=x.dtype, device=x.device)
                 self.w.fill_(-math.log(self.tau0 - 1))
         if x.shape[1] != self.w.numel():
-            raise ValueError(f"PLIF has {self.w.numel()} channel taus but the input has {x.shape[1]} channels (dim 1)")
+            raise UserError(f"PLIF has {self.w.numel()} channel taus but the input has {x.shape[1]} channels (dim 1)")
         return torch.sigmoid(self.w).view(-1, *([1] * (x.dim() - 2)))
 
 
@@ -386,7 +379,7 @@ def neuron_factory(
     if isinstance(kind, str):
         name, kind = kind, NEURONS.get(kind)
         if not (isinstance(kind, type) and issubclass(kind, nn.Module)):
-            raise TypeError(
+            raise UserError(
                 f"neuron {name!r} is {kind!r}, not a torch.nn.Module class (a name or class path must "
                 f"name a neuron class; see docs/EXTENDING.md)"
             )
@@ -398,7 +391,7 @@ def neuron_factory(
     elif isinstance(kind, type):
         cls, accepted = kind, _parameters(kind)
         if options.per_channel and accepted is not None and "per_channel" not in accepted:
-            raise ValueError(f"per_channel applies to neurons with a per-channel tau (plif), not to {kind.__name__}")
+            raise UserError(f"per_channel applies to neurons with a per-channel tau (plif), not to {kind.__name__}")
 
         def build(channels: int) -> nn.Module:
             given = dict(options.as_dict(), channels=channels)
@@ -409,19 +402,19 @@ def neuron_factory(
         def build(channels: int) -> nn.Module:
             return factory(channels) if takes_channels else factory()
     else:
-        raise TypeError(f"neuron must be a name, a class or a factory, got {kind!r}")
+        raise UserError(f"neuron must be a name, a class or a factory, got {kind!r}")
 
     def make(channels: int) -> nn.Module:
         neuron = build(channels)
         if not isinstance(neuron, nn.Module):
-            raise TypeError(f"the neuron factory built a {type(neuron).__name__}, not a torch.nn.Module")
+            raise UserError(f"the neuron factory built a {type(neuron).__name__}, not a torch.nn.Module")
         if not callable(getattr(neuron, "reset", None)):
-            raise TypeError(
+            raise UserError(
                 f"neuron {type(neuron).__name__} has no reset() method: a neuron must forget its "
                 f"state between batches (see docs/EXTENDING.md)"
             )
         if not is_neuron(neuron):
-            raise TypeError(
+            raise UserError(
                 f"neuron {type(neuron).__name__} has a reset() but neither v_threshold nor tau: give it "
                 f"one, so that plifnet finds it as a neuron (see docs/EXTENDING.md)"
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from plifnet.errors import UserError
 from plifnet.surrogates import Surrogate, surrogate as make_surrogate
 
 BACKENDS = ("auto", "reference", "compile", "cpu", "triton")
@@ -53,11 +54,11 @@ class NeuronOptions:
         set_field("per_channel", bool(self.per_channel))
         set_field("surrogate", make_surrogate(self.surrogate))
         if not self.tau > 1:
-            raise ValueError(f"tau must be > 1 (the leak k = 1/tau must lie in (0, 1)), got tau={self.tau}")
+            raise UserError(f"tau must be > 1 (the leak k = 1/tau must lie in (0, 1)), got tau={self.tau}")
         if self.v_reset is not None and not self.v_reset < self.v_threshold:
-            raise ValueError(f"v_reset ({self.v_reset}) must be below v_threshold ({self.v_threshold})")
+            raise UserError(f"v_reset ({self.v_reset}) must be below v_threshold ({self.v_threshold})")
         if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise UserError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
     @property
     def soft_reset(self) -> bool:
@@ -72,7 +73,7 @@ class NeuronOptions:
         """A copy with ``changes``; an unknown name is refused with the list of known ones."""
         unknown = set(changes) - set(FIELDS)
         if unknown:
-            raise TypeError(f"unknown neuron option(s) {sorted(unknown)}; the options are {list(FIELDS)}")
+            raise UserError(f"unknown neuron option(s) {sorted(unknown)}; the options are {list(FIELDS)}")
         return replace(self, **changes)
 
     def as_dict(self) -> dict:

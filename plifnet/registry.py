@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
+from plifnet.errors import PluginError, UserError
+
 
 class Registry:
     """Names -> classes for one kind of part (``neuron``, ``surrogate``, ``adapter``), with plug-in discovery
@@ -26,7 +28,7 @@ class Registry:
         if cls is None:
             return lambda cls: self.register(name, cls)
         if self.entries.get(name, cls) is not cls:
-            raise ValueError(f"the {self.kind} name {name!r} is taken by {self.entries[name].__qualname__}")
+            raise UserError(f"the {self.kind} name {name!r} is taken by {self.entries[name].__qualname__}")
         self.entries[name] = cls
         return cls
 
@@ -51,7 +53,7 @@ class Registry:
                 cls = ep.load()
             except Exception as error:
                 package = ep.dist.name if ep.dist else "an installed package"
-                raise ImportError(
+                raise PluginError(
                     f"the {self.kind} plug-in {name!r} of {package} ({ep.value}) failed to import: "
                     f"{type(error).__name__}: {error}"
                 ) from error
@@ -61,8 +63,8 @@ class Registry:
             try:
                 return getattr(importlib.import_module(module), attribute)
             except (ImportError, AttributeError) as error:
-                raise ValueError(f"{self.kind} class {name!r} cannot be imported: {error}") from error
-        raise ValueError(
+                raise UserError(f"{self.kind} class {name!r} cannot be imported: {error}") from error
+        raise UserError(
             f"unknown {self.kind} {name!r}; choose one of {self.names()}, give a class path "
             f"(package.module.Class), or install a package that declares it in the entry-point "
             f"group {self.group!r}"

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from plifnet.errors import UserError
+
 
 class CosineToEnd(torch.optim.lr_scheduler.LRScheduler):
     """Cosine annealing from each group's lr to ``eta_min`` over the whole run:
@@ -28,7 +30,7 @@ class CosineToEnd(torch.optim.lr_scheduler.LRScheduler):
 
     def set_total(self, total: int | float) -> None:
         if not (isinstance(total, int) or float(total).is_integer()) or total < 1:
-            raise ValueError(
+            raise UserError(
                 f"CosineToEnd anneals over the run's length, but the run has no finite length "
                 f"({total}): set --trainer.max_epochs (or --trainer.max_steps)"
             )

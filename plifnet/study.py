@@ -47,11 +47,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from plifnet import CONFIGS
 from plifnet.files import WriteFailed, write_atomically, write_failure
 from plifnet.grid import GRID, NEURON, TAU, Setting, parse_grid, parse_settings, read_settings_file
 from plifnet.report import claim, claimed_elsewhere, report
-
-CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def fit_command(setting: Setting, configs: list[str], passed_on: list[str], folder: Path) -> list[str]:

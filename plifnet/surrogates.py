@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from plifnet.errors import UserError
 from plifnet.registry import Registry
 
 
@@ -50,7 +51,7 @@ class Surrogate:
 
     def __init__(self, alpha: float):
         if not alpha > 0:
-            raise ValueError(f"{type(self).__name__}: alpha must be > 0, got {alpha}")
+            raise UserError(f"{type(self).__name__}: alpha must be > 0, got {alpha}")
         self.alpha = float(alpha)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +179,7 @@ def surrogate(name: "str | Surrogate", alpha: float | None = None) -> Surrogate:
         return name
     cls = SURROGATES.get(name)
     if not (isinstance(cls, type) and issubclass(cls, Surrogate)):
-        raise TypeError(
+        raise UserError(
             f"surrogate {name!r} is {cls!r}, not a subclass of plifnet.surrogates.Surrogate "
             f"(which gives derivative(x); see docs/EXTENDING.md)"
         )

@@ -84,6 +84,21 @@ def tolerance(run: dict, exact: bool) -> float:
     return 0.005 if exact else 1.0  # the record's table has two decimals
 
 
+# the model options of a record's command that moved under the network when the LightningModule began to take it
+NETWORK_OPTIONS = {"neuron": "net.neuron", "time_steps": "net.time_steps", "variant": "net.variant"}
+NEURON_OPTIONS = ("tau", "v_threshold", "v_reset", "detach_reset", "decay_input", "per_channel", "surrogate", "backend")
+
+
+def spelled_for(tree: Path, args: list[str]) -> list[str]:
+    """A record's ``plifnet fit`` arguments as the code of ``tree`` spells them: at its own commit as they are;
+    where ``--at`` runs them on code that takes the network as ``model.net``, ``--model.neuron`` is
+    ``--model.net.neuron`` and ``--model.tau`` is ``--model.net.options.tau``."""
+    if "def paper(" not in (tree / "plifnet" / "models.py").read_text():
+        return args
+    moved = NETWORK_OPTIONS | {name: f"net.options.{name}" for name in NEURON_OPTIONS}
+    return [f"--model.{moved[arg[8:]]}" if arg.startswith("--model.") and arg[8:] in moved else arg for arg in args]
+
+
 def rerun(name: str, run: dict, commit: str, datasets: Path, scratch: Path) -> tuple[dict, dict]:
     """(recorded, re-run) values of one run, re-run at ``commit``."""
     tree, out = scratch / f"tree-{commit[:7]}", scratch / f"{name.replace('/', '-')}-{commit[:7]}"
@@ -99,7 +114,7 @@ def rerun(name: str, run: dict, commit: str, datasets: Path, scratch: Path) -> t
         sys.executable,
         "cli.py",
         "fit",
-        *shlex.split(run["fit"].replace("DATASETS", str(datasets))),
+        *spelled_for(tree, shlex.split(run["fit"].replace("DATASETS", str(datasets)))),
         "--trainer.default_root_dir",
         str(out),
         *stop,

@@ -860,3 +860,26 @@ def test_model_options_given_with_ckpt_path_are_refused_where_the_checkpoint_dec
     )
     same = run_cli(*common, "--model.net.time_steps", "2", cwd=tmp_path)
     assert same.returncode == 0, same.stderr[-3000:]  # the checkpoint's own value: nothing is dropped
+
+
+def test_a_refusal_is_one_line_and_any_other_error_keeps_its_traceback(run_cli, tiny_digits, tmp_path, monkeypatch):
+    """plifnet's refusals are one type (UserError), which the commands print as one line; an error raised by
+    other code (here a ValueError inside a layer's forward, as a bug in a network of one's own would raise)
+    keeps its traceback, whatever its kind, so that the bug can be found."""
+    from plifnet.errors import UserError
+
+    assert issubclass(UserError, ValueError) and issubclass(UserError, TypeError)
+    args = [*BASE, "--data.root", tiny_digits, "--trainer.max_epochs", "1"]
+    refused = run_cli("fit", *args, "--model.net.time_steps", "0", cwd=tmp_path)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: bad configuration value: time_steps must be >= 1")
+
+    def deep(self, x):
+        raise ValueError("deep inside a layer")
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", deep)
+    (tmp_path / "second").mkdir()
+    failed = run_cli("fit", *args, cwd=tmp_path / "second")
+    assert (
+        failed.returncode == 1 and "Traceback" in failed.stderr and "ValueError: deep inside a layer" in failed.stderr
+    )

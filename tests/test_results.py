@@ -49,3 +49,24 @@ def test_the_check_reads_a_logged_value_at_its_step_and_refuses_a_missing_one(tm
     with pytest.raises(SystemExit) as refused:
         check_results.logged_loss(metrics, 150)
     assert str(refused.value) == f"error: {metrics} has no row with step = 149 and a train/loss_step"
+
+
+def test_a_records_command_is_spelled_for_the_code_it_runs_on(tmp_path):
+    """At the record's own commit its command runs as written; on code that takes the network as model.net
+    (``--at main``), the neuron and its options move under the network."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for tree, models in ((old, "class SpikingNet: ..."), (new, "class SpikingNet:\n    def paper(cls): ...")):
+        (tree / "plifnet").mkdir(parents=True)
+        (tree / "plifnet" / "models.py").write_text(models)
+    args = ["--config", "configs/mnist.yaml", "--model.neuron", "lif", "--model.tau", "16", "--model.tau_lr", "0.1"]
+    assert check_results.spelled_for(old, args) == args
+    assert check_results.spelled_for(new, args) == [
+        "--config",
+        "configs/mnist.yaml",
+        "--model.net.neuron",
+        "lif",
+        "--model.net.options.tau",
+        "16",
+        "--model.tau_lr",
+        "0.1",
+    ]

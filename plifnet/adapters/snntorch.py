@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from plifnet.contract import Adapter, Dynamics, TimeConstant, from_package
+from plifnet.errors import UserError
 
 
 class SnnTorch(Adapter):
@@ -86,7 +87,7 @@ class SnnTorch(Adapter):
         if type(module) is not snntorch.Leaky:
             return super().dynamics(module)
         if module.reset_mechanism != "zero" or not module.reset_delay:
-            raise ValueError(
+            raise UserError(
                 f"{name} with reset_mechanism={module.reset_mechanism!r} has no NIR form: only the reset to "
                 f"zero (reset_mechanism='zero', reset_delay=True) is a NIR LIF"
             )
@@ -96,7 +97,7 @@ class SnnTorch(Adapter):
             or float(module.graded_spikes_factor) != 1
             or module.threshold.numel() != 1
         ):
-            raise ValueError(
+            raise UserError(
                 f"{name} with inhibition, state quantisation, graded spikes or a threshold per neuron has no NIR form"
             )
         return Dynamics(1 - module.beta.detach().clamp(0, 1), False, float(module.threshold), 0.0)

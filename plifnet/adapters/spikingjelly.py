@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from plifnet.contract import Adapter, Dynamics, from_package
+from plifnet.errors import UserError
 
 
 class SpikingJelly(Adapter):
@@ -48,7 +49,7 @@ class SpikingJelly(Adapter):
         if type(module) not in (ParametricLIFNode, LIFNode, IFNode):
             return super().dynamics(module)
         if module.v_reset is None:
-            raise ValueError(
+            raise UserError(
                 f"{name} with the soft reset (v_reset=None) has no NIR form (NIR's neurons reset to "
                 f"v_reset); train with v_reset=0.0 to export"
             )

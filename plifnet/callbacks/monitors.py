@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from plifnet import contract, plots
 from plifnet.callbacks.common import exact_sum, log_figure, run_dir, spiking_layers
 from plifnet.energy import EnergyReport, SynapticCounter, energy_costs
+from plifnet.errors import UserError
 from plifnet.files import write_atomically
 
 
@@ -35,7 +36,7 @@ class TauMonitor(Callback):
 
     def __init__(self, every_n_steps: int | None = None):
         if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+            raise UserError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.steps: list[int] = []
         self.history: dict[str, list[float]] = {}

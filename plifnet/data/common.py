@@ -17,6 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from plifnet.errors import UserError
+
 
 def stratified_split(targets: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split indices per class: a shuffled ``val_fraction`` of each class (rounded) goes to validation."""
@@ -112,9 +114,9 @@ class ClassificationDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"--data.batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"--data.batch_size must be >= 1, got {batch_size}")
         if not 0 <= val_fraction < 1:
-            raise ValueError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
+            raise UserError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.val_fraction, self.eval_test_every_epoch, self.split_seed = val_fraction, eval_test_every_epoch, split_seed
         self.train_set: Dataset | None = None

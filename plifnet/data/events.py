@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from plifnet.data.common import ClassificationDataModule
 from plifnet.data.recordings import EVENT_DATASETS, CorruptRecording, Recording
+from plifnet.errors import MissingData, UserError
 from plifnet.files import WriteFailed, write_atomically
 
 CACHE_FORMAT = 1  # bump when the frame computation changes, so old caches are not served
@@ -52,7 +53,7 @@ def to_frames(
         dt = int(t.max()) // time_steps
         frame = np.minimum(t // dt, time_steps - 1) if dt else np.full(n, time_steps - 1)
     else:
-        raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
+        raise UserError(f"split_by must be 'number' or 'time', got {split_by!r}")
     x, y = events["x"].astype(np.int64), events["y"].astype(np.int64)
     p = (events["p"] > 0).astype(np.int64)  # ON (p > 0) is channel 1, OFF channel 0, however a reader codes them
     if x.min() < 0 or y.min() < 0 or x.max() >= width or y.max() >= height:
@@ -191,13 +192,13 @@ class EventDataModule(ClassificationDataModule):
     ):
         super().__init__(batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory)
         if dataset not in EVENT_DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(EVENT_DATASETS)}")
+            raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(EVENT_DATASETS)}")
         if time_steps < 1:
-            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+            raise UserError(f"time_steps must be >= 1, got {time_steps}")
         if split_by not in ("number", "time"):
-            raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
+            raise UserError(f"split_by must be 'number' or 'time', got {split_by!r}")
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise UserError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.dataset, self.spec = dataset, EVENT_DATASETS[dataset]
         self.input_shape = (2, *self.spec.sensor_size)  # one frame: a channel per polarity
         self.root, self.time_steps, self.split_by = Path(root).expanduser(), time_steps, split_by
@@ -226,14 +227,14 @@ class EventDataModule(ClassificationDataModule):
                 for train in (True, False):
                     getattr(tonic.datasets, self.spec.tonic_class)(str(self.root), train=train)
             except Exception as error:
-                raise FileNotFoundError(
+                raise MissingData(
                     f"could not download {self.dataset} into {self.root}: {error}. " + self._missing_message()
                 ) from error
 
     def _frames(self, train: bool) -> EventFrames:
         root = self._find()
         if root is None:
-            raise FileNotFoundError(self._missing_message())
+            raise MissingData(self._missing_message())
         recordings, read = self.spec.layout(root, train) or ([], None)
         key = dict(dataset=self.dataset, split="train" if train else "test", reader=getattr(read, "__name__", None))
         frames = EventFrames(

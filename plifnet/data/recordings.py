@@ -23,10 +23,12 @@ from typing import Callable
 
 import numpy as np
 
+from plifnet.errors import UserError
+
 EVENTS = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
 
 
-class CorruptRecording(ValueError):
+class CorruptRecording(UserError):
     """A recording that cannot be decoded: the message names the file and what is wrong with it."""
 
 

@@ -25,6 +25,7 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2 as T
 
 from plifnet.data.common import ClassificationDataModule
+from plifnet.errors import MissingData, UserError
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class StaticDataModule(ClassificationDataModule):
     ):
         super().__init__(batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory)
         if dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+            raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
         self.dataset, self.spec = dataset, DATASETS[dataset]
         self.input_shape = (self.spec.channels, self.spec.size, self.spec.size)
         self.root, self.download, self.augment = Path(root).expanduser(), download, augment
@@ -148,13 +149,13 @@ class StaticDataModule(ClassificationDataModule):
         except RuntimeError as error:  # torchvision: "Dataset not found or corrupted", or a size mismatch
             damaged = self._damaged_file()
             if damaged:
-                raise ValueError(
+                raise UserError(
                     f"{self.dataset}: {damaged}. Fix: delete it and pass --data.download true (needs "
                     f"network), or copy it again from your source"
                 ) from error
-            raise FileNotFoundError(self._missing_message()) from error
+            raise MissingData(self._missing_message()) from error
         except OSError as error:  # no network, host down, disk full while downloading
-            raise FileNotFoundError(
+            raise MissingData(
                 f"could not download {self.dataset} into {self.root}: {error}. " + self._missing_message()
             ) from error
 
@@ -180,7 +181,7 @@ class StaticDataModule(ClassificationDataModule):
         folder = self.root / ("train" if train else "test")
         dataset = datasets.ImageFolder(str(folder), transform=transform, loader=partial(_open_image, mode=mode))
         if len(dataset.classes) != CLASSES:
-            raise ValueError(
+            raise UserError(
                 f"{folder} has {len(dataset.classes)} class folders ({', '.join(dataset.classes[:12])}), "
                 f"but {self.dataset} has {CLASSES} classes"
             )

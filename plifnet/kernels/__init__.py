@@ -19,6 +19,7 @@ import importlib.util
 
 import torch
 
+from plifnet.errors import UserError
 from plifnet.kernels.memory import keep_freed_memory_unless_opted_out  # noqa: F401  (re-exported)
 from plifnet.options import BACKENDS, NeuronOptions  # noqa: F401  (BACKENDS: re-exported)
 from plifnet.surrogates import kernel_code
@@ -46,20 +47,20 @@ def resolve(x: torch.Tensor, *, options: NeuronOptions) -> str:
         return "reference"
     if kernel_code(options.surrogate) is None:  # a plug-in's derivative runs through the compiled step
         if backend != "auto":
-            raise ValueError(
+            raise UserError(
                 f"the fused kernels know the built-in surrogates only, not {type(options.surrogate).__name__}"
             )
         return "reference"
     if x.dtype == torch.float64:  # the kernels compute in float32
         if backend != "auto":
-            raise ValueError(f"backend {backend!r} computes in float32; use 'reference' for float64 input")
+            raise UserError(f"backend {backend!r} computes in float32; use 'reference' for float64 input")
         return "reference"
     if backend != "auto":
         device_ok = {"cpu": x.device.type == "cpu", "triton": x.device.type == "cuda"}[backend]
         if not device_ok:
-            raise ValueError(f"backend {backend!r} cannot run tensors on {x.device}")
+            raise UserError(f"backend {backend!r} cannot run tensors on {x.device}")
         if not available(backend):
-            raise RuntimeError(
+            raise UserError(
                 f"backend {backend!r} is not available here: install {'numba' if backend == 'cpu' else 'triton'}"
             )
         return backend

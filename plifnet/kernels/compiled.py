@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import torch
 
-from plifnet.compat import dispatch_mode_active
+from plifnet import compat
 
 COST = (
     "the reference path runs one PyTorch operation per step and variable: about 10x the compiled time in the "
@@ -35,16 +35,20 @@ _failed: dict[type, str] = {}  # neuron class -> why it could not be compiled
 RECOMPILE_LIMIT = 64  # graphs of the compiled loop per process, over every neuron class
 
 
+def run_steps(x_seq, state, step):
+    """``step(state, X[t]) -> (S[t], state)`` over ``x_seq [T, N, ...]``; returns the spikes ``[T, N, ...]``.
+    The one loop over time steps: the reference path runs it as it is, :func:`multi_step` compiled."""
+    spikes = []
+    for x in x_seq:
+        spike, state = step(state, x)
+        spikes.append(spike)
+    return torch.stack(spikes)
+
+
 def _run_steps(neuron, x_seq, k):
     """``neuron.step`` over ``x_seq [T, E]``, computed in float32; spikes ``[T, E]`` in x's dtype."""
-    dtype = x_seq.dtype
-    x_seq = x_seq.float()
-    state = neuron.initial_state(x_seq[0])
-    spikes = []
-    for t in range(x_seq.shape[0]):
-        spike, state = neuron.step(state, x_seq[t], k)
-        spikes.append(spike)
-    return torch.stack(spikes).to(dtype)
+    dtype, x_seq = x_seq.dtype, x_seq.float()
+    return run_steps(x_seq, neuron.initial_state(x_seq[0]), lambda state, x: neuron.step(state, x, k)).to(dtype)
 
 
 @lru_cache(maxsize=None)
@@ -67,16 +71,16 @@ def multi_step(neuron, x: torch.Tensor, k, *, time_steps: int | None = None) -> 
         k = k.expand(step_shape).reshape(-1)
     # inside torch.compile of a whole network: traced into its graph as it is; under a dispatch mode (the model
     # summary's FLOP count), where nothing compiles: the same loop, run as it is
-    if torch.compiler.is_compiling() or dispatch_mode_active():
+    if torch.compiler.is_compiling() or compat.dispatch_mode_active():
         return _run_steps(neuron, flat, k).view(steps, *step_shape)
     run = _compiled_run_steps()
     for tensor in (flat, k):
         if torch.is_tensor(tensor) and tensor.dim() > 0:
-            torch._dynamo.maybe_mark_dynamic(tensor, tensor.dim() - 1)  # one graph for every layer width and batch
+            compat.maybe_dynamic(tensor, tensor.dim() - 1)  # one graph for every layer width and batch
     try:
         # one graph per neuron class and variant (training or not, a constant input, a width's size class): one
         # network meets about 8, dynamo's default limit per function, after which fullgraph=True raises
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        with compat.recompile_limit(RECOMPILE_LIMIT):
             spikes = run(neuron, flat, k)
     except Exception as error:  # noqa: BLE001  (the reference path then runs and raises a genuine error itself)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

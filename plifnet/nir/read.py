@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from plifnet.errors import UserError
 from plifnet.models import MaxPool, SpikingNet, TimeDistributed, Vote
 from plifnet.neurons import IF, PLIF
 from plifnet.nir.targets import MAX_BYTES, checked_graph, checked_time_steps, text
@@ -72,14 +73,14 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
     if not isinstance(graph, nir.NIRGraph):
         declared, largest = _declared_bytes(graph)
         if declared > max_bytes:
-            raise ValueError(
+            raise UserError(
                 f"NIR file {graph} declares {declared / 2**20:,.0f} MiB of arrays (the largest: {largest}), "
                 f"over the limit of {max_bytes / 2**20:,.0f} MiB; if the file is right, raise the limit "
                 f"(from_nir(path, max_bytes=...), --model.net.max_mib N)"
             )
         unknown = sorted(_node_types(graph) - {cls.__name__ for cls in _subclasses(nir.NIRNode)})
         if unknown:  # nir.read would fail on an assert with no message
-            raise ValueError(
+            raise UserError(
                 f"NIR file {graph}: a node of unknown type {unknown[0]!r}, not one of NIR "
                 f"{version('nir')}'s; plifnet reads Conv2d, LIF, IF, SumPool2d/AvgPool2d, Threshold, "
                 f"Flatten and Linear/Affine"
@@ -94,7 +95,7 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
     else:
         step = (1.0, "the default: the graph's metadata has none")
     if not (np.isfinite(step[0]) and step[0] > 0):
-        raise ValueError(
+        raise UserError(
             f"dt = {step[0]:g} ({step[1]}) is not a positive time step; give the graph's dt "
             f"(from_nir(path, dt=...), --model.net.dt)"
         )
@@ -103,7 +104,7 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
     static = text(metadata.get("input", "static")) == "static"
     input_shape = [int(n) for n in graph.nodes[chain[0]].input_type["input"]]
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
-        raise ValueError(f"from_nir builds networks of square images or frames [C, H, H]; the input is {input_shape}")
+        raise UserError(f"from_nir builds networks of square images or frames [C, H, H]; the input is {input_shape}")
     layers: list[nn.Module] = []
     leaks: list[tuple[PLIF, np.ndarray]] = []  # PLIF's w, set once the network has the file's precision
     names, position, spikes, flat = chain[1:-1], 0, False, False
@@ -138,14 +139,14 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
             flat = True
             continue  # a flattened spike map is still spikes
         else:
-            raise ValueError(
+            raise UserError(
                 f"node {name} ({type(node).__name__}) has no plifnet form here; from_nir reads chains of "
                 f"Conv2d, LIF/IF, SumPool2d/AvgPool2d of spikes + a spike node, Flatten and "
                 f"Linear/Affine, as to_nir writes them"
             )
         spikes = isinstance(layers[-1], (PLIF, IF))
     if not layers or not isinstance(layers[0], nn.Conv2d):
-        raise ValueError("from_nir: the graph must start with a Conv2d (the encoder) after its input")
+        raise UserError("from_nir: the graph must start with a Conv2d (the encoder) after its input")
     classes = int(np.prod(graph.nodes[chain[-1]].output_type["output"]))
     dtype = layers[0].weight.dtype
     net = SpikingNet(_tokens(layers), classes=classes, static=static, time_steps=time_steps)
@@ -170,7 +171,7 @@ class NIRNet(SpikingNet):
         try:
             read = from_nir(path, dt, max_bytes=int(max_mib * 2**20))
         except (OSError, KeyError) as error:
-            raise ValueError(f"--model.net.path {path}: not a readable NIR file ({error})") from None
+            raise UserError(f"--model.net.path {path}: not a readable NIR file ({error})") from None
         super().__init__(read.arch.layers, classes=read.classes, static=read.arch.static, time_steps=read.time_steps)
         self.build(read.arch.in_channels, read.arch.size, modules=[read.encoder, *read.layers])
 
@@ -210,18 +211,18 @@ def _max_pool(pool, spike, name: str, step: tuple[float, str]) -> nn.Module:
     ):
         value = np.unique(spike.v_threshold)
     else:
-        raise ValueError(
+        raise UserError(
             f"node {name}: a {kind} of spikes is max-pooling only before a Threshold, an IF with r = 1/dt "
             f"or a LIF with tau = dt (both resetting to 0); the next node is {type(spike).__name__}"
             f" (dt = {dt:g}: {step[1]})"
         )
     if value.size != 1 or not 0 < value[0] * window < 1:
-        raise ValueError(
+        raise UserError(
             f"node {name}: a {kind} of spikes is max-pooling only with one threshold in (0, 1)"
             f"{' / ' + str(window) if window > 1 else ''}"
         )
     if np.any(np.asarray(pool.padding) != 0):
-        raise ValueError(f"node {name}: {kind} with padding has no max-pooling form here")
+        raise UserError(f"node {name}: {kind} with padding has no max-pooling form here")
     return MaxPool() if kernel == stride == (2, 2) else TimeDistributed(nn.MaxPool2d(kernel, stride))
 
 
@@ -242,16 +243,16 @@ def _chain(graph: nir.NIRGraph) -> list[str]:
         following.setdefault(source, []).append(target)
     start = [name for name, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if len(start) != 1:
-        raise ValueError(f"from_nir reads graphs with one Input node; this one has {len(start)}")
+        raise UserError(f"from_nir reads graphs with one Input node; this one has {len(start)}")
     chain = start
     while following.get(chain[-1]):
         if len(following[chain[-1]]) > 1 or following[chain[-1]][0] in chain:
-            raise ValueError(
+            raise UserError(
                 f"node {chain[-1]} branches or loops back; from_nir reads chains (one path, input to output)"
             )
         chain.append(following[chain[-1]][0])
     if not isinstance(graph.nodes[chain[-1]], nir.Output) or len(chain) != len(graph.nodes):
-        raise ValueError("from_nir reads chains from the Input to the Output that visit every node")
+        raise UserError("from_nir reads chains from the Input to the Output that visit every node")
     return chain
 
 
@@ -297,7 +298,7 @@ def _votes(weight: np.ndarray) -> int | None:
 def _uniform(values: np.ndarray, what: str, name: str) -> float:
     unique = np.unique(values)
     if unique.size != 1:
-        raise ValueError(f"node {name}: {what} differs between neurons; plifnet's neurons share one {what} per layer")
+        raise UserError(f"node {name}: {what} differs between neurons; plifnet's neurons share one {what} per layer")
     return float(unique[0])
 
 
@@ -314,20 +315,20 @@ def _neuron_from_nir(node, name: str, step: tuple[float, str]) -> tuple[nn.Modul
     if isinstance(node, nir.IF):
         r = np.asarray(node.r, dtype=np.float64)
         if not np.allclose(r * dt, 1.0):
-            raise ValueError(
+            raise UserError(
                 f"node {name}: IF with r = {_uniform(r, 'r', name):g} charges v += r dt I = "
                 f"{_uniform(r, 'r', name) * dt:g} I, not plifnet's H = V + X (r = 1/dt), {other}"
             )
         return IF(v_threshold=threshold, v_reset=reset), None
     tau = np.asarray(node.tau, dtype=np.float64) / dt  # in time steps
     if not np.allclose(node.v_leak, node.v_reset):
-        raise ValueError(f"node {name}: LIF with v_leak != v_reset has no plifnet form (plifnet leaks towards V_reset)")
+        raise UserError(f"node {name}: LIF with v_leak != v_reset has no plifnet form (plifnet leaks towards V_reset)")
     if np.allclose(node.r, 1.0):
         decay_input = True
     elif np.allclose(node.r, tau):
         decay_input = False
     else:
-        raise ValueError(
+        raise UserError(
             f"node {name}: LIF with r = {np.ravel(node.r)[0]:g}, neither 1 (decay_input=True) nor "
             f"tau / dt = {tau.ravel()[0]:g} (decay_input=False), {other}"
         )
@@ -335,14 +336,14 @@ def _neuron_from_nir(node, name: str, step: tuple[float, str]) -> tuple[nn.Modul
     if per_channel:  # one tau per channel (dim 0) is PLIF(per_channel); any other pattern is not a plifnet layer
         channel_tau = tau.reshape(tau.shape[0], -1)
         if not np.all(channel_tau == channel_tau[:, :1]):
-            raise ValueError(
+            raise UserError(
                 f"node {name}: tau varies within a channel; plifnet's PLIF has one tau per layer or channel"
             )
         tau_values = channel_tau[:, 0]
     else:
         tau_values = tau.reshape(-1)[:1]
     if not np.all(tau_values > 1):
-        raise ValueError(
+        raise UserError(
             f"node {name}: tau / dt must be > 1 (the leak dt / tau in (0, 1)), got {tau_values.min():g} {other}"
         )
     neuron = PLIF(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import nir
 import numpy as np
 
+from plifnet.errors import UserError
+
 POOL_THRESHOLD = 0.5  # any value in (0, 1): a sum of 0/1 spikes exceeds it exactly when one of them is 1
 MAX_BYTES = 1 << 30  # the arrays a NIR file may declare before from_nir reads it (raise with max_bytes=)
 MAX_TIME_STEPS = 1_000_000  # T in a graph's metadata or --time_steps: more would not fit any machine's memory
@@ -97,7 +99,7 @@ def checked_time_steps(value, where: str) -> int:
         steps = None
     if steps is None or steps != np.asarray(value).item() or not 1 <= steps <= MAX_TIME_STEPS:
         shown = text(np.asarray(value).item()) if np.asarray(value).size == 1 else repr(value)
-        raise ValueError(
+        raise UserError(
             f"{where} {shown} is not a number of time steps: give a whole number from 1 to {MAX_TIME_STEPS:,}"
         )
     return steps
@@ -115,9 +117,9 @@ def checked_graph(graph: nir.NIRGraph, fix: str) -> nir.NIRGraph:
             except (TypeError, ValueError):
                 continue
             if not np.all(np.isfinite(array)):
-                raise ValueError(f"node {name}: {key} holds {'NaN' if np.isnan(array).any() else 'an infinity'} {fix}")
+                raise UserError(f"node {name}: {key} holds {'NaN' if np.isnan(array).any() else 'an infinity'} {fix}")
             if key in ("tau", "r") and not np.all(array > 0):
-                raise ValueError(f"node {name}: {key} holds {array.min():g}, not a positive number {fix}")
+                raise UserError(f"node {name}: {key} holds {array.min():g}, not a positive number {fix}")
     return graph
 
 

@@ -13,7 +13,8 @@ from torch import nn
 import plifnet
 from plifnet import contract
 from plifnet.contract import is_neuron
-from plifnet.models import MaxPool, SharedDropout, SpikingNet, TimeDistributed, Vote
+from plifnet.errors import UserError
+from plifnet.models import LayerNames, MaxPool, SharedDropout, SpikingNet, TimeDistributed, Vote
 from plifnet.nir.read import from_nir
 from plifnet.nir.targets import POOL_THRESHOLD, TARGETS, Target, checked_graph, checked_time_steps
 
@@ -43,30 +44,30 @@ def to_nir(
     neuron, the soft reset) or what the target's importer would run wrongly.
     """
     if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+        raise UserError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
     spec = TARGETS[target]
     if "network" in spec.refuses:
-        raise ValueError(
+        raise UserError(
             f"--target {target}: {spec.refuses['network']}; export with --target nir for a simulator "
             f"that reads NIR as specified"
         )
     dt = spec.dt if dt is None else float(dt)
     if not (np.isfinite(dt) and dt > 0):
-        raise ValueError(f"--dt {dt}: the time step must be a positive number of seconds (or 1: NIR time in steps)")
+        raise UserError(f"--dt {dt}: the time step must be a positive number of seconds (or 1: NIR time in steps)")
     if spec.fixed_dt and dt != spec.dt:
-        raise ValueError(
+        raise UserError(
             f"--target {target} --dt {dt}: its importer assumes dt = {spec.dt:g} and has no option for "
             f"another; leave --dt out"
         )
     exported = (target, spec, dt)
     net = getattr(model, "net", model)
     if net.training:
-        raise ValueError(
+        raise UserError(
             "to_nir exports a network in eval mode (BatchNorm's running statistics, no dropout): call .eval()"
         )
     if isinstance(net, SpikingNet):
         if not net.built:
-            raise ValueError(
+            raise UserError(
                 "to_nir exports SpikingNet networks (the paper's, or layers=...), built; got an unbuilt one"
             )
         modules = [m.module if isinstance(m, TimeDistributed) else m for m in [net.encoder, *net.layers]]
@@ -87,7 +88,7 @@ def to_nir(
     modules = _sequential_layers(net)
     time_steps = time_steps or getattr(net, "time_steps", None)
     if input_shape is None or time_steps is None:
-        raise ValueError(
+        raise UserError(
             f"to_nir({type(net).__name__}): give input_shape (C, H, W) and time_steps (the network has no "
             f"'time_steps' attribute); python -m plifnet.export takes them from --config"
         )
@@ -118,7 +119,7 @@ def _sequential_layers(net: nn.Module) -> list[nn.Module]:
     if not isinstance(net, nn.Sequential):
         children = list(net.named_children())
         if len(children) != 1 or not isinstance(children[0][1], nn.Sequential) or list(net.parameters(recurse=False)):
-            raise ValueError(
+            raise UserError(
                 f"to_nir exports SpikingNet networks and networks whose layers form one nn.Sequential; "
                 f"{type(net).__name__} runs {len(children)} modules "
                 f"({', '.join(name for name, _ in children[:6])}) in a forward of its own, whose order "
@@ -133,7 +134,7 @@ def _sequential_layers(net: nn.Module) -> list[nn.Module]:
     for position, module in enumerate(layers):
         first = next(i for i, other in enumerate(layers) if other is module)  # a stateless one (ReLU) may repeat
         if first != position and (next(module.parameters(), None) is not None or is_neuron(module)):
-            raise ValueError(
+            raise UserError(
                 f"layers {first} and {position} of {type(net).__name__} are one {type(module).__name__} "
                 f"object used twice: its weights or state are shared between the two, which a NIR graph "
                 f"(one node per layer) cannot express; give each layer a module of its own"
@@ -162,7 +163,7 @@ def _check_reproduces(net: nn.Module, graph: nir.NIRGraph) -> None:
         except RuntimeError:  # a dtype the network does not run in
             continue
     if differ > tolerance:
-        raise ValueError(
+        raise UserError(
             f"the NIR graph of {type(net).__name__}'s layers does not fire as {type(net).__name__} does "
             f"on test images (its forward does more than run its nn.Sequential on the image at every "
             f"step), so it is not exported"
@@ -183,7 +184,7 @@ def _graph(
     target's name, its :class:`Target` and dt."""
     name, target, dt = exported
     graph = _GraphBuilder(dtype, input_shape)
-    counts = {"conv": 0, "fc": 0, "pool": 0}
+    numbered = LayerNames()
     last = "input"  # the name of the node that produced the current tensor
     position = 0
     while position < len(modules):
@@ -193,32 +194,28 @@ def _graph(
         if isinstance(module, nn.Conv2d) and position < len(modules) and isinstance(modules[position], nn.BatchNorm2d):
             convolution, position = (module, modules[position]), position + 1
         if convolution is not None:
-            counts["conv"] += 1
-            last = graph.add(f"conv{counts['conv']}", _folded_conv(*convolution, graph.shape, dtype))
+            last = graph.add(numbered("conv"), _folded_conv(*convolution, graph.shape, dtype))
         elif is_neuron(module):
             node = _neuron(module, last, graph.shape, dtype, exported)
             last = graph.add(f"{last}_{'if' if isinstance(node, nir.IF) else 'lif'}", node)
         elif isinstance(module, (MaxPool, nn.MaxPool2d)):
             if not graph.spikes:
-                raise ValueError(
+                raise UserError(
                     f"layer {type(module).__name__} after {last}: max-pooling exports as SumPool2d + "
                     f"Threshold only where its input is spikes"
                 )
             kernel, stride = _pool_window(module)
-            counts["pool"] += 1
-            graph.add(
-                f"pool{counts['pool']}",
+            pool = graph.add(
+                numbered("pool"),
                 target.pool(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array([0, 0])),
             )
-            last = graph.add(
-                f"pool{counts['pool']}_{target.pool_spike}", _pool_spike(target, graph.shape, kernel, dt, dtype)
-            )
+            last = graph.add(f"{pool}_{target.pool_spike}", _pool_spike(target, graph.shape, kernel, dt, dtype))
         elif isinstance(module, (SharedDropout, nn.Dropout)):
             continue  # the identity in eval mode
         elif isinstance(module, nn.Flatten):
             if module.start_dim != (1 if per_step else 2) or module.end_dim != -1:
                 form = "Flatten(1) of a step's [N, ...]" if per_step else "Flatten(2) of [T, N, ...]"
-                raise ValueError(
+                raise UserError(
                     f"nn.Flatten({module.start_dim}, {module.end_dim}) after {last}: only {form} (all "
                     f"features of a sample) has a NIR form"
                 )
@@ -227,17 +224,16 @@ def _graph(
                     "flatten", nir.Flatten(input_type={"input": np.array(graph.shape)}, start_dim=0, end_dim=-1)
                 )
         elif isinstance(module, nn.Linear):
-            counts["fc"] += 1
             bias = None if module.bias is None else module.bias.detach().double().numpy().astype(dtype)
             last = graph.add(
-                f"fc{counts['fc']}", _dense(module.weight.detach().double().numpy().astype(dtype), bias, graph.shape)
+                numbered("fc"), _dense(module.weight.detach().double().numpy().astype(dtype), bias, graph.shape)
             )
         elif isinstance(module, Vote):
             classes = graph.shape[0] // module.votes
             votes = np.kron(np.eye(classes), np.full((1, module.votes), 1 / module.votes)).astype(dtype)
             last = graph.add("vote", _dense(votes, None, graph.shape))
         else:
-            raise ValueError(
+            raise UserError(
                 f"layer {type(module).__name__} after {last} has no NIR form; to_nir exports Conv2d(+BatchNorm2d), "
                 f"PLIF/LIF/IF neurons, max-pooling of spikes, dropout, Flatten, Linear and the vote"
             )
@@ -296,7 +292,7 @@ def _folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, shape, dtype) -> 
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
     if norm is not None:
         if norm.running_var is None:
-            raise ValueError(
+            raise UserError(
                 "BatchNorm2d without running statistics (track_running_stats=False) cannot be folded into NIR"
             )
         gain = norm.weight.detach().double() if norm.weight is not None else torch.ones_like(bias)
@@ -323,7 +319,7 @@ def _neuron(neuron: nn.Module, name: str, shape, dtype, exported: tuple[str, Tar
     try:
         step = contract.dynamics(neuron)
     except ValueError as error:
-        raise ValueError(f"layer {name}: {error}") from None
+        raise UserError(f"layer {name}: {error}") from None
 
     def full(value):
         return np.broadcast_to(np.asarray(value, dtype=np.float64), shape).astype(dtype)
@@ -339,7 +335,7 @@ def _neuron(neuron: nn.Module, name: str, shape, dtype, exported: tuple[str, Tar
     }
     for feature, present in features.items():
         if present and feature in target.refuses:
-            raise ValueError(
+            raise UserError(
                 f"layer {name} ({feature}): --target {target_name}: {target.refuses[feature]}, so it "
                 f"would run differently there; export with --target nir, or train without {feature}"
             )
@@ -401,5 +397,5 @@ def _pool_window(module: nn.Module) -> tuple[list[int], list[int]]:
         return [2, 2], [2, 2]
     pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
     if pair(module.padding) != [0, 0] or pair(module.dilation) != [1, 1] or module.ceil_mode:
-        raise ValueError(f"{module}: only max-pooling without padding, dilation or ceil_mode has a NIR form")
+        raise UserError(f"{module}: only max-pooling without padding, dilation or ceil_mode has a NIR form")
     return pair(module.kernel_size), pair(module.stride if module.stride is not None else module.kernel_size)
