@@ -323,7 +323,15 @@ class SpikingClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 
-DATA_IDENTITY = ("dataset", "val_fraction", "split_seed", "time_steps", "split_by")  # what makes two runs' data differ
+DATA_IDENTITY = (  # what makes two runs' data differ
+    "dataset",
+    "val_fraction",
+    "split_seed",
+    "time_steps",
+    "split_by",
+    "order",
+    "permutation_seed",
+)
 
 
 def data_identity(cls: type, values) -> dict:

@@ -1,6 +1,10 @@
-"""Data modules: static images (:mod:`plifnet.data.static`) and event-camera recordings (:mod:`plifnet.data.recordings`) as frames (:mod:`plifnet.data.events`)."""
+"""Data modules: static images (:mod:`plifnet.data.static`), event-camera recordings (:mod:`plifnet.data.recordings`)
+as frames (:mod:`plifnet.data.events`), MNIST as sequences (:mod:`plifnet.data.sequences`) and ECG wave segmentation
+(:mod:`plifnet.data.ecg`)."""
 
+from plifnet.data.ecg import ECGDataModule
 from plifnet.data.events import EventDataModule
+from plifnet.data.sequences import SequentialMNISTDataModule
 from plifnet.data.static import StaticDataModule
 
-__all__ = ["EventDataModule", "StaticDataModule"]
+__all__ = ["ECGDataModule", "EventDataModule", "SequentialMNISTDataModule", "StaticDataModule"]

@@ -34,6 +34,14 @@ def stratified_split(targets: Sequence[int], val_fraction: float, seed: int) -> 
     return sorted(train), sorted(val)
 
 
+def time_first(batch):
+    """Stack samples ``[T, ...]`` into a batch ``[T, N, ...]`` (time first, as the networks take it); labels
+    into ``[N]``, or per-step labels ``[T]`` into ``[T, N]``."""
+    samples, labels = zip(*batch)
+    per_step = torch.is_tensor(labels[0]) and labels[0].dim() > 0
+    return torch.stack(samples, dim=1), torch.stack(labels, dim=1) if per_step else torch.tensor(labels)
+
+
 def _ignore_interrupts(worker_id: int) -> None:
     """Loader workers leave SIGINT and SIGTERM to the main process: Ctrl-C and a cluster's SIGTERM
     reach the whole process group, and a worker that died of them would end the run before it could

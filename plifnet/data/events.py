@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plifnet.data.common import ClassificationDataModule
+from plifnet.data.common import ClassificationDataModule, time_first
 from plifnet.data.recordings import EVENT_DATASETS, CorruptRecording, Recording
 from plifnet.errors import MissingData, UserError
 from plifnet.files import WriteFailed, write_atomically
@@ -151,12 +151,6 @@ class EventFrames(Dataset):
         return torch.from_numpy(self.frames(index)), self.targets[index]
 
 
-def _collate(batch):
-    """Stack samples into ``[T, N, 2, H, W]`` frames (time first, as the networks take them)."""
-    frames, labels = zip(*batch)
-    return torch.stack(frames, dim=1), torch.tensor(labels)
-
-
 class EventDataModule(ClassificationDataModule):
     """N-MNIST, CIFAR10-DVS or DVS128 Gesture as ``[T, N, 2, H, W]`` frames.
 
@@ -206,7 +200,7 @@ class EventDataModule(ClassificationDataModule):
         self.cache_dir = (Path(cache_dir).expanduser() if cache_dir else self.root / "frames_cache") if cache else None
         self.skipped: list[str] = []
 
-    collate_fn = staticmethod(_collate)
+    collate_fn = staticmethod(time_first)  # frames [T, N, 2, H, W]
 
     def example_input(self) -> torch.Tensor:
         """One sample as a batch of one, time first: ``[T, 1, 2, H, W]``."""
