@@ -331,6 +331,7 @@ DATA_IDENTITY = (  # what makes two runs' data differ
     "split_by",
     "order",
     "permutation_seed",
+    "dt",
 )
 
 
