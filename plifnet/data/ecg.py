@@ -63,8 +63,8 @@ class ECGDataModule(ClassificationDataModule):
 
     Args:
         root: the folder of the two files, as they come from the authors' repository.
-        batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory:
-            see :class:`plifnet.data.common.ClassificationDataModule` (a plain random split of the sequences).
+        loader: ``batch_size``, ``num_workers``, ``val_fraction``, ``eval_test_every_epoch``, ``split_seed``,
+            ``pin_memory`` of :class:`plifnet.data.common.ClassificationDataModule` (a plain random split of the sequences).
     """
 
     collate_fn = staticmethod(time_first)  # [T, N, 4] and labels [T, N]
@@ -73,14 +73,9 @@ class ECGDataModule(ClassificationDataModule):
     def __init__(
         self,
         root: str = "data/ECG-QTDB",
-        batch_size: int = 16,
-        num_workers: int = 0,
-        val_fraction: float = 0.15,
-        eval_test_every_epoch: bool = True,
-        split_seed: int = 2020,
-        pin_memory: bool = False,
+        **loader,
     ):
-        super().__init__(batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory)
+        super().__init__(**loader)
         self.root = Path(root).expanduser()
         self.dataset = "ecg_qtdb"
 

@@ -163,8 +163,8 @@ class EventDataModule(ClassificationDataModule):
         cache_dir: where frames are cached (None: ``root/frames_cache``); ``cache: false`` disables it.
         on_error: ``raise`` (default) stops at a corrupt recording, naming it; ``skip`` checks every
             recording at setup, leaves out the bad ones with one warning that counts them.
-        batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory:
-            see :class:`plifnet.data.common.ClassificationDataModule`.
+        loader: ``batch_size``, ``num_workers``, ``val_fraction``, ``eval_test_every_epoch``, ``split_seed``,
+            ``pin_memory`` of :class:`plifnet.data.common.ClassificationDataModule`.
     """
 
     def __init__(
@@ -177,14 +177,9 @@ class EventDataModule(ClassificationDataModule):
         cache: bool = True,
         cache_dir: str | None = None,
         on_error: Literal["raise", "skip"] = "raise",
-        batch_size: int = 16,
-        num_workers: int = 2,
-        val_fraction: float = 0.15,
-        eval_test_every_epoch: bool = True,
-        split_seed: int = 2020,
-        pin_memory: bool = False,
+        **loader,
     ):
-        super().__init__(batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory)
+        super().__init__(**loader)
         if dataset not in EVENT_DATASETS:
             raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(EVENT_DATASETS)}")
         if time_steps < 1:

@@ -59,8 +59,8 @@ class SequentialMNISTDataModule(StaticDataModule):
         permutation_seed: the seed of the permutation (``permuted`` only).
         root, download: where MNIST is (torchvision's layout or an image folder), as for
             :class:`plifnet.data.StaticDataModule`.
-        batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory:
-            see :class:`plifnet.data.common.ClassificationDataModule`.
+        loader: ``batch_size``, ``num_workers``, ``val_fraction``, ``eval_test_every_epoch``, ``split_seed``,
+            ``pin_memory`` of :class:`plifnet.data.common.ClassificationDataModule`.
     """
 
     collate_fn = staticmethod(time_first)  # [T, N, F]
@@ -71,17 +71,9 @@ class SequentialMNISTDataModule(StaticDataModule):
         permutation_seed: int = 2020,
         root: str = "data",
         download: bool = False,
-        batch_size: int = 16,
-        num_workers: int = 2,
-        val_fraction: float = 0.15,
-        eval_test_every_epoch: bool = True,
-        split_seed: int = 2020,
-        pin_memory: bool = False,
+        **loader,
     ):
-        super().__init__(
-            "mnist", root, download, False, batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed,
-            pin_memory,
-        )  # fmt: skip
+        super().__init__("mnist", root, download, augment=False, **loader)
         if order not in ORDERS:
             raise UserError(f"--data.order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.order, self.permutation_seed = order, permutation_seed

@@ -75,8 +75,8 @@ class SpeechDataModule(ClassificationDataModule):
         dataset: ``shd`` or ``ssc``.
         root: the folder holding the files (or a folder ``SHD``/``SSC`` below it).
         time_steps, dt: the frames: ``time_steps`` bins of ``dt`` seconds.
-        batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory:
-            see :class:`plifnet.data.common.ClassificationDataModule` (SSC: its own validation file instead of
+        loader: ``batch_size``, ``num_workers``, ``val_fraction``, ``eval_test_every_epoch``, ``split_seed``,
+            ``pin_memory`` of :class:`plifnet.data.common.ClassificationDataModule` (SSC: its own validation file instead of
             ``val_fraction``'s split; ``val_fraction 0`` leaves validation out).
     """
 
@@ -88,14 +88,9 @@ class SpeechDataModule(ClassificationDataModule):
         root: str = "data",
         time_steps: int = 150,
         dt: float = 0.01,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        val_fraction: float = 0.15,
-        eval_test_every_epoch: bool = True,
-        split_seed: int = 2020,
-        pin_memory: bool = False,
+        **loader,
     ):
-        super().__init__(batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory)
+        super().__init__(**loader)
         if dataset not in DATASETS:
             raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
         if time_steps < 1 or not dt > 0:

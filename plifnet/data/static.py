@@ -98,8 +98,8 @@ class StaticDataModule(ClassificationDataModule):
         root: the folder holding the data (either layout, see the module docstring).
         download: fetch torchvision's copy into ``root`` when it is missing.
         augment: apply the paper's training augmentation (normalisation is always applied).
-        batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory:
-            see :class:`plifnet.data.common.ClassificationDataModule`.
+        loader: ``batch_size``, ``num_workers``, ``val_fraction``, ``eval_test_every_epoch``, ``split_seed``,
+            ``pin_memory`` of :class:`plifnet.data.common.ClassificationDataModule`.
     """
 
     def __init__(
@@ -108,14 +108,9 @@ class StaticDataModule(ClassificationDataModule):
         root: str = "data",
         download: bool = False,
         augment: bool = True,
-        batch_size: int = 16,
-        num_workers: int = 2,
-        val_fraction: float = 0.15,
-        eval_test_every_epoch: bool = True,
-        split_seed: int = 2020,
-        pin_memory: bool = False,
+        **loader,
     ):
-        super().__init__(batch_size, num_workers, val_fraction, eval_test_every_epoch, split_seed, pin_memory)
+        super().__init__(**loader)
         if dataset not in DATASETS:
             raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
         self.dataset, self.spec = dataset, DATASETS[dataset]
