@@ -110,15 +110,19 @@ class SpeechDataModule(ClassificationDataModule):
             f"the folder that holds them (or the folder above a {self.dataset.upper()} folder); nothing is downloaded"
         )
 
+    def splits(self) -> dict[str, SpikeFile]:
+        return {split: SpikeFile(path, self.time_steps, self.dt) for split, path in self.files().items()}
+
     def load(self, stage):
-        sets = {split: SpikeFile(path, self.time_steps, self.dt) for split, path in self.files().items()}
+        sets = self.splits()
         return sets["train"], sets["train"], sets["test"]
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset == "shd" or self.train_set is not None:
             return super().setup(stage)
-        self.train_set, _, self.test_set = self.load(stage)  # SSC: the release's own validation file
-        self.val_set = SpikeFile(self.files()["valid"], self.time_steps, self.dt) if self.val_fraction > 0 else None
+        sets = self.splits()  # SSC: the release's own validation file, read once with the others
+        self.train_set, self.test_set = sets["train"], sets["test"]
+        self.val_set = sets["valid"] if self.val_fraction > 0 else None
 
     def example_input(self) -> torch.Tensor:
         """One sample as a batch of one, ``[T, 1, 700]``."""
