@@ -148,7 +148,7 @@ def known_names() -> set[str]:
     imported), and every class path inside plifnet (importing plifnet's modules runs nothing)."""
     from importlib.metadata import entry_points
 
-    from plifnet.neurons import NEURONS
+    from plifnet.factory import NEURONS
     from plifnet.surrogates import SURROGATES
 
     names = set(NEURONS) | set(SURROGATES) | torch_optim_names() | {INSTANTIATOR}

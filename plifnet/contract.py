@@ -18,7 +18,8 @@ claims a module by its class; a peer library is imported only when a network hol
 The protocol, in full: a ``torch.nn.Module`` whose class defines a ``reset()`` method (it forgets
 the state) and that has a ``v_threshold`` or a ``tau`` attribute. Its output is the spikes (or a
 tuple whose first element is); ``tau`` in time steps, a tensor when it is learned (then it is
-logged as ``tau/<module path>``); optionally ``dynamics()`` (a :class:`Dynamics`) for NIR export.
+logged as ``tau/<module path>``); optionally ``time_constants()`` (every time constant by name, each a
+:class:`TimeConstant`: logged as ``tau/<module path>/<name>``) and ``dynamics()`` (a :class:`Dynamics`) for NIR export.
 
 Importing this module imports neither Lightning nor any peer library.
 """
@@ -143,6 +144,11 @@ class Protocol(Adapter):
 
     def learns_tau(self, module):
         return torch.is_tensor(getattr(module, "tau", None))
+
+    def time_constants(self, module):
+        """A neuron's own ``time_constants()`` where it has one (ALIF's membrane and adaptation), else its ``tau``."""
+        own = getattr(module, "time_constants", None)
+        return own() if callable(own) else super().time_constants(module)
 
     def dynamics(self, module):
         """A neuron that defines ``dynamics()`` returning a :class:`Dynamics` (plifnet's PLIF, LIF, IF do)."""

@@ -29,7 +29,8 @@ from torch import nn
 from plifnet import kernels, recompute
 from plifnet.contract import is_neuron
 from plifnet.errors import UserError
-from plifnet.neurons import BaseNode, neuron_factory
+from plifnet.factory import neuron_layers
+from plifnet.neurons import BaseNode
 from plifnet.options import NeuronOptions
 
 
@@ -158,7 +159,7 @@ class SpikingNet(nn.Module):
         static: whether the input is images (True) or event frames (False).
         time_steps: T for static images; event data brings its own T.
         neuron: ``plif``, ``lif``, ``if``, a plug-in's name or class path, a config's ``class_path`` with
-            ``init_args`` (a factory of no arguments), or the result of :func:`plifnet.neurons.neuron_factory`;
+            ``init_args`` (a factory of no arguments), or the result of :func:`plifnet.factory.neuron_factory`;
             one fresh neuron per spiking layer.
         options: the neurons' :class:`~plifnet.options.NeuronOptions` (tau, threshold, reset, surrogate,
             backend); its ``backend`` runs the max-pooling layers too.
@@ -346,16 +347,6 @@ class LayerNames:
     def __call__(self, kind: str) -> str:
         self.counts[kind] = self.counts.get(kind, 0) + 1
         return f"{kind}{self.counts[kind]}"
-
-
-def neuron_layers(neuron, options: NeuronOptions) -> Callable[[int], nn.Module]:
-    """``make(channels) -> neuron`` from a network's ``neuron`` and ``options``: the result of
-    :func:`plifnet.neurons.neuron_factory` as it is (it holds its options), anything else through it."""
-    if callable(neuron) and isinstance(getattr(neuron, "options", None), NeuronOptions):
-        if options != NeuronOptions():
-            raise UserError("give the neurons' options once: in neuron_factory(...) or as options=, not both")
-        return neuron
-    return neuron_factory(neuron, options=options)
 
 
 def make_layers(

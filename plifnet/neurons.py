@@ -30,20 +30,17 @@ for the built-in step, and the compiled graph for a neuron with hooks of its own
 
 from __future__ import annotations
 
-import inspect
-import math
 from typing import Callable
 
 import torch
 from torch import nn
 
-from plifnet import kernels
+from plifnet import kernels, time_constants
 from plifnet.contract import Dynamics, is_neuron, reset_state  # noqa: F401  (reset_state: plifnet's public name)
 from plifnet.errors import UserError
 from plifnet.kernels import compiled
 from plifnet.kernels.compiled import run_steps
 from plifnet.options import NeuronOptions
-from plifnet.registry import Registry
 from plifnet.surrogates import Surrogate
 
 STEP_MODES = ("multi", "single")
@@ -98,6 +95,7 @@ class BaseNode(nn.Module):
     """
 
     per_channel_tau = False  # whether options.per_channel applies (PLIF)
+    adaptive = False  # whether options.tau_adapt and adaptation apply (ALIF, adLIF)
 
     def __init__(
         self,
@@ -110,6 +108,12 @@ class BaseNode(nn.Module):
         surrogate: Surrogate | str = "atan",
         per_channel: bool = False,
         backend: str = "auto",
+        tau_init: str = "constant",
+        tau_spread: float = 0.5,
+        tau_min: float = 1.0,
+        tau_max: float | None = None,
+        tau_adapt: float = 200.0,
+        adaptation: float = 1.8,
         options: NeuronOptions | None = None,
         channels: int | None = None,
         step_mode: str = "multi",
@@ -127,6 +131,12 @@ class BaseNode(nn.Module):
             surrogate=surrogate,
             per_channel=per_channel,
             backend=backend,
+            tau_init=tau_init,
+            tau_spread=tau_spread,
+            tau_min=tau_min,
+            tau_max=tau_max,
+            tau_adapt=tau_adapt,
+            adaptation=adaptation,
         )
         if options is not None and given != NeuronOptions():
             raise UserError(
@@ -137,6 +147,11 @@ class BaseNode(nn.Module):
         if self.options.per_channel and not self.per_channel_tau:
             raise UserError(
                 f"per_channel applies to neurons with a per-channel tau (plif), not to {type(self).__name__}"
+            )
+        changed = [name for name in ADAPTIVE_OPTIONS if getattr(self.options, name) != getattr(NeuronOptions(), name)]
+        if changed and not self.adaptive:
+            raise UserError(
+                f"{', '.join(changed)} apply to adaptive neurons (alif, adlif), not to {type(self).__name__}"
             )
         self.channels = channels
         self.step_mode = step_mode
@@ -199,11 +214,15 @@ class BaseNode(nn.Module):
 
     # --- running ------------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, time_steps: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, time_steps: int | None = None, feedback: Callable | None = None) -> torch.Tensor:
         """Multi-step: ``x [T, N, ...]``, or with ``time_steps`` one input ``x [N, ...]`` applied at each
-        of ``time_steps`` steps; returns spikes ``[T, N, ...]``. Single-step: ``x [N, ...]``."""
+        of ``time_steps`` steps; returns spikes ``[T, N, ...]``. Single-step: ``x [N, ...]``.
+        ``feedback``: a recurrent connection (:class:`plifnet.sequences.Recurrent`), a function of the
+        previous step's spikes ``S[t-1] [N, F]`` (``S[-1] = 0``) added to each step's input ``X[t]``."""
         if time_steps is not None and (self.step_mode != "multi" or time_steps < 1):
             raise UserError(f"time_steps (got {time_steps}) needs step_mode='multi' and must be >= 1")
+        if feedback is not None and (self.step_mode != "multi" or time_steps is not None):
+            raise UserError("feedback needs step_mode='multi' and an input per step x [T, N, F]")
         if self.step_mode == "single":
             if self.state is None:
                 self.state = self.initial_state(x)
@@ -215,6 +234,8 @@ class BaseNode(nn.Module):
                 f"time_steps), got shape {tuple(x.shape)}"
             )
         k = self.decay(x if time_steps else x[0])
+        if feedback is not None:  # each step's input depends on the last step's spikes: the per-step loop
+            return self._recurrent(x, k, feedback)
         backend = self._backend(x)
         if backend in ("cpu", "triton"):
             return kernels.fused_multi_step(x, k, options=self.options, backend=backend, time_steps=time_steps)
@@ -227,6 +248,18 @@ class BaseNode(nn.Module):
         x_seq = x_seq.float() if x.dtype in (torch.float16, torch.bfloat16) else x_seq
         spikes = run_steps(x_seq, self.initial_state(x_seq[0]), lambda state, x_t: self.step(state, x_t, k))
         return spikes.to(x.dtype)
+
+    def _recurrent(self, x: torch.Tensor, k, feedback: Callable) -> torch.Tensor:
+        """Spikes ``[T, N, F]`` of the step loop with ``feedback(S[t-1])`` added to ``X[t]`` (in float32 for half
+        precision, the feedback given the spikes in the input's dtype)."""
+
+        def step(carried, x_t):
+            state, spike = carried
+            spike, state = self.step(state, x_t + feedback(spike.to(x.dtype)), k)
+            return spike, (state, spike)
+
+        x_seq = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        return run_steps(x_seq, (self.initial_state(x_seq[0]), torch.zeros_like(x_seq[0])), step).to(x.dtype)
 
     def _backend(self, x: torch.Tensor) -> str:
         """What runs a multi-step call on ``x``: a fused kernel, ``compile`` or ``reference``."""
@@ -276,6 +309,7 @@ class BaseNode(nn.Module):
         return f"{options}, step_mode={self.step_mode!r}"
 
 
+ADAPTIVE_OPTIONS = ("tau_adapt", "adaptation")
 HOOKS = ("initial_state", "charge", "threshold", "fire", "reset_membrane", "step")
 
 
@@ -293,35 +327,53 @@ class PLIF(BaseNode):
 
     def __init__(self, **options):
         super().__init__(**options)
-        w0 = -math.log(self.options.tau - 1)
         if self.options.per_channel and self.channels is None:
             self.w = nn.parameter.UninitializedParameter()
         else:
-            self.w = nn.Parameter(torch.full((self.channels,) if self.options.per_channel else (), w0))
+            self.w = nn.Parameter(self.initial_w((self.channels,) if self.options.per_channel else ()))
+
+    def initial_w(self, shape: tuple[int, ...], *, tau: float | None = None, bounds: tuple = ()) -> torch.Tensor:
+        """``w`` of taus drawn from ``options.tau_init`` around ``tau`` (default ``options.tau``) within ``bounds``
+        (default the options' ``tau_min``, ``tau_max``): float32, ``[*shape]``."""
+        o = self.options
+        bounds = bounds or (o.tau_min, o.tau_max)
+        taus = time_constants.draw(
+            shape, o.tau if tau is None else tau, distribution=o.tau_init, spread=o.tau_spread, tau_min=bounds[0],
+            tau_max=bounds[1],
+        )  # fmt: skip
+        return time_constants.parameter(taus, *bounds).float()
 
     @property
     def tau0(self) -> float:
-        """The initial tau."""
+        """The initial tau (the centre of its distribution, with ``tau_init``)."""
         return self.options.tau
 
     @property
     def tau(self) -> torch.Tensor:
-        """Current tau = 1 + exp(-w), detached: a scalar, or ``[C]`` with ``per_channel``."""
-        return 1 / torch.sigmoid(self.w.detach())
+        """Current tau, detached: a scalar, or ``[C]`` with ``per_channel``."""
+        return 1 / self.leak().to(self.w.dtype)
 
     def leak(self):
-        return torch.sigmoid(self.w.detach().double())  # in float64: an exported tau exact to w's last bit
+        """``k = 1/tau`` in float64: an exported tau exact to w's last bit."""
+        return time_constants.leak(self.w.detach().double(), self.options.tau_min, self.options.tau_max)
 
     def decay(self, x):
-        if not self.options.per_channel:
-            return torch.sigmoid(self.w)
-        if isinstance(self.w, nn.parameter.UninitializedParameter):
+        if self.options.per_channel and isinstance(self.w, nn.parameter.UninitializedParameter):
             with torch.no_grad():
                 self.w.materialize((x.shape[1],), dtype=x.dtype, device=x.device)
-                self.w.fill_(-math.log(self.tau0 - 1))
-        if x.shape[1] != self.w.numel():
-            raise UserError(f"PLIF has {self.w.numel()} channel taus but the input has {x.shape[1]} channels (dim 1)")
-        return torch.sigmoid(self.w).view(-1, *([1] * (x.dim() - 2)))
+                self.w.copy_(self.initial_w((x.shape[1],)))
+        o = self.options
+        return channel_leak(self.w, x, tau_min=o.tau_min, tau_max=o.tau_max, per_channel=o.per_channel)
+
+
+def channel_leak(w: nn.Parameter, x: torch.Tensor, *, tau_min: float, tau_max: float | None, per_channel: bool):
+    """``k = 1/tau`` of the parameter ``w``, shaped to broadcast over a step's input ``x [N, C, ...]``."""
+    k = time_constants.leak(w, tau_min, tau_max)
+    if not per_channel:
+        return k
+    if x.shape[1] != w.numel():
+        raise UserError(f"the layer has {w.numel()} channel taus but the input has {x.shape[1]} channels (dim 1)")
+    return k.view(-1, *([1] * (x.dim() - 2)))
 
 
 class LIF(BaseNode):
@@ -345,98 +397,3 @@ class IF(BaseNode):
 
     def decay(self, x):
         return 0.0
-
-
-NEURONS = Registry("neuron", "plifnet.neurons")
-for _name, _cls in (("plif", PLIF), ("lif", LIF), ("if", IF)):
-    NEURONS.register(_name, _cls)
-register_neuron = NEURONS.register
-
-
-def neuron_factory(
-    kind: str | type | Callable[[], nn.Module] = "plif", *, options: NeuronOptions | None = None, **changes
-):
-    """A function ``make(channels) -> neuron`` that builds one fresh neuron per spiking layer.
-
-    ``options`` (default :class:`~plifnet.options.NeuronOptions`), with ``changes`` to its fields by
-    keyword (``neuron_factory("lif", tau=16.0)``), are the layer's options. ``kind`` is a name of
-    :data:`NEURONS` (``plif``, ``lif``, ``if``, a plug-in's entry-point name or a class path) or a class:
-
-    * a :class:`BaseNode` subclass gets ``options=`` (the whole object) and ``channels=`` (the layer's
-      width), whatever its ``__init__`` declares (with ``**kwargs``, pass them on to ``super().__init__``);
-    * any other ``nn.Module`` class gets those fields of the options (and ``channels``) that its
-      ``__init__`` names, or all of them where it takes ``**kwargs``.
-
-    ``kind`` may also be a ready factory: of no arguments (what a ``class_path`` with ``init_args`` in a
-    config gives), called as it is, or of one, ``make(channels)``, called with the layer's width. Bad values and bad plug-ins fail here, before any layer is built.
-
-    The protocol a neuron follows (:mod:`plifnet.contract`): a ``torch.nn.Module`` mapping
-    ``[T, N, ...]`` to spikes ``[T, N, ...]``, optionally ``forward(x [N, ...], time_steps=T)`` for a
-    constant input, a ``reset()`` that forgets its state, and a ``v_threshold`` or ``tau`` attribute
-    (a learnable ``tau`` tensor, in time steps, is logged).
-    """
-    options = (options or NeuronOptions()).replace(**changes)
-    if isinstance(kind, str):
-        name, kind = kind, NEURONS.get(kind)
-        if not (isinstance(kind, type) and issubclass(kind, nn.Module)):
-            raise UserError(
-                f"neuron {name!r} is {kind!r}, not a torch.nn.Module class (a name or class path must "
-                f"name a neuron class; see docs/EXTENDING.md)"
-            )
-    if isinstance(kind, type) and issubclass(kind, BaseNode):
-        cls = kind
-
-        def build(channels: int) -> nn.Module:
-            return cls(options=options, channels=channels)
-    elif isinstance(kind, type):
-        cls, accepted = kind, _parameters(kind)
-        if options.per_channel and accepted is not None and "per_channel" not in accepted:
-            raise UserError(f"per_channel applies to neurons with a per-channel tau (plif), not to {kind.__name__}")
-
-        def build(channels: int) -> nn.Module:
-            given = dict(options.as_dict(), channels=channels)
-            return cls(**(given if accepted is None else {k: v for k, v in given.items() if k in accepted}))
-    elif callable(kind):
-        factory, takes_channels = kind, _required_positional(kind) == 1
-
-        def build(channels: int) -> nn.Module:
-            return factory(channels) if takes_channels else factory()
-    else:
-        raise UserError(f"neuron must be a name, a class or a factory, got {kind!r}")
-
-    def make(channels: int) -> nn.Module:
-        neuron = build(channels)
-        if not isinstance(neuron, nn.Module):
-            raise UserError(f"the neuron factory built a {type(neuron).__name__}, not a torch.nn.Module")
-        if not callable(getattr(neuron, "reset", None)):
-            raise UserError(
-                f"neuron {type(neuron).__name__} has no reset() method: a neuron must forget its "
-                f"state between batches (see docs/EXTENDING.md)"
-            )
-        if not is_neuron(neuron):
-            raise UserError(
-                f"neuron {type(neuron).__name__} has a reset() but neither v_threshold nor tau: give it "
-                f"one, so that plifnet finds it as a neuron (see docs/EXTENDING.md)"
-            )
-        return neuron
-
-    make(1)  # validate the options once (e.g. v_reset >= v_threshold) before any network is built
-    make.options = options  # what SpikingNet(neuron=...) reads: these layers' options (and backend)
-    return make
-
-
-def _required_positional(function) -> int:
-    """The positional arguments ``function`` needs: 1 for ``make(channels)``, 0 for a config's class_path factory."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: called as it is
-        return 0
-    return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
-
-
-def _parameters(cls: type) -> set[str] | None:
-    """The keyword parameters of ``cls.__init__`` (None: it takes ``**kwargs``, so everything)."""
-    parameters = inspect.signature(cls.__init__).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

@@ -81,8 +81,8 @@ BAD_INPUTS = {  # what is wrong: (extra arguments, the one line it must print; {
     ),
     "unknown neuron": (
         ["--model.net.neuron", "alfi"],
-        f"error: bad configuration value: unknown neuron 'alfi'; choose one of ['alif', 'if', 'lif', "
-        f"'plif'], {CHOOSE} 'plifnet.neurons'",
+        f"error: bad configuration value: unknown neuron 'alfi'; choose one of ['adlif', 'alif', "
+        f"'example_alif', 'if', 'lif', 'plif'], {CHOOSE} 'plifnet.neurons'",
     ),
     "unknown surrogate": (
         ["--model.net.options.surrogate", "tanh"],

@@ -18,8 +18,9 @@ from torch import nn
 
 from conftest import ROOT, active_network
 from plifnet import SpikingNet, kernels
+from plifnet.factory import neuron_factory
 from plifnet.module import SpikingClassifier
-from plifnet.neurons import LIF, neuron_factory
+from plifnet.neurons import LIF
 from plifnet.recompute import CHANNEL_GROUP, spikes_kept_as_bytes
 
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
+from plifnet.factory import neuron_factory
 from plifnet.models import ARCHS, SharedDropout, SpikingNet, Vote
-from plifnet.neurons import IF, LIF, PLIF, neuron_factory
+from plifnet.neurons import IF, LIF, PLIF
 
 
 def conv_bn(cin, cout):

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from plifnet import kernels, neurons
+from plifnet.factory import neuron_factory
 from plifnet.kernels import compiled, cpu, cpu_ops, gpu
 from plifnet.models import SpikingNet
-from plifnet.neurons import LIF, PLIF, BaseNode, neuron_factory
+from plifnet.neurons import LIF, PLIF, BaseNode
 from plifnet.options import FIELDS, NeuronOptions
 from plifnet.surrogates import ATan, Sigmoid
 

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from plifnet.neurons import IF, LIF, PLIF, neuron_factory, reset_state
+from plifnet.factory import neuron_factory
+from plifnet.neurons import IF, LIF, PLIF, reset_state
 from plifnet.surrogates import SURROGATES, ATan, surrogate
 
 

@@ -777,9 +777,9 @@ def test_snntorch_synaptics_learnt_alpha_is_followed_in_the_tau_group_and_labell
     )
     trainer.fit(model, StaticDataModule("mnist", root=str(tiny_digits), batch_size=8, num_workers=0))
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
-        rows = [row for row in csv.DictReader(f) if row.get("tau_syn/syn1")]
+        rows = [row for row in csv.DictReader(f) if row.get("tau/syn1/tau_syn")]
     alpha = model.net.syn1.alpha.item()
-    assert float(rows[-1]["tau_syn/syn1"]) == pytest.approx(1 / (1 - alpha)) and alpha != pytest.approx(0.6)
+    assert float(rows[-1]["tau/syn1/tau_syn"]) == pytest.approx(1 / (1 - alpha)) and alpha != pytest.approx(0.6)
     assert float(rows[-1]["tau/syn1"]) == pytest.approx(1 / (1 - model.net.syn1.beta.item()))
     with open(Path(trainer.logger.log_dir) / "tau.csv") as f:
         assert next(csv.reader(f)) == ["step", "syn1", "syn1:tau_syn", "syn2", "syn2:tau_syn"]

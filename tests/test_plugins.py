@@ -14,8 +14,8 @@ import yaml
 from conftest import ROOT
 from plifnet import kernels
 from plifnet.contract import ADAPTERS
+from plifnet.factory import NEURONS, neuron_factory
 from plifnet.models import SpikingNet
-from plifnet.neurons import NEURONS, neuron_factory
 from plifnet.surrogates import SURROGATES, surrogate
 
 QUICK = [
@@ -58,7 +58,7 @@ def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugi
 
     monkeypatch.setattr(compiled, "_failed", {})  # the classes this process could not compile: none, after the fit
     if how == "entry point":
-        args = ["--model.net.neuron", "alif", "--model.net.options.surrogate", "gaussian"]
+        args = ["--model.net.neuron", "example_alif", "--model.net.options.surrogate", "gaussian"]
     else:
         args = [
             "--model.net.neuron",
@@ -79,7 +79,7 @@ def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugi
         "neuron"
     ]  # what `cli.py test --ckpt_path` rebuilds it from
     if how == "entry point":
-        assert neuron == "alif"
+        assert neuron == "example_alif"
     else:
         assert neuron["class_path"] == "plifnet_example.ALIF"
         assert (neuron["init_args"]["beta"], neuron["init_args"]["tau"]) == (0.5, 3.0)
@@ -99,7 +99,7 @@ def test_a_plugin_neuron_trains_through_the_cli(how, fit, run_cli, example_plugi
     )
     assert tested.returncode == 0, tested.stderr[-3000:]
     config = (tmp_path / "runs" / "lightning_logs" / "version_0" / "test" / "config.yaml").read_text()
-    assert ("neuron: alif" if how == "entry point" else "class_path: plifnet_example.ALIF") in config
+    assert ("neuron: example_alif" if how == "entry point" else "class_path: plifnet_example.ALIF") in config
 
 
 def test_networks_from_yaml_and_from_a_users_package_train_with_their_neurons_monitored(

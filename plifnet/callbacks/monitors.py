@@ -25,7 +25,7 @@ class TauMonitor(Callback):
     ``log_every_n_steps``), and plot it at the end.
 
     Every learnt time constant that the neuron contract finds is followed: the membrane's, and others such as
-    snnTorch Synaptic's synaptic one (``tau_syn/<layer>``; ``<layer>:tau_syn`` in tau.csv), all in time steps,
+    snnTorch Synaptic's synaptic one (``tau/<layer>/tau_syn``; ``<layer>:tau_syn`` in tau.csv), all in time steps,
     each plotted with how it is read from the library's parameter (``tau = 1/(1-beta)``).
     Scalar tau is logged as ``tau/<layer>``; per-channel tau as ``tau/<layer>/mean|min|max`` and a
     histogram where the logger has one (TensorBoard, wandb): layer by layer, since layers move apart
@@ -76,7 +76,8 @@ class TauMonitor(Callback):
         step, metrics = trainer.global_step, {}
         for column, (layer, constant) in self.layers.items():
             tau = torch.as_tensor(contract.time_constants(layer)[constant].steps).float().cpu()
-            key = f"{constant}/{column.split(':')[0]}"  # tau/<layer>, tau_syn/<layer>
+            layer_name = column.split(":")[0]  # every time constant under tau/: one section of the dashboards
+            key = f"tau/{layer_name}" if constant == "tau" else f"tau/{layer_name}/{constant}"
             if not torch.isfinite(tau).all() and column not in self.warned:
                 self.warned.add(column)
                 warnings.warn(
