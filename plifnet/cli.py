@@ -274,7 +274,7 @@ PARSER_KWARGS = {
 
 
 def shipped(argv: list[str]) -> list[str]:
-    """``argv`` with each ``--config NAME`` that is not a file as the config of that name shipped with
+    """``argv`` with each ``--config NAME`` that is not a file (a folder ``ecg`` beside it included) as the config of that name shipped with
     plifnet (``mnist``, ``configs/mnist.yaml``, ``trainer/smoke``)."""
     argv = list(argv)
     for i, arg in enumerate(argv):
@@ -286,7 +286,7 @@ def shipped(argv: list[str]) -> list[str]:
 
 
 def shipped_config(name: str) -> str:
-    if Path(name).exists() or name.lstrip().startswith(("{", "[")) or "\n" in name:  # a file, or YAML itself
+    if Path(name).is_file() or name.lstrip().startswith(("{", "[")) or "\n" in name:  # a file, or YAML itself
         return name
     relative = name.removeprefix("configs/")
     for candidate in (CONFIGS / relative, CONFIGS / f"{relative}.yaml"):

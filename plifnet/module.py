@@ -1,7 +1,9 @@
 """The LightningModule: trains the network it is given with the paper's recipe (docs/paper.md section 3).
 
 Loss: ``rate_mse``, the mean squared error between each class's firing rate (the time average of the
-vote output) and the one-hot label, or ``cross_entropy`` on those rates.
+vote output) and the one-hot label, or ``cross_entropy`` on those rates. A network whose readout gives a
+score per time step (``readout == "step"``, :mod:`plifnet.sequences`) is trained on labels per step ``[T, N]``:
+cross-entropy and accuracy over the labelled steps (a label of -1 marks a step without one).
 
 Evaluation follows both of the paper's protocols. The data module serves the validation split and
 the test set as two validation loaders during fit, so every epoch logs ``val/acc`` and ``test/acc``:
@@ -26,8 +28,10 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from plifnet import checkpoints, compat, contract
+from plifnet.data.common import UNLABELLED
 from plifnet.errors import UserError
 from plifnet.schedules import CosineToEnd
+from plifnet.sequences import LOGITS
 
 # Set by plifnet.cli while LightningCLI builds the model: LightningCLI then saves the model's hyperparameters as
 # the config gave them (objects as their class_path and init_args), so nothing needs leaving out.
@@ -106,10 +110,17 @@ class SpikingClassifier(L.LightningModule):
             raise UserError(f"{type(net).__name__} has no 'classes' attribute: pass --model.classes N")
         if loss not in ("rate_mse", "cross_entropy"):
             raise UserError(f"loss must be 'rate_mse' or 'cross_entropy', got {loss!r}")
+        readout = getattr(net, "readout", None)
+        if loss == "rate_mse" and readout in LOGITS:
+            raise UserError(
+                f"readout {readout!r} gives a membrane's scores, not firing rates: train it with --model.loss "
+                f"cross_entropy (or give the network readout 'rate')"
+            )
+        self.per_step = readout == "step"  # a score per time step, for labels per step [T, N]
         # ModuleDict keys may not shadow Module methods such as train(): hence the suffixes.
         self.accuracy = torch.nn.ModuleDict(
             {
-                f"{stage}_acc": MulticlassAccuracy(self.num_classes, average="micro")
+                f"{stage}_acc": MulticlassAccuracy(self.num_classes, average="micro", ignore_index=UNLABELLED)
                 for stage in ("train", "val", "test")
             }
         )
@@ -176,27 +187,42 @@ class SpikingClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Firing rate of each class ``[N, classes]``: the time average of the network's scores
-        ``[T, N, classes]`` (a network that gives ``[N, classes]`` has averaged them itself)."""
+        ``[T, N, classes]`` (a network that gives ``[N, classes]`` has averaged them itself); with a readout
+        per step, the scores ``[T, N, classes]`` as they are."""
         scores = self.net(x)
-        rates = scores.mean(0) if scores.dim() == 3 else scores
-        if rates.dim() != 2 or rates.shape[1] != self.num_classes:
+        rates = scores if self.per_step else scores.mean(0) if scores.dim() == 3 else scores
+        if rates.dim() != 2 + self.per_step or rates.shape[-1] != self.num_classes:
+            expected = f"[T, N, {self.num_classes}]" + ("" if self.per_step else f" or [N, {self.num_classes}]")
             raise UserError(
                 f"{type(self.net).__name__} returned scores of shape {tuple(scores.shape)} for input "
-                f"{tuple(x.shape)}; expected [T, N, {self.num_classes}] or [N, {self.num_classes}] "
-                f"({self.num_classes} classes)"
+                f"{tuple(x.shape)}; expected {expected} ({self.num_classes} classes)"
             )
         return rates
 
     def _loss(self, rates: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.hparams.loss == "rate_mse":
             return F.mse_loss(rates, F.one_hot(y, self.num_classes).to(rates.dtype))
-        return F.cross_entropy(rates, y)
+        if (y == UNLABELLED).all():  # a batch without a labelled step teaches nothing (and its mean would be NaN)
+            return rates.sum() * 0
+        return F.cross_entropy(rates, y, ignore_index=UNLABELLED)
 
     def check_labels(self, y: torch.Tensor) -> None:
-        """Refuse labels outside ``0..classes-1`` with a message naming the network. Called on the CPU:
-        by :meth:`_step` when training there, and by plifnet's data modules before each batch moves to
-        an accelerator, where the same check would wait for the device at every step."""
-        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
+        """Refuse labels outside ``0..classes-1`` (and -1 on an unlabelled step, for a readout per step) with a
+        message naming the network, and labels per step ``[T, N]`` for a network without a readout per step.
+        Called on the CPU: by :meth:`_step` when training there, and by plifnet's data modules before each
+        batch moves to an accelerator, where the same check would wait for the device at every step."""
+        if (y.dim() == 2) != self.per_step:
+            raise UserError(
+                f"the labels have shape {list(y.shape)} but the {type(self.net).__name__} network gives "
+                + (
+                    "a score per time step, for labels [T, N]"
+                    if self.per_step
+                    else "one score per sequence, for labels [N]"
+                )
+                + ": give a network with readout 'step' labels per step, and labels per sequence to any other"
+            )
+        low = UNLABELLED if self.per_step else 0
+        if y.numel() and (y.min() < low or y.max() >= self.num_classes):
             bad = int(y.max() if y.max() >= self.num_classes else y.min())
             name = getattr(self.net, "arch_name", type(self.net).__name__)
             raise UserError(
@@ -209,11 +235,13 @@ class SpikingClassifier(L.LightningModule):
         if y.device.type == "cpu":
             self.check_labels(y)
         rates = self(x)
+        if self.per_step:  # every step a sample of its own: [T * N, classes] and [T * N]
+            rates, y = rates.flatten(0, 1), y.flatten()
         loss = self._loss(rates, y)
         self.accuracy[f"{stage}_acc"](rates, y)
         # training loss per step (as train/loss_step) and per epoch; accuracies per epoch. Under DDP
         # the loss is averaged over processes; the torchmetrics accuracies reduce themselves.
-        log = dict(add_dataloader_idx=False, batch_size=len(y), on_epoch=True)
+        log = dict(add_dataloader_idx=False, batch_size=len(x[0] if self.per_step else y), on_epoch=True)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", sync_dist=True, **log)
         self.log(f"{stage}/acc", self.accuracy[f"{stage}_acc"], prog_bar=True, on_step=False, **log)
         return loss
@@ -228,8 +256,8 @@ class SpikingClassifier(L.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        """Class probabilities ``[N, classes]``: softmax of the rates for cross-entropy, else the
-        normalised rates (uniform where no output neuron fired)."""
+        """Class probabilities ``[N, classes]`` (``[T, N, classes]`` with a readout per step): softmax of the
+        scores for cross-entropy, else the normalised rates (uniform where no output neuron fired)."""
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         rates = self(x)
         if self.hparams.loss == "cross_entropy":

@@ -196,3 +196,29 @@ def test_two_process_ddp_fit_of_a_peer_network(family, tiny_digits, tmp_path):
     assert ranks[0]["taus"][-1][first].float().mean().item() != pytest.approx(2.0, abs=1e-5)  # trained
     for name, value in ranks[0]["parameters"].items():
         assert torch.equal(value, ranks[1]["parameters"][name]), name
+
+
+def test_two_process_ddp_fit_of_a_recurrent_adaptive_network(tmp_path):
+    """The ecg recipe (recurrent ALIF, a membrane and an adaptation tau per neuron, a readout per step) on two
+    processes: the ranks agree on every tau and every weight after each step."""
+    from test_ecg_data import write_files
+
+    root = write_files(tmp_path / "ecg", sequences=(24, 4), steps=40)
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"), PYTHONUNBUFFERED="1"
+    )
+    cli(
+        "fit", "--config", "ecg", "--data.root", root, "--data.num_workers", "0", "--data.batch_size", "4",
+        "--model.net.hidden", "[8]", "--config", ROOT / "configs" / "trainer" / "ddp.yaml",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+        "--trainer.callbacks+=ddp_probe.RankProbe", cwd=tmp_path, env=env,
+    )  # fmt: skip
+    ranks = [torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2 and len(ranks[0]["taus"]) == 2
+    for step0, step1 in zip(ranks[0]["taus"], ranks[1]["taus"]):
+        assert step0.keys() == {"layers.0.neuron"} and torch.equal(step0["layers.0.neuron"], step1["layers.0.neuron"])
+    assert ranks[0]["taus"][-1]["layers.0.neuron"].numel() == 8  # a tau per neuron
+    for name, value in ranks[0]["parameters"].items():
+        assert torch.equal(value, ranks[1]["parameters"][name]), name
+    assert "net.layers.0.neuron.w_adapt" in ranks[0]["parameters"]

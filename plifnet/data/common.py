@@ -19,6 +19,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from plifnet.errors import UserError
 
+UNLABELLED = -1  # the label of a time step without one (ECG): losses and accuracies per step leave it out
+
 
 def stratified_split(targets: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split indices per class: a shuffled ``val_fraction`` of each class (rounded) goes to validation."""

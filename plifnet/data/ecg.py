@@ -20,12 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plifnet.data.common import ClassificationDataModule, time_first
+from plifnet.data.common import UNLABELLED, ClassificationDataModule, time_first
 from plifnet.errors import MissingData, UserError
 
 FILES = {"train": "QTDB_train.mat", "test": "QTDB_test.mat"}
 CLASSES = ("P", "PQ", "QR", "RS", "ST", "TP")
-UNLABELLED = -1  # the label of a step that has none
 
 
 def read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,218 @@
+"""Recurrent and adaptive spiking layers (plifnet/sequences.py, plifnet/adaptive.py) against plain per-step loops
+written here from the equations in their docstrings, and against snnTorch's RLeaky and Norse's LSNN where their
+equations coincide: spikes equal, gradients of every parameter (weights and time constants) to rounding."""
+
+import math
+
+import pytest
+import torch
+
+from plifnet.adaptive import ALIF, AdLIF
+from plifnet.errors import UserError
+from plifnet.neurons import LIF, PLIF
+from plifnet.options import NeuronOptions
+from plifnet.sequences import Recurrent, SequenceNet
+from plifnet.surrogates import FastSigmoid
+
+T, N, F, H = 60, 3, 5, 7
+
+
+def heaviside(x, alpha=2.0):
+    """Heaviside (1 at 0) forward; backward the derivative of atan(pi/2 alpha x)/pi, the atan surrogate."""
+    primitive = torch.atan(math.pi / 2 * alpha * x) / math.pi
+    return (x >= 0).to(x.dtype) + (primitive - primitive.detach())
+
+
+def plain_loop(layer: Recurrent, x, kind):
+    """The recurrent layer, step by step: I[t] = W_in X[t] + b + W_rec S[t-1], then the neuron's equations."""
+    neuron, o = layer.neuron, layer.neuron.options
+    k = torch.sigmoid(neuron.w)
+    if kind in ("alif", "adlif"):
+        k_a = torch.sigmoid(neuron.w_adapt)
+    v = torch.zeros(N, H, dtype=x.dtype)
+    s = torch.zeros(N, H, dtype=x.dtype)
+    a = torch.zeros(N, H, dtype=x.dtype)
+    w = torch.zeros(N, H, dtype=x.dtype)
+    out = []
+    for t in range(T):
+        i = x[t] @ layer.input.weight.T + layer.input.bias + s @ layer.recurrent.weight.T
+        if kind == "adlif":
+            w = w + k_a * (torch.tanh(neuron.coupling) * v - w) + 2 * torch.sigmoid(neuron.spike_coupling) * s
+            i = i - w
+        h = v + k * (i - v)
+        theta = o.v_threshold + (o.adaptation * a if kind == "alif" else 0)
+        s = heaviside(h - theta)
+        v = h - theta * s.detach()  # soft reset, detached
+        if kind == "alif":
+            a = a + k_a * (s - a)
+        out.append(s)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("kind", ["plif", "alif", "adlif"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_recurrent_layer_is_the_plain_loop(kind, dtype):
+    torch.manual_seed(0)
+    options = NeuronOptions(
+        tau=4.0, per_channel=True, tau_init="uniform", tau_spread=0.5, v_threshold=0.5, v_reset=None
+    )
+    if kind != "plif":
+        options = options.replace(tau_adapt=9.0, adaptation=0.7 if kind == "alif" else 1.8)
+    neuron = {"plif": PLIF, "alif": ALIF, "adlif": AdLIF}[kind](options=options, channels=H)
+    layer = Recurrent(F, H, neuron).to(dtype)
+    if kind == "adlif":  # away from their starting values, so that a wrong sign or factor shows
+        with torch.no_grad():
+            neuron.coupling.uniform_(-1, 1), neuron.spike_coupling.uniform_(-1, 1)
+    x = (torch.rand(T, N, F, dtype=dtype) < 0.5).to(dtype) * 4
+    spikes = layer(x)
+    assert 0.02 < spikes.mean() < 0.8  # a test of firing layers
+    expected = plain_loop(layer, x, kind)
+    assert torch.equal(spikes, expected)
+    weights = torch.randn_like(spikes)
+    params = list(layer.parameters())
+    got = torch.autograd.grad((spikes * weights).sum(), params)
+    want = torch.autograd.grad((expected * weights).sum(), params)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for (name, _), g, e in zip(layer.named_parameters(), got, want):
+        assert e.abs().sum() > 0, name
+        torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=name)
+
+
+def test_in_bf16_the_products_are_bf16_and_the_neuron_float32_as_in_the_plain_loop():
+    """Under bf16 autocast the layer's products run in bf16 and its neuron in float32: the plain loop that calls the
+    layer's own Linear modules (torch's) the same way gives the same spikes and gradients."""
+    torch.manual_seed(1)
+    layer = Recurrent(F, H, PLIF(tau=3.0, v_threshold=0.5, v_reset=None, per_channel=True, channels=H))
+    x = (torch.rand(T, N, F) < 0.5).float() * 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        spikes = layer(x)
+        currents, k = layer.input(x).float(), torch.sigmoid(layer.neuron.w)
+        v, s, expected = torch.zeros(N, H), torch.zeros(N, H), []
+        for t in range(T):
+            h = v + k * (currents[t] + layer.recurrent(s.to(torch.bfloat16)) - v)
+            s = heaviside(h - 0.5)
+            v = h - 0.5 * s.detach()
+            expected.append(s)
+        expected = torch.stack(expected)
+    assert spikes.dtype == torch.bfloat16 and spikes.float().mean() > 0.05
+    assert torch.equal(spikes.float(), expected)
+    weights = torch.randn(T, N, H)
+    params = list(layer.parameters())
+    got = torch.autograd.grad((spikes.float() * weights).sum(), params)
+    want = torch.autograd.grad((expected * weights).sum(), params)
+    for (name, _), g, e in zip(layer.named_parameters(), got, want):
+        # the surrogate's last float32 bits differ (its own formula against autograd's of the primitive), and the
+        # bf16 products of backward, step after step, round them apart: to bf16's precision, not bit for bit
+        assert (g - e).norm() < 0.01 * e.norm(), name
+
+
+def test_a_recurrent_lif_is_snntorchs_rleaky():
+    """snnTorch 1.0 RLeaky, reset to zero, reset_delay=False: mem = beta mem + I + V(spk), spk = mem > thr, then
+    mem = mem - spk mem, the spike not detached in the reset. plifnet: PLIF, decay_input false (H = V - k V + I),
+    hard reset to 0, detach_reset false; beta = 1 - k, the input bias = the outer Linear's bias + RLeaky's
+    recurrent bias. (By subtraction the two differ: where a reset leaves mem above the threshold, RLeaky subtracts
+    the threshold again before the next comparison, and adds it back if no spike follows.)"""
+    snntorch = pytest.importorskip("snntorch")
+    torch.manual_seed(2)
+    dtype = torch.float32  # snnTorch's spikes are float32
+    fc = torch.nn.Linear(F, H).to(dtype)
+    beta = 0.8
+    rleaky = snntorch.RLeaky(
+        beta=torch.tensor(beta, dtype=dtype), learn_beta=True, linear_features=H, reset_mechanism="zero",
+        reset_delay=False, threshold=0.5,
+    ).to(dtype)  # fmt: skip
+    ours = Recurrent(F, H, PLIF(tau=1 / (1 - beta), v_threshold=0.5, v_reset=0.0, decay_input=False,
+                               detach_reset=False, channels=H)).to(dtype)  # fmt: skip
+    with torch.no_grad():
+        ours.input.weight.copy_(fc.weight)
+        ours.input.bias.copy_(fc.bias + rleaky.recurrent.bias)
+        ours.recurrent.weight.copy_(rleaky.recurrent.weight)
+    x = torch.rand(T, N, F, dtype=dtype) * 1.5
+    spk, mem = rleaky.reset_mem()
+    theirs = []
+    for x_t in x:
+        spk, mem = rleaky(fc(x_t), spk, mem)
+        theirs.append(spk)
+    theirs = torch.stack(theirs)
+    spikes = ours(x)
+    assert 0.05 < spikes.mean() < 0.8
+    assert torch.equal(spikes, theirs)
+    weights = torch.randn_like(spikes)
+    (spikes * weights).sum().backward()
+    (theirs * weights).sum().backward()
+    torch.testing.assert_close(ours.input.weight.grad, fc.weight.grad)
+    torch.testing.assert_close(ours.recurrent.weight.grad, rleaky.recurrent.weight.grad)
+    # k = sigmoid(w) = 1 - beta: dL/dw = -dL/dbeta * k (1 - k)
+    k = torch.sigmoid(ours.neuron.w.detach())
+    torch.testing.assert_close(ours.neuron.w.grad, -rleaky.beta.grad * k * (1 - k))
+
+
+def test_alif_is_norses_lsnn():
+    """Norse's LSNN (feed-forward), dt = 1: its synaptic current with tau_syn = dt passes the input on one step
+    later, and its threshold b decays to v_th before the comparison. With X[t] = input[t-1], v_leak = v_reset = 0,
+    SuperSpike (Norse 1.1's backward is 1/(|x| + 1)^2 whatever its alpha: plifnet's fast_sigmoid at alpha 1) and
+    detach_reset false, it is plifnet's ALIF (decay_input) with k = tau_mem_inv, k_adapt = tau_adapt_inv and
+    adaptation = beta (1 - k_adapt) / k_adapt."""
+    lsnn = pytest.importorskip("norse.torch.functional.lsnn")
+    torch.manual_seed(3)
+    dtype = torch.float64
+    k, k_adapt, beta = 0.2, 0.1, 0.3
+    p = lsnn.LSNNParameters(
+        tau_syn_inv=torch.tensor(1.0, dtype=dtype), tau_mem_inv=torch.tensor(k, dtype=dtype, requires_grad=True),
+        tau_adapt_inv=torch.tensor(k_adapt, dtype=dtype), v_th=torch.tensor(0.5, dtype=dtype),
+        beta=torch.tensor(beta, dtype=dtype), method="super", alpha=25.0,
+    )  # fmt: skip
+    x = (torch.rand(T, N, H, dtype=dtype) * 1.2).requires_grad_()
+    state = lsnn.LSNNFeedForwardState(
+        v=torch.zeros(N, H, dtype=dtype), i=torch.zeros(N, H, dtype=dtype), b=torch.full((N, H), 0.5, dtype=dtype)
+    )
+    theirs = []
+    for x_t in torch.cat([x, x[:1] * 0]):  # one step more: their input arrives a step late
+        z, state = lsnn.lsnn_feed_forward_step(x_t, state, p, dt=1.0)
+        theirs.append(z)
+    theirs = torch.stack(theirs[1:])
+    alif = ALIF(
+        tau=1 / k, tau_adapt=1 / k_adapt, adaptation=beta * (1 - k_adapt) / k_adapt, v_threshold=0.5,
+        detach_reset=False, surrogate=FastSigmoid(alpha=1.0),
+    ).to(dtype)  # fmt: skip
+    spikes = alif(x)
+    assert 0.05 < spikes.mean() < 0.8
+    assert torch.equal(spikes, theirs)
+    weights = torch.randn_like(spikes)
+    ours_x, ours_w = torch.autograd.grad((spikes * weights).sum(), [x, alif.w])
+    their_x, their_k = torch.autograd.grad((theirs * weights).sum(), [x, p.tau_mem_inv])
+    torch.testing.assert_close(ours_x, their_x)
+    torch.testing.assert_close(ours_w, their_k * k * (1 - k))  # k = sigmoid(w)
+
+
+def test_the_backward_of_a_long_sequence_grows_linearly():
+    """No per-step indexing whose backward materialises the whole sequence: the autograd graph holds the same
+    number of nodes per step at T = 50 and T = 200."""
+
+    def nodes(steps):
+        torch.manual_seed(0)
+        net = SequenceNet(3, 4, hidden=[8], neuron="alif", options=NeuronOptions(per_channel=True), readout="mean")
+        out = net(torch.rand(steps, 2, 3))
+        seen, stack = set(), [out.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            stack.extend(next_fn for next_fn, _ in node.next_functions)
+        kinds = [type(node).__name__ for node in seen]
+        assert not any(name.startswith(("Select", "Index")) for name in kinds), set(kinds)
+        return len(seen)
+
+    short, long = nodes(50), nodes(200)
+    assert (long - short) / 150 == pytest.approx((short - nodes(20)) / 30, rel=0.02)
+
+
+def test_a_peers_neuron_is_refused_in_a_recurrent_layer_in_one_line():
+    with pytest.raises(UserError, match="a recurrent layer needs a plifnet neuron .* give recurrent false"):
+        Recurrent(3, 4, torch.nn.ReLU())
+
+
+def test_adaptive_options_on_a_neuron_without_adaptation_are_refused():
+    with pytest.raises(UserError, match="tau_adapt apply to adaptive neurons .* not to LIF"):
+        LIF(tau_adapt=50.0)
