@@ -91,3 +91,53 @@ def test_a_missing_file_is_named_in_one_line(tmp_path):
         SpeechDataModule("ssc", root=str(tmp_path)).setup("fit")
     with pytest.raises(UserError, match=r"--data.time_steps must be >= 1 and --data.dt > 0"):
         SpeechDataModule("shd", root=str(tmp_path), dt=0)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server of a folder of gzipped release files (as the authors' site serves them)."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_download_fetches_the_missing_files_when_asked(tmp_path, server):
+    import gzip
+    import shutil
+
+    site, url = server
+    written = release(tmp_path / "published", "shd", seed=5)
+    for split in written:
+        with (
+            open(tmp_path / "published" / f"shd_{split}.h5", "rb") as f,
+            gzip.open(site / f"shd_{split}.h5.gz", "wb") as g,
+        ):
+            shutil.copyfileobj(f, g)
+    root = tmp_path / "data"
+    with pytest.raises(MissingData, match="or --data.download true to fetch them from"):
+        SpeechDataModule("shd", root=str(root), num_workers=0).setup("fit")
+    data = SpeechDataModule("shd", root=str(root), download=True, url=url, num_workers=0, val_fraction=0)
+    data.prepare_data()
+    data.setup("fit")
+    for split in written:
+        assert (root / f"shd_{split}.h5").read_bytes() == (tmp_path / "published" / f"shd_{split}.h5").read_bytes()
+    x, label = data.test_set[2]
+    times, units, expected = written["test"][2]
+    assert label == expected and torch.equal(x, torch.from_numpy(brute_force(times, units, 150, 0.01)))
+    assert not list(root.glob(".*tmp*"))  # no partial file left
+
+
+def test_a_failed_download_is_one_line_and_leaves_no_file(tmp_path, server):
+    site, url = server  # serves nothing: 404
+    data = SpeechDataModule("ssc", root=str(tmp_path / "data"), download=True, url=url, num_workers=0)
+    with pytest.raises(MissingData, match=r"could not download http://127.0.0.1:\d+/ssc_train.h5.gz \(HTTP Error 404"):
+        data.prepare_data()
+    assert not list((tmp_path / "data").iterdir())

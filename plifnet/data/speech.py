@@ -7,7 +7,8 @@ A sample's spikes are binned into ``time_steps`` frames of ``dt`` seconds, ``[T,
 goes to frame ``floor(times[k] / dt)``; spikes at or after ``time_steps x dt`` are left out (the default 150
 frames of 10 ms hold the longest SHD recording, 1.4 s). Batches are ``[T, N, 700]``, time first. SSC's own
 validation file is its validation set; SHD has none, so its validation split is cut from the training file.
-Nothing is downloaded: the files are read where ``root`` holds them (tonic's classes insist on downloading).
+The files are read where ``root`` holds them, as they are (tonic's classes insist on downloading); with
+``download`` the missing ones are fetched from ``url``, where the authors publish them gzipped.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from torch.utils.data import Dataset
 
 from plifnet.data.common import ClassificationDataModule, time_first
 from plifnet.errors import MissingData, UserError
+from plifnet.files import write_atomically
 
 CHANNELS = 700
 DATASETS = {"shd": ("train", "test"), "ssc": ("train", "valid", "test")}  # the files of each release
+URL = "https://zenkelab.org/datasets"  # the authors' site: shd_train.h5.gz, ...
 
 
 def frames(times: np.ndarray, units: np.ndarray, time_steps: int, dt: float) -> np.ndarray:
@@ -75,6 +78,8 @@ class SpeechDataModule(ClassificationDataModule):
         dataset: ``shd`` or ``ssc``.
         root: the folder holding the files (or a folder ``SHD``/``SSC`` below it).
         time_steps, dt: the frames: ``time_steps`` bins of ``dt`` seconds.
+        download: fetch the files that ``root`` lacks from ``url`` (gzipped, as published) into ``root``.
+        url: where the release's ``<name>.h5.gz`` files are (a mirror, or the authors' site).
         loader: ``batch_size``, ``num_workers``, ``val_fraction``, ``eval_test_every_epoch``, ``split_seed``,
             ``pin_memory`` of :class:`plifnet.data.common.ClassificationDataModule` (SSC: its own validation file instead of
             ``val_fraction``'s split; ``val_fraction 0`` leaves validation out).
@@ -88,6 +93,8 @@ class SpeechDataModule(ClassificationDataModule):
         root: str = "data",
         time_steps: int = 150,
         dt: float = 0.01,
+        download: bool = False,
+        url: str = URL,
         **loader,
     ):
         super().__init__(**loader)
@@ -97,6 +104,16 @@ class SpeechDataModule(ClassificationDataModule):
             raise UserError(f"--data.time_steps must be >= 1 and --data.dt > 0 (seconds), got {time_steps} and {dt}")
         self.dataset, self.root, self.time_steps, self.dt = dataset, Path(root).expanduser(), time_steps, dt
         self.sequence_shape = (time_steps, CHANNELS)  # (T, F)
+        self.download, self.url = download, url.rstrip("/")
+
+    def prepare_data(self) -> None:
+        """With ``download``, fetch each file of the release that ``root`` lacks (on one process per machine)."""
+        if not self.download:
+            return
+        for split in DATASETS[self.dataset]:
+            name = f"{self.dataset}_{split}.h5"
+            if not any(path.is_file() for path in (self.root / name, self.root / self.dataset.upper() / name)):
+                fetch(f"{self.url}/{name}.gz", self.root / name)
 
     def files(self) -> dict[str, Path]:
         """The release's files by split, found in ``root`` or in ``root/SHD`` (``SSC``); a missing one is named."""
@@ -107,7 +124,8 @@ class SpeechDataModule(ClassificationDataModule):
         names = ", ".join(f"{self.dataset}_{split}.h5" for split in DATASETS[self.dataset])
         raise MissingData(
             f"{self.dataset.upper()} was not found in {self.root.resolve()}: it needs {names}. Fix: --data.root DIR, "
-            f"the folder that holds them (or the folder above a {self.dataset.upper()} folder); nothing is downloaded"
+            f"the folder that holds them (or the folder above a {self.dataset.upper()} folder), or --data.download "
+            f"true to fetch them from {self.url}"
         )
 
     def splits(self) -> dict[str, SpikeFile]:
@@ -127,3 +145,26 @@ class SpeechDataModule(ClassificationDataModule):
     def example_input(self) -> torch.Tensor:
         """One sample as a batch of one, ``[T, 1, 700]``."""
         return torch.zeros(self.time_steps, 1, CHANNELS)
+
+
+def fetch(url: str, path: Path) -> None:
+    """Download the gzipped file at ``url`` into ``path``, decompressed, through a temporary name renamed at the
+    end: an interrupted download leaves no file that looks whole. A failure is one line naming the address."""
+    import gzip
+    import shutil
+    import urllib.request
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(part: Path) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, gzip.GzipFile(fileobj=response) as unzipped:
+                with open(part, "wb") as out:
+                    shutil.copyfileobj(unzipped, out, 1 << 20)
+        except (OSError, EOFError) as error:  # URLError, HTTPError, a bad or cut-off gzip stream
+            raise MissingData(
+                f"could not download {url} ({error}). Fix: download it by hand into {path.parent.resolve()} (or "
+                f"give --data.url a mirror)"
+            ) from None
+
+    write_atomically(path, write)
