@@ -69,7 +69,7 @@ class LayerEnergy:
 
     name: str  # conv1, ..., fc1: the i-th Conv2d / Linear of a SpikingNet; elsewhere the module path
     input: str  # "spikes", "values", or "mixed" (spikes in some batches only)
-    macs: float  # dense MACs of one pass (the same layer in an ANN)
+    macs: float  # dense MACs of the same layer in an ANN: one pass per image, or one per step for sequences
     sops: float  # operations performed over all steps: ACs for spike input, MACs for real-valued input
     input_rate: float  # fraction of the input's elements that are spikes (nan for real-valued input)
     energy_pj: float  # E_AC x ACs + E_MAC x MACs
@@ -209,6 +209,9 @@ class SynapticCounter:
                 layers[name(kind) if ordinal else path.removeprefix("net.")] = module
         self.layers = layers
         self.neurons = [module for module in model.modules() if is_neuron(module)]
+        # a network for sequences (plifnet.sequences) is weighed against an ANN that runs every step, an RNN; a
+        # network of images against one that runs once per image
+        self.every_step = any(getattr(module, "ann_runs_every_step", False) for module in model.modules())
         # per layer its FIELDS; NEURONS: the neurons' membrane updates (first field), summed the same way
         self.counts: dict[str, torch.Tensor | float] = dict.fromkeys(
             [*layers, *([NEURONS] if self.neurons else [])], 0.0
@@ -347,8 +350,10 @@ class SynapticCounter:
             if not steps:
                 continue
             kind = "mixed" if spike_batches and value_batches else "spikes" if spike_batches else "values"
-            macs, outputs = self.dense.get(name, 0), self.outputs.get(name, 0)
-            passes = value_macs / macs if macs else 0.0  # samples x steps fed by values
+            dense, outputs = self.dense.get(name, 0), self.outputs.get(name, 0)
+            passes = value_macs / dense if dense else 0.0  # samples x steps fed by values
+            ann_passes = steps / images if self.every_step else 1.0
+            macs = dense * ann_passes
             rows.append(
                 LayerEnergy(
                     name=name,
@@ -359,7 +364,7 @@ class SynapticCounter:
                     energy_pj=(acs * ac_pj + value_macs * mac_pj) / images,
                     ann_energy_pj=macs * mac_pj,
                     memory_pj=(3 * acs + 2 * value_macs + outputs * passes) * word_pj / images,
-                    ann_memory_pj=(2 * macs + outputs) * word_pj,
+                    ann_memory_pj=(2 * macs + outputs * ann_passes) * word_pj,
                 )
             )
         return EnergyReport(rows, technology, images, updates, updates * (mac_pj + 2 * word_pj))

@@ -100,6 +100,8 @@ class SequenceNet(nn.Module):
         readout: ``rate``, ``max``, ``mean``, ``last`` or ``step`` (the module's docstring says each).
     """
 
+    ann_runs_every_step = True  # its ANN counterpart in energy reports is an RNN: one pass per time step
+
     def __init__(
         self,
         inputs: int,

@@ -234,8 +234,9 @@ class SynapticOps(Callback):
         self.images = 0
 
     def _batch(self, batch, counted: bool):
-        if counted:
-            self.images += len(batch[-1]) if isinstance(batch, (list, tuple)) else len(batch)
+        if counted:  # samples: the labels' last dim (labels per step are [T, N]), or a batch of inputs alone
+            labels = batch[-1] if isinstance(batch, (list, tuple)) else batch
+            self.images += labels.shape[-1] if torch.is_tensor(labels) and labels.dim() == 2 else len(labels)
         self.counted = counted
 
     def _batch_end(self):
