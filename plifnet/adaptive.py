@@ -38,7 +38,6 @@ from plifnet.neurons import PLIF, channel_leak, leaky_charge, reset_potential
 class Adaptive(PLIF):
     """What ALIF and adLIF share: PLIF's learnt membrane tau (``w``) and a learnt adaptation tau (``w_adapt``)."""
 
-    adaptive = True
     ADAPT_BOUNDS = (1.0, None)
 
     def __init__(self, **options):

@@ -62,7 +62,9 @@ def neuron_factory(
     elif isinstance(kind, type):
         cls, accepted = kind, _parameters(kind)
         if options.per_channel and accepted is not None and "per_channel" not in accepted:
-            raise UserError(f"per_channel applies to neurons with a per-channel tau (plif), not to {kind.__name__}")
+            raise UserError(
+                f"per_channel applies to neurons with a per-channel tau (plif, alif, adlif), not to {kind.__name__}"
+            )
 
         def build(channels: int) -> nn.Module:
             given = dict(options.as_dict(), channels=channels)

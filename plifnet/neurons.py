@@ -95,7 +95,6 @@ class BaseNode(nn.Module):
     """
 
     per_channel_tau = False  # whether options.per_channel applies (PLIF)
-    adaptive = False  # whether options.tau_adapt and adaptation apply (ALIF, adLIF)
 
     def __init__(
         self,
@@ -146,12 +145,7 @@ class BaseNode(nn.Module):
         self.options = given if options is None else options
         if self.options.per_channel and not self.per_channel_tau:
             raise UserError(
-                f"per_channel applies to neurons with a per-channel tau (plif), not to {type(self).__name__}"
-            )
-        changed = [name for name in ADAPTIVE_OPTIONS if getattr(self.options, name) != getattr(NeuronOptions(), name)]
-        if changed and not self.adaptive:
-            raise UserError(
-                f"{', '.join(changed)} apply to adaptive neurons (alif, adlif), not to {type(self).__name__}"
+                f"per_channel applies to neurons with a per-channel tau (plif, alif, adlif), not to {type(self).__name__}"
             )
         self.channels = channels
         self.step_mode = step_mode
@@ -309,7 +303,6 @@ class BaseNode(nn.Module):
         return f"{options}, step_mode={self.step_mode!r}"
 
 
-ADAPTIVE_OPTIONS = ("tau_adapt", "adaptation")
 HOOKS = ("initial_state", "charge", "threshold", "fire", "reset_membrane", "step")
 
 

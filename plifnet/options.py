@@ -39,7 +39,8 @@ class NeuronOptions:
         tau_min, tau_max: bounds of a learnt membrane tau, kept by its parametrisation (None: no upper bound).
         tau_adapt: the initial adaptation time constant of ALIF and adLIF (learnt, per channel with
             ``per_channel``, drawn from ``tau_init`` like the membrane's; its lower bound is 1).
-        adaptation: how far one spike raises ALIF's threshold (Bellec et al.'s beta).
+        adaptation: how far ALIF's threshold rises per unit of adaptation (Bellec et al.'s beta).
+            Neurons without adaptation ignore these two, so that one config serves an ablation of neurons.
         backend: how a multi-step call runs: ``auto`` (the fused kernel of the device for the
             built-in step, else the compiled step), ``reference`` (per-step PyTorch), ``compile``
             (the neuron's own hooks through ``torch.compile``), ``cpu`` / ``triton`` (the fused kernels).

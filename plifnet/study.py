@@ -56,7 +56,7 @@ from plifnet.report import claim, claimed_elsewhere, report
 def fit_command(setting: Setting, configs: list[str], passed_on: list[str], folder: Path) -> list[str]:
     command = [sys.executable, "-m", "plifnet", "fit"]
     for config in configs:  # a file, or the name of a config shipped with plifnet
-        command += ["--config", str(Path(config).resolve()) if Path(config).exists() else config]
+        command += ["--config", str(Path(config).resolve()) if Path(config).is_file() else config]
     return (
         command
         + passed_on

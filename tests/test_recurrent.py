@@ -9,7 +9,7 @@ import torch
 
 from plifnet.adaptive import ALIF, AdLIF
 from plifnet.errors import UserError
-from plifnet.neurons import LIF, PLIF
+from plifnet.neurons import PLIF
 from plifnet.options import NeuronOptions
 from plifnet.sequences import Recurrent, SequenceNet
 from plifnet.surrogates import FastSigmoid
@@ -211,8 +211,3 @@ def test_the_backward_of_a_long_sequence_grows_linearly():
 def test_a_peers_neuron_is_refused_in_a_recurrent_layer_in_one_line():
     with pytest.raises(UserError, match="a recurrent layer needs a plifnet neuron .* give recurrent false"):
         Recurrent(3, 4, torch.nn.ReLU())
-
-
-def test_adaptive_options_on_a_neuron_without_adaptation_are_refused():
-    with pytest.raises(UserError, match="tau_adapt apply to adaptive neurons .* not to LIF"):
-        LIF(tau_adapt=50.0)

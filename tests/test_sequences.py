@@ -206,3 +206,17 @@ def test_a_recurrent_run_resumed_from_last_ends_as_the_uninterrupted_one(run_cli
     assert finals[0]["global_step"] == finals[1]["global_step"] == 6
     for name, value in finals[0]["state_dict"].items():
         torch.testing.assert_close(finals[1]["state_dict"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_folder_named_like_a_config_does_not_hide_the_shipped_config(tmp_path, monkeypatch):
+    """Data in ./ecg (as the ECG data often sits) and --config ecg: the fit and the study's fits take the shipped
+    config, not the folder."""
+    from plifnet.cli import shipped_config
+    from plifnet.grid import Setting
+    from plifnet.study import fit_command
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ecg").mkdir()
+    assert shipped_config("ecg").endswith("configs/ecg.yaml")
+    command = fit_command(Setting("alif", ("--model.net.neuron", "alif"), 2020), ["ecg"], [], tmp_path / "out")
+    assert command[command.index("--config") + 1] == "ecg"  # a name, resolved by the fit itself
