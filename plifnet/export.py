@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> Path:
     neurons = sum(is_neuron(module) for module in model.modules())  # the graph has spike nodes for max-pooling too
     print(
         f"wrote {args.out}: {len(graph.nodes)} NIR nodes ({neurons} spiking layers), "
-        f"T = {graph.metadata['time_steps']}, {graph.metadata['input']} input, for {args.target} at "
+        f"T = {graph.metadata.get('time_steps', 'the sequence length')}, {graph.metadata['input']} input, for "
+        f"{args.target} at "
         f"dt = {graph.metadata['dt']:g}",
         file=sys.stderr,
     )

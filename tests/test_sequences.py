@@ -181,11 +181,78 @@ def test_each_sequence_config_runs_its_smoke_run(config, run_cli, tiny_digits, t
     assert any(key.startswith("tau/") for key in rows[0])  # every config learns its time constants
 
 
-def test_nir_export_refuses_a_sequence_network_in_one_line():
+def nir_equations(graph, x):
+    """A graph of sequence_to_nir's form run from NIR's equations at dt = 1, written here: Affine and Linear nodes,
+    LIF (v += (v_leak - v + r I) / tau, a spike where v >= v_threshold, then v = v_reset), LI (v += (v_leak - v +
+    r I) / tau); a node's input is the sum of its incoming edges, and a Linear on a loop (lif -> rec -> lif) gives
+    what it computed from the previous step's spikes (0 at the first)."""
+    import nir
+
+    nodes, edges = graph.nodes, set(graph.edges)
+    array = lambda value: torch.from_numpy(np.asarray(value))  # noqa: E731
+    loops = {t for s, t in edges if (t, s) in edges and isinstance(nodes[t], nir.Linear)}
+    order, name = [], "input"
+    while name != "output":
+        name = next(t for s, t in edges if s == name and t not in loops)
+        order.append(name)
+    incoming = {name: [s for s, t in edges if t == name] for name in nodes}
+    state, fed_back, out = {}, {loop: 0.0 for loop in loops}, []
+    for x_t in x:
+        current = {"input": x_t}
+        for name in order[:-1]:
+            node = nodes[name]
+            total = sum(fed_back[s] if s in loops else current[s] for s in incoming[name])
+            if isinstance(node, nir.Affine):
+                current[name] = total @ array(node.weight).T + array(node.bias)
+            elif isinstance(node, nir.LIF):
+                v = state.get(name, 0.0)
+                v = v + (array(node.v_leak) - v + array(node.r) * total) / array(node.tau)
+                current[name] = (v >= array(node.v_threshold)).double()
+                state[name] = torch.where(current[name] > 0, array(node.v_reset), v)
+            elif isinstance(node, nir.LI):
+                v = state.get(name, 0.0)
+                state[name] = current[name] = v + (array(node.v_leak) - v + array(node.r) * total) / array(node.tau)
+        for loop in loops:
+            (source,) = incoming[loop]
+            fed_back[loop] = current[source] @ array(nodes[loop].weight).T
+        out.append(current[order[-2]])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("recurrent, readout", [(True, "step"), (False, "rate"), (True, "max")])
+def test_a_sequence_network_exports_to_nir_and_reads_back_to_the_last_spike(recurrent, readout, tmp_path):
+    import nir
+
+    from plifnet.nir import from_nir, to_nir
+
+    torch.manual_seed(5)
+    options = NeuronOptions(tau=4.0, per_channel=True, tau_init="lognormal", tau_spread=0.4, v_threshold=0.1)
+    net = SequenceNet(3, 4, hidden=[6, 5], recurrent=recurrent, options=options, readout=readout).double().eval()
+    x = (torch.rand(30, 2, 3, dtype=torch.float64) < 0.5).double() * 3
+    nir.write(tmp_path / "seq.nir", to_nir(net, dtype=np.float64))
+    back = from_nir(tmp_path / "seq.nir").eval()
+    assert isinstance(back, SequenceNet) and back.recurrent == recurrent and back.readout == readout
+    with torch.no_grad():
+        expected, got = net(x), back(x)
+    assert torch.equal(got, expected)
+    spikes = net.layers[1](net.layers[0](x))
+    assert 0.05 < spikes.mean() < 0.9  # the layers fire: the comparison is of something
+    graph = to_nir(net, dtype=np.float64)
+    if readout != "max":  # NIR has no reduction over time: the metadata names it
+        with torch.no_grad():
+            assert torch.allclose(nir_equations(graph, x), expected, rtol=0, atol=1e-12)
+    assert graph.metadata["readout"] == readout and graph.metadata["input"] == "sequence"
+
+
+def test_what_nir_cannot_express_of_a_sequence_network_is_refused_in_one_line():
     from plifnet.nir import to_nir
 
-    with pytest.raises(UserError, match="SequenceNet .* has no NIR export in this version"):
-        to_nir(SequenceNet(4, 6, hidden=[8]).eval())
+    with pytest.raises(UserError, match="layer lif1: neuron ALIF overrides the step .* no NIR form"):
+        to_nir(SequenceNet(4, 6, hidden=[8], neuron="alif").eval())
+    with pytest.raises(UserError, match="soft reset .* has no NIR form"):
+        to_nir(SequenceNet(4, 6, hidden=[8], options=NeuronOptions(v_reset=None)).eval())
+    with pytest.raises(UserError, match="--target snntorch: .* exports with --target nir"):
+        to_nir(SequenceNet(4, 6, hidden=[8]).eval(), target="snntorch")
 
 
 def test_a_recurrent_run_resumed_from_last_ends_as_the_uninterrupted_one(run_cli, tmp_path):
@@ -220,3 +287,24 @@ def test_a_folder_named_like_a_config_does_not_hide_the_shipped_config(tmp_path,
     assert shipped_config("ecg").endswith("configs/ecg.yaml")
     command = fit_command(Setting("alif", ("--model.net.neuron", "alif"), 2020), ["ecg"], [], tmp_path / "out")
     assert command[command.index("--config") + 1] == "ecg"  # a name, resolved by the fit itself
+
+
+def test_plifnet_export_writes_a_trained_sequence_network_that_reads_back(run_cli, tmp_path):
+    from plifnet.cli import load_model
+    from plifnet.export import main as export_main
+    from plifnet.nir import from_nir
+
+    root = write_files(tmp_path / "ecg", sequences=(12, 4), steps=40)
+    args = ["--config", "ecg", "--config", "trainer/smoke", "--data.root", root, "--data.num_workers", "0"]
+    args += ["--data.batch_size", "4", "--model.net.hidden", "[8]", "--model.net.neuron", "plif"]
+    result = run_cli("fit", *args, "--model.net.options", "{v_reset: 0.0}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    exported = run_cli("--ckpt_path", checkpoint, "--out", tmp_path / "ecg.nir", cwd=tmp_path,
+                       main=export_main)  # fmt: skip
+    assert exported.returncode == 0 and "sequence input" in exported.stderr, exported.stderr[-2000:]
+    net = load_model(str(checkpoint))[0].net.eval()
+    back = from_nir(tmp_path / "ecg.nir").eval()
+    x = (torch.rand(40, 3, 4) < 0.3).float()
+    with torch.no_grad():
+        assert torch.equal(back(x), net(x))

@@ -24,7 +24,8 @@ The layers of a :class:`plifnet.models.SpikingNet` map to NIR nodes as follows:
   with a bias), the vote -> ``nir.Linear`` with weights 1/10 over each class's group; dropout is dropped.
 
 The graph's metadata holds ``time_steps``, ``input`` (``static``: the image is presented at every step;
-``events``: frame t at step t), ``dt`` and ``target``.
+``events``: frame t at step t), ``dt`` and ``target``. A network for sequences (:mod:`plifnet.nir.sequences`)
+is a graph of its own form, recurrent loops included, with ``input: sequence``.
 
 A graph is written to be run elsewhere, and each toolchain's importer reads its own part of NIR, in its
 own time convention: ``target`` (:data:`TARGETS`) writes only what that importer maps, by exact
@@ -42,8 +43,36 @@ Command line (:mod:`plifnet.export`): ``plifnet export --ckpt_path CKPT --out FI
 for plifnet fit when the checkpoint alone cannot rebuild the network).
 """
 
-from plifnet.nir.read import NIRNet, from_nir
-from plifnet.nir.targets import TARGETS, Target
-from plifnet.nir.write import to_nir
+import nir
+import numpy as np
+
+from plifnet.errors import UserError
+from plifnet.nir import read, write
+from plifnet.nir.read import NIRNet
+from plifnet.nir.sequences import is_sequence, sequence_from_nir, sequence_to_nir
+from plifnet.nir.targets import MAX_BYTES, TARGETS, Target
+from plifnet.sequences import SequenceNet
+
+
+def to_nir(model, time_steps=None, dtype=np.float32, input_shape=None, target: str = "nir", dt: float | None = None):
+    """The NIR graph of a network: a network for sequences through :func:`plifnet.nir.sequences.sequence_to_nir`,
+    any other through :func:`plifnet.nir.write.to_nir` (whose docstring says the arguments)."""
+    net = getattr(model, "net", model)
+    if isinstance(net, SequenceNet):
+        if net.training:
+            raise UserError("to_nir exports a network in eval mode: call .eval()")
+        return sequence_to_nir(net, dtype, target, TARGETS["nir"].dt if dt is None else dt)
+    return write.to_nir(model, time_steps, dtype, input_shape, target, dt)
+
+
+def from_nir(graph, dt: float | None = None, max_bytes: int = MAX_BYTES):
+    """A plifnet network from a NIR graph or file: a network for sequences where the graph's metadata says
+    ``input: sequence`` (:func:`plifnet.nir.sequences.sequence_from_nir`), else a chain of layers
+    (:func:`plifnet.nir.read.from_nir`, whose docstring says the arguments and the checks)."""
+    graph = graph if isinstance(graph, nir.NIRGraph) else read.read_file(graph, max_bytes)
+    if is_sequence(graph):
+        return sequence_from_nir(graph, read.time_step(graph, dt))
+    return read.from_nir(graph, dt, max_bytes)
+
 
 __all__ = ["NIRNet", "TARGETS", "Target", "from_nir", "to_nir"]

@@ -54,6 +54,43 @@ def _node_types(path) -> set[str]:
     return types
 
 
+def read_file(path, max_bytes: int = MAX_BYTES) -> nir.NIRGraph:
+    """The graph of a NIR file, once its declared arrays fit ``max_bytes`` (checked before any is read: a small
+    compressed file can declare gigabytes) and its node types are NIR's."""
+    declared, largest = _declared_bytes(path)
+    if declared > max_bytes:
+        raise UserError(
+            f"NIR file {path} declares {declared / 2**20:,.0f} MiB of arrays (the largest: {largest}), "
+            f"over the limit of {max_bytes / 2**20:,.0f} MiB; if the file is right, raise the limit "
+            f"(from_nir(path, max_bytes=...), --model.net.max_mib N)"
+        )
+    unknown = sorted(_node_types(path) - {cls.__name__ for cls in _subclasses(nir.NIRNode)})
+    if unknown:  # nir.read would fail on an assert with no message
+        raise UserError(
+            f"NIR file {path}: a node of unknown type {unknown[0]!r}, not one of NIR "
+            f"{version('nir')}'s; plifnet reads Conv2d, LIF, LI, IF, SumPool2d/AvgPool2d, Threshold, "
+            f"Flatten and Linear/Affine"
+        )
+    return nir.read(path)
+
+
+def time_step(graph: nir.NIRGraph, dt: float | None) -> tuple[float, str]:
+    """``(dt, where it came from)``: given, the graph's metadata, or 1 (NIR time in steps)."""
+    metadata = graph.metadata or {}
+    if dt is not None:
+        step = (float(dt), "given")
+    elif "dt" in metadata:
+        step = (float(np.asarray(metadata["dt"])), "the graph's metadata")
+    else:
+        step = (1.0, "the default: the graph's metadata has none")
+    if not (np.isfinite(step[0]) and step[0] > 0):
+        raise UserError(
+            f"dt = {step[0]:g} ({step[1]}) is not a positive time step; give the graph's dt "
+            f"(from_nir(path, dt=...), --model.net.dt)"
+        )
+    return step
+
+
 def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_bytes: int = MAX_BYTES) -> SpikingNet:
     """A :class:`plifnet.models.SpikingNet` from a NIR graph (or file) of the form :func:`to_nir` writes,
     for any target, or another framework writes for such a chain.
@@ -71,34 +108,10 @@ def from_nir(graph: nir.NIRGraph | str | Path, dt: float | None = None, max_byte
     time constant out of range, and any weight or parameter that is not a finite number.
     """
     if not isinstance(graph, nir.NIRGraph):
-        declared, largest = _declared_bytes(graph)
-        if declared > max_bytes:
-            raise UserError(
-                f"NIR file {graph} declares {declared / 2**20:,.0f} MiB of arrays (the largest: {largest}), "
-                f"over the limit of {max_bytes / 2**20:,.0f} MiB; if the file is right, raise the limit "
-                f"(from_nir(path, max_bytes=...), --model.net.max_mib N)"
-            )
-        unknown = sorted(_node_types(graph) - {cls.__name__ for cls in _subclasses(nir.NIRNode)})
-        if unknown:  # nir.read would fail on an assert with no message
-            raise UserError(
-                f"NIR file {graph}: a node of unknown type {unknown[0]!r}, not one of NIR "
-                f"{version('nir')}'s; plifnet reads Conv2d, LIF, IF, SumPool2d/AvgPool2d, Threshold, "
-                f"Flatten and Linear/Affine"
-            )
-        graph = nir.read(graph)
+        graph = read_file(graph, max_bytes)
     chain = _chain(graph)
     metadata = graph.metadata or {}
-    if dt is not None:
-        step = (float(dt), "given")
-    elif "dt" in metadata:
-        step = (float(np.asarray(metadata["dt"])), "the graph's metadata")
-    else:
-        step = (1.0, "the default: the graph's metadata has none")
-    if not (np.isfinite(step[0]) and step[0] > 0):
-        raise UserError(
-            f"dt = {step[0]:g} ({step[1]}) is not a positive time step; give the graph's dt "
-            f"(from_nir(path, dt=...), --model.net.dt)"
-        )
+    step = time_step(graph, dt)
     time_steps = checked_time_steps(metadata.get("time_steps", 8), "the graph's metadata time_steps")
     checked_graph(graph, "in the graph; plifnet reads finite weights and positive time constants only")
     static = text(metadata.get("input", "static")) == "static"

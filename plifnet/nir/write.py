@@ -17,7 +17,6 @@ from plifnet.errors import UserError
 from plifnet.models import LayerNames, MaxPool, SharedDropout, SpikingNet, TimeDistributed, Vote
 from plifnet.nir.read import from_nir
 from plifnet.nir.targets import POOL_THRESHOLD, TARGETS, Target, checked_graph, checked_time_steps
-from plifnet.sequences import SequenceNet
 
 
 def to_nir(
@@ -65,11 +64,6 @@ def to_nir(
     if net.training:
         raise UserError(
             "to_nir exports a network in eval mode (BatchNorm's running statistics, no dropout): call .eval()"
-        )
-    if isinstance(net, SequenceNet):  # its Recurrent layers and integrator readout have no writer here yet
-        raise UserError(
-            "to_nir exports feed-forward networks of images and frames; SequenceNet (recurrent layers, adaptive "
-            "neurons, a leaky-integrator readout) has no NIR export in this version"
         )
     if isinstance(net, SpikingNet):
         if not net.built:
