@@ -308,3 +308,13 @@ def test_plifnet_export_writes_a_trained_sequence_network_that_reads_back(run_cl
     x = (torch.rand(40, 3, 4) < 0.3).float()
     with torch.no_grad():
         assert torch.equal(back(x), net(x))
+
+
+def test_every_time_constant_of_an_adaptive_network_is_in_the_time_constant_group():
+    net = SequenceNet(4, 6, hidden=[8, 8], neuron="adlif", options=NeuronOptions(per_channel=True), readout="step")
+    model = SpikingClassifier(net, loss="cross_entropy", tau_weight_decay=0.0)
+    optimizer = model.configure_optimizers()["optimizer"]
+    groups = [{id(p) for p in group["params"]} for group in optimizer.param_groups]
+    taus = {id(layer.neuron.w) for layer in net.layers} | {id(layer.neuron.w_adapt) for layer in net.layers}
+    assert len(groups) == 2 and groups[1] == taus and not groups[0] & taus
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
