@@ -228,3 +228,12 @@ def test_memory_access_same_precision_ann_and_crossover_rate_against_a_hand_coun
     int8 = counter.report(1, "45nm_int8").totals()  # a bit-matched int8 ANN against int8 ACs
     assert int8["ann_energy_with_memory_uj"] == pytest.approx((12 * 0.23 + 29 * 1.25) / 1e6)
     assert counter.report(1, (4.6, 0.9)).totals()["energy_with_memory_uj"] == pytest.approx((14 * ac + 10 * mac) / 1e6)
+
+
+@pytest.mark.parametrize(
+    "snn, ann, sentence", [(1.0, 7.9, "7.9x less"), (7.9, 1.0, "7.9x more"), (2.0, 2.0, "1x less")]
+)
+def test_the_printed_comparison_is_true_in_its_direction(snn, ann, sentence):
+    from plifnet.energy import compared
+
+    assert compared(snn, ann) == f"the SNN uses {sentence} energy"
