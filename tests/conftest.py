@@ -159,3 +159,38 @@ def record_network(path: Path, net: dict) -> Path:
     state["hyper_parameters"].update(net=net, _instantiator="lightning.pytorch.cli.instantiate_module")
     torch.save(state, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_mnist(tmp_path_factory) -> Path:
+    """A checkpoint of the paper's MNIST network after 60 training batches on real MNIST (seed 2020), trained once
+    for the whole run and shared by the xdist workers (a lock; the first to ask trains it): the NIR tests run the
+    same trained network through each toolchain. Skips where ../shared is absent."""
+    from filelock import FileLock
+
+    if not (SHARED_DATASETS / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
+    path = tmp_path_factory.getbasetemp().parent / "trained_mnist.ckpt"  # one folder for all workers
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            import lightning as L
+
+            from plifnet import SpikingClassifier, SpikingNet
+            from plifnet.data.static import StaticDataModule
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(2020)
+                data = StaticDataModule("mnist", root=str(SHARED_DATASETS), num_workers=0, batch_size=16)
+                model = SpikingClassifier(SpikingNet.paper("mnist"))
+                trainer = L.Trainer(
+                    max_steps=60,
+                    limit_val_batches=0,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                )
+                trainer.fit(model, data)
+                trainer.save_checkpoint(path.with_suffix(".part"))
+            record_network(path.with_suffix(".part"), paper_net("mnist", 8)).rename(path)
+    return path

@@ -314,27 +314,15 @@ def compare_on(net, path, x, dtype, chunk=250, runs=("from_nir", "nirtorch")):
 
 
 @pytest.mark.real_data
-def test_a_trained_mnist_network_agrees_on_1000_real_test_images(shared_datasets, tmp_path, capsys):
+def test_a_trained_mnist_network_agrees_on_1000_real_test_images(shared_datasets, trained_mnist, tmp_path, capsys):
     import copy
-
-    import lightning as L
 
     from plifnet import SpikingClassifier
     from plifnet.data.static import StaticDataModule
 
     data = StaticDataModule("mnist", root=str(shared_datasets), num_workers=0, batch_size=16)
-    model = SpikingClassifier(SpikingNet.paper("mnist"))
-    trainer = L.Trainer(
-        max_steps=60,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, data)
-    trainer.save_checkpoint(tmp_path / "mnist.ckpt")
-    record_network(tmp_path / "mnist.ckpt", paper_net("mnist", 8))
+    model = SpikingClassifier.load_from_checkpoint(trained_mnist, net=SpikingNet.paper("mnist"))
+    (tmp_path / "mnist.ckpt").write_bytes(trained_mnist.read_bytes())
     for dtype in ("float32", "float64"):
         export_main(
             [

@@ -113,26 +113,12 @@ def test_each_targets_rewrites_are_in_the_graph():
 
 
 @pytest.mark.real_data
-def test_a_trained_mnist_network_runs_in_each_toolchain_on_1000_real_test_images(tmp_path, capsys):
-    import lightning as L
-
+def test_a_trained_mnist_network_runs_in_each_toolchain_on_1000_real_test_images(trained_mnist, tmp_path, capsys):
     from plifnet.data.static import StaticDataModule
 
-    if not (SHARED_DATASETS / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     data = StaticDataModule("mnist", root=str(SHARED_DATASETS), num_workers=0, batch_size=16)
-    model = SpikingClassifier(SpikingNet.paper("mnist"))
-    L.Trainer(
-        max_steps=60,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(model, data)
-    checkpoint = tmp_path / "mnist.ckpt"
-    model.trainer.save_checkpoint(checkpoint)
-    record_network(checkpoint, paper_net("mnist", 8))
+    model = SpikingClassifier.load_from_checkpoint(trained_mnist, net=SpikingNet.paper("mnist"))
+    checkpoint = trained_mnist
     data.setup("test")
     x = torch.stack([data.test_set[i][0] for i in range(1000)])
     labels = torch.tensor([data.test_set[i][1] for i in range(1000)])
