@@ -32,6 +32,7 @@ from torch import nn
 
 from plifnet import time_constants
 from plifnet.contract import TimeConstant
+from plifnet.errors import UserError
 from plifnet.neurons import PLIF, channel_leak, leaky_charge, reset_potential
 
 
@@ -42,6 +43,11 @@ class Adaptive(PLIF):
 
     def __init__(self, **options):
         super().__init__(**options)
+        if self.options.backend not in ("auto", "reference"):  # no fused or compiled form for two leaks yet
+            raise UserError(
+                f"backend {self.options.backend!r}: {type(self).__name__} runs its step loop in PyTorch; give "
+                f"backend 'auto' or 'reference'"
+            )
         if isinstance(self.w, nn.parameter.UninitializedParameter):
             self.w_adapt = nn.parameter.UninitializedParameter()
         else:

@@ -49,6 +49,11 @@ class Recurrent(nn.Module):
                 f"a recurrent layer needs a plifnet neuron (plif, lif, if, alif, adlif or a BaseNode subclass), "
                 f"got {type(neuron).__name__}: give recurrent false to use it in feed-forward layers"
             )
+        if neuron.options.backend not in ("auto", "reference"):  # the fused kernels have no feedback yet
+            raise UserError(
+                f"backend {neuron.options.backend!r}: a recurrent layer runs its neuron's step loop in PyTorch; "
+                f"give backend 'auto' or 'reference'"
+            )
         self.input = nn.Linear(inputs, outputs)
         self.recurrent = nn.Linear(outputs, outputs, bias=False)
         self.neuron = neuron
@@ -79,11 +84,11 @@ class LeakyReadout(nn.Module):
             u = u + k * (y_t - u)
             membrane.append(u)
         u_seq = torch.stack(membrane)
-        if self.reduce == "step":
-            return u_seq
-        return {"max": lambda: u_seq.max(0).values, "mean": lambda: u_seq.mean(0), "last": lambda: u_seq[-1]}[
-            self.reduce
-        ]()
+        if self.reduce == "max":
+            return u_seq.max(0).values
+        if self.reduce == "mean":
+            return u_seq.mean(0)
+        return u_seq[-1] if self.reduce == "last" else u_seq
 
 
 class SequenceNet(nn.Module):

@@ -211,3 +211,13 @@ def test_the_backward_of_a_long_sequence_grows_linearly():
 def test_a_peers_neuron_is_refused_in_a_recurrent_layer_in_one_line():
     with pytest.raises(UserError, match="a recurrent layer needs a plifnet neuron .* give recurrent false"):
         Recurrent(3, 4, torch.nn.ReLU())
+
+
+def test_a_fused_or_compiled_backend_asked_of_a_step_loop_is_refused_not_ignored():
+    from plifnet.adaptive import ALIF
+
+    with pytest.raises(UserError, match="backend 'cpu': a recurrent layer runs its neuron's step loop in PyTorch"):
+        Recurrent(3, 4, PLIF(backend="cpu", channels=4))
+    with pytest.raises(UserError, match="backend 'compile': ALIF runs its step loop in PyTorch"):
+        ALIF(backend="compile")
+    Recurrent(3, 4, PLIF(backend="reference", channels=4))  # the loop it runs: fine

@@ -251,6 +251,8 @@ def test_what_nir_cannot_express_of_a_sequence_network_is_refused_in_one_line():
         to_nir(SequenceNet(4, 6, hidden=[8], neuron="alif").eval())
     with pytest.raises(UserError, match="soft reset .* has no NIR form"):
         to_nir(SequenceNet(4, 6, hidden=[8], options=NeuronOptions(v_reset=None)).eval())
+    with pytest.raises(UserError, match="takes its steps and features from its input: give neither time_steps"):
+        to_nir(SequenceNet(4, 6, hidden=[8]).eval(), time_steps=100)
     with pytest.raises(UserError, match="--target snntorch: .* exports with --target nir"):
         to_nir(SequenceNet(4, 6, hidden=[8]).eval(), target="snntorch")
 

@@ -61,6 +61,11 @@ def to_nir(model, time_steps=None, dtype=np.float32, input_shape=None, target: s
     if isinstance(net, SequenceNet):
         if net.training:
             raise UserError("to_nir exports a network in eval mode: call .eval()")
+        if time_steps is not None or input_shape is not None:
+            raise UserError(
+                "a network for sequences takes its steps and features from its input: give neither time_steps nor "
+                "input_shape (--time_steps)"
+            )
         return sequence_to_nir(net, dtype, target, TARGETS["nir"].dt if dt is None else dt)
     return write.to_nir(model, time_steps, dtype, input_shape, target, dt)
 

@@ -24,7 +24,7 @@ import plifnet
 from plifnet.errors import UserError
 from plifnet.nir.read import _linear_from_nir, _neuron_from_nir
 from plifnet.nir.targets import TARGETS, checked_graph, text
-from plifnet.nir.write import _neuron
+from plifnet.nir.write import _dense, _neuron
 from plifnet.sequences import LeakyReadout, Recurrent, SequenceNet
 
 
@@ -162,7 +162,6 @@ def _leaky_neuron(node, name: str, step, leaks: list):
 
 
 def _affine(linear: nn.Linear, dtype):
-    weight = linear.weight.detach().double().numpy().astype(dtype)
-    if linear.bias is None:
-        return nir.Linear(weight=weight)
-    return nir.Affine(weight=weight, bias=linear.bias.detach().double().numpy().astype(dtype))
+    """The layer as write.py's fully-connected node over features (``nir.Affine``, or ``nir.Linear`` without bias)."""
+    bias = None if linear.bias is None else linear.bias.detach().double().numpy().astype(dtype)
+    return _dense(linear.weight.detach().double().numpy().astype(dtype), bias, (linear.in_features,))
