@@ -8,7 +8,8 @@ which asks the first :class:`Adapter` that claims the module:
 - ``keeps_state`` / ``reset``: does it keep state between calls, and how it forgets it;
 - ``spikes``: where the spikes are in what its ``forward`` returned (snnTorch returns ``(spk, mem)``);
 - ``tau``: its membrane time constant **in time steps**, if it has one, and ``learns_tau``;
-- ``dynamics``: for NIR export, the neuron as plifnet's LIF step (:class:`Dynamics`), where it is one.
+- ``dynamics``: for NIR export, the neuron as plifnet's LIF step (:class:`Dynamics`), where it is one;
+- ``recording`` / ``membrane``: the membrane of each call, for figures (:class:`Membrane`), where the family exposes it.
 
 Adapters are found the way plug-ins are: the built-in ones (:mod:`plifnet.adapters`: SpikingJelly,
 snnTorch, Norse) and any installed package's entry points in the group ``plifnet.adapters``, then
@@ -19,7 +20,8 @@ The protocol, in full: a ``torch.nn.Module`` whose class defines a ``reset()`` m
 the state) and that has a ``v_threshold`` or a ``tau`` attribute. Its output is the spikes (or a
 tuple whose first element is); ``tau`` in time steps, a tensor when it is learned (then it is
 logged as ``tau/<module path>``); optionally ``time_constants()`` (every time constant by name, each a
-:class:`TimeConstant`: logged as ``tau/<module path>/<name>``) and ``dynamics()`` (a :class:`Dynamics`) for NIR export.
+:class:`TimeConstant`: logged as ``tau/<module path>/<name>``), ``dynamics()`` (a :class:`Dynamics`) for NIR export, and ``recording()``
+(a context) with ``recorded()`` (``H[t] - threshold[t]`` of the calls made within it) for membrane figures.
 
 Importing this module imports neither Lightning nor any peer library.
 """
@@ -57,6 +59,17 @@ class Dynamics:
     v_threshold: float
     v_reset: float
     per_channel: bool = False
+
+
+@dataclass(frozen=True)
+class Membrane:
+    """A neuron's membrane over one call, for figures: ``values`` shaped as the call's spikes (``[T, N, ...]``, or
+    ``[N, ...]`` for one step), the ``threshold`` it is drawn against, and what the values are (``meaning``): the
+    families record different moments of the step (before or after the reset)."""
+
+    values: torch.Tensor
+    threshold: float
+    meaning: str
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,15 @@ class Adapter:
             return {}
         return {"tau": TimeConstant(tau, self.learns_tau(module), tuple(self.tau_parameters(module)), self.convention)}
 
+    def recording(self, module: nn.Module):
+        """A context within which :meth:`membrane` can read the membrane (a family that stores it on request)."""
+        return contextlib.nullcontext()
+
+    def membrane(self, module: nn.Module, output) -> Membrane | None:
+        """The membrane of the call that returned ``output``, read under :meth:`recording`; None where the family
+        does not expose it (its figures then say so)."""
+        return None
+
     def dynamics(self, module: nn.Module) -> Dynamics:
         """The neuron as plifnet's step, for NIR export; ``ValueError`` saying why where it is not one."""
         raise UserError(
@@ -149,6 +171,17 @@ class Protocol(Adapter):
         """A neuron's own ``time_constants()`` where it has one (ALIF's membrane and adaptation), else its ``tau``."""
         own = getattr(module, "time_constants", None)
         return own() if callable(own) else super().time_constants(module)
+
+    def recording(self, module):
+        """A neuron's own ``recording()`` context, where it has one (plifnet's neurons: :meth:`BaseNode.recording`)."""
+        own = getattr(module, "recording", None)
+        return own() if callable(own) else super().recording(module)
+
+    def membrane(self, module, output):
+        """What a neuron's ``recorded()`` gives, ``H[t] - threshold[t]`` before the reset, drawn against 0."""
+        own = getattr(module, "recorded", None)
+        values = own() if callable(own) else None
+        return None if values is None else Membrane(values, 0.0, "H[t] - threshold[t], before the reset")
 
     def dynamics(self, module):
         """A neuron that defines ``dynamics()`` returning a :class:`Dynamics` (plifnet's PLIF, LIF, IF do)."""
@@ -251,6 +284,18 @@ def tau_parameters(module: nn.Module) -> list[nn.Parameter]:
     the optimizer gives them a group of their own, without weight decay."""
     found = {id(p): p for constant in time_constants(module).values() if constant.learned for p in constant.parameters}
     return list(found.values())
+
+
+def recording(module: nn.Module):
+    """A context within which :func:`membrane` reads a neuron's membrane (a no-op for a module that is no neuron)."""
+    adapter = adapter_of(module)
+    return contextlib.nullcontext() if adapter is None else adapter.recording(module)
+
+
+def membrane(module: nn.Module, output) -> Membrane | None:
+    """A neuron's membrane in the call that returned ``output`` (under :func:`recording`), or None."""
+    adapter = adapter_of(module)
+    return None if adapter is None else adapter.membrane(module, output)
 
 
 def dynamics(module: nn.Module) -> Dynamics:

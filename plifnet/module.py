@@ -230,13 +230,19 @@ class SpikingClassifier(L.LightningModule):
                 f"(labels must be 0..{self.num_classes - 1})"
             )
 
+    def training_loss(self, rates: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of what :meth:`forward` gave for labels ``y``, as a training step takes it (nothing logged)."""
+        return self._loss(*self._flat(rates, y))
+
+    def _flat(self, rates: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # per step, every step is a sample of its own: [T * N, classes] and [T * N]
+        return (rates.flatten(0, 1), y.flatten()) if self.per_step else (rates, y)
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         if y.device.type == "cpu":
             self.check_labels(y)
-        rates = self(x)
-        if self.per_step:  # every step a sample of its own: [T * N, classes] and [T * N]
-            rates, y = rates.flatten(0, 1), y.flatten()
+        rates, y = self._flat(self(x), y)
         loss = self._loss(rates, y)
         self.accuracy[f"{stage}_acc"](rates, y)
         # training loss per step (as train/loss_step) and per epoch; accuracies per epoch. Under DDP

@@ -30,6 +30,7 @@ for the built-in step, and the compiled graph for a neuron with hooks of its own
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -277,6 +278,27 @@ class BaseNode(nn.Module):
         """Forget the single-step state (and the graph hanging on it)."""
         self.state = None
 
+    @contextlib.contextmanager
+    def recording(self):
+        """Within it, every step keeps what the surrogate is given, ``H[t] - threshold[t]`` (the membrane against
+        its threshold, before the reset, an adaptive threshold included), for :meth:`recorded`; the steps run on
+        the reference loop, whose spikes the fused kernels equal. Figures (:mod:`plifnet.probe`) read it."""
+        options, self._recorder = self.options, _Recorder(self.options.surrogate)
+        self.options = options.replace(surrogate=self._recorder, backend="reference")
+        try:
+            yield
+        finally:
+            self.options, self._recorder = options, None
+
+    def recorded(self) -> torch.Tensor | None:
+        """``H[t] - threshold[t]`` of the calls since the last read, detached: ``[T, N, ...]`` for a multi-step
+        call, ``[N, ...]`` for a single step; None outside :meth:`recording`."""
+        recorder = getattr(self, "_recorder", None)
+        if recorder is None or not recorder.steps:
+            return None
+        steps, recorder.steps = recorder.steps, []
+        return steps[0] if self.step_mode == "single" else torch.stack(steps)
+
     def leak(self) -> torch.Tensor | float:
         """``k = 1/tau`` as a number or a detached tensor (per channel: ``[C]``), for export."""
         return 1 / self.options.tau
@@ -301,6 +323,20 @@ class BaseNode(nn.Module):
     def extra_repr(self) -> str:
         options = ", ".join(f"{name}={value!r}" for name, value in self.options.as_dict().items())
         return f"{options}, step_mode={self.step_mode!r}"
+
+
+class _Recorder(Surrogate):
+    """A neuron's surrogate that also keeps what it is given, ``H[t] - threshold[t]`` at each step (detached)."""
+
+    def __init__(self, surrogate: Surrogate):
+        self.inner, self.alpha, self.steps = surrogate, getattr(surrogate, "alpha", 1.0), []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.steps.append(x.detach())
+        return self.inner(x)
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.derivative(x)
 
 
 HOOKS = ("initial_state", "charge", "threshold", "fire", "reset_membrane", "step")

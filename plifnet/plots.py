@@ -112,3 +112,87 @@ def energy_per_layer(report, title: str, path: Path) -> None:
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, format="png")
+
+
+PROBE_COLUMNS = (
+    "spikes",
+    "membrane",
+    "rate per step",
+    "firing rates",
+    "time constants",
+    "tau over training",
+    "gradient",
+)
+
+
+def probe_page(layers: dict, tau_bands: dict, title: str, path: Path) -> None:
+    """One row per spiking layer (:class:`plifnet.probe.LayerProbe`), one column per view (:data:`PROBE_COLUMNS`):
+    the raster of its shown neurons; their membranes against the threshold; the rate per time step and channel;
+    the distribution of its neurons' rates with the dead and saturated fractions; a histogram of each time constant
+    now; their quantiles over training (``tau_bands[layer:constant] = [(epoch, q5, q25, q50, q75, q95), ...]``); and
+    the mean |dL/dX| that reached the layer at each step."""
+    rows = max(1, len(layers))
+    fig = Figure(figsize=(3.1 * len(PROBE_COLUMNS), 2.3 * rows + 0.6), dpi=72)
+    axes = fig.subplots(rows, len(PROBE_COLUMNS), squeeze=False)
+    for row, (name, layer) in zip(axes, layers.items()):
+        raster, trace, heat, rates, constants, bands, gradient = row
+        steps, shown = layer.raster.shape
+        t, k = layer.raster.nonzero(as_tuple=True)
+        raster.scatter(t.numpy(), k.numpy(), s=4, marker="|", color="black")
+        raster.set(xlim=(-0.5, steps - 0.5), ylim=(-0.5, shown - 0.5), xlabel="step", ylabel=f"{name}\nneuron")
+        if layer.trace is None:
+            trace.text(0.5, 0.5, "membrane not exposed\nby this neuron family", ha="center", va="center", fontsize=9)
+            trace.set_axis_off()
+        else:
+            trace.plot(layer.trace.numpy(), linewidth=0.9)
+            trace.axhline(layer.threshold, color="red", linestyle="--", linewidth=0.8, label="threshold")
+            trace.set(xlabel="step", title=layer.meaning)
+            trace.title.set_fontsize(8)
+        image = heat.imshow(
+            layer.heat.T.numpy(), aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=max(1e-3, layer.heat.max())
+        )
+        heat.set(xlabel="step", ylabel="channel" if layer.channels else "neuron")
+        fig.colorbar(image, ax=heat, fraction=0.05)
+        rates.hist(layer.rates.numpy(), bins=np.linspace(0, 1, 41), color="tab:blue")
+        rates.set(
+            xlabel="firing rate", ylabel="neurons", title=f"dead {layer.dead:.1%}, saturated {layer.saturated:.1%}"
+        )
+        rates.title.set_fontsize(9)
+        for constant, values in layer.time_constants.items():
+            constants.hist(values.numpy(), bins=30, alpha=0.6, label=constant)
+        if layer.time_constants:
+            constants.set(xlabel="time steps", ylabel="neurons")
+            constants.legend(fontsize="x-small")
+        for constant in layer.time_constants:
+            band = np.array(tau_bands.get(f"{name}:{constant}", []))
+            if len(band):
+                line = bands.plot(band[:, 0], band[:, 3], marker="." if len(band) < 30 else None, label=constant)[0]
+                bands.fill_between(band[:, 0], band[:, 1], band[:, 5], alpha=0.15, color=line.get_color())
+                bands.fill_between(band[:, 0], band[:, 2], band[:, 4], alpha=0.3, color=line.get_color())
+        bands.set(xlabel="epoch", ylabel="time steps")
+        if layer.grad is None:
+            gradient.text(0.5, 0.5, "no gradient\n(no loss to take it of)", ha="center", va="center", fontsize=9)
+        elif len(layer.grad) == 1:  # a static input given at every step: one value for the whole sequence
+            gradient.bar([0], layer.grad.numpy(), width=0.5)
+            gradient.set(xticks=[0], xticklabels=["all steps"], ylabel="mean |dL/dX|", yscale="log")
+        else:
+            gradient.plot(np.arange(len(layer.grad)), layer.grad.numpy(), marker="o" if len(layer.grad) < 30 else None)
+            gradient.set(xlabel="step", ylabel="mean |dL/dX|", yscale="log")
+        if not layer.time_constants:
+            for ax in (constants, bands):
+                ax.text(0.5, 0.5, "no time constant", ha="center", va="center", fontsize=9)
+        for ax in (raster, trace, heat, rates, constants, bands, gradient):
+            ax.tick_params(labelsize=8)
+    for ax, column in zip(axes[0], PROBE_COLUMNS):
+        ax.set_title(f"{column}\n{ax.get_title()}".strip(), fontsize=9)
+    fig.suptitle(title)
+    # fixed margins: tight_layout would measure every tick label of every panel, most of the page's time
+    fig.subplots_adjust(
+        left=0.05,
+        right=0.98,
+        bottom=0.6 / fig.get_figheight(),
+        top=1 - 0.75 / fig.get_figheight(),
+        wspace=0.45,
+        hspace=0.55,
+    )
+    fig.savefig(path, format="png")

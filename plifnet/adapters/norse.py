@@ -8,13 +8,15 @@
 - tau in steps: the membrane ``dv = dt tau_mem_inv (v_leak - v + i)`` leaks ``dt tau_mem_inv`` a step,
   so tau = 1/(dt tau_mem_inv); learned when ``p.tau_mem_inv`` is a tensor that requires grad (an
   ``nn.Parameter`` the network registers).
+- Membrane (figures): the returned state's ``v`` (after the reset) of a cell called step by step; a layer over a
+  whole sequence returns its last state only, so it has none.
 """
 
 from __future__ import annotations
 
 import torch
 
-from plifnet.contract import Adapter, TimeConstant, from_package
+from plifnet.contract import Adapter, Membrane, TimeConstant, from_package
 
 
 class Norse(Adapter):
@@ -68,3 +70,10 @@ class Norse(Adapter):
                     f"1/(dt*{field})",
                 )
         return constants
+
+    def membrane(self, module, output):
+        state = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+        v, threshold = getattr(state, "v", None), getattr(getattr(module, "p", None), "v_th", None)
+        if not torch.is_tensor(v) or v.shape != self.spikes(module, output).shape or threshold is None:
+            return None
+        return Membrane(v.detach(), float(torch.as_tensor(threshold)), "state.v, after the reset")

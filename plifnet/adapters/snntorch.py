@@ -11,6 +11,8 @@
   (beta clamped to [0, 1] as snnTorch does; per neuron when beta is a vector), learned with
   ``learn_beta=True``; Synaptic's synaptic current likewise, ``tau_syn`` = 1/(1 - alpha) (``learn_alpha=True``).
   snnTorch's documentation reads beta as exp(-1/tau), tau = -1/ln(beta): plifnet's figures say which they show. Alpha's beta decays a synaptic current, not the membrane: it has no tau here.
+- Membrane (figures): ``mem`` after each step (returned, or kept with ``init_hidden``), which snnTorch resets at
+  the next step: it shows where it crossed the threshold.
 - NIR: ``Leaky(reset_mechanism="zero")`` is plifnet's step with the input not decayed, k = 1 - beta,
   v_reset = 0 (``mem[t] = beta (1 - S[t-1]) mem[t-1] + x[t]``, spike where ``mem > threshold``); the
   default "subtract" reset leaves ``beta mem - threshold``, which no NIR neuron computes.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from plifnet.contract import Adapter, Dynamics, TimeConstant, from_package
+from plifnet.contract import Adapter, Dynamics, Membrane, TimeConstant, from_package
 from plifnet.errors import UserError
 
 
@@ -79,6 +81,16 @@ class SnnTorch(Adapter):
                 1 / (1 - alpha.detach().clamp(0, 1)), learned, (alpha,) if learned else (), "1/(1-alpha)"
             )
         return constants
+
+    def membrane(self, module, output):
+        mem = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else getattr(module, "mem", None)
+        threshold = getattr(module, "threshold", None)
+        if not torch.is_tensor(mem) or mem.shape != self.spikes(module, output).shape or threshold is None:
+            return None
+        threshold = torch.as_tensor(threshold)
+        if threshold.numel() != 1:
+            return None
+        return Membrane(mem.detach(), float(threshold), "mem after the step (reset at the next step)")
 
     def dynamics(self, module):
         import snntorch

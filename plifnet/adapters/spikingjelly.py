@@ -5,15 +5,19 @@
 - Neurons are the modules of ``activation_based.neuron`` and their subclasses; their output is the spikes.
 - tau in steps: ``ParametricLIFNode`` learns ``w`` with ``1/tau = sigmoid(w)``, so tau = 1/sigmoid(w);
   ``LIFNode`` has a fixed ``tau``; ``IFNode`` has none.
+- Membrane (figures): ``V[t]`` after the reset, from ``v_seq`` (``store_v_seq``, switched on while recording)
+  in multi-step mode and ``v`` after each call in single-step mode.
 - NIR: these three with a hard reset compute plifnet's step (both fire at ``H >= v_threshold``), with
   k = sigmoid(w), 1/tau and 0 (IF charges ``H = V + X``); the soft reset (``v_reset=None``) has no NIR form.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from plifnet.contract import Adapter, Dynamics, from_package
+from plifnet.contract import Adapter, Dynamics, Membrane, from_package
 from plifnet.errors import UserError
 
 
@@ -41,6 +45,25 @@ class SpikingJelly(Adapter):
         from spikingjelly.activation_based.neuron import ParametricLIFNode
 
         return isinstance(module, ParametricLIFNode)
+
+    @contextlib.contextmanager
+    def recording(self, module):
+        stored = getattr(module, "store_v_seq", None)
+        if stored is not None:
+            module.store_v_seq = True
+        try:
+            yield
+        finally:
+            if stored is not None:
+                module.store_v_seq = stored
+
+    def membrane(self, module, output):
+        values = (
+            getattr(module, "v_seq", None) if getattr(module, "step_mode", "s") == "m" else getattr(module, "v", None)
+        )
+        if not torch.is_tensor(values) or values.shape != self.spikes(module, output).shape:
+            return None
+        return Membrane(values.detach(), float(module.v_threshold), "V[t], after the reset")
 
     def dynamics(self, module):
         from spikingjelly.activation_based.neuron import IFNode, LIFNode, ParametricLIFNode

@@ -5,6 +5,7 @@
 * :mod:`~plifnet.callbacks.safety`: :class:`StopOnNonFinite`, :class:`SaveOnInterrupt` (and :class:`Interrupted`);
 * :mod:`~plifnet.callbacks.monitors`: :class:`TauMonitor` (where tau is logged: ``tau/<layer>``),
   :class:`FiringRateMonitor`, :class:`SynapticOps` (operations and energy);
+* :mod:`~plifnet.callbacks.probe`: :class:`Probe` (figures of every spiking layer on a fixed validation batch);
 * :mod:`~plifnet.callbacks.outputs`: :class:`ProgressBar`, :class:`RunHistory`, :class:`PredictionWriter`.
 
 Every class is importable from here (``plifnet.callbacks.ResetState``), as configs name them.
@@ -13,6 +14,7 @@ Every class is importable from here (``plifnet.callbacks.ResetState``), as confi
 from plifnet.callbacks.common import exact_sum, spiking_layers
 from plifnet.callbacks.monitors import FiringRateMonitor, SynapticOps, TauMonitor
 from plifnet.callbacks.outputs import PredictionWriter, ProgressBar, RunHistory
+from plifnet.callbacks.probe import Probe
 from plifnet.callbacks.safety import Interrupted, SaveOnInterrupt, StopOnNonFinite
 from plifnet.callbacks.state import ResetState, ResumeRandomState
 
@@ -20,6 +22,7 @@ __all__ = [
     "FiringRateMonitor",
     "Interrupted",
     "PredictionWriter",
+    "Probe",
     "ProgressBar",
     "ResetState",
     "ResumeRandomState",

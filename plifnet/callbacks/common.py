@@ -45,3 +45,16 @@ def log_figure(trainer, key: str, path: Path, step: int) -> None:
             logger.log_image(key=key, images=[str(path)], step=step)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, plots.read_png(path), step, dataformats="HWC")
+
+
+def log_histogram(trainer, key: str, values: torch.Tensor, step: int) -> None:
+    """Hand a histogram of ``values`` to each logger that draws them (TensorBoard, wandb)."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_histogram(key, values, step)
+        elif isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.experiment.log({key: wandb.Histogram(values.numpy()), "trainer/global_step": step})

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from plifnet import contract, plots
-from plifnet.callbacks.common import exact_sum, log_figure, run_dir, spiking_layers
+from plifnet.callbacks.common import exact_sum, log_figure, log_histogram, run_dir, spiking_layers
 from plifnet.energy import EnergyReport, SynapticCounter, energy_costs
 from plifnet.errors import UserError
 from plifnet.files import write_atomically
@@ -92,23 +92,11 @@ class TauMonitor(Callback):
                 metrics.update(
                     {f"{key}/mean": tau.mean().item(), f"{key}/min": tau.min().item(), f"{key}/max": tau.max().item()}
                 )
-                self._histogram(trainer, f"{key}/hist", tau, step)
+                log_histogram(trainer, f"{key}/hist", tau, step)
             self.history[column].append(tau.mean().item())
         self.steps.append(step)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-
-    @staticmethod
-    def _histogram(trainer, key: str, values: torch.Tensor, step: int) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_histogram(key, values, step)
-            elif isinstance(logger, WandbLogger):
-                import wandb
-
-                logger.experiment.log({key: wandb.Histogram(values.numpy()), "trainer/global_step": step})
 
     def on_fit_end(self, trainer, pl_module):
         if not self.layers or not trainer.is_global_zero:
