@@ -250,16 +250,19 @@ class SpikingClassifier(L.LightningModule):
         log = dict(add_dataloader_idx=False, batch_size=len(x[0] if self.per_step else y), on_epoch=True)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", sync_dist=True, **log)
         self.log(f"{stage}/acc", self.accuracy[f"{stage}_acc"], prog_bar=True, on_step=False, **log)
-        return loss
+        return loss, rates, y
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         self._step(batch, self._val_stage(dataloader_idx))
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+        """The loss; the scores and labels (``[N, classes]`` and ``[N]``; per step flattened) for callbacks that
+        count them (:class:`plifnet.callbacks.ConfusionMatrix`)."""
+        loss, scores, labels = self._step(batch, "test")
+        return {"loss": loss, "scores": scores.detach(), "labels": labels}
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         """Class probabilities ``[N, classes]`` (``[T, N, classes]`` with a readout per step): softmax of the

@@ -32,6 +32,14 @@ def firing_rates(history: dict[int, dict[str, float]], path: Path) -> None:
     ax = fig.subplots()
     epochs = sorted(history)
     layers = list(dict.fromkeys(name for rates in history.values() for name in rates))
+    if len(epochs) == 1:  # one epoch has no curve to draw: a bar per layer
+        rates = history[epochs[0]]
+        ax.bar(range(len(layers)), [rates.get(name, np.nan) for name in layers], tick_label=layers)
+        ax.set(xlabel="layer", ylabel="firing rate", title=f"firing rate per layer (validation, epoch {epochs[0]})")
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+        return
     for name in layers:
         ax.plot(
             epochs, [history[e].get(name, np.nan) for e in epochs], label=name, marker="o" if len(epochs) < 30 else None
@@ -42,6 +50,7 @@ def firing_rates(history: dict[int, dict[str, float]], path: Path) -> None:
         title="firing rate per layer (validation)",
         ylim=(0, max(0.05, 1.1 * max((r for rates in history.values() for r in rates.values()), default=0))),
     )
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -96,20 +105,31 @@ def tau_per_layer(
 
 
 def energy_per_layer(report, title: str, path: Path) -> None:
-    """Two bars per Conv2d/Linear layer: the SNN's energy per image and the same layer's in an ANN (uJ)."""
-    names = [layer.name for layer in report.layers]
+    """Per Conv2d/Linear layer, the SNN's energy per image beside the same layer's in an ANN (uJ): the operations
+    (solid) with the memory accesses stacked on them (hatched), and the SNN's membrane updates as a bar of their
+    own; the title says both verdicts, by operations alone and with memory, which can differ in direction."""
+    from plifnet.energy import compared  # the sentence the run prints, true in its direction
+
+    names = [layer.name for layer in report.layers] + ["neurons"]
     x = np.arange(len(names))
-    fig = Figure(figsize=(max(4, 0.9 * len(names) + 2), 3.2), dpi=100)
+    snn = [layer.energy_pj / 1e6 for layer in report.layers] + [0.0]
+    snn_memory = [layer.memory_pj / 1e6 for layer in report.layers] + [report.neuron_pj / 1e6]
+    ann = [layer.ann_energy_pj / 1e6 for layer in report.layers] + [0.0]
+    ann_memory = [layer.ann_memory_pj / 1e6 for layer in report.layers] + [0.0]
+    fig = Figure(figsize=(max(5, 1.0 * len(names) + 2), 3.8), dpi=100)
     ax = fig.subplots()
-    ax.bar(x - 0.2, [layer.energy_pj / 1e6 for layer in report.layers], 0.4, label="SNN")
-    ax.bar(x + 0.2, [layer.ann_energy_pj / 1e6 for layer in report.layers], 0.4, label="ANN", color="tab:gray")
-    ax.set(
-        xticks=x,
-        xticklabels=names,
-        ylabel="energy per image (uJ)",
-        title=f"energy per layer ({report.technology}), {title}",
+    ax.bar(x - 0.2, snn, 0.4, label="SNN operations", color="tab:blue")
+    ax.bar(x - 0.2, snn_memory, 0.4, bottom=snn, label="SNN memory", color="tab:blue", alpha=0.35, hatch="//")
+    ax.bar(x + 0.2, ann, 0.4, label="ANN operations", color="tab:gray")
+    ax.bar(x + 0.2, ann_memory, 0.4, bottom=ann, label="ANN memory", color="tab:gray", alpha=0.35, hatch="//")
+    t = report.totals()
+    verdicts = (
+        f"operations only: {compared(t['energy_uj'], t['ann_energy_uj'])}; "
+        f"with memory: {compared(t['energy_with_memory_uj'], t['ann_energy_with_memory_uj'])}"
     )
-    ax.legend(fontsize="small")
+    ax.set(xticks=x, xticklabels=names, ylabel="energy per image (uJ)")
+    ax.set_title(f"energy per layer ({report.technology}), {title}\n{verdicts}", fontsize=9)
+    ax.legend(fontsize="x-small", ncol=2)
     fig.tight_layout()
     fig.savefig(path, format="png")
 
@@ -195,4 +215,54 @@ def probe_page(layers: dict, tau_bands: dict, title: str, path: Path) -> None:
         wspace=0.45,
         hspace=0.55,
     )
+    fig.savefig(path, format="png")
+
+
+def learning_curves(losses: list[tuple[int, float]], epochs: list[dict], path: Path) -> None:
+    """Two panels against the optimiser step: the training loss (``losses``: (step, loss) as logged) with the
+    validation loss per epoch, and the accuracy per epoch (``epochs``: rows with ``step`` and the ``*/loss``,
+    ``*/acc`` logged by then)."""
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    if losses:
+        steps, values = zip(*losses)
+        loss_ax.plot(steps, values, label="train (step)", color="tab:gray", linewidth=0.8)
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+        for stage in ("train", "val", "test"):
+            rows = [row for row in epochs if f"{stage}/{metric}" in row]
+            if rows:
+                scale = 100 if metric == "acc" else 1
+                ax.plot(
+                    [row["step"] for row in rows],
+                    [scale * row[f"{stage}/{metric}"] for row in rows],
+                    marker="o",
+                    label=f"{stage} (epoch)",
+                )
+        ax.set(xlabel="step", ylabel="loss" if metric == "loss" else "accuracy (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    loss_ax.set_title("loss")
+    acc_ax.set_title("accuracy")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def confusion_matrix(counts: np.ndarray, path: Path) -> None:
+    """The test set's confusion matrix: rows the true class, columns the predicted one, each cell its count and
+    its share of the row."""
+    classes = len(counts)
+    fig = Figure(figsize=(max(4, 0.45 * classes + 2), max(3.5, 0.45 * classes + 1.5)), dpi=100)
+    ax = fig.subplots()
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if classes <= 20:
+        for i in range(classes):
+            for j in range(classes):
+                color = "white" if shares[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7, color=color)
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set(xlabel="predicted", ylabel="true", title=f"test: {int(counts.sum())} samples, accuracy {accuracy:.2%}")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
     fig.savefig(path, format="png")

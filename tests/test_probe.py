@@ -225,3 +225,51 @@ def test_a_per_channel_tau_is_drawn_as_a_distribution():
     net(torch.rand(2, 1, 8, 8))  # materialises the per-channel w
     found = probe(net, torch.rand(3, 1, 8, 8), spiking_layers(net))
     assert next(iter(found.values())).time_constants["tau"].shape == (6,)
+
+
+def test_curves_and_the_confusion_matrix_hold_what_was_logged(tmp_path):
+    import csv
+
+    from plifnet.callbacks import ConfusionMatrix, LearningCurves
+
+    curves = LearningCurves()
+    model, trainer = fit(tmp_path, [curves, ConfusionMatrix()])
+    run = Path(trainer.log_dir)
+    with open(run / "metrics.csv") as f:
+        logged = list(csv.DictReader(f))
+    for row in curves.epochs:  # each epoch's row holds that epoch's figures, the training ones included
+        for key in ("val/acc", "test/acc", "train/loss"):
+            name = "train/loss_epoch" if key == "train/loss" else key
+            value = next(float(r[name]) for r in logged if r[name] and int(r["epoch"]) == row["epoch"])
+            assert row[key] == pytest.approx(value, rel=1e-6), (row["epoch"], key)
+    assert [row["epoch"] for row in curves.epochs] == [0, 1] and Image.open(run / "curves.png").format == "PNG"
+
+    trainer.test(model, trainer.datamodule)
+    with open(Path(trainer.log_dir) / "confusion.csv") as f:
+        counts = torch.tensor([[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]])
+    # the same counts by hand: every test image through the network, its argmax against its label
+    brute = torch.zeros(10, 10, dtype=torch.long)
+    model.eval()
+    with torch.no_grad():
+        for x, y in trainer.datamodule.test_dataloader():
+            contract.reset_state(model)
+            for label, predicted in zip(y.tolist(), model(x).argmax(-1).tolist()):
+                brute[label, predicted] += 1
+    assert torch.equal(counts, brute) and counts.sum() == 20
+    assert counts.trace().item() / 20 == pytest.approx(trainer.callback_metrics["test/acc"].item())
+
+
+def test_by_default_the_probe_keeps_within_its_share_of_the_time(monkeypatch):
+    from types import SimpleNamespace
+
+    callback, ran = Probe(), []
+    monkeypatch.setattr(callback, "run", lambda trainer, module, name: ran.append(name))
+    clock = iter([0.0, 100.0, 100.0])  # fit starts at 0; two validations at 100 s
+    monkeypatch.setattr("plifnet.callbacks.probe.time.monotonic", lambda: next(clock))
+    callback.on_fit_start(None, None)
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=3)
+    callback.spent, callback.cost = 3.0, 2.0  # 5 s of 100: one more like the latest fits in 5%
+    callback.on_validation_epoch_end(trainer, None)
+    callback.spent = 3.5  # 5.5 s would not
+    callback.on_validation_epoch_end(trainer, None)
+    assert ran == ["epoch003"]

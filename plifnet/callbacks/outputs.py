@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichProg
 from lightning.pytorch.callbacks.progress.rich_progress import CustomTimeColumn
 from rich.progress import BarColumn, TimeRemainingColumn
 
-from plifnet.callbacks.common import run_dir
+from plifnet import plots
+from plifnet.callbacks.common import log_figure, run_dir
 from plifnet.files import write_atomically
 
 
@@ -98,6 +99,97 @@ class RunHistory(Callback):
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
             writer.writerows(self.rows)
+
+
+class LearningCurves(Callback):
+    """``curves.png`` in the run folder after every validation: the training loss every ``log_every_n_steps``
+    steps and, per epoch, the losses and accuracies of every stage logged (``val``, ``test``, ``train``) against
+    the step. Its records are kept in checkpoints, so a resumed run draws the whole run."""
+
+    KEYS = ("train/loss_epoch", "val/loss", "test/loss", "val/acc", "test/acc")
+
+    def __init__(self):
+        self.losses: list[tuple[int, float]] = []
+        self.epochs: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"losses": self.losses, "epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.losses, self.epochs = [tuple(row) for row in state_dict["losses"]], list(state_dict["epochs"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if torch.is_tensor(loss) and trainer.global_step % trainer.log_every_n_steps == 0:
+            self.losses.append((trainer.global_step, loss.item()))
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        # a training epoch's own figures are computed after its validation: here they are the previous epoch's
+        self._add_training_epoch(trainer)
+        metrics = trainer.callback_metrics
+        row = {"step": trainer.global_step, "epoch": trainer.current_epoch}
+        self.epochs.append(row | {key: metrics[key].item() for key in self.KEYS[1:] if key in metrics})
+        self._draw(trainer)
+
+    def on_fit_end(self, trainer, pl_module):
+        if self._add_training_epoch(trainer):  # the last epoch's training figures
+            self._draw(trainer)
+
+    def _add_training_epoch(self, trainer) -> bool:
+        metrics = trainer.callback_metrics
+        epoch = trainer.current_epoch - 1  # the epoch that the training figures are of (counted on at its end)
+        rows = [row for row in self.epochs if row["epoch"] == epoch and "train/loss" not in row]
+        if not rows or "train/loss_epoch" not in metrics:
+            return False
+        rows[-1].update(
+            {key.replace("_epoch", ""): metrics[key].item() for key in self.KEYS[:1] + ("train/acc",) if key in metrics}
+        )
+        return True
+
+    def _draw(self, trainer) -> None:
+        if trainer.is_global_zero:
+            path = run_dir(trainer) / "curves.png"
+            write_atomically(path, lambda p: plots.learning_curves(self.losses, self.epochs, p))
+            log_figure(trainer, "curves", path, trainer.global_step)
+
+
+class ConfusionMatrix(Callback):
+    """At test: ``confusion.csv`` (rows the true class, columns the predicted one) and ``confusion.png`` in the run
+    folder, from the scores and labels that ``test_step`` returns (:class:`plifnet.module.SpikingClassifier`'s);
+    unlabelled steps (-1) are left out, every process's share is summed under DDP."""
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self.counts = None
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not isinstance(outputs, dict) or "scores" not in outputs:
+            return
+        scores, labels = outputs["scores"], outputs["labels"]
+        classes = scores.shape[-1]
+        keep = labels >= 0
+        pairs = labels[keep] * classes + scores[keep].argmax(-1)
+        counts = torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        if self.counts is None:
+            return
+        counts = trainer.strategy.reduce(self.counts, reduce_op="sum").cpu().numpy()
+        if not trainer.is_global_zero:
+            return
+        folder = run_dir(trainer)
+
+        def write_csv(path):
+            with open(path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["true", *(f"predicted {c}" for c in range(len(counts)))])
+                writer.writerows([c, *row] for c, row in enumerate(counts.tolist()))
+
+        write_atomically(folder / "confusion.csv", write_csv)
+        write_atomically(folder / "confusion.png", lambda p: plots.confusion_matrix(counts, p))
+        log_figure(trainer, "confusion", folder / "confusion.png", trainer.global_step)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
@@ -16,7 +18,7 @@ QUANTILES = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
 
 
 class Probe(Callback):
-    """Every ``every_n_epochs`` validation epochs (and at the end of fit), run the first ``samples`` samples of the
+    """After validation epochs (and at the end of fit), run the first ``samples`` samples of the
     validation set through the network (:func:`plifnet.probe.probe`) and draw ``probe/epoch<E>.png`` in the run
     folder: per spiking layer a raster, membrane traces, the rate per step and channel, the rate distribution with
     the dead and saturated fractions, the time constants now and over training, the gradient per step.
@@ -26,14 +28,31 @@ class Probe(Callback):
     ``probe/saturated/<layer>``, ``probe/grad/<layer>``. The run cannot tell (the probe changes no weight, gradient,
     state or random number: :mod:`plifnet.probe`), and what it keeps between epochs is bounded: the quantiles of
     every time constant at no more than ``keep`` epochs (every other one is dropped when full).
+
+    When: every ``every_n_epochs`` epochs, or by default (None) after every validation that keeps the probes'
+    time within ``budget`` (5%) of the fit's time so far (the first epoch always): a run of long epochs is probed
+    every epoch, one of epochs of seconds every few.
     """
 
-    def __init__(self, every_n_epochs: int = 1, samples: int = 16, neurons: int = 64, traces: int = 3, keep: int = 64):
-        if every_n_epochs < 1 or samples < 1 or neurons < 1 or traces < 0 or keep < 2:
+    def __init__(
+        self,
+        every_n_epochs: int | None = None,
+        budget: float = 0.05,
+        samples: int = 16,
+        neurons: int = 64,
+        traces: int = 3,
+        keep: int = 64,
+    ):
+        if (every_n_epochs is not None and every_n_epochs < 1) or not 0 < budget <= 1:
             raise UserError(
-                f"Probe needs every_n_epochs >= 1, samples >= 1, neurons >= 1, traces >= 0 and keep >= 2; got "
-                f"{every_n_epochs}, {samples}, {neurons}, {traces}, {keep}"
+                f"Probe needs every_n_epochs >= 1 (or none) and 0 < budget <= 1; got {every_n_epochs}, {budget}"
             )
+        if samples < 1 or neurons < 1 or traces < 0 or keep < 2:
+            raise UserError(
+                f"Probe needs samples >= 1, neurons >= 1, traces >= 0 and keep >= 2; got {samples}, {neurons}, "
+                f"{traces}, {keep}"
+            )
+        self.budget = budget
         self.every_n_epochs, self.samples, self.neurons, self.traces, self.keep = (
             every_n_epochs,
             samples,
@@ -52,10 +71,18 @@ class Probe(Callback):
         self.bands = {key: [tuple(row) for row in rows] for key, rows in state_dict["bands"].items()}
         self.last_step = state_dict["last_step"]
 
+    def on_fit_start(self, trainer, pl_module):
+        self.started, self.spent, self.cost = time.monotonic(), 0.0, 0.0  # seconds: fit, probes, the latest probe
+
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+        if trainer.sanity_checking:
             return
-        self.run(trainer, pl_module, f"epoch{trainer.current_epoch:03d}")
+        if self.every_n_epochs is not None:
+            due = trainer.current_epoch % self.every_n_epochs == 0
+        else:  # within the budget with one more probe like the latest (the first of a fit: always)
+            due = not self.spent or self.spent + self.cost <= self.budget * (time.monotonic() - self.started)
+        if due:
+            self.run(trainer, pl_module, f"epoch{trainer.current_epoch:03d}")
 
     def on_fit_end(self, trainer, pl_module):
         if self.last_step != trainer.global_step:  # trained on since the last probe (or never validated)
@@ -64,7 +91,14 @@ class Probe(Callback):
     def run(self, trainer, pl_module, name: str) -> dict[str, LayerProbe] | None:
         """Probe now into ``probe/<name>.png``: record, draw and log (on rank 0 only); the layers' summaries, or
         None without data."""
-        self.last_step = trainer.global_step
+        self.last_step, started = trainer.global_step, time.monotonic()
+        try:
+            return self._run(trainer, pl_module, name)
+        finally:
+            self.cost = time.monotonic() - started
+            self.spent = getattr(self, "spent", 0.0) + self.cost
+
+    def _run(self, trainer, pl_module, name: str) -> dict[str, LayerProbe] | None:
         if not trainer.is_global_zero:
             return None
         batch = self.probe_batch(trainer)
