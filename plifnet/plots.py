@@ -156,10 +156,9 @@ def probe_page(layers: dict, tau_bands: dict, title: str, path: Path) -> None:
     axes = fig.subplots(rows, len(PROBE_COLUMNS), squeeze=False)
     for row, (name, layer) in zip(axes, layers.items()):
         raster, trace, heat, rates, constants, bands, gradient = row
-        steps, shown = layer.raster.shape
-        t, k = layer.raster.nonzero(as_tuple=True)
-        raster.scatter(t.numpy(), k.numpy(), s=4, marker="|", color="black")
-        raster.set(xlim=(-0.5, steps - 0.5), ylim=(-0.5, shown - 0.5), xlabel="step", ylabel=f"{name}\nneuron")
+        # one pixel per (step, neuron): readable at T = 4 and at T = 1301 alike
+        raster.imshow(layer.raster.T.numpy(), aspect="auto", origin="lower", cmap="Greys", interpolation="nearest")
+        raster.set(xlabel="step", ylabel=f"{name}\nneuron")
         if layer.trace is None:
             trace.text(0.5, 0.5, "membrane not exposed\nby this neuron family", ha="center", va="center", fontsize=9)
             trace.set_axis_off()
@@ -190,6 +189,8 @@ def probe_page(layers: dict, tau_bands: dict, title: str, path: Path) -> None:
                 bands.fill_between(band[:, 0], band[:, 1], band[:, 5], alpha=0.15, color=line.get_color())
                 bands.fill_between(band[:, 0], band[:, 2], band[:, 4], alpha=0.3, color=line.get_color())
         bands.set(xlabel="epoch", ylabel="time steps")
+        if layer.time_constants and not any(f"{name}:{c}" in tau_bands for c in layer.time_constants):
+            bands.text(0.5, 0.5, "one snapshot:\nno history here", ha="center", va="center", fontsize=9)
         if layer.grad is None:
             gradient.text(0.5, 0.5, "no gradient\n(no loss to take it of)", ha="center", va="center", fontsize=9)
         elif len(layer.grad) == 1:  # a static input given at every step: one value for the whole sequence

@@ -3,6 +3,7 @@ loops, for plifnet's neurons and the peers', and a training run that cannot tell
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -273,3 +274,55 @@ def test_by_default_the_probe_keeps_within_its_share_of_the_time(monkeypatch):
     callback.spent = 3.5  # 5.5 s would not
     callback.on_validation_epoch_end(trainer, None)
     assert ran == ["epoch003"]
+
+
+def test_inspect_writes_the_figures_and_a_page_that_a_browser_shows_whole(run_cli, tiny_digits, tmp_path):
+    import shutil
+    import subprocess
+
+    from plifnet import inspection
+    from tests.conftest import ROOT
+
+    quick = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0"]
+    trained = run_cli(
+        "fit",
+        *quick,
+        "--model.net.time_steps",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.default_root_dir",
+        tmp_path / "run",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    (ckpt,) = (tmp_path / "run").rglob("last.ckpt")
+    shown = run_cli(
+        "--ckpt_path", ckpt, *quick, "--samples", "5", "--out", tmp_path / "inspect", cwd=tmp_path, main=inspection.main
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    out = tmp_path / "inspect"
+    assert {"probe.png", "conv1.png", "conv2.png", "fc1.png", "fc2.png", "layers.csv", "index.html"} <= {
+        p.name for p in out.iterdir()
+    }
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and 'src="conv1.png"' not in page  # self-contained
+
+    bad = run_cli("--ckpt_path", ckpt, cwd=tmp_path, main=inspection.main)  # neither a config nor an input
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--config" in bad.stderr.splitlines()[-1]
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        assert not os.environ.get("CI"), "CI installs Chromium (.ci/run): the page must be rendered there"
+        pytest.skip("Chromium is not installed here (.ci/run installs Debian's): the page was not rendered")
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (out / "index.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert 'data-shown="4" data-total="4"' in dom, dom[-500:]
