@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> Path:
             raise UserError("give the run's --config (its test set is what is shown) or an --input FILE.npy")
         model, data = load_model(args.ckpt_path, args.config, args.allow_class_path, options)
         x, y, samples = inputs(args, data)
+        x = x.to(next(model.parameters()).dtype) if x.is_floating_point() else x  # a run of 64-bit weights
         layers = probe(
             model,
             x,

@@ -283,7 +283,7 @@ class BaseNode(nn.Module):
         """Within it, every step keeps what the surrogate is given, ``H[t] - threshold[t]`` (the membrane against
         its threshold, before the reset, an adaptive threshold included), for :meth:`recorded`; the steps run on
         the reference loop, whose spikes the fused kernels equal. Figures (:mod:`plifnet.probe`) read it."""
-        options, self._recorder = self.options, _Recorder(self.options.surrogate)
+        options, self._recorder = self.options, _Recorder(surrogate=self.options.surrogate)
         self.options = options.replace(surrogate=self._recorder, backend="reference")
         try:
             yield
@@ -328,7 +328,7 @@ class BaseNode(nn.Module):
 class _Recorder(Surrogate):
     """A neuron's surrogate that also keeps what it is given, ``H[t] - threshold[t]`` at each step (detached)."""
 
-    def __init__(self, surrogate: Surrogate):
+    def __init__(self, *, surrogate: Surrogate):
         self.inner, self.alpha, self.steps = surrogate, getattr(surrogate, "alpha", 1.0), []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -178,7 +178,9 @@ def probe_page(layers: dict, tau_bands: dict, title: str, path: Path) -> None:
         )
         rates.title.set_fontsize(9)
         for constant, values in layer.time_constants.items():
-            constants.hist(values.numpy(), bins=30, alpha=0.6, label=constant)
+            finite = values[values.isfinite()]  # a diverged run's time constants: the count that is not finite
+            label = constant if len(finite) == len(values) else f"{constant} ({len(values) - len(finite)} not finite)"
+            constants.hist(finite.numpy(), bins=30, alpha=0.6, label=label)
         if layer.time_constants:
             constants.set(xlabel="time steps", ylabel="neurons")
             constants.legend(fontsize="x-small")

@@ -421,7 +421,8 @@ def test_a_callback_is_added_and_one_dropped_from_the_command_line(cli, run_cli,
     )  # SynapticOps wrote nothing, TauMonitor did
     refused = run_cli("fit", *quick, "--data.root", tiny_digits, "--drop_callbacks+=EarlyStop", cwd=tmp_path)
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
-        "error: --drop_callbacks EarlyStop: no such callback in the trainer config (its callbacks: FiringRateMonitor,"
+        "error: --drop_callbacks EarlyStop: no such callback in the trainer config (its callbacks: ConfusionMatrix, "
+        "FiringRateMonitor,"
     )
     assert "Traceback" not in refused.stderr
 

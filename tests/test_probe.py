@@ -268,7 +268,9 @@ def test_by_default_the_probe_keeps_within_its_share_of_the_time(monkeypatch):
     clock = iter([0.0, 100.0, 100.0])  # fit starts at 0; two validations at 100 s
     monkeypatch.setattr("plifnet.callbacks.probe.time.monotonic", lambda: next(clock))
     callback.on_fit_start(None, None)
-    trainer = SimpleNamespace(sanity_checking=False, current_epoch=3)
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=3, state=SimpleNamespace(fn=TrainerFn.FITTING))
     callback.spent, callback.cost = 3.0, 2.0  # 5 s of 100: one more like the latest fits in 5%
     callback.on_validation_epoch_end(trainer, None)
     callback.spent = 3.5  # 5.5 s would not
@@ -281,20 +283,15 @@ def test_inspect_writes_the_figures_and_a_page_that_a_browser_shows_whole(run_cl
     import subprocess
 
     from plifnet import inspection
-    from tests.conftest import ROOT
+    from tests.test_checkpoints import QUICK  # the paper's MNIST config at T = 1, two batches
 
-    quick = ["--config", ROOT / "configs" / "mnist.yaml", "--data.root", tiny_digits, "--data.num_workers", "0"]
     trained = run_cli(
         "fit",
-        *quick,
-        "--model.net.time_steps",
-        "2",
+        *QUICK,
+        "--data.root",
+        tiny_digits,
         "--trainer.max_epochs",
         "1",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.enable_model_summary",
-        "false",
         "--trainer.default_root_dir",
         tmp_path / "run",
         cwd=tmp_path,
@@ -302,7 +299,17 @@ def test_inspect_writes_the_figures_and_a_page_that_a_browser_shows_whole(run_cl
     assert trained.returncode == 0, trained.stderr[-2000:]
     (ckpt,) = (tmp_path / "run").rglob("last.ckpt")
     shown = run_cli(
-        "--ckpt_path", ckpt, *quick, "--samples", "5", "--out", tmp_path / "inspect", cwd=tmp_path, main=inspection.main
+        "--ckpt_path",
+        ckpt,
+        *QUICK[:2],
+        "--data.root",
+        tiny_digits,
+        "--samples",
+        "5",
+        "--out",
+        tmp_path / "inspect",
+        cwd=tmp_path,
+        main=inspection.main,
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
     out = tmp_path / "inspect"
@@ -311,6 +318,20 @@ def test_inspect_writes_the_figures_and_a_page_that_a_browser_shows_whole(run_cl
     }
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and 'src="conv1.png"' not in page  # self-contained
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32))
+    given = run_cli(
+        "--ckpt_path",
+        ckpt,
+        "--input",
+        tmp_path / "x.npy",
+        "--out",
+        tmp_path / "given",
+        cwd=tmp_path,
+        main=inspection.main,
+    )  # an array instead of the test set: no labels, no gradient
+    assert given.returncode == 0 and "on 3 samples" in given.stderr, given.stderr[-2000:]
+    assert "Predicted classes: " in (tmp_path / "given" / "index.html").read_text()
 
     bad = run_cli("--ckpt_path", ckpt, cwd=tmp_path, main=inspection.main)  # neither a config nor an input
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--config" in bad.stderr.splitlines()[-1]

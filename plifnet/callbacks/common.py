@@ -48,8 +48,13 @@ def log_figure(trainer, key: str, path: Path, step: int) -> None:
 
 
 def log_histogram(trainer, key: str, values: torch.Tensor, step: int) -> None:
-    """Hand a histogram of ``values`` to each logger that draws them (TensorBoard, wandb)."""
+    """Hand a histogram of ``values`` to each logger that draws them (TensorBoard, wandb): of the finite ones (a
+    diverged run's inf would fail both); none where no value is finite."""
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    values = values[values.isfinite()]
+    if not values.numel():
+        return
 
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):

@@ -6,6 +6,7 @@ import time
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from plifnet import plots
@@ -53,6 +54,7 @@ class Probe(Callback):
                 f"{traces}, {keep}"
             )
         self.budget = budget
+        self.started, self.spent, self.cost = time.monotonic(), 0.0, 0.0  # seconds: fit, probes, the latest probe
         self.every_n_epochs, self.samples, self.neurons, self.traces, self.keep = (
             every_n_epochs,
             samples,
@@ -75,7 +77,7 @@ class Probe(Callback):
         self.started, self.spent, self.cost = time.monotonic(), 0.0, 0.0  # seconds: fit, probes, the latest probe
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:  # plifnet validate: no training to follow
             return
         if self.every_n_epochs is not None:
             due = trainer.current_epoch % self.every_n_epochs == 0
@@ -96,7 +98,7 @@ class Probe(Callback):
             return self._run(trainer, pl_module, name)
         finally:
             self.cost = time.monotonic() - started
-            self.spent = getattr(self, "spent", 0.0) + self.cost
+            self.spent += self.cost
 
     def _run(self, trainer, pl_module, name: str) -> dict[str, LayerProbe] | None:
         if not trainer.is_global_zero:
@@ -108,15 +110,17 @@ class Probe(Callback):
         # the batch's size: labels [N], or per step [T, N]
         samples = y.shape[-1] if torch.is_tensor(y) else None
         loss = getattr(pl_module, "training_loss", None)
-        layers = probe(
-            pl_module,
-            x,
-            spiking_layers(pl_module),
-            loss=(lambda scores: loss(scores, y)) if callable(loss) and y is not None else None,
-            samples=samples,
-            neurons=self.neurons,
-            traces=self.traces,
-        )
+        precision = trainer.precision_plugin  # the input's dtype and autocast as in a training step (64-true, bf16)
+        with precision.forward_context():
+            layers = probe(
+                pl_module,
+                precision.convert_input(x),
+                spiking_layers(pl_module),
+                loss=(lambda scores: loss(scores, y)) if callable(loss) and y is not None else None,
+                samples=samples,
+                neurons=self.neurons,
+                traces=self.traces,
+            )
         self._record(layers, trainer.current_epoch)
         folder = run_dir(trainer) / "probe"
         folder.mkdir(exist_ok=True)
@@ -144,6 +148,7 @@ class Probe(Callback):
     def _record(self, layers: dict[str, LayerProbe], epoch: int) -> None:
         for name, layer in layers.items():
             for constant, values in layer.time_constants.items():
+                values = values[values.isfinite()]  # a diverged run's: drawn apart (plots.probe_page)
                 if not values.numel():
                     continue
                 band = self.bands.setdefault(f"{name}:{constant}", [])
