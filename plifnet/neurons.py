@@ -41,6 +41,7 @@ from plifnet.contract import Dynamics, is_neuron, reset_state  # noqa: F401  (re
 from plifnet.errors import UserError
 from plifnet.kernels import compiled
 from plifnet.kernels.compiled import run_steps
+from plifnet.kernels.recurrent import recurrent_multi_step
 from plifnet.options import NeuronOptions
 from plifnet.surrogates import Surrogate
 
@@ -229,7 +230,17 @@ class BaseNode(nn.Module):
                 f"time_steps), got shape {tuple(x.shape)}"
             )
         k = self.decay(x if time_steps else x[0])
-        if feedback is not None:  # each step's input depends on the last step's spikes: the per-step loop
+        if feedback is not None:  # each step's input depends on the last step's spikes
+            weight = getattr(feedback, "weight", None)
+            fused = (
+                not self.own_hooks
+                and self.options.backend == "auto"
+                and x.dtype != torch.float64  # float64: the reference, exact per step
+                and isinstance(feedback, nn.Linear)
+                and feedback.bias is None
+            )
+            if fused:
+                return recurrent_multi_step(x, weight, k, options=self.options)
             return self._recurrent(x, k, feedback)
         backend = self._backend(x)
         if backend in ("cpu", "triton"):

@@ -158,6 +158,7 @@ def _summary(name, module, calls, grads, samples, neurons, traces) -> LayerProbe
         summary.trace = values.reshape(values.shape[0], values.shape[1], -1)[:, 0, shown[:traces]].cpu()
         summary.threshold, summary.meaning = membranes[0].threshold, membranes[0].meaning
     given = [grads.get(id(x)) if x is not None else None for _, _, x in calls]
+    given = [g.float() if g is not None else None for g in given]  # a bf16 run's gradients: drawn in float32
     if given and all(g is not None for g in given):
         if len(given) > 1:
             summary.grad = torch.stack([g.abs().mean() for g in given]).cpu()

@@ -49,10 +49,10 @@ class Recurrent(nn.Module):
                 f"a recurrent layer needs a plifnet neuron (plif, lif, if, alif, adlif or a BaseNode subclass), "
                 f"got {type(neuron).__name__}: give recurrent false to use it in feed-forward layers"
             )
-        if neuron.options.backend not in ("auto", "reference"):  # the fused kernels have no feedback yet
+        if neuron.options.backend not in ("auto", "reference"):  # the feed-forward kernels have no feedback
             raise UserError(
-                f"backend {neuron.options.backend!r}: a recurrent layer runs its neuron's step loop in PyTorch; "
-                f"give backend 'auto' or 'reference'"
+                f"backend {neuron.options.backend!r}: a recurrent layer runs its own fused kernel (backend 'auto') "
+                f"or its neuron's step loop in PyTorch (backend 'reference'); give one of those"
             )
         self.input = nn.Linear(inputs, outputs)
         self.recurrent = nn.Linear(outputs, outputs, bias=False)

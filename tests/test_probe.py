@@ -347,3 +347,16 @@ def test_inspect_writes_the_figures_and_a_page_that_a_browser_shows_whole(run_cl
         timeout=120,
     ).stdout
     assert 'data-shown="4" data-total="4"' in dom, dom[-500:]
+
+
+def test_a_bf16_run_is_probed_and_drawn(tmp_path):
+    from plifnet import plots
+
+    net = SpikingNet(layers="c4 p f100", in_channels=1, size=8, static=True, time_steps=2)
+    model = SpikingClassifier(net)
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        found = probe(model, x, spiking_layers(model), loss=lambda scores: model.training_loss(scores, y))
+    assert all(layer.grad.dtype == torch.float32 for layer in found.values())
+    plots.probe_page(found, {}, "bf16", tmp_path / "page.png")
+    assert Image.open(tmp_path / "page.png").format == "PNG"

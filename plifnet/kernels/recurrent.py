@@ -1,0 +1,183 @@
+"""A recurrent layer of plifnet's built-in step (PLIF, LIF, IF) as one autograd node, linear in T.
+
+    I[t] = X[t] + S[t-1] W^T        X [T, N, F]: the input current (W_in x + b); W [F, F]; S[-1] = 0
+    H[t] = leaky_charge(V[t-1], I[t], k);  S[t] = heaviside(H[t] - v_threshold);  V[t] = reset(H[t], S[t])
+
+the equations of :mod:`plifnet.neurons`, operation by operation, so that the spikes equal the step loop's bit for bit.
+
+Forward: one matrix product per step (the feedback) and the step's element-wise operations (one numba pass on the
+CPU for a built-in surrogate, torch operations elsewhere); nothing of autograd's. Kept for backward: the current
+``I`` (float32) and the spikes (one byte) of every step, 5 bytes per neuron and step, whatever T. Backward: replays
+``H`` from them (element-wise), then runs back through time with two products per step (``dS[t-1] += dI[t] W`` and
+``dW += dI[t]^T S[t-1]``). The reference's step loop keeps an autograd graph of about ten nodes per step.
+Half precision is computed in float32, as the other kernels do (the feedback product under autocast is bf16, as the
+loop's); the surrogate is any :class:`Surrogate`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from plifnet.kernels import available
+from plifnet.options import NeuronOptions
+from plifnet.surrogates import kernel_code
+
+
+def _charge(v, i, k, options: NeuronOptions):
+    # plifnet.neurons.leaky_charge, operation by operation (imported there would make a cycle)
+    if options.decay_input:
+        return v + k * (i - (v - options.rest))
+    return v - k * (v - options.rest) + i
+
+
+def _reset(h, s, options: NeuronOptions):
+    # plifnet.neurons.reset_potential
+    return h - options.v_threshold * s if options.soft_reset else h * (1 - s) + options.v_reset * s
+
+
+class RecurrentMultiStep(torch.autograd.Function):
+    """``x [T, N, F]``, ``weight [F, F]``, ``k`` (a scalar tensor or ``[F]``) -> spikes ``[T, N, F]``.
+
+    Every per-step tensor is one of its own (``[N, F]``), not a row of a ``[T, N, F]`` buffer: the allocator serves
+    such small blocks again and again, where every fresh ``[T, N, F]`` buffer costs the kernel's page faults on first
+    touch (measured: 90 us a step for two such buffers at N x F = 128 x 256, the whole of the layer's gain)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, k, options: NeuronOptions):
+        x32, w32, k32 = x.float(), weight.float(), k.detach().float()
+        numba = _numba(x32, options)
+        if numba:
+            from plifnet.kernels import recurrent_cpu  # numba is imported at the first recurrent layer's run
+        k_elements = k32.expand(x32.shape[1:]).contiguous() if numba else None
+        v, currents, spikes = torch.full_like(x32[0], options.rest), [], []
+        for t, x_t in enumerate(x32.unbind(0)):
+            # the reference adds the feedback of S[-1] = 0 too: x + 0 is x, bit for bit; under autocast the product
+            # is bf16, added to the float32 current as the loop adds it (an exact widening)
+            feedback = None if t == 0 else F.linear(spikes[-1], w32).float()
+            if numba:
+                current, spike = torch.empty_like(x_t), torch.empty_like(x_t)
+                recurrent_cpu.step_forward(soft=options.soft_reset, decay_input=options.decay_input, first=t == 0)(
+                    *_rows(x_t, x_t if feedback is None else feedback, v, k_elements),
+                    *_levels(options),
+                    *_rows(current, spike),
+                )
+            else:
+                current = x_t if feedback is None else x_t + feedback
+                h = _charge(v, current, k32, options)
+                spike = ((h - options.v_threshold) >= 0).to(h.dtype)  # the surrogate's forward: heaviside(0) = 1
+                v = _reset(h, spike, options)
+            currents.append(current)
+            spikes.append(spike)
+        ctx.save_for_backward(w32, k32, *currents, *(spike.to(torch.uint8) for spike in spikes))
+        ctx.options, ctx.dtypes = options, (x.dtype, weight.dtype, k.dtype, k.shape)
+        return torch.stack(spikes).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        w32, k, *kept = ctx.saved_tensors
+        steps = len(kept) // 2
+        currents, spike_bytes = kept[:steps], kept[steps:]
+        options, (x_dtype, w_dtype, k_dtype, k_shape) = ctx.options, ctx.dtypes
+        grad = grad_spikes.float().contiguous()
+        numba = _numba(w32, options)
+        if numba:
+            from plifnet.kernels import recurrent_cpu
+
+            k = k.expand(currents[0].shape).contiguous()
+        # H[t] replayed from the currents, the forward's arithmetic (V[t-1] from it step by step, where it is read)
+        h_all, v_before, v = [], [], torch.full_like(currents[0], options.rest)
+        for current, spike in zip(currents, spike_bytes):
+            if numba:
+                h_all.append(torch.empty_like(current))
+                recurrent_cpu.replay(soft=options.soft_reset, decay_input=options.decay_input)(
+                    *_rows(current, k, v), *_levels(options), *_rows(h_all[-1])
+                )
+            else:
+                v_before.append(v)
+                h_all.append(_charge(v, current, k, options))
+                v = _reset(h_all[-1], spike.float(), options)
+        grad_i = torch.empty_like(grad)
+        grad_w = torch.zeros_like(w32) if ctx.needs_input_grad[1] else None
+        grad_k = torch.zeros_like(currents[0]) if ctx.needs_input_grad[2] else None
+        grad_v = torch.zeros_like(currents[0])  # dL/dV[t], carried back
+        grad_s_next = None  # dL/dS[t] through I[t+1] = ... + S[t] W^T
+        for t in reversed(range(steps)):
+            before = max(t - 1, 0)  # the previous step's H and spike: V[t-1] (not read on the first step)
+            if numba:
+                recurrent_cpu.step_backward(
+                    soft=options.soft_reset,
+                    decay_input=options.decay_input,
+                    detach_reset=options.detach_reset,
+                    code=kernel_code(options.surrogate),
+                    last=grad_s_next is None,
+                    first=t == 0,
+                    with_k=grad_k is not None,
+                )(
+                    *_rows(grad[t], grad[t] if grad_s_next is None else grad_s_next),  # (not read on the last step)
+                    *_rows(h_all[t], spike_bytes[t], h_all[before], spike_bytes[before], currents[t], k),
+                    *_levels(options)[:1],
+                    np.float32(options.v_reset or 0.0),
+                    *_levels(options)[1:],
+                    np.float32(options.surrogate.alpha),
+                    *_rows(grad_v, grad_v if grad_k is None else grad_k, grad_i[t]),  # (grad_k: only with_k)
+                )
+            else:
+                grad_i[t], grad_v = _step_back(
+                    grad[t],
+                    grad_s_next,
+                    h_all[t],
+                    spike_bytes[t].float(),
+                    v_before[t],
+                    currents[t],
+                    k,
+                    grad_v,
+                    grad_k,
+                    options,
+                )
+            if t > 0:
+                grad_s_next = grad_i[t] @ w32
+                if grad_w is not None:  # dW = sum_t dI[t]^T S[t-1], step by step (no [T, N, F] float spikes)
+                    grad_w.addmm_(grad_i[t].T, spike_bytes[t - 1].float())
+        if grad_k is not None:
+            grad_k = (grad_k.sum() if len(k_shape) == 0 else grad_k.reshape(-1, grad_k.shape[-1]).sum(0)).view(k_shape)
+            grad_k = grad_k.to(k_dtype)
+        return grad_i.to(x_dtype), None if grad_w is None else grad_w.to(w_dtype), grad_k, None
+
+
+def _step_back(grad, grad_s_next, h, s, v_before, current, k, grad_v, grad_k, options: NeuronOptions):
+    """One step back in torch operations: (dL/dI[t], dL/dV[t-1]); dL/dk added into ``grad_k`` in place."""
+    grad_s = grad if grad_s_next is None else grad + grad_s_next
+    surrogate = options.surrogate.derivative(h - options.v_threshold)
+    # V[t] = H (1 - S) + v_reset S (hard) or H - v_threshold S (soft); S detached in the reset or not
+    grad_h = grad_s * surrogate + grad_v * (1.0 if options.soft_reset else 1 - s)
+    if not options.detach_reset:
+        grad_h = grad_h + grad_v * surrogate * (-options.v_threshold if options.soft_reset else options.v_reset - h)
+    if grad_k is not None:  # dH/dk = I - (V[t-1] - rest), or -(V[t-1] - rest) without the input decayed
+        grad_k += grad_h * (current - (v_before - options.rest) if options.decay_input else options.rest - v_before)
+    return (grad_h * k if options.decay_input else grad_h), grad_h * (1 - k)  # dH/dI: k, or 1 undecayed
+
+
+def _numba(x: torch.Tensor, options: NeuronOptions) -> bool:
+    """Whether the step runs as numba kernels: on the CPU, with numba installed, for a built-in surrogate."""
+    return x.device.type == "cpu" and available("cpu") and kernel_code(options.surrogate) is not None
+
+
+def _levels(options: NeuronOptions) -> tuple:
+    return np.float32(options.v_threshold), np.float32(options.rest)
+
+
+def _rows(*tensors) -> list:
+    """The kernels' arguments: each tensor as a flat numpy view (every one contiguous)."""
+    return [tensor.reshape(-1).numpy() for tensor in tensors]
+
+
+@torch.compiler.disable  # one opaque node for torch.compile: its trace would unroll the T steps
+def recurrent_multi_step(x: torch.Tensor, weight: torch.Tensor, k, *, options: NeuronOptions) -> torch.Tensor:
+    """Spikes ``[T, N, F]`` of the built-in step with the feedback ``S[t-1] W^T`` added to ``x [T, N, F]``; ``k`` a
+    number or a tensor (a scalar, or ``[F]`` per neuron). Equal to the step loop (:meth:`BaseNode.forward` with
+    ``feedback``): spikes bit for bit, gradients to float32 rounding (dW summed over steps in another order)."""
+    if not torch.is_tensor(k):
+        k = torch.tensor(float(k), dtype=torch.float32, device=x.device)
+    return RecurrentMultiStep.apply(x, weight, k, options)

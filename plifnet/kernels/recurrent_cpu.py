@@ -1,0 +1,76 @@
+"""The element-wise part of a recurrent layer's step (:mod:`plifnet.kernels.recurrent`) for the CPU, one numba pass
+each: the step forward, the replay of ``H`` and ``V`` for backward, and the step backward. The matrix products stay
+torch's (BLAS); around them each step is one pass over its ``N * F`` elements instead of a dozen torch operations.
+The step is :func:`plifnet.kernels.cpu.neuron_step`, the fused feed-forward kernels' (the spikes equal the
+reference's), with the options as constants of each compiled kernel.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from numba import njit
+
+from plifnet.kernels.cpu import ONE, ZERO, neuron_step, surrogate_grad
+
+
+@lru_cache(maxsize=None)
+def step_forward(*, soft: bool, decay_input: bool, first: bool):
+    """``I = X[t] (+ R[t])``, the step, in place: ``v`` [E] becomes V[t]; writes the current and the spike."""
+
+    @njit(cache=True)
+    def forward(x, feedback, v, k, v_th, rest, current, spike):
+        for j in range(v.shape[0]):
+            i = x[j] if first else x[j] + feedback[j]
+            _, fired, v[j] = neuron_step(v=v[j], k=k[j], x=i, v_th=v_th, rest=rest, soft=soft, decay_input=decay_input)
+            current[j] = i
+            spike[j] = ONE if fired else ZERO
+
+    return forward
+
+
+@lru_cache(maxsize=None)
+def replay(*, soft: bool, decay_input: bool):
+    """One step replayed: ``h`` = H[t] from the kept current and ``v`` (V[t-1], becomes V[t] in place)."""
+
+    @njit(cache=True)
+    def run(current, k, v, v_th, rest, h):
+        for j in range(v.shape[0]):
+            h[j], _, v[j] = neuron_step(
+                v=v[j], k=k[j], x=current[j], v_th=v_th, rest=rest, soft=soft, decay_input=decay_input
+            )
+
+    return run
+
+
+@lru_cache(maxsize=None)
+def step_backward(
+    *, soft: bool, decay_input: bool, detach_reset: bool, code: int, last: bool, first: bool, with_k: bool
+):
+    """One step back: ``grad_i`` (dL/dI[t]) from dL/dS[t] (the output's, plus ``feedback`` = dL/dI[t+1] W unless
+    ``last``), ``grad_v`` (dL/dV[t], becomes dL/dV[t-1] in place); dL/dk summed into ``grad_k`` per element.
+    V[t-1] is the reset of the previous step's ``h_before`` and spike (``rest`` on the ``first`` step): the
+    forward's selection, recomputed here rather than kept; spikes are read as bytes."""
+
+    @njit(cache=True)
+    def backward(
+        grad, feedback, h, spike, h_before, spike_before, current, k, v_th, v_reset, rest, alpha, grad_v, grad_k, grad_i
+    ):
+        for j in range(grad_v.shape[0]):
+            grad_s = grad[j] if last else grad[j] + feedback[j]
+            sg = surrogate_grad(h[j] - v_th, code, alpha)
+            gh = grad_s * sg + grad_v[j] * (ONE if soft else (ZERO if spike[j] else ONE))
+            if not detach_reset:
+                gh += grad_v[j] * sg * (-v_th if soft else v_reset - h[j])
+            grad_i[j] = gh * k[j] if decay_input else gh
+            if with_k:
+                if first:
+                    v_before = rest
+                elif soft:
+                    v_before = h_before[j] - v_th if spike_before[j] else h_before[j]
+                else:
+                    v_before = rest if spike_before[j] else h_before[j]
+                grad_k[j] += gh * (current[j] - (v_before - rest) if decay_input else rest - v_before)
+            grad_v[j] = gh * (ONE - k[j])
+
+    return backward
