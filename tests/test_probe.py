@@ -276,6 +276,14 @@ def test_by_default_the_probe_keeps_within_its_share_of_the_time(monkeypatch):
     callback.spent = 3.5  # 5.5 s would not
     callback.on_validation_epoch_end(trainer, None)
     assert ran == ["epoch003"]
+    # the end of fit: not probed where the last probe was at this step, nor beyond the budget
+    clock = iter([100.0, 100.0])
+    callback.last_step = 7
+    callback.on_fit_end(SimpleNamespace(global_step=7), None)
+    callback.on_fit_end(SimpleNamespace(global_step=8), None)
+    callback.spent = 2.0
+    callback.on_fit_end(SimpleNamespace(global_step=8), None)
+    assert ran == ["epoch003", "end-step8"]
 
 
 def test_inspect_writes_the_figures_and_a_page_that_a_browser_shows_whole(run_cli, tiny_digits, tmp_path):

@@ -30,9 +30,10 @@ class Probe(Callback):
     state or random number: :mod:`plifnet.probe`), and what it keeps between epochs is bounded: the quantiles of
     every time constant at no more than ``keep`` epochs (every other one is dropped when full).
 
-    When: every ``every_n_epochs`` epochs, or by default (None) after every validation that keeps the probes'
-    time within ``budget`` (5%) of the fit's time so far (the first epoch always): a run of long epochs is probed
-    every epoch, one of epochs of seconds every few.
+    When: every ``every_n_epochs`` epochs and at the end of fit, or by default (None) after every validation, and at
+    the end, where that keeps the probes' time within ``budget`` (5%) of the fit's time so far (the first epoch, or
+    the end of a fit that never validated, always): a run of long epochs is probed every epoch, one of epochs of
+    seconds every few.
     """
 
     def __init__(
@@ -81,14 +82,20 @@ class Probe(Callback):
             return
         if self.every_n_epochs is not None:
             due = trainer.current_epoch % self.every_n_epochs == 0
-        else:  # within the budget with one more probe like the latest (the first of a fit: always)
-            due = not self.spent or self.spent + self.cost <= self.budget * (time.monotonic() - self.started)
+        else:  # the first of a fit always, then within the budget
+            due = not self.spent or self._within_budget()
         if due:
             self.run(trainer, pl_module, f"epoch{trainer.current_epoch:03d}")
 
     def on_fit_end(self, trainer, pl_module):
-        if self.last_step != trainer.global_step:  # trained on since the last probe (or never validated)
+        if self.last_step == trainer.global_step:  # the last epoch was probed
+            return
+        if self.every_n_epochs is not None or not self.spent or self._within_budget():
             self.run(trainer, pl_module, f"end-step{trainer.global_step}")
+
+    def _within_budget(self) -> bool:
+        """Whether one more probe like the latest keeps all probes within ``budget`` of the fit's time so far."""
+        return self.spent + self.cost <= self.budget * (time.monotonic() - self.started)
 
     def run(self, trainer, pl_module, name: str) -> dict[str, LayerProbe] | None:
         """Probe now into ``probe/<name>.png``: record, draw and log (on rank 0 only); the layers' summaries, or
