@@ -40,9 +40,9 @@ def _reset(h, s, options: NeuronOptions):
 class RecurrentMultiStep(torch.autograd.Function):
     """``x [T, N, F]``, ``weight [F, F]``, ``k`` (a scalar tensor or ``[F]``) -> spikes ``[T, N, F]``.
 
-    Every per-step tensor is one of its own (``[N, F]``), not a row of a ``[T, N, F]`` buffer: the allocator serves
-    such small blocks again and again, where every fresh ``[T, N, F]`` buffer costs the kernel's page faults on first
-    touch (measured: 90 us a step for two such buffers at N x F = 128 x 256, the whole of the layer's gain)."""
+    Fresh memory costs the kernel's page faults on first touch (measured: 90 us a step for two fresh ``[T, N, F]``
+    float32 buffers at N x F = 128 x 256): forward writes only what it returns and keeps (the spikes as float32 and as
+    bytes, each step's current), and the step's temporaries are small blocks that the allocator serves again."""
 
     @staticmethod
     def forward(ctx, x, weight, k, options: NeuronOptions):
@@ -52,16 +52,19 @@ class RecurrentMultiStep(torch.autograd.Function):
             from plifnet.kernels import recurrent_cpu  # numba is imported at the first recurrent layer's run
         k_elements = k32.expand(x32.shape[1:]).contiguous() if numba else None
         v, currents, spikes = torch.full_like(x32[0], options.rest), [], []
+        # on the CPU the kernel writes each step's spikes into the output and, as bytes, into what backward keeps
+        out = torch.empty_like(x32) if numba else None
+        spike_bytes = torch.empty(x32.shape, dtype=torch.uint8) if numba else None
         for t, x_t in enumerate(x32.unbind(0)):
             # the reference adds the feedback of S[-1] = 0 too: x + 0 is x, bit for bit; under autocast the product
             # is bf16, added to the float32 current as the loop adds it (an exact widening)
             feedback = None if t == 0 else F.linear(spikes[-1], w32).float()
             if numba:
-                current, spike = torch.empty_like(x_t), torch.empty_like(x_t)
+                current, spike = torch.empty_like(x_t), out[t]
                 recurrent_cpu.step_forward(soft=options.soft_reset, decay_input=options.decay_input, first=t == 0)(
                     *_rows(x_t, x_t if feedback is None else feedback, v, k_elements),
                     *_levels(options),
-                    *_rows(current, spike),
+                    *_rows(current, spike, spike_bytes[t]),
                 )
             else:
                 current = x_t if feedback is None else x_t + feedback
@@ -70,15 +73,17 @@ class RecurrentMultiStep(torch.autograd.Function):
                 v = _reset(h, spike, options)
             currents.append(current)
             spikes.append(spike)
-        ctx.save_for_backward(w32, k32, *currents, *(spike.to(torch.uint8) for spike in spikes))
+        if not numba:
+            out = torch.stack(spikes)
+            spike_bytes = out.to(torch.uint8)
+        ctx.save_for_backward(w32, k32, spike_bytes, *currents)
         ctx.options, ctx.dtypes = options, (x.dtype, weight.dtype, k.dtype, k.shape)
-        return torch.stack(spikes).to(x.dtype)
+        return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        w32, k, *kept = ctx.saved_tensors
-        steps = len(kept) // 2
-        currents, spike_bytes = kept[:steps], kept[steps:]
+        w32, k, spike_bytes, *currents = ctx.saved_tensors
+        steps = len(currents)
         options, (x_dtype, w_dtype, k_dtype, k_shape) = ctx.options, ctx.dtypes
         grad = grad_spikes.float().contiguous()
         numba = _numba(w32, options)

@@ -16,15 +16,17 @@ from plifnet.kernels.cpu import ONE, ZERO, neuron_step, surrogate_grad
 
 @lru_cache(maxsize=None)
 def step_forward(*, soft: bool, decay_input: bool, first: bool):
-    """``I = X[t] (+ R[t])``, the step, in place: ``v`` [E] becomes V[t]; writes the current and the spike."""
+    """``I = X[t] (+ R[t])``, the step, in place: ``v`` [E] becomes V[t]; writes the current, the spike (float32,
+    the layer's output) and the spike as a byte (what backward keeps)."""
 
     @njit(cache=True)
-    def forward(x, feedback, v, k, v_th, rest, current, spike):
+    def forward(x, feedback, v, k, v_th, rest, current, spike, spike_byte):
         for j in range(v.shape[0]):
             i = x[j] if first else x[j] + feedback[j]
             _, fired, v[j] = neuron_step(v=v[j], k=k[j], x=i, v_th=v_th, rest=rest, soft=soft, decay_input=decay_input)
             current[j] = i
             spike[j] = ONE if fired else ZERO
+            spike_byte[j] = 1 if fired else 0
 
     return forward
 
