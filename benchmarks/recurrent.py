@@ -80,18 +80,23 @@ CASES = {
 }
 
 
+def median_seconds(function, repeats: int) -> float:
+    """The median time of ``function()`` over ``repeats`` calls after one warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def seconds(run, x, grad, repeats: int) -> float:
     def once():
         given = x.clone().requires_grad_()
         (run(given) * grad).sum().backward()
 
-    once()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(once, repeats)
 
 
 def psmnist_step(repeats: int) -> None:
@@ -113,14 +118,8 @@ def psmnist_step(repeats: int) -> None:
             model.training_loss(model(x), y).backward()
             optimizer.step()
 
-        step()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
         name = "fused" if backend == "auto" else "step loop"
-        print(f"PS-MNIST training step, {name:10} {statistics.median(times):.3f} s")
+        print(f"PS-MNIST training step, {name:10} {median_seconds(step, repeats):.3f} s")
 
 
 def main() -> None:

@@ -368,3 +368,26 @@ def test_a_bf16_run_is_probed_and_drawn(tmp_path):
     assert all(layer.grad.dtype == torch.float32 for layer in found.values())
     plots.probe_page(found, {}, "bf16", tmp_path / "page.png")
     assert Image.open(tmp_path / "page.png").format == "PNG"
+
+
+def test_the_confusion_matrix_leaves_unlabelled_steps_out(tmp_path):
+    from types import SimpleNamespace
+
+    from plifnet.callbacks import ConfusionMatrix
+
+    callback = ConfusionMatrix()
+    callback.on_test_epoch_start(None, None)
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.1, 0.9]])  # predicted 0, 1, 0, 1
+    labels = torch.tensor([0, 0, -1, 1])  # the third step has no label
+    callback.on_test_batch_end(None, None, {"loss": 0, "scores": scores, "labels": labels}, None, 0)
+    callback.on_test_batch_end(None, None, {"loss": 0, "scores": scores[:1], "labels": labels[:1]}, None, 1)
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(reduce=lambda counts, reduce_op: counts),
+        is_global_zero=True,
+        loggers=[],
+        global_step=0,
+        default_root_dir=str(tmp_path),
+    )
+    callback.on_test_epoch_end(trainer, None)
+    assert callback.counts.tolist() == [[2, 1], [0, 1]]
+    assert (tmp_path / "confusion.csv").read_text().splitlines()[1:] == ["0,2,1", "1,0,1"]
