@@ -10,12 +10,11 @@ epoch that a probe after every epoch costs (``every_n_epochs=1``). The default c
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from timing import median_seconds
 
 from plifnet import plots
 from plifnet.callbacks import spiking_layers
@@ -44,15 +43,6 @@ CASES = {  # network, one batch (x, y) of the config's size, steps per epoch of 
 }
 
 
-def median_seconds(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -70,8 +60,7 @@ def main() -> None:
             model.training_loss(model.train()(x), y).backward()
             optimizer.step()
 
-        step()  # the first step builds and warms up
-        seconds = statistics.median(median_seconds(step, 1) for _ in range(args.steps))
+        seconds = median_seconds(step, args.steps)  # after a first step that builds and warms up
         probe_x, probe_y = batch(16)
         layers = spiking_layers(model)
 
@@ -80,7 +69,6 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as folder:
                 plots.probe_page(found, {}, name, Path(folder) / "page.png")
 
-        one_probe()
         probed = median_seconds(one_probe, args.repeats)
         epoch = seconds * steps_per_epoch
         print(f"{name:40} {seconds:9.3f} {epoch:10.1f} {probed:10.2f} {probed / epoch:12.2%}")

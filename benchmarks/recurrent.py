@@ -11,10 +11,9 @@ and a ReLU (I[t] = X[t] + relu(I[t-1]) W^T) through autograd with `unbind`: what
 """
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import median_seconds
 
 from plifnet.neurons import PLIF
 from plifnet.sequences import Recurrent
@@ -78,17 +77,6 @@ CASES = {
     "snnTorch RLeaky": snntorch_rleaky,
     "SpikingJelly PLIF loop": spikingjelly_loop,
 }
-
-
-def median_seconds(function, repeats: int) -> float:
-    """The median time of ``function()`` over ``repeats`` calls after one warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def seconds(run, x, grad, repeats: int) -> float:
