@@ -22,7 +22,8 @@ The spike that adapts the neuron carries the surrogate gradient (only the reset'
 like the membrane's; its lower bound is 1); ALIF takes ``adaptation``.
 
 They run the per-step loop of their own ``step`` (the fused kernels and the compiled loop take one leak, and
-these neurons have two). Shapes: a step's input ``[N, F]`` (or ``[N, C, ...]`` with a per-channel tau).
+these neurons have two), but for ALIF in a recurrent layer on the CPU, which runs fused
+(:class:`plifnet.kernels.recurrent.RecurrentALIF`). Shapes: a step's input ``[N, F]`` (or ``[N, C, ...]`` with a per-channel tau).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import nn
 from plifnet import time_constants
 from plifnet.contract import TimeConstant
 from plifnet.errors import UserError
+from plifnet.kernels import recurrent
 from plifnet.neurons import PLIF, channel_leak, leaky_charge, reset_potential
 
 
@@ -93,7 +95,19 @@ class Adaptive(PLIF):
 
 
 class ALIF(Adaptive):
-    """Adaptive-threshold LIF (equations in :mod:`plifnet.adaptive`): state ``v`` and ``a``."""
+    """Adaptive-threshold LIF (equations in :mod:`plifnet.adaptive`): state ``v`` and ``a``. In a recurrent layer on
+    the CPU it runs fused (:class:`plifnet.kernels.recurrent.RecurrentALIF`; ``backend='reference'``: the loop)."""
+
+    def _recurrent(self, x, k, feedback):
+        linear = isinstance(feedback, nn.Linear) and feedback.bias is None
+        if (
+            linear
+            and self.options.backend == "auto"
+            and type(self).step is ALIF.step
+            and recurrent.fuses(x, self.options)
+        ):
+            return recurrent.recurrent_alif(x, feedback.weight, *k, options=self.options)
+        return super()._recurrent(x, k, feedback)
 
     def initial_state(self, x):
         return {"v": x.new_full(x.shape, self.options.rest), "a": x.new_zeros(x.shape)}

@@ -233,6 +233,15 @@ OPTION_CASES = {
     "plif, reset not detached": (PLIF, dict(tau=2.5, detach_reset=False)),
     "lif, input not decayed": (LIF, dict(tau=4.0, decay_input=False, v_threshold=1.5)),
     "if": (IF, dict(v_threshold=2.0)),
+    "alif per neuron, soft reset": (
+        ALIF,
+        dict(
+            tau=5.0, per_channel=True, tau_init="uniform", v_reset=None, v_threshold=0.5, adaptation=0.7, tau_adapt=9.0
+        ),
+    ),
+    "alif, hard reset": (ALIF, dict(tau=3.0, adaptation=1.5, tau_adapt=6.0)),
+    "alif, soft reset not detached": (ALIF, dict(tau=4.0, v_reset=None, detach_reset=False, adaptation=0.5)),
+    "alif, input not decayed": (ALIF, dict(tau=4.0, decay_input=False, v_threshold=1.5, adaptation=1.0)),
 }
 
 
@@ -248,7 +257,8 @@ def test_the_fused_recurrent_layer_is_the_step_loop(case):
     x = (torch.rand(T, N, F) < 0.5).float() * 3
     x_fused, x_loop = x.clone().requires_grad_(), x.clone().requires_grad_()
     spikes, expected = fused(x_fused), loop(x_loop)
-    assert spikes.grad_fn.name() == "RecurrentMultiStepBackward"  # the fused path ran
+    fused_node = "RecurrentALIFBackward" if cls is ALIF else "RecurrentMultiStepBackward"
+    assert spikes.grad_fn.name() == fused_node  # the fused path ran
     assert 0.02 < expected.mean() < 0.8
     assert torch.equal(spikes, expected)
     weights = torch.randn_like(spikes)

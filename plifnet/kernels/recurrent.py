@@ -151,6 +151,98 @@ class RecurrentMultiStep(torch.autograd.Function):
         return grad_i.to(x_dtype), None if grad_w is None else grad_w.to(w_dtype), grad_k, None
 
 
+class RecurrentALIF(torch.autograd.Function):
+    """An ALIF recurrent layer (:class:`plifnet.adaptive.ALIF`'s step) on the CPU: ``x [T, N, F]``, ``weight [F, F]``,
+    ``k`` and ``k_adapt`` (scalar tensors or ``[F]``) -> spikes ``[T, N, F]``, as :class:`RecurrentMultiStep` does
+    it for one leak: numba step kernels around the per-step products; kept: the current and the spike's byte."""
+
+    @staticmethod
+    def forward(ctx, x, weight, k, k_adapt, options: NeuronOptions):
+        from plifnet.kernels import recurrent_cpu
+
+        x32, w32 = x.float(), weight.float()
+        k32, ka32 = (value.detach().float().expand(x32.shape[1:]).contiguous() for value in (k, k_adapt))
+        v, a = torch.full_like(x32[0], options.rest), torch.zeros_like(x32[0])
+        out, spike_bytes, currents = torch.empty_like(x32), torch.empty(x32.shape, dtype=torch.uint8), []
+        for t, x_t in enumerate(x32.unbind(0)):
+            feedback = x_t if t == 0 else F.linear(out[t - 1], w32).float()
+            currents.append(torch.empty_like(x_t))
+            recurrent_cpu.alif_forward(soft=options.soft_reset, decay_input=options.decay_input, first=t == 0)(
+                *_rows(x_t, feedback, v, a, k32, ka32),
+                *_alif_levels(options),
+                *_rows(currents[-1], out[t], spike_bytes[t]),
+            )
+        ctx.save_for_backward(w32, k32, ka32, spike_bytes, *currents)
+        ctx.options, ctx.meta = options, (x.dtype, weight.dtype, k.dtype, k.shape, k_adapt.shape)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        from plifnet.kernels import recurrent_cpu
+
+        w32, k, k_a, spike_bytes, *currents = ctx.saved_tensors
+        options, (x_dtype, w_dtype, k_dtype, k_shape, ka_shape) = ctx.options, ctx.meta
+        grad = grad_spikes.float().contiguous()
+        v, a = torch.full_like(currents[0], options.rest), torch.zeros_like(currents[0])
+        replayed = []  # (H, theta, V[t-1], A[t-1]) of every step
+        for current in currents:
+            step = [torch.empty_like(current) for _ in range(4)]
+            recurrent_cpu.alif_replay(soft=options.soft_reset, decay_input=options.decay_input)(
+                *_rows(current, k, k_a, v, a), *_alif_levels(options), *_rows(*step)
+            )
+            replayed.append(step)
+        grad_i = torch.empty_like(grad)
+        grad_w = torch.zeros_like(w32)
+        grad_v, grad_a, grad_k, grad_ka = (torch.zeros_like(currents[0]) for _ in range(4))
+        grad_s_next = None
+        _, adaptation, rest = _alif_levels(options)
+        for t in reversed(range(len(currents))):
+            h, theta, v_before, a_before = replayed[t]
+            recurrent_cpu.alif_backward(
+                soft=options.soft_reset,
+                decay_input=options.decay_input,
+                detach_reset=options.detach_reset,
+                code=kernel_code(options.surrogate),
+                last=grad_s_next is None,
+            )(
+                *_rows(grad[t], grad[t] if grad_s_next is None else grad_s_next),  # (not read on the last step)
+                *_rows(h, theta, spike_bytes[t], v_before, a_before, currents[t], k, k_a),
+                adaptation,
+                np.float32(options.v_reset or 0.0),
+                rest,
+                np.float32(options.surrogate.alpha),
+                *_rows(grad_v, grad_a, grad_k, grad_ka, grad_i[t]),
+            )
+            if t > 0:
+                grad_s_next = grad_i[t] @ w32
+                grad_w.addmm_(grad_i[t].T, spike_bytes[t - 1].float())
+
+        def per_parameter(summed, shape):
+            return (summed.sum() if len(shape) == 0 else summed.reshape(-1, summed.shape[-1]).sum(0)).view(shape)
+
+        return (
+            grad_i.to(x_dtype),
+            grad_w.to(w_dtype),
+            per_parameter(grad_k, k_shape).to(k_dtype),
+            per_parameter(grad_ka, ka_shape).to(k_dtype),
+            None,
+        )
+
+
+def _alif_levels(options: NeuronOptions) -> tuple:
+    return np.float32(options.v_threshold), np.float32(options.adaptation), np.float32(options.rest)
+
+
+def recurrent_alif(x: torch.Tensor, weight: torch.Tensor, k, k_adapt, *, options: NeuronOptions) -> torch.Tensor:
+    """Spikes ``[T, N, F]`` of an ALIF layer with the feedback ``S[t-1] W^T`` (:class:`RecurrentALIF`, CPU)."""
+    return RecurrentALIF.apply(x, weight, k, k_adapt, options)
+
+
+def fuses(x: torch.Tensor, options: NeuronOptions) -> bool:
+    """Whether the fused ALIF layer runs ``x``: on the CPU with numba, for a built-in surrogate, below float64."""
+    return _numba(x, options) and x.dtype != torch.float64
+
+
 def _step_back(grad, grad_s_next, h, s, v_before, current, k, grad_v, grad_k, options: NeuronOptions):
     """One step back in torch operations: (dL/dI[t], dL/dV[t-1]); dL/dk added into ``grad_k`` in place."""
     grad_s = grad if grad_s_next is None else grad + grad_s_next

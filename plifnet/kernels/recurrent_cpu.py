@@ -76,3 +76,99 @@ def step_backward(
             grad_v[j] = gh * (ONE - k[j])
 
     return backward
+
+
+# ALIF (plifnet.adaptive): the threshold theta = v_threshold + adaptation * A[t-1] adapts with the spikes,
+# A[t] = A[t-1] + k_a (S[t] - A[t-1]); the state is V and A, the leaks k and k_a, one per element.
+
+
+@njit(inline="always", cache=True)
+def alif_step(v, a, k, k_a, x, v_th, adaptation, rest, soft, decay_input):
+    """One ALIF step for one element, in float32, as ``ALIF.step`` computes it: H, theta, fired, V[t], A[t]."""
+    if decay_input:
+        h = v + k * (x - (v - rest))
+    else:
+        h = v - k * (v - rest) + x
+    theta = v_th + adaptation * a
+    fired = h - theta >= 0
+    s = ONE if fired else ZERO
+    if soft:
+        v_next = h - theta * s
+    else:
+        v_next = rest if fired else h
+    return h, theta, fired, v_next, a + k_a * (s - a)
+
+
+@lru_cache(maxsize=None)
+def alif_forward(*, soft: bool, decay_input: bool, first: bool):
+    """ALIF's step forward in place (``v``, ``a``); writes the current, the spike and its byte."""
+
+    @njit(cache=True)
+    def forward(x, feedback, v, a, k, k_a, v_th, adaptation, rest, current, spike, spike_byte):
+        for j in range(v.shape[0]):
+            i = x[j] if first else x[j] + feedback[j]
+            _, _, fired, v[j], a[j] = alif_step(v[j], a[j], k[j], k_a[j], i, v_th, adaptation, rest, soft, decay_input)
+            current[j] = i
+            spike[j] = ONE if fired else ZERO
+            spike_byte[j] = 1 if fired else 0
+
+    return forward
+
+
+@lru_cache(maxsize=None)
+def alif_replay(*, soft: bool, decay_input: bool):
+    """H[t], theta[t], V[t-1] and A[t-1] of one step from its kept current (``v``, ``a`` advance in place)."""
+
+    @njit(cache=True)
+    def run(current, k, k_a, v, a, v_th, adaptation, rest, h, theta, v_before, a_before):
+        for j in range(v.shape[0]):
+            v_before[j], a_before[j] = v[j], a[j]
+            h[j], theta[j], _, v[j], a[j] = alif_step(
+                v[j], a[j], k[j], k_a[j], current[j], v_th, adaptation, rest, soft, decay_input
+            )
+
+    return run
+
+
+@lru_cache(maxsize=None)
+def alif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: int, last: bool):
+    """One ALIF step back: dL/dI[t] into ``grad_i``; dL/dV and dL/dA carried back in place; dL/dk, dL/dk_a summed
+    per element. The spike that adapts A carries the surrogate gradient (as in ``ALIF.step``)."""
+
+    @njit(cache=True)
+    def backward(
+        grad,
+        feedback,
+        h,
+        theta,
+        spike,
+        v_before,
+        a_before,
+        current,
+        k,
+        k_a,
+        adaptation,
+        v_reset,
+        rest,
+        alpha,
+        grad_v,
+        grad_a,
+        grad_k,
+        grad_k_a,
+        grad_i,
+    ):
+        for j in range(grad_v.shape[0]):
+            s = ONE if spike[j] else ZERO
+            sg = surrogate_grad(h[j] - theta[j], code, alpha)
+            grad_s = (grad[j] if last else grad[j] + feedback[j]) + grad_a[j] * k_a[j]
+            if not detach_reset:  # the reset's own dependence on S
+                grad_s += grad_v[j] * (-theta[j] if soft else v_reset - h[j])
+            grad_h = grad_s * sg + grad_v[j] * (ONE if soft else ONE - s)
+            grad_theta = -grad_s * sg - (grad_v[j] * s if soft else ZERO)
+            grad_k_a[j] += grad_a[j] * (s - a_before[j])
+            grad_a[j] = grad_theta * adaptation + grad_a[j] * (ONE - k_a[j])
+            grad_i[j] = grad_h * k[j] if decay_input else grad_h
+            grad_k[j] += grad_h * (current[j] - (v_before[j] - rest) if decay_input else rest - v_before[j])
+            grad_v[j] = grad_h * (ONE - k[j])
+
+    return backward
