@@ -106,7 +106,7 @@ class ALIF(Adaptive):
             and type(self).step is ALIF.step
             and recurrent.fuses(x, self.options)
         ):
-            return recurrent.recurrent_alif(x, feedback.weight, *k, options=self.options)
+            return recurrent.recurrent_alif(x, feedback, *k, options=self.options)
         return super()._recurrent(x, k, feedback)
 
     def initial_state(self, x):

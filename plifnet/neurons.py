@@ -231,7 +231,6 @@ class BaseNode(nn.Module):
             )
         k = self.decay(x if time_steps else x[0])
         if feedback is not None:  # each step's input depends on the last step's spikes
-            weight = getattr(feedback, "weight", None)
             fused = (
                 not self.own_hooks
                 and self.options.backend == "auto"
@@ -240,7 +239,7 @@ class BaseNode(nn.Module):
                 and feedback.bias is None
             )
             if fused:
-                return recurrent_multi_step(x, weight, k, options=self.options)
+                return recurrent_multi_step(x, feedback, k, options=self.options)
             return self._recurrent(x, k, feedback)
         backend = self._backend(x)
         if backend in ("cpu", "triton"):

@@ -293,3 +293,25 @@ def test_the_fused_recurrent_layer_keeps_five_bytes_per_neuron_and_step():
     long, node_long = kept(784)
     assert long - short == (784 - 100) * 8 * 32 * 5
     assert type(node_short) is type(node_long) and node_long.name() == "RecurrentMultiStepBackward"
+
+
+@pytest.mark.parametrize("cls", [PLIF, ALIF])
+def test_the_fused_layer_shows_every_steps_feedback_to_the_synaptic_counter(cls):
+    """The recurrent Linear is called as a module at every step (its hooks see the spikes) on the fused path as on
+    the step loop: the synaptic-operation counts are the same."""
+    from plifnet.energy import SynapticCounter
+
+    torch.manual_seed(5)
+    fused = Recurrent(F, H, cls(tau=3.0, v_threshold=0.5, channels=H))
+    loop = copy.deepcopy(fused)
+    loop.neuron.options = loop.neuron.options.replace(backend="reference")
+    x = (torch.rand(T, N, F) < 0.5).float() * 3
+    counts = []
+    for layer in (fused, loop):
+        counter = SynapticCounter(layer).__enter__()
+        with torch.no_grad():
+            layer(x)
+        counter.fold()
+        counter.__exit__()
+        counts.append({name: value.tolist() for name, value in counter.totals().items()})
+    assert counts[0] == counts[1] and counts[0]

@@ -45,8 +45,9 @@ class RecurrentMultiStep(torch.autograd.Function):
     bytes, each step's current), and the step's temporaries are small blocks that the allocator serves again."""
 
     @staticmethod
-    def forward(ctx, x, weight, k, options: NeuronOptions):
+    def forward(ctx, x, weight, k, options: NeuronOptions, connection=None):
         x32, w32, k32 = x.float(), weight.float(), k.detach().float()
+        product = _product(connection, w32)
         numba = _numba(x32, options)
         if numba:
             from plifnet.kernels import recurrent_cpu  # numba is imported at the first recurrent layer's run
@@ -56,18 +57,18 @@ class RecurrentMultiStep(torch.autograd.Function):
         out = torch.empty_like(x32) if numba else None
         spike_bytes = torch.empty(x32.shape, dtype=torch.uint8) if numba else None
         for t, x_t in enumerate(x32.unbind(0)):
-            # the reference adds the feedback of S[-1] = 0 too: x + 0 is x, bit for bit; under autocast the product
-            # is bf16, added to the float32 current as the loop adds it (an exact widening)
-            feedback = None if t == 0 else F.linear(spikes[-1], w32).float()
+            # the feedback of S[-1] = 0 too, as the loop computes (and the synaptic counter counts) it; under
+            # autocast the product is bf16, added to the float32 current as the loop adds it (an exact widening)
+            feedback = product(spikes[-1] if spikes else torch.zeros_like(x_t)).float()
             if numba:
                 current, spike = torch.empty_like(x_t), out[t]
-                recurrent_cpu.step_forward(soft=options.soft_reset, decay_input=options.decay_input, first=t == 0)(
-                    *_rows(x_t, x_t if feedback is None else feedback, v, k_elements),
+                recurrent_cpu.step_forward(soft=options.soft_reset, decay_input=options.decay_input)(
+                    *_rows(x_t, feedback, v, k_elements),
                     *_levels(options),
                     *_rows(current, spike, spike_bytes[t]),
                 )
             else:
-                current = x_t if feedback is None else x_t + feedback
+                current = x_t + feedback
                 h = _charge(v, current, k32, options)
                 spike = ((h - options.v_threshold) >= 0).to(h.dtype)  # the surrogate's forward: heaviside(0) = 1
                 v = _reset(h, spike, options)
@@ -148,7 +149,7 @@ class RecurrentMultiStep(torch.autograd.Function):
         if grad_k is not None:
             grad_k = (grad_k.sum() if len(k_shape) == 0 else grad_k.reshape(-1, grad_k.shape[-1]).sum(0)).view(k_shape)
             grad_k = grad_k.to(k_dtype)
-        return grad_i.to(x_dtype), None if grad_w is None else grad_w.to(w_dtype), grad_k, None
+        return grad_i.to(x_dtype), None if grad_w is None else grad_w.to(w_dtype), grad_k, None, None
 
 
 class RecurrentALIF(torch.autograd.Function):
@@ -157,17 +158,18 @@ class RecurrentALIF(torch.autograd.Function):
     it for one leak: numba step kernels around the per-step products; kept: the current and the spike's byte."""
 
     @staticmethod
-    def forward(ctx, x, weight, k, k_adapt, options: NeuronOptions):
+    def forward(ctx, x, weight, k, k_adapt, options: NeuronOptions, connection=None):
         from plifnet.kernels import recurrent_cpu
 
         x32, w32 = x.float(), weight.float()
+        product = _product(connection, w32)
         k32, ka32 = (value.detach().float().expand(x32.shape[1:]).contiguous() for value in (k, k_adapt))
         v, a = torch.full_like(x32[0], options.rest), torch.zeros_like(x32[0])
         out, spike_bytes, currents = torch.empty_like(x32), torch.empty(x32.shape, dtype=torch.uint8), []
         for t, x_t in enumerate(x32.unbind(0)):
-            feedback = x_t if t == 0 else F.linear(out[t - 1], w32).float()
+            feedback = product(out[t - 1] if t else torch.zeros_like(x_t)).float()  # S[-1] = 0, as the loop's
             currents.append(torch.empty_like(x_t))
-            recurrent_cpu.alif_forward(soft=options.soft_reset, decay_input=options.decay_input, first=t == 0)(
+            recurrent_cpu.alif_forward(soft=options.soft_reset, decay_input=options.decay_input)(
                 *_rows(x_t, feedback, v, a, k32, ka32),
                 *_alif_levels(options),
                 *_rows(currents[-1], out[t], spike_bytes[t]),
@@ -226,6 +228,7 @@ class RecurrentALIF(torch.autograd.Function):
             per_parameter(grad_k, k_shape).to(k_dtype),
             per_parameter(grad_ka, ka_shape).to(k_dtype),
             None,
+            None,
         )
 
 
@@ -233,9 +236,16 @@ def _alif_levels(options: NeuronOptions) -> tuple:
     return np.float32(options.v_threshold), np.float32(options.adaptation), np.float32(options.rest)
 
 
-def recurrent_alif(x: torch.Tensor, weight: torch.Tensor, k, k_adapt, *, options: NeuronOptions) -> torch.Tensor:
-    """Spikes ``[T, N, F]`` of an ALIF layer with the feedback ``S[t-1] W^T`` (:class:`RecurrentALIF`, CPU)."""
-    return RecurrentALIF.apply(x, weight, k, k_adapt, options)
+@torch.compiler.disable  # as recurrent_multi_step
+def recurrent_alif(x: torch.Tensor, connection: torch.nn.Linear, k, k_adapt, *, options: NeuronOptions) -> torch.Tensor:
+    """Spikes ``[T, N, F]`` of an ALIF layer with the feedback ``connection(S[t-1])`` (:class:`RecurrentALIF`, CPU)."""
+    return RecurrentALIF.apply(x, connection.weight, k, k_adapt, options, connection)
+
+
+def _product(connection, weight):
+    """The feedback product of a step: the recurrent ``nn.Linear`` called as a module, so that its forward hooks (the
+    synaptic-operation counter's) see every step as they do in the step loop; ``F.linear`` without one."""
+    return connection if connection is not None else (lambda spikes: F.linear(spikes, weight))
 
 
 def fuses(x: torch.Tensor, options: NeuronOptions) -> bool:
@@ -271,10 +281,11 @@ def _rows(*tensors) -> list:
 
 
 @torch.compiler.disable  # one opaque node for torch.compile: its trace would unroll the T steps
-def recurrent_multi_step(x: torch.Tensor, weight: torch.Tensor, k, *, options: NeuronOptions) -> torch.Tensor:
-    """Spikes ``[T, N, F]`` of the built-in step with the feedback ``S[t-1] W^T`` added to ``x [T, N, F]``; ``k`` a
-    number or a tensor (a scalar, or ``[F]`` per neuron). Equal to the step loop (:meth:`BaseNode.forward` with
-    ``feedback``): spikes bit for bit, gradients to float32 rounding (dW summed over steps in another order)."""
+def recurrent_multi_step(x: torch.Tensor, connection: torch.nn.Linear, k, *, options: NeuronOptions) -> torch.Tensor:
+    """Spikes ``[T, N, F]`` of the built-in step with the feedback ``connection(S[t-1])`` (an ``nn.Linear`` without
+    bias, ``S[t-1] W^T``) added to ``x [T, N, F]``; ``k`` a number or a tensor (a scalar, or ``[F]`` per neuron).
+    Equal to the step loop (:meth:`BaseNode.forward` with ``feedback``): spikes bit for bit, gradients to float32
+    rounding (dW summed over steps in another order)."""
     if not torch.is_tensor(k):
         k = torch.tensor(float(k), dtype=torch.float32, device=x.device)
-    return RecurrentMultiStep.apply(x, weight, k, options)
+    return RecurrentMultiStep.apply(x, connection.weight, k, options, connection)

@@ -15,14 +15,14 @@ from plifnet.kernels.cpu import ONE, ZERO, neuron_step, surrogate_grad
 
 
 @lru_cache(maxsize=None)
-def step_forward(*, soft: bool, decay_input: bool, first: bool):
-    """``I = X[t] (+ R[t])``, the step, in place: ``v`` [E] becomes V[t]; writes the current, the spike (float32,
+def step_forward(*, soft: bool, decay_input: bool):
+    """``I = X[t] + R[t]`` (R the feedback product), the step, in place: ``v`` [E] becomes V[t]; writes the current, the spike (float32,
     the layer's output) and the spike as a byte (what backward keeps)."""
 
     @njit(cache=True)
     def forward(x, feedback, v, k, v_th, rest, current, spike, spike_byte):
         for j in range(v.shape[0]):
-            i = x[j] if first else x[j] + feedback[j]
+            i = x[j] + feedback[j]
             _, fired, v[j] = neuron_step(v=v[j], k=k[j], x=i, v_th=v_th, rest=rest, soft=soft, decay_input=decay_input)
             current[j] = i
             spike[j] = ONE if fired else ZERO
@@ -100,13 +100,13 @@ def alif_step(v, a, k, k_a, x, v_th, adaptation, rest, soft, decay_input):
 
 
 @lru_cache(maxsize=None)
-def alif_forward(*, soft: bool, decay_input: bool, first: bool):
+def alif_forward(*, soft: bool, decay_input: bool):
     """ALIF's step forward in place (``v``, ``a``); writes the current, the spike and its byte."""
 
     @njit(cache=True)
     def forward(x, feedback, v, a, k, k_a, v_th, adaptation, rest, current, spike, spike_byte):
         for j in range(v.shape[0]):
-            i = x[j] if first else x[j] + feedback[j]
+            i = x[j] + feedback[j]
             _, _, fired, v[j], a[j] = alif_step(v[j], a[j], k[j], k_a[j], i, v_th, adaptation, rest, soft, decay_input)
             current[j] = i
             spike[j] = ONE if fired else ZERO
