@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> Path:
     out = args.out or Path(args.ckpt_path).resolve().parent.parent / "inspect"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write(out, layers, f"{type(model.net).__name__}, {Path(args.ckpt_path).name}", predicted, y)
+        title = f"{type(model.net).__name__}, {Path(args.ckpt_path).name}"
+        write(out, layers, probe_history(args.ckpt_path), title, predicted, y)
     except (WriteFailed, OSError) as error:
         raise SystemExit(write_failure(error, elsewhere="--out DIR")) from None
     print(f"wrote {out / 'index.html'}: {len(layers)} spiking layers on {samples} samples", file=sys.stderr)
@@ -88,13 +89,24 @@ def inputs(args, data) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     return x, y, y.shape[-1]
 
 
-def write(out: Path, layers: dict[str, LayerProbe], title: str, predicted, labels) -> None:
-    """The figures, ``layers.csv`` and ``index.html`` (its images inlined) into ``out``."""
-    write_atomically(out / "probe.png", lambda path: plots.probe_page(layers, {}, title, path))
+def probe_history(ckpt_path) -> dict:
+    """The time constants' quantiles over training that the run's :class:`~plifnet.callbacks.Probe` kept in the
+    checkpoint (a full one, such as ``last.ckpt``; a weights-only one keeps none: then ``{}``)."""
+    from plifnet import checkpoints
+
+    states = checkpoints.read(ckpt_path).get("callbacks") or {}
+    kept = next((state for key, state in states.items() if str(key).startswith("Probe")), {})
+    return {key: [tuple(row) for row in rows] for key, rows in kept.get("bands", {}).items()}
+
+
+def write(out: Path, layers: dict[str, LayerProbe], bands: dict, title: str, predicted, labels) -> None:
+    """The figures (``bands``: the time constants over training, :func:`probe_history`), ``layers.csv`` and
+    ``index.html`` (its images inlined) into ``out``."""
+    write_atomically(out / "probe.png", lambda path: plots.probe_page(layers, bands, title, path))
     pictures = {}
     for name, layer in layers.items():
         path = out / f"{name.replace('/', '_')}.png"
-        write_atomically(path, lambda p, name=name, layer=layer: plots.probe_page({name: layer}, {}, name, p))
+        write_atomically(path, lambda p, name=name, layer=layer: plots.probe_page({name: layer}, bands, name, p))
         pictures[name] = path
     rows = [
         {

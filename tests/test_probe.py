@@ -300,6 +300,8 @@ def test_inspect_writes_the_figures_and_a_page_that_a_browser_shows_whole(run_cl
         tiny_digits,
         "--trainer.max_epochs",
         "1",
+        "--trainer.limit_val_batches",
+        "1",  # validated: the epoch's probe is in last.ckpt
         "--trainer.default_root_dir",
         tmp_path / "run",
         cwd=tmp_path,
@@ -324,6 +326,8 @@ def test_inspect_writes_the_figures_and_a_page_that_a_browser_shows_whole(run_cl
     assert {"probe.png", "conv1.png", "conv2.png", "fc1.png", "fc2.png", "layers.csv", "index.html"} <= {
         p.name for p in out.iterdir()
     }
+    # the tau-over-training panel from the run's own probe, kept in last.ckpt
+    assert set(inspection.probe_history(ckpt)) == {f"{layer}:tau" for layer in ("conv1", "conv2", "fc1", "fc2")}
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and 'src="conv1.png"' not in page  # self-contained
 
