@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 import zlib
 from dataclasses import dataclass, field
 
@@ -87,6 +88,12 @@ def time_first(calls: list[torch.Tensor], samples: int) -> torch.Tensor:
         return torch.stack(calls)
     (values,) = calls
     whole = values.dim() >= 2 and values.shape[1] == samples
+    if whole and values.shape[0] == samples:  # [T, N, ...] with T = N, or one step [N, C, ...] with C = N
+        warnings.warn(
+            f"probe: a layer called once returned {tuple(values.shape)} for {samples} samples, read as [T, N, ...]; "
+            f"where it is one step [N, C, ...], probe another number of samples (Probe(samples=...), --samples)",
+            RuntimeWarning,
+        )
     return values if whole else values.unsqueeze(0)
 
 

@@ -395,3 +395,13 @@ def test_the_confusion_matrix_leaves_unlabelled_steps_out(tmp_path):
     callback.on_test_epoch_end(trainer, None)
     assert callback.counts.tolist() == [[2, 1], [0, 1]]
     assert (tmp_path / "confusion.csv").read_text().splitlines()[1:] == ["0,2,1", "1,0,1"]
+
+
+def test_a_shape_that_reads_two_ways_is_said_not_guessed_silently():
+    from plifnet.probe import time_first
+
+    assert time_first([torch.zeros(5, 4, 3)], samples=4).shape == (5, 4, 3)  # [T, N, F]
+    assert time_first([torch.zeros(4, 3)], samples=4).shape == (1, 4, 3)  # one step [N, F]
+    assert time_first([torch.zeros(4, 3)] * 6, samples=4).shape == (6, 4, 3)  # called per step
+    with pytest.warns(RuntimeWarning, match=r"read as \[T, N, \.\.\.\]; where it is one step"):
+        assert time_first([torch.zeros(4, 4, 3)], samples=4).shape == (4, 4, 3)

@@ -123,9 +123,9 @@ class RecurrentMultiStep(torch.autograd.Function):
                 )(
                     *_rows(grad[t], grad[t] if grad_s_next is None else grad_s_next),  # (not read on the last step)
                     *_rows(h_all[t], spike_bytes[t], h_all[before], spike_bytes[before], currents[t], k),
-                    *_levels(options)[:1],
+                    np.float32(options.v_threshold),
                     np.float32(options.v_reset or 0.0),
-                    *_levels(options)[1:],
+                    np.float32(options.rest),
                     np.float32(options.surrogate.alpha),
                     *_rows(grad_v, grad_v if grad_k is None else grad_k, grad_i[t]),  # (grad_k: only with_k)
                 )
