@@ -38,6 +38,7 @@ from torch import nn
 
 from plifnet import kernels, time_constants
 from plifnet.contract import Dynamics, is_neuron, reset_state  # noqa: F401  (reset_state: plifnet's public name)
+from plifnet.equations import leaky_charge, reset_potential  # noqa: F401  (adaptive.py and readers take them here)
 from plifnet.errors import UserError
 from plifnet.kernels import compiled
 from plifnet.kernels.compiled import run_steps
@@ -46,18 +47,6 @@ from plifnet.options import NeuronOptions
 from plifnet.surrogates import Surrogate
 
 STEP_MODES = ("multi", "single")
-
-
-def leaky_charge(v, x, k, *, options: NeuronOptions):
-    """Charge: ``H[t]`` from ``V[t-1]`` and ``X[t]`` (the leak ``k`` pulls towards ``options.rest``)."""
-    if options.decay_input:
-        return v + k * (x - (v - options.rest))
-    return v - k * (v - options.rest) + x
-
-
-def reset_potential(h, s, *, options: NeuronOptions):
-    """Reset: ``V[t]`` from ``H[t]`` and the spike ``s`` as the reset sees it (detached with detach_reset)."""
-    return h - options.v_threshold * s if options.soft_reset else h * (1 - s) + options.v_reset * s
 
 
 def neuron_step(v, x, k, *, options: NeuronOptions):

@@ -1,9 +1,9 @@
 """A recurrent layer of plifnet's built-in step (PLIF, LIF, IF) as one autograd node, linear in T.
 
     I[t] = X[t] + S[t-1] W^T        X [T, N, F]: the input current (W_in x + b); W [F, F]; S[-1] = 0
-    H[t] = leaky_charge(V[t-1], I[t], k);  S[t] = heaviside(H[t] - v_threshold);  V[t] = reset(H[t], S[t])
+    H[t] = leaky_charge(V[t-1], I[t], k);  S[t] = heaviside(H[t] - v_threshold);  V[t] = reset_potential(H[t], S[t])
 
-the equations of :mod:`plifnet.neurons`, operation by operation, so that the spikes equal the step loop's bit for bit.
+the equations of :mod:`plifnet.equations` (the step loop's own), so that the spikes equal the step loop's bit for bit.
 
 Forward: one matrix product per step (the feedback) and the step's element-wise operations (one numba pass on the
 CPU for a built-in surrogate, torch operations elsewhere); nothing of autograd's. Kept for backward: the current
@@ -20,21 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from plifnet.equations import leaky_charge, reset_potential
 from plifnet.kernels import available
 from plifnet.options import NeuronOptions
 from plifnet.surrogates import kernel_code
-
-
-def _charge(v, i, k, options: NeuronOptions):
-    # plifnet.neurons.leaky_charge, operation by operation (imported there would make a cycle)
-    if options.decay_input:
-        return v + k * (i - (v - options.rest))
-    return v - k * (v - options.rest) + i
-
-
-def _reset(h, s, options: NeuronOptions):
-    # plifnet.neurons.reset_potential
-    return h - options.v_threshold * s if options.soft_reset else h * (1 - s) + options.v_reset * s
 
 
 class RecurrentMultiStep(torch.autograd.Function):
@@ -69,9 +58,9 @@ class RecurrentMultiStep(torch.autograd.Function):
                 )
             else:
                 current = x_t + feedback
-                h = _charge(v, current, k32, options)
+                h = leaky_charge(v, current, k32, options=options)
                 spike = ((h - options.v_threshold) >= 0).to(h.dtype)  # the surrogate's forward: heaviside(0) = 1
-                v = _reset(h, spike, options)
+                v = reset_potential(h, spike, options=options)
             currents.append(current)
             spikes.append(spike)
         if not numba:
@@ -102,8 +91,8 @@ class RecurrentMultiStep(torch.autograd.Function):
                 )
             else:
                 v_before.append(v)
-                h_all.append(_charge(v, current, k, options))
-                v = _reset(h_all[-1], spike.float(), options)
+                h_all.append(leaky_charge(v, current, k, options=options))
+                v = reset_potential(h_all[-1], spike.float(), options=options)
         grad_i = torch.empty_like(grad)
         grad_w = torch.zeros_like(w32) if ctx.needs_input_grad[1] else None
         grad_k = torch.zeros_like(currents[0]) if ctx.needs_input_grad[2] else None
