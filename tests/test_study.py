@@ -56,6 +56,7 @@ def checkpoint(folder: Path) -> dict:
     return torch.load(report.newest(folder, "last.ckpt"), map_location="cpu", weights_only=False)
 
 
+@pytest.mark.multiprocess  # each setting is a process of its own
 def test_default_logger_grid_results_match_the_runs_and_are_not_rerun(run_study, tiny_digits, tmp_path):
     out = tmp_path / "results"
     args = [
@@ -311,6 +312,7 @@ def test_report_only_on_a_missing_folder_is_one_line(tmp_path):
     )
 
 
+@pytest.mark.multiprocess  # each setting is a process of its own
 def test_a_failing_setting_is_recorded_and_the_study_goes_on(run_study, tiny_digits, tmp_path):
     """The first setting's option is misspelt: it fails in one line, the second trains, the results page names
     the failure; after the fix, the same command runs the failed setting alone."""
@@ -351,6 +353,7 @@ def test_a_failing_setting_is_recorded_and_the_study_goes_on(run_study, tiny_dig
     assert (out / "bad_seed2020" / "done.json").is_file() and not (out / "bad_seed2020" / "failed.json").exists()
 
 
+@pytest.mark.multiprocess  # each setting is a process of its own
 def test_a_second_runner_on_the_same_out_leaves_a_claimed_setting_alone(run_study, tiny_digits, tmp_path):
     """This test holds the claim of the first setting, as a runner training it would; plifnet study trains the
     other one only, reports the first as running and says so."""
@@ -515,6 +518,7 @@ def test_a_study_as_a_slurm_array_reports_what_a_sequential_run_reports(run_stud
         assert {"tau/conv1", "tau/fc2", "firing_rate/conv1", "val/acc", "test/acc"} <= keys
 
 
+@pytest.mark.multiprocess  # each setting is a process of its own
 def test_a_study_of_peer_networks_reads_their_tau(run_study, tiny_digits, tmp_path):
     """SpikingJelly and snnTorch networks as two settings: each trains, and the results page gives the tau
     of each of their layers as the trained weights define it (1/sigmoid(w), 1/(1 - beta))."""
