@@ -23,13 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
 
-def pytest_collection_modifyitems(items):
-    """The tests that start processes of their own or read the real datasets (a minute each, some) run first: the
-    pytest-xdist workers then end on the many short tests, and finish together instead of one waiting on the
-    other's last long test."""
-    items.sort(key=lambda item: not any(item.get_closest_marker(name) for name in ("multiprocess", "real_data")))
-
-
 @pytest.fixture
 def shared_datasets() -> Path:
     """The real datasets beside the checkout (read-only); absent in a user's clone."""
