@@ -15,6 +15,7 @@ import argparse
 import torch
 from timing import median_seconds
 
+from plifnet.kernels import keep_freed_memory_unless_opted_out
 from plifnet.neurons import PLIF
 from plifnet.sequences import Recurrent
 
@@ -87,27 +88,92 @@ def seconds(run, x, grad, repeats: int) -> float:
     return median_seconds(once, repeats)
 
 
-def psmnist_step(repeats: int) -> None:
+class ProductsOnlyNet(torch.nn.Module):
+    """The PS-MNIST network's products with a ReLU for the neuron: per layer the input product over all steps at once,
+    then ``I[t] = X[t] + relu(I[t-1]) W_rec^T`` step by step (`unbind`), and the readout: the dense limit of a step."""
+
+    def __init__(self, widths=(1, 64, 256, 256), classes: int = 10):
+        super().__init__()
+        pairs = list(zip(widths, widths[1:]))
+        self.inputs = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in pairs)
+        self.recurrent = torch.nn.ModuleList(torch.nn.Linear(b, b, bias=False) for _, b in pairs)
+        self.output = torch.nn.Linear(widths[-1], classes)
+
+    def forward(self, x):
+        for linear, recurrent in zip(self.inputs, self.recurrent):
+            state, out = None, []
+            for x_t in linear(x).unbind(0):
+                state = x_t if state is None else x_t + recurrent(torch.relu(state))
+                out.append(state)
+            x = torch.relu(torch.stack(out))
+        return self.output(x).max(0).values
+
+
+class SnnTorchNet(torch.nn.Module):
+    """The PS-MNIST network in snnTorch: per layer the input product over all steps at once, then ``RLeaky`` (a learnt
+    beta per neuron, its own recurrent Linear) step by step with `unbind`, the readout a max over time."""
+
+    def __init__(self, widths=(1, 64, 256, 256), classes: int = 10):
+        import snntorch
+
+        super().__init__()
+        pairs = list(zip(widths, widths[1:]))
+        self.inputs = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in pairs)
+        self.neurons = torch.nn.ModuleList(
+            snntorch.RLeaky(beta=torch.full((b,), 0.95), learn_beta=True, linear_features=b, reset_mechanism="zero")
+            for _, b in pairs
+        )
+        self.output = torch.nn.Linear(widths[-1], classes)
+
+    def forward(self, x):
+        for linear, neuron in zip(self.inputs, self.neurons):
+            spike, mem = neuron.init_rleaky()
+            out = []
+            for x_t in linear(x).unbind(0):
+                spike, mem = neuron(x_t, spike, mem)
+                out.append(spike)
+            x = torch.stack(out)
+        return self.output(x).max(0).values
+
+
+def psmnist_step(repeats: int, bf16: bool) -> None:
     """A training step (forward, backward, Adam) of configs/psmnist.yaml's network, 64-256-256 recurrent PLIF with a
-    tau per neuron, batch 128, T = 784: fused against the step loop."""
+    tau per neuron, batch 128, T = 784: fused, the step loop, snnTorch's RLeaky network and the products-only limit;
+    ``bf16``: every case under bf16 autocast (the products in bf16)."""
     from plifnet.module import SpikingClassifier
     from plifnet.options import NeuronOptions
     from plifnet.sequences import SequenceNet
 
     x, y = torch.rand(784, 128, 1), torch.randint(0, 10, (128,))
+    models = {}
     for backend in ("auto", "reference"):
         options = NeuronOptions(tau=20.0, per_channel=True, v_threshold=0.5, decay_input=False, backend=backend)
         net = SequenceNet(1, 10, hidden=[64, 256, 256], neuron="plif", options=options, readout="max")
-        model = SpikingClassifier(net, loss="cross_entropy")
+        models["plifnet fused" if backend == "auto" else "plifnet step loop"] = net
+    models["products only (limit)"] = ProductsOnlyNet()
+    try:
+        models["snnTorch RLeaky"] = SnnTorchNet()
+    except ImportError:
+        print("snnTorch not installed")
+    precision = "bf16 autocast" if bf16 else "float32"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; PS-MNIST training step, batch 128, T = 784, {precision}"
+    )
+    results = {}
+    for name, net in models.items():
+        model = SpikingClassifier(net, loss="cross_entropy", classes=10)
         optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
 
         def step():
             optimizer.zero_grad()
-            model.training_loss(model(x), y).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model.training_loss(model(x), y)
+            loss.backward()
             optimizer.step()
 
-        name = "fused" if backend == "auto" else "step loop"
-        print(f"PS-MNIST training step, {name:10} {median_seconds(step, repeats):.3f} s")
+        results[name] = median_seconds(step, repeats)
+        ratio = results[name] / results["plifnet fused"]
+        print(f"{name:24}{results[name]:8.3f} s   {ratio:6.2f}x the fused step")
 
 
 def main() -> None:
@@ -117,10 +183,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--neurons", type=int, default=256)
     parser.add_argument("--psmnist", action="store_true", help="time the PS-MNIST network's training step instead")
+    parser.add_argument("--bf16", action="store_true", help="with --psmnist: under bf16 autocast")
     args = parser.parse_args()
     torch.manual_seed(0)
+    # as plifnet fit and the CPU kernels do: freed blocks stay in the process, for every case alike (no page faults)
+    print(f"freed memory kept in the process: {keep_freed_memory_unless_opted_out()}")
     if args.psmnist:
-        return psmnist_step(args.repeats)
+        return psmnist_step(args.repeats, args.bf16)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, {args.neurons} neurons")
     print(f"{'forward + backward (s)':24}" + "".join(f"{f'T = {t}':>10}" for t in args.steps) + "   vs fused")
     results = {}

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from plifnet.equations import leaky_charge, reset_potential
 from plifnet.kernels import available
+from plifnet.kernels.memory import keep_freed_memory_unless_opted_out
 from plifnet.options import NeuronOptions
 from plifnet.surrogates import kernel_code
 
@@ -40,6 +41,8 @@ class RecurrentMultiStep(torch.autograd.Function):
         numba = _numba(x32, options)
         if numba:
             from plifnet.kernels import recurrent_cpu  # numba is imported at the first recurrent layer's run
+
+            keep_freed_memory_unless_opted_out()  # as the feed-forward kernels: no page faults at every step
         k_elements = k32.expand(x32.shape[1:]).contiguous() if numba else None
         v, currents, spikes = torch.full_like(x32[0], options.rest), [], []
         # on the CPU the kernel writes each step's spikes into the output and, as bytes, into what backward keeps
@@ -150,6 +153,7 @@ class RecurrentALIF(torch.autograd.Function):
     def forward(ctx, x, weight, k, k_adapt, options: NeuronOptions, connection=None):
         from plifnet.kernels import recurrent_cpu
 
+        keep_freed_memory_unless_opted_out()
         x32, w32 = x.float(), weight.float()
         product = _product(connection, w32)
         k32, ka32 = (value.detach().float().expand(x32.shape[1:]).contiguous() for value in (k, k_adapt))
