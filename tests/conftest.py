@@ -21,6 +21,9 @@ from plifnet.neurons import PLIF
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+# cli.py options for a fit whose test does not look at its figures: drawing the probe page, the learning curves and
+# the confusion matrix is about 2.4 s of a 2-epoch fit of the tests (13 s), measured; the tests of those figures keep them
+WITHOUT_FIGURES = ("--drop_callbacks+=Probe", "--drop_callbacks+=LearningCurves", "--drop_callbacks+=ConfusionMatrix")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
-from conftest import ROOT
+from conftest import ROOT, WITHOUT_FIGURES
 from plifnet import commands as plifnet_commands
 from plifnet.data.static import StaticDataModule
 from plifnet.models import SpikingNet
@@ -46,8 +46,9 @@ def epoch_rows(rows, key):
 
 @pytest.fixture
 def quick(tmp_path):
-    """Flags that shrink the paper's MNIST recipe to seconds."""
+    """Flags that shrink the paper's MNIST recipe to seconds (and draw none of the figures that no test here reads)."""
     return [
+        *WITHOUT_FIGURES,
         "--config",
         ROOT / "configs" / "mnist.yaml",
         "--data.num_workers",
@@ -414,7 +415,8 @@ def test_a_callback_is_added_and_one_dropped_from_the_command_line(cli, run_cli,
     saved = yaml.safe_load((run / "config.yaml").read_text())
     paths = [callback["class_path"] for callback in saved["trainer"]["callbacks"]]
     default = yaml.safe_load((ROOT / "configs" / "trainer" / "default.yaml").read_text())["callbacks"]
-    expected = [c["class_path"] for c in default if not c["class_path"].endswith(("SynapticOps", "ProgressBar"))]
+    dropped = ("SynapticOps", "ProgressBar", *(option.split("=")[1] for option in WITHOUT_FIGURES))  # and quick's
+    expected = [c["class_path"] for c in default if not c["class_path"].endswith(dropped)]
     assert paths == expected + ["lightning.pytorch.callbacks.EarlyStopping"]
     assert (
         not (run / "energy.csv").exists() and (run / "tau.csv").is_file()

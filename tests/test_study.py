@@ -13,7 +13,7 @@ import pytest
 import torch
 import wandb_files
 
-from conftest import ROOT
+from conftest import ROOT, WITHOUT_FIGURES
 from plifnet import grid, report, study
 from plifnet.grid import NEURON, TAU
 
@@ -44,6 +44,7 @@ def quick(data_root, epochs, paper_network=True):
         "5",
         "--trainer.limit_train_batches",
         "8",
+        *WITHOUT_FIGURES,  # no test here reads them
     ]
 
 
