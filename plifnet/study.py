@@ -140,7 +140,14 @@ def run(setting: Setting, configs: list[str], passed_on: list[str], out: Path, s
         print(f"{setting.folder}: {'resuming' if checkpointed else 'starting'} (log: {folder / 'fit.log'})", flush=True)
         (folder / "failed.json").unlink(missing_ok=True)
         with open(folder / "fit.log", "a") as log:
-            code = call_forwarding_signals(command, log, dict(os.environ, **wandb_environment(setting, study)))
+            code, received = call_forwarding_signals(
+                command, log, dict(os.environ, **wandb_environment(setting, study))
+            )
+        if signal.SIGTERM in received:  # a preemption or a user's kill: the fit saved its state; start nothing more
+            raise SystemExit(
+                f"{setting.folder}: stopped by SIGTERM (exit code {code}), its state saved; the study stops here: "
+                f"run the same command again to resume"
+            )
         if code != 0:
             failure = {"exit_code": code, "last_line": last_line(folder / "fit.log")}
             write_atomically(folder / "failed.json", lambda path: path.write_text(json.dumps(failure)))
@@ -180,14 +187,20 @@ def failures_message(out: Path, failed: list[Setting]) -> str:
     )
 
 
-def call_forwarding_signals(command: list[str], log, env: dict[str, str]) -> int:
+def call_forwarding_signals(command: list[str], log, env: dict[str, str]) -> tuple[int, list[int]]:
     """Run ``command``, passing on SIGUSR1 (SLURM's requeue warning, for Lightning's checkpoint and
-    requeue) and SIGTERM (preemption: plifnet saves ``interrupted.ckpt``): SLURM signals this process."""
+    requeue) and SIGTERM (preemption: plifnet saves ``interrupted.ckpt``): SLURM signals this process.
+    Returns the exit code and the signals passed on."""
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    forwarded = (signal.SIGUSR1, signal.SIGTERM)
-    previous = {number: signal.signal(number, lambda number, frame: child.send_signal(number)) for number in forwarded}
+    forwarded, received = (signal.SIGUSR1, signal.SIGTERM), []
+
+    def forward(number, frame):
+        received.append(number)
+        child.send_signal(number)
+
+    previous = {number: signal.signal(number, forward) for number in forwarded}
     try:
-        return child.wait()
+        return child.wait(), received
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -132,7 +132,11 @@ def test_default_logger_grid_results_match_the_runs_and_are_not_rerun(run_study,
 
 
 @pytest.mark.multiprocess
-def test_killed_setting_resumes_from_its_checkpoint(run_study, tiny_digits, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGKILL to the group", "SIGTERM to the runner"])
+def test_a_stopped_setting_resumes_from_its_checkpoint(stop, run_study, tiny_digits, tmp_path):
+    """Killed with its fit (a machine's loss), or sent SIGTERM alone (a preemption, a user's kill), the study
+    resumes the setting from its newest checkpoint when run again; after a SIGTERM the runner passes it on to the
+    fit (which saves its state) and starts no other setting, recording no failure."""
     out = tmp_path / "results"
     args = [
         "-m",
@@ -144,21 +148,33 @@ def test_killed_setting_resumes_from_its_checkpoint(run_study, tiny_digits, tmp_
         out,
         "--grid",
         "plif:2",
+        "lif:2",
         *quick(tiny_digits, 4),
     ]
-    folder = out / "plif_tau2_seed2020"
+    folder, other = out / "plif_tau2_seed2020", out / "lif_tau2_seed2020"
     process = subprocess.Popen(
         [sys.executable, *map(str, args)],
         cwd=tmp_path,
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 300
     while not list(folder.rglob("last.ckpt")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # the runner and its cli.py fit
-    process.wait()
+    if stop == "SIGKILL to the group":
+        os.killpg(process.pid, signal.SIGKILL)  # the runner and its cli.py fit
+        process.wait()
+    else:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1 and stderr.strip().splitlines()[-1] == (
+            "plif_tau2_seed2020: stopped by SIGTERM (exit code 143), its state saved; the study stops here: "
+            "run the same command again to resume"
+        ), stderr[-3000:]
+        assert list(folder.rglob("interrupted.ckpt")) and not (folder / "failed.json").exists()
+        assert not other.exists()  # no other setting started
     killed_after = checkpoint(folder)["epoch"]
     assert killed_after < 3 and not (folder / "done.json").exists()
     before = folder.joinpath("history.csv").read_text().splitlines()
@@ -168,11 +184,12 @@ def test_killed_setting_resumes_from_its_checkpoint(run_study, tiny_digits, tmp_
     assert "plif_tau2_seed2020: resuming" in result.stdout
     assert "resuming from " in (folder / "fit.log").read_text()  # cli.py's --ckpt_path last found the checkpoint
     after = folder.joinpath("history.csv").read_text().splitlines()
-    assert after[: len(before)] == before  # the rows of the killed run are kept, not recomputed
+    assert after[: len(before)] == before  # the rows of the stopped run are kept, not recomputed
     epochs, steps = zip(*((int(line.split(",")[0]), int(line.split(",")[1])) for line in after[1:]))
     assert epochs == (0, 1, 2, 3)
     assert steps == tuple(steps[0] * e for e in (1, 2, 3, 4))  # no epoch run twice
     assert checkpoint(folder)["global_step"] == steps[-1]
+    assert (other / "done.json").exists()
 
 
 @pytest.mark.multiprocess
