@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The sequence studies of docs/RESULTS.md, one after another, each resumable: run it again and every study skips its
+# finished settings and resumes the one it was in (from its newest checkpoint). Results go to results/ (git-ignored).
+#   bash scripts/evidence_runs.sh ../shared/datasets  >> results/evidence.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:?usage: bash scripts/evidence_runs.sh DATASETS_FOLDER}"
+mkdir -p results
+
+plifnet study --config smnist --settings docs/results/rowmnist-neurons.yaml --out results/rowmnist-neurons \
+    -- --data.root "$DATA" --data.order row --model.net.inputs 28 --trainer.max_epochs 10
+plifnet study --config psmnist --settings docs/results/psmnist-neurons.yaml --out results/psmnist-neurons \
+    -- --data.root "$DATA" --trainer.max_epochs 3
+plifnet study --config ecg --settings docs/results/ecg-neurons.yaml --out results/ecg-neurons -- --data.root "$DATA"
