@@ -93,6 +93,37 @@ def test_the_compiled_step_serves_every_layer_shape_and_a_constant_input(example
         torch.testing.assert_close(got[2], want[2], rtol=1e-4, atol=1e-5)
 
 
+def test_a_long_sequence_compiles_one_step_and_keeps_the_same_bytes_per_step_on_every_path(example_plugin, monkeypatch):
+    """Past ``UNROLLED_STEPS`` the compiled path compiles one step and calls it at every step instead of a graph
+    unrolled over T, with the reference path's spikes and gradients; on both paths what autograd keeps grows by
+    the same bytes per step from T = 100 to 200 as from 200 to 784 (linear in T)."""
+    monkeypatch.setattr(compiled, "_compiled_run_steps", lambda: pytest.fail("a graph unrolled over T was made"))
+
+    def run(backend, steps):
+        torch.manual_seed(0)
+        neuron = example_plugin.ALIF(tau=3.0, per_channel=True, channels=6, backend=backend)
+        x = (torch.rand(steps, 4, 6) * 2).requires_grad_()
+        sizes = []
+
+        def pack(tensor):
+            sizes.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            spikes = neuron(x)
+        assert neuron._backend(x) == ("compile" if backend == "auto" else "reference")
+        spikes.backward(torch.linspace(-1, 1, spikes.numel()).view_as(spikes))
+        return spikes.detach(), x.grad, neuron.w.grad, sum(sizes)
+
+    fast, slow = run("auto", 100), run("reference", 100)
+    assert torch.equal(fast[0], slow[0]) and 0.05 < fast[0].mean() < 0.95
+    torch.testing.assert_close(fast[1], slow[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast[2], slow[2], rtol=1e-4, atol=1e-5)
+    for backend, short in (("auto", fast[3]), ("reference", slow[3])):
+        middle, long = run(backend, 200)[3], run(backend, 784)[3]
+        assert middle > short and (middle - short) / 100 == (long - middle) / 584, backend
+
+
 def test_a_plugin_surrogate_on_the_builtin_step_runs_compiled(example_plugin):
     fast, slow = (
         PLIF(surrogate=example_plugin.Gaussian(3.0)),

@@ -4,7 +4,8 @@
 its own ``step``) over time as one graph that TorchInductor compiles (C++ on the CPU, Triton on CUDA):
 the loop over T is unrolled and every step's arithmetic, the surrogate and the backward through
 time are fused into a few kernels, where the reference path pays one autograd node per operation
-per step. Spikes equal the reference's (the same float32 arithmetic; half precision is computed in
+per step. A sequence longer than ``UNROLLED_STEPS`` compiles one step instead, called at every step (an
+unrolled graph's compile time grows with T). Spikes equal the reference's (the same float32 arithmetic; half precision is computed in
 float32 and the spikes given back in the input's dtype), gradients agree to rounding.
 
 Every layer goes through one compiled graph: a step's input ``[N, ...]`` is flattened to ``[E]``
@@ -33,6 +34,7 @@ COST = (
 
 _failed: dict[type, str] = {}  # neuron class -> why it could not be compiled
 RECOMPILE_LIMIT = 64  # graphs of the compiled loop per process, over every neuron class
+UNROLLED_STEPS = 32  # up to this T the whole loop is one graph (image networks: T = 4 to 20); longer, one step is
 
 
 def run_steps(x_seq, state, step):
@@ -56,6 +58,24 @@ def _compiled_run_steps():
     return torch.compile(_run_steps, fullgraph=True)  # made at first use: importing plifnet loads no compiler
 
 
+def _step(neuron, state, x, k):
+    return neuron.step(state, x, k)
+
+
+@lru_cache(maxsize=None)
+def _compiled_step():
+    return torch.compile(_step, fullgraph=True)
+
+
+def _run_compiled_steps(neuron, x_seq, k):
+    """A sequence longer than ``UNROLLED_STEPS``: one step compiled, looped over time here (``unbind``), so that the
+    graph is one step's at any T and autograd keeps the same per step (an unrolled graph of T = 200 took over two
+    minutes to compile on a 2-core CPU, growing with T)."""
+    step = _compiled_step()
+    dtype, x_seq = x_seq.dtype, x_seq.float()
+    return run_steps(x_seq, neuron.initial_state(x_seq[0]), lambda state, x: step(neuron, state, x, k)).to(dtype)
+
+
 def multi_step(neuron, x: torch.Tensor, k, *, time_steps: int | None = None) -> torch.Tensor | None:
     """Spikes ``[T, N, ...]`` of ``neuron`` (a :class:`plifnet.neurons.BaseNode`) for ``x [T, N, ...]``
     (or ``x [N, ...]`` at each of ``time_steps`` steps), from one compiled graph; None, after one
@@ -73,7 +93,7 @@ def multi_step(neuron, x: torch.Tensor, k, *, time_steps: int | None = None) -> 
     # summary's FLOP count), where nothing compiles: the same loop, run as it is
     if torch.compiler.is_compiling() or compat.dispatch_mode_active():
         return _run_steps(neuron, flat, k).view(steps, *step_shape)
-    run = _compiled_run_steps()
+    run = _compiled_run_steps() if steps <= UNROLLED_STEPS else _run_compiled_steps
     for tensor in (flat, k):
         if torch.is_tensor(tensor) and tensor.dim() > 0:
             compat.maybe_dynamic(tensor, tensor.dim() - 1)  # one graph for every layer width and batch
