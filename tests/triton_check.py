@@ -10,7 +10,8 @@ import os
 import torch
 
 from plifnet.kernels import FusedMultiStep
-from plifnet.neurons import multi_step
+from plifnet.kernels.recurrent import RecurrentMultiStep
+from plifnet.neurons import PLIF, multi_step
 from plifnet.options import NeuronOptions
 from plifnet.surrogates import SURROGATES, surrogate
 
@@ -65,4 +66,46 @@ for dtype in (torch.bfloat16, torch.float16):  # autocast's dtypes: computed in 
     check((5, 3, 70), torch.tensor(0.4), 0.0, False, True, surrogate("atan"), 103, dtype=dtype)
 for k, time_steps in ((0.0, None), (0.0, 5), (1e-4, None)):  # a vanishing leak: dL/dk finite and exact
     check((5, 3, 70), torch.tensor(k), 0.0, True, True, surrogate("atan"), 104, time_steps=time_steps)
+
+
+def check_recurrent(per_neuron, v_reset, detach_reset, decay_input, seed, steps=40, batch=3, width=37):
+    """The recurrent layer's Triton step kernels (RecurrentMultiStep with kernel="triton") against the neuron's step
+    loop with the same feedback Linear: spikes bit for bit, gradients of the input, the weight and tau to rounding."""
+    generator = torch.Generator().manual_seed(seed)
+    linear = torch.nn.Linear(width, width, bias=False).to(device)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(width, width, generator=generator) * 0.4)
+    x = (torch.randn(steps, batch, width, generator=generator) * 1.2 + 0.4).to(device)
+    grad = torch.randn(steps, batch, width, generator=generator).to(device)
+    results = []
+    for fused in (False, True):
+        neuron = PLIF(
+            tau=2.5, per_channel=per_neuron, channels=width, v_reset=v_reset, detach_reset=detach_reset,
+            decay_input=decay_input, backend="reference",
+        ).to(device)  # fmt: skip
+        linear.zero_grad()
+        xr = x.clone().requires_grad_()
+        if fused:
+            out = RecurrentMultiStep.apply(xr, linear.weight, neuron.decay(xr[0]), neuron.options, linear, "triton")
+        else:
+            out = neuron(xr, feedback=linear)
+        out.backward(grad)
+        results.append((out.detach(), xr.grad, linear.weight.grad.clone(), neuron.w.grad))
+    (s_ref, *grads_ref), (s, *grads) = results
+    assert torch.equal(s, s_ref) and 0.05 < s.mean() < 0.95, (per_neuron, v_reset, detach_reset, decay_input)
+    for got, want in zip(grads, grads_ref):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+recurrent_cases = 0
+for per_neuron, v_reset, detach_reset, decay_input in (
+    (False, 0.0, True, True),
+    (True, None, True, False),  # per neuron, the soft reset, the input not decayed
+    (True, 0.0, False, True),  # the reset not detached
+    (False, None, False, True),
+):
+    check_recurrent(per_neuron, v_reset, detach_reset, decay_input, 200 + recurrent_cases)
+    recurrent_cases += 1
 print(f"triton kernels match the reference ({cases + 12} cases, device {device})")
+print(f"triton recurrent kernels match the step loop ({recurrent_cases} cases, device {device})")

@@ -5,8 +5,9 @@
 
 the equations of :mod:`plifnet.equations` (the step loop's own), so that the spikes equal the step loop's bit for bit.
 
-Forward: one matrix product per step (the feedback) and the step's element-wise operations (one numba pass on the
-CPU for a built-in surrogate, torch operations elsewhere); nothing of autograd's. Kept for backward: the current
+Forward: one matrix product per step (the feedback) and the step's element-wise operations, for a built-in
+surrogate one kernel pass (numba's on the CPU, :mod:`~plifnet.kernels.recurrent_cpu`; Triton's on CUDA,
+:mod:`~plifnet.kernels.recurrent_gpu`), torch operations otherwise; nothing of autograd's. Kept for backward: the current
 ``I`` (float32) and the spikes (one byte) of every step, 5 bytes per neuron and step, whatever T. Backward: replays
 ``H`` from them (element-wise), then runs back through time with two products per step (``dS[t-1] += dI[t] W`` and
 ``dW += dI[t]^T S[t-1]``). The reference's step loop keeps an autograd graph of about ten nodes per step.
@@ -35,30 +36,24 @@ class RecurrentMultiStep(torch.autograd.Function):
     bytes, each step's current), and the step's temporaries are small blocks that the allocator serves again."""
 
     @staticmethod
-    def forward(ctx, x, weight, k, options: NeuronOptions, connection=None):
+    def forward(ctx, x, weight, k, options: NeuronOptions, connection=None, kernel=None):
         x32, w32, k32 = x.float(), weight.float(), k.detach().float()
         product = _product(connection, w32)
-        numba = _numba(x32, options)
-        if numba:
-            from plifnet.kernels import recurrent_cpu  # numba is imported at the first recurrent layer's run
-
+        elementwise = _elementwise(x32, options, kernel)
+        if x32.device.type == "cpu" and elementwise is not None:
             keep_freed_memory_unless_opted_out()  # as the feed-forward kernels: no page faults at every step
-        k_elements = k32.expand(x32.shape[1:]).contiguous() if numba else None
+        k_elements = k32.expand(x32.shape[1:]).contiguous() if elementwise else None
         v, currents, spikes = torch.full_like(x32[0], options.rest), [], []
-        # on the CPU the kernel writes each step's spikes into the output and, as bytes, into what backward keeps
-        out = torch.empty_like(x32) if numba else None
-        spike_bytes = torch.empty(x32.shape, dtype=torch.uint8) if numba else None
+        # the kernels write each step's spikes into the output and, as bytes, into what backward keeps
+        out = torch.empty_like(x32) if elementwise else None
+        spike_bytes = torch.empty(x32.shape, dtype=torch.uint8, device=x32.device) if elementwise else None
         for t, x_t in enumerate(x32.unbind(0)):
             # the feedback of S[-1] = 0 too, as the loop computes (and the synaptic counter counts) it; under
             # autocast the product is bf16, added to the float32 current as the loop adds it (an exact widening)
             feedback = product(spikes[-1] if spikes else torch.zeros_like(x_t)).float()
-            if numba:
+            if elementwise:
                 current, spike = torch.empty_like(x_t), out[t]
-                recurrent_cpu.step_forward(soft=options.soft_reset, decay_input=options.decay_input)(
-                    *_rows(x_t, feedback, v, k_elements),
-                    *_levels(options),
-                    *_rows(current, spike, spike_bytes[t]),
-                )
+                elementwise.run_forward(x_t, feedback, v, k_elements, current, spike, spike_bytes[t], options=options)
             else:
                 current = x_t + feedback
                 h = leaky_charge(v, current, k32, options=options)
@@ -66,11 +61,11 @@ class RecurrentMultiStep(torch.autograd.Function):
                 v = reset_potential(h, spike, options=options)
             currents.append(current)
             spikes.append(spike)
-        if not numba:
+        if not elementwise:
             out = torch.stack(spikes)
             spike_bytes = out.to(torch.uint8)
         ctx.save_for_backward(w32, k32, spike_bytes, *currents)
-        ctx.options, ctx.dtypes = options, (x.dtype, weight.dtype, k.dtype, k.shape)
+        ctx.options, ctx.kernel, ctx.dtypes = options, kernel, (x.dtype, weight.dtype, k.dtype, k.shape)
         return out.to(x.dtype)
 
     @staticmethod
@@ -79,19 +74,15 @@ class RecurrentMultiStep(torch.autograd.Function):
         steps = len(currents)
         options, (x_dtype, w_dtype, k_dtype, k_shape) = ctx.options, ctx.dtypes
         grad = grad_spikes.float().contiguous()
-        numba = _numba(w32, options)
-        if numba:
-            from plifnet.kernels import recurrent_cpu
-
+        elementwise = _elementwise(w32, options, ctx.kernel)
+        if elementwise:
             k = k.expand(currents[0].shape).contiguous()
         # H[t] replayed from the currents, the forward's arithmetic (V[t-1] from it step by step, where it is read)
         h_all, v_before, v = [], [], torch.full_like(currents[0], options.rest)
         for current, spike in zip(currents, spike_bytes):
-            if numba:
+            if elementwise:
                 h_all.append(torch.empty_like(current))
-                recurrent_cpu.replay(soft=options.soft_reset, decay_input=options.decay_input)(
-                    *_rows(current, k, v), *_levels(options), *_rows(h_all[-1])
-                )
+                elementwise.run_replay(current, k, v, h_all[-1], options=options)
             else:
                 v_before.append(v)
                 h_all.append(leaky_charge(v, current, k, options=options))
@@ -103,23 +94,23 @@ class RecurrentMultiStep(torch.autograd.Function):
         grad_s_next = None  # dL/dS[t] through I[t+1] = ... + S[t] W^T
         for t in reversed(range(steps)):
             before = max(t - 1, 0)  # the previous step's H and spike: V[t-1] (not read on the first step)
-            if numba:
-                recurrent_cpu.step_backward(
-                    soft=options.soft_reset,
-                    decay_input=options.decay_input,
-                    detach_reset=options.detach_reset,
-                    code=kernel_code(options.surrogate),
+            if elementwise:
+                elementwise.run_backward(
+                    grad[t],
+                    grad[t] if grad_s_next is None else grad_s_next,  # (not read on the last step)
+                    h_all[t],
+                    spike_bytes[t],
+                    h_all[before],
+                    spike_bytes[before],
+                    currents[t],
+                    k,
+                    grad_v,
+                    grad_v if grad_k is None else grad_k,  # (not written without with_k)
+                    grad_i[t],
+                    options=options,
                     last=grad_s_next is None,
                     first=t == 0,
                     with_k=grad_k is not None,
-                )(
-                    *_rows(grad[t], grad[t] if grad_s_next is None else grad_s_next),  # (not read on the last step)
-                    *_rows(h_all[t], spike_bytes[t], h_all[before], spike_bytes[before], currents[t], k),
-                    np.float32(options.v_threshold),
-                    np.float32(options.v_reset or 0.0),
-                    np.float32(options.rest),
-                    np.float32(options.surrogate.alpha),
-                    *_rows(grad_v, grad_v if grad_k is None else grad_k, grad_i[t]),  # (grad_k: only with_k)
                 )
             else:
                 grad_i[t], grad_v = _step_back(
@@ -141,7 +132,7 @@ class RecurrentMultiStep(torch.autograd.Function):
         if grad_k is not None:
             grad_k = (grad_k.sum() if len(k_shape) == 0 else grad_k.reshape(-1, grad_k.shape[-1]).sum(0)).view(k_shape)
             grad_k = grad_k.to(k_dtype)
-        return grad_i.to(x_dtype), None if grad_w is None else grad_w.to(w_dtype), grad_k, None, None
+        return grad_i.to(x_dtype), None if grad_w is None else grad_w.to(w_dtype), grad_k, None, None, None
 
 
 class RecurrentALIF(torch.autograd.Function):
@@ -163,9 +154,9 @@ class RecurrentALIF(torch.autograd.Function):
             feedback = product(out[t - 1] if t else torch.zeros_like(x_t)).float()  # S[-1] = 0, as the loop's
             currents.append(torch.empty_like(x_t))
             recurrent_cpu.alif_forward(soft=options.soft_reset, decay_input=options.decay_input)(
-                *_rows(x_t, feedback, v, a, k32, ka32),
+                *recurrent_cpu.rows(x_t, feedback, v, a, k32, ka32),
                 *_alif_levels(options),
-                *_rows(currents[-1], out[t], spike_bytes[t]),
+                *recurrent_cpu.rows(currents[-1], out[t], spike_bytes[t]),
             )
         ctx.save_for_backward(w32, k32, ka32, spike_bytes, *currents)
         ctx.options, ctx.meta = options, (x.dtype, weight.dtype, k.dtype, k.shape, k_adapt.shape)
@@ -183,7 +174,7 @@ class RecurrentALIF(torch.autograd.Function):
         for current in currents:
             step = [torch.empty_like(current) for _ in range(4)]
             recurrent_cpu.alif_replay(soft=options.soft_reset, decay_input=options.decay_input)(
-                *_rows(current, k, k_a, v, a), *_alif_levels(options), *_rows(*step)
+                *recurrent_cpu.rows(current, k, k_a, v, a), *_alif_levels(options), *recurrent_cpu.rows(*step)
             )
             replayed.append(step)
         grad_i = torch.empty_like(grad)
@@ -200,13 +191,15 @@ class RecurrentALIF(torch.autograd.Function):
                 code=kernel_code(options.surrogate),
                 last=grad_s_next is None,
             )(
-                *_rows(grad[t], grad[t] if grad_s_next is None else grad_s_next),  # (not read on the last step)
-                *_rows(h, theta, spike_bytes[t], v_before, a_before, currents[t], k, k_a),
+                *recurrent_cpu.rows(
+                    grad[t], grad[t] if grad_s_next is None else grad_s_next
+                ),  # (not read on the last step)
+                *recurrent_cpu.rows(h, theta, spike_bytes[t], v_before, a_before, currents[t], k, k_a),
                 adaptation,
                 np.float32(options.v_reset or 0.0),
                 rest,
                 np.float32(options.surrogate.alpha),
-                *_rows(grad_v, grad_a, grad_k, grad_ka, grad_i[t]),
+                *recurrent_cpu.rows(grad_v, grad_a, grad_k, grad_ka, grad_i[t]),
             )
             if t > 0:
                 grad_s_next = grad_i[t] @ w32
@@ -259,18 +252,26 @@ def _step_back(grad, grad_s_next, h, s, v_before, current, k, grad_v, grad_k, op
     return (grad_h * k if options.decay_input else grad_h), grad_h * (1 - k)  # dH/dI: k, or 1 undecayed
 
 
+def _elementwise(x: torch.Tensor, options: NeuronOptions, kernel: str | None = None):
+    """The module of a step's element-wise kernels for ``x`` (their ``run_forward``, ``run_replay``, ``run_backward``):
+    numba's on the CPU, Triton's on CUDA (``kernel="triton"`` also elsewhere: its interpreter on the CPU), for a
+    built-in surrogate; None where neither runs (then torch operations)."""
+    if kernel_code(options.surrogate) is None:
+        return None
+    if kernel == "triton" or (kernel is None and x.device.type == "cuda" and available("triton")):
+        from plifnet.kernels import recurrent_gpu  # Triton is imported at the first such layer's run
+
+        return recurrent_gpu
+    if kernel is None and _numba(x, options):
+        from plifnet.kernels import recurrent_cpu  # numba is imported at the first recurrent layer's run
+
+        return recurrent_cpu
+    return None
+
+
 def _numba(x: torch.Tensor, options: NeuronOptions) -> bool:
     """Whether the step runs as numba kernels: on the CPU, with numba installed, for a built-in surrogate."""
     return x.device.type == "cpu" and available("cpu") and kernel_code(options.surrogate) is not None
-
-
-def _levels(options: NeuronOptions) -> tuple:
-    return np.float32(options.v_threshold), np.float32(options.rest)
-
-
-def _rows(*tensors) -> list:
-    """The kernels' arguments: each tensor as a flat numpy view (every one contiguous)."""
-    return [tensor.reshape(-1).numpy() for tensor in tensors]
 
 
 @torch.compiler.disable  # one opaque node for torch.compile: its trace would unroll the T steps

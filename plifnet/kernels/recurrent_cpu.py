@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 from numba import njit
 
 from plifnet.kernels.cpu import ONE, ZERO, neuron_step, surrogate_grad
+from plifnet.surrogates import kernel_code
 
 
 @lru_cache(maxsize=None)
@@ -172,3 +174,65 @@ def alif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: in
             grad_v[j] = grad_h * (ONE - k[j])
 
     return backward
+
+
+# What plifnet.kernels.recurrent calls, with the same arguments as plifnet.kernels.recurrent_gpu's: the tensors of one
+# step (each contiguous), the options; each passed to its compiled kernel as a flat numpy view.
+
+
+def run_forward(x, feedback, v, k, current, spike, spike_byte, *, options) -> None:
+    """``I = X[t] + R[t]`` and the step: ``v`` becomes V[t] in place; writes the current, the spike and its byte."""
+    step_forward(soft=options.soft_reset, decay_input=options.decay_input)(
+        *rows(x, feedback, v, k), np.float32(options.v_threshold), np.float32(options.rest),
+        *rows(current, spike, spike_byte),
+    )  # fmt: skip
+
+
+def run_replay(current, k, v, h, *, options) -> None:
+    """``h`` = H[t] from the kept current and ``v`` = V[t-1], which becomes V[t] in place."""
+    replay(soft=options.soft_reset, decay_input=options.decay_input)(
+        *rows(current, k, v), np.float32(options.v_threshold), np.float32(options.rest), *rows(h)
+    )
+
+
+def run_backward(
+    grad,
+    feedback,
+    h,
+    spike,
+    h_before,
+    spike_before,
+    current,
+    k,
+    grad_v,
+    grad_k,
+    grad_i,
+    *,
+    options,
+    last,
+    first,
+    with_k,
+) -> None:
+    """One step back: ``grad_i`` = dL/dI[t] from dL/dS[t] (``grad``, plus ``feedback`` = dL/dI[t+1] W unless
+    ``last``); ``grad_v`` = dL/dV[t] becomes dL/dV[t-1]; dL/dk added into ``grad_k`` per element (``with_k``)."""
+    step_backward(
+        soft=options.soft_reset,
+        decay_input=options.decay_input,
+        detach_reset=options.detach_reset,
+        code=kernel_code(options.surrogate),
+        last=last,
+        first=first,
+        with_k=with_k,
+    )(
+        *rows(grad, feedback, h, spike, h_before, spike_before, current, k),
+        np.float32(options.v_threshold),
+        np.float32(options.v_reset or 0.0),
+        np.float32(options.rest),
+        np.float32(options.surrogate.alpha),
+        *rows(grad_v, grad_k, grad_i),
+    )
+
+
+def rows(*tensors) -> list:
+    """Each tensor as a flat numpy view (every one contiguous)."""
+    return [tensor.reshape(-1).numpy() for tensor in tensors]
