@@ -22,8 +22,8 @@ The spike that adapts the neuron carries the surrogate gradient (only the reset'
 like the membrane's; its lower bound is 1); ALIF takes ``adaptation``.
 
 They run the per-step loop of their own ``step`` (the fused kernels and the compiled loop take one leak, and
-these neurons have two), but for ALIF in a recurrent layer on the CPU, which runs fused
-(:class:`plifnet.kernels.recurrent.RecurrentALIF`). Shapes: a step's input ``[N, F]`` (or ``[N, C, ...]`` with a per-channel tau).
+these neurons have two), but in a recurrent layer on the CPU, where they run fused
+(:class:`plifnet.kernels.recurrent.RecurrentALIF`, :class:`~plifnet.kernels.recurrent.RecurrentAdLIF`). Shapes: a step's input ``[N, F]`` (or ``[N, C, ...]`` with a per-channel tau).
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ class ALIF(Adaptive):
 
 
 class AdLIF(Adaptive):
-    """Adaptive LIF with an adaptation current (equations in :mod:`plifnet.adaptive`): state ``v``, ``w``, ``s``."""
+    """Adaptive LIF with an adaptation current (equations in :mod:`plifnet.adaptive`): state ``v``, ``w``, ``s``. In a
+    recurrent layer on the CPU it runs fused (:class:`plifnet.kernels.recurrent.RecurrentAdLIF`)."""
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -144,6 +145,17 @@ class AdLIF(Adaptive):
         if self.options.per_channel:
             a, b = (value.view(-1, *([1] * (x.dim() - 2))) for value in (a, b))
         return k, k_adapt, a, b
+
+    def _recurrent(self, x, k, feedback):
+        linear = isinstance(feedback, nn.Linear) and feedback.bias is None
+        if (
+            linear
+            and self.options.backend == "auto"
+            and type(self).step is AdLIF.step
+            and recurrent.fuses(x, self.options)
+        ):
+            return recurrent.recurrent_adlif(x, feedback, *k, options=self.options)
+        return super()._recurrent(x, k, feedback)
 
     def step(self, state, x, k):
         (k, k_adapt, a, b), o = k, self.options

@@ -242,6 +242,16 @@ OPTION_CASES = {
     "alif, hard reset": (ALIF, dict(tau=3.0, adaptation=1.5, tau_adapt=6.0)),
     "alif, soft reset not detached": (ALIF, dict(tau=4.0, v_reset=None, detach_reset=False, adaptation=0.5)),
     "alif, input not decayed": (ALIF, dict(tau=4.0, decay_input=False, v_threshold=1.5, adaptation=1.0)),
+    "adlif per neuron, soft reset": (
+        AdLIF,
+        dict(tau=5.0, per_channel=True, tau_init="uniform", v_reset=None, v_threshold=0.5, tau_adapt=9.0),
+    ),
+    "adlif, hard reset": (AdLIF, dict(tau=3.0, tau_adapt=6.0, v_threshold=0.3)),
+    "adlif, soft reset not detached": (AdLIF, dict(tau=2.0, v_reset=None, detach_reset=False, v_threshold=0.15)),
+    "adlif per neuron, input not decayed": (
+        AdLIF,
+        dict(tau=2.0, per_channel=True, decay_input=False, v_threshold=0.1, tau_adapt=30.0),
+    ),
 }
 
 
@@ -252,12 +262,16 @@ def test_the_fused_recurrent_layer_is_the_step_loop(case):
     cls, given = OPTION_CASES[case]
     torch.manual_seed(3)
     fused = Recurrent(F, H, cls(**given, channels=H))
+    if cls is AdLIF:  # couplings away from their start (a = 0, b = 1), so that each term is seen
+        with torch.no_grad():
+            fused.neuron.coupling.uniform_(-1.5, 1.5)
+            fused.neuron.spike_coupling.uniform_(-1.5, 1.5)
     loop = copy.deepcopy(fused)
     loop.neuron.options = loop.neuron.options.replace(backend="reference")
     x = (torch.rand(T, N, F) < 0.5).float() * 3
     x_fused, x_loop = x.clone().requires_grad_(), x.clone().requires_grad_()
     spikes, expected = fused(x_fused), loop(x_loop)
-    fused_node = "RecurrentALIFBackward" if cls is ALIF else "RecurrentMultiStepBackward"
+    fused_node = {ALIF: "RecurrentALIFBackward", AdLIF: "RecurrentAdLIFBackward"}.get(cls, "RecurrentMultiStepBackward")
     assert spikes.grad_fn.name() == fused_node  # the fused path ran
     assert 0.02 < expected.mean() < 0.8
     assert torch.equal(spikes, expected)
@@ -295,7 +309,7 @@ def test_the_fused_recurrent_layer_keeps_five_bytes_per_neuron_and_step():
     assert type(node_short) is type(node_long) and node_long.name() == "RecurrentMultiStepBackward"
 
 
-@pytest.mark.parametrize("cls", [PLIF, ALIF])
+@pytest.mark.parametrize("cls", [PLIF, ALIF, AdLIF])
 def test_the_fused_layer_shows_every_steps_feedback_to_the_synaptic_counter(cls):
     """The recurrent Linear is called as a module at every step (its hooks see the spikes) on the fused path as on
     the step loop: the synaptic-operation counts are the same."""

@@ -205,14 +205,11 @@ class RecurrentALIF(torch.autograd.Function):
                 grad_s_next = grad_i[t] @ w32
                 grad_w.addmm_(grad_i[t].T, spike_bytes[t - 1].float())
 
-        def per_parameter(summed, shape):
-            return (summed.sum() if len(shape) == 0 else summed.reshape(-1, summed.shape[-1]).sum(0)).view(shape)
-
         return (
             grad_i.to(x_dtype),
             grad_w.to(w_dtype),
-            per_parameter(grad_k, k_shape).to(k_dtype),
-            per_parameter(grad_ka, ka_shape).to(k_dtype),
+            _per_parameter(grad_k, k_shape).to(k_dtype),
+            _per_parameter(grad_ka, ka_shape).to(k_dtype),
             None,
             None,
         )
@@ -226,6 +223,97 @@ def _alif_levels(options: NeuronOptions) -> tuple:
 def recurrent_alif(x: torch.Tensor, connection: torch.nn.Linear, k, k_adapt, *, options: NeuronOptions) -> torch.Tensor:
     """Spikes ``[T, N, F]`` of an ALIF layer with the feedback ``connection(S[t-1])`` (:class:`RecurrentALIF`, CPU)."""
     return RecurrentALIF.apply(x, connection.weight, k, k_adapt, options, connection)
+
+
+class RecurrentAdLIF(torch.autograd.Function):
+    """An adLIF recurrent layer (:class:`plifnet.adaptive.AdLIF`'s step) on the CPU: ``x [T, N, F]``, ``weight
+    [F, F]``, the leaks ``k``, ``k_adapt`` and the couplings ``a``, ``b`` (scalar tensors or ``[F]``) -> spikes
+    ``[T, N, F]``, as :class:`RecurrentALIF` does it: numba step kernels around the per-step products; kept: the
+    current and the spike's byte; backward replays H, W and V[t-1] and carries dL/dV and dL/dW back."""
+
+    @staticmethod
+    def forward(ctx, x, weight, k, k_adapt, a, b, options: NeuronOptions, connection=None):
+        from plifnet.kernels import recurrent_cpu
+
+        keep_freed_memory_unless_opted_out()
+        x32, w32 = x.float(), weight.float()
+        product = _product(connection, w32)
+        k32, kw32, a32, b32 = (
+            value.detach().float().expand(x32.shape[1:]).contiguous() for value in (k, k_adapt, a, b)
+        )
+        v, w, s = torch.full_like(x32[0], options.rest), torch.zeros_like(x32[0]), torch.zeros_like(x32[0])
+        out, spike_bytes, currents = torch.empty_like(x32), torch.empty(x32.shape, dtype=torch.uint8), []
+        levels = np.float32(options.v_threshold), np.float32(options.rest)
+        for t, x_t in enumerate(x32.unbind(0)):
+            feedback = product(out[t - 1] if t else torch.zeros_like(x_t)).float()  # S[-1] = 0, as the loop's
+            currents.append(torch.empty_like(x_t))
+            recurrent_cpu.adlif_forward(soft=options.soft_reset, decay_input=options.decay_input)(
+                *recurrent_cpu.rows(x_t, feedback, v, w, s, k32, kw32, a32, b32),
+                *levels,
+                *recurrent_cpu.rows(currents[-1], out[t], spike_bytes[t]),
+            )
+        ctx.save_for_backward(w32, k32, kw32, a32, b32, spike_bytes, *currents)
+        ctx.options, ctx.meta = options, (x.dtype, weight.dtype, [(p.dtype, p.shape) for p in (k, k_adapt, a, b)])
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        from plifnet.kernels import recurrent_cpu
+
+        w32, k, k_w, a, b, spike_bytes, *currents = ctx.saved_tensors
+        options, (x_dtype, w_dtype, parameters) = ctx.options, ctx.meta
+        grad = grad_spikes.float().contiguous()
+        zeros = torch.zeros_like(currents[0])
+        v, w, s = torch.full_like(zeros, options.rest), zeros.clone(), zeros.clone()
+        replayed = []  # (H[t], W[t], V[t-1]) of every step
+        for current in currents:
+            step = [torch.empty_like(current) for _ in range(3)]
+            recurrent_cpu.adlif_replay(soft=options.soft_reset, decay_input=options.decay_input)(
+                *recurrent_cpu.rows(current, k, k_w, a, b, v, w, s),
+                np.float32(options.v_threshold),
+                np.float32(options.rest),
+                *recurrent_cpu.rows(*step),
+            )
+            replayed.append(step)
+        grad_i, grad_weight = torch.empty_like(grad), torch.zeros_like(w32)
+        grad_v, grad_w, *grad_parameters = (torch.zeros_like(zeros) for _ in range(6))
+        grad_s_next = None
+        no_spikes = torch.zeros_like(spike_bytes[0])
+        for t in reversed(range(len(currents))):
+            h, w_now, v_before = replayed[t]
+            w_before, spike_before = (replayed[t - 1][1], spike_bytes[t - 1]) if t else (zeros, no_spikes)
+            recurrent_cpu.adlif_backward(
+                soft=options.soft_reset,
+                decay_input=options.decay_input,
+                detach_reset=options.detach_reset,
+                code=kernel_code(options.surrogate),
+                last=grad_s_next is None,
+            )(
+                *recurrent_cpu.rows(grad[t], grad[t] if grad_s_next is None else grad_s_next),  # (not read last)
+                *recurrent_cpu.rows(h, spike_bytes[t], w_now, w_before, v_before, spike_before, currents[t]),
+                *recurrent_cpu.rows(k, k_w, a, b),
+                np.float32(options.v_threshold),
+                np.float32(options.v_reset or 0.0),
+                np.float32(options.rest),
+                np.float32(options.surrogate.alpha),
+                *recurrent_cpu.rows(grad_v, grad_w, *grad_parameters, grad_i[t]),
+            )
+            if t > 0:
+                grad_s_next = grad_i[t] @ w32
+                grad_weight.addmm_(grad_i[t].T, spike_bytes[t - 1].float())
+        summed = [_per_parameter(g, shape).to(dtype) for g, (dtype, shape) in zip(grad_parameters, parameters)]
+        return grad_i.to(x_dtype), grad_weight.to(w_dtype), *summed, None, None
+
+
+@torch.compiler.disable  # as recurrent_multi_step
+def recurrent_adlif(x: torch.Tensor, connection: torch.nn.Linear, k, k_adapt, a, b, *, options: NeuronOptions):
+    """Spikes ``[T, N, F]`` of an adLIF layer with the feedback ``connection(S[t-1])`` (:class:`RecurrentAdLIF`)."""
+    return RecurrentAdLIF.apply(x, connection.weight, k, k_adapt, a, b, options, connection)
+
+
+def _per_parameter(summed: torch.Tensor, shape) -> torch.Tensor:
+    """A gradient summed per element ``[N, F]`` as its parameter's: a scalar, or ``[F]`` per neuron."""
+    return (summed.sum() if len(shape) == 0 else summed.reshape(-1, summed.shape[-1]).sum(0)).view(shape)
 
 
 def _product(connection, weight):

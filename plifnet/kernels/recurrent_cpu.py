@@ -176,6 +176,98 @@ def alif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: in
     return backward
 
 
+# adLIF (plifnet.adaptive): an adaptation current W, fed by the membrane (a) and by the spikes (b), is taken from the
+# input, W[t] = W[t-1] + k_w (a (V[t-1] - rest) - W[t-1]) + b S[t-1]; the state is V, W and S[t-1].
+
+
+@njit(inline="always", cache=True)
+def adlif_step(v, w, s, k, k_w, a, b, x, v_th, rest, soft, decay_input):
+    """One adLIF step for one element, in float32, as ``AdLIF.step`` computes it (``s``: S[t-1] as 0 or 1):
+    W[t], H[t], fired, V[t]."""
+    w_next = w + k_w * (a * (v - rest) - w) + b * s
+    i = x - w_next
+    if decay_input:
+        h = v + k * (i - (v - rest))
+    else:
+        h = v - k * (v - rest) + i
+    fired = h - v_th >= 0
+    if soft:
+        return w_next, h, fired, (h - v_th if fired else h)
+    return w_next, h, fired, (rest if fired else h)
+
+
+@lru_cache(maxsize=None)
+def adlif_forward(*, soft: bool, decay_input: bool):
+    """adLIF's step forward in place (``v``, ``w``, ``s``); writes the current, the spike and its byte."""
+
+    @njit(cache=True)
+    def forward(x, feedback, v, w, s, k, k_w, a, b, v_th, rest, current, spike, spike_byte):
+        for j in range(v.shape[0]):
+            i = x[j] + feedback[j]
+            w[j], _, fired, v[j] = adlif_step(
+                v[j], w[j], s[j], k[j], k_w[j], a[j], b[j], i, v_th, rest, soft, decay_input
+            )
+            s[j] = ONE if fired else ZERO
+            current[j] = i
+            spike[j] = s[j]
+            spike_byte[j] = 1 if fired else 0
+
+    return forward
+
+
+@lru_cache(maxsize=None)
+def adlif_replay(*, soft: bool, decay_input: bool):
+    """H[t], W[t] and V[t-1] of one step from its kept current (``v``, ``w``, ``s`` advance in place)."""
+
+    @njit(cache=True)
+    def run(current, k, k_w, a, b, v, w, s, v_th, rest, h, w_now, v_before):
+        for j in range(v.shape[0]):
+            v_before[j] = v[j]
+            w[j], h[j], fired, v[j] = adlif_step(
+                v[j], w[j], s[j], k[j], k_w[j], a[j], b[j], current[j], v_th, rest, soft, decay_input
+            )
+            w_now[j] = w[j]
+            s[j] = ONE if fired else ZERO
+
+    return run
+
+
+@lru_cache(maxsize=None)
+def adlif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: int, last: bool):
+    """One adLIF step back: dL/dI[t] into ``grad_i``; dL/dV (``grad_v``: of V[t], becomes of V[t-1]) and dL/dW
+    (``grad_w``: of W[t+1], becomes of W[t]) carried back in place; dL/dk, dL/dk_w, dL/da, dL/db summed per element.
+    ``w_before`` and ``spike_before`` are W[t-1] and S[t-1] (zeros on the first step); S[t] reaches W[t+1] through
+    b with its surrogate gradient, as in ``AdLIF.step``."""
+
+    @njit(cache=True)
+    def backward(
+        grad, feedback, h, spike, w_now, w_before, v_before, spike_before, current, k, k_w, a, b,
+        v_th, v_reset, rest, alpha, grad_v, grad_w, grad_k, grad_k_w, grad_a, grad_b, grad_i,
+    ):  # fmt: skip
+        for j in range(grad_v.shape[0]):
+            s = ONE if spike[j] else ZERO
+            sg = surrogate_grad(h[j] - v_th, code, alpha)
+            grad_s = (grad[j] if last else grad[j] + feedback[j]) + b[j] * grad_w[j]  # through W[t+1]
+            if not detach_reset:  # the reset's own dependence on S
+                grad_s += grad_v[j] * (-v_th if soft else v_reset - h[j])
+            grad_h = grad_s * sg + grad_v[j] * (ONE if soft else ONE - s)
+            if decay_input:  # H = V + k ((I - W) - (V - rest))
+                grad_in = grad_h * k[j]
+                grad_k[j] += grad_h * ((current[j] - w_now[j]) - (v_before[j] - rest))
+            else:  # H = V - k (V - rest) + (I - W)
+                grad_in = grad_h
+                grad_k[j] += grad_h * (rest - v_before[j])
+            grad_i[j] = grad_in
+            gw = grad_w[j] * (ONE - k_w[j]) - grad_in  # dL/dW[t]: through W[t+1] and H[t]
+            grad_k_w[j] += gw * (a[j] * (v_before[j] - rest) - w_before[j])
+            grad_a[j] += gw * k_w[j] * (v_before[j] - rest)
+            grad_b[j] += gw * (ONE if spike_before[j] else ZERO)
+            grad_v[j] = grad_h * (ONE - k[j]) + gw * k_w[j] * a[j]
+            grad_w[j] = gw
+
+    return backward
+
+
 # What plifnet.kernels.recurrent calls, with the same arguments as plifnet.kernels.recurrent_gpu's: the tensors of one
 # step (each contiguous), the options; each passed to its compiled kernel as a flat numpy view.
 
