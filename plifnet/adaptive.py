@@ -86,6 +86,22 @@ class Adaptive(PLIF):
     def _backend(self, x):
         return "reference"
 
+    fused = None  # the class's fused recurrent layer (plifnet.kernels.recurrent), which runs that class's own step
+
+    def _recurrent(self, x, k, feedback):
+        """The fused layer on the CPU for a bias-free recurrent Linear (not for a subclass's own step); else the loop."""
+        owner = next(cls for cls in type(self).__mro__ if "fused" in vars(cls))
+        if (
+            self.fused is not None
+            and isinstance(feedback, nn.Linear)
+            and feedback.bias is None
+            and self.options.backend == "auto"
+            and type(self).step is owner.step
+            and recurrent.fuses(x, self.options)
+        ):
+            return self.fused(x, feedback, *k, options=self.options)
+        return super()._recurrent(x, k, feedback)
+
     def reset_with(self, h, spike, threshold):
         """PLIF's reset, the soft one subtracting the step's ``threshold``; ``spike`` detached with detach_reset."""
         spike = spike.detach() if self.options.detach_reset else spike
@@ -98,16 +114,7 @@ class ALIF(Adaptive):
     """Adaptive-threshold LIF (equations in :mod:`plifnet.adaptive`): state ``v`` and ``a``. In a recurrent layer on
     the CPU it runs fused (:class:`plifnet.kernels.recurrent.RecurrentALIF`; ``backend='reference'``: the loop)."""
 
-    def _recurrent(self, x, k, feedback):
-        linear = isinstance(feedback, nn.Linear) and feedback.bias is None
-        if (
-            linear
-            and self.options.backend == "auto"
-            and type(self).step is ALIF.step
-            and recurrent.fuses(x, self.options)
-        ):
-            return recurrent.recurrent_alif(x, feedback, *k, options=self.options)
-        return super()._recurrent(x, k, feedback)
+    fused = staticmethod(recurrent.recurrent_alif)
 
     def initial_state(self, x):
         return {"v": x.new_full(x.shape, self.options.rest), "a": x.new_zeros(x.shape)}
@@ -146,16 +153,7 @@ class AdLIF(Adaptive):
             a, b = (value.view(-1, *([1] * (x.dim() - 2))) for value in (a, b))
         return k, k_adapt, a, b
 
-    def _recurrent(self, x, k, feedback):
-        linear = isinstance(feedback, nn.Linear) and feedback.bias is None
-        if (
-            linear
-            and self.options.backend == "auto"
-            and type(self).step is AdLIF.step
-            and recurrent.fuses(x, self.options)
-        ):
-            return recurrent.recurrent_adlif(x, feedback, *k, options=self.options)
-        return super()._recurrent(x, k, feedback)
+    fused = staticmethod(recurrent.recurrent_adlif)
 
     def step(self, state, x, k):
         (k, k_adapt, a, b), o = k, self.options
