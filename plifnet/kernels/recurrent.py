@@ -189,11 +189,8 @@ class RecurrentALIF(torch.autograd.Function):
                 decay_input=options.decay_input,
                 detach_reset=options.detach_reset,
                 code=kernel_code(options.surrogate),
-                last=grad_s_next is None,
             )(
-                *recurrent_cpu.rows(
-                    grad[t], grad[t] if grad_s_next is None else grad_s_next
-                ),  # (not read on the last step)
+                *recurrent_cpu.rows(grad[t], grad_v.new_zeros(grad_v.shape) if grad_s_next is None else grad_s_next),
                 *recurrent_cpu.rows(h, theta, spike_bytes[t], v_before, a_before, currents[t], k, k_a),
                 adaptation,
                 np.float32(options.v_reset or 0.0),
@@ -287,9 +284,8 @@ class RecurrentAdLIF(torch.autograd.Function):
                 decay_input=options.decay_input,
                 detach_reset=options.detach_reset,
                 code=kernel_code(options.surrogate),
-                last=grad_s_next is None,
             )(
-                *recurrent_cpu.rows(grad[t], grad[t] if grad_s_next is None else grad_s_next),  # (not read last)
+                *recurrent_cpu.rows(grad[t], zeros if grad_s_next is None else grad_s_next),  # dL/dI[t+1] W
                 *recurrent_cpu.rows(h, spike_bytes[t], w_now, w_before, v_before, spike_before, currents[t]),
                 *recurrent_cpu.rows(k, k_w, a, b),
                 np.float32(options.v_threshold),

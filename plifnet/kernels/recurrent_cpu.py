@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import torch
 from numba import njit
 
 from plifnet.kernels.cpu import ONE, ZERO, neuron_step, surrogate_grad
@@ -48,20 +49,20 @@ def replay(*, soft: bool, decay_input: bool):
 
 
 @lru_cache(maxsize=None)
-def step_backward(
-    *, soft: bool, decay_input: bool, detach_reset: bool, code: int, last: bool, first: bool, with_k: bool
-):
-    """One step back: ``grad_i`` (dL/dI[t]) from dL/dS[t] (the output's, plus ``feedback`` = dL/dI[t+1] W unless
-    ``last``), ``grad_v`` (dL/dV[t], becomes dL/dV[t-1] in place); dL/dk summed into ``grad_k`` per element.
-    V[t-1] is the reset of the previous step's ``h_before`` and spike (``rest`` on the ``first`` step): the
-    forward's selection, recomputed here rather than kept; spikes are read as bytes."""
+def step_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: int):
+    """One step back: ``grad_i`` (dL/dI[t]) from dL/dS[t] (the output's ``grad`` plus ``feedback`` = dL/dI[t+1] W,
+    zeros on the last step), ``grad_v`` (dL/dV[t], becomes dL/dV[t-1] in place); with ``with_k``, dL/dk summed into
+    ``grad_k`` per element. V[t-1] is the reset of the previous step's ``h_before`` and spike (``rest`` on the
+    ``first`` step): the forward's selection, recomputed here rather than kept; spikes are read as bytes. ``first``
+    and ``with_k`` are arguments, not constants of the compiled kernel: one compilation per option set."""
 
     @njit(cache=True)
     def backward(
-        grad, feedback, h, spike, h_before, spike_before, current, k, v_th, v_reset, rest, alpha, grad_v, grad_k, grad_i
-    ):
+        grad, feedback, h, spike, h_before, spike_before, current, k, v_th, v_reset, rest, alpha, first, with_k,
+        grad_v, grad_k, grad_i,
+    ):  # fmt: skip
         for j in range(grad_v.shape[0]):
-            grad_s = grad[j] if last else grad[j] + feedback[j]
+            grad_s = grad[j] + feedback[j]
             sg = surrogate_grad(h[j] - v_th, code, alpha)
             gh = grad_s * sg + grad_v[j] * (ONE if soft else (ZERO if spike[j] else ONE))
             if not detach_reset:
@@ -133,7 +134,7 @@ def alif_replay(*, soft: bool, decay_input: bool):
 
 
 @lru_cache(maxsize=None)
-def alif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: int, last: bool):
+def alif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: int):
     """One ALIF step back: dL/dI[t] into ``grad_i``; dL/dV and dL/dA carried back in place; dL/dk, dL/dk_a summed
     per element. The spike that adapts A carries the surrogate gradient (as in ``ALIF.step``)."""
 
@@ -162,7 +163,7 @@ def alif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: in
         for j in range(grad_v.shape[0]):
             s = ONE if spike[j] else ZERO
             sg = surrogate_grad(h[j] - theta[j], code, alpha)
-            grad_s = (grad[j] if last else grad[j] + feedback[j]) + grad_a[j] * k_a[j]
+            grad_s = (grad[j] + feedback[j]) + grad_a[j] * k_a[j]  # feedback: zeros on the last step
             if not detach_reset:  # the reset's own dependence on S
                 grad_s += grad_v[j] * (-theta[j] if soft else v_reset - h[j])
             grad_h = grad_s * sg + grad_v[j] * (ONE if soft else ONE - s)
@@ -233,7 +234,7 @@ def adlif_replay(*, soft: bool, decay_input: bool):
 
 
 @lru_cache(maxsize=None)
-def adlif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: int, last: bool):
+def adlif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: int):
     """One adLIF step back: dL/dI[t] into ``grad_i``; dL/dV (``grad_v``: of V[t], becomes of V[t-1]) and dL/dW
     (``grad_w``: of W[t+1], becomes of W[t]) carried back in place; dL/dk, dL/dk_w, dL/da, dL/db summed per element.
     ``w_before`` and ``spike_before`` are W[t-1] and S[t-1] (zeros on the first step); S[t] reaches W[t+1] through
@@ -247,7 +248,7 @@ def adlif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: i
         for j in range(grad_v.shape[0]):
             s = ONE if spike[j] else ZERO
             sg = surrogate_grad(h[j] - v_th, code, alpha)
-            grad_s = (grad[j] if last else grad[j] + feedback[j]) + b[j] * grad_w[j]  # through W[t+1]
+            grad_s = (grad[j] + feedback[j]) + b[j] * grad_w[j]  # feedback: zeros on the last step; b: via W[t+1]
             if not detach_reset:  # the reset's own dependence on S
                 grad_s += grad_v[j] * (-v_th if soft else v_reset - h[j])
             grad_h = grad_s * sg + grad_v[j] * (ONE if soft else ONE - s)
@@ -312,15 +313,14 @@ def run_backward(
         decay_input=options.decay_input,
         detach_reset=options.detach_reset,
         code=kernel_code(options.surrogate),
-        last=last,
-        first=first,
-        with_k=with_k,
     )(
-        *rows(grad, feedback, h, spike, h_before, spike_before, current, k),
+        *rows(grad, torch.zeros_like(grad) if last else feedback, h, spike, h_before, spike_before, current, k),
         np.float32(options.v_threshold),
         np.float32(options.v_reset or 0.0),
         np.float32(options.rest),
         np.float32(options.surrogate.alpha),
+        first,
+        with_k,
         *rows(grad_v, grad_k, grad_i),
     )
 
