@@ -35,7 +35,7 @@ from plifnet import time_constants
 from plifnet.contract import TimeConstant
 from plifnet.errors import UserError
 from plifnet.kernels import recurrent
-from plifnet.neurons import PLIF, channel_leak, leaky_charge, reset_potential
+from plifnet.neurons import HOOKS, PLIF, channel_leak, leaky_charge, reset_potential
 
 
 class Adaptive(PLIF):
@@ -89,14 +89,16 @@ class Adaptive(PLIF):
     fused = None  # the class's fused recurrent layer (plifnet.kernels.recurrent), which runs that class's own step
 
     def _recurrent(self, x, k, feedback):
-        """The fused layer on the CPU for a bias-free recurrent Linear (not for a subclass's own step); else the loop."""
+        """The fused layer on the CPU for a bias-free recurrent Linear; the loop for a subclass that overrides any
+        hook of the step (``step``, ``reset_with``, ...), whose equations the fused kernel would not compute."""
         owner = next(cls for cls in type(self).__mro__ if "fused" in vars(cls))
+        own = [name for name in (*HOOKS, "reset_with") if getattr(type(self), name) is not getattr(owner, name)]
         if (
             self.fused is not None
+            and not own
             and isinstance(feedback, nn.Linear)
             and feedback.bias is None
             and self.options.backend == "auto"
-            and type(self).step is owner.step
             and recurrent.fuses(x, self.options)
         ):
             return self.fused(x, feedback, *k, options=self.options)

@@ -364,3 +364,22 @@ print(min(faults[1:]))
     assert result.returncode == 0, result.stderr[-2000:]
     faults = int(result.stdout.split()[-1])
     assert faults >= 16_384 if opted_out else faults < 100, faults
+
+
+@pytest.mark.parametrize("cls", [ALIF, AdLIF])
+def test_a_subclass_that_overrides_a_hook_of_the_adaptive_step_runs_its_own_equations(cls):
+    """The fused ALIF/adLIF layer computes its class's equations; a subclass overriding a hook that the step calls
+    (here the reset) runs the step loop, so that its own reset is the one computed, not silently the fused one's."""
+
+    class HalfReset(cls):
+        def reset_with(self, h, spike, threshold):
+            return h - 0.5 * threshold * spike.detach()
+
+    torch.manual_seed(4)
+    plain = Recurrent(F, H, cls(tau=3.0, v_threshold=0.5, channels=H))
+    own = Recurrent(F, H, HalfReset(tau=3.0, v_threshold=0.5, channels=H))
+    own.load_state_dict(plain.state_dict())
+    x = (torch.rand(T, N, F) < 0.5).float() * 3
+    fused, looped = plain(x), own(x)
+    assert fused.grad_fn.name() == f"Recurrent{cls.__name__}Backward" and looped.grad_fn.name() == "StackBackward0"
+    assert not torch.equal(fused, looped)  # the half reset changed the spikes: it was computed
