@@ -184,17 +184,10 @@ def alif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: in
 @njit(inline="always", cache=True)
 def adlif_step(v, w, s, k, k_w, a, b, x, v_th, rest, soft, decay_input):
     """One adLIF step for one element, in float32, as ``AdLIF.step`` computes it (``s``: S[t-1] as 0 or 1):
-    W[t], H[t], fired, V[t]."""
+    W[t], then PLIF's step on the input less W[t]: H[t], fired, V[t]."""
     w_next = w + k_w * (a * (v - rest) - w) + b * s
-    i = x - w_next
-    if decay_input:
-        h = v + k * (i - (v - rest))
-    else:
-        h = v - k * (v - rest) + i
-    fired = h - v_th >= 0
-    if soft:
-        return w_next, h, fired, (h - v_th if fired else h)
-    return w_next, h, fired, (rest if fired else h)
+    h, fired, v_next = neuron_step(v=v, k=k, x=x - w_next, v_th=v_th, rest=rest, soft=soft, decay_input=decay_input)
+    return w_next, h, fired, v_next
 
 
 @lru_cache(maxsize=None)
