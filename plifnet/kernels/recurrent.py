@@ -184,12 +184,7 @@ class RecurrentALIF(torch.autograd.Function):
         _, adaptation, rest = _alif_levels(options)
         for t in reversed(range(len(currents))):
             h, theta, v_before, a_before = replayed[t]
-            recurrent_cpu.alif_backward(
-                soft=options.soft_reset,
-                decay_input=options.decay_input,
-                detach_reset=options.detach_reset,
-                code=kernel_code(options.surrogate),
-            )(
+            recurrent_cpu.alif_backward(**recurrent_cpu.backward_options(options))(
                 *recurrent_cpu.rows(grad[t], grad_v.new_zeros(grad_v.shape) if grad_s_next is None else grad_s_next),
                 *recurrent_cpu.rows(h, theta, spike_bytes[t], v_before, a_before, currents[t], k, k_a),
                 adaptation,
@@ -279,12 +274,7 @@ class RecurrentAdLIF(torch.autograd.Function):
         for t in reversed(range(len(currents))):
             h, w_now, v_before = replayed[t]
             w_before, spike_before = (replayed[t - 1][1], spike_bytes[t - 1]) if t else (zeros, no_spikes)
-            recurrent_cpu.adlif_backward(
-                soft=options.soft_reset,
-                decay_input=options.decay_input,
-                detach_reset=options.detach_reset,
-                code=kernel_code(options.surrogate),
-            )(
+            recurrent_cpu.adlif_backward(**recurrent_cpu.backward_options(options))(
                 *recurrent_cpu.rows(grad[t], zeros if grad_s_next is None else grad_s_next),  # dL/dI[t+1] W
                 *recurrent_cpu.rows(h, spike_bytes[t], w_now, w_before, v_before, spike_before, currents[t]),
                 *recurrent_cpu.rows(k, k_w, a, b),

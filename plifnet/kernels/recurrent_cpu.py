@@ -301,12 +301,7 @@ def run_backward(
 ) -> None:
     """One step back: ``grad_i`` = dL/dI[t] from dL/dS[t] (``grad``, plus ``feedback`` = dL/dI[t+1] W unless
     ``last``); ``grad_v`` = dL/dV[t] becomes dL/dV[t-1]; dL/dk added into ``grad_k`` per element (``with_k``)."""
-    step_backward(
-        soft=options.soft_reset,
-        decay_input=options.decay_input,
-        detach_reset=options.detach_reset,
-        code=kernel_code(options.surrogate),
-    )(
+    step_backward(**backward_options(options))(
         *rows(grad, torch.zeros_like(grad) if last else feedback, h, spike, h_before, spike_before, current, k),
         np.float32(options.v_threshold),
         np.float32(options.v_reset or 0.0),
@@ -315,6 +310,16 @@ def run_backward(
         first,
         with_k,
         *rows(grad_v, grad_k, grad_i),
+    )
+
+
+def backward_options(options) -> dict:
+    """What every backward kernel is compiled for: the reset, the input's decay, the reset's detachment, the surrogate."""
+    return dict(
+        soft=options.soft_reset,
+        decay_input=options.decay_input,
+        detach_reset=options.detach_reset,
+        code=kernel_code(options.surrogate),
     )
 
 
