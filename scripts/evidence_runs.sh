@@ -7,8 +7,13 @@ cd "$(dirname "$0")/.."
 DATA="${1:?usage: bash scripts/evidence_runs.sh DATASETS_FOLDER}"
 mkdir -p results
 
+ecg() {  # the ECG study (its task INDEX alone with --only INDEX)
+    plifnet study --config ecg --settings docs/results/ecg-neurons.yaml --out results/ecg-neurons "$@" \
+        -- --data.root "$DATA"
+}
 plifnet study --config smnist --settings docs/results/rowmnist-neurons.yaml --out results/rowmnist-neurons \
     -- --data.root "$DATA" --data.order row --model.net.inputs 28 --trainer.max_epochs 10
+ecg --only 2  # ALIF's third seed first (tasks run seed by seed within a setting): the config's network, 3 seeds
 plifnet study --config psmnist --settings docs/results/psmnist-neurons.yaml --out results/psmnist-neurons \
     -- --data.root "$DATA" --trainer.max_epochs 3
-plifnet study --config ecg --settings docs/results/ecg-neurons.yaml --out results/ecg-neurons -- --data.root "$DATA"
+ecg
