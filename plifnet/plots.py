@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.image
+import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -22,6 +23,34 @@ def tau_trajectories(steps: list[int], history: dict[str, list[float]], path: Pa
     ax.set(xlabel="step", ylabel="tau", title="membrane time constant per layer")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def tau_distributions(
+    start: dict[str, np.ndarray], end: dict[str, np.ndarray], labels: dict[str, str], path: Path
+) -> None:
+    """One panel per per-neuron time constant: histograms of its values at the start of training and at the end, on a
+    logarithmic axis (a layer's time constants can spread over decades), each labelled with ``labels[<column>:start]``
+    and ``labels[<column>:end]`` (the shape :mod:`plifnet.tau_shapes` found)."""
+    columns = list(end)
+    fig = Figure(figsize=(4.2 * len(columns), 3.4), dpi=100)
+    for ax, column in zip(fig.subplots(1, len(columns), squeeze=False)[0], columns):
+        values = [v[np.isfinite(v) & (v > 0)] for v in (start.get(column, np.empty(0)), end[column])]
+        everything = np.concatenate(values)
+        low, high = everything.min(), everything.max()
+        bins = np.geomspace(low / 1.05, high * 1.05, 31)  # a constant start still gets a bar of its own
+        for moment, chosen, color in zip(("start", "end"), values, ("tab:gray", "tab:blue")):
+            if len(chosen):
+                label = f"{moment}: {labels.get(f'{column}:{moment}', '')}".rstrip(": ")
+                ax.hist(chosen, bins=bins, alpha=0.6, color=color, label=label)
+        ax.set(xscale="log", xlabel="time constant (steps)", ylabel="neurons", title=column)
+        plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")  # 20, not 2 x 10^1
+        ax.xaxis.set_major_formatter(plain)
+        if high / low < 10:  # within a decade the log axis has no major tick to read: label the minor ones
+            ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="both", labelsize=8)
+        ax.legend(fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path, format="png")
 

@@ -44,17 +44,19 @@ def claimed_elsewhere(folder: Path) -> bool:
         return not mine
 
 
-def read_csv(path: Path) -> list[dict[str, float]]:
+def read_csv(path: Path, numbers: bool = True) -> list[dict]:
+    """The rows of a CSV file, their non-empty values as floats (``numbers``) or as the strings they are."""
     with open(path, newline="") as f:
         return [
-            {key: float(value) for key, value in row.items() if value not in ("", None)} for row in csv.DictReader(f)
+            {key: float(value) if numbers else value for key, value in row.items() if value not in ("", None)}
+            for row in csv.DictReader(f)
         ]
 
 
 def collect(folder: Path) -> dict:
     """One setting's results from its folder: history.csv (per epoch) and tau.csv (per logged step)."""
     history = read_csv(folder / "history.csv") if (folder / "history.csv").exists() else []
-    tau_csv = newest(folder, "tau.csv")
+    tau_csv, shapes_csv = newest(folder, "tau.csv"), newest(folder, "tau_shapes.csv")
     tau_rows = read_csv(tau_csv) if tau_csv else []
     test = [row["test/acc"] for row in history if "test/acc" in row]
     last = history[-1] if history else {}
@@ -71,6 +73,7 @@ def collect(folder: Path) -> dict:
         ],
         "tau_steps": [int(row["step"]) for row in tau_rows],
         "tau": {name: [row[name] for row in tau_rows] for name in (tau_rows[0] if tau_rows else {}) if name != "step"},
+        "shapes": read_csv(shapes_csv, numbers=False) if shapes_csv else [],  # per-neuron time constants
         "status": (
             "finished"
             if (folder / "done.json").exists()
@@ -139,6 +142,7 @@ def report(out: Path, settings: list[Setting]) -> str:
         [row + [" ".join(r["silent"]) or "-"] for row, r in zip(rows, results.values())],
     )
 
+    shapes = shapes_table(results)
     failures = "".join(
         f"- {setting.folder} failed: {result['failure']}\n" for setting, result in results.items() if result["failure"]
     )
@@ -151,6 +155,7 @@ def report(out: Path, settings: list[Setting]) -> str:
             f"below {SILENT:g} on the validation set in the last epoch, so that the network's output says nothing of "
             f"its neuron.\n\n{table}\n\n"
             + (f"{failures}\n" if failures else "")
+            + shapes
             + "![test accuracy](test_acc.png)\n\n![tau](tau.png)\n"
         ),
     )
@@ -170,3 +175,27 @@ def report(out: Path, settings: list[Setting]) -> str:
     }
     write_atomically(out / "tau.png", lambda path: plots.tau_per_layer(layers, trajectories, fixed, path))
     return table
+
+
+def shapes_table(results: dict) -> str:
+    """results.md's section on per-neuron time constants (``tau_shapes.csv`` of each setting): the most likely shape,
+    the skewness and the median at the start of training and at the end; empty where no setting has them."""
+
+    def moment(row):
+        return "-" if row is None else f"{row['most likely']}, skewness {row['skewness']}, median {row['median']}"
+
+    lines = []
+    for setting, result in results.items():
+        rows = {(row["time constant"], row["moment"]): row for row in result["shapes"]}
+        for column in dict.fromkeys(name for name, _ in rows):
+            start, end = rows.get((column, "start")), rows.get((column, "end"))
+            lines.append(f"| {setting.title} | {setting.seed} | {column} | {moment(start)} | {moment(end)} |")
+    if not lines:
+        return ""
+    return (
+        "## Per-neuron time constants\n\nThe most likely of a normal, log-normal and gamma shape (maximum "
+        "likelihood), at the start of training and at the end: each run's tau_shapes.csv and "
+        "tau_distributions.png.\n\n| setting | seed | time constant | start | end |\n|---|---|---|---|---|\n"
+        + "\n".join(lines)
+        + "\n\n"
+    )

@@ -13,7 +13,7 @@ import warnings
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from plifnet import contract, plots
+from plifnet import contract, plots, tau_shapes
 from plifnet.callbacks.common import exact_sum, log_figure, log_histogram, run_dir, spiking_layers
 from plifnet.energy import EnergyReport, SynapticCounter, energy_costs
 from plifnet.errors import UserError
@@ -31,7 +31,10 @@ class TauMonitor(Callback):
     histogram where the logger has one (TensorBoard, wandb): layer by layer, since layers move apart
     (a mean over them would hide it). At the end of fit, ``tau.csv`` (one column per layer, one row per logged step)
     and ``tau.png`` (one curve per layer, x = step) are written into the run folder, and the plot
-    is handed to the loggers as an image.
+    is handed to the loggers as an image. A per-neuron time constant's values at the start of training (kept in
+    checkpoints, so a resumed run has them) and at the end are summarised in ``tau_shapes.csv`` (their quantiles,
+    skewness and the most likely of a normal, log-normal and gamma shape: :mod:`plifnet.tau_shapes`) and drawn in
+    ``tau_distributions.png``.
     """
 
     def __init__(self, every_n_steps: int | None = None):
@@ -40,6 +43,7 @@ class TauMonitor(Callback):
         self.every_n_steps = every_n_steps
         self.steps: list[int] = []
         self.history: dict[str, list[float]] = {}
+        self.start: dict[str, torch.Tensor] = {}  # the values at step 0 of every per-neuron time constant
         self.warned: set[str] = set()  # columns whose time constant was logged as NaN or infinite
 
     def on_fit_start(self, trainer, pl_module):
@@ -57,12 +61,22 @@ class TauMonitor(Callback):
         if not self.steps or set(self.history) != set(self.layers):  # a resumed run keeps its history
             self.steps, self.history = [], {name: [] for name in self.layers}
             self._record(trainer, pl_module)  # tau0, at step 0
+            self.start = {column: tau.clone() for column, tau in self._per_neuron().items()}
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "history": self.history}
+        return {"steps": self.steps, "history": self.history, "start": self.start}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.steps, self.history = list(state_dict["steps"]), {k: list(v) for k, v in state_dict["history"].items()}
+        self.start = dict(state_dict.get("start", {}))  # a checkpoint written before they were kept has none
+
+    def _values(self, column: str) -> torch.Tensor:
+        layer, constant = self.layers[column]
+        return torch.as_tensor(contract.time_constants(layer)[constant].steps).detach().float().cpu()
+
+    def _per_neuron(self) -> dict[str, torch.Tensor]:
+        """The values of every time constant that has more than one, by column."""
+        return {column: tau for column in self.layers if (tau := self._values(column)).numel() > 1}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.layers:
@@ -75,7 +89,7 @@ class TauMonitor(Callback):
             return
         step, metrics = trainer.global_step, {}
         for column, (layer, constant) in self.layers.items():
-            tau = torch.as_tensor(contract.time_constants(layer)[constant].steps).float().cpu()
+            tau = self._values(column)
             layer_name = column.split(":")[0]  # every time constant under tau/: one section of the dashboards
             key = f"tau/{layer_name}" if constant == "tau" else f"tau/{layer_name}/{constant}"
             if not torch.isfinite(tau).all() and column not in self.warned:
@@ -120,6 +134,48 @@ class TauMonitor(Callback):
             ),
         )
         log_figure(trainer, "tau_trajectories", folder / "tau.png", trainer.global_step)
+        self._write_shapes(trainer, folder)
+
+    def _write_shapes(self, trainer, folder) -> None:
+        """``tau_shapes.csv`` and ``tau_distributions.png``: each per-neuron time constant at the start and the end."""
+        end = self._per_neuron()
+        if not end:
+            return
+        rows, labels = [], {}
+        for column, tau in end.items():
+            for moment, values in (("start", self.start.get(column)), ("end", tau)):
+                if values is None:
+                    continue
+                finite = values[values.isfinite() & (values > 0)]
+                if len(finite) < len(values):  # a diverged run: its shape is not the one learnt
+                    rows.append([column, moment, len(values), *["-"] * 7, "not finite"])
+                    continue
+                shape = tau_shapes.fit(finite)
+                likelihood = shape.log_likelihood or dict.fromkeys(tau_shapes.FAMILIES)
+                stats = (shape.mean, shape.median, shape.q5, shape.q95, shape.skewness)
+                rows.append(
+                    [column, moment, shape.count, *(f"{v:.6g}" for v in stats)]
+                    + [f"{likelihood[f]:.6g}" if likelihood[f] is not None else "-" for f in tau_shapes.FAMILIES]
+                    + [shape.best]
+                )
+                labels[f"{column}:{moment}"] = shape.best + (
+                    f", skewness {shape.skewness:.2f}" if shape.log_likelihood else ""
+                )
+
+        def write_csv(path):
+            with open(path, "w", newline="") as f:
+                writer = csv.writer(f)
+                header = ["time constant", "moment", "count", "mean", "median", "q5", "q95", "skewness"]
+                writer.writerow(header + [f"log-likelihood {f}" for f in tau_shapes.FAMILIES] + ["most likely"])
+                writer.writerows(rows)
+
+        write_atomically(folder / "tau_shapes.csv", write_csv)
+        start = {column: values.numpy() for column, values in self.start.items() if column in end}
+        write_atomically(
+            folder / "tau_distributions.png",
+            lambda path: plots.tau_distributions(start, {c: v.numpy() for c, v in end.items()}, labels, path),
+        )
+        log_figure(trainer, "tau_distributions", folder / "tau_distributions.png", trainer.global_step)
 
 
 class FiringRateMonitor(Callback):
