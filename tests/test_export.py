@@ -350,10 +350,11 @@ def test_a_trained_mnist_network_agrees_on_1000_real_test_images(shared_datasets
     # float32, 1000 images, against the independent runner (from_nir is the same code as plifnet's)
     single = compare_on(net, tmp_path / "mnist-float32.nir", x, torch.float32, runs=("nirtorch",))
     counts32, predictions32 = single["plifnet"]
-    lines = [
-        f"MNIST, 60 training steps, 1000 test images: accuracy {(predictions32 == labels).float().mean():.1%}; "
-        f"spikes per layer {counts32}"
-    ]
+    accuracy = (predictions32 == labels).float().mean().item()
+    lines = [f"MNIST, 60 training steps, 1000 test images: accuracy {accuracy:.1%}; spikes per layer {counts32}"]
+    # the real-data pipeline learns: sixty batches leave the accuracy near a half (0.34 to 0.50 over seeds 2020-2023
+    # through plifnet fit), and rounding-level changes move it, so the bound says only that it learns (chance is 0.1)
+    assert accuracy > 0.25, lines[0]
     for name in ("nirtorch",):
         agree = (single[name][1] == predictions32).float().mean().item()
         worst = max(abs(a - b) / a for a, b in zip(single[name][0], counts32))
