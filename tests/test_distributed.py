@@ -27,8 +27,8 @@ def cli(*args, cwd, env):
 
 
 def test_two_process_ddp_fit_then_single_process_test(tiny_digits, tmp_path):
-    """The fit compiles the network (--model.compile true) in both processes; test and predict run the
-    checkpoint eager."""
+    """The fit compiles the network (--model.compile true) in both processes; test and predict rebuild the
+    checkpoint's model as it was trained, compiled too (a --model option beside --ckpt_path is refused)."""
     env = dict(
         os.environ, PYTHONPATH=str(ROOT / "tests"), PLIFNET_PROBE_DIR=str(tmp_path / "probe"), PYTHONUNBUFFERED="1"
     )
