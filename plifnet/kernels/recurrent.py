@@ -9,10 +9,10 @@ Forward: one matrix product per step (the feedback) and the step's element-wise 
 surrogate one kernel pass (numba's on the CPU, :mod:`~plifnet.kernels.recurrent_cpu`; Triton's on CUDA,
 :mod:`~plifnet.kernels.recurrent_gpu`), torch operations otherwise; nothing of autograd's. Kept for backward: the current
 ``I`` (float32) and the spikes (one byte) of every step, 5 bytes per neuron and step, whatever T. Backward: replays
-``H`` from them (element-wise), then runs back through time with two products per step (``dS[t-1] += dI[t] W`` and
-``dW += dI[t]^T S[t-1]``). The reference's step loop keeps an autograd graph of about ten nodes per step.
-Half precision is computed in float32, as the other kernels do (the feedback product under autocast is bf16, as the
-loop's); the surrogate is any :class:`Surrogate`.
+``H`` from them (element-wise), then runs back through time with the product ``dS[t-1] += dI[t] W`` per step and
+``dW += dI[t]^T S[t-1]`` per 32 steps (:class:`_FeedbackBackward`). The reference's step loop keeps an autograd graph
+of about ten nodes per step. Half precision is computed in float32, as the other kernels do; the feedback products,
+forward and backward, are bf16 under autocast, as the loop's; the surrogate is any :class:`Surrogate`.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class RecurrentMultiStep(torch.autograd.Function):
             spike_bytes = out.to(torch.uint8)
         ctx.save_for_backward(w32, k32, spike_bytes, *currents)
         ctx.options, ctx.kernel, ctx.dtypes = options, kernel, (x.dtype, weight.dtype, k.dtype, k.shape)
+        ctx.products = _products_dtype(x)
         return out.to(x.dtype)
 
     @staticmethod
@@ -88,7 +89,7 @@ class RecurrentMultiStep(torch.autograd.Function):
                 h_all.append(leaky_charge(v, current, k, options=options))
                 v = reset_potential(h_all[-1], spike.float(), options=options)
         grad_i = torch.empty_like(grad)
-        grad_w = torch.zeros_like(w32) if ctx.needs_input_grad[1] else None
+        feedback = _FeedbackBackward(w32, grad_i, spike_bytes, ctx.products, with_weight=ctx.needs_input_grad[1])
         grad_k = torch.zeros_like(currents[0]) if ctx.needs_input_grad[2] else None
         grad_v = torch.zeros_like(currents[0])  # dL/dV[t], carried back
         grad_s_next = None  # dL/dS[t] through I[t+1] = ... + S[t] W^T
@@ -126,9 +127,8 @@ class RecurrentMultiStep(torch.autograd.Function):
                     options,
                 )
             if t > 0:
-                grad_s_next = grad_i[t] @ w32
-                if grad_w is not None:  # dW = sum_t dI[t]^T S[t-1], step by step (no [T, N, F] float spikes)
-                    grad_w.addmm_(grad_i[t].T, spike_bytes[t - 1].float())
+                grad_s_next = feedback.step(t)
+        grad_w = feedback.grad_weight
         if grad_k is not None:
             grad_k = (grad_k.sum() if len(k_shape) == 0 else grad_k.reshape(-1, grad_k.shape[-1]).sum(0)).view(k_shape)
             grad_k = grad_k.to(k_dtype)
@@ -160,6 +160,7 @@ class RecurrentALIF(torch.autograd.Function):
             )
         ctx.save_for_backward(w32, k32, ka32, spike_bytes, *currents)
         ctx.options, ctx.meta = options, (x.dtype, weight.dtype, k.dtype, k.shape, k_adapt.shape)
+        ctx.products = _products_dtype(x)
         return out.to(x.dtype)
 
     @staticmethod
@@ -178,7 +179,7 @@ class RecurrentALIF(torch.autograd.Function):
             )
             replayed.append(step)
         grad_i = torch.empty_like(grad)
-        grad_w = torch.zeros_like(w32)
+        feedback = _FeedbackBackward(w32, grad_i, spike_bytes, ctx.products)
         grad_v, grad_a, grad_k, grad_ka = (torch.zeros_like(currents[0]) for _ in range(4))
         grad_s_next = None
         _, adaptation, rest = _alif_levels(options)
@@ -194,12 +195,11 @@ class RecurrentALIF(torch.autograd.Function):
                 *recurrent_cpu.rows(grad_v, grad_a, grad_k, grad_ka, grad_i[t]),
             )
             if t > 0:
-                grad_s_next = grad_i[t] @ w32
-                grad_w.addmm_(grad_i[t].T, spike_bytes[t - 1].float())
+                grad_s_next = feedback.step(t)
 
         return (
             grad_i.to(x_dtype),
-            grad_w.to(w_dtype),
+            feedback.grad_weight.to(w_dtype),
             _per_parameter(grad_k, k_shape).to(k_dtype),
             _per_parameter(grad_ka, ka_shape).to(k_dtype),
             None,
@@ -246,6 +246,7 @@ class RecurrentAdLIF(torch.autograd.Function):
             )
         ctx.save_for_backward(w32, k32, kw32, a32, b32, spike_bytes, *currents)
         ctx.options, ctx.meta = options, (x.dtype, weight.dtype, [(p.dtype, p.shape) for p in (k, k_adapt, a, b)])
+        ctx.products = _products_dtype(x)
         return out.to(x.dtype)
 
     @staticmethod
@@ -267,7 +268,8 @@ class RecurrentAdLIF(torch.autograd.Function):
                 *recurrent_cpu.rows(*step),
             )
             replayed.append(step)
-        grad_i, grad_weight = torch.empty_like(grad), torch.zeros_like(w32)
+        grad_i = torch.empty_like(grad)
+        feedback = _FeedbackBackward(w32, grad_i, spike_bytes, ctx.products)
         grad_v, grad_w, *grad_parameters = (torch.zeros_like(zeros) for _ in range(6))
         grad_s_next = None
         no_spikes = torch.zeros_like(spike_bytes[0])
@@ -285,10 +287,9 @@ class RecurrentAdLIF(torch.autograd.Function):
                 *recurrent_cpu.rows(grad_v, grad_w, *grad_parameters, grad_i[t]),
             )
             if t > 0:
-                grad_s_next = grad_i[t] @ w32
-                grad_weight.addmm_(grad_i[t].T, spike_bytes[t - 1].float())
+                grad_s_next = feedback.step(t)
         summed = [_per_parameter(g, shape).to(dtype) for g, (dtype, shape) in zip(grad_parameters, parameters)]
-        return grad_i.to(x_dtype), grad_weight.to(w_dtype), *summed, None, None
+        return grad_i.to(x_dtype), feedback.grad_weight.to(w_dtype), *summed, None, None
 
 
 @torch.compiler.disable  # as recurrent_multi_step
@@ -300,6 +301,39 @@ def recurrent_adlif(x: torch.Tensor, connection: torch.nn.Linear, k, k_adapt, a,
 def _per_parameter(summed: torch.Tensor, shape) -> torch.Tensor:
     """A gradient summed per element ``[N, F]`` as its parameter's: a scalar, or ``[F]`` per neuron."""
     return (summed.sum() if len(shape) == 0 else summed.reshape(-1, summed.shape[-1]).sum(0)).view(shape)
+
+
+WEIGHT_GRAD_STEPS = 32  # steps whose dW = sum_t dI[t]^T S[t-1] is one product (of 32 N rows; one per step: 1.25x)
+
+
+def _products_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of the forward's feedback products: autocast's (bfloat16) where it is on, float32 otherwise."""
+    on = torch.is_autocast_enabled(x.device.type)
+    return torch.get_autocast_dtype(x.device.type) if on else torch.float32
+
+
+class _FeedbackBackward:
+    """The backward of the feedback ``I[t] = X[t] + S[t-1] W^T``, from the last step to the first: ``dL/dS[t-1] =
+    dI[t] W`` and ``dW = sum_t dI[t]^T S[t-1]``, the latter over chunks of :data:`WEIGHT_GRAD_STEPS` steps. Both in the
+    dtype of the forward's products (bfloat16 under autocast, as autograd computes the step loop's backward under
+    it), their results added in float32."""
+
+    def __init__(self, weight, grad_i, spike_bytes, dtype, with_weight: bool = True):
+        self.weight, self.grad_i, self.spike_bytes, self.dtype = weight.to(dtype), grad_i, spike_bytes, dtype
+        self.grad_weight = torch.zeros_like(weight) if with_weight else None
+        self.summed_from = len(grad_i)  # dW holds the steps from here on
+
+    def step(self, t: int) -> torch.Tensor:
+        """Once dI[t] (t > 0) is written: dL/dS[t-1] (float32), and dW of the steps down to t when a chunk is full."""
+        if self.grad_weight is not None and (t == 1 or self.summed_from - t == WEIGHT_GRAD_STEPS):
+            grads = self.grad_i[t : self.summed_from].flatten(0, 1).T
+            spikes = self.spike_bytes[t - 1 : self.summed_from - 1].flatten(0, 1)
+            if self.dtype == torch.float32:
+                self.grad_weight.addmm_(grads, spikes.float())
+            else:
+                self.grad_weight += (grads.to(self.dtype) @ spikes.to(self.dtype)).float()
+            self.summed_from = t
+        return (self.grad_i[t].to(self.dtype) @ self.weight).float()
 
 
 def _product(connection, weight):
