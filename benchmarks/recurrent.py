@@ -3,7 +3,7 @@ RLeaky, a SpikingJelly LIF neuron driven step by step, and the products-only lim
 
 Every case: input currents [T, 128, 256] (already W_in x + b), a recurrent 256 x 256 weight, a PLIF-like neuron with
 a learnt leak where the library has one, forward and backward of sum(spikes * g) for a fixed g; float32; the median
-of --repeats runs after one warm-up, all in one process. The products-only limit is the same loop's matrix products
+of --repeats rounds after one warm-up, the cases timed in turns within each round, all in one process. The products-only limit is the same loop's matrix products
 and a ReLU (I[t] = X[t] + relu(I[t-1]) W^T) through autograd with `unbind`: what any step loop must at least do.
 
     python benchmarks/recurrent.py [--steps 100 784 1301] [--repeats 3] [--batch 128] [--neurons 256]
@@ -13,7 +13,7 @@ and a ReLU (I[t] = X[t] + relu(I[t-1]) W^T) through autograd with `unbind`: what
 import argparse
 
 import torch
-from timing import median_seconds
+from timing import interleaved_medians
 
 from plifnet.kernels import keep_freed_memory_unless_opted_out
 from plifnet.neurons import PLIF
@@ -80,12 +80,14 @@ CASES = {
 }
 
 
-def seconds(run, x, grad, repeats: int) -> float:
+def pass_of(run, x, grad):
+    """One forward and backward of ``run`` on ``x`` (a fresh leaf each time), weighted by ``grad``."""
+
     def once():
         given = x.clone().requires_grad_()
         (run(given) * grad).sum().backward()
 
-    return median_seconds(once, repeats)
+    return once
 
 
 class ProductsOnlyNet(torch.nn.Module):
@@ -159,21 +161,22 @@ def psmnist_step(repeats: int, bf16: bool) -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; PS-MNIST training step, batch 128, T = 784, {precision}"
     )
-    results = {}
+    steps = {}
     for name, net in models.items():
         model = SpikingClassifier(net, loss="cross_entropy", classes=10)
         optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
 
-        def step():
+        def step(model=model, optimizer=optimizer):
             optimizer.zero_grad()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = model.training_loss(model(x), y)
             loss.backward()
             optimizer.step()
 
-        results[name] = median_seconds(step, repeats)
-        ratio = results[name] / results["plifnet fused"]
-        print(f"{name:24}{results[name]:8.3f} s   {ratio:6.2f}x the fused step")
+        steps[name] = step
+    results = interleaved_medians(steps, repeats)  # in turns: this machine's speed drifts by 10-20 % between minutes
+    for name, seconds in results.items():
+        print(f"{name:24}{seconds:8.3f} s   {seconds / results['plifnet fused']:6.2f}x the fused step")
 
 
 def main() -> None:
@@ -192,19 +195,20 @@ def main() -> None:
         return psmnist_step(args.repeats, args.bf16)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, {args.neurons} neurons")
     print(f"{'forward + backward (s)':24}" + "".join(f"{f'T = {t}':>10}" for t in args.steps) + "   vs fused")
-    results = {}
+    runs = {}
     for name, make in CASES.items():
         try:
-            run = make(args.neurons)
+            runs[name] = make(args.neurons)
         except ImportError as error:
             print(f"{name:24} not installed ({error.name})")
-            continue
-        row = []
-        for steps in args.steps:
-            x = torch.rand(steps, args.batch, args.neurons) * 1.5
-            grad = torch.randn(steps, args.batch, args.neurons)
-            row.append(seconds(run, x, grad, args.repeats))
-        results[name] = row
+    results = {name: [] for name in runs}
+    for steps in args.steps:  # each T: the cases in turns (this machine's speed drifts between minutes)
+        x = torch.rand(steps, args.batch, args.neurons) * 1.5
+        grad = torch.randn(steps, args.batch, args.neurons)
+        seconds = interleaved_medians({name: pass_of(run, x, grad) for name, run in runs.items()}, args.repeats)
+        for name in runs:
+            results[name].append(seconds[name])
+    for name, row in results.items():
         ratio = row[-1] / results["plifnet fused"][-1]
         print(f"{name:24}" + "".join(f"{value:10.3f}" for value in row) + f"   {ratio:6.2f}x")
 

@@ -37,22 +37,29 @@ class RecurrentMultiStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, k, options: NeuronOptions, connection=None, kernel=None):
-        x32, w32, k32 = x.float(), weight.float(), k.detach().float()
+        w32, k32 = weight.float(), k.detach().float()
         product = _product(connection, w32)
-        elementwise = _elementwise(x32, options, kernel)
-        if x32.device.type == "cpu" and elementwise is not None:
+        elementwise = _elementwise(x, options, kernel)
+        # bfloat16 with bf16 products (autocast's, or a bf16 model's): the CPU kernels read the input and the feedback
+        # and write the spikes in it as they are, so no float32 copy of them is made (nor of their gradients)
+        as_is = elementwise is not None and elementwise.READS_BFLOAT16 and x.dtype == torch.bfloat16
+        as_is = as_is and torch.bfloat16 in (_products_dtype(x), weight.dtype)
+        x_in = x if as_is else x.float()
+        if x.device.type == "cpu" and elementwise is not None:
             keep_freed_memory_unless_opted_out()  # as the feed-forward kernels: no page faults at every step
-        k_elements = k32.expand(x32.shape[1:]).contiguous() if elementwise else None
-        v, currents, spikes = torch.full_like(x32[0], options.rest), [], []
+        step_shape, step_float = x.shape[1:], dict(dtype=torch.float32, device=x.device)
+        k_elements = k32.expand(step_shape).contiguous() if elementwise else None
+        v, currents, spikes = torch.full(step_shape, options.rest, **step_float), [], []
         # the kernels write each step's spikes into the output and, as bytes, into what backward keeps
-        out = torch.empty_like(x32) if elementwise else None
-        spike_bytes = torch.empty(x32.shape, dtype=torch.uint8, device=x32.device) if elementwise else None
-        for t, x_t in enumerate(x32.unbind(0)):
+        out = torch.empty_like(x_in) if elementwise else None
+        spike_bytes = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if elementwise else None
+        for t, x_t in enumerate(x_in.unbind(0)):
             # the feedback of S[-1] = 0 too, as the loop computes (and the synaptic counter counts) it; under
             # autocast the product is bf16, added to the float32 current as the loop adds it (an exact widening)
-            feedback = product(spikes[-1] if spikes else torch.zeros_like(x_t)).float()
+            feedback = product(spikes[-1] if spikes else torch.zeros_like(x_t))
+            feedback = feedback if as_is else feedback.float()
             if elementwise:
-                current, spike = torch.empty_like(x_t), out[t]
+                current, spike = torch.empty(step_shape, **step_float), out[t]
                 elementwise.run_forward(x_t, feedback, v, k_elements, current, spike, spike_bytes[t], options=options)
             else:
                 current = x_t + feedback
@@ -66,7 +73,7 @@ class RecurrentMultiStep(torch.autograd.Function):
             spike_bytes = out.to(torch.uint8)
         ctx.save_for_backward(w32, k32, spike_bytes, *currents)
         ctx.options, ctx.kernel, ctx.dtypes = options, kernel, (x.dtype, weight.dtype, k.dtype, k.shape)
-        ctx.products = _products_dtype(x)
+        ctx.products, ctx.as_is = _products_dtype(x), as_is
         return out.to(x.dtype)
 
     @staticmethod
@@ -74,7 +81,7 @@ class RecurrentMultiStep(torch.autograd.Function):
         w32, k, spike_bytes, *currents = ctx.saved_tensors
         steps = len(currents)
         options, (x_dtype, w_dtype, k_dtype, k_shape) = ctx.options, ctx.dtypes
-        grad = grad_spikes.float().contiguous()
+        grad = (grad_spikes if ctx.as_is else grad_spikes.float()).contiguous()  # as_is: dL/dI in bf16 too
         elementwise = _elementwise(w32, options, ctx.kernel)
         if elementwise:
             k = k.expand(currents[0].shape).contiguous()
@@ -89,7 +96,9 @@ class RecurrentMultiStep(torch.autograd.Function):
                 h_all.append(leaky_charge(v, current, k, options=options))
                 v = reset_potential(h_all[-1], spike.float(), options=options)
         grad_i = torch.empty_like(grad)
-        feedback = _FeedbackBackward(w32, grad_i, spike_bytes, ctx.products, with_weight=ctx.needs_input_grad[1])
+        feedback = _FeedbackBackward(
+            w32, grad_i, spike_bytes, ctx.products, with_weight=ctx.needs_input_grad[1], as_is=ctx.as_is
+        )
         grad_k = torch.zeros_like(currents[0]) if ctx.needs_input_grad[2] else None
         grad_v = torch.zeros_like(currents[0])  # dL/dV[t], carried back
         grad_s_next = None  # dL/dS[t] through I[t+1] = ... + S[t] W^T
@@ -318,13 +327,14 @@ class _FeedbackBackward:
     dtype of the forward's products (bfloat16 under autocast, as autograd computes the step loop's backward under
     it), their results added in float32."""
 
-    def __init__(self, weight, grad_i, spike_bytes, dtype, with_weight: bool = True):
+    def __init__(self, weight, grad_i, spike_bytes, dtype, with_weight: bool = True, as_is: bool = False):
         self.weight, self.grad_i, self.spike_bytes, self.dtype = weight.to(dtype), grad_i, spike_bytes, dtype
+        self.as_is = as_is  # dL/dS[t-1] returned in the products' dtype (for kernels that read it so), not float32
         self.grad_weight = torch.zeros_like(weight) if with_weight else None
         self.summed_from = len(grad_i)  # dW holds the steps from here on
 
     def step(self, t: int) -> torch.Tensor:
-        """Once dI[t] (t > 0) is written: dL/dS[t-1] (float32), and dW of the steps down to t when a chunk is full."""
+        """Once dI[t] (t > 0) is written: dL/dS[t-1], and dW of the steps down to t when a chunk is full."""
         if self.grad_weight is not None and (t == 1 or self.summed_from - t == WEIGHT_GRAD_STEPS):
             grads = self.grad_i[t : self.summed_from].flatten(0, 1).T
             spikes = self.spike_bytes[t - 1 : self.summed_from - 1].flatten(0, 1)
@@ -333,7 +343,8 @@ class _FeedbackBackward:
             else:
                 self.grad_weight += (grads.to(self.dtype) @ spikes.to(self.dtype)).float()
             self.summed_from = t
-        return (self.grad_i[t].to(self.dtype) @ self.weight).float()
+        grad_s = self.grad_i[t].to(self.dtype) @ self.weight
+        return grad_s if self.as_is else grad_s.float()
 
 
 def _product(connection, weight):

@@ -15,6 +15,8 @@ from plifnet.kernels.gpu import BLOCK, _surrogate_grad
 from plifnet.options import NeuronOptions
 from plifnet.surrogates import kernel_code
 
+READS_BFLOAT16 = False  # the recurrent layer gives these kernels float32 (not yet run on a GPU in bf16)
+
 
 @triton.jit
 def _charge(v, k, x, rest, DECAY_INPUT: tl.constexpr):
