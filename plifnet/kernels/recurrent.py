@@ -8,8 +8,9 @@ the equations of :mod:`plifnet.equations` (the step loop's own), so that the spi
 Forward: one matrix product per step (the feedback) and the step's element-wise operations, for a built-in
 surrogate one kernel pass (numba's on the CPU, :mod:`~plifnet.kernels.recurrent_cpu`; Triton's on CUDA,
 :mod:`~plifnet.kernels.recurrent_gpu`), torch operations otherwise; nothing of autograd's. Kept for backward: the current
-``I`` (float32) and the spikes (one byte) of every step, 5 bytes per neuron and step, whatever T. Backward: replays
-``H`` from them (element-wise), then runs back through time with the product ``dS[t-1] += dI[t] W`` per step and
+``I`` (float32) and the spikes (one byte) of every step, 5 bytes per neuron and step, whatever T; where the input is not
+decayed the kernels keep ``H`` instead of ``I`` (its dH/dk does not read I). Backward: replays ``H`` from them
+(element-wise) where it was not kept, then runs back through time with the product ``dS[t-1] += dI[t] W`` per step and
 ``dW += dI[t]^T S[t-1]`` per 32 steps (:class:`_FeedbackBackward`). The reference's step loop keeps an autograd graph
 of about ten nodes per step. Half precision is computed in float32, as the other kernels do; the feedback products,
 forward and backward, are bf16 under autocast, as the loop's; the surrogate is any :class:`Surrogate`.
@@ -85,10 +86,13 @@ class RecurrentMultiStep(torch.autograd.Function):
         elementwise = _elementwise(w32, options, ctx.kernel)
         if elementwise:
             k = k.expand(currents[0].shape).contiguous()
-        # H[t] replayed from the currents, the forward's arithmetic (V[t-1] from it step by step, where it is read)
+        # H[t] replayed from the currents, the forward's arithmetic (V[t-1] from it step by step, where it is read);
+        # the kernels kept H itself where the input is not decayed (dH/dk does not read the current then)
         h_all, v_before, v = [], [], torch.full_like(currents[0], options.rest)
         for current, spike in zip(currents, spike_bytes):
-            if elementwise:
+            if elementwise and not options.decay_input:
+                h_all.append(current)
+            elif elementwise:
                 h_all.append(torch.empty_like(current))
                 elementwise.run_replay(current, k, v, h_all[-1], options=options)
             else:

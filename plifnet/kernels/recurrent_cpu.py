@@ -55,15 +55,16 @@ def _write(array, j, value):
 
 @lru_cache(maxsize=None)
 def step_forward(*, soft: bool, decay_input: bool):
-    """``I = X[t] + R[t]`` (R the feedback product), the step, in place: ``v`` [E] becomes V[t]; writes the current, the spike (float32,
-    the layer's output) and the spike as a byte (what backward keeps)."""
+    """``I = X[t] + R[t]`` (R the feedback product), the step, in place: ``v`` [E] becomes V[t]; writes into ``kept``
+    what backward needs of the step (the current with the input decayed, whose dH/dk reads it; H itself otherwise,
+    which spares backward the replay), the spike (the layer's output) and the spike as a byte (kept too)."""
 
     @njit(cache=True)
-    def forward(x, feedback, v, k, v_th, rest, current, spike, spike_byte):
+    def forward(x, feedback, v, k, v_th, rest, kept, spike, spike_byte):
         for j in range(v.shape[0]):
             i = read(x, j) + read(feedback, j)
-            _, fired, v[j] = neuron_step(v=v[j], k=k[j], x=i, v_th=v_th, rest=rest, soft=soft, decay_input=decay_input)
-            current[j] = i
+            h, fired, v[j] = neuron_step(v=v[j], k=k[j], x=i, v_th=v_th, rest=rest, soft=soft, decay_input=decay_input)
+            kept[j] = i if decay_input else h
             write(spike, j, ONE if fired else ZERO)
             spike_byte[j] = 1 if fired else 0
 
@@ -302,11 +303,12 @@ def adlif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: i
 # step (each contiguous), the options; each passed to its compiled kernel as a flat numpy view.
 
 
-def run_forward(x, feedback, v, k, current, spike, spike_byte, *, options) -> None:
-    """``I = X[t] + R[t]`` and the step: ``v`` becomes V[t] in place; writes the current, the spike and its byte."""
+def run_forward(x, feedback, v, k, kept, spike, spike_byte, *, options) -> None:
+    """``I = X[t] + R[t]`` and the step: ``v`` becomes V[t] in place; writes what backward keeps of the step (the
+    current with ``options.decay_input``, else H), the spike and its byte."""
     step_forward(soft=options.soft_reset, decay_input=options.decay_input)(
         *rows(x, feedback, v, k), np.float32(options.v_threshold), np.float32(options.rest),
-        *rows(current, spike, spike_byte),
+        *rows(kept, spike, spike_byte),
     )  # fmt: skip
 
 

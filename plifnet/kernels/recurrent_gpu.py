@@ -58,7 +58,10 @@ def _forward_step(
     v = tl.load(v_ptr + offsets, mask=mask, other=0.0)
     h = _charge(v, tl.load(k_ptr + offsets, mask=mask, other=0.0), i, rest, DECAY_INPUT)
     fired = h - v_th >= 0
-    tl.store(current_ptr + offsets, i, mask=mask)
+    if DECAY_INPUT:  # what backward keeps of the step, as recurrent_cpu.step_forward says
+        tl.store(current_ptr + offsets, i, mask=mask)
+    else:
+        tl.store(current_ptr + offsets, h, mask=mask)
     tl.store(spike_ptr + offsets, tl.where(fired, 1.0, 0.0), mask=mask)
     tl.store(byte_ptr + offsets, tl.where(fired, 1, 0).to(tl.uint8), mask=mask)
     tl.store(v_ptr + offsets, _reset(h, fired, v_th, rest, SOFT), mask=mask)
@@ -156,7 +159,8 @@ def _grid(tensor: torch.Tensor) -> tuple[int]:
 
 
 def run_forward(x, feedback, v, k, current, spike, spike_byte, *, options: NeuronOptions) -> None:
-    """``I = X[t] + R[t]`` and the step: ``v`` becomes V[t] in place; writes the current, the spike and its byte."""
+    """``I = X[t] + R[t]`` and the step: ``v`` becomes V[t] in place; writes what backward keeps of the step (the
+    current with ``options.decay_input``, else H: ``current`` holds it), the spike and its byte."""
     _forward_step[_grid(v)](
         x,
         feedback,
