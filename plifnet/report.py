@@ -182,7 +182,9 @@ def shapes_table(results: dict) -> str:
     the skewness and the median at the start of training and at the end; empty where no setting has them."""
 
     def moment(row):
-        return "-" if row is None else f"{row['most likely']}, skewness {row['skewness']}, median {row['median']}"
+        if row is None or row["median"] == "-":  # not recorded, or not finite
+            return "-" if row is None else row["most likely"]
+        return f"{row['most likely']}, skewness {row['skewness']}, median {row['median']}"
 
     lines = []
     for setting, result in results.items():

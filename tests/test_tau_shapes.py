@@ -4,6 +4,7 @@ that TauMonitor writes for a run, kept across a resume."""
 import csv
 import shutil
 from functools import partial
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -19,6 +20,7 @@ from plifnet.callbacks import ResetState, TauMonitor
 from plifnet.data import ECGDataModule
 from plifnet.grid import Setting
 from plifnet.module import SpikingClassifier
+from plifnet.neurons import PLIF
 from plifnet.options import NeuronOptions
 from plifnet.sequences import SequenceNet
 
@@ -123,3 +125,28 @@ def test_a_run_writes_its_time_constants_shapes_at_the_start_and_the_end_and_a_r
     for column in start:  # the start of the first run, not the values the second one resumed from
         assert again[(column, "start")] == rows[(column, "start")]
         assert float(again[(column, "start")]["median"]) != pytest.approx(tau_shapes.fit(stopped[column]).median)
+
+
+def test_a_start_that_was_not_kept_and_values_that_are_not_finite_are_said_so_in_their_own_rows(tmp_path):
+    """A run resumed from a checkpoint written before TauMonitor kept the start, and a diverged layer: each row says
+    why it has no shape, in the column that says the shape, and the report shows that word."""
+    neuron = PLIF(tau=4.0, per_channel=True, channels=5)
+    other = PLIF(tau=4.0, per_channel=True, channels=3)
+    with torch.no_grad():
+        other.w[0] = float("nan")
+    monitor = TauMonitor()
+    monitor.layers = {"a": (neuron, "tau"), "b": (other, "tau")}
+    monitor.load_state_dict({"steps": [0], "history": {"a": [4.0], "b": [4.0]}})  # no "start": an older checkpoint
+    trainer = SimpleNamespace(loggers=[], global_step=7)
+    monitor._write_shapes(trainer, tmp_path)
+    rows = read_rows(tmp_path / "tau_shapes.csv")
+    assert rows[("a", "start")]["most likely"] == "not recorded" and rows[("a", "start")]["median"] == "-"
+    assert rows[("a", "end")]["most likely"] == "constant" and float(rows[("a", "end")]["median"]) == pytest.approx(4)
+    assert rows[("b", "end")]["most likely"] == "not finite" and rows[("b", "end")]["count"] == "3"
+    assert all(len(row) == 12 and None not in row.values() for row in rows.values())  # aligned with the header
+    (tmp_path / "s" / "a_seed1" / "runs").mkdir(parents=True)
+    shutil.copy(tmp_path / "tau_shapes.csv", tmp_path / "s" / "a_seed1" / "runs")
+    report.report(tmp_path / "s", [Setting("a", (), 1)])
+    assert (
+        "| a | 1 | a | not recorded | constant, skewness 0, median 4 |" in (tmp_path / "s" / "results.md").read_text()
+    )

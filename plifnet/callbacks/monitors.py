@@ -19,6 +19,12 @@ from plifnet.energy import EnergyReport, SynapticCounter, energy_costs
 from plifnet.errors import UserError
 from plifnet.files import write_atomically
 
+SHAPES_HEADER = [  # tau_shapes.csv's columns
+    *("time constant", "moment", "count", "mean", "median", "q5", "q95", "skewness"),
+    *(f"log-likelihood {family}" for family in tau_shapes.FAMILIES),
+    "most likely",
+]
+
 
 class TauMonitor(Callback):
     """Log the tau of every PLIF layer every ``every_n_steps`` optimiser steps (default: the trainer's
@@ -144,11 +150,12 @@ class TauMonitor(Callback):
         rows, labels = [], {}
         for column, tau in end.items():
             for moment, values in (("start", self.start.get(column)), ("end", tau)):
-                if values is None:
+                if values is None:  # resumed from a checkpoint written before the start values were kept
+                    rows.append([column, moment, "-", *["-"] * (len(SHAPES_HEADER) - 4), "not recorded"])
                     continue
                 finite = values[values.isfinite() & (values > 0)]
                 if len(finite) < len(values):  # a diverged run: its shape is not the one learnt
-                    rows.append([column, moment, len(values), *["-"] * 7, "not finite"])
+                    rows.append([column, moment, len(values), *["-"] * (len(SHAPES_HEADER) - 4), "not finite"])
                     continue
                 shape = tau_shapes.fit(finite)
                 likelihood = shape.log_likelihood or dict.fromkeys(tau_shapes.FAMILIES)
@@ -165,8 +172,7 @@ class TauMonitor(Callback):
         def write_csv(path):
             with open(path, "w", newline="") as f:
                 writer = csv.writer(f)
-                header = ["time constant", "moment", "count", "mean", "median", "q5", "q95", "skewness"]
-                writer.writerow(header + [f"log-likelihood {f}" for f in tau_shapes.FAMILIES] + ["most likely"])
+                writer.writerow(SHAPES_HEADER)
                 writer.writerows(rows)
 
         write_atomically(folder / "tau_shapes.csv", write_csv)

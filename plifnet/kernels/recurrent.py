@@ -43,8 +43,9 @@ class RecurrentMultiStep(torch.autograd.Function):
         elementwise = _elementwise(x, options, kernel)
         # bfloat16 with bf16 products (autocast's, or a bf16 model's): the CPU kernels read the input and the feedback
         # and write the spikes in it as they are, so no float32 copy of them is made (nor of their gradients)
-        as_is = elementwise is not None and elementwise.READS_BFLOAT16 and x.dtype == torch.bfloat16
-        as_is = as_is and torch.bfloat16 in (_products_dtype(x), weight.dtype)
+        products = _products_dtype(x)
+        as_is = bool(elementwise and elementwise.READS_BFLOAT16) and torch.bfloat16 == x.dtype
+        as_is = as_is and torch.bfloat16 in (products, weight.dtype)
         x_in = x if as_is else x.float()
         if x.device.type == "cpu" and elementwise is not None:
             keep_freed_memory_unless_opted_out()  # as the feed-forward kernels: no page faults at every step
@@ -73,8 +74,9 @@ class RecurrentMultiStep(torch.autograd.Function):
             out = torch.stack(spikes)
             spike_bytes = out.to(torch.uint8)
         ctx.save_for_backward(w32, k32, spike_bytes, *currents)
-        ctx.options, ctx.kernel, ctx.dtypes = options, kernel, (x.dtype, weight.dtype, k.dtype, k.shape)
-        ctx.products, ctx.as_is = _products_dtype(x), as_is
+        ctx.options, ctx.dtypes = options, (x.dtype, weight.dtype, k.dtype, k.shape)
+        # backward runs the kernels the forward ran (what they kept depends on them), in the forward's dtypes
+        ctx.elementwise, ctx.products, ctx.as_is = elementwise, products, as_is
         return out.to(x.dtype)
 
     @staticmethod
@@ -83,7 +85,7 @@ class RecurrentMultiStep(torch.autograd.Function):
         steps = len(currents)
         options, (x_dtype, w_dtype, k_dtype, k_shape) = ctx.options, ctx.dtypes
         grad = (grad_spikes if ctx.as_is else grad_spikes.float()).contiguous()  # as_is: dL/dI in bf16 too
-        elementwise = _elementwise(w32, options, ctx.kernel)
+        elementwise = ctx.elementwise
         if elementwise:
             k = k.expand(currents[0].shape).contiguous()
         # H[t] replayed from the currents, the forward's arithmetic (V[t-1] from it step by step, where it is read);
