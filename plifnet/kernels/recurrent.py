@@ -160,20 +160,22 @@ class RecurrentALIF(torch.autograd.Function):
         from plifnet.kernels import recurrent_cpu
 
         keep_freed_memory_unless_opted_out()
-        x32, w32 = x.float(), weight.float()
+        x32, w32 = x.float().contiguous(), weight.float()
         product = _product(connection, w32)
         k32, ka32 = (value.detach().float().expand(x32.shape[1:]).contiguous() for value in (k, k_adapt))
         v, a = torch.full_like(x32[0], options.rest), torch.zeros_like(x32[0])
-        out, spike_bytes, currents = torch.empty_like(x32), torch.empty(x32.shape, dtype=torch.uint8), []
-        for t, x_t in enumerate(x32.unbind(0)):
-            feedback = product(out[t - 1] if t else torch.zeros_like(x_t)).float()  # S[-1] = 0, as the loop's
-            currents.append(torch.empty_like(x_t))
-            recurrent_cpu.alif_forward(soft=options.soft_reset, decay_input=options.decay_input)(
-                *recurrent_cpu.rows(x_t, feedback, v, a, k32, ka32),
-                *_alif_levels(options),
-                *recurrent_cpu.rows(currents[-1], out[t], spike_bytes[t]),
+        out, currents = torch.empty_like(x32), torch.empty_like(x32)
+        spike_bytes = torch.empty(x32.shape, dtype=torch.uint8)
+        # numpy views taken once, indexed per step: a tensor's .numpy() costs more than the kernel at ECG's 36 x 64
+        kernel = recurrent_cpu.alif_forward(soft=options.soft_reset, decay_input=options.decay_input)
+        levels, state = _alif_levels(options), recurrent_cpu.rows(v, a, k32, ka32)
+        x_rows, current_rows, out_rows, byte_rows = recurrent_cpu.steps(x32, currents, out, spike_bytes)
+        for t in range(len(x32)):
+            feedback = product(out[t - 1] if t else torch.zeros_like(x32[0])).float()  # S[-1] = 0, as the loop's
+            kernel(
+                x_rows[t], *recurrent_cpu.rows(feedback), *state, *levels, current_rows[t], out_rows[t], byte_rows[t]
             )
-        ctx.save_for_backward(w32, k32, ka32, spike_bytes, *currents)
+        ctx.save_for_backward(w32, k32, ka32, spike_bytes, currents)
         ctx.options, ctx.meta = options, (x.dtype, weight.dtype, k.dtype, k.shape, k_adapt.shape)
         ctx.products = _products_dtype(x)
         return out.to(x.dtype)
@@ -182,35 +184,40 @@ class RecurrentALIF(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         from plifnet.kernels import recurrent_cpu
 
-        w32, k, k_a, spike_bytes, *currents = ctx.saved_tensors
+        w32, k, k_a, spike_bytes, currents = ctx.saved_tensors
         options, (x_dtype, w_dtype, k_dtype, k_shape, ka_shape) = ctx.options, ctx.meta
         grad = grad_spikes.float().contiguous()
         v, a = torch.full_like(currents[0], options.rest), torch.zeros_like(currents[0])
-        replayed = []  # (H, theta, V[t-1], A[t-1]) of every step
-        for current in currents:
-            step = [torch.empty_like(current) for _ in range(4)]
-            recurrent_cpu.alif_replay(soft=options.soft_reset, decay_input=options.decay_input)(
-                *recurrent_cpu.rows(current, k, k_a, v, a), *_alif_levels(options), *recurrent_cpu.rows(*step)
-            )
-            replayed.append(step)
+        # (H, theta, V[t-1], A[t-1]) of every step, replayed from the currents
+        replayed = [torch.empty_like(currents) for _ in range(4)]
+        replay = recurrent_cpu.alif_replay(soft=options.soft_reset, decay_input=options.decay_input)
+        levels, leaks, state = _alif_levels(options), recurrent_cpu.rows(k, k_a), recurrent_cpu.rows(v, a)
+        (current_rows,), replayed_rows = recurrent_cpu.steps(currents), recurrent_cpu.steps(*replayed)
+        for t, current in enumerate(current_rows):
+            replay(current, *leaks, *state, *levels, *(rows[t] for rows in replayed_rows))
         grad_i = torch.empty_like(grad)
         feedback = _FeedbackBackward(w32, grad_i, spike_bytes, ctx.products)
         grad_v, grad_a, grad_k, grad_ka = (torch.zeros_like(currents[0]) for _ in range(4))
-        grad_s_next = None
-        _, adaptation, rest = _alif_levels(options)
+        carried = recurrent_cpu.rows(grad_v, grad_a, grad_k, grad_ka)
+        grad_rows, byte_rows, grad_i_rows = recurrent_cpu.steps(grad, spike_bytes, grad_i)
+        (grad_s_next,) = recurrent_cpu.rows(torch.zeros_like(currents[0]))  # dL/dS[T] through I[T+1]: none
+        _, adaptation, rest = levels
+        kernel = recurrent_cpu.alif_backward(**recurrent_cpu.backward_options(options))
         for t in reversed(range(len(currents))):
-            h, theta, v_before, a_before = replayed[t]
-            recurrent_cpu.alif_backward(**recurrent_cpu.backward_options(options))(
-                *recurrent_cpu.rows(grad[t], grad_v.new_zeros(grad_v.shape) if grad_s_next is None else grad_s_next),
-                *recurrent_cpu.rows(h, theta, spike_bytes[t], v_before, a_before, currents[t], k, k_a),
+            h, theta, v_before, a_before = (rows[t] for rows in replayed_rows)
+            kernel(
+                grad_rows[t],
+                grad_s_next,
+                h, theta, byte_rows[t], v_before, a_before, current_rows[t], *leaks,
                 adaptation,
                 np.float32(options.v_reset or 0.0),
                 rest,
                 np.float32(options.surrogate.alpha),
-                *recurrent_cpu.rows(grad_v, grad_a, grad_k, grad_ka, grad_i[t]),
-            )
+                *carried,
+                grad_i_rows[t],
+            )  # fmt: skip
             if t > 0:
-                grad_s_next = feedback.step(t)
+                (grad_s_next,) = recurrent_cpu.rows(feedback.step(t))  # dL/dS[t-1] = dL/dI[t] W
 
         return (
             grad_i.to(x_dtype),
@@ -243,23 +250,24 @@ class RecurrentAdLIF(torch.autograd.Function):
         from plifnet.kernels import recurrent_cpu
 
         keep_freed_memory_unless_opted_out()
-        x32, w32 = x.float(), weight.float()
+        x32, w32 = x.float().contiguous(), weight.float()
         product = _product(connection, w32)
         k32, kw32, a32, b32 = (
             value.detach().float().expand(x32.shape[1:]).contiguous() for value in (k, k_adapt, a, b)
         )
         v, w, s = torch.full_like(x32[0], options.rest), torch.zeros_like(x32[0]), torch.zeros_like(x32[0])
-        out, spike_bytes, currents = torch.empty_like(x32), torch.empty(x32.shape, dtype=torch.uint8), []
+        out, currents = torch.empty_like(x32), torch.empty_like(x32)
+        spike_bytes = torch.empty(x32.shape, dtype=torch.uint8)
+        kernel = recurrent_cpu.adlif_forward(soft=options.soft_reset, decay_input=options.decay_input)
         levels = np.float32(options.v_threshold), np.float32(options.rest)
-        for t, x_t in enumerate(x32.unbind(0)):
-            feedback = product(out[t - 1] if t else torch.zeros_like(x_t)).float()  # S[-1] = 0, as the loop's
-            currents.append(torch.empty_like(x_t))
-            recurrent_cpu.adlif_forward(soft=options.soft_reset, decay_input=options.decay_input)(
-                *recurrent_cpu.rows(x_t, feedback, v, w, s, k32, kw32, a32, b32),
-                *levels,
-                *recurrent_cpu.rows(currents[-1], out[t], spike_bytes[t]),
+        state = recurrent_cpu.rows(v, w, s, k32, kw32, a32, b32)  # numpy views once, as RecurrentALIF's
+        x_rows, current_rows, out_rows, byte_rows = recurrent_cpu.steps(x32, currents, out, spike_bytes)
+        for t in range(len(x32)):
+            feedback = product(out[t - 1] if t else torch.zeros_like(x32[0])).float()  # S[-1] = 0, as the loop's
+            kernel(
+                x_rows[t], *recurrent_cpu.rows(feedback), *state, *levels, current_rows[t], out_rows[t], byte_rows[t]
             )
-        ctx.save_for_backward(w32, k32, kw32, a32, b32, spike_bytes, *currents)
+        ctx.save_for_backward(w32, k32, kw32, a32, b32, spike_bytes, currents)
         ctx.options, ctx.meta = options, (x.dtype, weight.dtype, [(p.dtype, p.shape) for p in (k, k_adapt, a, b)])
         ctx.products = _products_dtype(x)
         return out.to(x.dtype)
@@ -268,41 +276,43 @@ class RecurrentAdLIF(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         from plifnet.kernels import recurrent_cpu
 
-        w32, k, k_w, a, b, spike_bytes, *currents = ctx.saved_tensors
+        w32, k, k_w, a, b, spike_bytes, currents = ctx.saved_tensors
         options, (x_dtype, w_dtype, parameters) = ctx.options, ctx.meta
         grad = grad_spikes.float().contiguous()
         zeros = torch.zeros_like(currents[0])
         v, w, s = torch.full_like(zeros, options.rest), zeros.clone(), zeros.clone()
-        replayed = []  # (H[t], W[t], V[t-1]) of every step
-        for current in currents:
-            step = [torch.empty_like(current) for _ in range(3)]
-            recurrent_cpu.adlif_replay(soft=options.soft_reset, decay_input=options.decay_input)(
-                *recurrent_cpu.rows(current, k, k_w, a, b, v, w, s),
-                np.float32(options.v_threshold),
-                np.float32(options.rest),
-                *recurrent_cpu.rows(*step),
-            )
-            replayed.append(step)
+        replayed = [torch.empty_like(currents) for _ in range(3)]  # H[t], W[t], V[t-1] of every step
+        replay = recurrent_cpu.adlif_replay(soft=options.soft_reset, decay_input=options.decay_input)
+        levels = np.float32(options.v_threshold), np.float32(options.rest)
+        parameter_rows, state = recurrent_cpu.rows(k, k_w, a, b), recurrent_cpu.rows(v, w, s)
+        (current_rows,), replayed_rows = recurrent_cpu.steps(currents), recurrent_cpu.steps(*replayed)
+        for t, current in enumerate(current_rows):
+            replay(current, *parameter_rows, *state, *levels, *(rows[t] for rows in replayed_rows))
+        h_rows, w_rows, v_before_rows = replayed_rows
         grad_i = torch.empty_like(grad)
         feedback = _FeedbackBackward(w32, grad_i, spike_bytes, ctx.products)
         grad_v, grad_w, *grad_parameters = (torch.zeros_like(zeros) for _ in range(6))
-        grad_s_next = None
-        no_spikes = torch.zeros_like(spike_bytes[0])
+        carried = recurrent_cpu.rows(grad_v, grad_w, *grad_parameters)
+        grad_rows, byte_rows, grad_i_rows = recurrent_cpu.steps(grad, spike_bytes, grad_i)
+        no_current, no_spikes = recurrent_cpu.rows(zeros, torch.zeros_like(spike_bytes[0]))
+        grad_s_next = no_current  # dL/dS[T] through I[T+1]: none
+        kernel = recurrent_cpu.adlif_backward(**recurrent_cpu.backward_options(options))
         for t in reversed(range(len(currents))):
-            h, w_now, v_before = replayed[t]
-            w_before, spike_before = (replayed[t - 1][1], spike_bytes[t - 1]) if t else (zeros, no_spikes)
-            recurrent_cpu.adlif_backward(**recurrent_cpu.backward_options(options))(
-                *recurrent_cpu.rows(grad[t], zeros if grad_s_next is None else grad_s_next),  # dL/dI[t+1] W
-                *recurrent_cpu.rows(h, spike_bytes[t], w_now, w_before, v_before, spike_before, currents[t]),
-                *recurrent_cpu.rows(k, k_w, a, b),
+            w_before, spike_before = (w_rows[t - 1], byte_rows[t - 1]) if t else (no_current, no_spikes)
+            kernel(
+                grad_rows[t],
+                grad_s_next,
+                h_rows[t], byte_rows[t], w_rows[t], w_before, v_before_rows[t], spike_before, current_rows[t],
+                *parameter_rows,
                 np.float32(options.v_threshold),
                 np.float32(options.v_reset or 0.0),
                 np.float32(options.rest),
                 np.float32(options.surrogate.alpha),
-                *recurrent_cpu.rows(grad_v, grad_w, *grad_parameters, grad_i[t]),
-            )
+                *carried,
+                grad_i_rows[t],
+            )  # fmt: skip
             if t > 0:
-                grad_s_next = feedback.step(t)
+                (grad_s_next,) = recurrent_cpu.rows(feedback.step(t))  # dL/dS[t-1] = dL/dI[t] W
         summed = [_per_parameter(g, shape).to(dtype) for g, (dtype, shape) in zip(grad_parameters, parameters)]
         return grad_i.to(x_dtype), feedback.grad_weight.to(w_dtype), *summed, None, None
 

@@ -361,6 +361,11 @@ def backward_options(options) -> dict:
     )
 
 
+def steps(*tensors) -> list:
+    """Each tensor [T, ...] as a numpy view [T, E], one row a step (contiguous, as :func:`rows` asks)."""
+    return [(t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().reshape(len(t), -1) for t in tensors]
+
+
 def rows(*tensors) -> list:
     """Each tensor as a flat numpy view (every one contiguous); a bfloat16 one, which numpy has not, as its bits."""
     # numpy's ravel of the whole tensor's view: half the time of torch's reshape, at about 20 tensors a step
