@@ -17,6 +17,7 @@ from PIL import Image
 from plifnet import contract
 from plifnet.callbacks import Probe, ResetState, spiking_layers
 from plifnet.data import StaticDataModule
+from plifnet.errors import UserError
 from plifnet.models import SpikingNet
 from plifnet.module import SpikingClassifier
 from plifnet.neurons import PLIF
@@ -266,14 +267,14 @@ def test_by_default_the_probe_keeps_within_its_share_of_the_time(monkeypatch):
     callback, ran = Probe(), []
     monkeypatch.setattr(callback, "run", lambda trainer, module, name: ran.append(name))
     clock = iter([0.0, 100.0, 100.0])  # fit starts at 0; two validations at 100 s
-    monkeypatch.setattr("plifnet.callbacks.probe.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("plifnet.callbacks.common.time.monotonic", lambda: next(clock))
     callback.on_fit_start(None, None)
     from lightning.pytorch.trainer.states import TrainerFn
 
     trainer = SimpleNamespace(sanity_checking=False, current_epoch=3, state=SimpleNamespace(fn=TrainerFn.FITTING))
-    callback.spent, callback.cost = 3.0, 2.0  # 5 s of 100: one more like the latest fits in 5%
+    callback.share.spent, callback.share.cost = 3.0, 2.0  # 5 s of 100: one more like the latest fits in 5%
     callback.on_validation_epoch_end(trainer, None)
-    callback.spent = 3.5  # 5.5 s would not
+    callback.share.spent = 3.5  # 5.5 s would not
     callback.on_validation_epoch_end(trainer, None)
     assert ran == ["epoch003"]
     # the end of fit: not probed where the last probe was at this step, nor beyond the budget
@@ -281,9 +282,46 @@ def test_by_default_the_probe_keeps_within_its_share_of_the_time(monkeypatch):
     callback.last_step = 7
     callback.on_fit_end(SimpleNamespace(global_step=7), None)
     callback.on_fit_end(SimpleNamespace(global_step=8), None)
-    callback.spent = 2.0
+    callback.share.spent = 2.0
     callback.on_fit_end(SimpleNamespace(global_step=8), None)
     assert ran == ["epoch003", "end-step8"]
+
+
+def test_the_learning_curves_keep_within_their_share_of_the_time_and_the_last_drawing_holds_every_epoch(
+    monkeypatch, tmp_path
+):
+    from types import SimpleNamespace
+
+    from plifnet.callbacks import LearningCurves
+
+    now, drawn = [0.0], []
+
+    def draw(path, write):  # a drawing that takes 1 s, recording the epochs it showed
+        now[0] += 1.0
+        drawn.append([row["epoch"] for row in curves.epochs])
+
+    monkeypatch.setattr("plifnet.callbacks.common.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("plifnet.callbacks.outputs.write_atomically", draw)
+    monkeypatch.setattr("plifnet.callbacks.outputs.run_dir", lambda trainer: tmp_path)
+    monkeypatch.setattr("plifnet.callbacks.outputs.log_figure", lambda *args: None)
+    curves = LearningCurves()
+    curves.on_fit_start(None, None)
+    metrics = {"val/acc": torch.tensor(0.5), "train/loss_epoch": torch.tensor(0.1)}
+    for epoch, at in enumerate([10.0, 20.0, 40.0, 41.0]):  # the validations' times, in s from the fit's start
+        now[0] = at
+        trainer = SimpleNamespace(
+            sanity_checking=False, current_epoch=epoch, global_step=epoch, callback_metrics=metrics, is_global_zero=True
+        )
+        curves.on_validation_end(trainer, None)
+    # the first always; at 20 s a second drawing would make 2 s of 20 (over 5%); at 40 s 2 s of 40; at 41 s not
+    assert drawn == [[0], [0, 1, 2]]
+    trainer.current_epoch = 4  # the end of fit: drawn with the last epoch and its training figures
+    curves.on_fit_end(trainer, None)
+    assert drawn[-1] == [0, 1, 2, 3] and curves.epochs[-1]["train/loss"] == pytest.approx(0.1)
+    curves.on_fit_end(trainer, None)  # nothing new: not drawn again
+    assert len(drawn) == 3
+    with pytest.raises(UserError, match="0 < budget <= 1"):
+        LearningCurves(budget=0)
 
 
 def test_inspect_writes_the_figures_and_a_page_that_a_browser_shows_whole(run_cli, tiny_digits, tmp_path):

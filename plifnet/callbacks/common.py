@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -63,3 +65,29 @@ def log_histogram(trainer, key: str, values: torch.Tensor, step: int) -> None:
             import wandb
 
             logger.experiment.log({key: wandb.Histogram(values.numpy()), "trainer/global_step": step})
+
+
+class TimeShare:
+    """Keeps a side task of a fit (a figure, a probe) within ``fraction`` of the fit's wall time: its first run is
+    always due, a later one when one more like the latest keeps the total within the share of the time since
+    :meth:`start`. Epochs of minutes get the task every epoch, epochs of seconds every few."""
+
+    def __init__(self, fraction: float):
+        self.fraction = fraction
+        self.start()
+
+    def start(self) -> None:
+        self.started, self.spent, self.cost = time.monotonic(), 0.0, 0.0  # seconds: fit, all runs, the latest
+
+    def due(self) -> bool:
+        return not self.spent or self.spent + self.cost <= self.fraction * (time.monotonic() - self.started)
+
+    @contextmanager
+    def spending(self):
+        """Time what runs within it as one run of the task."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.cost = time.monotonic() - started
+            self.spent += self.cost

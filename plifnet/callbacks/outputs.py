@@ -14,7 +14,8 @@ from lightning.pytorch.callbacks.progress.rich_progress import CustomTimeColumn
 from rich.progress import BarColumn, TimeRemainingColumn
 
 from plifnet import plots
-from plifnet.callbacks.common import log_figure, run_dir
+from plifnet.callbacks.common import TimeShare, log_figure, run_dir
+from plifnet.errors import UserError
 from plifnet.files import write_atomically
 
 
@@ -102,15 +103,20 @@ class RunHistory(Callback):
 
 
 class LearningCurves(Callback):
-    """``curves.png`` in the run folder after every validation: the training loss every ``log_every_n_steps``
-    steps and, per epoch, the losses and accuracies of every stage logged (``val``, ``test``, ``train``) against
-    the step. Its records are kept in checkpoints, so a resumed run draws the whole run."""
+    """``curves.png`` in the run folder: the training loss every ``log_every_n_steps`` steps and, per epoch, the
+    losses and accuracies of every stage logged (``val``, ``test``, ``train``) against the step. Drawn after a
+    validation where that keeps the drawing within ``budget`` (5%) of the fit's time (the first always: a run of
+    long epochs is drawn every epoch, one of epochs of seconds every few), and at the end of fit with every epoch.
+    Its records are kept in checkpoints, so a resumed run draws the whole run."""
 
     KEYS = ("train/loss_epoch", "val/loss", "test/loss", "val/acc", "test/acc")
 
-    def __init__(self):
+    def __init__(self, budget: float = 0.05):
+        if not 0 < budget <= 1:
+            raise UserError(f"LearningCurves needs 0 < budget <= 1; got {budget}")
         self.losses: list[tuple[int, float]] = []
         self.epochs: list[dict] = []
+        self.share, self.drawn = TimeShare(budget), True  # drawn: curves.png shows every record
 
     def state_dict(self) -> dict:
         return {"losses": self.losses, "epochs": self.epochs}
@@ -123,6 +129,9 @@ class LearningCurves(Callback):
         if torch.is_tensor(loss) and trainer.global_step % trainer.log_every_n_steps == 0:
             self.losses.append((trainer.global_step, loss.item()))
 
+    def on_fit_start(self, trainer, pl_module):
+        self.share.start()
+
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
@@ -131,10 +140,14 @@ class LearningCurves(Callback):
         metrics = trainer.callback_metrics
         row = {"step": trainer.global_step, "epoch": trainer.current_epoch}
         self.epochs.append(row | {key: metrics[key].item() for key in self.KEYS[1:] if key in metrics})
-        self._draw(trainer)
+        self.drawn = False
+        if self.share.due():
+            self._draw(trainer)
 
     def on_fit_end(self, trainer, pl_module):
         if self._add_training_epoch(trainer):  # the last epoch's training figures
+            self.drawn = False
+        if not self.drawn:
             self._draw(trainer)
 
     def _add_training_epoch(self, trainer) -> bool:
@@ -149,10 +162,12 @@ class LearningCurves(Callback):
         return True
 
     def _draw(self, trainer) -> None:
+        self.drawn = True
         if trainer.is_global_zero:
-            path = run_dir(trainer) / "curves.png"
-            write_atomically(path, lambda p: plots.learning_curves(self.losses, self.epochs, p))
-            log_figure(trainer, "curves", path, trainer.global_step)
+            with self.share.spending():
+                path = run_dir(trainer) / "curves.png"
+                write_atomically(path, lambda p: plots.learning_curves(self.losses, self.epochs, p))
+                log_figure(trainer, "curves", path, trainer.global_step)
 
 
 class ConfusionMatrix(Callback):

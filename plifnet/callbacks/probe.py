@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from plifnet import plots
-from plifnet.callbacks.common import log_figure, log_histogram, run_dir, spiking_layers
+from plifnet.callbacks.common import TimeShare, log_figure, log_histogram, run_dir, spiking_layers
 from plifnet.errors import UserError
 from plifnet.files import write_atomically
 from plifnet.probe import LayerProbe, probe, random_state_kept
@@ -54,8 +52,7 @@ class Probe(Callback):
                 f"Probe needs samples >= 1, neurons >= 1, traces >= 0 and keep >= 2; got {samples}, {neurons}, "
                 f"{traces}, {keep}"
             )
-        self.budget = budget
-        self.started, self.spent, self.cost = time.monotonic(), 0.0, 0.0  # seconds: fit, probes, the latest probe
+        self.share = TimeShare(budget)
         self.every_n_epochs, self.samples, self.neurons, self.traces, self.keep = (
             every_n_epochs,
             samples,
@@ -75,7 +72,7 @@ class Probe(Callback):
         self.last_step = state_dict["last_step"]
 
     def on_fit_start(self, trainer, pl_module):
-        self.started, self.spent, self.cost = time.monotonic(), 0.0, 0.0  # seconds: fit, probes, the latest probe
+        self.share.start()
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:  # plifnet validate: no training to follow
@@ -83,29 +80,22 @@ class Probe(Callback):
         if self.every_n_epochs is not None:
             due = trainer.current_epoch % self.every_n_epochs == 0
         else:  # the first of a fit always, then within the budget
-            due = not self.spent or self._within_budget()
+            due = self.share.due()
         if due:
             self.run(trainer, pl_module, f"epoch{trainer.current_epoch:03d}")
 
     def on_fit_end(self, trainer, pl_module):
         if self.last_step == trainer.global_step:  # the last epoch was probed
             return
-        if self.every_n_epochs is not None or not self.spent or self._within_budget():
+        if self.every_n_epochs is not None or self.share.due():
             self.run(trainer, pl_module, f"end-step{trainer.global_step}")
-
-    def _within_budget(self) -> bool:
-        """Whether one more probe like the latest keeps all probes within ``budget`` of the fit's time so far."""
-        return self.spent + self.cost <= self.budget * (time.monotonic() - self.started)
 
     def run(self, trainer, pl_module, name: str) -> dict[str, LayerProbe] | None:
         """Probe now into ``probe/<name>.png``: record, draw and log (on rank 0 only); the layers' summaries, or
         None without data."""
-        self.last_step, started = trainer.global_step, time.monotonic()
-        try:
+        self.last_step = trainer.global_step
+        with self.share.spending():
             return self._run(trainer, pl_module, name)
-        finally:
-            self.cost = time.monotonic() - started
-            self.spent += self.cost
 
     def _run(self, trainer, pl_module, name: str) -> dict[str, LayerProbe] | None:
         if not trainer.is_global_zero:
