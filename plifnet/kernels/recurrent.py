@@ -52,28 +52,36 @@ class RecurrentMultiStep(torch.autograd.Function):
         step_shape, step_float = x.shape[1:], dict(dtype=torch.float32, device=x.device)
         k_elements = k32.expand(step_shape).contiguous() if elementwise else None
         v, currents, spikes = torch.full(step_shape, options.rest, **step_float), [], []
-        # the kernels write each step's spikes into the output and, as bytes, into what backward keeps
-        out = torch.empty_like(x_in) if elementwise else None
-        spike_bytes = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if elementwise else None
+        if elementwise:
+            # the kernels write each step's spikes into the output and, as bytes, into what backward keeps; with what
+            # backward keeps of each step's current, all taken as the kernels' views once and indexed per step
+            out, kept = torch.empty_like(x_in), torch.empty(x.shape, **step_float)
+            spike_bytes = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+            x_rows, kept_rows, out_rows, byte_rows = elementwise.steps(x_in, kept, out, spike_bytes)
+            v_row, k_row = elementwise.rows(v, k_elements)
         for t, x_t in enumerate(x_in.unbind(0)):
             # the feedback of S[-1] = 0 too, as the loop computes (and the synaptic counter counts) it; under
             # autocast the product is bf16, added to the float32 current as the loop adds it (an exact widening)
             feedback = product(spikes[-1] if spikes else torch.zeros_like(x_t))
             feedback = feedback if as_is else feedback.float()
             if elementwise:
-                current, spike = torch.empty(step_shape, **step_float), out[t]
-                elementwise.run_forward(x_t, feedback, v, k_elements, current, spike, spike_bytes[t], options=options)
+                elementwise.run_forward(
+                    x_rows[t], feedback, v_row, k_row, kept_rows[t], out_rows[t], byte_rows[t], options=options
+                )
+                spikes.append(out[t])
             else:
                 current = x_t + feedback
                 h = leaky_charge(v, current, k32, options=options)
                 spike = ((h - options.v_threshold) >= 0).to(h.dtype)  # the surrogate's forward: heaviside(0) = 1
                 v = reset_potential(h, spike, options=options)
-            currents.append(current)
-            spikes.append(spike)
-        if not elementwise:
+                currents.append(current)
+                spikes.append(spike)
+        if elementwise:
+            ctx.save_for_backward(w32, k32, spike_bytes, kept)
+        else:
             out = torch.stack(spikes)
             spike_bytes = out.to(torch.uint8)
-        ctx.save_for_backward(w32, k32, spike_bytes, *currents)
+            ctx.save_for_backward(w32, k32, spike_bytes, *currents)
         ctx.options, ctx.dtypes = options, (x.dtype, weight.dtype, k.dtype, k.shape)
         # backward runs the kernels the forward ran (what they kept depends on them), in the forward's dtypes
         ctx.elementwise, ctx.products, ctx.as_is = elementwise, products, as_is
@@ -82,47 +90,53 @@ class RecurrentMultiStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes):
         w32, k, spike_bytes, *currents = ctx.saved_tensors
+        elementwise = ctx.elementwise
+        if elementwise:
+            (currents,) = currents  # [T, N, F]: each step's current, or H where the input is not decayed
         steps = len(currents)
         options, (x_dtype, w_dtype, k_dtype, k_shape) = ctx.options, ctx.dtypes
         grad = (grad_spikes if ctx.as_is else grad_spikes.float()).contiguous()  # as_is: dL/dI in bf16 too
-        elementwise = ctx.elementwise
-        if elementwise:
-            k = k.expand(currents[0].shape).contiguous()
+        grad_i = torch.empty_like(grad)
+        grad_k = torch.zeros_like(currents[0]) if ctx.needs_input_grad[2] else None
+        grad_v = torch.zeros_like(currents[0])  # dL/dV[t], carried back
+        v = torch.full_like(currents[0], options.rest)
         # H[t] replayed from the currents, the forward's arithmetic (V[t-1] from it step by step, where it is read);
         # the kernels kept H itself where the input is not decayed (dH/dk does not read the current then)
-        h_all, v_before, v = [], [], torch.full_like(currents[0], options.rest)
-        for current, spike in zip(currents, spike_bytes):
-            if elementwise and not options.decay_input:
-                h_all.append(current)
-            elif elementwise:
-                h_all.append(torch.empty_like(current))
-                elementwise.run_replay(current, k, v, h_all[-1], options=options)
-            else:
+        if elementwise:
+            k = k.expand(currents[0].shape).contiguous()
+            current_rows, byte_rows, grad_rows, grad_i_rows = elementwise.steps(currents, spike_bytes, grad, grad_i)
+            k_row, v_row, grad_v_row = elementwise.rows(k, v, grad_v)
+            (grad_k_row,) = elementwise.rows(grad_v if grad_k is None else grad_k)  # (not written without with_k)
+            h_rows = current_rows
+            if options.decay_input:
+                (h_rows,) = elementwise.steps(torch.empty_like(currents))
+                for t in range(steps):
+                    elementwise.run_replay(current_rows[t], k_row, v_row, h_rows[t], options=options)
+        else:
+            h_all, v_before = [], []
+            for current, spike in zip(currents, spike_bytes):
                 v_before.append(v)
                 h_all.append(leaky_charge(v, current, k, options=options))
                 v = reset_potential(h_all[-1], spike.float(), options=options)
-        grad_i = torch.empty_like(grad)
         feedback = _FeedbackBackward(
             w32, grad_i, spike_bytes, ctx.products, with_weight=ctx.needs_input_grad[1], as_is=ctx.as_is
         )
-        grad_k = torch.zeros_like(currents[0]) if ctx.needs_input_grad[2] else None
-        grad_v = torch.zeros_like(currents[0])  # dL/dV[t], carried back
         grad_s_next = None  # dL/dS[t] through I[t+1] = ... + S[t] W^T
         for t in reversed(range(steps)):
             before = max(t - 1, 0)  # the previous step's H and spike: V[t-1] (not read on the first step)
             if elementwise:
                 elementwise.run_backward(
-                    grad[t],
-                    grad[t] if grad_s_next is None else grad_s_next,  # (not read on the last step)
-                    h_all[t],
-                    spike_bytes[t],
-                    h_all[before],
-                    spike_bytes[before],
-                    currents[t],
-                    k,
-                    grad_v,
-                    grad_v if grad_k is None else grad_k,  # (not written without with_k)
-                    grad_i[t],
+                    grad_rows[t],
+                    grad_rows[t] if grad_s_next is None else grad_s_next,  # (not read on the last step)
+                    h_rows[t],
+                    byte_rows[t],
+                    h_rows[before],
+                    byte_rows[before],
+                    current_rows[t],
+                    k_row,
+                    grad_v_row,
+                    grad_k_row,
+                    grad_i_rows[t],
                     options=options,
                     last=grad_s_next is None,
                     first=t == 0,

@@ -299,8 +299,8 @@ def adlif_backward(*, soft: bool, decay_input: bool, detach_reset: bool, code: i
     return backward
 
 
-# What plifnet.kernels.recurrent calls, with the same arguments as plifnet.kernels.recurrent_gpu's: the tensors of one
-# step (each contiguous), the options; each passed to its compiled kernel as a flat numpy view.
+# What plifnet.kernels.recurrent calls, with the same arguments as plifnet.kernels.recurrent_gpu's: the arrays of one
+# step (rows of steps(), or contiguous tensors), the options; each passed to its compiled kernel as a flat numpy view.
 
 
 def run_forward(x, feedback, v, k, kept, spike, spike_byte, *, options) -> None:
@@ -339,8 +339,11 @@ def run_backward(
 ) -> None:
     """One step back: ``grad_i`` = dL/dI[t] from dL/dS[t] (``grad``, plus ``feedback`` = dL/dI[t+1] W unless
     ``last``); ``grad_v`` = dL/dV[t] becomes dL/dV[t-1]; dL/dk added into ``grad_k`` per element (``with_k``)."""
+    grad, feedback = rows(grad, feedback)
     step_backward(**backward_options(options))(
-        *rows(grad, torch.zeros_like(grad) if last else feedback, h, spike, h_before, spike_before, current, k),
+        grad,
+        np.zeros_like(grad) if last else feedback,
+        *rows(h, spike, h_before, spike_before, current, k),
         np.float32(options.v_threshold),
         np.float32(options.v_reset or 0.0),
         np.float32(options.rest),
@@ -367,6 +370,10 @@ def steps(*tensors) -> list:
 
 
 def rows(*tensors) -> list:
-    """Each tensor as a flat numpy view (every one contiguous); a bfloat16 one, which numpy has not, as its bits."""
-    # numpy's ravel of the whole tensor's view: half the time of torch's reshape, at about 20 tensors a step
-    return [(t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().ravel() for t in tensors]
+    """Each tensor as a flat numpy view (every one contiguous); a bfloat16 one, which numpy has not, as its bits. A
+    numpy array (a row of :func:`steps`) passes as it is."""
+    # numpy's ravel of the whole tensor's view: half the time of torch's reshape
+    return [
+        t if isinstance(t, np.ndarray) else (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().ravel()
+        for t in tensors
+    ]

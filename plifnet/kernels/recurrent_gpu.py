@@ -158,6 +158,14 @@ def _grid(tensor: torch.Tensor) -> tuple[int]:
     return (triton.cdiv(tensor.numel(), BLOCK),)
 
 
+def steps(*tensors) -> list:
+    """The tensors [T, ...] as the step functions take them, one step at an index: as they are (CUDA tensors)."""
+    return list(tensors)
+
+
+rows = steps  # a step's tensors, likewise as they are
+
+
 def run_forward(x, feedback, v, k, current, spike, spike_byte, *, options: NeuronOptions) -> None:
     """``I = X[t] + R[t]`` and the step: ``v`` becomes V[t] in place; writes what backward keeps of the step (the
     current with ``options.decay_input``, else H: ``current`` holds it), the spike and its byte."""
