@@ -8,9 +8,15 @@ and a ReLU (I[t] = X[t] + relu(I[t-1]) W^T) through autograd with `unbind`: what
 
     python benchmarks/recurrent.py [--steps 100 784 1301] [--repeats 3] [--batch 128] [--neurons 256]
     python benchmarks/recurrent.py --psmnist     # the permuted sequential MNIST network's training step instead
+    python benchmarks/recurrent.py --psmnist --fit ../shared/datasets   # and plifnet fit's own step, same rounds
 """
 
 import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
 
 import torch
 from timing import interleaved_medians
@@ -138,10 +144,30 @@ class SnnTorchNet(torch.nn.Module):
         return self.output(x).max(0).values
 
 
-def psmnist_step(repeats: int, bf16: bool) -> None:
+def fit_step(data_root: str, bf16: bool, steps: tuple[int, int] = (3, 13)) -> float:
+    """Seconds of one training step of ``plifnet fit --config psmnist`` (its data, loop, logging and callbacks), from
+    the wall times of two whole runs of ``steps`` training steps: start-up, imports and the run's end cancel."""
+    bf16_config = ["--config", "trainer/bf16"] if bf16 else []
+    walls = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        for count in steps:
+            start = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "plifnet", "fit", "--config", "psmnist", *bf16_config, "--data.root", data_root,
+                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(count),
+                 "--trainer.limit_val_batches", "0", "--data.init_args.eval_test_every_epoch", "false",
+                 "--trainer.default_root_dir", run_dir],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            walls.append(time.perf_counter() - start)
+    return (walls[1] - walls[0]) / (steps[1] - steps[0])
+
+
+def psmnist_step(repeats: int, bf16: bool, data_root: str | None = None) -> None:
     """A training step (forward, backward, Adam) of configs/psmnist.yaml's network, 64-256-256 recurrent PLIF with a
     tau per neuron, batch 128, T = 784: fused, the step loop, snnTorch's RLeaky network and the products-only limit;
-    ``bf16``: every case under bf16 autocast (the products in bf16)."""
+    ``bf16``: every case under bf16 autocast (the products in bf16). With ``data_root`` (MNIST there), also
+    ``plifnet fit``'s own step (:func:`fit_step`) in each round, beside one call of each other case."""
     from plifnet.module import SpikingClassifier
     from plifnet.options import NeuronOptions
     from plifnet.sequences import SequenceNet
@@ -174,9 +200,25 @@ def psmnist_step(repeats: int, bf16: bool) -> None:
             optimizer.step()
 
         steps[name] = step
-    results = interleaved_medians(steps, repeats)  # in turns: this machine's speed drifts by 10-20 % between minutes
-    for name, seconds in results.items():
-        print(f"{name:24}{seconds:8.3f} s   {seconds / results['plifnet fused']:6.2f}x the fused step")
+    if data_root is None:
+        results = interleaved_medians(steps, repeats)  # in turns: the machine's speed drifts by 10-20 % between minutes
+        for name, seconds in results.items():
+            print(f"{name:24}{seconds:8.3f} s   {seconds / results['plifnet fused']:6.2f}x the fused step")
+        return
+    for step in steps.values():  # a warm-up call of each
+        step()
+    rounds = []
+    for _ in range(repeats):  # plifnet fit's step and one call of each other case, in turns, per round
+        times = {"plifnet fit": fit_step(data_root, bf16)}
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name] = time.perf_counter() - start
+        rounds.append(times)
+    for name in rounds[0]:
+        seconds = statistics.median(times[name] for times in rounds)
+        ratio = statistics.median(times[name] / times["plifnet fit"] for times in rounds)  # within a round
+        print(f"{name:24}{seconds:8.3f} s   {ratio:6.2f}x plifnet fit's step")
 
 
 def main() -> None:
@@ -187,12 +229,13 @@ def main() -> None:
     parser.add_argument("--neurons", type=int, default=256)
     parser.add_argument("--psmnist", action="store_true", help="time the PS-MNIST network's training step instead")
     parser.add_argument("--bf16", action="store_true", help="with --psmnist: under bf16 autocast")
+    parser.add_argument("--fit", metavar="DATASETS", help="with --psmnist: also plifnet fit's step on MNIST there")
     args = parser.parse_args()
     torch.manual_seed(0)
     # as plifnet fit and the CPU kernels do: freed blocks stay in the process, for every case alike (no page faults)
     print(f"freed memory kept in the process: {keep_freed_memory_unless_opted_out()}")
     if args.psmnist:
-        return psmnist_step(args.repeats, args.bf16)
+        return psmnist_step(args.repeats, args.bf16, args.fit)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, {args.neurons} neurons")
     print(f"{'forward + backward (s)':24}" + "".join(f"{f'T = {t}':>10}" for t in args.steps) + "   vs fused")
     runs = {}
