@@ -14,6 +14,9 @@ ecg() {  # the ECG study (its task INDEX alone with --only INDEX)
 plifnet study --config smnist --settings docs/results/rowmnist-neurons.yaml --out results/rowmnist-neurons \
     -- --data.root "$DATA" --data.order row --model.net.inputs 28 --trainer.max_epochs 10
 ecg  # 18 runs of about 4 minutes each on 2 cores
+# the same neurons in a wider network, 4-128-6
+plifnet study --config ecg --settings docs/results/ecg-neurons.yaml --out results/ecg-wide-neurons \
+    -- --data.root "$DATA" --model.net.hidden "[128]"
 plifnet study --config psmnist --settings docs/results/psmnist-neurons.yaml --out results/psmnist-neurons \
     -- --data.root "$DATA" --trainer.max_epochs 3
 # MNIST, the paper's network on the budget recipe over 20 epochs (bf16-mixed): the 99.4 % target
