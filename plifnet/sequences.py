@@ -30,6 +30,7 @@ from torch import nn
 from plifnet import time_constants
 from plifnet.errors import UserError
 from plifnet.factory import neuron_layers
+from plifnet.kernels.compiled import run_steps
 from plifnet.neurons import BaseNode
 from plifnet.options import NeuronOptions
 
@@ -79,11 +80,14 @@ class LeakyReadout(nn.Module):
 
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
         y, k = self.linear(spikes), torch.sigmoid(self.w)
-        u, membrane = torch.zeros_like(y[0]), []
-        for y_t in y:  # iterating unbinds: a backward linear in T
+
+        def step(u, y_t):
             u = u + k * (y_t - u)
-            membrane.append(u)
-        u_seq = torch.stack(membrane)
+            return u, u
+
+        # the neurons' loop over time: iterating unbinds (a backward linear in T), and a whole network compiled
+        # leaves a long sequence's loop out of its graph instead of unrolling it
+        u_seq = run_steps(y, torch.zeros_like(y[0]), step)
         if self.reduce == "max":
             return u_seq.max(0).values
         if self.reduce == "mean":

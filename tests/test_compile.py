@@ -1,6 +1,7 @@
 """``torch.compile`` of whole networks: the fused CPU kernels are custom operators with fake
 implementations (``plifnet/kernels/cpu_ops.py``) and a neuron's own hooks are traced into the
-network's graph, so compiling breaks no graph at a neuron and changes no spike or gradient; and
+network's graph, so compiling breaks no graph at a neuron and changes no spike or gradient (a loop over more
+time steps than ``UNROLLED_STEPS`` leaves the graph instead of being unrolled); and
 ``--model.compile true`` trains and validates through the CLI as the eager network does.
 
 In eval mode: in training mode Inductor computes BatchNorm's batch statistics in another order of
@@ -189,3 +190,33 @@ def test_forward_hooks_added_or_removed_after_compiling_are_obeyed():
     handle.remove()
     model(x)
     assert seen == [torch.Size([2, 2, 8, 28, 28])]
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["feed-forward", "recurrent"])
+def test_a_long_sequence_of_a_neurons_own_hooks_is_not_unrolled_into_the_networks_graph(recurrent, example_plugin):
+    """Past ``UNROLLED_STEPS``, torch.compile of a whole network leaves a hook neuron's loop over time out of the graph
+    (a break there) instead of unrolling it: the graphs hold as many operations at T = 120 as at T = 40 (unrolled,
+    T = 200 took over two minutes to compile on 2 cores), and the outputs and gradients are the eager network's."""
+    from plifnet.kernels.compiled import UNROLLED_STEPS
+    from plifnet.options import NeuronOptions
+    from plifnet.sequences import SequenceNet
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = SequenceNet(
+        3, 5, hidden=[16], neuron="plifnet_example.ALIF", options=NeuronOptions(tau=4.0, v_threshold=0.5),
+        readout="max", recurrent=recurrent,
+    )  # fmt: skip
+    operations = {}
+    for steps in (40, 120):
+        assert steps > UNROLLED_STEPS
+        x = torch.rand(steps, 4, 3) * 2
+        (eager, compiled), explained = eager_and_compiled(net, x, backend="aot_eager")
+        (out, grads), (out_c, grads_c) = eager, compiled
+        torch.testing.assert_close(out_c, out, rtol=1e-5, atol=1e-6)
+        assert all(grad.abs().sum() > 0 for grad in grads.values())
+        for name in grads:
+            torch.testing.assert_close(grads_c[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert explained.graph_break_count >= 1
+        operations[steps] = sum(len(ops) for ops in explained.ops_per_graph)
+    assert operations[40] == operations[120], operations

@@ -39,12 +39,24 @@ UNROLLED_STEPS = 32  # up to this T the whole loop is one graph (image networks:
 
 def run_steps(x_seq, state, step):
     """``step(state, X[t]) -> (S[t], state)`` over ``x_seq [T, N, ...]``; returns the spikes ``[T, N, ...]``.
-    The one loop over time steps: the reference path runs it as it is, :func:`multi_step` compiled."""
+    The one loop over time steps: the reference path runs it as it is, :func:`multi_step` compiled. Met by
+    torch.compile of a whole network, a sequence longer than ``UNROLLED_STEPS`` leaves the graph (a break) and runs
+    here as Python, step by step: traced, the loop would be unrolled over T (over two minutes of compiling at
+    T = 200 on 2 cores, growing with T)."""
+    if torch.compiler.is_compiling() and len(x_seq) > UNROLLED_STEPS:
+        return _steps_outside_the_graph(x_seq, state, step)
+    return _steps(x_seq, state, step)
+
+
+def _steps(x_seq, state, step):
     spikes = []
     for x in x_seq:
         spike, state = step(state, x)
         spikes.append(spike)
     return torch.stack(spikes)
+
+
+_steps_outside_the_graph = torch.compiler.disable(_steps)
 
 
 def _run_steps(neuron, x_seq, k):
@@ -76,6 +88,12 @@ def _run_compiled_steps(neuron, x_seq, k):
     return run_steps(x_seq, neuron.initial_state(x_seq[0]), lambda state, x: step(neuron, state, x, k)).to(dtype)
 
 
+@torch.compiler.disable  # the loop runs as Python; the step inside is a compiled function of its own
+def _outside_the_graph(neuron, x_seq, k):
+    """:func:`_run_compiled_steps` where a whole network is being compiled (see :func:`run_steps`)."""
+    return _run_compiled_steps(neuron, x_seq, k)
+
+
 def multi_step(neuron, x: torch.Tensor, k, *, time_steps: int | None = None) -> torch.Tensor | None:
     """Spikes ``[T, N, ...]`` of ``neuron`` (a :class:`plifnet.neurons.BaseNode`) for ``x [T, N, ...]``
     (or ``x [N, ...]`` at each of ``time_steps`` steps), from one compiled graph; None, after one
@@ -89,8 +107,11 @@ def multi_step(neuron, x: torch.Tensor, k, *, time_steps: int | None = None) -> 
     flat = flat.expand(steps, -1) if time_steps else flat  # a view: the gradient is summed over time by autograd
     if torch.is_tensor(k) and k.dim() > 0:  # per channel [C, 1, ...]: one k per element of a step
         k = k.expand(step_shape).reshape(-1)
-    # inside torch.compile of a whole network: traced into its graph as it is; under a dispatch mode (the model
-    # summary's FLOP count), where nothing compiles: the same loop, run as it is
+    # inside torch.compile of a whole network: traced into its graph as it is, up to UNROLLED_STEPS steps; a longer
+    # sequence leaves the graph (a break) for the loop of one compiled step, as outside it; under a dispatch mode
+    # (the model summary's FLOP count), where nothing compiles: the same loop, run as it is
+    if torch.compiler.is_compiling() and steps > UNROLLED_STEPS:
+        return _outside_the_graph(neuron, flat, k).view(steps, *step_shape)
     if torch.compiler.is_compiling() or compat.dispatch_mode_active():
         return _run_steps(neuron, flat, k).view(steps, *step_shape)
     run = _compiled_run_steps() if steps <= UNROLLED_STEPS else _run_compiled_steps
