@@ -410,3 +410,29 @@ def test_a_subclass_that_overrides_a_hook_of_the_adaptive_step_runs_its_own_equa
     fused, looped = plain(x), own(x)
     assert fused.grad_fn.name() == f"Recurrent{cls.__name__}Backward" and looped.grad_fn.name() == "StackBackward0"
     assert not torch.equal(fused, looped)  # the half reset changed the spikes: it was computed
+
+
+@pytest.mark.parametrize("kind", ["plif", "alif", "adlif"])
+def test_a_fused_layer_reads_an_input_of_any_layout_and_its_kernels_refuse_a_view_they_would_copy(kind):
+    """The kernels work on numpy views of the tensors' memory: an input laid out otherwise ([N, T, F] transposed) gives
+    the spikes and gradients of its contiguous copy, and a non-contiguous tensor handed to the kernels' views is
+    refused (numpy would reshape it into a copy, and what a kernel wrote there would be lost)."""
+    from plifnet.kernels import recurrent_cpu
+
+    torch.manual_seed(4)
+    options = NeuronOptions(tau=3.0, v_threshold=0.5, per_channel=True)
+    neuron = {"plif": PLIF, "alif": ALIF, "adlif": AdLIF}[kind]
+    layer = Recurrent(H, H, neuron(options=options, channels=H))
+    batch_first = torch.rand(N, T, H) * 2
+    results = []
+    for x in (batch_first.transpose(0, 1), batch_first.transpose(0, 1).contiguous()):
+        assert x.is_contiguous() == (len(results) == 1)
+        x = x.detach().requires_grad_()
+        spikes = layer.neuron(x, feedback=layer.recurrent)
+        (grad,) = torch.autograd.grad((spikes * torch.linspace(-1, 1, H)).sum(), x)
+        results.append((spikes, grad))
+    (spikes, grad), (expected, expected_grad) = results
+    assert torch.equal(spikes, expected) and 0.02 < spikes.mean() < 0.98
+    assert torch.equal(grad, expected_grad)
+    with pytest.raises(ValueError, match="contiguous tensors"):
+        recurrent_cpu.steps(torch.zeros(T, N, H).transpose(1, 2))

@@ -46,7 +46,7 @@ class RecurrentMultiStep(torch.autograd.Function):
         products = _products_dtype(x)
         as_is = bool(elementwise and elementwise.READS_BFLOAT16) and torch.bfloat16 == x.dtype
         as_is = as_is and torch.bfloat16 in (products, weight.dtype)
-        x_in = x if as_is else x.float()
+        x_in = (x if as_is else x.float()).contiguous()  # each step's row a view of it, for the kernels
         if x.device.type == "cpu" and elementwise is not None:
             keep_freed_memory_unless_opted_out()  # as the feed-forward kernels: no page faults at every step
         step_shape, step_float = x.shape[1:], dict(dtype=torch.float32, device=x.device)
@@ -216,6 +216,7 @@ class RecurrentALIF(torch.autograd.Function):
         grad_rows, byte_rows, grad_i_rows = recurrent_cpu.steps(grad, spike_bytes, grad_i)
         (grad_s_next,) = recurrent_cpu.rows(torch.zeros_like(currents[0]))  # dL/dS[T] through I[T+1]: none
         _, adaptation, rest = levels
+        reset, alpha = _reset_and_alpha(options)
         kernel = recurrent_cpu.alif_backward(**recurrent_cpu.backward_options(options))
         for t in reversed(range(len(currents))):
             h, theta, v_before, a_before = (rows[t] for rows in replayed_rows)
@@ -223,10 +224,7 @@ class RecurrentALIF(torch.autograd.Function):
                 grad_rows[t],
                 grad_s_next,
                 h, theta, byte_rows[t], v_before, a_before, current_rows[t], *leaks,
-                adaptation,
-                np.float32(options.v_reset or 0.0),
-                rest,
-                np.float32(options.surrogate.alpha),
+                adaptation, reset, rest, alpha,
                 *carried,
                 grad_i_rows[t],
             )  # fmt: skip
@@ -241,6 +239,11 @@ class RecurrentALIF(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _reset_and_alpha(options: NeuronOptions) -> tuple:
+    """The backward kernels' V_reset (0 for the soft reset) and surrogate alpha, as float32 scalars."""
+    return np.float32(options.v_reset or 0.0), np.float32(options.surrogate.alpha)
 
 
 def _alif_levels(options: NeuronOptions) -> tuple:
@@ -310,6 +313,7 @@ class RecurrentAdLIF(torch.autograd.Function):
         grad_rows, byte_rows, grad_i_rows = recurrent_cpu.steps(grad, spike_bytes, grad_i)
         no_current, no_spikes = recurrent_cpu.rows(zeros, torch.zeros_like(spike_bytes[0]))
         grad_s_next = no_current  # dL/dS[T] through I[T+1]: none
+        (threshold, rest), (reset, alpha) = levels, _reset_and_alpha(options)
         kernel = recurrent_cpu.adlif_backward(**recurrent_cpu.backward_options(options))
         for t in reversed(range(len(currents))):
             w_before, spike_before = (w_rows[t - 1], byte_rows[t - 1]) if t else (no_current, no_spikes)
@@ -318,10 +322,7 @@ class RecurrentAdLIF(torch.autograd.Function):
                 grad_s_next,
                 h_rows[t], byte_rows[t], w_rows[t], w_before, v_before_rows[t], spike_before, current_rows[t],
                 *parameter_rows,
-                np.float32(options.v_threshold),
-                np.float32(options.v_reset or 0.0),
-                np.float32(options.rest),
-                np.float32(options.surrogate.alpha),
+                threshold, reset, rest, alpha,
                 *carried,
                 grad_i_rows[t],
             )  # fmt: skip

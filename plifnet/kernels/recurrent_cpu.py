@@ -365,15 +365,18 @@ def backward_options(options) -> dict:
 
 
 def steps(*tensors) -> list:
-    """Each tensor [T, ...] as a numpy view [T, E], one row a step (contiguous, as :func:`rows` asks)."""
-    return [(t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().reshape(len(t), -1) for t in tensors]
+    """Each tensor [T, ...] as a numpy view [T, E], one row a step."""
+    return [_numpy(t).reshape(len(t), -1) for t in tensors]
 
 
 def rows(*tensors) -> list:
-    """Each tensor as a flat numpy view (every one contiguous); a bfloat16 one, which numpy has not, as its bits. A
-    numpy array (a row of :func:`steps`) passes as it is."""
-    # numpy's ravel of the whole tensor's view: half the time of torch's reshape
-    return [
-        t if isinstance(t, np.ndarray) else (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().ravel()
-        for t in tensors
-    ]
+    """Each tensor as a flat numpy view; a numpy array (a row of :func:`steps`) passes as it is."""
+    return [t if isinstance(t, np.ndarray) else _numpy(t).ravel() for t in tensors]
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's own memory as numpy (a bfloat16 one, which numpy has not, as its bits). Contiguous only: numpy
+    would reshape or ravel another layout into a copy, and what a kernel wrote there would be lost."""
+    if not tensor.is_contiguous():
+        raise ValueError(f"the recurrent kernels take contiguous tensors, got strides {tensor.stride()}")
+    return (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
