@@ -195,7 +195,7 @@ def test_forward_hooks_added_or_removed_after_compiling_are_obeyed():
 @pytest.mark.parametrize("recurrent", [False, True], ids=["feed-forward", "recurrent"])
 def test_a_long_sequence_of_a_neurons_own_hooks_is_not_unrolled_into_the_networks_graph(recurrent, example_plugin):
     """Past ``UNROLLED_STEPS``, torch.compile of a whole network leaves a hook neuron's loop over time out of the graph
-    (a break there) instead of unrolling it: the graphs hold as many operations at T = 120 as at T = 40 (unrolled,
+    (a break there, said in a warning) instead of unrolling it: the graphs hold as many operations at T = 120 as at T = 40 (unrolled,
     T = 200 took over two minutes to compile on 2 cores), and the outputs and gradients are the eager network's."""
     from plifnet.kernels.compiled import UNROLLED_STEPS
     from plifnet.options import NeuronOptions
@@ -211,7 +211,8 @@ def test_a_long_sequence_of_a_neurons_own_hooks_is_not_unrolled_into_the_network
     for steps in (40, 120):
         assert steps > UNROLLED_STEPS
         x = torch.rand(steps, 4, 3) * 2
-        (eager, compiled), explained = eager_and_compiled(net, x, backend="aot_eager")
+        with pytest.warns(UserWarning, match=f"a loop over {steps} time steps runs outside the compiled network's"):
+            (eager, compiled), explained = eager_and_compiled(net, x, backend="aot_eager")
         (out, grads), (out_c, grads_c) = eager, compiled
         torch.testing.assert_close(out_c, out, rtol=1e-5, atol=1e-6)
         assert all(grad.abs().sum() > 0 for grad in grads.values())

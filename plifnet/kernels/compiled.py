@@ -56,7 +56,19 @@ def _steps(x_seq, state, step):
     return torch.stack(spikes)
 
 
-_steps_outside_the_graph = torch.compiler.disable(_steps)
+@torch.compiler.disable
+def _steps_outside_the_graph(x_seq, state, step):
+    _say_outside_the_graph(len(x_seq))
+    return _steps(x_seq, state, step)
+
+
+def _say_outside_the_graph(steps: int) -> None:
+    """The graph break, said (Python shows a warning once per place): a compiled network runs this loop as Python."""
+    warnings.warn(
+        f"plifnet: a loop over {steps} time steps runs outside the compiled network's graph (a graph break): "
+        f"traced, it would be unrolled step by step, and its compile time grows with T",
+        stacklevel=3,
+    )
 
 
 def _run_steps(neuron, x_seq, k):
@@ -91,6 +103,7 @@ def _run_compiled_steps(neuron, x_seq, k):
 @torch.compiler.disable  # the loop runs as Python; the step inside is a compiled function of its own
 def _outside_the_graph(neuron, x_seq, k):
     """:func:`_run_compiled_steps` where a whole network is being compiled (see :func:`run_steps`)."""
+    _say_outside_the_graph(len(x_seq))
     return _run_compiled_steps(neuron, x_seq, k)
 
 
